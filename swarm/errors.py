@@ -1,0 +1,41 @@
+"""The exception hierarchy: every error a user can cause is a SwarmError child, which the CLI prints as one line."""
+
+
+class SwarmError(Exception):
+    """Base of every error swarm raises on purpose; the CLI prints it as one line and exits non-zero."""
+
+    exit_code = 1
+
+
+class ConfigError(SwarmError):
+    """A config file, flag or run config record is invalid or does not match the run's."""
+
+    exit_code = 2
+
+
+class DataError(SwarmError):
+    """A data path is missing, empty or unreadable."""
+
+    exit_code = 3
+
+
+class NetworkError(SwarmError):
+    """A peer could not be reached, or the swarm did not answer in time."""
+
+    exit_code = 4
+
+
+class AuthError(SwarmError):
+    """An invite or token is missing, expired, revoked or forged."""
+
+    exit_code = 5
+
+
+class ProtocolError(SwarmError):
+    """A remote peer sent a message that breaks the protocol (bad shape, NaN, wrong round)."""
+
+    exit_code = 6
+
+
+class RoundFailed(SwarmError):
+    """An averaging round could not complete; the caller retries or re-syncs."""
