@@ -1,0 +1,20 @@
+"""Task registry: `get_task("albert", settings)` returns a ready task plug-in."""
+from __future__ import annotations
+
+from swarm.errors import ConfigError
+
+from .base import Task, TaskSettings
+
+TASKS = ("albert",)
+
+
+def get_task(name: str, settings: TaskSettings | None = None) -> Task:
+    settings = settings or TaskSettings()
+    if name == "albert":
+        from .albert import AlbertTask
+
+        return AlbertTask(settings)
+    raise ConfigError(f"unknown task {name!r}: choose one of {', '.join(TASKS)}")
+
+
+__all__ = ["Task", "TaskSettings", "get_task", "TASKS"]
