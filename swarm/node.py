@@ -1,0 +1,117 @@
+"""A peer's network presence: its p2pd (hivemind P2P), its Kademlia DHT node, and signed records.
+
+Both live on the engine loop of the trainer process (no DHT child process, no pipes):
+the only child is p2pd, which the Reaper (swarm.lifecycle) ends when this process dies.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+from hivemind.dht.crypto import RSASignatureValidator
+from hivemind.dht.node import DHTNode
+from hivemind.dht.validation import CompositeValidator
+from hivemind.p2p import P2P, PeerID
+from hivemind.utils.crypto import RSAPrivateKey
+from hivemind.utils.multiaddr import Multiaddr
+
+from . import records
+from .errors import NetworkError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class NodeOptions:
+    initial_peers: Sequence[str] = ()
+    host_maddrs: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",)
+    announce_maddrs: Sequence[str] | None = None
+    client_mode: bool = False
+    identity_path: str | None = None
+    startup_timeout: float = 20.0
+
+
+class Node:
+    """P2P + DHT for one run. Create with `await Node.create(run_id, options)` on the engine loop."""
+
+    def __init__(self, run_id: str, p2p: P2P, dht: DHTNode, signer: RSASignatureValidator, client_mode: bool):
+        self.run_id = run_id
+        self.p2p = p2p
+        self.dht = dht
+        self.signer = signer
+        self.client_mode = client_mode
+
+    @classmethod
+    async def create(cls, run_id: str, options: NodeOptions, private_key: RSAPrivateKey | None = None) -> "Node":
+        signer = RSASignatureValidator(private_key or RSAPrivateKey())
+        validator = CompositeValidator([signer, records.SchemaValidator(run_id)])
+        initial = [Multiaddr(m) for m in options.initial_peers]
+        try:
+            p2p = await P2P.create(
+                initial_peers=initial,
+                host_maddrs=list(options.host_maddrs),
+                announce_maddrs=options.announce_maddrs,
+                identity_path=options.identity_path,
+                startup_timeout=options.startup_timeout,
+                dht_mode="client" if options.client_mode else "server",
+                force_reachability="private" if options.client_mode else None,
+                no_listen=False,
+            )
+        except Exception as e:
+            raise NetworkError(f"could not start the p2p daemon: {e}") from e
+        try:
+            dht = await asyncio.wait_for(
+                DHTNode.create(
+                    p2p=p2p,
+                    initial_peers=initial,
+                    client_mode=options.client_mode,
+                    record_validator=validator,
+                    wait_timeout=3,
+                    ensure_bootstrap_success=bool(initial),
+                    cache_locally=False,
+                    cache_nearest=0,
+                    reuse_get_requests=False,
+                ),
+                options.startup_timeout,
+            )
+        except Exception as e:
+            await p2p.shutdown()
+            where = ", ".join(options.initial_peers) or "(none)"
+            raise NetworkError(f"could not join the swarm through initial peers {where}: {e or type(e).__name__}") from e
+        return cls(run_id, p2p, dht, signer, options.client_mode)
+
+    @property
+    def peer_id(self) -> PeerID:
+        return self.p2p.peer_id
+
+    async def visible_maddrs(self) -> list[str]:
+        return [str(m) for m in await self.p2p.get_visible_maddrs()]
+
+    # --- signed records -------------------------------------------------------------------------------
+
+    async def store_record(self, key: str, record: records._Record, ttl: float) -> bool:
+        return await self.dht.store(
+            key, records.encode(record), time.time() + ttl, subkey=self.signer.local_public_key
+        )
+
+    async def fetch_records(self, key: str, model: type[records._Record]) -> list[records._Record]:
+        """All valid, unexpired records under a key (one per owner); malformed ones are dropped."""
+        found = await self.dht.get(key, latest=True)
+        if found is None or not isinstance(found.value, dict):
+            return []
+        out = []
+        for subkey, item in found.value.items():
+            record = records.decode(model, item.value)
+            if record is not None:
+                out.append(record)
+        return out
+
+    async def shutdown(self) -> None:
+        try:
+            await asyncio.wait_for(self.dht.shutdown(), 5)
+        except Exception as e:  # shutting down: log and go on, p2pd must still stop
+            logger.debug("dht shutdown: %s", e)
+        await self.p2p.shutdown()

@@ -1,0 +1,129 @@
+"""Signed, schema-validated DHT records: the run's config and each peer's progress.
+
+Every key is prefixed by the run id. A value is a msgpack dict validated against a
+pydantic schema (strict: a wrong type is rejected, not coerced) and signed by its
+owner through hivemind's RSASignatureValidator: the subkey carries `[owner:KEY]`, so
+nobody can overwrite another peer's record. Validation runs on every peer that stores
+or returns a record, so a malformed or forged record never reaches the training loop.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import msgpack
+from hivemind.dht.routing import DHTID
+from hivemind.dht.validation import DHTRecord, RecordValidatorBase
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+logger = logging.getLogger(__name__)
+
+Role = Literal["trainer", "client", "aux"]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class ConfigRecord(_Record):
+    """The run's config: what every peer must agree on to join."""
+
+    run_id: str = Field(min_length=1, max_length=128)
+    task: str = Field(min_length=1, max_length=64)
+    target_batch_size: int = Field(gt=0)
+    fingerprint: dict[str, str]            # e.g. model_config / tokenizer hashes
+    hyperparameters: dict[str, float | int | str | bool]
+    created_at: float
+
+
+class ProgressRecord(_Record):
+    """A peer's training progress, refreshed every few seconds."""
+
+    peer_id: str = Field(min_length=1, max_length=128)
+    epoch: int = Field(ge=0)
+    samples: int = Field(ge=0)               # accumulated towards `epoch`'s global batch
+    samples_per_second: float = Field(ge=0)
+    role: Role
+    upload_bps: float = Field(ge=0)
+    download_bps: float = Field(ge=0)
+    time: float                              # sender's clock, informative only
+    params_hash: str = Field(default="", max_length=128)   # hash of the parameters at the start of `epoch`
+    serves_state: bool = True
+    leaving: bool = False
+
+
+class MetricsRecord(_Record):
+    """A peer's latest training metrics, for the coordinator and dashboards."""
+
+    peer_id: str = Field(min_length=1, max_length=128)
+    epoch: int = Field(ge=0)
+    loss: float
+    samples_per_second: float = Field(ge=0)
+    mini_steps: int = Field(ge=0)
+    samples_total: int = Field(ge=0)
+    round_seconds: float = Field(ge=0)
+    device: str = Field(default="cpu", max_length=64)
+    time: float
+
+
+def config_key(run_id: str) -> str:
+    return f"{run_id}_config"
+
+
+def progress_key(run_id: str) -> str:
+    return f"{run_id}_progress"
+
+
+def metrics_key(run_id: str) -> str:
+    return f"{run_id}_metrics"
+
+
+def encode(record: _Record) -> dict:
+    """The DHT value of a record (hivemind msgpack-serialises it)."""
+    return record.model_dump()
+
+
+def decode(model: type[_Record], value: object) -> _Record | None:
+    """Parse a DHT value; None (with a log line) when it does not match the schema."""
+    try:
+        return model.model_validate(value)
+    except ValidationError as e:
+        logger.warning("dropping a malformed %s: %s", model.__name__, e.errors()[0].get("msg"))
+        return None
+
+
+class SchemaValidator(RecordValidatorBase):
+    """Rejects records under this run's keys whose value does not match their schema, or that lack an owner."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self._schemas: dict[bytes, type[_Record]] = {
+            DHTID.generate(source=config_key(run_id)).to_bytes(): ConfigRecord,
+            DHTID.generate(source=progress_key(run_id)).to_bytes(): ProgressRecord,
+            DHTID.generate(source=metrics_key(run_id)).to_bytes(): MetricsRecord,
+        }
+
+    def validate(self, record: DHTRecord) -> bool:
+        schema = self._schemas.get(record.key)
+        if schema is None:
+            return True  # not ours: other validators decide
+        if b"[owner:" not in record.subkey:
+            logger.debug("rejecting an unsigned %s", schema.__name__)
+            return False
+        try:
+            value = msgpack.unpackb(record.value, raw=False, strict_map_key=False)
+            schema.model_validate(value)
+        except Exception as e:  # msgpack or pydantic: both mean garbage from the network
+            logger.debug("rejecting a malformed %s: %s", schema.__name__, e)
+            return False
+        return True
+
+    @property
+    def priority(self) -> int:
+        return 5  # after the signature validator (10) has stripped the signature
+
+    def merge_with(self, other: RecordValidatorBase) -> bool:
+        if not isinstance(other, SchemaValidator):
+            return False
+        self._schemas.update(other._schemas)
+        return True
