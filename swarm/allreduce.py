@@ -1,0 +1,452 @@
+"""Butterfly all-reduce over hivemind P2P streams (reduce-scatter, then all-gather), pipelined by chunk.
+
+The vector to average is a set of tensors grouped into buckets by codec (TensorLayout).
+Each bucket is split among the group's reducers in proportion to their LP shares; member
+j reduces part j. Every member that brings values opens one bidirectional stream to each
+other reducer: it streams its chunks of that part, and the reducer streams back each
+averaged chunk as soon as every live sender's copy of it has arrived. So upload and
+download overlap, and a peer with no share receives results while it is still sending.
+
+Guarantees:
+- Consistency: a reducer encodes each averaged chunk once and sends the same bytes to every
+  member; it also decodes those bytes for its own result. Every member that receives all
+  parts therefore holds a bitwise-identical averaged vector.
+- Bounded time: the round ends by its deadline. A sender that fails or stalls for
+  `sender_timeout` is excluded from the chunks not yet averaged (the weights renormalise);
+  a reducer that fails leaves its part missing, and the round raises RoundFailed for the
+  members that miss it (they do not step).
+- Bad input: a chunk of the wrong size, undecodable or non-finite is a protocol error from
+  that sender, which is then excluded like a dead one.
+
+The reduction itself is pluggable (`Reduction`): the weighted mean today, a robust
+aggregator (e.g. centered clipping per part) when peers cannot be trusted.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable, Sequence
+
+import numpy as np
+import torch
+from hivemind.p2p import P2P, P2PContext, PeerID
+
+from .balancing import split_sizes
+from .compression import Codec, decode_checked
+from .errors import ProtocolError, RoundFailed
+from .proto import swarm_pb2
+
+logger = logging.getLogger(__name__)
+
+AGGREGATE_HANDLER = "swarm.aggregate"
+DEFAULT_CHUNK_ELEMENTS = 2**17
+
+
+# ---------------------------------------------------------------------------------------------------
+# Layout: which tensors go into which bucket, and how buckets split into parts and chunks
+
+
+@dataclass(frozen=True)
+class TensorLayout:
+    """Tensors grouped into flat buckets by codec; the same for every member of a run."""
+
+    shapes: tuple[tuple[int, ...], ...]
+    codecs: tuple[Codec, ...]                 # one per bucket
+    buckets: tuple[tuple[int, ...], ...]      # tensor indices per bucket
+
+    @classmethod
+    def build(cls, shapes: Sequence[Sequence[int]], codec_for: Callable[[int, int], Codec]) -> "TensorLayout":
+        """`codec_for(tensor_index, numel)` gives each tensor's codec; tensors sharing a codec share a bucket."""
+        by_codec: dict[str, list[int]] = {}
+        codecs: dict[str, Codec] = {}
+        for i, shape in enumerate(shapes):
+            codec = codec_for(i, int(np.prod(shape)) if len(shape) else 1)
+            by_codec.setdefault(codec.name, []).append(i)
+            codecs[codec.name] = codec
+        names = sorted(by_codec)
+        return cls(
+            shapes=tuple(tuple(int(d) for d in s) for s in shapes),
+            codecs=tuple(codecs[n] for n in names),
+            buckets=tuple(tuple(by_codec[n]) for n in names),
+        )
+
+    @property
+    def bucket_sizes(self) -> list[int]:
+        return [sum(self.numel(i) for i in bucket) for bucket in self.buckets]
+
+    def numel(self, i: int) -> int:
+        return int(np.prod(self.shapes[i])) if self.shapes[i] else 1
+
+    def schema_hash(self) -> bytes:
+        import hashlib
+
+        text = repr((self.shapes, [c.name for c in self.codecs], self.buckets))
+        return hashlib.sha256(text.encode()).digest()
+
+    def flatten(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return [
+            torch.cat([tensors[i].detach().reshape(-1).float() for i in bucket]) if bucket else torch.zeros(0)
+            for bucket in self.buckets
+        ]
+
+    def unflatten(self, flats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        out: list[torch.Tensor | None] = [None] * len(self.shapes)
+        for bucket, flat in zip(self.buckets, flats):
+            offset = 0
+            for i in bucket:
+                n = self.numel(i)
+                out[i] = flat[offset : offset + n].view(self.shapes[i])
+                offset += n
+        return out  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    bucket: int
+    start: int
+    length: int
+
+
+def plan_parts(layout: TensorLayout, shares: Sequence[float], chunk_elements: int) -> list[list[Chunk]]:
+    """For each member (part index), the ordered chunks of the vector it reduces."""
+    parts: list[list[Chunk]] = [[] for _ in shares]
+    for b, size in enumerate(layout.bucket_sizes):
+        offset = 0
+        for j, part_size in enumerate(split_sizes(size, shares)):
+            end = offset + part_size
+            for start in range(offset, end, chunk_elements):
+                parts[j].append(Chunk(b, start, min(chunk_elements, end - start)))
+            offset = end
+    return parts
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reduction: pluggable per-part aggregation
+
+
+class Reduction:
+    """Streaming weighted mean of one chunk. Subclass to plug in a robust aggregator."""
+
+    def __init__(self, length: int):
+        self.total = torch.zeros(length, dtype=torch.float32)
+        self.weight = 0.0
+
+    def add(self, values: torch.Tensor, weight: float) -> None:
+        if weight > 0:
+            self.total.add_(values, alpha=weight)
+            self.weight += weight
+
+    def result(self) -> torch.Tensor | None:
+        if self.weight <= 0:
+            return None
+        return self.total / self.weight
+
+
+# ---------------------------------------------------------------------------------------------------
+# One round
+
+
+@dataclass
+class RoundStats:
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    seconds: float = 0.0
+    send_seconds: float = 0.0
+    receive_seconds: float = 0.0
+    excluded: list[str] = field(default_factory=list)
+    missing_parts: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class GroupView:
+    """What this member needs from the leader's GroupInfo."""
+
+    round_id: bytes
+    peer_ids: tuple[str, ...]
+    roles: tuple[str, ...]
+    weights: tuple[float, ...]
+    shares: tuple[float, ...]
+    my_index: int
+    timeout: float
+
+    @classmethod
+    def from_info(cls, info: swarm_pb2.GroupInfo, my_peer_id: str) -> "GroupView":
+        ids = tuple(m.peer_id for m in info.members)
+        if my_peer_id not in ids:
+            raise RoundFailed("this peer is not in the group it was given")
+        return cls(
+            round_id=info.round_id,
+            peer_ids=ids,
+            roles=tuple(m.role for m in info.members),
+            weights=tuple(m.weight for m in info.members),
+            shares=tuple(info.shares),
+            my_index=ids.index(my_peer_id),
+            timeout=info.timeout,
+        )
+
+    def brings(self, i: int) -> bool:
+        return self.roles[i] != "aux"
+
+    def needs(self, i: int) -> bool:
+        return self.roles[i] != "aux"
+
+
+class AllReduceRound:
+    """One member's side of one round. `await run()` returns the averaged buckets (None for aux)."""
+
+    def __init__(
+        self,
+        p2p: P2P,
+        group: GroupView,
+        layout: TensorLayout,
+        local: Sequence[torch.Tensor] | None,
+        *,
+        chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+        sender_timeout: float = 10.0,
+        reduction: type[Reduction] = Reduction,
+    ):
+        self.p2p, self.group, self.layout = p2p, group, layout
+        self.local = list(local) if local is not None else None
+        me = group.my_index
+        if group.brings(me) != (self.local is not None):
+            raise ValueError("a member brings values exactly when its role is not aux")
+        self.parts = plan_parts(layout, group.shares, chunk_elements)
+        self.sender_timeout = sender_timeout
+        self.reduction = reduction
+        self.stats = RoundStats()
+        self.result = [torch.empty(size, dtype=torch.float32) for size in layout.bucket_sizes] if group.needs(me) else None
+        # reducer state for my own part
+        my_chunks = self.parts[me]
+        self._expected = {i for i in range(len(group.peer_ids)) if group.brings(i) and i != me}
+        self._failed: set[int] = set()
+        self._arrived: list[set[int]] = [set() for _ in my_chunks]
+        self._reductions = [reduction(c.length) for c in my_chunks]
+        self._outputs: list[bytes | None] = [None] * len(my_chunks)
+        self._output_ready = [asyncio.Event() for _ in my_chunks]
+        self._progress = asyncio.Event()
+        self._last_heard: dict[int, float] = {}
+        self._start = time.monotonic()
+        if self.local is not None:
+            for k, chunk in enumerate(my_chunks):
+                self._reductions[k].add(self._slice(chunk), group.weights[me])
+
+    # -- helpers ---------------------------------------------------------------------------------------
+
+    def _slice(self, chunk: Chunk) -> torch.Tensor:
+        assert self.local is not None
+        return self.local[chunk.bucket][chunk.start : chunk.start + chunk.length]
+
+    def _store_result(self, chunk: Chunk, values: torch.Tensor) -> None:
+        if self.result is not None:
+            self.result[chunk.bucket][chunk.start : chunk.start + chunk.length] = values
+
+    def _try_finalize(self) -> None:
+        """Average every chunk of my part whose live senders have all arrived, in order."""
+        live = self._expected - self._failed
+        for k, chunk in enumerate(self.parts[self.group.my_index]):
+            if self._outputs[k] is not None or not live <= self._arrived[k]:
+                continue
+            averaged = self._reductions[k].result()
+            if averaged is None:
+                self._outputs[k] = b""  # nobody contributed: an empty message tells receivers the part failed
+            else:
+                codec = self.layout.codecs[chunk.bucket]
+                data = codec.encode(averaged)
+                self._outputs[k] = data
+                self._store_result(chunk, codec.decode(data))
+            self._reductions[k] = None  # type: ignore[call-overload]  # free memory
+            self._output_ready[k].set()
+
+    def _exclude(self, sender: int, why: str) -> None:
+        if sender in self._failed:
+            return
+        logger.warning("round %s: excluding %s from my part: %s", self.group.round_id.hex()[:8], self.group.peer_ids[sender][-8:], why)
+        self._failed.add(sender)
+        self.stats.excluded.append(self.group.peer_ids[sender])
+        self._try_finalize()
+
+    # -- reducer side: one stream per sender ------------------------------------------------------------
+
+    async def serve(self, first: swarm_pb2.PartChunk, requests: AsyncIterator[swarm_pb2.PartChunk], remote: PeerID) -> AsyncIterator[swarm_pb2.PartChunk]:
+        """Handle one sender's stream for my part: consume its chunks, stream back averaged chunks."""
+        group = self.group
+        try:
+            sender = group.peer_ids.index(str(remote))
+        except ValueError:
+            yield swarm_pb2.PartChunk(error="not a member of this round")
+            return
+        if first.part != group.my_index or sender not in self._expected:
+            yield swarm_pb2.PartChunk(error="wrong part or role")
+            return
+        consumer = asyncio.create_task(self._consume(sender, first, requests))
+        try:
+            for k in range(len(self.parts[group.my_index])):
+                await self._output_ready[k].wait()
+                data = self._outputs[k]
+                if not data:
+                    yield swarm_pb2.PartChunk(error="part has no contributions")
+                    return
+                if group.needs(sender):
+                    self.stats.bytes_sent += len(data)
+                    yield swarm_pb2.PartChunk(part=group.my_index, chunk=k, data=data)
+        finally:
+            consumer.cancel()
+
+    async def _consume(self, sender: int, first: swarm_pb2.PartChunk, requests: AsyncIterator[swarm_pb2.PartChunk]) -> None:
+        chunks = self.parts[self.group.my_index]
+        weight = self.group.weights[sender]
+        expected_k = 0
+        message: swarm_pb2.PartChunk | None = first
+        try:
+            while expected_k < len(chunks):
+                if message is None:
+                    message = await asyncio.wait_for(anext(requests), self.sender_timeout)
+                if message.chunk != expected_k:
+                    raise ProtocolError(f"chunk {message.chunk} out of order (expected {expected_k})")
+                chunk = chunks[expected_k]
+                self.stats.bytes_received += len(message.data)
+                values = decode_checked(self.layout.codecs[chunk.bucket], message.data, chunk.length)
+                if sender not in self._failed and self._reductions[expected_k] is not None:
+                    self._reductions[expected_k].add(values, weight)
+                    self._arrived[expected_k].add(sender)
+                    self._try_finalize()
+                expected_k += 1
+                message = None
+        except StopAsyncIteration:
+            self._exclude(sender, "stream ended early")
+        except asyncio.TimeoutError:
+            self._exclude(sender, f"no data for {self.sender_timeout:.1f}s")
+        except ProtocolError as e:
+            self._exclude(sender, f"bad data: {e}")
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self._exclude(sender, f"{type(e).__name__}: {e}")
+
+    async def _watch_absent_senders(self) -> None:
+        """Exclude senders that never opened their stream to me within sender_timeout."""
+        await asyncio.sleep(self.sender_timeout)
+        for sender in self._expected - self._failed:
+            if not any(sender in arrived for arrived in self._arrived) and self.parts[self.group.my_index]:
+                self._exclude(sender, "never connected")
+
+    # -- sender side: one stream per other reducer ------------------------------------------------------
+
+    async def _exchange(self, j: int) -> None:
+        """Send my chunks of part j to reducer j and receive the averaged part back."""
+        chunks = self.parts[j]
+        if not chunks:
+            return
+        group = self.group
+        me = group.my_index
+
+        async def _requests() -> AsyncIterator[swarm_pb2.PartChunk]:
+            for k, chunk in enumerate(chunks):
+                data = self.layout.codecs[chunk.bucket].encode(self._slice(chunk))
+                self.stats.bytes_sent += len(data)
+                msg = swarm_pb2.PartChunk(part=j, chunk=k, data=data)
+                if k == 0:
+                    msg.round_id, msg.weight, msg.sender = group.round_id, group.weights[me], group.peer_ids[me]
+                yield msg
+
+        stream = await self.p2p.iterate_protobuf_handler(
+            PeerID.from_base58(group.peer_ids[j]), AGGREGATE_HANDLER, _requests(), swarm_pb2.PartChunk
+        )
+        received = 0
+        while received < len(chunks):
+            reply = await asyncio.wait_for(anext(stream), self.sender_timeout + 2.0)
+            if reply.error:
+                raise RoundFailed(f"reducer {group.peer_ids[j][-8:]}: {reply.error}")
+            if reply.chunk != received:
+                raise ProtocolError(f"reducer sent chunk {reply.chunk}, expected {received}")
+            chunk = chunks[received]
+            self.stats.bytes_received += len(reply.data)
+            self._store_result(chunk, decode_checked(self.layout.codecs[chunk.bucket], reply.data, chunk.length))
+            received += 1
+
+    async def run(self) -> list[torch.Tensor] | None:
+        group, me = self.group, self.group.my_index
+        tasks: dict[int, asyncio.Task] = {}
+        watcher = asyncio.create_task(self._watch_absent_senders())
+        own = asyncio.gather(*(e.wait() for e in self._output_ready))
+        try:
+            async with asyncio.timeout(group.timeout):
+                self._try_finalize()  # a part with no other senders is ready at once
+                if group.brings(me):
+                    tasks = {j: asyncio.create_task(self._exchange(j)) for j in range(len(group.peer_ids)) if j != me}
+                results = await asyncio.gather(*tasks.values(), return_exceptions=True)
+                for j, outcome in zip(tasks, results):
+                    if isinstance(outcome, BaseException):
+                        logger.warning("round %s: part %d from %s missing: %s", group.round_id.hex()[:8], j, group.peer_ids[j][-8:], outcome or type(outcome).__name__)
+                        self.stats.missing_parts.append(j)
+                await own  # my own part is averaged (the streams deliver it to the others)
+                await self._drain_outputs()
+        except TimeoutError:
+            for task in tasks.values():
+                task.cancel()
+            raise RoundFailed(f"round did not finish within {group.timeout:.1f}s") from None
+        finally:
+            watcher.cancel()
+            own.cancel()
+            self.stats.seconds = time.monotonic() - self._start
+        if any(out == b"" for out in self._outputs):
+            self.stats.missing_parts.append(me)
+        if self.stats.missing_parts:
+            raise RoundFailed(f"missing parts {sorted(set(self.stats.missing_parts))}")
+        return self.result
+
+    async def _drain_outputs(self) -> None:
+        # Give the streams a moment to flush the last averaged chunks before the round object goes away.
+        await asyncio.sleep(0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The handler that routes incoming streams to the round they belong to
+
+
+class AggregateService:
+    """Registers the aggregate handler once and dispatches each stream to its round by round id."""
+
+    def __init__(self, p2p: P2P, wait_for_round: float = 10.0):
+        self.p2p = p2p
+        self.wait_for_round = wait_for_round
+        self._rounds: dict[bytes, asyncio.Future[AllReduceRound]] = {}
+
+    async def start(self) -> None:
+        await self.p2p.add_protobuf_handler(AGGREGATE_HANDLER, self._handle, swarm_pb2.PartChunk, stream_input=True, stream_output=True)
+
+    def _slot(self, round_id: bytes) -> asyncio.Future[AllReduceRound]:
+        if round_id not in self._rounds:
+            self._rounds[round_id] = asyncio.get_running_loop().create_future()
+            while len(self._rounds) > 64:  # forget the oldest rounds
+                old = next(iter(self._rounds))
+                self._rounds.pop(old).cancel()
+        return self._rounds[round_id]
+
+    def open(self, round_: AllReduceRound) -> None:
+        slot = self._slot(round_.group.round_id)
+        if not slot.done():
+            slot.set_result(round_)
+
+    def close(self, round_id: bytes) -> None:
+        slot = self._rounds.pop(round_id, None)
+        if slot is not None and not slot.done():
+            slot.cancel()
+
+    async def _handle(self, requests: AsyncIterator[swarm_pb2.PartChunk], context: P2PContext) -> AsyncIterator[swarm_pb2.PartChunk]:
+        try:
+            first = await asyncio.wait_for(anext(requests), self.wait_for_round)
+        except (StopAsyncIteration, asyncio.TimeoutError):
+            return
+        if len(first.round_id) != 16:
+            yield swarm_pb2.PartChunk(error="bad round id")
+            return
+        try:
+            round_ = await asyncio.wait_for(asyncio.shield(self._slot(first.round_id)), self.wait_for_round)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            yield swarm_pb2.PartChunk(error="unknown or finished round")
+            return
+        async for reply in round_.serve(first, requests, context.remote_id):
+            yield reply

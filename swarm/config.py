@@ -1,0 +1,93 @@
+"""Configuration: one pydantic model per concern, the single source of truth for defaults.
+
+An experiment YAML maps onto `RunConfig`; CLI flags override the same fields.
+Unknown keys and wrong types are rejected with one clear line (ConfigError).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+
+class EngineConfig(BaseModel):
+    """How the swarm averages: batch size, deadlines, compression, bandwidth priors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target_batch_size: int = Field(256, gt=0, description="samples per global step, summed over the swarm")
+    matchmaking_timeout: float = Field(15.0, gt=0, description="seconds to form a group before the round is given up")
+    gather_timeout: float = Field(2.0, gt=0, description="seconds a leader waits for the expected peers to join")
+    averaging_timeout: float = Field(30.0, gt=0, description="deadline of one all-reduce")
+    sender_timeout: float = Field(5.0, gt=0, description="a sender silent this long is dropped from the round")
+    compression: str = Field("fp16", description="codec for large tensors: none, fp16, uniform8bit, quantile8bit")
+    chunk_elements: int = Field(2**17, ge=1024)
+    bandwidth_mbps: float = Field(100.0, gt=0, description="prior for both directions until measured (Mbit/s)")
+    load_balancing: bool = Field(True, description="LP shares from measured bandwidth; False: uniform shares")
+    record_ttl: float = Field(8.0, gt=1)
+    state_timeout: float = Field(60.0, gt=0, description="deadline of one state download")
+
+
+class RunConfig(BaseModel):
+    """An experiment: which task, which data, which hyperparameters, how to average."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str = Field("demo", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    task: str = "albert"
+    task_options: dict[str, Any] = Field(default_factory=dict)
+    data_path: str | None = None
+    micro_batch_size: int = Field(8, gt=0)
+    seed: int = 0
+    lr: float = Field(0.00176, gt=0)
+    warmup_epochs: int = Field(5, ge=0)
+    total_epochs: int = Field(10000, gt=0)
+    mode: Literal["sync"] = "sync"
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+
+    def hyperparameters(self) -> dict[str, float | int | str | bool]:
+        """What every peer of the run must share (published in the config record)."""
+        e = self.engine
+        return {
+            "lr": self.lr, "warmup_epochs": self.warmup_epochs, "total_epochs": self.total_epochs,
+            "mode": self.mode, "compression": e.compression, "seed": self.seed,
+            "micro_batch_size": self.micro_batch_size,
+        }
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()
+
+
+def load_run_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML experiment file (or defaults) and apply overrides; ConfigError on any problem."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must be a mapping of settings")
+        data = loaded or {}
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key in EngineConfig.model_fields:
+            data.setdefault("engine", {})[key] = value
+        else:
+            data[key] = value
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "config"
+        raise ConfigError(f"bad config: {where}: {err['msg']}") from None

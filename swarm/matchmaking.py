@@ -1,0 +1,218 @@
+"""Matchmaking: form one group per epoch with a consistent member list, partition and round id.
+
+Leader protocol. Every peer ranks the reachable (non-client) peers at the epoch by peer
+id, using the progress records; the first one it can reach is the leader. Followers send
+a JoinRequest to the leader, which holds the requests until every peer it expects (its
+own view of the epoch's peers) has joined or `gather_timeout` has passed, then answers
+all of them with the same GroupInfo: members sorted by id, LP shares, a random round id
+and the all-reduce timeout. So every member of a group sees the same list, partition and
+round id, by construction.
+
+Failures. A leader that cannot be reached is skipped (the next candidate leads); a
+leader that dies while holding requests makes each follower's request time out
+(`gather_timeout + request_timeout`) and the follower retries with the next candidate,
+within the round's deadline. A peer accepts leadership only when every candidate below it
+has failed for it, so two leaders at once need a real partition; even then each group
+is internally consistent, and the parameter-hash check in the optimizer re-syncs the
+minority afterwards.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from hivemind.p2p import P2P, P2PContext, PeerID
+
+from .balancing import MemberLink, optimal_shares, uniform_shares
+from .errors import RoundFailed
+from .progress import ProgressTracker
+from .proto import swarm_pb2
+
+logger = logging.getLogger(__name__)
+
+JOIN_HANDLER = "swarm.join"
+Status = swarm_pb2.GroupInfo
+
+
+@dataclass
+class _Gathering:
+    epoch: int
+    started: float = field(default_factory=time.monotonic)
+    leading: bool = False
+    requests: dict[str, swarm_pb2.JoinRequest] = field(default_factory=dict)
+    formed: asyncio.Future | None = None
+
+
+class Matchmaker:
+    def __init__(
+        self,
+        p2p: P2P,
+        run_id: str,
+        tracker: ProgressTracker,
+        schema_hash: bytes,
+        vector_bytes: Callable[[], int],
+        *,
+        gather_timeout: float = 3.0,
+        request_timeout: float = 5.0,
+        allreduce_timeout: float = 30.0,
+        balance: bool = True,
+    ):
+        self.p2p, self.run_id, self.tracker = p2p, run_id, tracker
+        self.schema_hash = schema_hash
+        self.vector_bytes = vector_bytes
+        self.gather_timeout, self.request_timeout, self.allreduce_timeout = gather_timeout, request_timeout, allreduce_timeout
+        self.balance = balance
+        self.peer_id = str(p2p.peer_id)
+        self._gatherings: dict[int, _Gathering] = {}
+        self._failed: dict[int, set[str]] = {}
+
+    async def start(self) -> None:
+        await self.p2p.add_protobuf_handler(JOIN_HANDLER, self._handle_join, swarm_pb2.JoinRequest)
+
+    # -- candidates ---------------------------------------------------------------------------------------
+
+    def _candidates(self, epoch: int) -> list[str]:
+        failed = self._failed.get(epoch, set())
+        ids = {p.peer_id for p in self.tracker.view.at_epoch(epoch) if p.role != "client"}
+        if self.tracker.role != "client":
+            ids.add(self.peer_id)
+        return sorted(ids - failed)
+
+    def _expected(self, epoch: int) -> set[str]:
+        ids = {p.peer_id for p in self.tracker.view.at_epoch(epoch)} - self._failed.get(epoch, set())
+        return ids | {self.peer_id}
+
+    def _gathering(self, epoch: int) -> _Gathering:
+        g = self._gatherings.get(epoch)
+        if g is None:
+            g = self._gatherings[epoch] = _Gathering(epoch, formed=asyncio.get_running_loop().create_future())
+            for old in [e for e in self._gatherings if e < epoch - 2]:
+                self._gatherings.pop(old)
+                self._failed.pop(old, None)
+        return g
+
+    # -- follower / leader entry point ---------------------------------------------------------------------
+
+    async def form_group(self, request: swarm_pb2.JoinRequest, deadline: float) -> swarm_pb2.GroupInfo:
+        """Join the group of `request.epoch`; returns an ACCEPTED GroupInfo or raises RoundFailed."""
+        epoch = request.epoch
+        while time.monotonic() < deadline:
+            candidates = self._candidates(epoch)
+            if not candidates:
+                await self.tracker.wait_refresh(0.5)
+                continue
+            leader = candidates[0]
+            if leader == self.peer_id:
+                return await self._lead(request, deadline)
+            try:
+                timeout = min(self.gather_timeout + self.request_timeout, max(0.1, deadline - time.monotonic()))
+                reply = await asyncio.wait_for(
+                    self.p2p.call_protobuf_handler(PeerID.from_base58(leader), JOIN_HANDLER, request, swarm_pb2.GroupInfo),
+                    timeout,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                logger.info("epoch %d: leader candidate %s unreachable (%s), trying the next", epoch, leader[-8:], type(e).__name__)
+                self._failed.setdefault(epoch, set()).add(leader)
+                continue
+            if reply.status == Status.ACCEPTED:
+                return reply
+            if reply.status == Status.NOT_LEADER:
+                await asyncio.sleep(0.2)
+                continue
+            raise RoundFailed(f"leader {leader[-8:]} refused: {Status.Status.Name(reply.status)} {reply.reason}")
+        raise RoundFailed(f"no group formed for epoch {epoch} before the deadline")
+
+    async def _lead(self, request: swarm_pb2.JoinRequest, deadline: float) -> swarm_pb2.GroupInfo:
+        g = self._gathering(request.epoch)
+        if g.formed.done():
+            raise RoundFailed("this epoch's group was already formed without this peer")
+        if not g.leading:
+            g.leading, g.started = True, time.monotonic()
+        g.requests[self.peer_id] = request
+        logger.debug("epoch %d: leading matchmaking", request.epoch)
+        gather_end = min(deadline, g.started + self.gather_timeout)
+        while time.monotonic() < gather_end and not self._expected(request.epoch) <= set(g.requests):
+            await asyncio.sleep(0.05)
+        group = self._make_group(g)
+        g.formed.set_result(group)
+        return group
+
+    def _make_group(self, g: _Gathering) -> swarm_pb2.GroupInfo:
+        reqs = [g.requests[k] for k in sorted(g.requests)]
+        links = [
+            MemberLink(
+                upload_bps=max(r.upload_bps, 1.0),
+                download_bps=max(r.download_bps, 1.0),
+                brings_gradients=r.role != "aux",
+                needs_result=r.role != "aux",
+                can_reduce=r.role != "client",
+            )
+            for r in reqs
+        ]
+        try:
+            if self.balance:
+                shares, predicted = optimal_shares(self.vector_bytes(), links)
+            else:
+                shares, predicted = uniform_shares(links), float("nan")
+        except ValueError as e:  # nobody can reduce, or nobody brings values
+            logger.warning("epoch %d: cannot form a group: %s", g.epoch, e)
+            shares, predicted = [0.0] * len(reqs), float("nan")
+        info = swarm_pb2.GroupInfo(
+            status=Status.ACCEPTED,
+            round_id=secrets.token_bytes(16),
+            epoch=g.epoch,
+            shares=[float(s) for s in shares],
+            timeout=self.allreduce_timeout,
+            leader=self.peer_id,
+        )
+        for r in reqs:
+            info.members.add(peer_id=r.peer_id, role=r.role, weight=r.weight, upload_bps=r.upload_bps, download_bps=r.download_bps)
+        logger.info("epoch %d: formed group of %d (predicted %.2fs)", g.epoch, len(reqs), predicted)
+        return info
+
+    # -- handler ----------------------------------------------------------------------------------------------
+
+    async def _handle_join(self, request: swarm_pb2.JoinRequest, context: P2PContext) -> swarm_pb2.GroupInfo:
+        def refuse(status: int, reason: str = "") -> swarm_pb2.GroupInfo:
+            return swarm_pb2.GroupInfo(status=status, epoch=request.epoch, reason=reason, leader=self.peer_id)
+
+        if request.run_id != self.run_id:
+            return refuse(Status.REJECTED, "wrong run")
+        if request.peer_id != str(context.remote_id):
+            return refuse(Status.REJECTED, "peer id does not match the connection")
+        if request.schema_hash != self.schema_hash:
+            return refuse(Status.REJECTED, "tensor schema differs from this run's")
+        if request.role not in ("trainer", "client", "aux") or not (request.weight >= 0):
+            return refuse(Status.REJECTED, "bad role or weight")
+        my_epoch = self.tracker.local.epoch
+        if request.epoch < my_epoch:
+            return refuse(Status.TOO_LATE, f"swarm is at epoch {my_epoch}")
+        if request.epoch > my_epoch:
+            return refuse(Status.NOT_LEADER, "leader is behind")
+        g = self._gathering(request.epoch)
+        if g.formed.done():
+            return refuse(Status.TOO_LATE, "group already formed")
+        if not g.leading:
+            candidates = self._candidates(request.epoch)
+            if not candidates or candidates[0] != self.peer_id:
+                return refuse(Status.NOT_LEADER)
+            g.leading, g.started = True, time.monotonic()
+            asyncio.create_task(self._close_after_timeout(g))
+        g.requests[request.peer_id] = request
+        return await asyncio.shield(g.formed)
+
+    async def _close_after_timeout(self, g: _Gathering) -> None:
+        """A leader that leads before its own trainer is ready still forms the group on time."""
+        end = g.started + self.gather_timeout
+        while time.monotonic() < end and not g.formed.done():
+            if self._expected(g.epoch) - {self.peer_id} <= set(g.requests) and self.peer_id in g.requests:
+                return  # _lead will form it
+            await asyncio.sleep(0.05)
+        if not g.formed.done() and self.peer_id not in g.requests:
+            g.formed.set_result(self._make_group(g))

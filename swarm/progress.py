@@ -1,0 +1,191 @@
+"""Progress tracking: when does the swarm have a global batch?
+
+Each peer publishes a signed ProgressRecord (epoch, samples accumulated, samples/s, role,
+bandwidth) and reads everyone's. The swarm's epoch is the highest epoch among live
+records; its progress is the sum of the samples of the peers at that epoch, extrapolated
+with each peer's samples/s since the moment *we* fetched its record (our clock only, so a
+peer whose clock is off by minutes changes nothing). The global batch is ready when that
+estimate reaches `target_batch_size`. The refresh period adapts: it is a fraction of the
+estimated time to the target, within [min_refresh, max_refresh].
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import records
+from .node import Node
+from .records import ProgressRecord
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SwarmView:
+    """A snapshot of everyone's progress, as fetched at `fetched_at` (local monotonic clock)."""
+
+    epoch: int
+    peers: tuple[ProgressRecord, ...]
+    fetched_at: float
+
+    def at_epoch(self, epoch: int) -> list[ProgressRecord]:
+        return [p for p in self.peers if p.epoch == epoch and not p.leaving]
+
+    def samples_at(self, epoch: int, now: float, exclude: str = "") -> float:
+        """Samples the peers at `epoch` have accumulated by `now`, extrapolated by their rates."""
+        elapsed = max(0.0, now - self.fetched_at)
+        return sum(p.samples + p.samples_per_second * elapsed for p in self.at_epoch(epoch) if p.peer_id != exclude)
+
+    def rate_at(self, epoch: int, exclude: str = "") -> float:
+        return sum(p.samples_per_second for p in self.at_epoch(epoch) if p.peer_id != exclude)
+
+
+@dataclass
+class LocalProgress:
+    """What this peer reports; written by the training thread, read by the engine loop."""
+
+    epoch: int = 0
+    samples: int = 0
+    samples_per_second: float = 0.0
+    params_hash: str = ""
+    leaving: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+class ProgressTracker:
+    def __init__(
+        self,
+        node: Node,
+        target_batch_size: int,
+        role: str,
+        bandwidth: Callable[[], tuple[float, float]],
+        *,
+        min_refresh: float = 0.2,
+        max_refresh: float = 2.0,
+        record_ttl: float = 8.0,
+        serves_state: bool = True,
+    ):
+        self.node = node
+        self.target_batch_size = target_batch_size
+        self.role = role
+        self.bandwidth = bandwidth
+        self.min_refresh, self.max_refresh, self.record_ttl = min_refresh, max_refresh, record_ttl
+        self.serves_state = serves_state
+        self.local = LocalProgress()
+        self.peer_id = str(node.peer_id)
+        self.view = SwarmView(epoch=0, peers=(), fetched_at=time.monotonic())
+        self._changed = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    # -- called from the training thread (thread-safe) ------------------------------------------------
+
+    def report(self, *, epoch: int | None = None, samples: int | None = None, samples_per_second: float | None = None, params_hash: str | None = None) -> None:
+        with self.local.lock:
+            if epoch is not None:
+                self.local.epoch = epoch
+            if samples is not None:
+                self.local.samples = samples
+            if samples_per_second is not None:
+                self.local.samples_per_second = samples_per_second
+            if params_hash is not None:
+                self.local.params_hash = params_hash
+
+    def global_epoch(self) -> int:
+        return max(self.view.epoch, self.local.epoch)
+
+    def estimated_samples(self, epoch: int, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        own = self.local.samples if self.local.epoch == epoch else 0
+        return own + self.view.samples_at(epoch, now, exclude=self.peer_id)
+
+    def eta(self, epoch: int) -> float:
+        """Seconds until the swarm at `epoch` reaches the target batch (0 when it has)."""
+        missing = self.target_batch_size - self.estimated_samples(epoch)
+        if missing <= 0:
+            return 0.0
+        rate = self.view.rate_at(epoch, exclude=self.peer_id) + (self.local.samples_per_second if self.local.epoch == epoch else 0)
+        return missing / rate if rate > 0 else float("inf")
+
+    def ready(self, epoch: int) -> bool:
+        return self.estimated_samples(epoch) >= self.target_batch_size
+
+    # -- engine loop --------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="progress-tracker")
+
+    async def stop(self, withdraw: bool = True) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if withdraw:
+            self.local.leaving = True
+            try:
+                await asyncio.wait_for(self.publish(), 3)
+            except Exception as e:  # leaving anyway: the record expires by itself
+                logger.debug("could not withdraw progress record: %s", e)
+
+    def poke(self) -> None:
+        """Publish and refresh now (after a step, a state download, a failed round)."""
+        self._wake.set()
+
+    async def publish(self) -> None:
+        up, down = self.bandwidth()
+        with self.local.lock:
+            record = ProgressRecord(
+                peer_id=self.peer_id,
+                epoch=self.local.epoch,
+                samples=int(self.local.samples),
+                samples_per_second=float(self.local.samples_per_second),
+                role=self.role,  # type: ignore[arg-type]
+                upload_bps=float(up),
+                download_bps=float(down),
+                time=time.time(),
+                params_hash=self.local.params_hash,
+                serves_state=self.serves_state,
+                leaving=self.local.leaving,
+            )
+        await self.node.store_record(records.progress_key(self.node.run_id), record, self.record_ttl)
+
+    async def refresh(self) -> SwarmView:
+        found = await self.node.fetch_records(records.progress_key(self.node.run_id), ProgressRecord)
+        peers = tuple(p for p in found if not p.leaving)  # type: ignore[union-attr]
+        epoch = max((p.epoch for p in peers), default=0)
+        self.view = SwarmView(epoch=epoch, peers=peers, fetched_at=time.monotonic())  # type: ignore[arg-type]
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return self.view
+
+    async def wait_refresh(self, timeout: float) -> None:
+        changed = self._changed
+        try:
+            await asyncio.wait_for(changed.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    def _period(self) -> float:
+        eta = self.eta(self.global_epoch())
+        return min(self.max_refresh, max(self.min_refresh, eta / 3))
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self.publish(), 5)
+                await asyncio.wait_for(self.refresh(), 5)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                logger.warning("progress refresh failed: %s", e or type(e).__name__)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._period())
+            except asyncio.TimeoutError:
+                pass

@@ -1,0 +1,143 @@
+"""State download: a late joiner, or a peer that fell behind, fetches the training state from a peer.
+
+The state is the parameters, the optimizer's tensors, the epoch and a msgpack dict of
+everything else (optimizer hyperparameters, scheduler). A donor takes a consistent
+snapshot (under the optimizer's step lock), then streams a metadata message followed by
+each tensor in chunks. The receiver checks every tensor's dtype and shape against the
+metadata and the sha256 of the whole state before it uses any of it: a truncated or
+tampered download is refused, and the next donor is tried. Donors are chosen at random
+among the reachable peers at the newest epoch, so a crowd of newcomers spreads its load.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable
+
+import msgpack
+import numpy as np
+import torch
+from hivemind.p2p import P2P, P2PContext, PeerID
+
+from .errors import NetworkError, ProtocolError
+from .proto import swarm_pb2
+
+logger = logging.getLogger(__name__)
+
+STATE_HANDLER = "swarm.state"
+CHUNK_BYTES = 1 << 20
+
+
+@dataclass
+class TrainingState:
+    epoch: int
+    tensors: dict[str, torch.Tensor]     # ordered: parameters first, then optimizer tensors
+    extra: dict                          # msgpack-able
+
+    def digest(self) -> str:
+        return state_digest(self.tensors, self.epoch)
+
+
+def state_digest(tensors: dict[str, torch.Tensor], epoch: int) -> str:
+    h = hashlib.sha256(str(epoch).encode())
+    for name, t in tensors.items():
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def params_digest(params: list[torch.Tensor]) -> str:
+    """Hash of parameter values (bitwise): peers that stepped identically share it."""
+    h = hashlib.sha256()
+    for p in params:
+        h.update(p.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+_DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.uint8, torch.bool)}
+
+
+class StateServer:
+    """Serves snapshots from `snapshot()` (called on the engine loop; must be quick and consistent)."""
+
+    def __init__(self, p2p: P2P, run_id: str, snapshot: Callable[[], TrainingState | None]):
+        self.p2p, self.run_id, self.snapshot = p2p, run_id, snapshot
+        self.served = 0
+
+    async def start(self) -> None:
+        await self.p2p.add_protobuf_handler(STATE_HANDLER, self._handle, swarm_pb2.StateRequest, stream_output=True)
+
+    async def _handle(self, request: swarm_pb2.StateRequest, context: P2PContext) -> AsyncIterator[swarm_pb2.StateChunk]:
+        if request.run_id != self.run_id:
+            yield swarm_pb2.StateChunk(error="wrong run")
+            return
+        state = await asyncio.get_running_loop().run_in_executor(None, self.snapshot)
+        if state is None or state.epoch < request.min_epoch:
+            yield swarm_pb2.StateChunk(error="no state at that epoch here")
+            return
+        meta = {
+            "epoch": state.epoch,
+            "digest": state.digest(),
+            "tensors": [[name, str(t.dtype), list(t.shape)] for name, t in state.tensors.items()],
+            "extra": state.extra,
+        }
+        yield swarm_pb2.StateChunk(metadata=msgpack.packb(meta))
+        for i, t in enumerate(state.tensors.values()):
+            data = t.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes() if t.numel() else b""
+            for start in range(0, max(len(data), 1), CHUNK_BYTES):
+                yield swarm_pb2.StateChunk(tensor=i, data=data[start : start + CHUNK_BYTES])
+        self.served += 1
+        logger.info("served state of epoch %d to %s", state.epoch, str(context.remote_id)[-8:])
+
+
+async def download_state(p2p: P2P, run_id: str, donor: str, min_epoch: int, timeout: float) -> TrainingState:
+    """Fetch and verify a state from one donor; raises NetworkError/ProtocolError."""
+    async with asyncio.timeout(timeout):
+        stream = await p2p.iterate_protobuf_handler(
+            PeerID.from_base58(donor), STATE_HANDLER, swarm_pb2.StateRequest(run_id=run_id, min_epoch=min_epoch), swarm_pb2.StateChunk
+        )
+        first = await anext(stream)
+        if first.error:
+            raise NetworkError(f"donor {donor[-8:]} refused: {first.error}")
+        try:
+            meta = msgpack.unpackb(first.metadata, raw=False)
+            specs = [(str(n), _DTYPES[d], tuple(int(s) for s in shape)) for n, d, shape in meta["tensors"]]
+            epoch, digest, extra = int(meta["epoch"]), str(meta["digest"]), meta["extra"]
+        except Exception as e:
+            raise ProtocolError(f"donor {donor[-8:]} sent bad metadata: {e}") from e
+        buffers = [bytearray() for _ in specs]
+        async for chunk in stream:
+            if chunk.error:
+                raise NetworkError(f"donor {donor[-8:]} failed: {chunk.error}")
+            if not 0 <= chunk.tensor < len(specs):
+                raise ProtocolError("state chunk for an unknown tensor")
+            buffers[chunk.tensor] += chunk.data
+    tensors = {}
+    for (name, dtype, shape), buf in zip(specs, buffers):
+        expected = int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size() if shape else torch.empty(0, dtype=dtype).element_size()
+        if len(buf) != expected:
+            raise ProtocolError(f"tensor {name} has {len(buf)} bytes, expected {expected}")
+        tensors[name] = torch.frombuffer(bytes(buf), dtype=torch.uint8).view(dtype).reshape(shape).clone() if expected else torch.empty(shape, dtype=dtype)
+    state = TrainingState(epoch=epoch, tensors=tensors, extra=extra)
+    if state.digest() != digest:
+        raise ProtocolError(f"state from {donor[-8:]} does not match its hash")
+    return state
+
+
+async def download_from_any(p2p: P2P, run_id: str, donors: list[str], min_epoch: int, timeout: float, attempts: int = 3) -> tuple[TrainingState, str]:
+    """Try donors in random order (spreads load across the freshest peers)."""
+    order = random.sample(donors, len(donors))
+    errors = []
+    for donor in order[:attempts]:
+        try:
+            return await download_state(p2p, run_id, donor, min_epoch, timeout), donor
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            logger.warning("state download from %s failed: %s", donor[-8:], e or type(e).__name__)
+            errors.append(f"{donor[-8:]}: {e or type(e).__name__}")
+    raise NetworkError("could not download the state: " + ("; ".join(errors) or "no donors"))
