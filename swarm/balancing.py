@@ -20,13 +20,15 @@ Among the optimal w it then picks one with the smallest largest share, so that l
 The rates are measured (`BandwidthEstimator`, an EMA of observed transfers), not typed in by users.
 
 Guarantees: shares are >= 0, sum to 1 and are exactly 0 where `can_reduce` is False; the returned T
-is `round_seconds` of the returned shares and never exceeds that of `uniform_shares`. Compute the
+is `round_seconds` of the returned shares, within 1e-9 (relative) of the LP optimum once shares
+below 1e-8 (solver dust) are rounded to 0, and never exceeds that of `uniform_shares`. Compute the
 shares once per group (e.g. at matchmaking) and send them to every member: LP solvers on different
 machines need not agree to the last bit.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,8 +36,6 @@ from fractions import Fraction
 
 import numpy as np
 from scipy.optimize import linprog
-
-_DUST = 1e-8  # shares below this are solver tolerance, not load
 
 __all__ = [
     "MemberLink",
@@ -45,6 +45,10 @@ __all__ = [
     "split_sizes",
     "BandwidthEstimator",
 ]
+
+logger = logging.getLogger(__name__)
+
+_DUST = 1e-8  # shares below this are solver tolerance, not load
 
 
 @dataclass(frozen=True)
@@ -142,8 +146,10 @@ def optimal_shares(vector_bytes: int, members: Sequence[MemberLink]) -> tuple[np
     cost = np.zeros(n + 1)
     cost[n] = 1.0
     first = linprog(cost, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=[1.0], bounds=bounds, method="highs")
-    if first.status != 0:
-        raise RuntimeError(f"load-balancing LP failed: {first.message}")
+    if first.status != 0:  # uniform shares are always feasible, so this is solver trouble: fall back to them
+        logger.warning("load-balancing LP failed (%s); using uniform shares", first.message)
+        shares = uniform_shares(members)
+        return shares, round_seconds(vector_bytes, members, shares)
     shares = first.x[:n]
 
     # Second stage: keep T within a hair of the optimum, minimise the largest share z (variables w, z).
