@@ -291,6 +291,11 @@ class AllReduceRound:
                 if group.needs(sender):
                     self.stats.bytes_sent += len(data)
                     yield swarm_pb2.PartChunk(part=group.my_index, chunk=k, data=data)
+            # Read the sender's end-of-stream before closing: closing a stream with unread input
+            # resets it, which can destroy the last averaged chunk still in flight to the sender.
+            await asyncio.wait_for(asyncio.shield(consumer), self.sender_timeout)
+        except asyncio.TimeoutError:
+            pass
         finally:
             consumer.cancel()
 
@@ -314,6 +319,11 @@ class AllReduceRound:
                     self._try_finalize()
                 expected_k += 1
                 message = None
+            try:  # drain the end-of-stream marker (see serve)
+                await asyncio.wait_for(anext(requests), self.sender_timeout)
+            except StopAsyncIteration:
+                pass
+            return
         except StopAsyncIteration:
             self._exclude(sender, "stream ended early")
         except asyncio.TimeoutError:
@@ -365,6 +375,10 @@ class AllReduceRound:
             self.stats.bytes_received += len(reply.data)
             self._store_result(chunk, decode_checked(self.layout.codecs[chunk.bucket], reply.data, chunk.length))
             received += 1
+        try:  # let the reducer close first, so neither side resets a stream with data in flight
+            await asyncio.wait_for(anext(stream), 1.0)
+        except (StopAsyncIteration, asyncio.TimeoutError, Exception):
+            pass
 
     async def run(self) -> list[torch.Tensor] | None:
         group, me = self.group, self.group.my_index

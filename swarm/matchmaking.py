@@ -83,7 +83,10 @@ class Matchmaker:
         return sorted(ids - failed)
 
     def _expected(self, epoch: int) -> set[str]:
-        ids = {p.peer_id for p in self.tracker.view.at_epoch(epoch)} - self._failed.get(epoch, set())
+        """Who the leader waits for: peers at the epoch, and peers whose record still shows the epoch
+        before (most have just stepped and not yet republished; one that really lags costs gather_timeout)."""
+        view = self.tracker.view
+        ids = {p.peer_id for p in view.at_epoch(epoch) + view.at_epoch(epoch - 1)} - self._failed.get(epoch, set())
         return ids | {self.peer_id}
 
     def _gathering(self, epoch: int) -> _Gathering:
@@ -134,6 +137,7 @@ class Matchmaker:
             raise RoundFailed("this epoch's group was already formed without this peer")
         if not g.leading:
             g.leading, g.started = True, time.monotonic()
+        self.tracker.poke()
         g.requests[self.peer_id] = request
         logger.debug("epoch %d: leading matchmaking", request.epoch)
         gather_end = min(deadline, g.started + self.gather_timeout)

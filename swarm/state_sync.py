@@ -121,7 +121,7 @@ async def download_state(p2p: P2P, run_id: str, donor: str, min_epoch: int, time
         expected = int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size() if shape else torch.empty(0, dtype=dtype).element_size()
         if len(buf) != expected:
             raise ProtocolError(f"tensor {name} has {len(buf)} bytes, expected {expected}")
-        tensors[name] = torch.frombuffer(bytes(buf), dtype=torch.uint8).view(dtype).reshape(shape).clone() if expected else torch.empty(shape, dtype=dtype)
+        tensors[name] = torch.frombuffer(buf, dtype=torch.uint8).view(dtype).reshape(shape).clone() if expected else torch.empty(shape, dtype=dtype)
     state = TrainingState(epoch=epoch, tensors=tensors, extra=extra)
     if state.digest() != digest:
         raise ProtocolError(f"state from {donor[-8:]} does not match its hash")

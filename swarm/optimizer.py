@@ -1,0 +1,254 @@
+"""The collaborative optimizer: wraps any torch optimizer so that a swarm takes large-batch steps together.
+
+DeDLOC's synchronous mode. `step(samples)` accumulates the local gradients (weighted by
+samples) and returns at once, until the swarm has `target_batch_size` samples at this
+epoch; then it averages the accumulated gradients with the group (weights = samples),
+applies the wrapped optimizer to the averaged gradient and advances the epoch. Every
+peer that steps applies the same averaged bytes to the same parameters and optimizer
+state, so the peers hold bitwise-identical parameters (published as `params_hash`).
+
+A peer that misses a round does not step; it keeps its gradients and retries when the
+swarm is still at its epoch, and downloads the state when the swarm has moved on (it is
+behind), or when its parameter hash disagrees with the majority of its epoch.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+import torch
+
+from .allreduce import TensorLayout
+from .compression import CompressionPolicy
+from .errors import NetworkError, RoundFailed, SwarmError
+from .optim.schedule import apply_lr
+from .state_sync import TrainingState, params_digest
+
+if TYPE_CHECKING:
+    from .collaboration import Collaboration
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StepReport:
+    """What one global step did (for logs, metrics and the demo report)."""
+
+    epoch: int                      # the epoch reached by this step
+    group_size: int
+    round_seconds: float
+    bytes_sent: int
+    bytes_received: int
+    samples: int                    # the swarm's samples in this global batch (sum of weights)
+    params_hash: str
+    time: float = field(default_factory=time.time)
+
+
+class CollaborativeOptimizer:
+    def __init__(
+        self,
+        collab: "Collaboration",
+        params: Iterable[torch.nn.Parameter],
+        optimizer: Callable[..., torch.optim.Optimizer] | torch.optim.Optimizer,
+        *,
+        lr_schedule: Callable[[int], float] | None = None,
+        compression: CompressionPolicy | None = None,
+        **optimizer_kwargs: Any,
+    ):
+        self.collab = collab
+        self.params = [p for p in params if p.requires_grad]
+        if isinstance(optimizer, torch.optim.Optimizer):
+            self.inner = optimizer
+        else:
+            self.inner = optimizer(self.params, **optimizer_kwargs)
+        self.base_lrs = [g["lr"] for g in self.inner.param_groups]
+        self.lr_schedule = lr_schedule
+        policy = compression or CompressionPolicy(default=collab.config.compression)
+        self.layout = TensorLayout.build([p.shape for p in self.params], lambda i, n: policy.codec_for(str(i), n))
+        self._accum = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
+        self.local_samples = 0
+        self.epoch = 0
+        self.step_lock = threading.Lock()
+        self._rate = 0.0
+        self._last_step_time: float | None = None
+        self._retry_after = 0.0
+        self.rounds_completed = 0
+        self.rounds_failed = 0
+        self.state_downloads = 0
+        self.history: list[StepReport] = []
+        self.on_step: list[Callable[[StepReport], None]] = []
+        self._apply_schedule()
+        collab._attach(self)
+
+    # -- the training loop's API ----------------------------------------------------------------------------
+
+    def step(self, samples: int) -> bool:
+        """Accumulate this micro-batch's gradients; take a global step when the swarm is ready.
+
+        Returns True when a global step was taken. Call `zero_grad()` after it, as usual.
+        """
+        if samples <= 0:
+            raise ValueError("samples must be positive")
+        now = time.monotonic()
+        if self._last_step_time is not None:
+            dt = max(now - self._last_step_time, 1e-6)
+            inst = samples / dt
+            self._rate = inst if self._rate == 0 else 0.8 * self._rate + 0.2 * inst
+        self._last_step_time = now
+        with torch.no_grad():
+            for p, acc in zip(self.params, self._accum):
+                if p.grad is not None:
+                    acc.add_(p.grad.float(), alpha=float(samples))
+        self.local_samples += samples
+        tracker = self.collab.tracker
+        tracker.report(samples=self.local_samples, samples_per_second=self._rate)
+        if self._maybe_resync():
+            return False
+        if now < self._retry_after or not tracker.ready(self.epoch):
+            return False
+        return self._global_step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.inner.zero_grad(set_to_none=set_to_none)
+
+    @property
+    def samples_per_second(self) -> float:
+        return self._rate
+
+    def params_hash(self) -> str:
+        return params_digest([p.data for p in self.params])
+
+    # -- rounds ------------------------------------------------------------------------------------------------
+
+    def _global_step(self) -> bool:
+        collab = self.collab
+        weight = float(self.local_samples)
+        with torch.no_grad():
+            local = self.layout.flatten([acc / max(weight, 1.0) for acc in self._accum])
+        try:
+            averaged, outcome = collab.average(self.epoch, local, weight, self.layout)
+        except RoundFailed as e:
+            self.rounds_failed += 1
+            self._retry_after = time.monotonic() + 1.0
+            logger.warning("epoch %d: round failed (%s); keeping %d samples of gradients", self.epoch, e, self.local_samples)
+            collab.tracker.poke()
+            return False
+        grads = self.layout.unflatten(averaged)
+        with self.step_lock, torch.no_grad():
+            for p, g in zip(self.params, grads):
+                p.grad = g.to(dtype=p.dtype).clone()
+            self.inner.step()
+            self.epoch += 1
+            self._apply_schedule()
+            for acc in self._accum:
+                acc.zero_()
+            self.local_samples = 0
+            digest = self.params_hash()
+        self.rounds_completed += 1
+        report = StepReport(
+            epoch=self.epoch, group_size=outcome.group_size, round_seconds=outcome.seconds,
+            bytes_sent=outcome.bytes_sent, bytes_received=outcome.bytes_received,
+            samples=int(outcome.total_weight), params_hash=digest,
+        )
+        self.history.append(report)
+        collab.tracker.report(epoch=self.epoch, samples=0, params_hash=digest)
+        collab.tracker.poke()
+        for callback in self.on_step:
+            callback(report)
+        return True
+
+    def _apply_schedule(self) -> None:
+        if self.lr_schedule is None:
+            return
+        multiplier = self.lr_schedule(self.epoch)
+        for group, base in zip(self.inner.param_groups, self.base_lrs):
+            group["lr"] = base * multiplier
+
+    # -- state ----------------------------------------------------------------------------------------------------
+
+    def _maybe_resync(self) -> bool:
+        """Download the state when the swarm is ahead of us, or when our parameters disagree with our epoch's majority."""
+        view = self.collab.tracker.view
+        behind = view.epoch > self.epoch
+        divergent, majority = False, None
+        if not behind and self.epoch > 0:
+            hashes = Counter(p.params_hash for p in view.at_epoch(self.epoch) if p.params_hash and p.peer_id != self.collab.peer_id)
+            if hashes:
+                (top, count), = hashes.most_common(1)
+                mine = self.collab.tracker.local.params_hash
+                divergent = mine != top and count >= 2 and count * 2 > sum(hashes.values()) + 1
+                majority = top
+        if not (behind or divergent):
+            return False
+        logger.info("epoch %d: %s, downloading the state", self.epoch, f"swarm is at epoch {view.epoch}" if behind else "parameters disagree with the majority")
+        try:
+            self.load_state_from_peers(params_hash=majority)
+        except SwarmError as e:
+            logger.warning("state download failed: %s", e)
+            self._retry_after = time.monotonic() + 1.0
+        return True
+
+    def load_state_from_peers(self, params_hash: str | None = None) -> bool:
+        """Replace parameters, optimizer state and epoch with a verified download from the newest peers.
+
+        With `params_hash`, only peers holding those parameters are donors (re-sync after divergence);
+        otherwise only a swarm ahead of us is worth downloading. False when there is nobody to ask.
+        """
+        collab = self.collab
+        view = collab.tracker.view
+        donors = [
+            p.peer_id for p in view.at_epoch(view.epoch)
+            if p.serves_state and p.role not in ("client", "aux") and p.peer_id != collab.peer_id
+            and (params_hash is None or p.params_hash == params_hash)
+        ]
+        if not donors or (params_hash is None and view.epoch <= self.epoch):
+            return False
+        state = collab.download_state(donors, view.epoch)
+        self.load_state(state)
+        self.state_downloads += 1
+        logger.info("loaded the state of epoch %d", self.epoch)
+        return True
+
+    def snapshot(self) -> TrainingState | None:
+        """A consistent copy of the training state (called from the engine thread)."""
+        with self.step_lock:
+            tensors = {f"param.{i}": p.detach().clone() for i, p in enumerate(self.params)}
+            sd = self.inner.state_dict()
+            extra_state: dict[str, dict[str, Any]] = {}
+            for idx, st in sd["state"].items():
+                for key, value in st.items():
+                    if torch.is_tensor(value):
+                        tensors[f"opt.{idx}.{key}"] = value.detach().clone()
+                    else:
+                        extra_state.setdefault(str(idx), {})[key] = value
+            groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+            return TrainingState(epoch=self.epoch, tensors=tensors, extra={"param_groups": groups, "opt_extra": extra_state})
+
+    def load_state(self, state: TrainingState) -> None:
+        with self.step_lock, torch.no_grad():
+            for i, p in enumerate(self.params):
+                t = state.tensors.get(f"param.{i}")
+                if t is None or t.shape != p.shape:
+                    raise NetworkError(f"downloaded state does not fit this model (parameter {i})")
+                p.copy_(t)
+            opt_state: dict[int, dict[str, Any]] = {}
+            for name, t in state.tensors.items():
+                if name.startswith("opt."):
+                    _, idx, key = name.split(".", 2)
+                    opt_state.setdefault(int(idx), {})[key] = t
+            for idx, values in state.extra.get("opt_extra", {}).items():
+                opt_state.setdefault(int(idx), {}).update(values)
+            groups = state.extra.get("param_groups") or self.inner.state_dict()["param_groups"]
+            self.inner.load_state_dict({"state": opt_state, "param_groups": groups})
+            self.epoch = state.epoch
+            self._apply_schedule()
+            for acc in self._accum:
+                acc.zero_()
+            self.local_samples = 0
+            digest = self.params_hash()
+        self.collab.tracker.report(epoch=self.epoch, samples=0, params_hash=digest)
+        self.collab.tracker.poke()
