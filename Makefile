@@ -1,0 +1,26 @@
+# Developer and CI entry points. `make test` is the README's test command; .ci/run calls it.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+TORCH := torch==2.13.0
+APT_PACKAGES := bible-kjv dataset-fashion-mnist iproute2 iptables
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install demo test
+
+# Idempotent: apt only when a package is missing; torch first and pinned in every pip call, so pip never picks
+# another torch (the CPU wheel on local disk).
+install:
+	@if ! command -v dpkg >/dev/null 2>&1; then \
+		echo "no dpkg: install $(APT_PACKAGES) by hand"; \
+	elif ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+		$(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES); \
+	fi
+	$(PIP) install $(TORCH)
+	$(PIP) install -e '.[test]' $(TORCH)
+
+demo: install
+	swarm demo --task albert --peers 3 --duration 90 --report demo-report.json
+
+test:
+	$(PYTHON) -m pytest tests -q -x --timeout=300 -p no:cacheprovider
