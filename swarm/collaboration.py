@@ -17,6 +17,7 @@ leaving the `with` block) withdraws the progress record and stops all of them.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 from dataclasses import dataclass
@@ -189,6 +190,8 @@ class Collaboration:
             return self.loop.run(self._average(epoch, local, weight, layout), timeout=budget)
         except NetworkError as e:
             raise RoundFailed(str(e)) from e
+        except concurrent.futures.CancelledError:
+            raise RoundFailed("interrupted") from None
 
     async def _average(self, epoch: int, local: list[torch.Tensor] | None, weight: float, layout: TensorLayout):
         assert self.matchmaker is not None and self.aggregate is not None and self.node is not None
@@ -227,10 +230,19 @@ class Collaboration:
     def download_state(self, donors: list[str], min_epoch: int) -> TrainingState:
         assert self.node is not None
         timeout = self.config.state_timeout
-        state, donor = self.loop.run(
-            download_from_any(self.node.p2p, self.run_id, donors, min_epoch, timeout), timeout=3 * timeout + 5
-        )
+        try:
+            state, donor = self.loop.run(
+                download_from_any(self.node.p2p, self.run_id, donors, min_epoch, timeout), timeout=3 * timeout + 5
+            )
+        except concurrent.futures.CancelledError:
+            raise NetworkError("state download interrupted") from None
         return state
+
+    def publish_metrics(self, record: records.MetricsRecord) -> None:
+        """Publish a metrics record without blocking the training loop (failures are logged)."""
+        assert self.node is not None
+        future = self.loop.submit(self.node.store_record(records.metrics_key(self.run_id), record, self.config.record_ttl * 4))
+        future.add_done_callback(lambda f: f.cancelled() or f.exception() is None or logger.debug("metrics not published: %s", f.exception()))
 
     # -- auxiliary peers --------------------------------------------------------------------------------------
 

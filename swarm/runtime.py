@@ -26,6 +26,7 @@ class EngineLoop:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self._inflight: set[concurrent.futures.Future] = set()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -57,7 +58,15 @@ class EngineLoop:
         return self
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        self._inflight.add(future)
+        future.add_done_callback(self._inflight.discard)
+        return future
+
+    def cancel_all(self) -> None:
+        """Cancel every call in flight (Ctrl-C during a round): their callers get CancelledError."""
+        for future in list(self._inflight):
+            future.cancel()
 
     def run(self, coro: Awaitable[T], timeout: float | None = None) -> T:
         """Run a coroutine on the engine loop and wait for it (from another thread)."""

@@ -1,0 +1,73 @@
+"""`swarm join`: run a volunteer peer (registered as a `swarm.commands` plug-in)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from swarm.config import load_run_config
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """Flags that map onto RunConfig / EngineConfig fields (the YAML file sets the same ones)."""
+    p.add_argument("--config", help="experiment YAML (RunConfig fields)")
+    p.add_argument("--run-id", help="the run to join")
+    p.add_argument("--task", help="task plug-in (albert)")
+    p.add_argument("--data-path", help="text file or folder (default: the embedded KJV corpus)")
+    p.add_argument("--target-batch-size", type=int, help="samples per global step")
+    p.add_argument("--micro-batch-size", type=int, help="samples per local step")
+    p.add_argument("--compression", help="none, fp16, uniform8bit, quantile8bit")
+    p.add_argument("--averaging-timeout", type=float, help="deadline of one all-reduce, seconds")
+    p.add_argument("--size", help="model size for the task (tiny, small, base, large)")
+
+
+def run_config_from_args(args: argparse.Namespace):
+    overrides = {
+        "run_id": args.run_id, "task": args.task, "data_path": args.data_path,
+        "target_batch_size": args.target_batch_size, "micro_batch_size": args.micro_batch_size,
+        "compression": args.compression, "averaging_timeout": args.averaging_timeout,
+    }
+    config = load_run_config(args.config, overrides)
+    if args.size:
+        config.task_options["size"] = args.size
+    return config
+
+
+def register_join(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("join", help="join a run as a volunteer peer", description="Join a run and train with the swarm until Ctrl-C.")
+    add_run_options(p)
+    p.add_argument("--initial-peers", nargs="+", default=[], metavar="MULTIADDR", help="any peer of the run")
+    role = p.add_mutually_exclusive_group()
+    role.add_argument("--client-mode", action="store_true", help="behind NAT: dial out only, reduce no share")
+    role.add_argument("--aux", action="store_true", help="auxiliary peer: reduce shares, bring no gradients")
+    p.add_argument("--host-maddrs", nargs="+", default=["/ip4/0.0.0.0/tcp/0"], help="where to listen")
+    p.add_argument("--announce-maddrs", nargs="+", default=None, help="public addresses to announce")
+    p.add_argument("--identity", help="private key file for a persistent peer id")
+    p.add_argument("--metrics-file", type=Path, help="append one JSON line per global step")
+    p.add_argument("--duration", type=float, help="leave after this many seconds")
+    p.add_argument("--stop-at", type=float, help="leave at this UNIX time")
+    p.add_argument("--max-epochs", type=int, help="leave after this global epoch")
+    p.add_argument("--worker-seed", type=int, default=0, help="data order of this peer")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.set_defaults(func=cmd_join)
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    from .daemon import PeerOptions, StopFlag, run_peer
+
+    config = run_config_from_args(args)
+    duration = args.duration
+    if args.stop_at is not None:
+        import time
+
+        duration = min(duration or float("inf"), max(1.0, args.stop_at - time.time()))
+    role = "client" if args.client_mode else "aux" if args.aux else "trainer"
+    stop = StopFlag()
+    stop.install()
+    options = PeerOptions(
+        initial_peers=args.initial_peers, role=role, host_maddrs=args.host_maddrs, announce_maddrs=args.announce_maddrs,
+        identity_path=args.identity, metrics_path=args.metrics_file, duration=duration, max_epochs=args.max_epochs,
+        worker_seed=args.worker_seed, threads=args.threads,
+    )
+    summary = run_peer(config, options, stop)
+    print(f"left run {config.run_id} at epoch {summary.epochs} after {summary.rounds_completed} rounds ({summary.rounds_failed} failed)")
+    return 0

@@ -1,0 +1,208 @@
+"""The volunteer peer daemon: joins a run, checks it agrees with the run's config, and trains a task.
+
+Lifecycle: start the collaboration (p2pd + DHT, children owned by a Reaper), fetch the
+run's config record (publish ours if this is the first peer), refuse with one line if
+the task, model or tokenizer differ, download the current state, then train until
+stopped. SIGINT and SIGTERM stop it cleanly: an averaging round in flight is abandoned
+(the group finishes without us), the progress record is withdrawn and every child
+process ends, within a few seconds.
+
+Each global step is logged (epoch, loss, swarm samples/s, group size) and, with
+`metrics_path`, appended as a JSON line; the peer also publishes a signed MetricsRecord.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from swarm import records
+from swarm.collaboration import Collaboration
+from swarm.config import RunConfig
+from swarm.errors import ConfigError
+from swarm.optim.schedule import warmup_linear_decay
+
+from .tasks import TaskSettings, get_task
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PeerOptions:
+    initial_peers: Sequence[str] = ()
+    role: str = "trainer"                      # trainer | client | aux
+    host_maddrs: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",)
+    announce_maddrs: Sequence[str] | None = None
+    identity_path: str | None = None
+    metrics_path: Path | None = None
+    duration: float | None = None              # seconds; None: until stopped
+    max_epochs: int | None = None
+    worker_seed: int = 0
+    threads: int = 1
+    publish_config: bool = True                # the first peer of a run publishes the config record
+    print_progress: bool = True
+
+
+@dataclass
+class PeerSummary:
+    peer_id: str
+    epochs: int
+    samples: int
+    rounds_completed: int
+    rounds_failed: int
+    state_downloads: int
+    hashes: dict[int, str] = field(default_factory=dict)
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; also interrupts an averaging round in flight."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.on_set: list = []
+
+    def set(self, *_: Any) -> None:
+        first = not self._event.is_set()
+        self._event.set()
+        if first:
+            for callback in self.on_set:
+                callback()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self.set)
+        signal.signal(signal.SIGTERM, self.set)
+
+
+def config_record(config: RunConfig, fingerprint: dict[str, str]) -> records.ConfigRecord:
+    return records.ConfigRecord(
+        run_id=config.run_id, task=config.task, target_batch_size=config.engine.target_batch_size,
+        fingerprint=fingerprint, hyperparameters=config.hyperparameters(), created_at=time.time(),
+    )
+
+
+def check_config(run: records.ConfigRecord, mine: records.ConfigRecord) -> None:
+    """Refuse to train with a config that differs from the run's: one clear line."""
+    if run.task != mine.task:
+        raise ConfigError(f"this run trains task {run.task!r}, not {mine.task!r}")
+    for key in sorted(set(run.fingerprint) | set(mine.fingerprint)):
+        if run.fingerprint.get(key) != mine.fingerprint.get(key):
+            raise ConfigError(
+                f"this peer's {key} hash {mine.fingerprint.get(key, '-')[:12]} differs from the run's "
+                f"{run.fingerprint.get(key, '-')[:12]}: use the run's config (swarm join fetches it) and the same data"
+            )
+    if run.target_batch_size != mine.target_batch_size:
+        raise ConfigError(f"target_batch_size {mine.target_batch_size} differs from the run's {run.target_batch_size}")
+    for key in sorted(set(run.hyperparameters) | set(mine.hyperparameters)):
+        if key == "micro_batch_size":
+            continue  # each volunteer picks what fits its memory
+        if run.hyperparameters.get(key) != mine.hyperparameters.get(key):
+            raise ConfigError(f"hyperparameter {key}={mine.hyperparameters.get(key)!r} differs from the run's {run.hyperparameters.get(key)!r}")
+
+
+def run_peer(config: RunConfig, options: PeerOptions, stop: StopFlag | None = None) -> PeerSummary:
+    """Join the run and train (or reduce, for aux) until the duration, max_epochs or a stop signal."""
+    stop = stop or StopFlag()
+    torch.set_num_threads(options.threads)
+    settings = TaskSettings(
+        data_path=config.data_path, micro_batch_size=config.micro_batch_size, seed=config.seed, options=dict(config.task_options)
+    )
+    task = get_task(config.task, settings)
+    fingerprint = task.fingerprint()
+    model = task.build_model()
+    mine = config_record(config, fingerprint)
+
+    collab = Collaboration(
+        config.run_id, initial_peers=options.initial_peers, role=options.role, config=config.engine,
+        host_maddrs=options.host_maddrs, announce_maddrs=options.announce_maddrs, identity_path=options.identity_path,
+    )
+    stop.on_set.append(collab.loop.cancel_all)
+    metrics = open(options.metrics_path, "a") if options.metrics_path else None
+    summary = PeerSummary(peer_id=collab.peer_id, epochs=0, samples=0, rounds_completed=0, rounds_failed=0, state_downloads=0)
+    try:
+        run = collab.fetch_config()
+        if run is None and options.publish_config:
+            collab.publish_config(mine)
+        elif run is not None:
+            check_config(run, mine)
+        logger.info("peer %s joined run %s as %s; visible at %s", collab.peer_id[-8:], config.run_id, options.role, collab.visible_maddrs()[:1])
+        schedule = warmup_linear_decay(config.warmup_epochs, config.total_epochs) if config.warmup_epochs < config.total_epochs else None
+        opt = collab.optimizer(model.parameters(), lambda params: task.make_optimizer(params, config.lr), lr_schedule=schedule)
+        deadline = time.monotonic() + options.duration if options.duration else math.inf
+        if options.role == "aux":
+            collab.run_auxiliary(opt.layout, lambda: stop.is_set() or time.monotonic() > deadline)
+            return summary
+        _train(task, model, opt, collab, config, options, stop, deadline, metrics, summary)
+        return summary
+    finally:
+        if metrics is not None:
+            metrics.close()
+        collab.shutdown()
+
+
+def _train(task, model, opt, collab: Collaboration, config: RunConfig, options: PeerOptions, stop: StopFlag, deadline: float, metrics, summary: PeerSummary) -> None:
+    losses: list[float] = []
+    mini_steps = 0
+    samples_total = 0
+    epoch_started = time.monotonic()
+
+    def on_step(report) -> None:
+        nonlocal losses, epoch_started
+        loss = sum(losses) / len(losses) if losses else float("nan")
+        elapsed = time.monotonic() - epoch_started
+        swarm_rate = report.samples / elapsed if elapsed > 0 else 0.0
+        line = {
+            "epoch": report.epoch, "loss": loss, "samples": report.samples, "swarm_samples_per_second": swarm_rate,
+            "local_samples_per_second": opt.samples_per_second, "group_size": report.group_size,
+            "round_seconds": report.round_seconds, "bytes_sent": report.bytes_sent, "params_hash": report.params_hash,
+            "time": report.time, "peer_id": collab.peer_id,
+        }
+        summary.hashes[report.epoch] = report.params_hash
+        if metrics is not None:
+            metrics.write(json.dumps(line) + "\n")
+            metrics.flush()
+        if options.print_progress:
+            logger.info(
+                "epoch %d | loss %.4f | swarm %.1f samples/s | %d peers averaged in %.2fs",
+                report.epoch, loss, swarm_rate, report.group_size, report.round_seconds,
+            )
+        record = records.MetricsRecord(
+            peer_id=collab.peer_id, epoch=report.epoch, loss=loss if math.isfinite(loss) else -1.0,
+            samples_per_second=float(opt.samples_per_second), mini_steps=mini_steps, samples_total=samples_total,
+            round_seconds=float(report.round_seconds), device="cpu", time=time.time(),
+        )
+        collab.publish_metrics(record)
+        losses = []
+        epoch_started = time.monotonic()
+
+    opt.on_step.append(on_step)
+    model.train()
+    for batch in task.batches(options.worker_seed):
+        if stop.is_set() or time.monotonic() > deadline or (options.max_epochs is not None and opt.epoch >= options.max_epochs):
+            break
+        loss, n = task.loss(model, batch)
+        loss.backward()
+        losses.append(float(loss.detach()))
+        mini_steps += 1
+        samples_total += n
+        opt.step(samples=n)
+        opt.zero_grad()
+    summary.epochs = opt.epoch
+    summary.samples = samples_total
+    summary.rounds_completed = opt.rounds_completed
+    summary.rounds_failed = opt.rounds_failed
+    summary.state_downloads = opt.state_downloads
+    if metrics is not None:
+        metrics.write(json.dumps({"final": True, "peer_id": collab.peer_id, "epoch": opt.epoch, "params_hash": opt.params_hash(),
+                                  "rounds_completed": opt.rounds_completed, "rounds_failed": opt.rounds_failed,
+                                  "state_downloads": opt.state_downloads, "samples": samples_total, "mini_steps": mini_steps}) + "\n")

@@ -1,0 +1,202 @@
+"""`swarm demo`: a bootstrap peer and N volunteer peers on loopback pretrain a task together.
+
+The demo process hosts the bootstrap node (an Observer that publishes the run's config),
+prepares the task's caches once (tokenizer, tokenized corpus), starts N `swarm join`
+processes, prints one line per global epoch, and writes a JSON report. Every child is
+owned: peers get PR_SET_PDEATHSIG, and the Reaper ends their p2pd daemons too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from swarm.config import RunConfig
+from swarm.lifecycle import set_parent_death_signal
+
+from .cli import add_run_options, run_config_from_args
+
+logger = logging.getLogger(__name__)
+
+DEMO_DEFAULTS = {"run_id": "demo", "target_batch_size": 256, "lr": 0.02, "warmup_epochs": 2, "total_epochs": 200}
+
+
+def register_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run a whole swarm on this machine", description="A bootstrap peer and N volunteers train together on loopback.")
+    add_run_options(p)
+    p.add_argument("--peers", type=int, default=3, help="volunteer peers to start")
+    p.add_argument("--duration", type=float, default=90.0, help="seconds of training")
+    p.add_argument("--report", type=Path, help="write the JSON report here")
+    p.add_argument("--run-dir", type=Path, default=Path("runs"), help="logs and metrics go to RUN_DIR/RUN_ID/")
+    p.set_defaults(func=cmd_demo)
+
+
+def _demo_config(args: argparse.Namespace) -> RunConfig:
+    config = run_config_from_args(args)
+    explicit = {k for k, v in vars(args).items() if v is not None}
+    data = config.model_dump()
+    if not args.config:  # demo-friendly defaults unless a file or flag says otherwise
+        for key, value in DEMO_DEFAULTS.items():
+            if key == "target_batch_size":
+                if "target_batch_size" not in explicit:
+                    data["engine"]["target_batch_size"] = value
+            elif key not in explicit:
+                data[key] = value
+    return RunConfig.model_validate(data)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from swarm.errors import ConfigError
+    from swarm.observer import Observer
+
+    from .daemon import config_record
+    from .tasks import TaskSettings, get_task
+
+    if args.peers < 1:
+        raise ConfigError("--peers must be at least 1")
+    started = time.monotonic()
+    config = _demo_config(args)
+    run_dir = args.run_dir / config.run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for old in run_dir.glob("peer*.jsonl"):
+        old.unlink()
+    config_path = run_dir / "experiment.yaml"
+    config_path.write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
+
+    print(f"preparing task {config.task} (tokenizer and corpus caches)...", flush=True)
+    task = get_task(config.task, TaskSettings(data_path=config.data_path, micro_batch_size=config.micro_batch_size, seed=config.seed, options=dict(config.task_options)))
+    fingerprint = task.fingerprint()
+
+    observer = Observer(config.run_id)
+    procs: list[subprocess.Popen] = []
+    logs = []
+    try:
+        observer.publish_config(config_record(config, fingerprint))
+        bootstrap = observer.visible_maddrs()[0]
+        print(f"bootstrap peer: {bootstrap}", flush=True)
+        stop_at = time.time() + args.duration - (time.monotonic() - started)
+        for i in range(args.peers):
+            log = open(run_dir / f"peer{i}.log", "w")
+            logs.append(log)
+            cmd = [
+                sys.executable, "-m", "swarm.cli", "join", "--config", str(config_path), "--initial-peers", bootstrap,
+                "--host-maddrs", "/ip4/127.0.0.1/tcp/0", "--metrics-file", str(run_dir / f"peer{i}.jsonl"),
+                "--stop-at", f"{stop_at:.1f}", "--worker-seed", str(i),
+            ]
+            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          preexec_fn=set_parent_death_signal))
+        print(f"started {args.peers} peers; logs in {run_dir}/", flush=True)
+        _watch(procs, run_dir, args.peers, deadline=started + args.duration + 60)
+    except KeyboardInterrupt:
+        print("interrupted: stopping peers", flush=True)
+    finally:
+        _stop_all(procs)
+        for log in logs:
+            log.close()
+        observer.shutdown()
+    report = build_report(config, run_dir, args.peers, time.monotonic() - started)
+    text = json.dumps(report, indent=2)
+    if args.report:
+        args.report.write_text(text + "\n")
+        print(f"report written to {args.report}")
+    print(text)
+    failed = [p.returncode for p in procs if p.returncode not in (0, None)]
+    if failed:
+        print(f"{len(failed)} peer(s) exited with errors: see {run_dir}/peer*.log", file=sys.stderr)
+    return 0
+
+
+def _read_lines(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass  # a line being written right now
+    return out
+
+
+def _watch(procs: list[subprocess.Popen], run_dir: Path, n: int, deadline: float) -> None:
+    """Print one line per global epoch until every peer has exited."""
+    printed = 0
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        time.sleep(1.0)
+        per_epoch = _epochs(run_dir, n)
+        for epoch in sorted(e for e in per_epoch if e > printed):
+            rows = per_epoch[epoch]
+            if len(rows) < min(n, 2) and any(p.poll() is None for p in procs) and epoch == max(per_epoch):
+                break  # wait until more peers report the newest epoch
+            loss = statistics.fmean(r["loss"] for r in rows if r["loss"] == r["loss"]) if rows else float("nan")
+            rate = max(r["swarm_samples_per_second"] for r in rows)
+            print(f"epoch {epoch:4d} | loss {loss:7.4f} | {rate:7.1f} samples/s | {rows[0]['group_size']} peers averaged | round {statistics.median(r['round_seconds'] for r in rows):.2f}s", flush=True)
+            printed = epoch
+
+
+def _epochs(run_dir: Path, n: int) -> dict[int, list[dict]]:
+    per_epoch: dict[int, list[dict]] = {}
+    for i in range(n):
+        for row in _read_lines(run_dir / f"peer{i}.jsonl"):
+            if not row.get("final"):
+                per_epoch.setdefault(row["epoch"], []).append(row)
+    return per_epoch
+
+
+def _stop_all(procs: list[subprocess.Popen], grace: float = 15.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    end = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(max(0.1, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
+def build_report(config: RunConfig, run_dir: Path, n: int, duration: float) -> dict:
+    peers = [_read_lines(run_dir / f"peer{i}.jsonl") for i in range(n)]
+    steps = [[r for r in rows if not r.get("final")] for rows in peers]
+    finals = [next((r for r in rows if r.get("final")), None) for rows in peers]
+    per_epoch = _epochs(run_dir, n)
+    epochs = sorted(per_epoch)
+    losses = {e: statistics.fmean(r["loss"] for r in per_epoch[e] if r["loss"] == r["loss"]) for e in epochs if any(r["loss"] == r["loss"] for r in per_epoch[e])}
+    hashes = [{r["epoch"]: r["params_hash"] for r in rows} for rows in steps]
+    common = set.intersection(*(set(h) for h in hashes)) if hashes and all(hashes) else set()
+    last_common = max(common) if common else None
+    identical = last_common is not None and len({h[last_common] for h in hashes}) == 1
+    samples = sum(per_epoch[e][0]["samples"] for e in epochs)
+    round_seconds = [r["round_seconds"] for rows in steps for r in rows]
+    return {
+        "task": config.task,
+        "run_id": config.run_id,
+        "peers": n,
+        "duration_s": round(duration, 2),
+        "epochs": len(epochs),
+        "samples": samples,
+        "samples_per_second": round(samples / duration, 2) if duration > 0 else 0.0,
+        "loss_first": losses[epochs[0]] if epochs and epochs[0] in losses else None,
+        "loss_last": losses[epochs[-1]] if epochs and epochs[-1] in losses else None,
+        "rounds_completed": len(epochs),
+        "rounds_failed": sum((f or {}).get("rounds_failed", 0) for f in finals),
+        "round_seconds_median": round(statistics.median(round_seconds), 4) if round_seconds else None,
+        "params_identical": identical,
+        "last_common_epoch": last_common,
+        "target_batch_size": config.engine.target_batch_size,
+        "state_downloads": sum((f or {}).get("state_downloads", 0) for f in finals),
+        "per_peer": [
+            {"peer_id": (f or {}).get("peer_id"), "epoch": (f or {}).get("epoch"), "samples": (f or {}).get("samples"),
+             "rounds_completed": (f or {}).get("rounds_completed"), "rounds_failed": (f or {}).get("rounds_failed")}
+            for f in finals
+        ],
+    }

@@ -1,0 +1,51 @@
+"""The `swarm` command. Subcommands are plug-ins (entry point group `swarm.commands`), so the engine
+never imports the peer daemon or the coordinator: `peers` registers `join` and `demo`, and so on.
+
+Every SwarmError ends as one line on stderr and its exit code; Ctrl-C exits with 130.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib.metadata import entry_points
+
+from .errors import SwarmError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="swarm", description="Train deep learning models together over the internet.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for ep in sorted(entry_points(group="swarm.commands"), key=lambda e: e.name):
+        ep.load()(sub)
+    return parser
+
+
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname).1s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    for noisy in ("hivemind", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    setup_logging(args.verbose, args.quiet)
+    try:
+        return int(args.func(args) or 0)
+    except SwarmError as e:
+        print(f"swarm: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("swarm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""A node that joins a run without training: the bootstrap peer of a demo, and the coordinator's eyes.
+
+It owns a Reaper, an engine loop and a Node (p2pd + DHT) like a trainer does, publishes
+no progress, and reads everyone's progress and metrics records.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+from . import records
+from .errors import NetworkError
+from .lifecycle import Reaper
+from .node import Node, NodeOptions
+from .runtime import EngineLoop
+
+logger = logging.getLogger(__name__)
+
+
+class Observer:
+    def __init__(self, run_id: str, *, initial_peers: Sequence[str] = (), host_maddrs: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
+                 announce_maddrs: Sequence[str] | None = None, identity_path: str | None = None):
+        self.run_id = run_id
+        self.reaper = Reaper().start()
+        self.loop = EngineLoop(name="swarm-observer").start()
+        options = NodeOptions(initial_peers=tuple(initial_peers), host_maddrs=tuple(host_maddrs),
+                              announce_maddrs=announce_maddrs, identity_path=identity_path)
+        try:
+            self.node: Node | None = self.loop.run(Node.create(run_id, options), timeout=options.startup_timeout + 15)
+        except BaseException:
+            self.loop.stop()
+            self.reaper.close()
+            raise
+        self.reaper.scan()
+
+    def _node(self) -> Node:
+        if self.node is None:
+            raise NetworkError("observer is shut down")
+        return self.node
+
+    @property
+    def peer_id(self) -> str:
+        return str(self._node().peer_id)
+
+    def visible_maddrs(self) -> list[str]:
+        return self.loop.run(self._node().visible_maddrs(), timeout=10)
+
+    def progress(self) -> list[records.ProgressRecord]:
+        return self.loop.run(self._node().fetch_records(records.progress_key(self.run_id), records.ProgressRecord), timeout=15)  # type: ignore[return-value]
+
+    def metrics(self) -> list[records.MetricsRecord]:
+        return self.loop.run(self._node().fetch_records(records.metrics_key(self.run_id), records.MetricsRecord), timeout=15)  # type: ignore[return-value]
+
+    def publish_config(self, record: records.ConfigRecord, ttl: float = 3600.0) -> bool:
+        return self.loop.run(self._node().store_record(records.config_key(self.run_id), record, ttl), timeout=15)
+
+    def fetch_config(self) -> records.ConfigRecord | None:
+        found = self.loop.run(self._node().fetch_records(records.config_key(self.run_id), records.ConfigRecord), timeout=15)
+        return min(found, key=lambda r: r.created_at) if found else None  # type: ignore[attr-defined]
+
+    def shutdown(self) -> None:
+        try:
+            if self.node is not None:
+                try:
+                    self.loop.run(self.node.shutdown(), timeout=6)
+                except Exception as e:
+                    logger.debug("observer shutdown: %s", e)
+                self.node = None
+            self.loop.stop()
+        finally:
+            self.reaper.close()
+
+    def __enter__(self) -> "Observer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
