@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
+from hivemind.utils.crypto import RSAPrivateKey
+
 from . import records
 from .errors import NetworkError
 from .lifecycle import Reaper
@@ -19,14 +21,17 @@ logger = logging.getLogger(__name__)
 
 class Observer:
     def __init__(self, run_id: str, *, initial_peers: Sequence[str] = (), host_maddrs: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
-                 announce_maddrs: Sequence[str] | None = None, identity_path: str | None = None):
+                 announce_maddrs: Sequence[str] | None = None, identity_path: str | None = None,
+                 private_key: RSAPrivateKey | None = None):
+        """`identity_path`: p2p identity file (a stable peer id); `private_key`: the RSA key that signs this
+        node's records (a stable owner, e.g. the organizer's key); both are fresh per process when None."""
         self.run_id = run_id
         self.reaper = Reaper().start()
         self.loop = EngineLoop(name="swarm-observer").start()
         options = NodeOptions(initial_peers=tuple(initial_peers), host_maddrs=tuple(host_maddrs),
                               announce_maddrs=announce_maddrs, identity_path=identity_path)
         try:
-            self.node: Node | None = self.loop.run(Node.create(run_id, options), timeout=options.startup_timeout + 15)
+            self.node: Node | None = self.loop.run(Node.create(run_id, options, private_key), timeout=options.startup_timeout + 15)
         except BaseException:
             self.loop.stop()
             self.reaper.close()

@@ -64,6 +64,10 @@ class MetricsRecord(_Record):
     round_seconds: float = Field(ge=0)
     device: str = Field(default="cpu", max_length=64)
     time: float
+    # The round that reached `epoch`, as this peer saw it (optional: records of older peers lack them).
+    group_size: int = Field(default=0, ge=0)
+    bytes_sent: int = Field(default=0, ge=0)
+    bytes_received: int = Field(default=0, ge=0)
 
 
 def config_key(run_id: str) -> str:
