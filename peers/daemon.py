@@ -180,6 +180,7 @@ def _train(task, model, opt, collab: Collaboration, config: RunConfig, options: 
             peer_id=collab.peer_id, epoch=report.epoch, loss=loss if math.isfinite(loss) else -1.0,
             samples_per_second=float(opt.samples_per_second), mini_steps=mini_steps, samples_total=samples_total,
             round_seconds=float(report.round_seconds), device="cpu", time=time.time(),
+            group_size=int(report.group_size), bytes_sent=int(report.bytes_sent), bytes_received=int(report.bytes_received),
         )
         collab.publish_metrics(record)
         losses = []
