@@ -1,9 +1,10 @@
 """`swarm demo`: a bootstrap peer and N volunteer peers on loopback pretrain a task together.
 
-The demo process hosts the bootstrap node (an Observer that publishes the run's config),
-prepares the task's caches once (tokenizer, tokenized corpus), starts N `swarm join`
-processes, prints one line per global epoch, and writes a JSON report. Every child is
-owned: peers get PR_SET_PDEATHSIG, and the Reaper ends their p2pd daemons too.
+The demo prepares the task's caches once (tokenizer, tokenized corpus), starts the run's
+coordinator (`swarm launch`, a child process: the bootstrap peer, the config record, the
+dashboard and checkpoints), starts N `swarm join` processes against it, prints the dashboard
+URL and one line per global epoch, and writes a JSON report. Every child is owned: children get
+PR_SET_PDEATHSIG, and each one's Reaper ends its p2pd daemon too.
 """
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ def register_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, default=90.0, help="seconds of training")
     p.add_argument("--report", type=Path, help="write the JSON report here")
     p.add_argument("--run-dir", type=Path, default=Path("runs"), help="logs and metrics go to RUN_DIR/RUN_ID/")
+    p.add_argument("--port", type=int, default=8080, help="port of the coordinator's dashboard (0: any free port)")
+    p.add_argument("--checkpoint-every", type=int, default=2, help="the coordinator checkpoints every N epochs")
     p.set_defaults(func=cmd_demo)
 
 
@@ -55,9 +58,7 @@ def _demo_config(args: argparse.Namespace) -> RunConfig:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from swarm.errors import ConfigError
-    from swarm.observer import Observer
 
-    from .daemon import config_record
     from .tasks import TaskSettings, get_task
 
     if args.peers < 1:
@@ -73,15 +74,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     print(f"preparing task {config.task} (tokenizer and corpus caches)...", flush=True)
     task = get_task(config.task, TaskSettings(data_path=config.data_path, micro_batch_size=config.micro_batch_size, seed=config.seed, options=dict(config.task_options)))
-    fingerprint = task.fingerprint()
+    task.fingerprint()
 
-    observer = Observer(config.run_id)
     procs: list[subprocess.Popen] = []
     logs = []
+    coordinator: subprocess.Popen | None = None
     try:
-        observer.publish_config(config_record(config, fingerprint))
-        bootstrap = observer.visible_maddrs()[0]
+        coordinator, bootstrap, dashboard = _start_coordinator(config_path, args, run_dir)
         print(f"bootstrap peer: {bootstrap}", flush=True)
+        print(f"dashboard: {dashboard}", flush=True)
         stop_at = time.time() + args.duration - (time.monotonic() - started)
         for i in range(args.peers):
             log = open(run_dir / f"peer{i}.log", "w")
@@ -101,7 +102,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _stop_all(procs)
         for log in logs:
             log.close()
-        observer.shutdown()
+        if coordinator is not None:
+            _stop_all([coordinator])
     report = build_report(config, run_dir, args.peers, time.monotonic() - started)
     text = json.dumps(report, indent=2)
     if args.report:
@@ -112,6 +114,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if failed:
         print(f"{len(failed)} peer(s) exited with errors: see {run_dir}/peer*.log", file=sys.stderr)
     return 0
+
+
+def _start_coordinator(config_path: Path, args: argparse.Namespace, run_dir: Path) -> tuple[subprocess.Popen, str, str]:
+    """`swarm launch` as an owned child; returns it with its bootstrap multiaddr and dashboard URL."""
+    from swarm.errors import NetworkError
+
+    log_path = run_dir / "coordinator.log"
+    log = open(log_path, "w")
+    cmd = [
+        sys.executable, "-m", "swarm.cli", "launch", "--config", str(config_path), "--runs-dir", str(args.run_dir),
+        "--port", str(args.port), "--p2p-host", "127.0.0.1", "--checkpoint-every", str(args.checkpoint_every), "--fresh",
+    ]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=set_parent_death_signal)
+    log.close()
+    found: dict[str, str] = {}
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and len(found) < 2:
+        for line in log_path.read_text().splitlines():
+            for key in ("bootstrap", "dashboard"):
+                if line.startswith(key + ": "):
+                    found[key] = line.split(": ", 1)[1].strip()
+        if proc.poll() is not None:
+            errors = [l for l in log_path.read_text().splitlines() if l.startswith("swarm: error:")]
+            raise NetworkError(errors[-1].removeprefix("swarm: error: ") if errors else f"the coordinator exited ({proc.returncode}): see {log_path}")
+        time.sleep(0.2)
+    if len(found) < 2:
+        _stop_all([proc])
+        raise NetworkError(f"the coordinator did not start in 180 s: see {log_path}")
+    return proc, found["bootstrap"], found["dashboard"]
 
 
 def _read_lines(path: Path) -> list[dict]:
