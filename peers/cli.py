@@ -43,6 +43,8 @@ def register_join(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--announce-maddrs", nargs="+", default=None, help="public addresses to announce")
     p.add_argument("--identity", help="private key file for a persistent peer id")
     p.add_argument("--metrics-file", type=Path, help="append one JSON line per global step")
+    p.add_argument("--metrics-port", type=int, help="serve this peer's Prometheus /metrics on this port (0: any free port)")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address of the peer's /metrics server")
     p.add_argument("--duration", type=float, help="leave after this many seconds")
     p.add_argument("--stop-at", type=float, help="leave at this UNIX time")
     p.add_argument("--max-epochs", type=int, help="leave after this global epoch")
@@ -66,7 +68,7 @@ def cmd_join(args: argparse.Namespace) -> int:
     options = PeerOptions(
         initial_peers=args.initial_peers, role=role, host_maddrs=args.host_maddrs, announce_maddrs=args.announce_maddrs,
         identity_path=args.identity, metrics_path=args.metrics_file, duration=duration, max_epochs=args.max_epochs,
-        worker_seed=args.worker_seed, threads=args.threads,
+        worker_seed=args.worker_seed, threads=args.threads, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
     )
     summary = run_peer(config, options, stop)
     print(f"left run {config.run_id} at epoch {summary.epochs} after {summary.rounds_completed} rounds ({summary.rounds_failed} failed)")

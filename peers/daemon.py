@@ -49,6 +49,8 @@ class PeerOptions:
     threads: int = 1
     publish_config: bool = True                # the first peer of a run publishes the config record
     print_progress: bool = True
+    metrics_port: int | None = None            # serve this peer's Prometheus /metrics on this port (0: any)
+    metrics_host: str = "127.0.0.1"
 
 
 @dataclass
@@ -128,8 +130,14 @@ def run_peer(config: RunConfig, options: PeerOptions, stop: StopFlag | None = No
     )
     stop.on_set.append(collab.loop.cancel_all)
     metrics = open(options.metrics_path, "a") if options.metrics_path else None
+    exporter = None
     summary = PeerSummary(peer_id=collab.peer_id, epochs=0, samples=0, rounds_completed=0, rounds_failed=0, state_downloads=0)
     try:
+        if options.metrics_port is not None:
+            from .metrics_server import PeerMetricsServer
+
+            exporter = PeerMetricsServer(options.metrics_port, options.metrics_host)
+            logger.info("peer metrics on http://%s:%d/metrics", options.metrics_host, exporter.port)
         run = collab.fetch_config()
         if run is None and options.publish_config:
             collab.publish_config(mine)
@@ -142,22 +150,25 @@ def run_peer(config: RunConfig, options: PeerOptions, stop: StopFlag | None = No
         if options.role == "aux":
             collab.run_auxiliary(opt.layout, lambda: stop.is_set() or time.monotonic() > deadline)
             return summary
-        _train(task, model, opt, collab, config, options, stop, deadline, metrics, summary)
+        _train(task, model, opt, collab, config, options, stop, deadline, metrics, summary, exporter)
         return summary
     finally:
+        if exporter is not None:
+            exporter.close()
         if metrics is not None:
             metrics.close()
         collab.shutdown()
 
 
-def _train(task, model, opt, collab: Collaboration, config: RunConfig, options: PeerOptions, stop: StopFlag, deadline: float, metrics, summary: PeerSummary) -> None:
+def _train(task, model, opt, collab: Collaboration, config: RunConfig, options: PeerOptions, stop: StopFlag, deadline: float, metrics, summary: PeerSummary, exporter=None) -> None:
     losses: list[float] = []
     mini_steps = 0
     samples_total = 0
+    exported_samples = 0
     epoch_started = time.monotonic()
 
     def on_step(report) -> None:
-        nonlocal losses, epoch_started
+        nonlocal losses, epoch_started, exported_samples
         loss = sum(losses) / len(losses) if losses else float("nan")
         elapsed = time.monotonic() - epoch_started
         swarm_rate = report.samples / elapsed if elapsed > 0 else 0.0
@@ -183,6 +194,11 @@ def _train(task, model, opt, collab: Collaboration, config: RunConfig, options: 
             group_size=int(report.group_size), bytes_sent=int(report.bytes_sent), bytes_received=int(report.bytes_received),
         )
         collab.publish_metrics(record)
+        if exporter is not None:
+            exporter.on_step(epoch=report.epoch, loss=loss, samples_per_second=float(opt.samples_per_second),
+                             round_seconds=float(report.round_seconds), bytes_sent=int(report.bytes_sent),
+                             new_samples=samples_total - exported_samples)
+            exported_samples = samples_total
         losses = []
         epoch_started = time.monotonic()
 
