@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from hivemind.p2p import P2P, P2PContext, PeerID
 
-from .balancing import split_sizes
+from .balancing import split_sizes, sustained_rate
 from .compression import Codec, decode_checked
 from .errors import ProtocolError, RoundFailed
 from .proto import swarm_pb2
@@ -150,6 +150,10 @@ class Reduction:
 
 @dataclass
 class RoundStats:
+    """What one member's round moved. `send_seconds` is bytes_sent at the best rate the upload sustained
+    (`balancing.sustained_rate` over `send_log`): the time its link was really busy, without the time it
+    waited for others; `receive_seconds` likewise. Both fall back to `seconds` when a round is too short to tell."""
+
     bytes_sent: int = 0
     bytes_received: int = 0
     seconds: float = 0.0
@@ -157,6 +161,14 @@ class RoundStats:
     receive_seconds: float = 0.0
     excluded: list[str] = field(default_factory=list)
     missing_parts: list[int] = field(default_factory=list)
+    send_log: list[tuple[float, int]] = field(default_factory=list)     # (seconds since start, bytes) per message
+    receive_log: list[tuple[float, int]] = field(default_factory=list)
+
+    def finish(self, seconds: float) -> None:
+        self.seconds = seconds
+        up, down = sustained_rate(self.send_log), sustained_rate(self.receive_log)
+        self.send_seconds = self.bytes_sent / up if up else seconds
+        self.receive_seconds = self.bytes_received / down if down else seconds
 
 
 @dataclass(frozen=True)
@@ -238,6 +250,10 @@ class AllReduceRound:
         assert self.local is not None
         return self.local[chunk.bucket][chunk.start : chunk.start + chunk.length]
 
+    def _outgoing(self, chunk: Chunk) -> torch.Tensor:
+        """The values this member sends for a chunk of another member's part (tests subclass this)."""
+        return self._slice(chunk)
+
     def _store_result(self, chunk: Chunk, values: torch.Tensor) -> None:
         if self.result is not None:
             self.result[chunk.bucket][chunk.start : chunk.start + chunk.length] = values
@@ -291,6 +307,7 @@ class AllReduceRound:
                 if group.needs(sender):
                     self.stats.bytes_sent += len(data)
                     yield swarm_pb2.PartChunk(part=group.my_index, chunk=k, data=data)
+                    self.stats.send_log.append((time.monotonic() - self._start, len(data)))
             # Read the sender's end-of-stream before closing: closing a stream with unread input
             # resets it, which can destroy the last averaged chunk still in flight to the sender.
             await asyncio.wait_for(asyncio.shield(consumer), self.sender_timeout)
@@ -312,6 +329,7 @@ class AllReduceRound:
                     raise ProtocolError(f"chunk {message.chunk} out of order (expected {expected_k})")
                 chunk = chunks[expected_k]
                 self.stats.bytes_received += len(message.data)
+                self.stats.receive_log.append((time.monotonic() - self._start, len(message.data)))
                 values = decode_checked(self.layout.codecs[chunk.bucket], message.data, chunk.length)
                 if sender not in self._failed and self._reductions[expected_k] is not None:
                     self._reductions[expected_k].add(values, weight)
@@ -354,12 +372,13 @@ class AllReduceRound:
 
         async def _requests() -> AsyncIterator[swarm_pb2.PartChunk]:
             for k, chunk in enumerate(chunks):
-                data = self.layout.codecs[chunk.bucket].encode(self._slice(chunk))
+                data = self.layout.codecs[chunk.bucket].encode(self._outgoing(chunk))
                 self.stats.bytes_sent += len(data)
                 msg = swarm_pb2.PartChunk(part=j, chunk=k, data=data)
                 if k == 0:
                     msg.round_id, msg.weight, msg.sender = group.round_id, group.weights[me], group.peer_ids[me]
                 yield msg
+                self.stats.send_log.append((time.monotonic() - self._start, len(data)))
 
         stream = await self.p2p.iterate_protobuf_handler(
             PeerID.from_base58(group.peer_ids[j]), AGGREGATE_HANDLER, _requests(), swarm_pb2.PartChunk
@@ -373,6 +392,7 @@ class AllReduceRound:
                 raise ProtocolError(f"reducer sent chunk {reply.chunk}, expected {received}")
             chunk = chunks[received]
             self.stats.bytes_received += len(reply.data)
+            self.stats.receive_log.append((time.monotonic() - self._start, len(reply.data)))
             self._store_result(chunk, decode_checked(self.layout.codecs[chunk.bucket], reply.data, chunk.length))
             received += 1
         try:  # let the reducer close first, so neither side resets a stream with data in flight
@@ -404,7 +424,7 @@ class AllReduceRound:
         finally:
             watcher.cancel()
             own.cancel()
-            self.stats.seconds = time.monotonic() - self._start
+            self.stats.finish(time.monotonic() - self._start)
         if any(out == b"" for out in self._outputs):
             self.stats.missing_parts.append(me)
         if self.stats.missing_parts:

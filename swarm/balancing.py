@@ -43,6 +43,7 @@ __all__ = [
     "round_seconds",
     "uniform_shares",
     "split_sizes",
+    "sustained_rate",
     "BandwidthEstimator",
 ]
 
@@ -211,18 +212,63 @@ def split_sizes(total: int, shares: Sequence[float] | np.ndarray) -> list[int]:
     return sizes
 
 
+def sustained_rate(log: Sequence[tuple[float, int]], fraction: float = 0.25, min_messages: int = 3) -> float | None:
+    """The highest rate (bytes/s) a transfer log sustained over any stretch carrying >= `fraction` of its bytes.
+
+    `log` is (time, nbytes) per message, in time order: when a message was handed to the transport
+    (sending) or arrived (receiving). A stretch from message i to message j carries the bytes of
+    messages i+1..j in t_j - t_i seconds, and spans at least `min_messages` messages. None when the
+    log is too short to tell.
+
+    Why not total bytes over the round's seconds: a peer waits for others (for the slowest sender of
+    each chunk, for the reducers of slow peers), so its link sits idle for part of a round and that
+    average says more about the others than about its link. Observed throughput is a lower bound of
+    a link's capacity; the best stretch of a round is the tightest one a round reveals, and a stretch of
+    a quarter of the bytes is long enough that buffering at its start does not inflate it much.
+
+    >>> sustained_rate([(0.0, 100), (1.0, 100), (2.0, 100), (2.5, 100), (3.0, 100), (9.0, 100)], fraction=0.5)  # 300 bytes from t=1 to t=3
+    150.0
+    """
+    if len(log) < min_messages + 1:
+        return None
+    total = sum(n for _, n in log)
+    need = fraction * total
+    best = 0.0
+    j = 0
+    carried = 0  # bytes of messages i+1 .. j-1
+    for i in range(len(log)):
+        if j <= i:
+            j, carried = i + 1, 0
+        while j < len(log) and (carried < need or j - i - 1 < min_messages):
+            carried += log[j][1]
+            j += 1
+        if carried < need or j - i - 1 < min_messages:
+            break
+        seconds = log[j - 1][0] - log[i][0]
+        if seconds > 0:
+            best = max(best, carried / seconds)
+        if i + 1 < j:
+            carried -= log[i + 1][1]
+    return best if best > 0 else None
+
+
 class BandwidthEstimator:
     """Exponential moving average of a link's observed transfer rate, in bytes per second.
 
     Starts at `prior_bps`; each observation of at least `min_bytes` moves it by `alpha` towards
     nbytes / seconds. Small or instantaneous transfers are ignored: latency, not bandwidth, dominates them.
+    With `first_replaces_prior`, the first observation replaces the prior (a guess, typed in or a
+    default) instead of being averaged with it, so a swarm balances its load from its second round on.
 
     >>> est = BandwidthEstimator(prior_bps=1e6, alpha=0.5)
     >>> est.observe(4_000_000, 2.0); est.value
     1500000.0
+    >>> est = BandwidthEstimator(prior_bps=1e6, alpha=0.5, first_replaces_prior=True)
+    >>> est.observe(4_000_000, 2.0); est.value
+    2000000.0
     """
 
-    def __init__(self, prior_bps: float, alpha: float = 0.3, min_bytes: int = 65536) -> None:
+    def __init__(self, prior_bps: float, alpha: float = 0.3, min_bytes: int = 65536, first_replaces_prior: bool = False) -> None:
         if not (math.isfinite(prior_bps) and prior_bps > 0):
             raise ValueError(f"prior_bps must be a positive finite rate, got {prior_bps!r}")
         if not 0 < alpha <= 1:
@@ -232,6 +278,7 @@ class BandwidthEstimator:
         self._value = float(prior_bps)
         self.alpha = float(alpha)
         self.min_bytes = int(min_bytes)
+        self.first_replaces_prior = bool(first_replaces_prior)
         self.samples = 0
 
     def observe(self, nbytes: int, seconds: float) -> None:
@@ -241,7 +288,10 @@ class BandwidthEstimator:
         rate = nbytes / seconds
         if not math.isfinite(rate):
             return
-        self._value += self.alpha * (rate - self._value)
+        if self.samples == 0 and self.first_replaces_prior:
+            self._value = rate
+        else:
+            self._value += self.alpha * (rate - self._value)
         self.samples += 1
 
     @property

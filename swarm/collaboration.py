@@ -77,8 +77,8 @@ class Collaboration:
             client_mode=role == "client", identity_path=identity_path,
         )
         prior = self.config.bandwidth_mbps * MBIT
-        self.upload = BandwidthEstimator(prior)
-        self.download = BandwidthEstimator(prior)
+        self.upload = BandwidthEstimator(prior, first_replaces_prior=True)
+        self.download = BandwidthEstimator(prior, first_replaces_prior=True)
         self.reaper = Reaper()
         self.loop = EngineLoop()
         self.node: Node | None = None
@@ -88,6 +88,7 @@ class Collaboration:
         self.matchmaker: Matchmaker | None = None
         self.optimizer_: Any = None
         self.rounds: list[RoundOutcome] = []
+        self.round_class: type[AllReduceRound] = AllReduceRound  # tests inject faults by subclassing it
         self._snapshot: Callable[[], TrainingState | None] = lambda: None
         if start:
             self.start()
@@ -117,6 +118,11 @@ class Collaboration:
         await self.aggregate.start()
         self.state_server = StateServer(self.node.p2p, self.run_id, lambda: self._snapshot())
         await self.state_server.start()
+        self.matchmaker = Matchmaker(
+            self.node.p2p, self.run_id, self.tracker, gather_timeout=cfg.gather_timeout,
+            allreduce_timeout=cfg.averaging_timeout, balance=cfg.load_balancing,
+        )
+        await self.matchmaker.start()
         self.tracker.start()
         await self.tracker.wait_refresh(3.0)
 
@@ -172,13 +178,10 @@ class Collaboration:
         self.optimizer_ = opt
         self._snapshot = opt.snapshot if self.role != "client" else (lambda: None)
         layout: TensorLayout = opt.layout
-        vector_bytes = sum(c.name == "none" and 4 * n or 2 * n for c, n in zip(layout.codecs, layout.bucket_sizes))
-        self.matchmaker = Matchmaker(
-            self.node.p2p, self.run_id, self.tracker, layout.schema_hash(), lambda: vector_bytes,
-            gather_timeout=self.config.gather_timeout, allreduce_timeout=self.config.averaging_timeout,
-            balance=self.config.load_balancing,
-        )
-        self.loop.run(self.matchmaker.start(), timeout=10)
+        bytes_per_value = {"none": 4, "fp16": 2}
+        vector_bytes = sum(bytes_per_value.get(c.name, 1) * n for c, n in zip(layout.codecs, layout.bucket_sizes))
+        assert self.matchmaker is not None
+        self.matchmaker.set_schema(layout.schema_hash(), lambda: vector_bytes)
 
     # -- rounds (called from the training thread) ---------------------------------------------------------------
 
@@ -203,18 +206,21 @@ class Collaboration:
         started = time.monotonic()
         info = await self.matchmaker.form_group(request, started + cfg.matchmaking_timeout)
         group = GroupView.from_info(info, self.peer_id)
-        round_ = AllReduceRound(
+        round_ = self.round_class(
             self.node.p2p, group, layout, local, chunk_elements=cfg.chunk_elements, sender_timeout=cfg.sender_timeout,
         )
         self.aggregate.open(round_)
         try:
             result = await round_.run()
+        except RoundFailed:
+            self.matchmaker.round_failed(epoch)
+            raise
         finally:
             self.aggregate.close(group.round_id)
         stats = round_.stats
-        if stats.seconds > 0:
-            self.upload.observe(stats.bytes_sent, stats.seconds)
-            self.download.observe(stats.bytes_received, stats.seconds)
+        # Busy seconds, not the round's: a peer that waits for others would otherwise look as slow as they are.
+        self.upload.observe(stats.bytes_sent, stats.send_seconds or stats.seconds)
+        self.download.observe(stats.bytes_received, stats.receive_seconds or stats.seconds)
         outcome = RoundOutcome(
             group_size=len(group.peer_ids), seconds=stats.seconds, bytes_sent=stats.bytes_sent,
             bytes_received=stats.bytes_received, total_weight=sum(group.weights), round_id=group.round_id.hex(),

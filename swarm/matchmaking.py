@@ -53,8 +53,8 @@ class Matchmaker:
         p2p: P2P,
         run_id: str,
         tracker: ProgressTracker,
-        schema_hash: bytes,
-        vector_bytes: Callable[[], int],
+        schema_hash: bytes | None = None,
+        vector_bytes: Callable[[], int] = lambda: 0,
         *,
         gather_timeout: float = 3.0,
         request_timeout: float = 5.0,
@@ -73,11 +73,17 @@ class Matchmaker:
     async def start(self) -> None:
         await self.p2p.add_protobuf_handler(JOIN_HANDLER, self._handle_join, swarm_pb2.JoinRequest)
 
+    def set_schema(self, schema_hash: bytes, vector_bytes: Callable[[], int]) -> None:
+        """Called once the tensors to average are known; until then join requests get NOT_LEADER."""
+        self.schema_hash, self.vector_bytes = schema_hash, vector_bytes
+
     # -- candidates ---------------------------------------------------------------------------------------
 
     def _candidates(self, epoch: int) -> list[str]:
+        """Possible leaders, lowest id first: reachable peers at the epoch or (stale record) just before it."""
         failed = self._failed.get(epoch, set())
-        ids = {p.peer_id for p in self.tracker.view.at_epoch(epoch) if p.role != "client"}
+        view = self.tracker.view
+        ids = {p.peer_id for p in view.at_epoch(epoch) + view.at_epoch(epoch - 1) if p.role != "client"}
         if self.tracker.role != "client":
             ids.add(self.peer_id)
         return sorted(ids - failed)
@@ -91,6 +97,8 @@ class Matchmaker:
 
     def _gathering(self, epoch: int) -> _Gathering:
         g = self._gatherings.get(epoch)
+        if g is not None and g.formed.done() and time.monotonic() - g.started > self.gather_timeout + self.allreduce_timeout:
+            g = None  # that group's round is over by now: a retry of the epoch gathers anew
         if g is None:
             g = self._gatherings[epoch] = _Gathering(epoch, formed=asyncio.get_running_loop().create_future())
             for old in [e for e in self._gatherings if e < epoch - 2]:
@@ -98,11 +106,22 @@ class Matchmaker:
                 self._failed.pop(old, None)
         return g
 
+    def round_failed(self, epoch: int) -> None:
+        """Forget the epoch's formed group so that a retry gathers a new one at once."""
+        g = self._gatherings.get(epoch)
+        if g is not None and g.formed.done():
+            self._gatherings.pop(epoch, None)
+
     # -- follower / leader entry point ---------------------------------------------------------------------
 
     async def form_group(self, request: swarm_pb2.JoinRequest, deadline: float) -> swarm_pb2.GroupInfo:
         """Join the group of `request.epoch`; returns an ACCEPTED GroupInfo or raises RoundFailed."""
         epoch = request.epoch
+        try:  # a fresh view makes every peer pick the same leader
+            await asyncio.wait_for(self.tracker.refresh(), 2.0)
+        except Exception as e:
+            logger.debug("refresh before matchmaking failed: %s", e)
+        patience: dict[str, float] = {}
         while time.monotonic() < deadline:
             candidates = self._candidates(epoch)
             if not candidates:
@@ -126,7 +145,12 @@ class Matchmaker:
             if reply.status == Status.ACCEPTED:
                 return reply
             if reply.status == Status.NOT_LEADER:
-                await asyncio.sleep(0.2)
+                # the candidate is alive but not leading (yet): it may be finishing its previous step.
+                # Give it gather_timeout, then move on so one lagging peer cannot stall the swarm.
+                first_refusal = patience.setdefault(leader, time.monotonic())
+                if time.monotonic() - first_refusal > self.gather_timeout:
+                    self._failed.setdefault(epoch, set()).add(leader)
+                await asyncio.sleep(0.1)
                 continue
             raise RoundFailed(f"leader {leader[-8:]} refused: {Status.Status.Name(reply.status)} {reply.reason}")
         raise RoundFailed(f"no group formed for epoch {epoch} before the deadline")
@@ -143,6 +167,9 @@ class Matchmaker:
         gather_end = min(deadline, g.started + self.gather_timeout)
         while time.monotonic() < gather_end and not self._expected(request.epoch) <= set(g.requests):
             await asyncio.sleep(0.05)
+        if self.tracker.view.epoch > request.epoch:
+            g.formed.set_result(swarm_pb2.GroupInfo(status=Status.TOO_LATE, epoch=g.epoch, reason="the swarm moved on", leader=self.peer_id))
+            raise RoundFailed(f"the swarm moved past epoch {request.epoch} while the group gathered")
         group = self._make_group(g)
         g.formed.set_result(group)
         return group
@@ -190,6 +217,8 @@ class Matchmaker:
             return refuse(Status.REJECTED, "wrong run")
         if request.peer_id != str(context.remote_id):
             return refuse(Status.REJECTED, "peer id does not match the connection")
+        if self.schema_hash is None:
+            return refuse(Status.NOT_LEADER, "not training yet")
         if request.schema_hash != self.schema_hash:
             return refuse(Status.REJECTED, "tensor schema differs from this run's")
         if request.role not in ("trainer", "client", "aux") or not (request.weight >= 0):

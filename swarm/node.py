@@ -49,19 +49,7 @@ class Node:
         signer = RSASignatureValidator(private_key or RSAPrivateKey())
         validator = CompositeValidator([signer, records.SchemaValidator(run_id)])
         initial = [Multiaddr(m) for m in options.initial_peers]
-        try:
-            p2p = await P2P.create(
-                initial_peers=initial,
-                host_maddrs=list(options.host_maddrs),
-                announce_maddrs=options.announce_maddrs,
-                identity_path=options.identity_path,
-                startup_timeout=options.startup_timeout,
-                dht_mode="client" if options.client_mode else "server",
-                force_reachability="private" if options.client_mode else None,
-                no_listen=False,
-            )
-        except Exception as e:
-            raise NetworkError(f"could not start the p2p daemon: {e}") from e
+        p2p = await cls._start_p2p(options, initial)
         try:
             dht = await asyncio.wait_for(
                 DHTNode.create(
@@ -82,6 +70,31 @@ class Node:
             where = ", ".join(options.initial_peers) or "(none)"
             raise NetworkError(f"could not join the swarm through initial peers {where}: {e or type(e).__name__}") from e
         return cls(run_id, p2p, dht, signer, options.client_mode)
+
+    @staticmethod
+    async def _start_p2p(options: NodeOptions, initial: list[Multiaddr], attempts: int = 3) -> P2P:
+        """Start p2pd; retry when it cannot reach the initial peers (an overloaded or restarting bootstrap)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return await P2P.create(
+                    initial_peers=initial,
+                    host_maddrs=list(options.host_maddrs),
+                    announce_maddrs=options.announce_maddrs,
+                    identity_path=options.identity_path,
+                    startup_timeout=options.startup_timeout,
+                    dht_mode="client" if options.client_mode else "server",
+                    force_reachability="private" if options.client_mode else None,
+                )
+            except Exception as e:
+                text = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+                if "bootstrap" in text and attempt < attempts:
+                    await asyncio.sleep(1.0 * attempt)
+                    continue
+                if "bootstrap" in text:
+                    where = ", ".join(options.initial_peers)
+                    raise NetworkError(f"could not reach any initial peer ({where}) after {attempts} attempts") from e
+                raise NetworkError(f"could not start the p2p daemon: {text}") from e
+        raise AssertionError("unreachable")
 
     @property
     def peer_id(self) -> PeerID:

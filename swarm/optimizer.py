@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -127,6 +126,12 @@ class CollaborativeOptimizer:
     def _global_step(self) -> bool:
         collab = self.collab
         weight = float(self.local_samples)
+        if not all(bool(torch.isfinite(acc).all()) for acc in self._accum):
+            # overflowed gradients would poison the average: contribute nothing this round, but still step with it
+            logger.warning("epoch %d: local gradients are not finite; contributing zero weight", self.epoch)
+            for acc in self._accum:
+                acc.zero_()
+            weight = 0.0
         with torch.no_grad():
             local = self.layout.flatten([acc / max(weight, 1.0) for acc in self._accum])
         try:
@@ -176,12 +181,8 @@ class CollaborativeOptimizer:
         behind = view.epoch > self.epoch
         divergent, majority = False, None
         if not behind and self.epoch > 0:
-            hashes = Counter(p.params_hash for p in view.at_epoch(self.epoch) if p.params_hash and p.peer_id != self.collab.peer_id)
-            if hashes:
-                (top, count), = hashes.most_common(1)
-                mine = self.collab.tracker.local.params_hash
-                divergent = mine != top and count >= 2 and count * 2 > sum(hashes.values()) + 1
-                majority = top
+            majority = self._majority_hash()
+            divergent = majority is not None and majority != self.collab.tracker.local.params_hash
         if not (behind or divergent):
             return False
         logger.info("epoch %d: %s, downloading the state", self.epoch, f"swarm is at epoch {view.epoch}" if behind else "parameters disagree with the majority")
@@ -191,6 +192,23 @@ class CollaborativeOptimizer:
             logger.warning("state download failed: %s", e)
             self._retry_after = time.monotonic() + 1.0
         return True
+
+    def _majority_hash(self) -> str | None:
+        """The parameter hash most peers at our epoch hold (ties: the one the lowest peer id holds).
+
+        Two groups that formed for the same epoch in a race (a partition, a stale view at start-up)
+        step to different parameters; this vote makes every peer converge on one of them.
+        """
+        tracker = self.collab.tracker
+        holders: dict[str, list[str]] = {}
+        for p in tracker.view.at_epoch(self.epoch):
+            if p.params_hash and p.peer_id != self.collab.peer_id and p.role != "aux":
+                holders.setdefault(p.params_hash, []).append(p.peer_id)
+        if not holders:
+            return None
+        if tracker.local.params_hash:
+            holders.setdefault(tracker.local.params_hash, []).append(self.collab.peer_id)
+        return min(holders, key=lambda h: (-len(holders[h]), min(holders[h])))
 
     def load_state_from_peers(self, params_hash: str | None = None) -> bool:
         """Replace parameters, optimizer state and epoch with a verified download from the newest peers.

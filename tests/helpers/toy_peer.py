@@ -1,13 +1,19 @@
 """A toy trainer for integration tests: a small MLP on a synthetic regression task.
 
 Run as `python -m tests.helpers.toy_peer --run-id R --initial-peers ADDR --out FILE [...]`.
-It prints its multiaddr as `MADDR <addr>` and writes one JSON line per global step to --out.
+It prints `MADDR <addr>` once joined and `CHILDREN <pids>` (its p2pd and watchdog), and
+writes one JSON line per global step to --out, then a final line.
+
+Faults are injected by subclassing the piece that fails (FaultyRound), not by patching:
+`--die-at-epoch E --die-phase send|reduce` SIGKILLs this process in the middle of the
+all-reduce of epoch E; `--garbage-at-epoch E` sends NaN chunks in that round.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -15,7 +21,30 @@ import time
 import torch
 
 import swarm
+from swarm.allreduce import AllReduceRound
 from swarm.config import EngineConfig
+from swarm.lifecycle import descendants
+
+
+def make_faulty_round(die_epoch: int, die_phase: str, garbage_epoch: int, current_epoch):
+    class FaultyRound(AllReduceRound):
+        def _outgoing(self, chunk):
+            values = super()._outgoing(chunk)
+            if current_epoch() == garbage_epoch:
+                return torch.full_like(values, float("nan"))
+            return values
+
+        async def _exchange(self, j):
+            if current_epoch() == die_epoch and die_phase == "send":
+                os.kill(os.getpid(), signal.SIGKILL)
+            return await super()._exchange(j)
+
+        async def _consume(self, sender, first, requests):
+            if current_epoch() == die_epoch and die_phase == "reduce":
+                os.kill(os.getpid(), signal.SIGKILL)
+            return await super()._consume(sender, first, requests)
+
+    return FaultyRound
 
 
 def main() -> None:
@@ -32,8 +61,14 @@ def main() -> None:
     parser.add_argument("--step-sleep", type=float, default=0.02)
     parser.add_argument("--compression", default="fp16")
     parser.add_argument("--averaging-timeout", type=float, default=15)
+    parser.add_argument("--chunk-elements", type=int, default=2**17)
+    parser.add_argument("--wait-peers", type=int, default=0, help="start training once this many peers are visible")
+    parser.add_argument("--die-at-epoch", type=int, default=-1)
+    parser.add_argument("--die-phase", default="send", choices=["send", "reduce"])
+    parser.add_argument("--garbage-at-epoch", type=int, default=-1)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{args.role}:{args.seed}] %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("hivemind").setLevel(logging.ERROR)
     torch.set_num_threads(1)
     stop = {"flag": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
@@ -42,19 +77,29 @@ def main() -> None:
     torch.manual_seed(1234)  # identical initial parameters on every peer
     model = torch.nn.Sequential(torch.nn.Linear(32, args.hidden), torch.nn.ReLU(), torch.nn.Linear(args.hidden, 1))
     cfg = EngineConfig(target_batch_size=args.target, compression=args.compression, averaging_timeout=args.averaging_timeout,
-                       sender_timeout=3.0, matchmaking_timeout=10.0, gather_timeout=1.5)
+                       sender_timeout=3.0, matchmaking_timeout=10.0, gather_timeout=1.5, chunk_elements=max(1024, args.chunk_elements))
     collab = swarm.join(run_id=args.run_id, initial_peers=args.initial_peers, role=args.role, config=cfg)
     print("MADDR", collab.visible_maddrs()[0], flush=True)
+    print("CHILDREN", *descendants(os.getpid()), flush=True)
     out = open(args.out, "a")
     try:
         opt = collab.optimizer(model.parameters(), torch.optim.SGD, lr=0.05, momentum=0.9)
+        collab.round_class = make_faulty_round(args.die_at_epoch, args.die_phase, args.garbage_at_epoch, lambda: opt.epoch)
         if args.role == "aux":
             collab.run_auxiliary(opt.layout, lambda: stop["flag"])
             return
+        waited = time.monotonic() + 30
+        while len(collab.tracker.view.peers) < args.wait_peers and time.monotonic() < waited:
+            time.sleep(0.1)
         gen = torch.Generator().manual_seed(args.seed)
         w_true = torch.randn(32, 1, generator=torch.Generator().manual_seed(7))
         end = time.monotonic() + args.duration
-        opt.on_step.append(lambda r: (out.write(json.dumps({"epoch": r.epoch, "hash": r.params_hash, "group": r.group_size, "seconds": r.round_seconds, "time": r.time}) + "\n"), out.flush()))
+
+        def log_step(r) -> None:
+            out.write(json.dumps({"epoch": r.epoch, "hash": r.params_hash, "group": r.group_size, "seconds": r.round_seconds, "time": r.time}) + "\n")
+            out.flush()
+
+        opt.on_step.append(log_step)
         while not stop["flag"] and time.monotonic() < end and opt.epoch < args.steps:
             x = torch.randn(8, 32, generator=gen)
             y = x @ w_true
@@ -63,7 +108,8 @@ def main() -> None:
             opt.step(samples=8)
             opt.zero_grad()
             time.sleep(args.step_sleep)
-        out.write(json.dumps({"final": True, "epoch": opt.epoch, "hash": opt.params_hash(), "failed": opt.rounds_failed, "downloads": opt.state_downloads}) + "\n")
+        out.write(json.dumps({"final": True, "epoch": opt.epoch, "hash": opt.params_hash(), "failed": opt.rounds_failed,
+                              "downloads": opt.state_downloads, "completed": opt.rounds_completed}) + "\n")
     finally:
         out.close()
         collab.shutdown()

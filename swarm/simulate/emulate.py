@@ -1,0 +1,294 @@
+"""`swarm simulate emulate`: real peers on an emulated network (swarm.simulate.network).
+
+`Emulation` owns everything it starts: the namespaces, a bootstrap node in the router namespace,
+and one worker process per peer (`ip netns exec NS python -m MODULE ...`), each in a session of its
+own (Ctrl-C reaches only the emulator, which then stops them in order) and with PR_SET_PDEATHSIG, so
+a SIGKILLed emulator takes its workers along; each worker's own Reaper ends its p2pd. Closing (also
+on an exception, Ctrl-C or SIGTERM) stops the workers (`stop`, then SIGTERM, then SIGKILL) and then
+deletes the namespaces.
+
+`run_allreduce` is the allreduce workload: every round, the emulator waits until every peer's
+view shows the whole swarm at the round's epoch, then says `go` to all at once; each peer
+reports the all-reduce seconds (from group formation to its last averaged byte), bytes, shares, its
+bandwidth estimates and a hash of its result. A round's time is the largest all-reduce seconds of
+its members (the bound `lp_bound_s` is also for the whole group).
+
+`run_training` is the training workload: every trainer trains the task for the same duration.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..balancing import round_seconds, uniform_shares
+from ..errors import NetworkError
+from ..lifecycle import set_parent_death_signal
+from .network import ROUTER_ADDRESS, EmulatedNetwork, LinkSpec
+from .scenario import AllreduceWorkload, PeerInstance, Scenario, TrainingWorkload
+
+logger = logging.getLogger(__name__)
+
+_REPO_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+class PeerProcess:
+    """A worker process whose stdout is JSON events, read by a thread into a queue."""
+
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None):
+        self.name = name
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        parent = os.getpid()
+        self.proc = subprocess.Popen(
+            list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1,
+            start_new_session=True, env=env, cwd=_REPO_ROOT,
+            preexec_fn=lambda: set_parent_death_signal(signal.SIGKILL, expected_parent=parent),
+        )
+        self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, name=f"read-{name}", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            try:
+                self.events.put(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        self.events.put(None)
+
+    def send(self, **command: Any) -> None:
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps(command) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError) as e:
+            raise NetworkError(f"{self.name} is gone ({e}); see {self.log_path}") from None
+
+    def expect(self, event: str, timeout: float) -> dict[str, Any]:
+        """The next event named `event` (others are dropped); NetworkError on timeout or exit."""
+        end = time.monotonic() + timeout
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise NetworkError(f"{self.name} sent no {event!r} within {timeout:.0f}s; see {self.log_path}: {self.log_tail()}")
+            try:
+                item = self.events.get(timeout=left)
+            except queue.Empty:
+                continue
+            if item is None:
+                self.events.put(None)
+                raise NetworkError(f"{self.name} exited ({self.proc.poll()}) before {event!r}; see {self.log_path}: {self.log_tail()}")
+            if item.get("event") == event:
+                return item
+
+    def log_tail(self, lines: int = 3) -> str:
+        try:
+            tail = deque(self.log_path.read_text(errors="replace").splitlines(), maxlen=lines)
+        except OSError:
+            return ""
+        return " | ".join(tail)
+
+    def stop(self, grace: float = 8.0) -> None:
+        """`stop`, then SIGTERM, then SIGKILL; always reaps the process."""
+        if self.proc.poll() is None:
+            try:
+                self.send(cmd="stop")
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+            except (NetworkError, OSError, ValueError):
+                pass
+            for sig, wait in ((None, grace), (signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
+                if sig is not None and self.proc.poll() is None:
+                    try:
+                        self.proc.send_signal(sig)
+                    except ProcessLookupError:
+                        pass
+                try:
+                    self.proc.wait(wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        self._log.close()
+
+
+def gather(procs: Sequence[PeerProcess], event: str, timeout: float) -> list[dict[str, Any]]:
+    """One `event` from every process (in order), all within `timeout`."""
+    end = time.monotonic() + timeout
+    return [p.expect(event, max(0.1, end - time.monotonic())) for p in procs]
+
+
+@dataclass
+class Emulation:
+    """An emulated network with a bootstrap node; `spawn` starts workers inside it. Use as a context manager."""
+
+    scenario: Scenario
+    log_dir: Path
+    nat_filters: bool = True
+    peers: list[PeerInstance] = field(init=False)
+    network: EmulatedNetwork = field(init=False)
+    procs: list[PeerProcess] = field(default_factory=list, init=False)
+    bootstrap_maddrs: list[str] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        self.peers = self.scenario.peers_expanded()
+        self.log_dir = Path(self.log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        links = [LinkSpec(p.upload_bps, p.download_bps, nat=self.nat_filters and p.role == "client") for p in self.peers]
+        self.network = EmulatedNetwork(links)
+
+    def __enter__(self) -> "Emulation":
+        self._old_term = signal.getsignal(signal.SIGTERM)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _raise_interrupt)  # clean up on SIGTERM like on Ctrl-C
+        try:
+            self.network.start()
+        except BaseException:
+            self._restore_signals()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _restore_signals(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._old_term)
+
+    def close(self) -> None:
+        try:
+            threads = [threading.Thread(target=p.stop) for p in self.procs]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            self.procs.clear()
+        finally:
+            self.network.close()
+            self._restore_signals()
+
+    def python(self, i: int | None, module: str, args: Sequence[str], name: str, env: dict[str, str] | None = None) -> PeerProcess:
+        """Start `python -m module args` as peer i (None: in the router namespace)."""
+        argv = [*self.network.exec_prefix(i), sys.executable, "-m", module, *args]
+        environment = dict(os.environ)
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [_REPO_ROOT, environment.get("PYTHONPATH")]))
+        environment.update(env or {})
+        proc = PeerProcess(name, argv, self.log_dir / f"{name}.log", env=environment)
+        self.procs.append(proc)
+        return proc
+
+    def start_bootstrap(self, run_id: str, timeout: float = 90.0) -> list[str]:
+        proc = self.python(None, "swarm.simulate.worker", ["--mode", "bootstrap", "--run-id", run_id, "--host", ROUTER_ADDRESS], "bootstrap")
+        ready = proc.expect("ready", timeout)
+        self.bootstrap_maddrs = [m for m in ready["maddrs"] if ROUTER_ADDRESS in m] or ready["maddrs"]
+        return self.bootstrap_maddrs
+
+
+def _raise_interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def allreduce_timeouts(scenario: Scenario, vector_bytes: int, chunk_bytes: int) -> dict[str, float]:
+    """Deadlines that a healthy round on this (maybe divided-down) network meets with room to spare."""
+    peers = scenario.peers_expanded()
+    links = [p.link() for p in peers]
+    uniform = round_seconds(vector_bytes, links, uniform_shares(links))
+    streams = max(1, sum(p.can_reduce for p in peers))
+    slowest_stream = min(min(p.upload_bps, p.download_bps) for p in peers) / streams
+    engine = scenario.engine_config()
+    sender = max(engine.sender_timeout, 4 * chunk_bytes / slowest_stream)
+    return {
+        "averaging_timeout": max(engine.averaging_timeout, 4 * uniform + 30),
+        "sender_timeout": sender,
+        "matchmaking_timeout": max(engine.matchmaking_timeout, 30.0),
+        "gather_timeout": max(engine.gather_timeout, 3.0),
+    }
+
+
+def run_allreduce(
+    scenario: Scenario,
+    log_dir: Path,
+    *,
+    run_id: str = "emulate",
+    ready_timeout: float = 240.0,
+    progress: Callable[[str], None] | None = None,
+    engine_overrides: dict[str, Any] | None = None,
+    trace: bool = False,
+) -> dict[str, Any]:
+    """Run the scenario's allreduce workload on an emulated network; returns the report (see summarize_rounds)."""
+    workload = scenario.workload
+    assert isinstance(workload, AllreduceWorkload)
+    say = progress or (lambda s: None)
+    vector_bytes = scenario.vector_bytes()
+    engine = scenario.engine_config()
+    chunk_bytes = engine.chunk_elements * {"none": 4, "fp16": 2}.get(workload.compression, 1)
+    overrides = {**scenario.engine, **allreduce_timeouts(scenario, vector_bytes, chunk_bytes), **(engine_overrides or {})}
+    with Emulation(scenario, log_dir) as emu:
+        say(f"network up: {len(emu.peers)} peers in namespaces {emu.network.prefix}-*")
+        initial = emu.start_bootstrap(run_id)
+        trainers = ",".join(str(p.index) for p in emu.peers if p.brings)
+        procs = []
+        for p in emu.peers:
+            args = [
+                "--mode", "allreduce", "--run-id", run_id, "--role", p.role, "--host", emu.network.address(p.index),
+                "--initial-peers", *initial, "--index", str(p.index), "--peers", str(len(emu.peers)),
+                "--trainer-indices", trainers, "--params", str(workload.params), "--compression", workload.compression,
+                "--engine", json.dumps(overrides), *(["--trace"] if trace else []),
+            ]
+            procs.append(emu.python(p.index, "swarm.simulate.worker", args, f"peer{p.index}-{p.name}"))
+        gather(procs, "ready", ready_timeout)
+        say(f"{len(procs)} peers joined")
+        rounds = []
+        round_budget = overrides["matchmaking_timeout"] + overrides["averaging_timeout"] + 30
+        for r in range(workload.rounds):
+            for proc in procs:
+                proc.send(cmd="prepare", round=r, timeout=60)
+            prepared = gather(procs, "prepared", 90)
+            for proc in procs:
+                proc.send(cmd="go", round=r)
+            reports = gather(procs, "round", round_budget)
+            for report, peer, pre in zip(reports, emu.peers, prepared):
+                report.update(index=peer.index, name=peer.name, role=peer.role, seen=pre.get("seen"))
+            rounds.append(reports)
+            summary = summarize_round(reports)
+            say(f"round {r}: {summary['seconds']:.2f}s all-reduce, {summary['ok']}/{len(reports)} ok, consistent={summary['consistent']}")
+    return {
+        "scenario": scenario.name, "peers": len(scenario.peers_expanded()), "params": workload.params,
+        "compression": workload.compression, "vector_bytes": vector_bytes, "lp_bound_s": scenario.lp_bound(vector_bytes),
+        "engine": overrides, "rounds": [summarize_round(r) | {"peers": r} for r in rounds],
+    }
+
+
+def summarize_round(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in reports if r.get("ok")]
+    hashes = {r["hash"] for r in ok if "hash" in r}
+    shares = next((r["shares"] for r in ok if "shares" in r), None)
+    return {
+        "ok": len(ok),
+        "seconds": max((r["seconds"] for r in ok), default=float("nan")),
+        "wall": max((r["wall"] for r in ok), default=float("nan")),
+        "consistent": len(hashes) <= 1,
+        "max_error": max((r.get("max_error", 0.0) for r in ok), default=float("nan")),
+        "shares": shares,
+    }
+
+
+def median_round_seconds(report: dict[str, Any], skip: int = 0) -> float:
+    """Median all-reduce seconds over the rounds after the first `skip` (failed rounds count as missing)."""
+    values = [r["seconds"] for r in report["rounds"][skip:] if r["ok"] == len(r["peers"])]
+    return statistics.median(values) if values else float("nan")

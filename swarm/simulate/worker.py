@@ -1,0 +1,289 @@
+"""One emulated peer: `python -m swarm.simulate.worker`, started by the emulator inside its namespace.
+
+It talks to the emulator through JSON lines: commands on stdin, events on stdout (logs go to
+stderr). Modes:
+
+- `bootstrap`: a node (p2pd + DHT) that trains nothing; the others join through it.
+- `allreduce`: joins the run as a trainer, client or aux peer (a Collaboration, like any peer) and
+  averages a vector with the swarm on command. Round r: on `prepare` it reports epoch r and waits
+  until its view of the swarm shows every peer at r (so every leader candidate agrees); on `go` it
+  calls `Collaboration.average`, the same call the collaborative optimizer makes, and reports the
+  all-reduce seconds, bytes, shares, its bandwidth estimates and a hash of the result.
+  Trainer i averages x_i = g_r + i (g_r a random vector shared by round), so the exact mean is
+  known and each peer reports its largest error.
+- `training`: trains the scenario's task plug-in with the collaborative optimizer for a duration;
+  each local step takes at least step_seconds / compute (it sleeps the difference). Reports one
+  event per global step and a summary.
+
+Every command has an answer; `stop` (or EOF on stdin, or SIGTERM) leaves the swarm cleanly.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import torch
+
+logger = logging.getLogger("swarm.simulate.worker")
+_out_lock = threading.Lock()
+
+
+def emit(event: str, **fields: Any) -> None:
+    with _out_lock:
+        sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
+        sys.stdout.flush()
+
+
+def commands():
+    """Commands from stdin, one JSON object per line, until EOF."""
+    for line in sys.stdin:
+        line = line.strip()
+        if line:
+            yield json.loads(line)
+
+
+class _VectorLayout:
+    """What Collaboration needs from an optimizer to set up matchmaking: the layout (and no state to serve)."""
+
+    def __init__(self, layout):
+        self.layout = layout
+
+    def snapshot(self):
+        return None
+
+
+def _record_rounds(collab) -> None:
+    """Keep the last AllReduceRound of this peer, for its stats."""
+    global _RecordingRound
+    from swarm import collaboration
+    from swarm.allreduce import AllReduceRound
+
+    class Recording(AllReduceRound):
+        last = None
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            Recording.last = self
+
+    _RecordingRound = Recording
+    if hasattr(collab, "round_class"):
+        collab.round_class = Recording
+    else:
+        collaboration.AllReduceRound = Recording
+
+
+class _NoRound:
+    last = None
+
+
+_RecordingRound: type = _NoRound
+
+
+def run_bootstrap(args: argparse.Namespace) -> None:
+    from swarm.observer import Observer
+
+    observer = Observer(args.run_id, host_maddrs=[f"/ip4/{args.host}/tcp/0"])
+    try:
+        emit("ready", maddrs=observer.visible_maddrs(), peer_id=observer.peer_id)
+        for command in commands():
+            if command.get("cmd") == "stop":
+                break
+    finally:
+        observer.shutdown() if hasattr(observer, "shutdown") else None
+
+
+def _join(args: argparse.Namespace, config_overrides: dict[str, Any]):
+    import swarm
+    from swarm.config import EngineConfig
+
+    config = EngineConfig(**config_overrides)
+    collab = swarm.join(
+        run_id=args.run_id, initial_peers=args.initial_peers, role=args.role, config=config,
+        host_maddrs=[f"/ip4/{args.host}/tcp/0"],
+    )
+    return collab
+
+
+def _wait_for_view(collab, epoch: int, expected: int, timeout: float) -> int:
+    """Publish epoch `epoch` and wait until the view shows `expected` peers there; returns how many it saw."""
+    tracker = collab.tracker
+    tracker.report(epoch=epoch, samples=1)
+    end = time.monotonic() + timeout
+    seen = 0
+    while time.monotonic() < end:
+        tracker.poke()
+        collab.loop.run(tracker.wait_refresh(0.5), timeout=5)
+        seen = len(tracker.view.at_epoch(epoch))
+        if seen >= expected:
+            break
+    return seen
+
+
+def run_allreduce(args: argparse.Namespace) -> None:
+    from swarm.allreduce import TensorLayout
+    from swarm.compression import get_codec
+    from swarm.errors import RoundFailed
+
+    engine = json.loads(args.engine)
+    collab = _join(args, engine)
+    try:
+        codec = get_codec(args.compression)
+        layout = TensorLayout.build([(args.params,)], lambda i, n: codec)
+        collab._attach(_VectorLayout(layout))
+        captured: dict[str, Any] = {}
+        form_group = collab.matchmaker.form_group
+
+        async def capturing_form_group(request, deadline):  # remember the group's shares for the report
+            info = await form_group(request, deadline)
+            captured["info"] = info
+            return info
+
+        collab.matchmaker.form_group = capturing_form_group
+        _record_rounds(collab)
+        emit("ready", maddrs=collab.visible_maddrs(), peer_id=collab.peer_id, role=args.role)
+        trainers = [int(i) for i in args.trainer_indices.split(",") if i]
+        for command in commands():
+            cmd = command.get("cmd")
+            if cmd == "stop":
+                break
+            r = int(command.get("round", 0))
+            if cmd == "prepare":
+                seen = _wait_for_view(collab, r, args.peers, float(command.get("timeout", 30)))
+                emit("prepared", round=r, seen=seen)
+                continue
+            if cmd != "go":
+                emit("error", message=f"unknown command {cmd!r}")
+                continue
+            generator = torch.Generator().manual_seed(1000 + r)
+            shared = torch.randn(args.params, generator=generator)
+            local = None if args.role == "aux" else [shared + float(args.index)]
+            captured.clear()
+            started = time.monotonic()
+            try:
+                result, outcome = collab.average(r, local, 0.0 if local is None else 1.0, layout)
+            except RoundFailed as e:
+                emit("round", round=r, ok=False, error=str(e), wall=time.monotonic() - started,
+                     upload_est=collab.upload.value, download_est=collab.download.value)
+                continue
+            wall = time.monotonic() - started
+            info = captured.get("info")
+            fields: dict[str, Any] = dict(
+                round=r, ok=True, seconds=outcome.seconds, wall=wall, group=outcome.group_size,
+                bytes_sent=outcome.bytes_sent, bytes_received=outcome.bytes_received,
+                upload_est=collab.upload.value, download_est=collab.download.value,
+                excluded=len(outcome.excluded),
+            )
+            stats = _RecordingRound.last.stats if _RecordingRound.last is not None else None
+            if stats is not None:
+                fields.update(send_seconds=stats.send_seconds, receive_seconds=stats.receive_seconds)
+                if args.trace:
+                    fields.update(send_log=stats.send_log, receive_log=stats.receive_log)
+            if info is not None:
+                fields.update(shares=list(info.shares), members=[m.peer_id for m in info.members])
+            if result is not None:
+                flat = result[0]
+                expected = shared + (sum(trainers) / len(trainers) if trainers else 0.0)
+                fields.update(
+                    hash=hashlib.sha256(flat.numpy().tobytes()).hexdigest()[:16],
+                    max_error=float((flat - expected).abs().max()),
+                )
+            emit("round", **fields)
+    finally:
+        collab.shutdown()
+
+
+def run_training(args: argparse.Namespace) -> None:
+    """Train the scenario's task with the collaborative optimizer; compute slowed to `compute` by sleeping."""
+    from swarm.optim.schedule import warmup_linear_decay  # noqa: F401  (kept importable for task plug-ins)
+
+    workload = json.loads(args.workload)
+    engine = json.loads(args.engine)
+    module_name, function_name = workload["task_plugin"].split(":")
+    factory = getattr(importlib.import_module(module_name), function_name)
+    settings_cls = getattr(importlib.import_module(module_name), "TaskSettings", None)
+    options = dict(workload.get("task_options") or {})
+    settings = settings_cls(micro_batch_size=workload["micro_batch_size"], seed=0, options=options) if settings_cls else None
+    task = factory(workload["task"], settings)
+    torch.manual_seed(0)
+    model = task.build_model()
+    collab = _join(args, {**engine, "target_batch_size": workload["target_batch_size"], "compression": workload["compression"]})
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        opt = collab.optimizer(model.parameters(), lambda params: task.make_optimizer(params, workload["lr"]))
+        emit("ready", maddrs=collab.visible_maddrs(), peer_id=collab.peer_id, role=args.role)
+        go = next(commands(), {})
+        if go.get("cmd") != "go":
+            return
+        deadline = time.monotonic() + float(go.get("duration", workload["duration"]))
+        if args.role == "aux":
+            collab.run_auxiliary(opt.layout, lambda: stop.is_set() or time.monotonic() > deadline)
+            emit("summary", role="aux", rounds=len(collab.rounds))
+            return
+        opt.on_step.append(lambda report: emit(
+            "step", epoch=report.epoch, group=report.group_size, seconds=report.round_seconds,
+            samples=report.samples, time=time.time(), hash=report.params_hash[:16],
+        ))
+        step_seconds = (workload.get("step_seconds") or 0.0) / max(args.compute, 1e-6)
+        samples = compute_seconds = 0.0
+        started = time.monotonic()
+        model.train()
+        for batch in task.batches(args.index):
+            if stop.is_set() or time.monotonic() > deadline:
+                break
+            t0 = time.monotonic()
+            loss, n = task.loss(model, batch)
+            loss.backward()
+            spent = time.monotonic() - t0
+            pad = max(0.0, step_seconds - spent) if step_seconds else spent * (1.0 / args.compute - 1.0)
+            if pad > 0:
+                time.sleep(pad)
+            compute_seconds += time.monotonic() - t0
+            samples += n
+            opt.step(samples=n)
+            opt.zero_grad()
+        elapsed = time.monotonic() - started
+        emit("summary", role=args.role, samples=samples, elapsed=elapsed, compute_seconds=compute_seconds,
+             epoch=opt.epoch, rounds_completed=opt.rounds_completed, rounds_failed=opt.rounds_failed,
+             hash=opt.params_hash()[:16])
+    finally:
+        collab.shutdown()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m swarm.simulate.worker")
+    parser.add_argument("--mode", choices=["bootstrap", "allreduce", "training"], required=True)
+    parser.add_argument("--run-id", default="simulate")
+    parser.add_argument("--role", default="trainer", choices=["trainer", "client", "aux"])
+    parser.add_argument("--host", required=True, help="this peer's address in its namespace")
+    parser.add_argument("--initial-peers", nargs="*", default=[])
+    parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--peers", type=int, default=1, help="peers in the swarm (the view every round waits for)")
+    parser.add_argument("--trainer-indices", default="", help="comma-separated indices of the peers that bring values")
+    parser.add_argument("--params", type=int, default=0)
+    parser.add_argument("--compression", default="none")
+    parser.add_argument("--compute", type=float, default=1.0)
+    parser.add_argument("--engine", default="{}", help="EngineConfig fields as JSON")
+    parser.add_argument("--workload", default="{}", help="training workload as JSON")
+    parser.add_argument("--trace", action="store_true", help="report each round's per-message send and receive times")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format=f"%(asctime)s %(levelname).1s [{args.mode}:{args.index}] %(name)s: %(message)s")
+    for noisy in ("hivemind", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the emulator owns Ctrl-C; it stops us with `stop` or SIGTERM
+    {"bootstrap": run_bootstrap, "allreduce": run_allreduce, "training": run_training}[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()
