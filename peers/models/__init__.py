@@ -1,0 +1,1 @@
+"""Model architectures written in plain torch (ResNets for the vision tasks)."""
