@@ -1,11 +1,11 @@
-"""Task registry: `get_task("albert", settings)` returns a ready task plug-in."""
+"""Task registry: `get_task("albert", settings)` (or "swav") returns a ready task plug-in."""
 from __future__ import annotations
 
 from swarm.errors import ConfigError
 
 from .base import Task, TaskSettings
 
-TASKS = ("albert",)
+TASKS = ("albert", "swav")
 
 
 def get_task(name: str, settings: TaskSettings | None = None) -> Task:
@@ -14,6 +14,10 @@ def get_task(name: str, settings: TaskSettings | None = None) -> Task:
         from .albert import AlbertTask
 
         return AlbertTask(settings)
+    if name == "swav":
+        from .swav import SwavTask
+
+        return SwavTask(settings)
     raise ConfigError(f"unknown task {name!r}: choose one of {', '.join(TASKS)}")
 
 

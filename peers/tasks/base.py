@@ -56,6 +56,13 @@ class Task(abc.ABC):
     def evaluate(self, model: torch.nn.Module, max_batches: int = 20) -> dict[str, float]:
         """Held-out metrics, e.g. {"mlm_accuracy": 0.31, "loss": 5.2}."""
 
+    def set_epoch(self, epoch: int) -> None:
+        """The swarm's global epoch, called by the peer daemon after every global step and state download.
+
+        Tasks whose loss depends on training progress (SwAV freezes its prototypes for the first epochs)
+        key it on this, so every peer agrees; the default ignores it.
+        """
+
     def export(self, model: torch.nn.Module, path: Path) -> None:
         """Write the model in the task's standard format (a Hugging Face folder for ALBERT)."""
         raise NotImplementedError(f"task {self.name} has no export format")

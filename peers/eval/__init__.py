@@ -1,0 +1,1 @@
+"""Evaluation of trained models: linear probes for vision backbones, and `swarm eval`."""
