@@ -11,13 +11,13 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     """Flags that map onto RunConfig / EngineConfig fields (the YAML file sets the same ones)."""
     p.add_argument("--config", help="experiment YAML (RunConfig fields)")
     p.add_argument("--run-id", help="the run to join")
-    p.add_argument("--task", help="task plug-in (albert)")
+    p.add_argument("--task", help="task plug-in (albert, swav)")
     p.add_argument("--data-path", help="text file or folder (default: the embedded KJV corpus)")
     p.add_argument("--target-batch-size", type=int, help="samples per global step")
     p.add_argument("--micro-batch-size", type=int, help="samples per local step")
     p.add_argument("--compression", help="none, fp16, uniform8bit, quantile8bit")
     p.add_argument("--averaging-timeout", type=float, help="deadline of one all-reduce, seconds")
-    p.add_argument("--size", help="model size for the task (tiny, small, base, large)")
+    p.add_argument("--size", help="model size for the task (albert: tiny, small, base, large; swav: tiny, resnet18, resnet50)")
 
 
 def run_config_from_args(args: argparse.Namespace):
@@ -50,6 +50,7 @@ def register_join(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-epochs", type=int, help="leave after this global epoch")
     p.add_argument("--worker-seed", type=int, default=0, help="data order of this peer")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--save-final", type=Path, metavar="PATH", help="write the final model here when leaving (swarm eval reads it)")
     p.set_defaults(func=cmd_join)
 
 
@@ -69,6 +70,7 @@ def cmd_join(args: argparse.Namespace) -> int:
         initial_peers=args.initial_peers, role=role, host_maddrs=args.host_maddrs, announce_maddrs=args.announce_maddrs,
         identity_path=args.identity, metrics_path=args.metrics_file, duration=duration, max_epochs=args.max_epochs,
         worker_seed=args.worker_seed, threads=args.threads, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
+        final_state_path=args.save_final,
     )
     summary = run_peer(config, options, stop)
     print(f"left run {config.run_id} at epoch {summary.epochs} after {summary.rounds_completed} rounds ({summary.rounds_failed} failed)")

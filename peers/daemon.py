@@ -51,6 +51,7 @@ class PeerOptions:
     print_progress: bool = True
     metrics_port: int | None = None            # serve this peer's Prometheus /metrics on this port (0: any)
     metrics_host: str = "127.0.0.1"
+    final_state_path: Path | None = None       # write the model (and its epoch) here when training ends (swarm eval reads it)
 
 
 @dataclass
@@ -204,6 +205,8 @@ def _train(task, model, opt, collab: Collaboration, config: RunConfig, options: 
 
     opt.on_step.append(on_step)
     model.train()
+    task_epoch = opt.epoch
+    task.set_epoch(task_epoch)   # the global epoch, for tasks that key their loss on it (SwAV's prototype freeze)
     for batch in task.batches(options.worker_seed):
         if stop.is_set() or time.monotonic() > deadline or (options.max_epochs is not None and opt.epoch >= options.max_epochs):
             break
@@ -214,11 +217,18 @@ def _train(task, model, opt, collab: Collaboration, config: RunConfig, options: 
         samples_total += n
         opt.step(samples=n)
         opt.zero_grad()
+        if opt.epoch != task_epoch:   # a global step or a state download moved the epoch
+            task_epoch = opt.epoch
+            task.set_epoch(task_epoch)
     summary.epochs = opt.epoch
     summary.samples = samples_total
     summary.rounds_completed = opt.rounds_completed
     summary.rounds_failed = opt.rounds_failed
     summary.state_downloads = opt.state_downloads
+    if options.final_state_path is not None:
+        from .eval.checkpoint import save_final_state
+
+        save_final_state(options.final_state_path, model, epoch=opt.epoch, config=config, params_hash=opt.params_hash())
     if metrics is not None:
         metrics.write(json.dumps({"final": True, "peer_id": collab.peer_id, "epoch": opt.epoch, "params_hash": opt.params_hash(),
                                   "rounds_completed": opt.rounds_completed, "rounds_failed": opt.rounds_failed,

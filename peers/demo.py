@@ -27,6 +27,7 @@ from .cli import add_run_options, run_config_from_args
 
 logger = logging.getLogger(__name__)
 
+FINAL_STATE = "final.pt"   # peer 0's model when the demo ends (swarm eval --checkpoint RUN_DIR/RUN_ID/final.pt)
 DEMO_DEFAULTS = {"run_id": "demo", "target_batch_size": 256, "lr": 0.02, "warmup_epochs": 2, "total_epochs": 200}
 
 
@@ -67,8 +68,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = _demo_config(args)
     run_dir = args.run_dir / config.run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    for old in run_dir.glob("peer*.jsonl"):
-        old.unlink()
+    for old in [*run_dir.glob("peer*.jsonl"), run_dir / FINAL_STATE]:
+        old.unlink(missing_ok=True)
     config_path = run_dir / "experiment.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
 
@@ -92,6 +93,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 "--host-maddrs", "/ip4/127.0.0.1/tcp/0", "--metrics-file", str(run_dir / f"peer{i}.jsonl"),
                 "--stop-at", f"{stop_at:.1f}", "--worker-seed", str(i),
             ]
+            if i == 0:   # peer 0 leaves the trained model for `swarm eval`
+                cmd += ["--save-final", str(run_dir / FINAL_STATE)]
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                           preexec_fn=set_parent_death_signal))
         print(f"started {args.peers} peers; logs in {run_dir}/", flush=True)
@@ -105,6 +108,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if coordinator is not None:
             _stop_all([coordinator])
     report = build_report(config, run_dir, args.peers, time.monotonic() - started)
+    if (run_dir / FINAL_STATE).exists():
+        report["final_state"] = str(run_dir / FINAL_STATE)
     text = json.dumps(report, indent=2)
     if args.report:
         args.report.write_text(text + "\n")
