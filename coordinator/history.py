@@ -109,10 +109,13 @@ class History:
 
     # -- peers -------------------------------------------------------------------------------------------
 
-    def see_peer(self, peer_id: str, *, role: str, device: str, t: float, samples_total: int | None, gap: float = 60.0) -> None:
+    def see_peer(self, peer_id: str, *, role: str, device: str, t: float, samples_total: int | None,
+                 absent_before: float | None = None) -> None:
         """Record that a peer is online now; `samples_total` is its process's counter (it restarts at 0).
 
-        A peer not seen for `gap` seconds starts a new online session (`online_since` = now)."""
+        A peer last seen before `absent_before` starts a new online session (`online_since` = now). The
+        tracker passes a time at which it was watching and did not see the peer, so a coordinator that
+        was down itself does not reset everyone's session."""
         row = self.db.execute("SELECT samples_base, samples_last, last_seen FROM peers WHERE peer_id = ?", (peer_id,)).fetchone()
         if row is None:
             self.db.execute(
@@ -121,7 +124,7 @@ class History:
             )
             return
         base, last, last_seen = row
-        if t - last_seen > gap:
+        if absent_before is not None and last_seen < absent_before:
             self.db.execute("UPDATE peers SET online_since = ? WHERE peer_id = ?", (t, peer_id))
         if samples_total is not None and samples_total < last:   # a new process with the same identity
             base, last = base + last, samples_total
@@ -161,6 +164,13 @@ class History:
             "SELECT peer_id, samples_base + samples_last AS s FROM peers WHERE s > 0 ORDER BY s DESC LIMIT ?", (limit,)
         ).fetchall()
         return [(p, int(s)) for p, s in rows]
+
+    def recent_peers(self, within: float, limit: int = 200) -> dict[str, list[str]]:
+        """{peer id: multiaddrs} of the peers seen in the last `within` seconds."""
+        rows = self.db.execute(
+            "SELECT peer_id, maddrs FROM peers WHERE last_seen >= ? ORDER BY last_seen DESC LIMIT ?", (time.time() - within, limit)
+        ).fetchall()
+        return {pid: json.loads(text) for pid, text in rows}
 
     def recent_maddrs(self, within: float, limit: int = 20) -> list[str]:
         """Multiaddrs of peers seen in the last `within` seconds (to rejoin the swarm after a restart)."""

@@ -10,7 +10,8 @@ port, build the task's fingerprint, load the organizer's keys, start the bootstr
 is a restart), publish the config record, then run as sibling tasks of one TaskGroup:
 
 - the tracker loop: read progress and metrics records every `tracker_period`, update figures,
-  history and metrics; remember the peers' multiaddrs (a restarted coordinator dials them);
+  history and metrics; remember the peers' multiaddrs (a restarted coordinator dials them), and
+  ping known peers missing from the DHT routing table back into it (see coordinator.contacts);
 - the checkpointer: when the swarm crosses a multiple of `checkpoint_every` epochs, download the
   state from a peer of the newest epoch with `swarm.state_sync.download_from_any` (exactly what a
   newcomer does), write it atomically, keep the newest K;
@@ -39,6 +40,7 @@ from swarm.errors import ConfigError, NetworkError, SwarmError
 from swarm.state_sync import TrainingState, download_from_any
 
 from .checkpoints import CheckpointError, list_checkpoints, load_checkpoint, prune, write_checkpoint
+from .contacts import keep_in_touch
 from .history import History
 from .identity import load_or_create_rsa_key
 from .metrics import CoordinatorMetrics
@@ -54,6 +56,7 @@ T = TypeVar("T")
 REJOIN_WITHIN = 3600.0        # a restarted coordinator dials the peers seen in the last hour
 MADDRS_EVERY = 15.0           # seconds between two reads of the p2p peer store
 CHECKPOINT_RETRY = 10.0
+KEEP_IN_TOUCH_WITHIN = 600.0  # peers seen in the last 10 minutes are pinged back into the DHT routing table
 
 
 def _join_command(config_path: Path, bootstrap: str) -> str:
@@ -244,6 +247,8 @@ class Coordinator:
                 if time.monotonic() >= next_maddrs:
                     next_maddrs = time.monotonic() + MADDRS_EVERY
                     await self._remember_maddrs({p.id for p in figures.peers})
+                recent = self.history.recent_peers(KEEP_IN_TOUCH_WITHIN)
+                await self._engine(keep_in_touch(node, recent, recent), timeout=15)
                 await self._maybe_checkpoint(figures.epoch)
             except SwarmError as e:
                 logger.warning("tracker: %s", e)

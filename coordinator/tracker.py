@@ -29,6 +29,8 @@ from .metrics import CoordinatorMetrics
 
 logger = logging.getLogger(__name__)
 
+ABSENCE = 30.0   # seconds unseen (while the coordinator was watching) that end a peer's online session
+
 
 @dataclass
 class PeerRow:
@@ -109,11 +111,13 @@ class Tracker:
         for m in metrics:
             if m.peer_id not in latest or m.time > latest[m.peer_id].time:
                 latest[m.peer_id] = m
+        # a peer we did not see for ABSENCE seconds while we were watching starts a new online session
+        absent_before = self.figures.updated_at - ABSENCE if self.figures.updated_at else None
         for p in progress:
             if p.peer_id in live_ids:
                 m = latest.get(p.peer_id)
                 self.history.see_peer(p.peer_id, role=p.role, device=m.device if m else "", t=now,
-                                      samples_total=m.samples_total if m else None)
+                                      samples_total=m.samples_total if m else None, absent_before=absent_before)
         for m in latest.values():
             if m.epoch > 0 and m.peer_id not in self.exclude and self.history.add_round_report(
                 m.epoch, m.peer_id, t=m.time, group_size=m.group_size, seconds=m.round_seconds,

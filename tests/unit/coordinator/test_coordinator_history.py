@@ -37,7 +37,9 @@ def test_peer_samples_accumulate_over_process_restarts(history):
     seen = history.peer("A")
     assert seen.samples_contributed == 340 and seen.device == "cpu"
     assert seen.first_seen == 1.0 and seen.online_since == 1.0
-    history.see_peer("A", role="client", device="cpu", t=500.0, samples_total=50)  # back after a long absence
+    history.see_peer("A", role="client", device="cpu", t=400.0, samples_total=50, absent_before=2.5)  # the coordinator was not watching
+    assert history.peer("A").online_since == 1.0
+    history.see_peer("A", role="client", device="cpu", t=500.0, samples_total=50, absent_before=450.0)  # away while the coordinator watched
     seen = history.peer("A")
     assert seen.online_since == 500.0 and seen.role == "client" and seen.samples_contributed == 350
     history.see_peer("B", role="trainer", device="cuda", t=4.0, samples_total=None)
