@@ -1,0 +1,58 @@
+"""Reproduces a DHT partition between two nodes and heals it with coordinator.contacts.keep_in_touch.
+
+Run as `python -m tests.helpers.coordinator_partition` (its own process: each Observer owns a Reaper).
+Prints `before [..]`, `partitioned [..]`, `pinged N`, `after [..]`: the epochs node A reads from the DHT.
+"""
+from __future__ import annotations
+
+import time
+
+from coordinator.contacts import keep_in_touch
+from swarm import records
+from swarm.observer import Observer
+from swarm.records import ProgressRecord
+
+
+def record(peer_id: str, epoch: int) -> ProgressRecord:
+    return ProgressRecord(peer_id=peer_id, epoch=epoch, samples=0, samples_per_second=0.0, role="trainer", upload_bps=0.0,
+                          download_bps=0.0, time=time.time())
+
+
+async def forget(x: Observer, y: Observer) -> None:
+    """What hivemind does when one request from x to y times out: y leaves x's routing table."""
+    table = x.node.dht.protocol.routing_table
+    del table[table.get(peer_id=y.node.p2p.peer_id)]
+
+
+async def drop_storage(x: Observer) -> None:
+    x.node.dht.protocol.storage.clear()
+
+
+def main() -> None:
+    a = Observer("partition")
+    b = Observer("partition", initial_peers=a.visible_maddrs()[:1])
+    key = records.progress_key("partition")
+    try:
+        def publish(epoch: int) -> None:
+            b.loop.run(b.node.store_record(key, record(b.peer_id, epoch), 60), timeout=10)
+
+        def seen() -> list[int]:
+            return sorted(r.epoch for r in a.progress())
+
+        publish(1)
+        print("before", seen(), flush=True)
+        a.loop.run(forget(a, b), timeout=5)
+        b.loop.run(forget(b, a), timeout=5)
+        a.loop.run(drop_storage(a), timeout=5)
+        publish(2)
+        print("partitioned", seen(), flush=True)
+        print("pinged", a.loop.run(keep_in_touch(a.node, [b.peer_id]), timeout=20), flush=True)
+        publish(3)
+        print("after", seen(), flush=True)
+    finally:
+        b.shutdown()
+        a.shutdown()
+
+
+if __name__ == "__main__":
+    main()
