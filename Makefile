@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 TORCH := torch==2.13.0
-APT_PACKAGES := bible-kjv dataset-fashion-mnist iproute2 iptables
+APT_PACKAGES := bible-kjv dataset-fashion-mnist iproute2 iptables chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install demo test
