@@ -5,9 +5,12 @@ Format (one `torch.save` dict, loadable with `weights_only=True`):
     {"format": "swarm.final/1", "task": "swav", "task_options": {...}, "seed": 0, "data_path": None,
      "micro_batch_size": 8, "run_id": "demo", "epoch": 42, "params_hash": "...", "model": state_dict}
 
-`load_model_state` also accepts a bare state dict, or any dict holding one under "model",
-"state_dict" or "model_state_dict" (the coordinator's checkpoints, other tools' files).
-The file is written to a temporary name and renamed, so a reader never sees half a file.
+`load_checkpoint` also accepts a bare state dict, or any dict holding one under "model",
+"state_dict" or "model_state_dict" (other tools' files), and the coordinator's checkpoint folders
+(`runs/RUN/checkpoints/epoch-N/`: `meta.json` + `state.safetensors` with the trainable parameters as
+`param.i`, in model.parameters() order, verified against the folder's sha256 digest). Those hold no
+buffers (BatchNorm statistics): the linear probe re-estimates them anyway.
+The final-state file is written to a temporary name and renamed, so a reader never sees half a file.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "swarm.final/1"
 STATE_KEYS = ("model", "state_dict", "model_state_dict")
 
-__all__ = ["FORMAT", "save_final_state", "load_checkpoint", "load_model_state"]
+__all__ = ["FORMAT", "save_final_state", "load_checkpoint", "load_model_state", "load_params"]
 
 
 def save_final_state(path: str | Path, model: torch.nn.Module, *, epoch: int, config: Any = None, params_hash: str | None = None) -> Path:
@@ -45,8 +48,10 @@ def save_final_state(path: str | Path, model: torch.nn.Module, *, epoch: int, co
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint as a dict with at least "model" (a state dict); DataError if it cannot be read."""
+    """The checkpoint as a dict with "model" (a state dict) or "params" (trainable parameters in order); DataError if unreadable."""
     path = Path(path)
+    if path.is_dir() or path.suffix == ".safetensors":
+        return _load_coordinator_checkpoint(path if path.is_dir() else path.parent)
     if not path.is_file():
         raise DataError(f"checkpoint {path} does not exist")
     try:
@@ -60,6 +65,47 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         if payload and all(torch.is_tensor(v) for v in payload.values()):
             return {"model": payload}
     raise DataError(f"checkpoint {path} holds no model state dict")
+
+
+def _load_coordinator_checkpoint(folder: Path) -> dict[str, Any]:
+    import json
+
+    from safetensors.torch import load_file
+
+    from swarm.state_sync import state_digest
+
+    meta_path, state_path = folder / "meta.json", folder / "state.safetensors"
+    if not meta_path.is_file() or not state_path.is_file():
+        raise DataError(f"checkpoint folder {folder} lacks meta.json or state.safetensors")
+    try:
+        meta = json.loads(meta_path.read_text())
+        tensors = load_file(str(state_path))
+        order = list(meta["tensor_order"])
+        ordered = {name: tensors[name] for name in order}
+        epoch = int(meta["epoch"])
+    except Exception as e:
+        raise DataError(f"checkpoint {folder} cannot be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if meta.get("digest") and state_digest(ordered, epoch) != meta["digest"]:
+        raise DataError(f"checkpoint {folder} does not match its sha256 digest (corrupted?)")
+    count = sum(1 for name in order if name.startswith("param."))
+    run = meta.get("run_config") or {}
+    return {"format": meta.get("format"), "epoch": epoch, "task": meta.get("task") or run.get("task"),
+            "task_options": meta.get("task_options") or run.get("task_options") or {}, "seed": run.get("seed", 0),
+            "data_path": run.get("data_path"), "micro_batch_size": run.get("micro_batch_size"), "run_id": meta.get("run_id"),
+            "params": [ordered[f"param.{i}"] for i in range(count)]}
+
+
+def load_params(model: torch.nn.Module, params: list[torch.Tensor], source: str = "checkpoint") -> None:
+    """Copy `params` into the model's trainable parameters, in order; DataError if the count or a shape differs."""
+    own = [p for p in model.parameters() if p.requires_grad]
+    if len(own) != len(params):
+        raise DataError(f"{source} holds {len(params)} parameters, this task's model has {len(own)}: check --task and its options")
+    for i, (p, t) in enumerate(zip(own, params)):
+        if tuple(p.shape) != tuple(t.shape):
+            raise DataError(f"{source} parameter {i} has shape {tuple(t.shape)}, the model's is {tuple(p.shape)}")
+    with torch.no_grad():
+        for p, t in zip(own, params):
+            p.copy_(t)
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:

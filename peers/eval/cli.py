@@ -33,7 +33,8 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="held-out accuracy of a trained model vs its random init",
                        description="Evaluate a checkpoint (e.g. the demo's runs/RUN/final.pt) and the same model at random init.")
     p.add_argument("--task", help="task plug-in (default: the checkpoint's)")
-    p.add_argument("--checkpoint", type=Path, help="model file: swarm join --save-final output, or a state dict")
+    p.add_argument("--checkpoint", type=Path, help="swarm join --save-final file, a coordinator checkpoint folder, or a state dict")
+    p.add_argument("--stored-bn-stats", action="store_true", help="swav: probe with the stored BatchNorm statistics (default: re-estimate them)")
     p.add_argument("--random-init", action="store_true", help="evaluate only the randomly initialised model (no checkpoint)")
     p.add_argument("--no-baseline", action="store_true", help="skip the random-init model")
     p.add_argument("--config", help="experiment YAML (task, task_options, seed, data_path)")
@@ -62,6 +63,8 @@ def _settings(args: argparse.Namespace, meta: dict[str, Any]):
         options.update(config.task_options)
     if args.size:
         options["size"] = args.size
+    if getattr(args, "stored_bn_stats", False):
+        options["probe_bn"] = "stored"
     seed = args.seed if args.seed is not None else meta.get("seed", config.seed if config else 0)
     data_path = args.data_path or (config.data_path if config else None) or meta.get("data_path")
     micro_batch_size = int(meta.get("micro_batch_size") or (config.micro_batch_size if config else 8))
@@ -78,7 +81,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
     """What `swarm eval` prints, as a dict."""
     from peers.tasks import get_task
 
-    from .checkpoint import load_checkpoint, load_model_state
+    from .checkpoint import load_checkpoint, load_model_state, load_params
 
     if args.random_init and args.checkpoint:
         raise ConfigError("pass either --checkpoint or --random-init, not both")
@@ -94,7 +97,10 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     if args.checkpoint:
         model = task.build_model()
-        load_model_state(model, meta["model"], source=f"checkpoint {args.checkpoint}")
+        if "params" in meta:   # a coordinator checkpoint: parameters only
+            load_params(model, meta["params"], source=f"checkpoint {args.checkpoint}")
+        else:
+            load_model_state(model, meta["model"], source=f"checkpoint {args.checkpoint}")
         trained = task.evaluate(model, max_batches=args.max_batches)
         metric = _primary(name, trained)
         result.update(metric=metric, accuracy=trained[metric], metrics=trained)

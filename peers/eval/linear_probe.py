@@ -3,8 +3,13 @@
 `linear_probe(backbone, dataset, mean, std)`:
   1. draws `train_samples` training and `test_samples` test images (a fixed random subset, seeded
      by `seed`, so two models are probed on the same images);
-  2. extracts the backbone's pooled features of the whole images, in eval mode (BatchNorm uses its
-     running statistics), without gradients;
+  2. with `recalibrate_bn` (the default), re-estimates every BatchNorm's running mean and variance
+     on up to `bn_samples` of those training images ("precise BN", on a copy of the backbone): the
+     weights are what is evaluated, and the stored statistics are not comparable across models:
+     a random init holds placeholders (0, 1) that its training-mode forward never uses, a swarm
+     peer's were estimated locally (buffers are not averaged) on small crops, and the coordinator's
+     checkpoints hold parameters only. `recalibrate_bn=False` probes with the stored statistics;
+  3. extracts the backbone's pooled features of the whole images, in eval mode, without gradients;
   3. standardises each feature with the training subset's mean and std;
   4. fits multinomial logistic regression (weights + bias, L2 penalty `l2`) on the training
      features with full-batch L-BFGS (`max_iter` iterations, strong-Wolfe line search), in float64;
@@ -17,6 +22,7 @@ Deterministic: same model, data, seed -> same accuracy.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Sequence
@@ -28,7 +34,7 @@ from peers.data.images import ImageDataset, ImageSplit
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["extract_features", "fit_logistic_regression", "linear_probe"]
+__all__ = ["extract_features", "fit_logistic_regression", "linear_probe", "recalibrate_batchnorm"]
 
 
 @torch.no_grad()
@@ -58,6 +64,36 @@ def extract_features(backbone: torch.nn.Module, split: ImageSplit, indices: Sequ
     return torch.cat(features), torch.cat(labels)
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(backbone: torch.nn.Module, split: ImageSplit, indices: Sequence[int], mean: Sequence[float],
+                          std: Sequence[float], batch_size: int = 500) -> int:
+    """Reset every BatchNorm's running statistics to their average over split[indices] (in place); returns the count."""
+    norms = [m for m in backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None   # cumulative average over the batches
+    was_training = backbone.training
+    backbone.train()
+    device = next(backbone.parameters()).device
+    channels = len(mean)
+    m_ = torch.tensor(list(mean), dtype=torch.float32).view(1, channels, 1, 1)
+    s_ = torch.tensor(list(std), dtype=torch.float32).view(1, channels, 1, 1)
+    indices = list(indices)
+    try:
+        for start in range(0, len(indices), batch_size):
+            images, _ = split.load(indices[start:start + batch_size])
+            if images.shape[0] > 1:
+                backbone(((images.float().div_(255) - m_) / s_).to(device))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        backbone.train(was_training)
+    return len(norms)
+
+
 def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float = 1e-4,
                             max_iter: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights (F, C) and bias (C,) minimising mean cross-entropy + l2/2 ||W||^2, by full-batch L-BFGS in float64."""
@@ -84,12 +120,15 @@ def _subset(split: ImageSplit, n: int, generator: torch.Generator) -> list[int]:
 
 def linear_probe(backbone: torch.nn.Module, dataset: ImageDataset, mean: Sequence[float], std: Sequence[float],
                  train_samples: int = 10_000, test_samples: int = 10_000, seed: int = 0, l2: float = 1e-4,
-                 max_iter: int = 200) -> dict[str, float]:
+                 max_iter: int = 200, recalibrate_bn: bool = True, bn_samples: int = 2000) -> dict[str, float]:
     """Test accuracy of logistic regression on frozen features (see the module docstring)."""
     started = time.monotonic()
     generator = torch.Generator().manual_seed(seed)
     train_idx = _subset(dataset.train, train_samples, generator)
     test_idx = _subset(dataset.test, test_samples, generator)
+    if recalibrate_bn:
+        backbone = copy.deepcopy(backbone)
+        recalibrate_batchnorm(backbone, dataset.train, train_idx[:: max(1, len(train_idx) // bn_samples)][:bn_samples], mean, std)
     train_x, train_y = extract_features(backbone, dataset.train, train_idx, mean, std)
     test_x, test_y = extract_features(backbone, dataset.test, test_idx, mean, std)
     center = train_x.mean(0, keepdim=True)

@@ -36,7 +36,8 @@ Options (`settings.options`; architecture defaults in `ARCH_DEFAULTS`): arch (or
 resnet18 | resnet50; crops ("2x24+2x12": count x size, large first), crop_scales ([[0.3, 1], [0.08,
 0.3]]); num_prototypes; feature_dim; hidden_dim; temperature (0.1); epsilon (0.05);
 sinkhorn_iterations (3); freeze_prototypes_epochs; queue_length; queue_start_epoch; trust_coefficient;
-weight_decay (1e-6); momentum (0.9); image_size and channels (image folders); lr is read by the caller.
+weight_decay (1e-6); momentum (0.9); image_size and channels (image folders); probe_bn (recalibrate |
+stored: the BatchNorm statistics the linear probe uses); lr is read by the caller.
 
     task = SwavTask(TaskSettings(micro_batch_size=8))
     model = task.build_model()
@@ -86,7 +87,7 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
                      trust_coefficient=0.001),
 }
 COMMON_DEFAULTS: dict[str, Any] = dict(temperature=0.1, epsilon=0.05, sinkhorn_iterations=3, weight_decay=1e-6, momentum=0.9)
-KNOWN_OPTIONS = {"arch", "size", "image_size", "channels", "hidden_dim", "lr", *ARCH_DEFAULTS["tiny"], *COMMON_DEFAULTS}
+KNOWN_OPTIONS = {"arch", "size", "image_size", "channels", "hidden_dim", "lr", "probe_bn", *ARCH_DEFAULTS["tiny"], *COMMON_DEFAULTS}
 _CROPS = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
 
 
@@ -271,6 +272,9 @@ class SwavTask(Task):
         self.momentum = _number(merged, "momentum", float, 0.0, 0.999)
         self.image_size = _number(merged, "image_size", int, 8, 4096) if "image_size" in merged else None
         self.channels = _number(merged, "channels", int, 1, 3) if "channels" in merged else None
+        self.probe_bn = str(merged.get("probe_bn", "recalibrate"))
+        if self.probe_bn not in ("recalibrate", "stored"):
+            raise ConfigError(f"swav option probe_bn must be recalibrate or stored, got {self.probe_bn!r}")
         if settings.micro_batch_size < 1:
             raise ConfigError(f"micro_batch_size must be positive, got {settings.micro_batch_size}")
         self.epoch = 0
@@ -380,13 +384,15 @@ class SwavTask(Task):
 
     # -- evaluation ---------------------------------------------------------------------------------------------
     def evaluate(self, model: nn.Module, max_batches: int = 20) -> dict[str, float]:
-        """Linear-probe accuracy of the frozen backbone on max_batches x 500 training and test images."""
+        """Linear-probe accuracy of the frozen backbone on max_batches x 500 training and test images
+        (BatchNorm statistics re-estimated on the probe's training images unless option probe_bn=stored)."""
         from peers.eval.linear_probe import linear_probe
 
         images = max(1, max_batches) * PROBE_IMAGES_PER_BATCH
         mean, std = self.normalization
         backbone = model.backbone if isinstance(model, SwavModel) else model
-        result = linear_probe(backbone, self.dataset, mean, std, train_samples=images, test_samples=images, seed=EVAL_SEED)
+        result = linear_probe(backbone, self.dataset, mean, std, train_samples=images, test_samples=images, seed=EVAL_SEED,
+                              recalibrate_bn=self.probe_bn == "recalibrate")
         return {"linear_probe_accuracy": result["accuracy"], "linear_probe_train_accuracy": result["train_accuracy"],
                 "train_samples": result["train_samples"], "test_samples": result["test_samples"]}
 

@@ -123,3 +123,42 @@ def test_linear_probe_is_deterministic(data_dir):
     b = linear_probe(backbone, data, [0.3], [0.4], train_samples=40, test_samples=20, seed=1)
     assert a["accuracy"] == b["accuracy"] and a["train_samples"] == 40 and a["test_samples"] == 20
     assert a["accuracy"] > 0.9   # two very different synthetic classes
+
+
+def test_coordinator_checkpoint_folder_is_accepted(data_dir, tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from swarm.state_sync import state_digest
+
+    task = get_task("swav", TaskSettings(data_path=str(data_dir), seed=2, options=OPTIONS))
+    model = task.build_model()
+    tensors = {f"param.{i}": p.detach().clone() * 1.5 for i, p in enumerate(p for p in model.parameters() if p.requires_grad)}
+    folder = tmp_path / "checkpoints" / "epoch-00000004"
+    folder.mkdir(parents=True)
+    save_file(tensors, str(folder / "state.safetensors"))
+    meta = {"format": "swarm-checkpoint/1", "epoch": 4, "digest": state_digest(tensors, 4), "tensor_order": list(tensors),
+            "task": "swav", "task_options": OPTIONS, "run_config": {"seed": 2, "data_path": str(data_dir), "micro_batch_size": 4}}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    payload = load_checkpoint(folder)
+    assert payload["epoch"] == 4 and payload["task"] == "swav" and len(payload["params"]) == len(tensors)
+    out = evaluate_checkpoint(parse("--checkpoint", str(folder), "--max-batches", "1", "--no-baseline"))
+    assert out["epoch"] == 4 and out["seed"] == 2 and 0 <= out["accuracy"] <= 1 and "random_init_accuracy" not in out
+    meta["digest"] = "0" * 64
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="digest"):
+        load_checkpoint(folder)
+
+
+def test_probe_recalibrates_batchnorm_on_a_copy(data_dir):
+    data = load_images(data_dir)
+    backbone = get_task("swav", TaskSettings(data_path=str(data_dir), options=OPTIONS)).build_model().backbone
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    linear_probe(backbone, data, [0.3], [0.4], train_samples=40, test_samples=20)
+    assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())   # the caller's model is untouched
+    from peers.eval.linear_probe import recalibrate_batchnorm
+
+    assert recalibrate_batchnorm(backbone, data.train, range(40), [0.3], [0.4]) == 9
+    assert not torch.equal(backbone.stem[1].running_mean, before["stem.1.running_mean"])
+    assert backbone.stem[1].momentum == 0.1
