@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
+from scipy import sparse
 from scipy.optimize import linprog
 
 __all__ = [
@@ -132,15 +133,13 @@ def optimal_shares(vector_bytes: int, members: Sequence[MemberLink]) -> tuple[np
     seconds_up, seconds_down = seconds_up / unit, seconds_down / unit
 
     # Variables x = (w_1..w_n, T). Rows: const_i s_i + slope_i s_i w_i - T <= 0, for upload and download.
-    rows, rhs = [], []
-    for i in range(n):
-        for const, slope, seconds in ((up_const, up_slope, seconds_up), (down_const, down_slope, seconds_down)):
-            row = np.zeros(n + 1)
-            row[i] = slope[i] * seconds[i]
-            row[n] = -1.0
-            rows.append(row)
-            rhs.append(-const[i] * seconds[i])
-    a_ub, b_ub = np.array(rows), np.array(rhs)
+    # Sparse (two non-zeros a row): a dense matrix makes a group of thousands take seconds on the leader.
+    coefficient = np.empty(2 * n)
+    coefficient[0::2], coefficient[1::2] = up_slope * seconds_up, down_slope * seconds_down
+    b_ub = np.empty(2 * n)
+    b_ub[0::2], b_ub[1::2] = -up_const * seconds_up, -down_const * seconds_down
+    a_w = sparse.csr_matrix((coefficient, (np.arange(2 * n), np.repeat(np.arange(n), 2))), shape=(2 * n, n))
+    a_ub = sparse.hstack([a_w, sparse.csr_matrix(-np.ones((2 * n, 1)))], format="csr")
     a_eq = np.zeros((1, n + 1))
     a_eq[0, reducers] = 1.0
     bounds = [(0.0, 1.0) if member.can_reduce else (0.0, 0.0) for member in members] + [(0.0, None)]
@@ -155,12 +154,12 @@ def optimal_shares(vector_bytes: int, members: Sequence[MemberLink]) -> tuple[np
 
     # Second stage: keep T within a hair of the optimum, minimise the largest share z (variables w, z).
     t_max = first.x[n] * (1 + 1e-9) + 1e-12
-    spread_rows = np.hstack([a_ub[:, :n], np.zeros((2 * n, 1))])
+    spread_rows = sparse.hstack([a_w, sparse.csr_matrix((2 * n, 1))])
     spread_rhs = b_ub + t_max
-    max_rows = np.hstack([np.eye(n)[reducers], -np.ones((len(reducers), 1))])
+    max_rows = sparse.hstack([sparse.identity(n, format="csr")[reducers], sparse.csr_matrix(-np.ones((len(reducers), 1)))])
     second = linprog(
         cost,
-        A_ub=np.vstack([spread_rows, max_rows]),
+        A_ub=sparse.vstack([spread_rows, max_rows], format="csr"),
         b_ub=np.concatenate([spread_rhs, np.zeros(len(reducers))]),
         A_eq=a_eq,
         b_eq=[1.0],
