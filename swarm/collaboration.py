@@ -182,6 +182,8 @@ class Collaboration:
         vector_bytes = sum(bytes_per_value.get(c.name, 1) * n for c, n in zip(layout.codecs, layout.bucket_sizes))
         assert self.matchmaker is not None
         self.matchmaker.set_schema(layout.schema_hash(), lambda: vector_bytes)
+        self.tracker.local.training = True
+        self.tracker.poke()
 
     # -- rounds (called from the training thread) ---------------------------------------------------------------
 

@@ -83,7 +83,7 @@ class Matchmaker:
         """Possible leaders, lowest id first: reachable peers at the epoch or (stale record) just before it."""
         failed = self._failed.get(epoch, set())
         view = self.tracker.view
-        ids = {p.peer_id for p in view.at_epoch(epoch) + view.at_epoch(epoch - 1) if p.role != "client"}
+        ids = {p.peer_id for p in view.training_at(epoch) + view.training_at(epoch - 1) if p.role != "client"}
         if self.tracker.role != "client":
             ids.add(self.peer_id)
         return sorted(ids - failed)
@@ -92,7 +92,7 @@ class Matchmaker:
         """Who the leader waits for: peers at the epoch, and peers whose record still shows the epoch
         before (most have just stepped and not yet republished; one that really lags costs gather_timeout)."""
         view = self.tracker.view
-        ids = {p.peer_id for p in view.at_epoch(epoch) + view.at_epoch(epoch - 1)} - self._failed.get(epoch, set())
+        ids = {p.peer_id for p in view.training_at(epoch) + view.training_at(epoch - 1)} - self._failed.get(epoch, set())
         return ids | {self.peer_id}
 
     def _gathering(self, epoch: int) -> _Gathering:

@@ -57,7 +57,11 @@ class Node:
                     initial_peers=initial,
                     client_mode=options.client_mode,
                     record_validator=validator,
-                    wait_timeout=3,
+                    # hivemind's defaults (3 s RPC timeout, 5 s blacklist doubling each time) split a busy
+                    # swarm into islands when CPUs are saturated; be patient and forgive quickly instead.
+                    wait_timeout=5,
+                    blacklist_time=1.0,
+                    backoff_rate=1.5,
                     ensure_bootstrap_success=bool(initial),
                     cache_locally=False,
                     cache_nearest=0,
@@ -72,7 +76,7 @@ class Node:
         return cls(run_id, p2p, dht, signer, options.client_mode)
 
     @staticmethod
-    async def _start_p2p(options: NodeOptions, initial: list[Multiaddr], attempts: int = 3) -> P2P:
+    async def _start_p2p(options: NodeOptions, initial: list[Multiaddr], attempts: int = 4) -> P2P:
         """Start p2pd; retry when it cannot reach the initial peers (an overloaded or restarting bootstrap)."""
         for attempt in range(1, attempts + 1):
             try:

@@ -35,6 +35,10 @@ class SwarmView:
     def at_epoch(self, epoch: int) -> list[ProgressRecord]:
         return [p for p in self.peers if p.epoch == epoch and not p.leaving]
 
+    def training_at(self, epoch: int) -> list[ProgressRecord]:
+        """Peers at the epoch whose optimizer is attached (they can lead and join rounds)."""
+        return [p for p in self.at_epoch(epoch) if p.training]
+
     def samples_at(self, epoch: int, now: float, exclude: str = "") -> float:
         """Samples the peers at `epoch` have accumulated by `now`, extrapolated by their rates."""
         elapsed = max(0.0, now - self.fetched_at)
@@ -53,6 +57,7 @@ class LocalProgress:
     samples_per_second: float = 0.0
     params_hash: str = ""
     leaving: bool = False
+    training: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
@@ -152,6 +157,7 @@ class ProgressTracker:
                 params_hash=self.local.params_hash,
                 serves_state=self.serves_state,
                 leaving=self.local.leaving,
+                training=self.local.training,
             )
         await self.node.store_record(records.progress_key(self.node.run_id), record, self.record_ttl)
 

@@ -50,6 +50,7 @@ class ProgressRecord(_Record):
     params_hash: str = Field(default="", max_length=128)   # hash of the parameters at the start of `epoch`
     serves_state: bool = True
     leaving: bool = False
+    training: bool = False                   # its optimizer is attached: it can lead and join rounds
 
 
 class MetricsRecord(_Record):

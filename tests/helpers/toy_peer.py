@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60)
     parser.add_argument("--target", type=int, default=64)
     parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--step-sleep", type=float, default=0.02)
+    parser.add_argument("--step-sleep", type=float, default=0.05)
     parser.add_argument("--compression", default="fp16")
     parser.add_argument("--averaging-timeout", type=float, default=15)
     parser.add_argument("--chunk-elements", type=int, default=2**17)
@@ -89,7 +89,7 @@ def main() -> None:
             collab.run_auxiliary(opt.layout, lambda: stop["flag"])
             return
         waited = time.monotonic() + 30
-        while len(collab.tracker.view.peers) < args.wait_peers and time.monotonic() < waited:
+        while sum(p.training for p in collab.tracker.view.peers) < args.wait_peers and time.monotonic() < waited:
             time.sleep(0.1)
         gen = torch.Generator().manual_seed(args.seed)
         w_true = torch.randn(32, 1, generator=torch.Generator().manual_seed(7))

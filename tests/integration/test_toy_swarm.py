@@ -69,18 +69,19 @@ def test_peer_killed_mid_round_leaves_survivors_identical(peers, tmp_path, phase
 
 
 def test_late_joiner_downloads_state_then_matches(peers, tmp_path):
-    args = ["--duration", "60", "--target", "192"]
-    first = peers("p0", "--seed", "0", "--steps", "10", "--wait-peers", "2", *args)
+    args = ["--duration", "90", "--target", "192", "--steps", "1000"]
+    first = peers("p0", "--seed", "0", "--wait-peers", "2", *args)
     addr = first.maddr
-    peers("p1", "--seed", "1", "--initial-peers", addr, "--steps", "10", "--wait-peers", "2", *args)
+    peers("p1", "--seed", "1", "--initial-peers", addr, "--wait-peers", "2", *args)
     assert wait_until(lambda: max(steps(tmp_path / "p0.jsonl"), default=0) >= 3, 60)
-    late = peers("late", "--seed", "5", "--initial-peers", addr, "--steps", "10", *args)
+    late = peers("late", "--seed", "5", "--initial-peers", addr, "--duration", "25", "--target", "192")
     assert late.proc.wait(90) == 0
     f = final(tmp_path / "late.jsonl")
-    assert f is not None and f["downloads"] >= 1 and f["epoch"] == 10
+    assert f is not None and f["downloads"] >= 1
     mine, theirs = steps(tmp_path / "late.jsonl"), steps(tmp_path / "p0.jsonl")
-    assert mine, "the late joiner never stepped with the swarm"
+    assert len(mine) >= 2, "the late joiner never stepped with the swarm"
     assert min(mine) > 3
+    assert all(mine[e]["group"] >= 2 for e in mine)
     for epoch in mine:
         if epoch in theirs:
             assert mine[epoch]["hash"] == theirs[epoch]["hash"]
