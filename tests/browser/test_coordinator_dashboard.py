@@ -83,7 +83,10 @@ def test_dashboard_in_chromium(demo):
         assert page.evaluate("document.querySelectorAll('#loss-chart polyline').length") == 1
         page.wait_for("document.querySelectorAll('#rounds-table tbody tr:not(.empty)').length >= 1", timeout=60)
         page.wait_for("document.querySelectorAll('#leaderboard-table tbody tr:not(.empty)').length >= 1", timeout=60)
-        time.sleep(4)   # one more poll, so the charts hold a few more points
+        # a screenshot worth keeping: a few epochs of loss curve and a checkpoint in the tables
+        demo.wait_status(lambda s: s["epoch"] >= 6 and s["checkpoints"], 300, "six epochs and a checkpoint")
+        page.wait_for("document.getElementById('kpi-ckpt').textContent !== '-'", timeout=30)
+        time.sleep(5)   # one more history poll, so the charts hold the newest points
         shot = page.screenshot(ARTIFACTS / "dashboard.png")
     assert shot.stat().st_size > 10_000
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -99,13 +102,14 @@ def test_demo_serves_status_metrics_and_checkpoints(demo, tmp_path):
         families = {f.name: f for f in text_string_to_metric_families(r.read().decode())}
     assert {s.labels["role"]: s.value for s in families["swarm_peers"].samples}["trainer"] == PEERS
     status = demo.wait_status(lambda s: len(s["checkpoints"]) >= 1, 300, "a checkpoint")
-    checkpoint = Path(status["checkpoints"][0]["path"])
-    assert (checkpoint / "state.safetensors").exists() and (checkpoint / "meta.json").exists()
+    assert status["checkpoints"][0]["bytes"] > 0
     demo.proc.proc.wait(DURATION + 240)
     assert demo.proc.proc.returncode == 0, demo.proc.text()[-3000:]
     report = json.loads(demo.report.read_text())
     assert report["peers"] == PEERS and report["epochs"] >= 1
-    out = subprocess.run(swarm_cli("export", str(checkpoint), "--format", "hf", "--out", str(tmp_path / "hf")),
+    kept = sorted((demo.root / "runs" / "demo" / "checkpoints").glob("epoch-*"))
+    assert kept and all((c / "state.safetensors").exists() and (c / "meta.json").exists() for c in kept)
+    out = subprocess.run(swarm_cli("export", "demo", "--runs-dir", str(demo.root / "runs"), "--format", "hf", "--out", str(tmp_path / "hf")),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     from transformers import AlbertForPreTraining

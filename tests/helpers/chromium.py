@@ -118,10 +118,13 @@ class Chromium:
     def wait_for(self, expression: str, timeout: float, interval: float = 0.5) -> Any:
         """Poll a JS expression until it is truthy; returns its value (TimeoutError otherwise)."""
         end = time.monotonic() + timeout
-        value = None
+        value: Any = None
         while time.monotonic() < end:
-            value = self.evaluate(expression)
-            if value:
+            try:
+                value = self.evaluate(expression)
+            except RuntimeError as e:   # the page is still loading (an element is not there yet)
+                value = e
+            if value and not isinstance(value, Exception):
                 return value
             time.sleep(interval)
         raise TimeoutError(f"{expression} stayed {value!r} for {timeout:.0f}s")
