@@ -129,7 +129,7 @@ def run_peer(config: RunConfig, options: PeerOptions, stop: StopFlag | None = No
         config.run_id, initial_peers=options.initial_peers, role=options.role, config=config.engine,
         host_maddrs=options.host_maddrs, announce_maddrs=options.announce_maddrs, identity_path=options.identity_path,
     )
-    stop.on_set.append(collab.loop.cancel_all)
+    stop.on_set.append(collab.interrupt)
     metrics = open(options.metrics_path, "a") if options.metrics_path else None
     exporter = None
     summary = PeerSummary(peer_id=collab.peer_id, epochs=0, samples=0, rounds_completed=0, rounds_failed=0, state_downloads=0)

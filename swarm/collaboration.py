@@ -143,6 +143,10 @@ class Collaboration:
         finally:
             self.reaper.close()
 
+    def interrupt(self) -> None:
+        """Abandon the round or download in flight (from a signal handler): the caller's call raises at once."""
+        self.loop.cancel_all()
+
     def __enter__(self) -> "Collaboration":
         return self
 

@@ -86,6 +86,7 @@ class ProgressTracker:
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._stopping = False
 
     # -- called from the training thread (thread-safe) ------------------------------------------------
 
@@ -125,12 +126,11 @@ class ProgressTracker:
         self._task = asyncio.create_task(self._run(), name="progress-tracker")
 
     async def stop(self, withdraw: bool = True) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+            # hivemind's DHT calls can absorb a cancellation; never let that hold up leaving
+            await asyncio.wait({self._task}, timeout=2.0)
         if withdraw:
             self.local.leaving = True
             try:
@@ -182,7 +182,7 @@ class ProgressTracker:
         return min(self.max_refresh, max(self.min_refresh, eta / 3))
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await asyncio.wait_for(self.publish(), 5)
                 await asyncio.wait_for(self.refresh(), 5)

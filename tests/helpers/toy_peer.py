@@ -71,14 +71,21 @@ def main() -> None:
     logging.getLogger("hivemind").setLevel(logging.ERROR)
     torch.set_num_threads(1)
     stop = {"flag": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
-    signal.signal(signal.SIGINT, lambda *_: stop.update(flag=True))
+    interrupt = {"fn": lambda: None}
+
+    def on_signal(*_):
+        stop.update(flag=True)
+        interrupt["fn"]()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
 
     torch.manual_seed(1234)  # identical initial parameters on every peer
     model = torch.nn.Sequential(torch.nn.Linear(32, args.hidden), torch.nn.ReLU(), torch.nn.Linear(args.hidden, 1))
     cfg = EngineConfig(target_batch_size=args.target, compression=args.compression, averaging_timeout=args.averaging_timeout,
                        sender_timeout=3.0, matchmaking_timeout=10.0, gather_timeout=1.5, chunk_elements=max(1024, args.chunk_elements))
     collab = swarm.join(run_id=args.run_id, initial_peers=args.initial_peers, role=args.role, config=cfg)
+    interrupt["fn"] = collab.interrupt
     print("MADDR", collab.visible_maddrs()[0], flush=True)
     print("CHILDREN", *descendants(os.getpid()), flush=True)
     out = open(args.out, "a")

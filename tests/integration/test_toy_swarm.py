@@ -99,3 +99,25 @@ def test_nan_from_a_peer_is_excluded_and_the_swarm_stays_finite(peers, tmp_path)
     assert all(a[e]["hash"] == b[e]["hash"] for e in set(a) & set(b) if e >= 3)
     log = (tmp_path / "p0.log").read_text() + (tmp_path / "p2.log").read_text()
     assert "bad data" in log  # the NaN chunks were refused, not averaged
+
+
+def test_ctrl_c_leaves_within_5s_and_the_swarm_goes_on(peers, tmp_path):
+    args = ["--duration", "90", "--target", "192", "--wait-peers", "3"]
+    first = peers("p0", "--seed", "0", "--steps", "1000", *args)
+    addr = first.maddr
+    leaver = peers("p1", "--seed", "1", "--initial-peers", addr, "--steps", "1000", *args)
+    peers("p2", "--seed", "2", "--initial-peers", addr, "--steps", "1000", *args)
+    assert wait_until(lambda: max(steps(tmp_path / "p1.jsonl"), default=0) >= 3, 90)
+    leaver.wait_line("CHILDREN")
+    leaver.remember_children()
+    children = set(leaver.children)
+    left_at = max(steps(tmp_path / "p1.jsonl"))
+    sent = time.monotonic()
+    leaver.proc.send_signal(2)  # SIGINT, as Ctrl-C
+    assert leaver.proc.wait(10) == 0
+    assert time.monotonic() - sent < 5.0, "a peer must leave within 5 s of Ctrl-C"
+    assert wait_until(lambda: not pids_alive(children), 5.0)
+    # the others keep training without it: several more epochs, in groups that no longer wait for it
+    assert wait_until(lambda: max(steps(tmp_path / "p0.jsonl"), default=0) >= left_at + 4, 60)
+    later = [r for e, r in steps(tmp_path / "p0.jsonl").items() if e > left_at + 1]
+    assert later and all(r["group"] == 2 for r in later)
