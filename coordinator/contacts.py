@@ -1,13 +1,13 @@
 """Keeps the coordinator's DHT node in touch with every peer it knows.
 
-Why this exists (hivemind 1.1.12 behaviour, measured here): one DHT request that times out
-(`wait_timeout`, 3 s; a peer whose Python is busy building its model or tokenizing can miss it)
-removes that peer from the requester's routing table, and blacklists it for 5 s, doubling at each
-further failure. Nothing re-bootstraps afterwards. In a small swarm, where the coordinator and
-one or two peers are each other's only neighbours, a few such timeouts at start-up leave the
-coordinator with nobody to ask: it then reads only its own records, and the dashboard shows an
-empty swarm while the peers train. The peer side heals too: a ping from a DHT server asks the
-pinged peer to add the server to its own routing table.
+Why this exists (hivemind 1.1.12 behaviour, reproduced in tests/helpers/coordinator_partition.py):
+one DHT request that times out (a peer whose Python is busy building its model or tokenizing can
+miss it) removes that peer from the requester's routing table, and nothing re-bootstraps
+afterwards (swarm.node makes the timeout and blacklist more patient, which makes this rarer, not
+impossible). In a small swarm, where the coordinator and one or two peers are each other's only
+neighbours, such timeouts at start-up can leave the coordinator with nobody to ask: it then reads
+only its own records, and the dashboard shows an empty swarm while the peers train. The peer side
+heals too: a ping from a DHT server asks the pinged peer to add the server to its own routing table.
 
 So after every read of the records, `keep_in_touch()` pings (concurrently, bounded) every peer
 that is connected at the libp2p level, or that the tracker saw recently, and that is missing from

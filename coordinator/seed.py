@@ -9,12 +9,11 @@ the state (same hash check as any download).
 Why the record says role "trainer" with zero samples: the engine only downloads from donors whose
 role is neither client nor aux (an aux peer does not keep the state today), so "trainer" is the
 only role a newcomer accepts a state from. Zero samples and zero samples/s leave the batch
-arithmetic untouched. The cost is that matchmaking sees the coordinator as a peer of that epoch:
-a follower that ranks it first as leader gets "protocol not supported" and moves on, and a leader
-waits up to `gather_timeout` for it. So the seed withdraws (publishes `leaving=True`, which every
-peer filters out) as soon as a real peer holds the state (any peer at that epoch with the
-checkpoint's parameter hash, or any peer beyond that epoch): from then on peers serve newcomers
-themselves, and the rounds are not delayed.
+arithmetic untouched, and the record's `training` flag is False, so matchmaking neither picks the
+coordinator as a leader nor waits for it. The seed still withdraws (publishes `leaving=True`,
+which every peer filters out) as soon as a real peer holds the state (any peer at that epoch with
+the checkpoint's parameter hash, or any peer beyond that epoch): from then on peers serve
+newcomers themselves, and nobody mistakes the coordinator for a member of the swarm.
 """
 from __future__ import annotations
 
