@@ -84,7 +84,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         coordinator, bootstrap, dashboard = _start_coordinator(config_path, args, run_dir)
         print(f"bootstrap peer: {bootstrap}", flush=True)
         print(f"dashboard: {dashboard}", flush=True)
-        stop_at = time.time() + args.duration - (time.monotonic() - started)
+        # --duration is training time: it starts when the peers do, not when the demo does
+        stop_at = time.time() + args.duration
         for i in range(args.peers):
             log = open(run_dir / f"peer{i}.log", "w")
             logs.append(log)
@@ -98,7 +99,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                           preexec_fn=set_parent_death_signal))
         print(f"started {args.peers} peers; logs in {run_dir}/", flush=True)
-        _watch(procs, run_dir, args.peers, deadline=started + args.duration + 60)
+        _watch(procs, run_dir, args.peers, deadline=time.monotonic() + args.duration + 60)
     except KeyboardInterrupt:
         print("interrupted: stopping peers", flush=True)
     finally:
@@ -117,7 +118,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(text)
     failed = [p.returncode for p in procs if p.returncode not in (0, None)]
     if failed:
-        print(f"{len(failed)} peer(s) exited with errors: see {run_dir}/peer*.log", file=sys.stderr)
+        print(f"{len(failed)} peer(s) exited with errors (exit codes {failed}): see {run_dir}/peer*.log", file=sys.stderr)
     return 0
 
 
