@@ -87,7 +87,7 @@ class StateServer:
         }
         yield swarm_pb2.StateChunk(metadata=msgpack.packb(meta))
         for i, t in enumerate(state.tensors.values()):
-            data = t.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes() if t.numel() else b""
+            data = t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""  # 0-dim too (AdamW's step)
             for start in range(0, max(len(data), 1), CHUNK_BYTES):
                 yield swarm_pb2.StateChunk(tensor=i, data=data[start : start + CHUNK_BYTES])
         self.served += 1
