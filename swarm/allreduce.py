@@ -130,16 +130,20 @@ class Reduction:
     """Streaming weighted mean of one chunk. Subclass to plug in a robust aggregator."""
 
     def __init__(self, length: int):
-        self.total = torch.zeros(length, dtype=torch.float32)
+        self.length = length
+        self.total: torch.Tensor | None = None  # allocated by the first contribution: no zero-filled pass per chunk
         self.weight = 0.0
 
     def add(self, values: torch.Tensor, weight: float) -> None:
         if weight > 0:
-            self.total.add_(values, alpha=weight)
+            if self.total is None:
+                self.total = values.to(torch.float32).mul(weight)
+            else:
+                self.total.add_(values, alpha=weight)
             self.weight += weight
 
     def result(self) -> torch.Tensor | None:
-        if self.weight <= 0:
+        if self.weight <= 0 or self.total is None:
             return None
         return self.total / self.weight
 
@@ -271,7 +275,8 @@ class AllReduceRound:
                 codec = self.layout.codecs[chunk.bucket]
                 data = codec.encode(averaged)
                 self._outputs[k] = data
-                self._store_result(chunk, codec.decode(data))
+                # what the others decode from these bytes; the lossless codec gives back `averaged` bit for bit
+                self._store_result(chunk, averaged if codec.name == "none" else codec.decode(data))
             self._reductions[k] = None  # type: ignore[call-overload]  # free memory
             self._output_ready[k].set()
 
