@@ -274,10 +274,73 @@ def run_allreduce(
     }
 
 
+def run_training(
+    scenario: Scenario,
+    log_dir: Path,
+    *,
+    run_id: str = "emulate-train",
+    ready_timeout: float = 300.0,
+    progress: Callable[[str], None] | None = None,
+    engine_overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run the scenario's training workload; returns swarm samples/s, each peer's solo rate and the utilization."""
+    workload = scenario.workload
+    assert isinstance(workload, TrainingWorkload)
+    say = progress or (lambda s: None)
+    overrides = {**scenario.engine, "averaging_timeout": max(scenario.engine_config().averaging_timeout, 120.0),
+                 "sender_timeout": max(scenario.engine_config().sender_timeout, 15.0), **(engine_overrides or {})}
+    payload = json.dumps(workload.model_dump())
+    with Emulation(scenario, log_dir) as emu:
+        say(f"network up: {len(emu.peers)} peers in namespaces {emu.network.prefix}-*")
+        initial = emu.start_bootstrap(run_id)
+        # build the task's caches (tokenizer, corpus) once, before peers race to build them
+        prep = emu.python(None, "swarm.simulate.worker", ["--mode", "training", "--prepare", "--host", ROUTER_ADDRESS, "--workload", payload], "prepare")
+        prep.expect("prepared", ready_timeout)
+        procs = []
+        for p in emu.peers:
+            args = ["--mode", "training", "--run-id", run_id, "--role", p.role, "--host", emu.network.address(p.index),
+                    "--initial-peers", *initial, "--index", str(p.index), "--compute", str(p.compute),
+                    "--workload", payload, "--engine", json.dumps(overrides)]
+            procs.append(emu.python(p.index, "swarm.simulate.worker", args, f"peer{p.index}-{p.name}"))
+        gather(procs, "ready", ready_timeout)
+        say(f"{len(procs)} peers joined; training for {workload.duration:.0f}s")
+        started = time.time()
+        for proc in procs:
+            proc.send(cmd="go", duration=workload.duration)
+        summaries = gather(procs, "summary", workload.duration + 300)
+        steps: dict[int, dict[str, Any]] = {}
+        for proc in procs:
+            while True:
+                try:
+                    item = proc.events.get_nowait()
+                except queue.Empty:
+                    break
+                if item and item.get("event") == "step":
+                    steps.setdefault(item["epoch"], item)
+    trainers = [s for s, p in zip(summaries, emu.peers) if p.brings]
+    solo = sum(s["samples"] / s["compute_seconds"] for s in trainers if s.get("compute_seconds"))
+    nominal = sum(workload.micro_batch_size * p.compute / workload.step_seconds for p in emu.peers if p.brings) if workload.step_seconds else None
+    averaged = sum(s["samples"] for s in steps.values())
+    swarm_rate = averaged / workload.duration
+    rounds = [s["seconds"] for s in steps.values()]
+    return {
+        "scenario": scenario.name, "peers": len(emu.peers), "duration": workload.duration, "epochs": len(steps),
+        "swarm_samples_per_second": swarm_rate, "solo_samples_per_second": solo, "nominal_solo_samples_per_second": nominal,
+        "utilization": swarm_rate / solo if solo else float("nan"),
+        "median_round_seconds": statistics.median(rounds) if rounds else float("nan"),
+        "consistent": len({s.get("hash") for s in trainers}) == 1, "started": started,
+        "peers_detail": summaries,
+    }
+
+
 def summarize_round(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     ok = [r for r in reports if r.get("ok")]
     hashes = {r["hash"] for r in ok if "hash" in r}
-    shares = next((r["shares"] for r in ok if "shares" in r), None)
+    shares = None
+    with_info = next((r for r in ok if "shares" in r and "members" in r), None)
+    if with_info is not None:  # the group lists members by peer id: put the shares in scenario order
+        by_id = dict(zip(with_info["members"], with_info["shares"]))
+        shares = [by_id.get(r.get("peer_id"), 0.0) for r in reports]
     return {
         "ok": len(ok),
         "seconds": max((r["seconds"] for r in ok), default=float("nan")),

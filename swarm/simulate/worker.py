@@ -150,6 +150,7 @@ def run_allreduce(args: argparse.Namespace) -> None:
         _record_rounds(collab)
         emit("ready", maddrs=collab.visible_maddrs(), peer_id=collab.peer_id, role=args.role)
         trainers = [int(i) for i in args.trainer_indices.split(",") if i]
+        profiler = _EngineProfiler(collab, args.profile) if args.profile else None
         for command in commands():
             cmd = command.get("cmd")
             if cmd == "stop":
@@ -167,6 +168,8 @@ def run_allreduce(args: argparse.Namespace) -> None:
             local = None if args.role == "aux" else [shared + float(args.index)]
             captured.clear()
             started = time.monotonic()
+            if profiler is not None:
+                profiler.enable()
             try:
                 result, outcome = collab.average(r, local, 0.0 if local is None else 1.0, layout)
             except RoundFailed as e:
@@ -174,9 +177,11 @@ def run_allreduce(args: argparse.Namespace) -> None:
                      upload_est=collab.upload.value, download_est=collab.download.value)
                 continue
             wall = time.monotonic() - started
+            if profiler is not None:
+                profiler.disable()
             info = captured.get("info")
             fields: dict[str, Any] = dict(
-                round=r, ok=True, seconds=outcome.seconds, wall=wall, group=outcome.group_size,
+                round=r, ok=True, peer_id=collab.peer_id, seconds=outcome.seconds, wall=wall, group=outcome.group_size,
                 bytes_sent=outcome.bytes_sent, bytes_received=outcome.bytes_received,
                 upload_est=collab.upload.value, download_est=collab.download.value,
                 excluded=len(outcome.excluded),
@@ -196,8 +201,34 @@ def run_allreduce(args: argparse.Namespace) -> None:
                     max_error=float((flat - expected).abs().max()),
                 )
             emit("round", **fields)
+        if profiler is not None:
+            profiler.dump()
     finally:
         collab.shutdown()
+
+
+class _EngineProfiler:
+    """cProfile of the engine loop's thread (where the all-reduce runs), across the rounds it is enabled for."""
+
+    def __init__(self, collab, path: str):
+        import cProfile
+
+        self.collab, self.path, self.profile = collab, path, cProfile.Profile()
+
+    def _on_loop(self, method) -> None:
+        async def call() -> None:
+            method()
+
+        self.collab.loop.run(call(), timeout=10)
+
+    def enable(self) -> None:
+        self._on_loop(self.profile.enable)
+
+    def disable(self) -> None:
+        self._on_loop(self.profile.disable)
+
+    def dump(self) -> None:
+        self.profile.dump_stats(self.path)
 
 
 def run_training(args: argparse.Namespace) -> None:
@@ -212,6 +243,12 @@ def run_training(args: argparse.Namespace) -> None:
     options = dict(workload.get("task_options") or {})
     settings = settings_cls(micro_batch_size=workload["micro_batch_size"], seed=0, options=options) if settings_cls else None
     task = factory(workload["task"], settings)
+    if args.prepare:  # build the task's caches once, before the peers start
+        task.fingerprint()
+        task.build_model()
+        next(iter(task.batches(0)))
+        emit("prepared")
+        return
     torch.manual_seed(0)
     model = task.build_model()
     collab = _join(args, {**engine, "target_batch_size": workload["target_batch_size"], "compression": workload["compression"]})
@@ -273,6 +310,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compute", type=float, default=1.0)
     parser.add_argument("--engine", default="{}", help="EngineConfig fields as JSON")
     parser.add_argument("--workload", default="{}", help="training workload as JSON")
+    parser.add_argument("--profile", help="allreduce: write a cProfile of the engine thread during rounds here")
+    parser.add_argument("--prepare", action="store_true", help="training: build the task's caches and exit")
     parser.add_argument("--trace", action="store_true", help="report each round's per-message send and receive times")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)

@@ -1,0 +1,159 @@
+"""`swarm simulate`: emulate a scenario with real peers, or model it (a plug-in of the `swarm` command).
+
+    swarm simulate list
+    swarm simulate emulate --scenario mini-hetero [--params 1M] [--rounds 3] [--json out.json]
+    swarm simulate model --scenario dedloc-albert [--peers 2000] [--json out.json]
+    swarm simulate cleanup            # namespaces left behind by an emulator that was SIGKILLed
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .scenario import AllreduceWorkload, TrainingWorkload, list_scenarios, load_scenario, parse_count
+
+logger = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("simulate", help="emulate or model a swarm on a heterogeneous network",
+                       description="Run a scenario with real peers on an emulated network (emulate), or model it (model).")
+    modes = p.add_subparsers(dest="simulate_mode", metavar="MODE")
+
+    ls = modes.add_parser("list", help="the shipped scenarios")
+    ls.set_defaults(func=cmd_list)
+
+    em = modes.add_parser("emulate", help="real peers in network namespaces, links shaped with tc (needs root)",
+                          description="Real peers, one network namespace each, behind a router; upload and download shaped "
+                                      "with tc tbf; nat peers drop inbound connections. netem is unavailable here, so links "
+                                      "add no latency.")
+    _common(em)
+    em.add_argument("--log-dir", type=Path, help="peer logs (default: a temporary folder)")
+    em.set_defaults(func=cmd_emulate)
+
+    mo = modes.add_parser("model", help="event-driven model of the protocol (thousands of peers in seconds)")
+    _common(mo)
+    mo.add_argument("--peers", type=int, help="scale the scenario's mix of peers to this many")
+    mo.add_argument("--efficiency", type=float, help="TCP payload per byte of link rate (default 0.94)")
+    mo.add_argument("--model-params", type=parse_count, help="training: values in the model's gradient (default 11M)")
+    mo.set_defaults(func=cmd_model)
+
+    cl = modes.add_parser("cleanup", help="delete namespaces left by emulators that died")
+    cl.set_defaults(func=cmd_cleanup)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scenario", required=True, help=f"a YAML file or a shipped name ({', '.join(list_scenarios())})")
+    p.add_argument("--workload", choices=["allreduce", "training"], help="default: the scenario's own")
+    p.add_argument("--params", type=parse_count, help="allreduce: values per vector (e.g. 1M)")
+    p.add_argument("--rounds", type=int, help="allreduce: rounds")
+    p.add_argument("--compression", help="codec: none, fp16, uniform8bit, quantile8bit")
+    p.add_argument("--duration", type=float, help="training: seconds")
+    p.add_argument("--divisor", type=float, help="divide every rate by this (overrides the scenario's bandwidth_divisor)")
+    p.add_argument("--json", type=Path, help="write the report here")
+
+
+def scenario_from_args(args: argparse.Namespace):
+    scenario = load_scenario(args.scenario)
+    if args.divisor is not None:
+        if not args.divisor > 0:
+            raise ConfigError("--divisor must be positive")
+        scenario = scenario.model_copy(update={"bandwidth_divisor": args.divisor})
+    kind = args.workload or scenario.workload.kind
+    if kind == "allreduce":
+        return scenario.with_workload("allreduce", params=args.params, rounds=args.rounds, compression=args.compression)
+    return scenario.with_workload("training", duration=args.duration, compression=args.compression)
+
+
+def _write(report: dict[str, Any], path: Path | None) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2, default=float) + "\n")
+        print(f"report written to {path}")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for name in list_scenarios():
+        s = load_scenario(name)
+        print(f"{name:16s} {s.size:4d} peers  {s.description}")
+    return 0
+
+
+def cmd_emulate(args: argparse.Namespace) -> int:
+    from .emulate import run_allreduce, run_training
+    from .network import require_root
+
+    require_root()
+    scenario = scenario_from_args(args)
+    log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="swarm-emulate-"))
+    print(f"emulating {scenario.name}: {scenario.size} peers, logs in {log_dir}", flush=True)
+    started = time.monotonic()
+    if isinstance(scenario.workload, AllreduceWorkload):
+        report = run_allreduce(scenario, log_dir, progress=lambda s: print(s, flush=True))
+        _print_allreduce(report)
+    else:
+        report = run_training(scenario, log_dir, progress=lambda s: print(s, flush=True))
+        print(json.dumps({k: v for k, v in report.items() if k != "peers_detail"}, indent=2, default=float))
+    report["elapsed_s"] = time.monotonic() - started
+    _write(report, args.json)
+    return 0
+
+
+def _print_allreduce(report: dict[str, Any]) -> None:
+    bound = report["lp_bound_s"]
+    print(f"{report['scenario']}: {report['peers']} peers, {report['vector_bytes'] / 1e6:.1f} MB per vector, LP bound {bound:.2f}s")
+    for r, rnd in enumerate(report["rounds"]):
+        shares = ", ".join(f"{s:.2f}" for s in (rnd.get("shares") or [])[:16])
+        print(f"  round {r}: {rnd['seconds']:6.2f}s ({rnd['seconds'] / bound:4.2f}x bound)  ok {rnd['ok']}  shares [{shares}]")
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    from .model import ModelParams, model_allreduce, model_training
+
+    scenario = scenario_from_args(args)
+    if args.peers:
+        scenario = scenario.scaled(args.peers)
+    params = ModelParams()
+    if args.efficiency is not None:
+        if not 0 < args.efficiency <= 1:
+            raise ConfigError("--efficiency must be in (0, 1]")
+        params.efficiency = args.efficiency
+    started = time.monotonic()
+    if isinstance(scenario.workload, AllreduceWorkload):
+        report = model_allreduce(scenario, params=params)
+        report["elapsed_s"] = time.monotonic() - started
+        _print_allreduce(report | {"rounds": [r | {"ok": "-"} for r in report["rounds"]]})
+        print(f"  median {report['median_seconds']:.2f}s; modelled in {report['elapsed_s']:.2f}s")
+    else:
+        assert isinstance(scenario.workload, TrainingWorkload)
+        report = model_training(scenario, params=params, vector_params=args.model_params)
+        report["elapsed_s"] = time.monotonic() - started
+        print(f"{report['scenario']}: {report['peers']} peers, {report['epochs']} epochs in {report['duration']:.0f}s, "
+              f"{report['samples_per_second']:.1f} samples/s ({report['utilization']:.0%} of the peers' solo sum "
+              f"{report['solo_samples_per_second']:.1f}), round {report['median_round_seconds']:.2f}s, "
+              f"{report['failed_rounds']} failed; modelled in {report['elapsed_s']:.2f}s")
+    _write(report, args.json)
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from .network import cleanup_stale, require_root
+
+    require_root("swarm simulate cleanup")
+    removed = cleanup_stale()
+    print(f"removed {len(removed)} namespaces" + (f": {', '.join(removed)}" if removed else ""))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from ..cli import main
+
+    sys.exit(main(["simulate", *sys.argv[1:]]))

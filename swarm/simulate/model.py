@@ -1,0 +1,422 @@
+"""`swarm simulate model`: an event-driven fluid model of swarm's protocol, for hundreds to thousands of peers.
+
+What it models, and how (the engine's modules in brackets):
+
+- Transfers (allreduce): one group per epoch; each member reduces its LP share of the vector
+  (balancing.optimal_shares over the members' *estimated* rates). Every member that brings values
+  streams its slice of part j to reducer j; reducer j streams the averaged part back to every member
+  that needs it, chunk by chunk, as soon as every sender's copy of a chunk has arrived (so an output
+  stream never gets ahead of the slowest input into its reducer, less one chunk). Streams are fluid
+  flows; the rates at any moment are max-min fair over every peer's upload and download (TCP
+  flows sharing bottlenecks get about equal shares), with each link's capacity its rate times
+  `efficiency` (TCP/IP goodput of a shaped link). The model advances from event to event (a flow
+  ends, an output stream catches up with its reducer, a step of at most 1/50 of the round).
+- Estimates (balancing.BandwidthEstimator, balancing.sustained_rate): the first round uses the prior
+  (config `bandwidth_mbps`); after each round every peer folds the best rate its upload and download
+  sustained over a quarter of its bytes into its estimate, as the engine does, so the model shows
+  how shares converge.
+- Progress and matchmaking (training): trainers accumulate samples at their rates (compute x base
+  rate); the swarm is ready when the sum reaches the target batch, noticed after half a progress
+  refresh; matchmaking costs a fixed `matchmaking_seconds`; training stops during averaging
+  (the collaborative optimizer averages inside `step`). Commit: every member steps.
+- Churn: trainers leave (Poisson, per trainer) and join (Poisson, for the swarm; a joiner downloads
+  the state at its download rate first). A reducer that leaves mid-round makes the round fail for
+  everyone after `sender_timeout`; a sender that leaves is excluded after `sender_timeout`.
+
+Peers with identical specs form a class; flows between classes are counted with multiplicity, so a
+swarm of thousands of peers drawn from a few specs costs no more than a few peers.
+
+Not modelled: CPU limits, latency (the emulator has none either), TCP's own dynamics (slow start,
+losses), DHT traffic.
+"""
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..balancing import BandwidthEstimator, MemberLink, optimal_shares, split_sizes, sustained_rate, uniform_shares
+from .scenario import MBIT, AllreduceWorkload, PeerInstance, Scenario, TrainingWorkload
+
+__all__ = ["ModelParams", "RoundResult", "simulate_round", "model_allreduce", "model_training", "run_model"]
+
+
+@dataclass
+class ModelParams:
+    efficiency: float = 0.94          # TCP payload per byte of shaped rate (1448/1514 per frame, less ACKs and framing)
+    round_overhead: float = 0.05      # seconds per round outside transfers (stream setup, first encode, last decode)
+    matchmaking_seconds: float = 0.5  # leader gather + join RPCs, once everyone is ready
+    refresh_seconds: float = 1.0      # progress refresh period while waiting for the batch
+    state_bytes: int = 0              # what a joiner downloads (training; 0: 3x the vector)
+    sender_timeout: float = 5.0
+    max_events: int = 200_000
+
+
+@dataclass
+class RoundResult:
+    seconds: float                         # the slowest member's all-reduce time
+    per_class_seconds: list[float]
+    shares: list[float]                    # per member (expanded)
+    sent: list[float]                      # bytes per member
+    received: list[float]
+    upload_rate: list[float | None]        # what each member's estimator sees (sustained rate), per member
+    download_rate: list[float | None]
+    events: int = 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One all-reduce round
+
+
+@dataclass
+class _Class:
+    members: list[int]
+    upload: float        # bytes/s, after efficiency
+    download: float
+    brings: bool
+    needs: bool
+    part: float          # bytes each member of the class reduces
+
+
+def _classes(peers: Sequence[PeerInstance], parts: Sequence[float], efficiency: float) -> list[_Class]:
+    groups: dict[tuple, _Class] = {}
+    for p, part in zip(peers, parts):
+        key = (p.upload_bps, p.download_bps, p.brings, p.needs, part)
+        if key not in groups:
+            groups[key] = _Class([], p.upload_bps * efficiency, p.download_bps * efficiency, p.brings, p.needs, part)
+        groups[key].members.append(p.index)
+    return list(groups.values())
+
+
+def _max_min(src: np.ndarray, dst: np.ndarray, m_out: np.ndarray, m_in: np.ndarray, active: np.ndarray,
+             caps: np.ndarray, up: np.ndarray, down: np.ndarray) -> np.ndarray:
+    """Max-min fair rates per flow type (progressive filling), flows counted with multiplicity on each link."""
+    rate = np.zeros(len(src))
+    frozen = ~active
+    used_up = np.zeros(len(up))
+    used_down = np.zeros(len(down))
+    while not frozen.all():
+        free = ~frozen
+        w_up = np.bincount(src[free], weights=m_out[free], minlength=len(up))
+        w_down = np.bincount(dst[free], weights=m_in[free], minlength=len(down))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lvl_up = np.where(w_up > 0, (up - used_up) / w_up, np.inf)
+            lvl_down = np.where(w_down > 0, (down - used_down) / w_down, np.inf)
+        level = min(lvl_up.min(), lvl_down.min(), caps[free].min() if free.any() else np.inf)
+        level = max(level, 0.0)
+        tol = 1e-9 * max(level, 1.0)
+        hit = free & ((lvl_up[src] <= level + tol) | (lvl_down[dst] <= level + tol) | (caps <= level + tol))
+        if not hit.any():  # numerical corner: freeze everything at this level
+            hit = free
+        rate[hit] = np.minimum(level, caps[hit])
+        frozen |= hit
+        np.add.at(used_up, src[hit], m_out[hit] * rate[hit])
+        np.add.at(used_down, dst[hit], m_in[hit] * rate[hit])
+    return rate
+
+
+def simulate_round(peers: Sequence[PeerInstance], shares: Sequence[float], vector_bytes: int, *,
+                   chunk_bytes: int = 2**19, params: ModelParams | None = None) -> RoundResult:
+    """One all-reduce of `vector_bytes` with these shares over the peers' links (bytes/s)."""
+    params = params or ModelParams()
+    n = len(peers)
+    parts = [float(s) for s in split_sizes(vector_bytes, shares)] if vector_bytes > 0 else [0.0] * n
+    classes = _classes(peers, parts, params.efficiency)
+    c = len(classes)
+    count = np.array([len(k.members) for k in classes], dtype=float)
+    up = np.array([k.upload for k in classes])
+    down = np.array([k.download for k in classes])
+
+    # Flow types: (kind, src class, dst class, reducer class); kind 0: input slice to a reducer, 1: averaged part back.
+    src, dst, kind, red, size, m_out, m_in = [], [], [], [], [], [], []
+    for a, ka in enumerate(classes):
+        for b, kb in enumerate(classes):
+            pairs_out = count[b] - (a == b)   # flows per member of a towards members of b
+            pairs_in = count[a] - (a == b)    # flows per member of b from members of a
+            if pairs_out <= 0:
+                continue
+            if ka.brings and kb.part > 0:     # a's slice of b's part
+                src.append(a); dst.append(b); kind.append(0); red.append(b); size.append(kb.part)
+                m_out.append(pairs_out); m_in.append(pairs_in)
+            if ka.part > 0 and kb.needs and kb.brings:  # a's averaged part back to b (on the stream b opened)
+                src.append(a); dst.append(b); kind.append(1); red.append(a); size.append(ka.part)
+                m_out.append(pairs_out); m_in.append(pairs_in)
+    src_a, dst_a, kind_a, red_a = (np.array(x, dtype=int) for x in (src, dst, kind, red))
+    size_a, m_out_a, m_in_a = (np.array(x, dtype=float) for x in (size, m_out, m_in))
+    f = len(src_a)
+    done = np.zeros(f)
+    finish = np.full(f, np.nan)
+    t = 0.0
+    inputs_of = [np.where((kind_a == 0) & (dst_a == j))[0] for j in range(c)]
+    chunk = float(chunk_bytes)
+    log_up: list[list[tuple[float, float]]] = [[(0.0, 0.0)] for _ in range(c)]
+    log_down: list[list[tuple[float, float]]] = [[(0.0, 0.0)] for _ in range(c)]
+    horizon = max(1e-3, sum(parts) / max(min(up.min(), down.min()), 1.0) / 50)  # longest step
+    events = 0
+
+    def availability() -> tuple[np.ndarray, np.ndarray]:
+        """Bytes of each reducer's part ready to send back, and the index of its slowest input (or -1)."""
+        avail = np.array([k.part for k in classes])
+        slowest = np.full(c, -1)
+        for j in range(c):
+            ins = inputs_of[j]
+            if len(ins) == 0:
+                continue
+            fr = done[ins] / size_a[ins]
+            k = int(np.argmin(fr))
+            slowest[j] = ins[k]
+            if fr[k] < 1.0 - 1e-12:
+                avail[j] = max(0.0, fr[k] * classes[j].part - chunk)
+        return avail, slowest
+
+    while True:
+        remaining = size_a - done
+        active = remaining > 1e-6
+        if not active.any():
+            break
+        events += 1
+        if events > params.max_events:
+            raise RuntimeError("model did not converge (too many events)")
+        avail, slowest = availability()
+        caught = active & (kind_a == 1) & (done >= avail[red_a] - 1e-6) & (avail[red_a] < size_a - 1e-6)
+        caps = np.full(f, np.inf)
+        caps[caught] = 0.0
+        for _ in range(4):  # caught-up outputs go as fast as their reducer's slowest input lets them
+            rate = _max_min(src_a, dst_a, m_out_a, m_in_a, active, caps, up, down)
+            growth = np.zeros(c)
+            for j in range(c):
+                s = slowest[j]
+                if s >= 0:
+                    growth[j] = rate[s] / size_a[s] * classes[j].part
+            new_caps = np.where(caught, growth[red_a], np.inf)
+            if np.allclose(new_caps, caps, rtol=1e-6, atol=1e-3, equal_nan=True):
+                break
+            caps = new_caps
+        # next event: a flow ends, an output catches up with its reducer, or the longest step
+        dt = horizon
+        moving = active & (rate > 0)
+        if moving.any():
+            dt = min(dt, float((remaining[moving] / rate[moving]).min()))
+        gaining = active & (kind_a == 1) & ~caught & (rate > growth[red_a])
+        if gaining.any():
+            gap = avail[red_a][gaining] - done[gaining]
+            dt = min(dt, float((gap / (rate[gaining] - growth[red_a][gaining])).min()))
+        dt = max(dt, 1e-9)
+        done = np.minimum(size_a, done + rate * dt)
+        t += dt
+        ended = active & (size_a - done <= 1e-6) & np.isnan(finish)
+        finish[ended] = t
+        sent = np.bincount(src_a, weights=m_out_a * done, minlength=c)
+        got = np.bincount(dst_a, weights=m_in_a * done, minlength=c)
+        for k in range(c):
+            log_up[k].append((t, sent[k]))
+            log_down[k].append((t, got[k]))
+
+    per_class = np.zeros(c)
+    for k in range(c):
+        mine = (src_a == k) | (dst_a == k)
+        per_class[k] = float(np.nanmax(finish[mine])) if mine.any() and not np.isnan(finish[mine]).all() else 0.0
+    per_class += params.round_overhead
+    up_rate = [_rate_from_cumulative(log_up[k], chunk) for k in range(c)]
+    down_rate = [_rate_from_cumulative(log_down[k], chunk) for k in range(c)]
+    sent_total = np.bincount(src_a, weights=m_out_a * size_a, minlength=c)
+    got_total = np.bincount(dst_a, weights=m_in_a * size_a, minlength=c)
+    by_member: dict[int, int] = {i: k for k, cls in enumerate(classes) for i in cls.members}
+    order = [p.index for p in peers]
+    return RoundResult(
+        seconds=float(per_class.max()) if c else 0.0,
+        per_class_seconds=[float(per_class[by_member[i]]) for i in order],
+        shares=[float(s) for s in shares],
+        sent=[float(sent_total[by_member[i]]) for i in order],
+        received=[float(got_total[by_member[i]]) for i in order],
+        upload_rate=[up_rate[by_member[i]] for i in order],
+        download_rate=[down_rate[by_member[i]] for i in order],
+        events=events,
+    )
+
+
+def _rate_from_cumulative(log: list[tuple[float, float]], chunk: float) -> float | None:
+    """Cut a cumulative (time, bytes) trace into chunk-sized messages and apply the engine's estimator statistic."""
+    messages: list[tuple[float, int]] = []
+    mark = chunk
+    for (t0, b0), (t1, b1) in zip(log, log[1:]):
+        while b1 > b0 and mark <= b1 + 1e-6:
+            messages.append((t0 + (t1 - t0) * (mark - b0) / (b1 - b0), int(chunk)))
+            mark += chunk
+    final_t, final_b = log[-1]
+    if final_b - (mark - chunk) > 1:
+        messages.append((final_t, int(final_b - (mark - chunk))))
+    return sustained_rate(messages)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Workloads
+
+
+def _symmetric(peers: Sequence[PeerInstance], shares: Sequence[float]) -> list[float]:
+    """Equal shares for peers with equal links and roles (their mean), rounded to 1e-4 and renormalised.
+
+    Averaging an LP optimum over identical peers keeps it optimal (the LP is convex and symmetric in
+    them), and it keeps the model's flow classes few, so a thousand identical peers cost one class.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for k, p in enumerate(peers):
+        groups.setdefault((p.upload_bps, p.download_bps, p.role), []).append(k)
+    out = [0.0] * len(peers)
+    for members in groups.values():
+        mean = sum(float(shares[k]) for k in members) / len(members)
+        for k in members:
+            out[k] = round(mean, 4)
+    total = sum(out)
+    return [x / total for x in out] if total > 0 else [float(x) for x in shares]
+
+
+_ROUND_CACHE: dict[tuple, RoundResult] = {}
+
+
+def _cached_round(peers: Sequence[PeerInstance], shares: Sequence[float], vector_bytes: int, chunk_bytes: int, params: ModelParams) -> RoundResult:
+    key = (tuple((p.upload_bps, p.download_bps, p.role) for p in peers), tuple(shares), vector_bytes, chunk_bytes,
+           params.efficiency, params.round_overhead)
+    if key not in _ROUND_CACHE:
+        if len(_ROUND_CACHE) > 4096:
+            _ROUND_CACHE.clear()
+        _ROUND_CACHE[key] = simulate_round(peers, shares, vector_bytes, chunk_bytes=chunk_bytes, params=params)
+    return _ROUND_CACHE[key]
+
+
+def _links(peers: Sequence[PeerInstance], up: Sequence[BandwidthEstimator], down: Sequence[BandwidthEstimator]) -> list[MemberLink]:
+    return [MemberLink(u.value, d.value, p.brings, p.needs, p.can_reduce) for p, u, d in zip(peers, up, down)]
+
+
+def model_allreduce(scenario: Scenario, *, params: ModelParams | None = None, balance: bool | None = None) -> dict[str, Any]:
+    """The scenario's allreduce workload: one round per `rounds`, shares from each round's estimates."""
+    params = params or ModelParams()
+    workload = scenario.workload
+    assert isinstance(workload, AllreduceWorkload)
+    engine = scenario.engine_config()
+    balance = engine.load_balancing if balance is None else balance
+    peers = scenario.peers_expanded()
+    vector_bytes = scenario.vector_bytes()
+    chunk_bytes = engine.chunk_elements * {"none": 4, "fp16": 2}.get(workload.compression, 1)
+    prior = engine.bandwidth_mbps * MBIT
+    up = [BandwidthEstimator(prior, first_replaces_prior=True) for _ in peers]
+    down = [BandwidthEstimator(prior, first_replaces_prior=True) for _ in peers]
+    rounds = []
+    for _ in range(workload.rounds):
+        links = _links(peers, up, down)
+        shares = _symmetric(peers, optimal_shares(vector_bytes, links)[0] if balance else uniform_shares(links))
+        result = _cached_round(peers, shares, vector_bytes, chunk_bytes, params)
+        for i in range(len(peers)):
+            if result.upload_rate[i]:
+                up[i].observe(int(result.sent[i]), result.sent[i] / result.upload_rate[i])
+            if result.download_rate[i]:
+                down[i].observe(int(result.received[i]), result.received[i] / result.download_rate[i])
+        rounds.append({"seconds": result.seconds, "shares": _compact(result.shares), "events": result.events})
+    return {
+        "scenario": scenario.name, "peers": len(peers), "vector_bytes": vector_bytes,
+        "lp_bound_s": scenario.lp_bound(vector_bytes), "rounds": rounds,
+        "median_seconds": statistics.median(r["seconds"] for r in rounds),
+    }
+
+
+def _compact(shares: Sequence[float], limit: int = 64) -> list[float]:
+    return [round(float(s), 4) for s in shares[:limit]]
+
+
+def model_training(scenario: Scenario, *, params: ModelParams | None = None, duration: float | None = None,
+                   vector_params: int | None = None, base_samples_per_second: float | None = None,
+                   seed: int = 0) -> dict[str, Any]:
+    """The training workload: epochs of accumulate -> matchmaking -> all-reduce -> step, with churn."""
+    params = params or ModelParams()
+    workload = scenario.training if not isinstance(scenario.workload, TrainingWorkload) else scenario.workload
+    if workload is None:
+        raise ValueError(f"scenario {scenario.name} has no training workload")
+    engine = scenario.engine_config()
+    rng = random.Random(seed)
+    peers = list(scenario.peers_expanded())
+    n_params = vector_params or 11_000_000  # ALBERT-base-sized unless told
+    vector_bytes = n_params * {"none": 4, "fp16": 2}.get(workload.compression, 1)
+    chunk_bytes = engine.chunk_elements * {"none": 4, "fp16": 2}.get(workload.compression, 1)
+    state_bytes = params.state_bytes or 3 * n_params * 4
+    base = base_samples_per_second or (workload.micro_batch_size / workload.step_seconds if workload.step_seconds else 16.0)
+    horizon = duration or workload.duration
+    prior = engine.bandwidth_mbps * MBIT
+    alive = {p.index: p for p in peers}
+    up = {p.index: BandwidthEstimator(prior, first_replaces_prior=True) for p in peers}
+    down = {p.index: BandwidthEstimator(prior, first_replaces_prior=True) for p in peers}
+    leave_rate = scenario.churn.leave_per_hour / 3600.0
+    join_rate = scenario.churn.join_per_hour / 3600.0
+    templates = peers[:]
+    next_index = len(peers)
+    pending_joins: list[tuple[float, PeerInstance]] = []
+    t = 0.0
+    samples = 0.0
+    epochs, failed, compute_busy = 0, 0, 0.0
+    round_times: list[float] = []
+    while t < horizon:
+        trainers = [p for p in alive.values() if p.brings]
+        rate = sum(base * p.compute for p in trainers)
+        if rate <= 0 or not any(p.can_reduce for p in alive.values()):
+            break
+        accumulate = workload.target_batch_size / rate + params.refresh_seconds / 2
+        averaging_start = t + accumulate + params.matchmaking_seconds
+        # churn during accumulation: leavers take their samples with them (approximation: they just leave)
+        for p in list(alive.values()):
+            if p.brings and rng.random() < 1 - math.exp(-leave_rate * accumulate):
+                alive.pop(p.index)
+        while rng.random() < 1 - math.exp(-join_rate * accumulate):
+            template = rng.choice(templates)
+            joiner = PeerInstance(next_index, f"joiner-{next_index}", template.role, template.upload_bps, template.download_bps, template.compute)
+            next_index += 1
+            pending_joins.append((t + accumulate + state_bytes / (joiner.download_bps * params.efficiency), joiner))
+            up[joiner.index] = BandwidthEstimator(prior, first_replaces_prior=True)
+            down[joiner.index] = BandwidthEstimator(prior, first_replaces_prior=True)
+        members = sorted(alive.values(), key=lambda p: p.index)
+        if not any(p.can_reduce for p in members) or not any(p.brings for p in members):
+            break
+        renumbered = [PeerInstance(k, p.name, p.role, p.upload_bps, p.download_bps, p.compute) for k, p in enumerate(members)]
+        links = [MemberLink(up[p.index].value, down[p.index].value, p.brings, p.needs, p.can_reduce) for p in members]
+        shares = _symmetric(renumbered, optimal_shares(vector_bytes, links)[0] if engine.load_balancing else uniform_shares(links))
+        result = _cached_round(renumbered, shares, vector_bytes, chunk_bytes, params)
+        # a reducer leaving mid-round fails the round for everyone
+        reducer_left = any(
+            shares[k] > 0 and p.brings and rng.random() < 1 - math.exp(-leave_rate * result.seconds)
+            for k, p in enumerate(members)
+        )
+        compute_busy += accumulate * rate
+        if reducer_left and t + accumulate < horizon:
+            failed += 1
+            t = averaging_start + params.sender_timeout
+            continue
+        for k, p in enumerate(members):
+            if result.upload_rate[k]:
+                up[p.index].observe(int(result.sent[k]), result.sent[k] / result.upload_rate[k])
+            if result.download_rate[k]:
+                down[p.index].observe(int(result.received[k]), result.received[k] / result.download_rate[k])
+        t = averaging_start + result.seconds
+        if t <= horizon:
+            epochs += 1
+            samples += workload.target_batch_size
+            round_times.append(result.seconds)
+        for when, joiner in [j for j in pending_joins if j[0] <= t]:
+            alive[joiner.index] = joiner
+        pending_joins = [j for j in pending_joins if j[0] > t]
+    solo = sum(base * p.compute for p in peers if p.brings)
+    throughput = samples / horizon if horizon > 0 else 0.0
+    return {
+        "scenario": scenario.name, "peers": len(peers), "duration": horizon, "epochs": epochs, "failed_rounds": failed,
+        "samples_per_second": throughput, "solo_samples_per_second": solo,
+        "utilization": throughput / solo if solo else 0.0,
+        "median_round_seconds": statistics.median(round_times) if round_times else float("nan"),
+        "vector_bytes": vector_bytes,
+    }
+
+
+def run_model(scenario: Scenario, *, params: ModelParams | None = None, **kwargs: Any) -> dict[str, Any]:
+    if isinstance(scenario.workload, TrainingWorkload):
+        return model_training(scenario, params=params, **kwargs)
+    return model_allreduce(scenario, params=params, **kwargs)
