@@ -13,6 +13,7 @@ checkpoints are renamed into place only when complete.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -61,6 +62,19 @@ class RunFolder:
         except OSError as e:
             raise ConfigError(f"cannot create the run folder {folder.root}: {e.strerror or e}") from None
         return folder
+
+    def lock(self) -> None:
+        """Hold the folder for this process (an flock, released by the kernel even on kill -9)."""
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(f"run folder {self.root} is in use by another coordinator (pid {holder})") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd   # kept open for the life of the process
 
     @property
     def state_path(self) -> Path:

@@ -91,6 +91,7 @@ class Coordinator:
     # -- start-up ----------------------------------------------------------------------------------------
 
     def _check_folder(self) -> FolderState:
+        self.folder.lock()   # one coordinator per run folder; the kernel releases it even on kill -9
         if self.settings.fresh:
             self.folder.reset()
         state = self.folder.load_state()

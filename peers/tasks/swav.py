@@ -281,8 +281,8 @@ class SwavTask(Task):
         self.probe_bn = str(merged.get("probe_bn", "recalibrate"))
         if self.probe_bn not in ("recalibrate", "stored"):
             raise ConfigError(f"swav option probe_bn must be recalibrate or stored, got {self.probe_bn!r}")
-        if settings.micro_batch_size < 1:
-            raise ConfigError(f"micro_batch_size must be positive, got {settings.micro_batch_size}")
+        if settings.micro_batch_size < 2:
+            raise ConfigError(f"swav needs micro_batch_size >= 2 (BatchNorm and Sinkhorn work across a batch), got {settings.micro_batch_size}")
         self.epoch = 0
         self._queues: list[_Queue] = []
 

@@ -213,6 +213,11 @@ def test_bad_options_are_config_errors(data_dir, options, match):
         make_task(data_dir, **options)
 
 
+def test_micro_batch_of_one_is_refused(data_dir):
+    with pytest.raises(ConfigError, match="micro_batch_size >= 2"):
+        make_task(data_dir, micro_batch_size=1)
+
+
 def test_size_option_is_an_alias_of_arch(data_dir):
     assert make_task(data_dir, size="resnet18").arch == "resnet18"
 
