@@ -136,8 +136,13 @@ class ImageDataset:
         return x.mean(1).tolist(), x.std(1).clamp_min(1e-3).tolist()
 
 
-def load_images(data_path: str | Path | None, image_size: int | None = None, channels: int | None = None) -> ImageDataset:
-    """Fashion-MNIST (None), a folder of idx files, or an ImageNet-layout image folder (see the module docstring)."""
+def load_images(data_path: str | Path | None, image_size: int | None = None, channels: int | None = None,
+                folder_size: int = 64) -> ImageDataset:
+    """Fashion-MNIST (None), a folder of idx files, or an ImageNet-layout image folder (see the module docstring).
+
+    `image_size` and `channels` are required of idx data and applied to image folders, which
+    default to `folder_size` px and 3 channels.
+    """
     if data_path is None:
         dataset = load_idx_folder(FASHION_MNIST_DIR, classes=FASHION_MNIST_CLASSES, hint="install the Debian package dataset-fashion-mnist")
     else:
@@ -149,7 +154,7 @@ def load_images(data_path: str | Path | None, image_size: int | None = None, cha
         if (root / IDX_FILES["train"][0]).exists():
             dataset = load_idx_folder(root)
         else:
-            return load_image_folder(root, image_size=image_size or 64, channels=channels or 3)
+            return load_image_folder(root, image_size=image_size or folder_size, channels=channels or 3)
     if channels is not None and channels != dataset.channels:
         raise DataError(f"{dataset.source} has {dataset.channels} channel(s), not {channels}")
     if image_size is not None and image_size != dataset.image_size:

@@ -289,7 +289,9 @@ class SwavTask(Task):
     # -- data, loaded on first use ------------------------------------------------------------------------------
     @cached_property
     def dataset(self) -> ImageDataset:
-        return load_images(self.settings.data_path, image_size=self.image_size, channels=self.channels)
+        # image folders are resized so that the large crops cover most of an image (224 px crops: 256 px images)
+        folder_size = max(8, round(self.crops[0].size * 8 / 7))
+        return load_images(self.settings.data_path, image_size=self.image_size, channels=self.channels, folder_size=folder_size)
 
     @cached_property
     def normalization(self) -> tuple[list[float], list[float]]:

@@ -228,3 +228,22 @@ def test_evaluate_is_a_linear_probe(data_dir):
     assert 0.0 <= metrics["linear_probe_accuracy"] <= 1.0
     assert metrics["linear_probe_accuracy"] > 0.5   # the three synthetic classes are easy even for random features
     assert metrics["train_samples"] == 96 and metrics["test_samples"] == 48
+
+
+def test_image_folder_of_rgb_images(tmp_path):
+    image = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(10):
+            image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(tmp_path / c / f"{i}.png")
+    task = get_task("swav", TaskSettings(data_path=str(tmp_path), micro_batch_size=4, options={
+        "crops": "2x16+2x8", "crop_scales": [[0.3, 1.0], [0.1, 0.3]], "num_prototypes": 4, "feature_dim": 4, "hidden_dim": 8,
+        "freeze_prototypes_epochs": 0}))
+    assert task.dataset.channels == 3 and task.dataset.image_size == 18   # 16 px crops: 8/7 of it
+    batch = next(task.batches(0))
+    assert [tuple(v.shape) for v in batch] == [(4, 3, 16, 16)] * 2 + [(4, 3, 8, 8)] * 2
+    model = task.build_model()
+    assert model.backbone.in_channels == 3
+    loss, n = task.loss(model, batch)
+    assert n == 4 and torch.isfinite(loss)
