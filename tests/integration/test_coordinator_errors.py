@@ -79,3 +79,12 @@ def test_corrupted_checkpoint(tmp_path):
     assert "no checkpoint found for nope" in one_error_line(run("export", "nope", "--runs-dir", str(tmp_path)))
     assert "does not exist" in one_error_line(run("launch", "--task", "albert", "--from-checkpoint", str(tmp_path / "missing"), "--port", "0"))
     assert "unknown export format" in one_error_line(run("export", str(c.path), "--format", "onnx"))
+
+
+@pytest.mark.timeout(120)
+def test_run_folder_in_use(tmp_path):
+    import os
+
+    RunFolder.open(tmp_path, "busy").lock()     # this test process plays the running coordinator
+    line = one_error_line(run("launch", "--task", "albert", "--run-id", "busy", "--runs-dir", str(tmp_path), "--port", "0"))
+    assert f"is in use by another coordinator (pid {os.getpid()})" in line
