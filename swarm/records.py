@@ -12,6 +12,7 @@ import logging
 from typing import Literal
 
 import msgpack
+from hivemind.dht.crypto import RSASignatureValidator
 from hivemind.dht.routing import DHTID
 from hivemind.dht.validation import DHTRecord, RecordValidatorBase
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -22,7 +23,9 @@ Role = Literal["trainer", "client", "aux"]
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    # extra="ignore": a newer peer's record with fields this version does not know still validates
+    # (forward compatibility across a rolling upgrade); every known field is still strictly typed.
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
 
 class ConfigRecord(_Record):
@@ -34,6 +37,7 @@ class ConfigRecord(_Record):
     fingerprint: dict[str, str]            # e.g. model_config / tokenizer hashes
     hyperparameters: dict[str, float | int | str | bool]
     created_at: float
+    run_config: str = Field(default="", max_length=65536)   # the RunConfig as JSON: `swarm join INVITE` needs no file
 
 
 class ProgressRecord(_Record):
@@ -71,6 +75,13 @@ class MetricsRecord(_Record):
     bytes_received: int = Field(default=0, ge=0)
 
 
+class RevocationRecord(_Record):
+    """Invites the organizer revoked (signed by the organizer key): every node refuses tokens issued for them."""
+
+    invite_ids: list[str] = Field(max_length=100_000)
+    time: float
+
+
 def config_key(run_id: str) -> str:
     return f"{run_id}_config"
 
@@ -81,6 +92,15 @@ def progress_key(run_id: str) -> str:
 
 def metrics_key(run_id: str) -> str:
     return f"{run_id}_metrics"
+
+
+def revocations_key(run_id: str) -> str:
+    return f"{run_id}_revoked"
+
+
+def owner_subkey(public_key: bytes) -> bytes:
+    """The subkey under which the owner of this RSA public key (OpenSSH bytes) stores its records."""
+    return RSASignatureValidator.PUBLIC_KEY_FORMAT.replace(b"_key_", public_key)
 
 
 def encode(record: _Record) -> dict:
@@ -106,6 +126,7 @@ class SchemaValidator(RecordValidatorBase):
             DHTID.generate(source=config_key(run_id)).to_bytes(): ConfigRecord,
             DHTID.generate(source=progress_key(run_id)).to_bytes(): ProgressRecord,
             DHTID.generate(source=metrics_key(run_id)).to_bytes(): MetricsRecord,
+            DHTID.generate(source=revocations_key(run_id)).to_bytes(): RevocationRecord,
         }
 
     def validate(self, record: DHTRecord) -> bool:

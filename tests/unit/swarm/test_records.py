@@ -30,7 +30,7 @@ def test_valid_progress_record_passes():
 
 
 @pytest.mark.parametrize("bad", [
-    {"epoch": -1}, {"epoch": "3"}, {"role": "admin"}, {"samples_per_second": -1.0}, {"extra_field": 1}, {"peer_id": ""},
+    {"epoch": -1}, {"epoch": "3"}, {"role": "admin"}, {"samples_per_second": -1.0}, {"peer_id": ""}, {"samples": None},
 ])
 def test_malformed_progress_record_is_rejected(bad):
     v = records.SchemaValidator("run")
@@ -49,6 +49,12 @@ def test_other_keys_are_left_to_other_validators():
     assert v.validate(record("some_other_key", {"anything": 1}))
     # another run's progress key is not this validator's business either
     assert v.validate(record(records.progress_key("other-run"), {"x": 1}))
+
+
+def test_records_of_newer_peers_with_unknown_fields_still_validate():
+    v = records.SchemaValidator("run")
+    assert v.validate(record(records.progress_key("run"), progress(field_from_the_future=[1, 2])))
+    assert records.decode(records.ProgressRecord, progress(field_from_the_future=1)) is not None
 
 
 def test_decode_drops_malformed_values():
