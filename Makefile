@@ -3,6 +3,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 TORCH := torch==2.13.0
 APT_PACKAGES := bible-kjv dataset-fashion-mnist iproute2 iptables chromium
+APT_PACKAGES += prometheus  # tests/deploy: a real Prometheus and promtool
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install demo test
