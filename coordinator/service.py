@@ -11,7 +11,7 @@ is a restart), publish the config record, then run as sibling tasks of one TaskG
 
 - the tracker loop: read progress and metrics records every `tracker_period`, update figures,
   history and metrics; remember the peers' multiaddrs (a restarted coordinator dials them), and
-  ping known peers missing from the DHT routing table back into it (see coordinator.contacts);
+  ping known peers missing from the DHT routing table back into it (see swarm.contacts);
 - the checkpointer: when the swarm crosses a multiple of `checkpoint_every` epochs, download the
   state from a peer of the newest epoch with `swarm.state_sync.download_from_any` (exactly what a
   newcomer does), write it atomically, keep the newest K;
@@ -39,8 +39,9 @@ from swarm.config import RunConfig
 from swarm.errors import ConfigError, NetworkError, SwarmError
 from swarm.state_sync import TrainingState, download_from_any
 
+from .access import AccessControl
 from .checkpoints import CheckpointError, list_checkpoints, load_checkpoint, prune, write_checkpoint
-from .contacts import keep_in_touch
+from swarm.contacts import keep_in_touch
 from .history import History
 from .identity import load_or_create_rsa_key
 from .metrics import CoordinatorMetrics
@@ -61,6 +62,9 @@ KEEP_IN_TOUCH_WITHIN = 600.0  # peers seen in the last 10 minutes are pinged bac
 
 def _join_command(config_path: Path, bootstrap: str) -> str:
     return f"swarm join --config {config_path} --initial-peers {bootstrap}"
+
+
+INVITE_ONLY_JOIN = "swarm join INVITE (invite-only run: the organizer makes invites with `swarm invite create`)"
 
 
 class Coordinator:
@@ -87,6 +91,8 @@ class Coordinator:
         self._last_checkpoint_epoch = -1
         self._checkpoint_retry_at = 0.0
         self._folder_state: FolderState | None = None
+        self.access: AccessControl | None = None      # invites and tokens (coordinator.access)
+        self.invite: str = ""                         # the launch invite (swarm://...)
 
     # -- start-up ----------------------------------------------------------------------------------------
 
@@ -133,6 +139,7 @@ class Coordinator:
             self.config.run_id, initial_peers=initial, host_maddrs=[f"/ip4/{s.p2p_host}/tcp/{port}"],
             announce_maddrs=s.announce_maddrs, identity_path=str(self.folder.identity_path),
             private_key=load_or_create_rsa_key(self.folder.organizer_key_path),
+            authorizer=self.access.authorizer() if self.access is not None else None,
         )
 
     def _observer_with_fallbacks(self, stored_port: int, initial: list[str]) -> Any:
@@ -168,6 +175,8 @@ class Coordinator:
         s = self.settings
         self._folder_state = await asyncio.to_thread(self._check_folder)
         self.history = History(self.folder.history_path)
+        self.access = AccessControl(self.folder, self.config.run_id, load_or_create_rsa_key(self.folder.organizer_key_path),
+                                    invite_only=s.invite_only, token_lifetime=s.token_lifetime, invite_expires=s.invite_expires)
         runner = None
         try:
             runner, port = await start_server(make_app(self), s.host, s.port)
@@ -189,9 +198,12 @@ class Coordinator:
             if runner is not None:
                 await runner.cleanup()
             self.history.close()
+            if self.access is not None:
+                self.access.close()
 
     async def _serve(self, seed_state: TrainingState | None) -> None:
         node = self.observer.node
+        await self._engine(self.access.start(node))   # the token issuer (invite-only runs), before anything else
         self.peer_id = str(node.peer_id)
         maddrs = await self._engine(node.visible_maddrs())
         self.bootstrap = next((m for m in maddrs if "/ip4/127." not in m), maddrs[0]) if maddrs else ""
@@ -206,6 +218,8 @@ class Coordinator:
             await self._engine(self.seed.start())
             self._last_checkpoint_epoch = max(self._last_checkpoint_epoch, seed_state.epoch)
         await self._publish_config()
+        await self.access.publish_revocations(self._store_record, force=True)
+        self.invite = (await asyncio.to_thread(self.access.launch_invite, [self.bootstrap])).encode() if self.bootstrap else ""
         self.ready = True
         self.announce(f"swarm coordinator: run {self.config.run_id} (task {self.config.task}), peer {self.peer_id}")
         self.announce(f"dashboard: {self.url}")
@@ -213,9 +227,16 @@ class Coordinator:
         for other in maddrs:
             if other != self.bootstrap:
                 logger.info("also reachable at %s", other)
-        self.announce(f"join with: {_join_command(self.folder.config_path.resolve(), self.bootstrap)}")
+        if self.access.invite_only:
+            self.announce(f"invite-only run: this invite admits anyone for {self.settings.invite_expires / 86400:g} days "
+                          "(swarm invite create / list / revoke manage invites)")
+            self.announce(f"join with: swarm join {self.invite}")
+        else:
+            self.announce(f"join with: {_join_command(self.folder.config_path.resolve(), self.bootstrap)}")
+            self.announce(f"or with an invite (no config file needed): swarm join {self.invite}")
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._track_forever(), name="tracker")
+            tasks.create_task(self.access.keep_revocations_published(self._store_record), name="revocations")
             tasks.create_task(self._republish_config_forever(), name="config-republisher")
 
     async def _publish_config(self) -> None:
@@ -223,6 +244,9 @@ class Coordinator:
 
         record = config_record(self.config, self.fingerprint).model_copy(update={"created_at": self._folder_state.created_at})
         await self._engine(self.observer.node.store_record(records.config_key(self.config.run_id), record, self.settings.config_ttl))
+
+    async def _store_record(self, key: str, record: records._Record, ttl: float) -> bool:
+        return await self._engine(self.observer.node.store_record(key, record, ttl))
 
     async def _republish_config_forever(self) -> None:
         while True:
@@ -289,7 +313,8 @@ class Coordinator:
             raise NetworkError(f"no peer serves the state of epoch {epoch}")
         timeout = self.settings.checkpoint_timeout
         state, donor = await self._engine(
-            download_from_any(self.observer.node.p2p, self.config.run_id, donors, epoch, timeout), timeout=3 * timeout + 5
+            download_from_any(self.observer.node.p2p, self.config.run_id, donors, epoch, timeout, authorizer=self.observer.node.authorizer),
+            timeout=3 * timeout + 5
         )
         meta = {
             "run_id": self.config.run_id, "task": self.config.task, "task_options": dict(self.config.task_options),
@@ -320,7 +345,8 @@ class Coordinator:
             "target_batch_size": self.config.engine.target_batch_size,
             "coordinator": {
                 "peer_id": self.peer_id, "bootstrap": self.bootstrap, "dashboard": self.url, "started_at": self.started_at,
-                "join_command": _join_command(self.folder.config_path.resolve(), self.bootstrap) if self.bootstrap else "",
+                "join_command": (INVITE_ONLY_JOIN if self.access is not None and self.access.invite_only   # never show an invite
+                                 else _join_command(self.folder.config_path.resolve(), self.bootstrap)) if self.bootstrap else "",
             },
             "epoch": figures.epoch if figures else 0,
             "samples_per_second": figures.samples_per_second if figures else 0.0,

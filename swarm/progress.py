@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import records
+from .contacts import keep_in_touch
 from .node import Node
 from .records import ProgressRecord
 
@@ -87,6 +88,8 @@ class ProgressTracker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._stopping = False
+        self._recent: dict[str, float] = {}       # peer id -> when its record was last seen (monotonic)
+        self._last_touch = 0.0
 
     # -- called from the training thread (thread-safe) ------------------------------------------------
 
@@ -165,7 +168,10 @@ class ProgressTracker:
         found = await self.node.fetch_records(records.progress_key(self.node.run_id), ProgressRecord)
         peers = tuple(p for p in found if not p.leaving)  # type: ignore[union-attr]
         epoch = max((p.epoch for p in peers), default=0)
-        self.view = SwarmView(epoch=epoch, peers=peers, fetched_at=time.monotonic())  # type: ignore[arg-type]
+        now = time.monotonic()
+        self.view = SwarmView(epoch=epoch, peers=peers, fetched_at=now)  # type: ignore[arg-type]
+        for p in peers:
+            self._recent[p.peer_id] = now
         self._changed.set()
         self._changed = asyncio.Event()
         return self.view
@@ -176,6 +182,20 @@ class ProgressTracker:
             await asyncio.wait_for(changed.wait(), timeout)
         except asyncio.TimeoutError:
             pass
+
+    async def _keep_in_touch(self, every: float = 5.0, forget_after: float = 120.0) -> None:
+        """Re-ping peers seen recently that fell out of the DHT routing table (see swarm.contacts)."""
+        now = time.monotonic()
+        if now - self._last_touch < every:
+            return
+        self._last_touch = now
+        self._recent = {p: t for p, t in self._recent.items() if now - t < forget_after and p != self.peer_id}
+        try:
+            await asyncio.wait_for(keep_in_touch(self.node, list(self._recent)), 10)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            logger.debug("keep_in_touch: %s", e)
 
     def _period(self) -> float:
         eta = self.eta(self.global_epoch())
@@ -190,6 +210,7 @@ class ProgressTracker:
                 raise
             except Exception as e:
                 logger.warning("progress refresh failed: %s", e or type(e).__name__)
+            await self._keep_in_touch()
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self._period())

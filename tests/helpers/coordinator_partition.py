@@ -1,4 +1,4 @@
-"""Reproduces a DHT partition between two nodes and heals it with coordinator.contacts.keep_in_touch.
+"""Reproduces a DHT partition between two nodes and heals it with swarm.contacts.keep_in_touch.
 
 Run as `python -m tests.helpers.coordinator_partition` (its own process: each Observer owns a Reaper).
 Prints `before [..]`, `partitioned [..]`, `pinged N`, `after [..]`: the epochs node A reads from the DHT.
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from coordinator.contacts import keep_in_touch
+from swarm.contacts import keep_in_touch
 from swarm import records
 from swarm.observer import Observer
 from swarm.records import ProgressRecord

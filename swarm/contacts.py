@@ -1,4 +1,4 @@
-"""Keeps the coordinator's DHT node in touch with every peer it knows.
+"""Keeps a node's DHT routing table in touch with every peer it knows (trainers and the coordinator alike).
 
 Why this exists (hivemind 1.1.12 behaviour, reproduced in tests/helpers/coordinator_partition.py):
 one DHT request that times out (a peer whose Python is busy building its model or tokenizing can
