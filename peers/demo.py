@@ -84,22 +84,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
         coordinator, bootstrap, dashboard = _start_coordinator(config_path, args, run_dir)
         print(f"bootstrap peer: {bootstrap}", flush=True)
         print(f"dashboard: {dashboard}", flush=True)
-        # --duration is training time: it starts when the peers do, not when the demo does
-        stop_at = time.time() + args.duration
         for i in range(args.peers):
             log = open(run_dir / f"peer{i}.log", "w")
             logs.append(log)
             cmd = [
                 sys.executable, "-m", "swarm.cli", "join", "--config", str(config_path), "--initial-peers", bootstrap,
                 "--host-maddrs", "/ip4/127.0.0.1/tcp/0", "--metrics-file", str(run_dir / f"peer{i}.jsonl"),
-                "--stop-at", f"{stop_at:.1f}", "--worker-seed", str(i),
+                # --duration is training time: each peer counts it from the moment it is ready to train,
+                # so a slow start (a loaded machine, a cold cache) does not eat the run
+                "--duration", f"{args.duration:.1f}", "--worker-seed", str(i),
             ]
             if i == 0:   # peer 0 leaves the trained model for `swarm eval`
                 cmd += ["--save-final", str(run_dir / FINAL_STATE)]
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                           preexec_fn=set_parent_death_signal))
         print(f"started {args.peers} peers; logs in {run_dir}/", flush=True)
-        _watch(procs, run_dir, args.peers, deadline=time.monotonic() + args.duration + 60)
+        _watch(procs, run_dir, args.peers, deadline=time.monotonic() + args.duration + 300)
     except KeyboardInterrupt:
         print("interrupted: stopping peers", flush=True)
     finally:
