@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 
@@ -26,12 +26,44 @@ class EngineConfig(BaseModel):
     gather_timeout: float = Field(2.0, gt=0, description="seconds a leader waits for the expected peers to join")
     averaging_timeout: float = Field(30.0, gt=0, description="deadline of one all-reduce")
     sender_timeout: float = Field(5.0, gt=0, description="a sender silent this long is dropped from the round")
-    compression: str = Field("fp16", description="codec for large tensors: none, fp16, uniform8bit, quantile8bit")
+    compression: str = Field("fp16", description="codec for large tensors: none, fp16, uniform8bit, quantile8bit, "
+                             "powersgd (low rank, with error feedback) or auto (picked per round, see compression_budget)")
+    powersgd_rank: int = Field(4, ge=1, le=256, description="rank of PowerSGD's factors (compression powersgd, or auto's last resort)")
+    compression_budget: float = Field(0.25, gt=0, description="compression auto: the most precise codec whose predicted round "
+                                      "time is at most this fraction of the swarm's compute time per epoch")
     chunk_elements: int = Field(2**17, ge=1024)
     bandwidth_mbps: float = Field(100.0, gt=0, description="prior for both directions until measured (Mbit/s)")
     load_balancing: bool = Field(True, description="LP shares from measured bandwidth; False: uniform shares")
     record_ttl: float = Field(8.0, gt=1)
     state_timeout: float = Field(60.0, gt=0, description="deadline of one state download")
+
+    @field_validator("compression")
+    @classmethod
+    def _known_codec(cls, name: str) -> str:
+        from .compression import CODECS
+
+        valid = sorted(CODECS) + ["powersgd", "auto"]
+        if name not in valid:
+            raise ValueError(f"unknown codec {name!r}; valid: {', '.join(valid)}")
+        return name
+
+
+class DiLoCoConfig(BaseModel):
+    """mode: diloco. Each peer takes local steps with an inner optimizer; every epoch (one outer step) the swarm
+    averages the pseudo-gradients (outer parameters - local parameters, weighted by samples) and applies an outer
+    SGD with Nesterov momentum. `engine.target_batch_size` then counts samples per outer step, summed over the
+    swarm: set it to inner_steps x the samples the whole swarm processes per inner step (the sum of the peers'
+    micro-batches), e.g. 3 peers x micro-batch 8 x 50 inner steps = 1200 (`swarm demo` does this for you)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inner_steps: int = Field(50, ge=1, description="H: local steps per peer between outer steps (nominal: see target_batch_size)")
+    outer_lr: float = Field(0.7, gt=0)
+    outer_momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    inner_optimizer: Literal["adamw", "task"] = Field("adamw", description="adamw, or the task's own optimizer")
+    inner_lr: float | None = Field(None, gt=0, description="the inner optimizer's lr (default: lr)")
+    inner_weight_decay: float = Field(0.0, ge=0)
 
 
 class RunConfig(BaseModel):
@@ -48,7 +80,9 @@ class RunConfig(BaseModel):
     lr: float = Field(0.00176, gt=0)
     warmup_epochs: int = Field(5, ge=0)
     total_epochs: int = Field(10000, gt=0)
-    mode: Literal["sync"] = "sync"
+    mode: Literal["sync", "diloco"] = Field("sync", description="sync: DeDLOC's large-batch steps; diloco: local steps, outer steps")
+    overlap: bool = Field(False, description="average in the background while computing the next batch: updates land one step late")
+    diloco: DiLoCoConfig = Field(default_factory=DiLoCoConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
 
     def hyperparameters(self) -> dict[str, float | int | str | bool]:
@@ -58,7 +92,24 @@ class RunConfig(BaseModel):
             "lr": self.lr, "warmup_epochs": self.warmup_epochs, "total_epochs": self.total_epochs,
             "mode": self.mode, "compression": e.compression, "seed": self.seed,
             "micro_batch_size": self.micro_batch_size,
+            **self._mode_hyperparameters(),
         }
+
+    def _mode_hyperparameters(self) -> dict[str, float | int | str | bool]:
+        """Only what differs from sync's defaults, so config records of older peers still compare equal."""
+        out: dict[str, float | int | str | bool] = {}
+        if self.overlap:
+            out["overlap"] = True
+        if self.engine.compression in ("powersgd", "auto"):
+            out["powersgd_rank"] = self.engine.powersgd_rank
+        if self.engine.compression == "auto":
+            out["compression_budget"] = self.engine.compression_budget
+        if self.mode == "diloco":
+            d = self.diloco
+            out.update({"diloco_outer_lr": d.outer_lr, "diloco_outer_momentum": d.outer_momentum, "diloco_nesterov": d.nesterov,
+                        "diloco_inner_optimizer": d.inner_optimizer, "diloco_inner_lr": d.inner_lr or self.lr,
+                        "diloco_inner_weight_decay": d.inner_weight_decay})
+        return out
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()
@@ -83,6 +134,8 @@ def load_run_config(path: str | Path | None, overrides: dict[str, Any] | None = 
             continue
         if key in EngineConfig.model_fields:
             data.setdefault("engine", {})[key] = value
+        elif key in DiLoCoConfig.model_fields:
+            data.setdefault("diloco", {})[key] = value
         else:
             data[key] = value
     try:
