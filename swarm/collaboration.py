@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -26,8 +28,10 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from . import records
+from .auth import SwarmAuthorizer
 from .allreduce import AggregateService, AllReduceRound, GroupView, TensorLayout
-from .balancing import BandwidthEstimator
+from .balancing import BandwidthEstimator, MemberLink
+from .compression_policy import RoundContext
 from .config import EngineConfig
 from .errors import ConfigError, NetworkError, RoundFailed
 from .lifecycle import Reaper
@@ -52,6 +56,8 @@ class RoundOutcome:
     total_weight: float
     round_id: str
     excluded: list[str]
+    codec: str = ""                            # what the round used (a codec name, or "powersgd")
+    predicted_seconds: float = float("nan")    # the LP bound of the round with the group's measured links
 
 
 class Collaboration:
@@ -65,13 +71,16 @@ class Collaboration:
         host_maddrs: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
         announce_maddrs: Sequence[str] | None = None,
         identity_path: str | None = None,
+        authorizer: SwarmAuthorizer | None = None,
         start: bool = True,
     ):
+        """`authorizer`: an invite-only run's access (swarm.auth; `swarm.join(INVITE)` makes it); None: an open run."""
         if role not in ("trainer", "client", "aux"):
             raise ConfigError(f"unknown role {role!r}: trainer, client or aux")
         self.run_id = run_id
         self.role = role
         self.config = config or EngineConfig()
+        self.authorizer = authorizer
         self.node_options = NodeOptions(
             initial_peers=tuple(initial_peers), host_maddrs=tuple(host_maddrs), announce_maddrs=announce_maddrs,
             client_mode=role == "client", identity_path=identity_path,
@@ -99,7 +108,7 @@ class Collaboration:
         self.reaper.start()
         self.loop.start()
         try:
-            self.node = self.loop.run(Node.create(self.run_id, self.node_options), timeout=self.node_options.startup_timeout + 15)
+            self.node = self.loop.run(Node.create(self.run_id, self.node_options, authorizer=self.authorizer), timeout=self.node_options.startup_timeout + 15)
             self.loop.run(self._start_services(), timeout=15)
         except BaseException:
             self.shutdown(withdraw=False)
@@ -114,13 +123,13 @@ class Collaboration:
             self.node, cfg.target_batch_size, self.role, lambda: (self.upload.value, self.download.value),
             record_ttl=cfg.record_ttl, serves_state=self.role != "client",
         )
-        self.aggregate = AggregateService(self.node.p2p)
+        self.aggregate = AggregateService(self.node.p2p, authorizer=self.authorizer)
         await self.aggregate.start()
-        self.state_server = StateServer(self.node.p2p, self.run_id, lambda: self._snapshot())
+        self.state_server = StateServer(self.node.p2p, self.run_id, lambda: self._snapshot(), authorizer=self.authorizer)
         await self.state_server.start()
         self.matchmaker = Matchmaker(
             self.node.p2p, self.run_id, self.tracker, gather_timeout=cfg.gather_timeout,
-            allreduce_timeout=cfg.averaging_timeout, balance=cfg.load_balancing,
+            allreduce_timeout=cfg.averaging_timeout, balance=cfg.load_balancing, authorizer=self.authorizer,
         )
         await self.matchmaker.start()
         self.tracker.start()
@@ -164,11 +173,27 @@ class Collaboration:
 
     # -- the optimizer --------------------------------------------------------------------------------------------
 
-    def optimizer(self, params: Iterable[torch.nn.Parameter], optimizer: Any, **kwargs: Any):
-        """Wrap a torch optimizer (class or instance) so that it steps with the swarm; downloads the state if late."""
+    def optimizer(self, params: Iterable[torch.nn.Parameter], optimizer: Any, *, mode: str = "sync", overlap: bool = False, **kwargs: Any):
+        """Wrap a torch optimizer (class or instance) so that it steps with the swarm; downloads the state if late.
+
+        mode="sync" (DeDLOC's large-batch steps) or "diloco" (the optimizer is the inner one; outer_lr,
+        outer_momentum, nesterov go to the outer SGD); overlap=True averages in the background while the next
+        batch is computed (the update lands one step late)."""
         from .optimizer import CollaborativeOptimizer
 
-        opt = CollaborativeOptimizer(self, params, optimizer, **kwargs)
+        if mode == "sync":
+            if overlap:
+                from .overlap import OverlappedOptimizer
+
+                opt = OverlappedOptimizer(self, params, optimizer, **kwargs)
+            else:
+                opt = CollaborativeOptimizer(self, params, optimizer, **kwargs)
+        elif mode == "diloco":
+            from .diloco import DiLoCoOptimizer
+
+            opt = DiLoCoOptimizer(self, params, optimizer, overlap=overlap, **kwargs)
+        else:
+            raise ConfigError(f"unknown mode {mode!r}: sync or diloco")
         if self.role != "aux":
             try:
                 opt.load_state_from_peers()
@@ -181,7 +206,8 @@ class Collaboration:
         assert self.node is not None and self.tracker is not None
         self.optimizer_ = opt
         self._snapshot = opt.snapshot if self.role != "client" else (lambda: None)
-        layout: TensorLayout = opt.layout
+        codec = getattr(opt, "round_codec", None)
+        layout: TensorLayout = codec.schema if codec is not None else opt.layout
         bytes_per_value = {"none": 4, "fp16": 2}
         vector_bytes = sum(bytes_per_value.get(c.name, 1) * n for c, n in zip(layout.codecs, layout.bucket_sizes))
         assert self.matchmaker is not None
@@ -203,39 +229,97 @@ class Collaboration:
             raise RoundFailed("interrupted") from None
 
     async def _average(self, epoch: int, local: list[torch.Tensor] | None, weight: float, layout: TensorLayout):
+        async def one_phase(ctx: RoundContext) -> list[torch.Tensor] | None:
+            return await ctx.phase(layout, local)
+
+        main_codec = max(zip(layout.bucket_sizes, (c.name for c in layout.codecs)), default=(0, ""))[1]   # the largest bucket's
+        return await self._average_program(epoch, weight, layout.schema_hash(), one_phase, codec=main_codec)
+
+    # -- rounds with a program: one group, one or more all-reduce phases (PowerSGD, auto compression) ----------
+
+    def average_program(self, epoch: int, weight: float, schema_hash: bytes, program: Callable[[RoundContext], Any]) -> tuple[Any, RoundOutcome]:
+        """Form a group for `epoch` and run `program(ctx)` against it (see swarm.compression_policy); raises RoundFailed."""
+        future = self.submit_program(epoch, weight, schema_hash, program)
+        try:
+            return future.result(self.program_budget() + 10)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise RoundFailed(f"round of epoch {epoch} did not finish in time") from None
+        except concurrent.futures.CancelledError:
+            raise RoundFailed("interrupted") from None
+
+    def program_budget(self) -> float:
+        cfg = self.config
+        return cfg.matchmaking_timeout + 2 * cfg.averaging_timeout + 5
+
+    def submit_program(self, epoch: int, weight: float, schema_hash: bytes, program: Callable[[RoundContext], Any]) -> concurrent.futures.Future:
+        """Like average_program, without waiting: the future gives (result, outcome) or raises RoundFailed, within
+        matchmaking_timeout + 2 averaging_timeouts (two phases); `interrupt()` cancels it."""
+        budget = self.program_budget()
+
+        async def bounded():
+            try:
+                async with asyncio.timeout(budget):
+                    return await self._average_program(epoch, weight, schema_hash, program)
+            except TimeoutError:
+                raise RoundFailed(f"round of epoch {epoch} did not finish within {budget:.0f}s") from None
+            except NetworkError as e:
+                raise RoundFailed(str(e)) from e
+
+        return self.loop.submit(bounded())
+
+    async def _average_program(self, epoch: int, weight: float, schema_hash: bytes, program: Callable[[RoundContext], Any], codec: str = ""):
         assert self.matchmaker is not None and self.aggregate is not None and self.node is not None
         cfg = self.config
         request = swarm_pb2.JoinRequest(
             run_id=self.run_id, epoch=epoch, peer_id=self.peer_id, role=self.role, weight=weight,
-            upload_bps=self.upload.value, download_bps=self.download.value, schema_hash=layout.schema_hash(),
+            upload_bps=self.upload.value, download_bps=self.download.value, schema_hash=schema_hash,
         )
         started = time.monotonic()
         info = await self.matchmaker.form_group(request, started + cfg.matchmaking_timeout)
         group = GroupView.from_info(info, self.peer_id)
-        round_ = self.round_class(
-            self.node.p2p, group, layout, local, chunk_elements=cfg.chunk_elements, sender_timeout=cfg.sender_timeout,
-        )
-        self.aggregate.open(round_)
-        try:
-            result = await round_.run()
-        except RoundFailed:
-            self.matchmaker.round_failed(epoch)
-            raise
-        finally:
-            self.aggregate.close(group.round_id)
-        stats = round_.stats
+        all_stats = []
+
+        async def phase(layout: TensorLayout, local: list[torch.Tensor] | None) -> list[torch.Tensor] | None:
+            # phase 0 runs under the group's round id; later phases under ids derived from it
+            index = len(all_stats)
+            round_id = group.round_id if index == 0 else hashlib.sha256(group.round_id + index.to_bytes(2, "big")).digest()[:16]
+            round_ = self.round_class(
+                self.node.p2p, dataclasses.replace(group, round_id=round_id), layout, local,  # type: ignore[union-attr]
+                chunk_elements=cfg.chunk_elements, sender_timeout=cfg.sender_timeout,
+            )
+            all_stats.append(round_.stats)
+            self.aggregate.open(round_)  # type: ignore[union-attr]
+            try:
+                return await round_.run()
+            except RoundFailed:
+                self.matchmaker.round_failed(epoch)  # type: ignore[union-attr]
+                raise
+            finally:
+                self.aggregate.close(round_id)  # type: ignore[union-attr]
+
+        links = [
+            MemberLink(upload_bps=max(m.upload_bps, 1.0), download_bps=max(m.download_bps, 1.0), brings_gradients=m.role != "aux",
+                       needs_result=m.role != "aux", can_reduce=m.role != "client")
+            for m in info.members
+        ]
+        result = await program(RoundContext(group=group, links=links, phase=phase, epoch=epoch))
         # Busy seconds, not the round's: a peer that waits for others would otherwise look as slow as they are.
-        self.upload.observe(stats.bytes_sent, stats.send_seconds or stats.seconds)
-        self.download.observe(stats.bytes_received, stats.receive_seconds or stats.seconds)
+        for stats in all_stats:
+            self.upload.observe(stats.bytes_sent, stats.send_seconds or stats.seconds)
+            self.download.observe(stats.bytes_received, stats.receive_seconds or stats.seconds)
+        seconds = sum(st.seconds for st in all_stats)
         outcome = RoundOutcome(
-            group_size=len(group.peer_ids), seconds=stats.seconds, bytes_sent=stats.bytes_sent,
-            bytes_received=stats.bytes_received, total_weight=sum(group.weights), round_id=group.round_id.hex(),
-            excluded=stats.excluded,
+            group_size=len(group.peer_ids), seconds=seconds, bytes_sent=sum(st.bytes_sent for st in all_stats),
+            bytes_received=sum(st.bytes_received for st in all_stats), total_weight=sum(group.weights), round_id=group.round_id.hex(),
+            excluded=sorted({p for st in all_stats for p in st.excluded}),
+            codec=getattr(result, "codec", codec), predicted_seconds=getattr(result, "predicted_seconds", float("nan")),
         )
         self.rounds.append(outcome)
         logger.info(
-            "epoch %d: averaged with %d peers in %.2fs (matchmaking %.2fs), sent %.1f MB",
-            epoch, outcome.group_size, stats.seconds, time.monotonic() - started - stats.seconds, stats.bytes_sent / 1e6,
+            "epoch %d: averaged with %d peers in %.2fs (matchmaking %.2fs), sent %.1f MB%s",
+            epoch, outcome.group_size, seconds, time.monotonic() - started - seconds, outcome.bytes_sent / 1e6,
+            f" ({outcome.codec}, {len(all_stats)} phases)" if len(all_stats) > 1 or getattr(result, "codec", None) else "",
         )
         return result, outcome
 
@@ -244,7 +328,7 @@ class Collaboration:
         timeout = self.config.state_timeout
         try:
             state, donor = self.loop.run(
-                download_from_any(self.node.p2p, self.run_id, donors, min_epoch, timeout), timeout=3 * timeout + 5
+                download_from_any(self.node.p2p, self.run_id, donors, min_epoch, timeout, authorizer=self.authorizer), timeout=3 * timeout + 5
             )
         except concurrent.futures.CancelledError:
             raise NetworkError("state download interrupted") from None
@@ -271,8 +355,12 @@ class Collaboration:
                 time.sleep(0.05)
                 continue
             attempted.add(epoch)
+            codec = getattr(self.optimizer_, "round_codec", None)
             try:
-                self.average(epoch, None, 0.0, layout)
+                if codec is not None:   # PowerSGD: two phases (auto compression refuses auxiliary peers here)
+                    self.average_program(epoch, 0.0, codec.schema.schema_hash(), codec.program(None))
+                else:
+                    self.average(epoch, None, 0.0, layout)
             except RoundFailed as e:
                 logger.info("epoch %d: auxiliary round failed: %s", epoch, e)
 
@@ -282,13 +370,28 @@ class Collaboration:
         assert self.node is not None
         self.loop.run(self.node.store_record(records.config_key(self.run_id), record, ttl), timeout=15)
 
-    def fetch_config(self) -> records.ConfigRecord | None:
-        """The run's config record (the earliest created, if several owners published one)."""
+    def fetch_config(self, owner: bytes | None = None) -> records.ConfigRecord | None:
+        """The run's config record (the earliest created, if several owners published one); `owner`: only the
+        record signed by this RSA public key, e.g. the organizer key of an invite."""
         assert self.node is not None
-        found = self.loop.run(self.node.fetch_records(records.config_key(self.run_id), records.ConfigRecord), timeout=15)
+        found = self.loop.run(self.node.fetch_records(records.config_key(self.run_id), records.ConfigRecord, owner=owner), timeout=15)
         return min(found, key=lambda r: r.created_at) if found else None  # type: ignore[union-attr, attr-defined]
 
 
 def join(run_id: str = "demo", initial_peers: Sequence[str] = (), **kwargs: Any) -> Collaboration:
-    """Join (or start) a run: `swarm.join(run_id=..., initial_peers=[...])`."""
+    """Join a run with its invite, `swarm.join("swarm://...")`, or an open run (or start one) by id:
+    `swarm.join(run_id=..., initial_peers=[...])`.
+
+    With an invite, the run id and initial peers come from it, an invite-only run's access token is
+    obtained and kept fresh, and without `config=` the engine settings are the run's own, read from
+    the config record signed by the invite's organizer key."""
+    if run_id.startswith("swarm://"):
+        from .auth import InviteAccess
+        from .observer import fetch_run_config
+
+        access = InviteAccess(run_id)
+        peers = [*access.invite.initial_peers, *initial_peers]
+        if kwargs.get("config") is None:
+            kwargs["config"] = fetch_run_config(access, peers).engine
+        return Collaboration(access.run_id, initial_peers=peers, authorizer=access.authorizer(), **kwargs)
     return Collaboration(run_id, initial_peers=initial_peers, **kwargs)

@@ -23,6 +23,7 @@ import torch
 
 from .allreduce import TensorLayout
 from .compression import CompressionPolicy
+from .compression_policy import RoundCodec, make_round_codec
 from .errors import NetworkError, RoundFailed, SwarmError
 from .optim.schedule import apply_lr
 from .state_sync import TrainingState, params_digest
@@ -45,6 +46,9 @@ class StepReport:
     samples: int                    # the swarm's samples in this global batch (sum of weights)
     params_hash: str
     time: float = field(default_factory=time.time)
+    codec: str = ""                 # what the round sent: a codec name, or "powersgd" (compression auto picks per round)
+    predicted_seconds: float = float("nan")   # the round's LP bound with the group's measured links
+    staleness: int = 0              # steps between the oldest gradient in this update and the update (overlap: <= 1)
 
 
 class CollaborativeOptimizer:
@@ -66,8 +70,16 @@ class CollaborativeOptimizer:
             self.inner = optimizer(self.params, **optimizer_kwargs)
         self.base_lrs = [g["lr"] for g in self.inner.param_groups]
         self.lr_schedule = lr_schedule
-        policy = compression or CompressionPolicy(default=collab.config.compression)
+        name = collab.config.compression
+        round_level = name in ("powersgd", "auto")   # codecs that need a round program (swarm.compression_policy)
+        policy = compression or CompressionPolicy(default="fp16" if round_level else name)
         self.layout = TensorLayout.build([p.shape for p in self.params], lambda i, n: policy.codec_for(str(i), n))
+        self.round_codec: RoundCodec | None = None
+        if round_level:
+            self.round_codec = make_round_codec(
+                [p.shape for p in self.params], name, rank=collab.config.powersgd_rank, budget=collab.config.compression_budget,
+                compute_seconds=self.epoch_compute_seconds,
+            )
         self._accum = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
         self.local_samples = 0
         self.epoch = 0
@@ -119,7 +131,29 @@ class CollaborativeOptimizer:
         return self._rate
 
     def params_hash(self) -> str:
-        return params_digest([p.data for p in self.params])
+        return params_digest([p.data for p in self._state_params()])
+
+    def finish(self, timeout: float | None = None) -> None:
+        """Settle any round still in flight before leaving (overlapped modes wait for it and apply it); sync: nothing."""
+
+    def epoch_compute_seconds(self) -> float:
+        """This peer's estimate of the swarm's compute time per epoch: target batch over the swarm's samples/s."""
+        tracker = self.collab.tracker
+        rate = tracker.view.rate_at(self.epoch, exclude=self.collab.peer_id) + self._rate
+        return tracker.target_batch_size / rate if rate > 0 else float("nan")
+
+    def _average(self, tensors: list[torch.Tensor], weight: float):
+        """One blocking round at this epoch: (averaged tensors, outcome, commit); raises RoundFailed.
+
+        `commit()` makes the round codec's state changes permanent (error feedback, PowerSGD's Q): call it when
+        the averaged tensors are applied."""
+        if self.round_codec is None:
+            local = self.layout.flatten(tensors)
+            averaged, outcome = self.collab.average(self.epoch, local, weight, self.layout)
+            return self.layout.unflatten(averaged), outcome, (lambda: None)
+        codec = self.round_codec
+        result, outcome = self.collab.average_program(self.epoch, weight, codec.schema.schema_hash(), codec.program(tensors))
+        return result.tensors, outcome, result.commit
 
     # -- rounds ------------------------------------------------------------------------------------------------
 
@@ -133,20 +167,20 @@ class CollaborativeOptimizer:
                 acc.zero_()
             weight = 0.0
         with torch.no_grad():
-            local = self.layout.flatten([acc / max(weight, 1.0) for acc in self._accum])
+            local = [acc / max(weight, 1.0) for acc in self._accum]
         try:
-            averaged, outcome = collab.average(self.epoch, local, weight, self.layout)
+            grads, outcome, commit = self._average(local, weight)
         except RoundFailed as e:
             self.rounds_failed += 1
             self._retry_after = time.monotonic() + 1.0
             logger.warning("epoch %d: round failed (%s); keeping %d samples of gradients", self.epoch, e, self.local_samples)
             collab.tracker.poke()
             return False
-        grads = self.layout.unflatten(averaged)
         with self.step_lock, torch.no_grad():
             for p, g in zip(self.params, grads):
                 p.grad = g.to(dtype=p.dtype).clone()
             self.inner.step()
+            commit()
             self.epoch += 1
             self._apply_schedule()
             for acc in self._accum:
@@ -157,7 +191,7 @@ class CollaborativeOptimizer:
         report = StepReport(
             epoch=self.epoch, group_size=outcome.group_size, round_seconds=outcome.seconds,
             bytes_sent=outcome.bytes_sent, bytes_received=outcome.bytes_received,
-            samples=int(outcome.total_weight), params_hash=digest,
+            samples=int(outcome.total_weight), params_hash=digest, codec=outcome.codec, predicted_seconds=outcome.predicted_seconds,
         )
         self.history.append(report)
         collab.tracker.report(epoch=self.epoch, samples=0, params_hash=digest)
@@ -231,11 +265,21 @@ class CollaborativeOptimizer:
         logger.info("loaded the state of epoch %d", self.epoch)
         return True
 
+    # What the shared state holds: the model's parameters and the wrapped optimizer here; DiLoCo's outer ones.
+    def _state_params(self) -> list[torch.Tensor]:
+        return self.params
+
+    def _state_optimizer(self) -> torch.optim.Optimizer:
+        return self.inner
+
+    def _after_load_state(self) -> None:
+        """Called under the step lock after a state was loaded (subclasses reset what depends on it)."""
+
     def snapshot(self) -> TrainingState | None:
         """A consistent copy of the training state (called from the engine thread)."""
         with self.step_lock:
-            tensors = {f"param.{i}": p.detach().clone() for i, p in enumerate(self.params)}
-            sd = self.inner.state_dict()
+            tensors = {f"param.{i}": p.detach().clone() for i, p in enumerate(self._state_params())}
+            sd = self._state_optimizer().state_dict()
             extra_state: dict[str, dict[str, Any]] = {}
             for idx, st in sd["state"].items():
                 for key, value in st.items():
@@ -244,11 +288,13 @@ class CollaborativeOptimizer:
                     else:
                         extra_state.setdefault(str(idx), {})[key] = value
             groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+            if self.round_codec is not None:
+                tensors.update(self.round_codec.state_tensors())
             return TrainingState(epoch=self.epoch, tensors=tensors, extra={"param_groups": groups, "opt_extra": extra_state})
 
     def load_state(self, state: TrainingState) -> None:
         with self.step_lock, torch.no_grad():
-            for i, p in enumerate(self.params):
+            for i, p in enumerate(self._state_params()):
                 t = state.tensors.get(f"param.{i}")
                 if t is None or t.shape != p.shape:
                     raise NetworkError(f"downloaded state does not fit this model (parameter {i})")
@@ -260,13 +306,18 @@ class CollaborativeOptimizer:
                     opt_state.setdefault(int(idx), {})[key] = t
             for idx, values in state.extra.get("opt_extra", {}).items():
                 opt_state.setdefault(int(idx), {}).update(values)
-            groups = state.extra.get("param_groups") or self.inner.state_dict()["param_groups"]
-            self.inner.load_state_dict({"state": opt_state, "param_groups": groups})
+            optimizer = self._state_optimizer()
+            groups = state.extra.get("param_groups") or optimizer.state_dict()["param_groups"]
+            optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
             self.epoch = state.epoch
             self._apply_schedule()
             for acc in self._accum:
                 acc.zero_()
             self.local_samples = 0
+            if self.round_codec is not None:
+                self.round_codec.reset()
+                self.round_codec.load_state_tensors(state.tensors)
+            self._after_load_state()
             digest = self.params_hash()
         self.collab.tracker.report(epoch=self.epoch, samples=0, params_hash=digest)
         self.collab.tracker.poke()
