@@ -176,7 +176,7 @@ def test_compose_services_volumes_and_mounts():
             assert dependency in services
     for name in ("coordinator", "aux-1", "aux-2", "volunteer"):
         s = services[name]
-        assert s["stop_signal"] == "SIGTERM" and s["stop_grace_period"] == "30s", name
+        assert s["stop_signal"] == "SIGTERM" and s["stop_grace_period"] == "60s", name
         assert s["read_only"] is True and s["cap_drop"] == ["ALL"], name
         assert s["healthcheck"]["test"][:2] == ["CMD", "swarm-healthcheck"], f"{name}: the health check asks the process"
     aux_volumes = [services[n]["volumes"][1].split(":")[0] for n in ("aux-1", "aux-2")]
