@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from hivemind.p2p import P2P, P2PContext, PeerID
 
-from .balancing import split_sizes, sustained_rate
+from .balancing import delivered_rate, split_sizes, sustained_rate
 from .compression import Codec, decode_checked
 from .errors import ProtocolError, RoundFailed
 from .proto import swarm_pb2
@@ -152,11 +152,28 @@ class Reduction:
 # One round
 
 
+# The transport takes about a megabyte per stream (socket, p2pd and TCP buffers) before it pushes back; measured
+# on the emulator: 2-3 MB at once across a peer's first three streams. Only a stream that carries more than that
+# tells, by when the transport takes its chunks, how fast the link goes.
+TRANSPORT_BUFFER_BYTES = 2**20
+
+
 @dataclass
 class RoundStats:
-    """What one member's round moved. `send_seconds` is bytes_sent at the best rate the upload sustained
-    (`balancing.sustained_rate` over `send_log`): the time its link was really busy, without the time it
-    waited for others; `receive_seconds` likewise. Both fall back to `seconds` when a round is too short to tell."""
+    """What one member's round moved, and how fast its links went.
+
+    `send_seconds` is bytes_sent at the best rate its upload was seen to sustain, `receive_seconds` likewise
+    for the download (both fall back to `seconds` when a round is too short to tell): the time its links
+    were busy, not the time it waited for others. Logs hold (seconds since the start, bytes) per message.
+
+    - download: `balancing.sustained_rate` over `receive_log`, when chunks arrived.
+    - upload, when this member's streams carried more than TRANSPORT_BUFFER_BYTES each: `sustained_rate`
+      over when the transport took its messages (`send_log`: its chunks, `output_log`: averaged chunks of
+      its part). When they carried less, the transport swallowed them whole at once and those times say
+      nothing about the link (a 5 Mbit/s uplink would look as fast as the machine): then the bound from
+      `ack_log` (`balancing.delivered_rate`), when the average of each of its chunks came back, which
+      proves the chunk had arrived (a reducer averages a chunk once every sender's copy is in).
+    """
 
     bytes_sent: int = 0
     bytes_received: int = 0
@@ -165,12 +182,21 @@ class RoundStats:
     receive_seconds: float = 0.0
     excluded: list[str] = field(default_factory=list)
     missing_parts: list[int] = field(default_factory=list)
-    send_log: list[tuple[float, int]] = field(default_factory=list)     # (seconds since start, bytes) per message
-    receive_log: list[tuple[float, int]] = field(default_factory=list)
+    streams: int = 0                                                    # streams this member opened to reducers
+    send_log: list[tuple[float, int]] = field(default_factory=list)     # its chunks, taken by the transport
+    output_log: list[tuple[float, int]] = field(default_factory=list)   # averaged chunks of its part, taken
+    ack_log: list[tuple[float, int]] = field(default_factory=list)      # its chunks, known to have arrived
+    receive_log: list[tuple[float, int]] = field(default_factory=list)  # chunks arrived
 
     def finish(self, seconds: float) -> None:
         self.seconds = seconds
-        up, down = sustained_rate(self.send_log), sustained_rate(self.receive_log)
+        taken = sustained_rate(sorted(self.send_log + self.output_log))
+        own = sum(nbytes for _, nbytes in self.send_log)
+        if self.streams and own / self.streams < TRANSPORT_BUFFER_BYTES:
+            up = delivered_rate(self.ack_log) or taken
+        else:
+            up = taken
+        down = sustained_rate(self.receive_log)
         self.send_seconds = self.bytes_sent / up if up else seconds
         self.receive_seconds = self.bytes_received / down if down else seconds
 
@@ -312,7 +338,7 @@ class AllReduceRound:
                 if group.needs(sender):
                     self.stats.bytes_sent += len(data)
                     yield swarm_pb2.PartChunk(part=group.my_index, chunk=k, data=data)
-                    self.stats.send_log.append((time.monotonic() - self._start, len(data)))
+                    self.stats.output_log.append((time.monotonic() - self._start, len(data)))
             # Read the sender's end-of-stream before closing: closing a stream with unread input
             # resets it, which can destroy the last averaged chunk still in flight to the sender.
             await asyncio.wait_for(asyncio.shield(consumer), self.sender_timeout)
@@ -375,9 +401,13 @@ class AllReduceRound:
         group = self.group
         me = group.my_index
 
+        sizes: list[int] = []
+        self.stats.streams += 1
+
         async def _requests() -> AsyncIterator[swarm_pb2.PartChunk]:
             for k, chunk in enumerate(chunks):
                 data = self.layout.codecs[chunk.bucket].encode(self._outgoing(chunk))
+                sizes.append(len(data))
                 self.stats.bytes_sent += len(data)
                 msg = swarm_pb2.PartChunk(part=j, chunk=k, data=data)
                 if k == 0:
@@ -397,7 +427,10 @@ class AllReduceRound:
                 raise ProtocolError(f"reducer sent chunk {reply.chunk}, expected {received}")
             chunk = chunks[received]
             self.stats.bytes_received += len(reply.data)
-            self.stats.receive_log.append((time.monotonic() - self._start, len(reply.data)))
+            now = time.monotonic() - self._start
+            self.stats.receive_log.append((now, len(reply.data)))
+            if received < len(sizes):  # the average of chunk k proves our chunk k arrived
+                self.stats.ack_log.append((now, sizes[received]))
             self._store_result(chunk, decode_checked(self.layout.codecs[chunk.bucket], reply.data, chunk.length))
             received += 1
         try:  # let the reducer close first, so neither side resets a stream with data in flight

@@ -45,6 +45,7 @@ __all__ = [
     "uniform_shares",
     "split_sizes",
     "sustained_rate",
+    "delivered_rate",
     "BandwidthEstimator",
 ]
 
@@ -248,6 +249,24 @@ def sustained_rate(log: Sequence[tuple[float, int]], fraction: float = 0.25, min
             best = max(best, carried / seconds)
         if i + 1 < j:
             carried -= log[i + 1][1]
+    return best if best > 0 else None
+
+
+def delivered_rate(log: Sequence[tuple[float, int]], min_seconds: float = 0.05) -> float | None:
+    """A lower bound of a link's rate (bytes/s) from (time, nbytes) records of bytes known to be across it by then.
+
+    If `b` bytes had crossed a link `t` seconds after it started carrying them, the link does at least b / t;
+    this is the best such bound over the log (times from the transfer's start, records before `min_seconds`
+    ignored). Never an overestimate, but as low as the link was idle.
+
+    >>> delivered_rate([(1.0, 100), (2.0, 100), (4.0, 100)])
+    100.0
+    """
+    best, total = 0.0, 0
+    for seconds, nbytes in log:
+        total += nbytes
+        if seconds >= min_seconds:
+            best = max(best, total / seconds)
     return best if best > 0 else None
 
 
