@@ -211,7 +211,9 @@ def allreduce_timeouts(scenario: Scenario, vector_bytes: int, chunk_bytes: int) 
     streams = max(1, sum(p.can_reduce for p in peers))
     slowest_stream = min(min(p.upload_bps, p.download_bps) for p in peers) / streams
     engine = scenario.engine_config()
-    sender = max(engine.sender_timeout, 4 * chunk_bytes / slowest_stream)
+    # at least 15 s: on a loaded 2-core machine a healthy peer can stall for seconds (the engine's default, 5 s,
+    # then drops about one peer-round in twenty on mini-hetero); scaled with the slowest stream's chunk time
+    sender = max(engine.sender_timeout, 15.0, 4 * chunk_bytes / slowest_stream)
     return {
         "averaging_timeout": max(engine.averaging_timeout, 4 * uniform + 30),
         "sender_timeout": sender,

@@ -190,7 +190,8 @@ def run_allreduce(args: argparse.Namespace) -> None:
             if stats is not None:
                 fields.update(send_seconds=stats.send_seconds, receive_seconds=stats.receive_seconds)
                 if args.trace:
-                    fields.update(send_log=stats.send_log, receive_log=stats.receive_log)
+                    fields.update(send_log=stats.send_log, receive_log=stats.receive_log, ack_log=stats.ack_log,
+                                      output_log=stats.output_log, streams=stats.streams)
             if info is not None:
                 fields.update(shares=list(info.shares), members=[m.peer_id for m in info.members])
             if result is not None:

@@ -70,6 +70,7 @@ def test_interrupt_cleans_up_everything(tmp_path):
         [sys.executable, "-m", "swarm.cli", "simulate", "emulate", "--scenario", "mini-hetero", "--params", "200K",
          "--rounds", "200", "--log-dir", str(tmp_path / "logs")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a runner started in the background ignores SIGINT
     )
     try:
         lines = []
