@@ -319,7 +319,7 @@ class Collaboration:
         logger.info(
             "epoch %d: averaged with %d peers in %.2fs (matchmaking %.2fs), sent %.1f MB%s",
             epoch, outcome.group_size, seconds, time.monotonic() - started - seconds, outcome.bytes_sent / 1e6,
-            f" ({outcome.codec}, {len(all_stats)} phases)" if len(all_stats) > 1 or getattr(result, "codec", None) else "",
+            f" ({outcome.codec}" + (f", {len(all_stats)} phases)" if len(all_stats) > 1 else ")") if outcome.codec else "",
         )
         return result, outcome
 

@@ -73,7 +73,7 @@ class DiLoCoOptimizer(OverlappedOptimizer):
             raise ValueError("outer_momentum must be in [0, 1)")
         params = [p for p in params if p.requires_grad]
         # the outer parameters exist before the state server can be asked for them (super() attaches)
-        self.outer_params = [p.detach().clone().float() for p in params]
+        self.outer_params = [p.detach().float().cpu().clone() for p in params]   # on the CPU, as DiLoCo keeps them
         self.outer = torch.optim.SGD(self.outer_params, lr=outer_lr, momentum=outer_momentum, nesterov=nesterov and outer_momentum > 0)
         self.overlap = overlap
         super().__init__(collab, params, optimizer, lr_schedule=lr_schedule, compression=compression, **optimizer_kwargs)
@@ -119,12 +119,12 @@ class DiLoCoOptimizer(OverlappedOptimizer):
     def _submit(self) -> None:
         weight = float(self.local_samples)
         with torch.no_grad():
-            deltas = [o - p.detach().float() for o, p in zip(self.outer_params, self.params)]
+            deltas = [o - p.detach().float().cpu() for o, p in zip(self.outer_params, self.params)]
         if not all(bool(torch.isfinite(d).all()) for d in deltas):
             logger.warning("epoch %d: local parameters are not finite; contributing zero weight", self.epoch)
             deltas = [torch.zeros_like(d) for d in deltas]
             weight = 0.0
-        start = [p.detach().clone() for p in self.params] if self.overlap else None
+        start = [p.detach().float().cpu().clone() for p in self.params] if self.overlap else None
         future = self.collab.submit_program(self.epoch, weight, self.codec.schema.schema_hash(), self.codec.program(deltas))
         self.pending = PendingRound(self.epoch, future, weight, self.local_samples, self._oldest if self._oldest is not None else self.epoch, payload=start)
         self.local_samples = 0
@@ -158,7 +158,7 @@ class DiLoCoOptimizer(OverlappedOptimizer):
                 if start is None:
                     p.copy_(o)
                 else:   # overlap: keep what the inner steps did while the round ran
-                    drift = p.detach().float() - start[i].float()
+                    drift = p.detach().float().cpu() - start[i]
                     p.copy_(o + drift if bool(torch.isfinite(drift).all()) else o)
             digest = self.params_hash()
         self.rounds_completed += 1

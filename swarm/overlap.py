@@ -193,7 +193,7 @@ class OverlappedOptimizer(CollaborativeOptimizer):
         assert grads is not None
         with self.step_lock, torch.no_grad():
             for p, g in zip(self.params, grads):
-                p.grad = g.to(dtype=p.dtype).clone()
+                p.grad = g.to(device=p.device, dtype=p.dtype).clone()
             self.inner.step()
             result.commit()
             self.epoch += 1
