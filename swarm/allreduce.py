@@ -451,7 +451,7 @@ class AllReduceRound:
                 results = await asyncio.gather(*tasks.values(), return_exceptions=True)
                 for j, outcome in zip(tasks, results):
                     if isinstance(outcome, BaseException):
-                        logger.warning("round %s: part %d from %s missing: %s", group.round_id.hex()[:8], j, group.peer_ids[j][-8:], outcome or type(outcome).__name__)
+                        logger.warning("round %s: part %d from %s missing: %s", group.round_id.hex()[:8], j, group.peer_ids[j][-8:], str(outcome) or type(outcome).__name__)
                         self.stats.missing_parts.append(j)
                 await own  # my own part is averaged (the streams deliver it to the others)
                 await self._drain_outputs()
