@@ -57,6 +57,7 @@ class PeerProcess:
             preexec_fn=lambda: set_parent_death_signal(signal.SIGKILL, expected_parent=parent),
         )
         self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.history: list[dict[str, Any]] = []  # every event, in order (expect() skips the ones it is not after)
         self._reader = threading.Thread(target=self._read, name=f"read-{name}", daemon=True)
         self._reader.start()
 
@@ -67,9 +68,11 @@ class PeerProcess:
             if not line.startswith("{"):
                 continue
             try:
-                self.events.put(json.loads(line))
+                event = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            self.history.append(event)
+            self.events.put(event)
         self.events.put(None)
 
     def send(self, **command: Any) -> None:
@@ -312,12 +315,8 @@ def run_training(
         summaries = gather(procs, "summary", workload.duration + 300)
         steps: dict[int, dict[str, Any]] = {}
         for proc in procs:
-            while True:
-                try:
-                    item = proc.events.get_nowait()
-                except queue.Empty:
-                    break
-                if item and item.get("event") == "step":
+            for item in proc.history:
+                if item.get("event") == "step" and item.get("time", 0) <= started + workload.duration:
                     steps.setdefault(item["epoch"], item)
     trainers = [s for s, p in zip(summaries, emu.peers) if p.brings]
     solo = sum(s["samples"] / s["compute_seconds"] for s in trainers if s.get("compute_seconds"))
