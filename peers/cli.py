@@ -15,7 +15,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-path", help="text file or folder (default: the embedded KJV corpus)")
     p.add_argument("--target-batch-size", type=int, help="samples per global step")
     p.add_argument("--micro-batch-size", type=int, help="samples per local step")
-    p.add_argument("--compression", help="none, fp16, uniform8bit, quantile8bit")
+    p.add_argument("--compression", help="none, fp16, uniform8bit, quantile8bit, powersgd (low rank) or auto (per round)")
+    p.add_argument("--mode", help="sync: large-batch steps together; diloco: local steps, then outer steps")
+    p.add_argument("--inner-steps", type=int, help="diloco: local steps per peer between outer steps (H)")
+    p.add_argument("--overlap", action="store_true", default=None, help="average in the background while computing (updates one step late)")
     p.add_argument("--averaging-timeout", type=float, help="deadline of one all-reduce, seconds")
     p.add_argument("--size", help="model size for the task (albert: tiny, small, base, large; swav: tiny, resnet18, resnet50)")
 
@@ -25,6 +28,7 @@ def run_config_from_args(args: argparse.Namespace):
         "run_id": args.run_id, "task": args.task, "data_path": args.data_path,
         "target_batch_size": args.target_batch_size, "micro_batch_size": args.micro_batch_size,
         "compression": args.compression, "averaging_timeout": args.averaging_timeout,
+        "mode": getattr(args, "mode", None), "inner_steps": getattr(args, "inner_steps", None), "overlap": getattr(args, "overlap", None),
     }
     config = load_run_config(args.config, overrides)
     if args.size:

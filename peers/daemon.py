@@ -146,7 +146,7 @@ def run_peer(config: RunConfig, options: PeerOptions, stop: StopFlag | None = No
             check_config(run, mine)
         logger.info("peer %s joined run %s as %s; visible at %s", collab.peer_id[-8:], config.run_id, options.role, collab.visible_maddrs()[:1])
         schedule = warmup_linear_decay(config.warmup_epochs, config.total_epochs) if config.warmup_epochs < config.total_epochs else None
-        opt = collab.optimizer(model.parameters(), lambda params: task.make_optimizer(params, config.lr), lr_schedule=schedule)
+        opt = make_optimizer(collab, model, task, config, schedule)
         deadline = time.monotonic() + options.duration if options.duration else math.inf
         if options.role == "aux":
             collab.run_auxiliary(opt.layout, lambda: stop.is_set() or time.monotonic() > deadline)
@@ -161,15 +161,37 @@ def run_peer(config: RunConfig, options: PeerOptions, stop: StopFlag | None = No
         collab.shutdown()
 
 
+def make_optimizer(collab: Collaboration, model: torch.nn.Module, task, config: RunConfig, schedule):
+    """The run's mode: sync (the task's optimizer), optionally overlapped, or DiLoCo (inner AdamW or the task's,
+    outer Nesterov SGD); the schedule follows the global epoch (DiLoCo: the outer step) in every mode."""
+    if config.mode == "diloco":
+        d = config.diloco
+        inner_lr = d.inner_lr or config.lr
+        if d.inner_optimizer == "adamw":
+            def inner(params):
+                return torch.optim.AdamW(params, lr=inner_lr, weight_decay=d.inner_weight_decay)
+        else:
+            def inner(params):
+                return task.make_optimizer(params, inner_lr)
+        return collab.optimizer(model.parameters(), inner, mode="diloco", overlap=config.overlap, outer_lr=d.outer_lr,
+                                outer_momentum=d.outer_momentum, nesterov=d.nesterov, lr_schedule=schedule)
+    return collab.optimizer(model.parameters(), lambda params: task.make_optimizer(params, config.lr), mode="sync",
+                            overlap=config.overlap, lr_schedule=schedule)
+
+
 def _train(task, model, opt, collab: Collaboration, config: RunConfig, options: PeerOptions, stop: StopFlag, deadline: float, metrics, summary: PeerSummary, exporter=None) -> None:
     losses: list[float] = []
     mini_steps = 0
     samples_total = 0
     exported_samples = 0
     epoch_started = time.monotonic()
+    train_started = time.monotonic()
+    compute_seconds = 0.0          # forward + backward (the share of wall time that trains), over the whole run
+    epoch_compute = 0.0
+    bytes_sent_total = bytes_received_total = 0
 
     def on_step(report) -> None:
-        nonlocal losses, epoch_started, exported_samples
+        nonlocal losses, epoch_started, exported_samples, epoch_compute, bytes_sent_total, bytes_received_total
         loss = sum(losses) / len(losses) if losses else float("nan")
         elapsed = time.monotonic() - epoch_started
         swarm_rate = report.samples / elapsed if elapsed > 0 else 0.0
@@ -178,15 +200,22 @@ def _train(task, model, opt, collab: Collaboration, config: RunConfig, options: 
             "local_samples_per_second": opt.samples_per_second, "group_size": report.group_size,
             "round_seconds": report.round_seconds, "bytes_sent": report.bytes_sent, "params_hash": report.params_hash,
             "time": report.time, "peer_id": collab.peer_id,
+            "bytes_received": report.bytes_received, "codec": report.codec, "staleness": report.staleness, "mode": config.mode,
+            "compute_seconds": round(epoch_compute, 4), "wall_seconds": round(elapsed, 4),
         }
+        if math.isfinite(report.predicted_seconds):
+            line["predicted_seconds"] = report.predicted_seconds
+        bytes_sent_total += report.bytes_sent
+        bytes_received_total += report.bytes_received
+        epoch_compute = 0.0
         summary.hashes[report.epoch] = report.params_hash
         if metrics is not None:
             metrics.write(json.dumps(line) + "\n")
             metrics.flush()
         if options.print_progress:
             logger.info(
-                "epoch %d | loss %.4f | swarm %.1f samples/s | %d peers averaged in %.2fs",
-                report.epoch, loss, swarm_rate, report.group_size, report.round_seconds,
+                "epoch %d | loss %.4f | swarm %.1f samples/s | %d peers averaged in %.2fs | %s, %.2f MB sent",
+                report.epoch, loss, swarm_rate, report.group_size, report.round_seconds, report.codec or "-", report.bytes_sent / 1e6,
             )
         record = records.MetricsRecord(
             peer_id=collab.peer_id, epoch=report.epoch, loss=loss if math.isfinite(loss) else -1.0,
@@ -210,9 +239,13 @@ def _train(task, model, opt, collab: Collaboration, config: RunConfig, options: 
     for batch in task.batches(options.worker_seed):
         if stop.is_set() or time.monotonic() > deadline or (options.max_epochs is not None and opt.epoch >= options.max_epochs):
             break
+        computing = time.monotonic()
         loss, n = task.loss(model, batch)
         loss.backward()
         losses.append(float(loss.detach()))
+        spent = time.monotonic() - computing
+        compute_seconds += spent
+        epoch_compute += spent
         mini_steps += 1
         samples_total += n
         opt.step(samples=n)
@@ -220,6 +253,9 @@ def _train(task, model, opt, collab: Collaboration, config: RunConfig, options: 
         if opt.epoch != task_epoch:   # a global step or a state download moved the epoch
             task_epoch = opt.epoch
             task.set_epoch(task_epoch)
+    if not stop.is_set():
+        opt.finish()   # overlapped modes: apply the round still in flight (bounded by its deadline)
+    train_seconds = time.monotonic() - train_started
     summary.epochs = opt.epoch
     summary.samples = samples_total
     summary.rounds_completed = opt.rounds_completed
@@ -232,4 +268,8 @@ def _train(task, model, opt, collab: Collaboration, config: RunConfig, options: 
     if metrics is not None:
         metrics.write(json.dumps({"final": True, "peer_id": collab.peer_id, "epoch": opt.epoch, "params_hash": opt.params_hash(),
                                   "rounds_completed": opt.rounds_completed, "rounds_failed": opt.rounds_failed,
-                                  "state_downloads": opt.state_downloads, "samples": samples_total, "mini_steps": mini_steps}) + "\n")
+                                  "state_downloads": opt.state_downloads, "samples": samples_total, "mini_steps": mini_steps,
+                                  "compute_seconds": round(compute_seconds, 3), "train_seconds": round(train_seconds, 3),
+                                  "round_wait_seconds": round(getattr(opt, "round_wait_seconds", 0.0), 3),
+                                  "bytes_sent": bytes_sent_total, "bytes_received": bytes_received_total, "mode": config.mode,
+                                  "overlap": config.overlap, "compression": config.engine.compression}) + "\n")

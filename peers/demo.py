@@ -54,6 +54,9 @@ def _demo_config(args: argparse.Namespace) -> RunConfig:
                     data["engine"]["target_batch_size"] = value
             elif key not in explicit:
                 data[key] = value
+    if config.mode == "diloco" and "target_batch_size" not in explicit and "target_batch_size" not in config.engine.model_fields_set:
+        # one outer step = inner_steps local steps of every peer (see swarm.config.DiLoCoConfig)
+        data["engine"]["target_batch_size"] = config.diloco.inner_steps * args.peers * config.micro_batch_size
     return RunConfig.model_validate(data)
 
 
@@ -231,9 +234,36 @@ def build_report(config: RunConfig, run_dir: Path, n: int, duration: float) -> d
         "last_common_epoch": last_common,
         "target_batch_size": config.engine.target_batch_size,
         "state_downloads": sum((f or {}).get("state_downloads", 0) for f in finals),
+        **_mode_figures(config, steps, finals),
         "per_peer": [
             {"peer_id": (f or {}).get("peer_id"), "epoch": (f or {}).get("epoch"), "samples": (f or {}).get("samples"),
              "rounds_completed": (f or {}).get("rounds_completed"), "rounds_failed": (f or {}).get("rounds_failed")}
             for f in finals
         ],
+    }
+
+
+def _mode_figures(config: RunConfig, steps: list[list[dict]], finals: list[dict | None]) -> dict:
+    """How the run communicated and computed: the mode, the codecs its rounds used, compute utilization (the share
+    of the peers' training time spent in forward/backward), the share of it they were blocked waiting for rounds,
+    and bytes sent per sample computed (all peers' bytes over all peers' samples)."""
+    done = [f for f in finals if f and f.get("train_seconds")]
+    compute = sum(f.get("compute_seconds", 0.0) for f in done)
+    waited = sum(f.get("round_wait_seconds", 0.0) for f in done)
+    wall = sum(f["train_seconds"] for f in done)
+    samples = sum(f.get("samples", 0) for f in done)
+    sent = sum(f.get("bytes_sent", 0) for f in done)
+    codecs: dict[str, int] = {}
+    for rows in steps:
+        for r in rows:
+            if r.get("codec"):
+                codecs[r["codec"]] = codecs.get(r["codec"], 0) + 1
+    return {
+        "mode": config.mode, "overlap": config.overlap, "compression": config.engine.compression,
+        "inner_steps": config.diloco.inner_steps if config.mode == "diloco" else None,
+        "compute_utilization": round(compute / wall, 4) if wall > 0 else None,
+        "round_wait_share": round(waited / wall, 4) if wall > 0 else None,
+        "bytes_sent_per_sample": round(sent / samples, 2) if samples else None,
+        "codecs": codecs,
+        "max_staleness": max((r.get("staleness", 0) for rows in steps for r in rows), default=0),
     }

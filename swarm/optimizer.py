@@ -90,6 +90,7 @@ class CollaborativeOptimizer:
         self.rounds_completed = 0
         self.rounds_failed = 0
         self.state_downloads = 0
+        self.round_wait_seconds = 0.0   # time step() spent blocked on rounds (sync: every round; overlap: only waits)
         self.history: list[StepReport] = []
         self.on_step: list[Callable[[StepReport], None]] = []
         self._apply_schedule()
@@ -168,14 +169,17 @@ class CollaborativeOptimizer:
             weight = 0.0
         with torch.no_grad():
             local = [acc / max(weight, 1.0) for acc in self._accum]
+        waited = time.monotonic()
         try:
             grads, outcome, commit = self._average(local, weight)
         except RoundFailed as e:
+            self.round_wait_seconds += time.monotonic() - waited
             self.rounds_failed += 1
             self._retry_after = time.monotonic() + 1.0
             logger.warning("epoch %d: round failed (%s); keeping %d samples of gradients", self.epoch, e, self.local_samples)
             collab.tracker.poke()
             return False
+        self.round_wait_seconds += time.monotonic() - waited
         with self.step_lock, torch.no_grad():
             for p, g in zip(self.params, grads):
                 p.grad = g.to(dtype=p.dtype).clone()

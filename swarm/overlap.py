@@ -163,11 +163,14 @@ class OverlappedOptimizer(CollaborativeOptimizer):
         if timeout is not None:
             remaining = min(remaining, timeout)
         self.pending = None
+        waited = time.monotonic()
         try:
             result, outcome = pending.result(max(0.0, remaining))
         except RoundFailed as e:
             self._give_back(pending, e)
             return False
+        finally:
+            self.round_wait_seconds += time.monotonic() - waited
         self._apply(pending, result, outcome)
         return True
 

@@ -62,6 +62,13 @@ def main() -> None:
     parser.add_argument("--compression", default="fp16")
     parser.add_argument("--averaging-timeout", type=float, default=15)
     parser.add_argument("--chunk-elements", type=int, default=2**17)
+    parser.add_argument("--wait-timeout", type=float, default=30, help="seconds --wait-peers waits at most")
+    parser.add_argument("--mode", default="sync", choices=["sync", "diloco"], help="diloco: AdamW inner steps, Nesterov outer steps")
+    parser.add_argument("--overlap", action="store_true", help="average in the background (updates one step late)")
+    parser.add_argument("--inner-lr", type=float, default=0.01)
+    parser.add_argument("--outer-lr", type=float, default=0.7)
+    parser.add_argument("--die-during-inner-steps", type=int, default=-1, metavar="E",
+                        help="diloco: SIGKILL this process after a few inner steps of epoch E (no round in flight)")
     parser.add_argument("--wait-peers", type=int, default=0, help="start training once this many peers are visible")
     parser.add_argument("--die-at-epoch", type=int, default=-1)
     parser.add_argument("--die-phase", default="send", choices=["send", "reduce"])
@@ -90,12 +97,16 @@ def main() -> None:
     print("CHILDREN", *descendants(os.getpid()), flush=True)
     out = open(args.out, "a")
     try:
-        opt = collab.optimizer(model.parameters(), torch.optim.SGD, lr=0.05, momentum=0.9)
+        if args.mode == "diloco":
+            opt = collab.optimizer(model.parameters(), torch.optim.AdamW, lr=args.inner_lr, mode="diloco", overlap=args.overlap,
+                                   outer_lr=args.outer_lr, outer_momentum=0.9)
+        else:
+            opt = collab.optimizer(model.parameters(), torch.optim.SGD, lr=0.05, momentum=0.9, overlap=args.overlap)
         collab.round_class = make_faulty_round(args.die_at_epoch, args.die_phase, args.garbage_at_epoch, lambda: opt.epoch)
         if args.role == "aux":
             collab.run_auxiliary(opt.layout, lambda: stop["flag"])
             return
-        waited = time.monotonic() + 30
+        waited = time.monotonic() + args.wait_timeout
         while sum(p.training for p in collab.tracker.view.peers) < args.wait_peers and time.monotonic() < waited:
             time.sleep(0.1)
         gen = torch.Generator().manual_seed(args.seed)
@@ -103,7 +114,8 @@ def main() -> None:
         end = time.monotonic() + args.duration
 
         def log_step(r) -> None:
-            out.write(json.dumps({"epoch": r.epoch, "hash": r.params_hash, "group": r.group_size, "seconds": r.round_seconds, "time": r.time}) + "\n")
+            out.write(json.dumps({"epoch": r.epoch, "hash": r.params_hash, "group": r.group_size, "seconds": r.round_seconds, "time": r.time,
+                                  "staleness": r.staleness, "codec": r.codec, "samples": r.samples}) + "\n")
             out.flush()
 
         opt.on_step.append(log_step)
@@ -113,8 +125,13 @@ def main() -> None:
             loss = torch.nn.functional.mse_loss(model(x), y)
             loss.backward()
             opt.step(samples=8)
+            if opt.epoch == args.die_during_inner_steps and getattr(opt, "inner_steps", 0) >= 3 and getattr(opt, "pending", None) is None:
+                print("DYING", opt.epoch, flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
             opt.zero_grad()
             time.sleep(args.step_sleep)
+        if not stop["flag"]:
+            opt.finish()
         out.write(json.dumps({"final": True, "epoch": opt.epoch, "hash": opt.params_hash(), "failed": opt.rounds_failed,
                               "downloads": opt.state_downloads, "completed": opt.rounds_completed}) + "\n")
     finally:
