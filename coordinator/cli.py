@@ -29,7 +29,8 @@ def register_launch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, help="checkpoint every N epochs (default 5; 0: never)")
     p.add_argument("--keep-checkpoints", type=int, help="how many checkpoints to keep (default 3)")
     p.add_argument("--from-checkpoint", type=Path, metavar="PATH", help="start the run from this checkpoint: the coordinator serves it to the first peers")
-    p.add_argument("--fresh", action="store_true", help="discard the run folder's history and checkpoints first (keeps its keys)")
+    p.add_argument("--fresh", action="store_true", help="discard the run folder's history and checkpoints first (keeps its keys and invites)")
+    p.add_argument("--invite-only", action="store_true", help="peers need an invite: swarm invite create (stays invite-only for this run folder)")
     p.set_defaults(func=cmd_launch)
 
 
@@ -39,7 +40,7 @@ def settings_from_args(args: argparse.Namespace):
     fields = {
         "host": args.host, "port": args.port, "p2p_host": args.p2p_host, "p2p_port": args.p2p_port,
         "announce_maddrs": args.announce_maddrs, "runs_dir": args.runs_dir, "checkpoint_every": args.checkpoint_every,
-        "keep_checkpoints": args.keep_checkpoints, "fresh": args.fresh or None,
+        "keep_checkpoints": args.keep_checkpoints, "fresh": args.fresh or None, "invite_only": getattr(args, "invite_only", False) or None,
     }
     try:
         return CoordinatorSettings(**{k: v for k, v in fields.items() if v is not None})

@@ -6,6 +6,7 @@
       identity.key         p2p identity of the bootstrap peer      (see coordinator.identity)
       organizer.key        RSA key that signs the config record    (see coordinator.identity)
       history.sqlite       metrics, peers, rounds, checkpoints     (see coordinator.history)
+      invites.sqlite       invites, their uses and revocations     (see coordinator.invites; kept by --fresh)
       checkpoints/epoch-00000010/{state.safetensors,meta.json}
 
 Everything here survives `kill -9`: JSON files are replaced atomically, SQLite runs in WAL mode,
@@ -91,6 +92,10 @@ class RunFolder:
     @property
     def organizer_key_path(self) -> Path:
         return self.root / "organizer.key"
+
+    @property
+    def invites_path(self) -> Path:
+        return self.root / "invites.sqlite"
 
     @property
     def history_path(self) -> Path:

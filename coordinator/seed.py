@@ -36,7 +36,7 @@ class StateSeed:
         count = sum(1 for name in state.tensors if name.startswith("param."))
         params = [state.tensors[f"param.{i}"] for i in range(count)]
         self.params_hash = params_digest(params)
-        self.server = StateServer(node.p2p, node.run_id, lambda: self.state)
+        self.server = StateServer(node.p2p, node.run_id, lambda: self.state, authorizer=getattr(node, "authorizer", None))
         self.active = False
         self.handed_over_at: float | None = None
 

@@ -25,3 +25,6 @@ class CoordinatorSettings(BaseModel):
     config_ttl: float = Field(600.0, gt=10, description="TTL of the config record; republished every third of it")
     rounds_shown: int = Field(20, ge=1, description="recent rounds in /api/status")
     fresh: bool = Field(False, description="discard this run folder's history and checkpoints first")
+    invite_only: bool = Field(False, description="peers need an invite (a token from this coordinator); sticky for the run folder")
+    invite_expires: float = Field(7 * 86400.0, gt=0, description="seconds the invite printed at launch admits newcomers")
+    token_lifetime: float = Field(3600.0, gt=60, description="seconds an access token is valid; peers renew at half of it")

@@ -36,8 +36,47 @@ def run_config_from_args(args: argparse.Namespace):
     return config
 
 
+def run_config_from_invite(access, initial_peers: list[str], args: argparse.Namespace):
+    """The run's own config (from the organizer-signed record in the DHT), with this peer's flags on top:
+    a data path or micro-batch size is each peer's choice; anything else that differs is refused later."""
+    from pydantic import BaseModel, ValidationError
+
+    from swarm.config import RunConfig
+    from swarm.errors import ConfigError
+    from swarm.observer import fetch_run_config
+
+    if args.config:
+        config = run_config_from_args(args)
+        return config.model_copy(update={"run_id": access.run_id})
+    data = fetch_run_config(access, initial_peers).model_dump()
+    overrides = {
+        "task": args.task, "data_path": args.data_path, "target_batch_size": args.target_batch_size,
+        "micro_batch_size": args.micro_batch_size, "compression": args.compression, "averaging_timeout": args.averaging_timeout,
+    }
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in RunConfig.model_fields:
+            data[key] = value
+            continue
+        for name, field in RunConfig.model_fields.items():   # a field of a nested section (engine, ...)
+            kind = field.annotation
+            if isinstance(kind, type) and issubclass(kind, BaseModel) and key in kind.model_fields:
+                data[name][key] = value
+                break
+    if args.size:
+        data["task_options"]["size"] = args.size
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ConfigError(f"bad config: {'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
+
+
 def register_join(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("join", help="join a run as a volunteer peer", description="Join a run and train with the swarm until Ctrl-C.")
+    p.add_argument("invite", nargs="?", metavar="INVITE",
+                   help="the run's invite (swarm://...): run id, peers and config come from it; open runs also take --run-id and --initial-peers")
     add_run_options(p)
     p.add_argument("--initial-peers", nargs="+", default=[], metavar="MULTIADDR", help="any peer of the run")
     role = p.add_mutually_exclusive_group()
@@ -61,7 +100,20 @@ def register_join(sub: argparse._SubParsersAction) -> None:
 def cmd_join(args: argparse.Namespace) -> int:
     from .daemon import PeerOptions, StopFlag, run_peer
 
-    config = run_config_from_args(args)
+    invite = args.invite or next((p for p in args.initial_peers if p.startswith("swarm://")), None)
+    initial_peers = [p for p in args.initial_peers if p != invite]
+    access = None
+    if invite is not None:
+        from swarm.auth import InviteAccess
+        from swarm.errors import ConfigError
+
+        access = InviteAccess(invite)
+        if args.run_id and args.run_id != access.run_id:
+            raise ConfigError(f"--run-id {args.run_id} differs from the invite's run {access.run_id}")
+        initial_peers = [*access.invite.initial_peers, *initial_peers]
+        config = run_config_from_invite(access, initial_peers, args)
+    else:
+        config = run_config_from_args(args)
     duration = args.duration
     if args.stop_at is not None:
         import time
@@ -71,10 +123,10 @@ def cmd_join(args: argparse.Namespace) -> int:
     stop = StopFlag()
     stop.install()
     options = PeerOptions(
-        initial_peers=args.initial_peers, role=role, host_maddrs=args.host_maddrs, announce_maddrs=args.announce_maddrs,
+        initial_peers=initial_peers, role=role, host_maddrs=args.host_maddrs, announce_maddrs=args.announce_maddrs,
         identity_path=args.identity, metrics_path=args.metrics_file, duration=duration, max_epochs=args.max_epochs,
         worker_seed=args.worker_seed, threads=args.threads, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
-        final_state_path=args.save_final,
+        final_state_path=args.save_final, access=access,
     )
     summary = run_peer(config, options, stop)
     print(f"left run {config.run_id} at epoch {summary.epochs} after {summary.rounds_completed} rounds ({summary.rounds_failed} failed)")

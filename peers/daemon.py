@@ -25,9 +25,10 @@ from typing import Any, Sequence
 import torch
 
 from swarm import records
+from swarm.auth import InviteAccess
 from swarm.collaboration import Collaboration
 from swarm.config import RunConfig
-from swarm.errors import ConfigError
+from swarm.errors import AuthError, ConfigError
 from swarm.optim.schedule import warmup_linear_decay
 
 from .tasks import TaskSettings, get_task
@@ -52,6 +53,7 @@ class PeerOptions:
     metrics_port: int | None = None            # serve this peer's Prometheus /metrics on this port (0: any)
     metrics_host: str = "127.0.0.1"
     final_state_path: Path | None = None       # write the model (and its epoch) here when training ends (swarm eval reads it)
+    access: InviteAccess | None = None         # joined with an invite: the organizer's config only, and a token if invite-only
 
 
 @dataclass
@@ -91,6 +93,7 @@ def config_record(config: RunConfig, fingerprint: dict[str, str]) -> records.Con
     return records.ConfigRecord(
         run_id=config.run_id, task=config.task, target_batch_size=config.engine.target_batch_size,
         fingerprint=fingerprint, hyperparameters=config.hyperparameters(), created_at=time.time(),
+        run_config=config.model_copy(update={"data_path": None}).model_dump_json(),  # a data path is each peer's own
     )
 
 
@@ -123,11 +126,15 @@ def run_peer(config: RunConfig, options: PeerOptions, stop: StopFlag | None = No
     task = get_task(config.task, settings)
     fingerprint = task.fingerprint()
     model = task.build_model()
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the all-reduce moves what it sends to the CPU itself
+    model.to(device)
     mine = config_record(config, fingerprint)
 
+    access = options.access
     collab = Collaboration(
         config.run_id, initial_peers=options.initial_peers, role=options.role, config=config.engine,
         host_maddrs=options.host_maddrs, announce_maddrs=options.announce_maddrs, identity_path=options.identity_path,
+        authorizer=access.authorizer() if access is not None else None,
     )
     stop.on_set.append(collab.interrupt)
     metrics = open(options.metrics_path, "a") if options.metrics_path else None
@@ -139,7 +146,9 @@ def run_peer(config: RunConfig, options: PeerOptions, stop: StopFlag | None = No
 
             exporter = PeerMetricsServer(options.metrics_port, options.metrics_host)
             logger.info("peer metrics on http://%s:%d/metrics", options.metrics_host, exporter.port)
-        run = collab.fetch_config()
+        run = collab.fetch_config(owner=access.invite.organizer_key if access is not None else None)
+        if run is None and access is not None:
+            raise ConfigError(f"run {config.run_id} has no config record signed by its organizer: is its coordinator running?")
         if run is None and options.publish_config:
             collab.publish_config(mine)
         elif run is not None:
@@ -220,7 +229,7 @@ def _train(task, model, opt, collab: Collaboration, config: RunConfig, options: 
         record = records.MetricsRecord(
             peer_id=collab.peer_id, epoch=report.epoch, loss=loss if math.isfinite(loss) else -1.0,
             samples_per_second=float(opt.samples_per_second), mini_steps=mini_steps, samples_total=samples_total,
-            round_seconds=float(report.round_seconds), device="cpu", time=time.time(),
+            round_seconds=float(report.round_seconds), device=str(next(model.parameters()).device), time=time.time(),
             group_size=int(report.group_size), bytes_sent=int(report.bytes_sent), bytes_received=int(report.bytes_received),
         )
         collab.publish_metrics(record)
@@ -237,6 +246,8 @@ def _train(task, model, opt, collab: Collaboration, config: RunConfig, options: 
     task_epoch = opt.epoch
     task.set_epoch(task_epoch)   # the global epoch, for tasks that key their loss on it (SwAV's prototype freeze)
     for batch in task.batches(options.worker_seed):
+        if collab.authorizer is not None and collab.authorizer.own_problem == "invite revoked":
+            raise AuthError("the organizer revoked this peer's invite: the swarm refuses it, so it left the run")
         if stop.is_set() or time.monotonic() > deadline or (options.max_epochs is not None and opt.epoch >= options.max_epochs):
             break
         computing = time.monotonic()

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from hivemind.p2p import P2P, P2PContext, PeerID
 
+from .auth import SwarmAuthorizer
 from .balancing import delivered_rate, split_sizes, sustained_rate
 from .compression import Codec, decode_checked
 from .errors import ProtocolError, RoundFailed
@@ -87,7 +88,7 @@ class TensorLayout:
 
     def flatten(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         return [
-            torch.cat([tensors[i].detach().reshape(-1).float() for i in bucket]) if bucket else torch.zeros(0)
+            torch.cat([tensors[i].detach().reshape(-1).float().cpu() for i in bucket]) if bucket else torch.zeros(0)  # the wire is CPU
             for bucket in self.buckets
         ]
 
@@ -248,8 +249,10 @@ class AllReduceRound:
         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
         sender_timeout: float = 10.0,
         reduction: type[Reduction] = Reduction,
+        authorizer: SwarmAuthorizer | None = None,
     ):
         self.p2p, self.group, self.layout = p2p, group, layout
+        self.authorizer = authorizer  # invite-only runs: the first chunk of each stream is signed
         self.local = list(local) if local is not None else None
         me = group.my_index
         if group.brings(me) != (self.local is not None):
@@ -412,6 +415,8 @@ class AllReduceRound:
                 msg = swarm_pb2.PartChunk(part=j, chunk=k, data=data)
                 if k == 0:
                     msg.round_id, msg.weight, msg.sender = group.round_id, group.weights[me], group.peer_ids[me]
+                    if self.authorizer is not None:
+                        self.authorizer.sign_message(msg, self.p2p.peer_id)
                 yield msg
                 self.stats.send_log.append((time.monotonic() - self._start, len(data)))
 
@@ -481,9 +486,10 @@ class AllReduceRound:
 class AggregateService:
     """Registers the aggregate handler once and dispatches each stream to its round by round id."""
 
-    def __init__(self, p2p: P2P, wait_for_round: float = 10.0):
+    def __init__(self, p2p: P2P, wait_for_round: float = 10.0, authorizer: SwarmAuthorizer | None = None):
         self.p2p = p2p
         self.wait_for_round = wait_for_round
+        self.authorizer = authorizer  # invite-only runs: a stream whose first chunk is not authorized is refused
         self._rounds: dict[bytes, asyncio.Future[AllReduceRound]] = {}
 
     async def start(self) -> None:
@@ -498,6 +504,9 @@ class AggregateService:
         return self._rounds[round_id]
 
     def open(self, round_: AllReduceRound) -> None:
+        """Route the round's incoming streams to it; it signs its own streams with this node's authorizer."""
+        if round_.authorizer is None:
+            round_.authorizer = self.authorizer
         slot = self._slot(round_.group.round_id)
         if not slot.done():
             slot.set_result(round_)
@@ -511,6 +520,11 @@ class AggregateService:
         try:
             first = await asyncio.wait_for(anext(requests), self.wait_for_round)
         except (StopAsyncIteration, asyncio.TimeoutError):
+            return
+        problem = self.authorizer.check_message(first, context.remote_id) if self.authorizer is not None else None
+        if problem is not None:
+            logger.info("refused an aggregate stream from %s: %s", str(context.remote_id)[-8:], problem)
+            yield swarm_pb2.PartChunk(error=f"unauthorized: {problem}")
             return
         if len(first.round_id) != 16:
             yield swarm_pb2.PartChunk(error="bad round id")

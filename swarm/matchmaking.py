@@ -27,6 +27,7 @@ from typing import Callable
 
 from hivemind.p2p import P2P, P2PContext, PeerID
 
+from .auth import SwarmAuthorizer
 from .balancing import MemberLink, optimal_shares, uniform_shares
 from .errors import RoundFailed
 from .progress import ProgressTracker
@@ -60,8 +61,10 @@ class Matchmaker:
         request_timeout: float = 5.0,
         allreduce_timeout: float = 30.0,
         balance: bool = True,
+        authorizer: SwarmAuthorizer | None = None,
     ):
         self.p2p, self.run_id, self.tracker = p2p, run_id, tracker
+        self.authorizer = authorizer  # invite-only runs: requests are signed, and unauthorized ones refused
         self.schema_hash = schema_hash
         self.vector_bytes = vector_bytes
         self.gather_timeout, self.request_timeout, self.allreduce_timeout = gather_timeout, request_timeout, allreduce_timeout
@@ -133,7 +136,7 @@ class Matchmaker:
             try:
                 timeout = min(self.gather_timeout + self.request_timeout, max(0.1, deadline - time.monotonic()))
                 reply = await asyncio.wait_for(
-                    self.p2p.call_protobuf_handler(PeerID.from_base58(leader), JOIN_HANDLER, request, swarm_pb2.GroupInfo),
+                    self.p2p.call_protobuf_handler(PeerID.from_base58(leader), JOIN_HANDLER, self._signed(request), swarm_pb2.GroupInfo),
                     timeout,
                 )
             except asyncio.CancelledError:
@@ -154,6 +157,15 @@ class Matchmaker:
                 continue
             raise RoundFailed(f"leader {leader[-8:]} refused: {Status.Status.Name(reply.status)} {reply.reason}")
         raise RoundFailed(f"no group formed for epoch {epoch} before the deadline")
+
+    def _signed(self, request: swarm_pb2.JoinRequest) -> swarm_pb2.JoinRequest:
+        """A copy with a fresh signature (each send needs its own nonce)."""
+        if self.authorizer is None:
+            return request
+        signed = swarm_pb2.JoinRequest()
+        signed.CopyFrom(request)
+        self.authorizer.sign_message(signed, self.p2p.peer_id)
+        return signed
 
     async def _lead(self, request: swarm_pb2.JoinRequest, deadline: float) -> swarm_pb2.GroupInfo:
         g = self._gathering(request.epoch)
@@ -213,6 +225,11 @@ class Matchmaker:
         def refuse(status: int, reason: str = "") -> swarm_pb2.GroupInfo:
             return swarm_pb2.GroupInfo(status=status, epoch=request.epoch, reason=reason, leader=self.peer_id)
 
+        if self.authorizer is not None:
+            problem = self.authorizer.check_message(request, context.remote_id)
+            if problem is not None:
+                logger.info("refused a join request from %s: %s", str(context.remote_id)[-8:], problem)
+                return refuse(Status.REJECTED, f"unauthorized: {problem}")
         if request.run_id != self.run_id:
             return refuse(Status.REJECTED, "wrong run")
         if request.peer_id != str(context.remote_id):

@@ -2,6 +2,8 @@
 
 Both live on the engine loop of the trainer process (no DHT child process, no pipes):
 the only child is p2pd, which the Reaper (swarm.lifecycle) ends when this process dies.
+In an invite-only run the node holds an authorizer (swarm.auth): it gets its access token
+before joining the DHT, and every DHT request and response is signed and checked.
 """
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ from hivemind.utils.crypto import RSAPrivateKey
 from hivemind.utils.multiaddr import Multiaddr
 
 from . import records
-from .errors import NetworkError
+from .auth import ISSUE_HANDLER, SwarmAuthorizer, coordinator_ids, keep_access
+from .errors import AuthError, NetworkError
+from .proto import swarm_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -37,19 +41,37 @@ class NodeOptions:
 class Node:
     """P2P + DHT for one run. Create with `await Node.create(run_id, options)` on the engine loop."""
 
-    def __init__(self, run_id: str, p2p: P2P, dht: DHTNode, signer: RSASignatureValidator, client_mode: bool):
+    def __init__(self, run_id: str, p2p: P2P, dht: DHTNode, signer: RSASignatureValidator, client_mode: bool,
+                 authorizer: SwarmAuthorizer | None = None):
         self.run_id = run_id
         self.p2p = p2p
         self.dht = dht
         self.signer = signer
         self.client_mode = client_mode
+        self.authorizer = authorizer
+        self._access: asyncio.Task | None = None
 
     @classmethod
-    async def create(cls, run_id: str, options: NodeOptions, private_key: RSAPrivateKey | None = None) -> "Node":
+    async def create(cls, run_id: str, options: NodeOptions, private_key: RSAPrivateKey | None = None,
+                     authorizer: SwarmAuthorizer | None = None) -> "Node":
+        """`authorizer`: an invite-only run's (swarm.auth); None for an open run. With one, the node gets its
+        access token before it joins the DHT (AuthError when the coordinator refuses the invite), every DHT
+        RPC is signed and checked, and the node keeps its token fresh and follows revocations."""
+        if authorizer is not None:
+            private_key = private_key or authorizer.private_key
         signer = RSASignatureValidator(private_key or RSAPrivateKey())
         validator = CompositeValidator([signer, records.SchemaValidator(run_id)])
         initial = [Multiaddr(m) for m in options.initial_peers]
         p2p = await cls._start_p2p(options, initial)
+        if authorizer is not None:
+            authorizer.attach(p2p)
+            try:
+                await asyncio.wait_for(authorizer.refresh_token_if_needed(), options.startup_timeout)
+            except BaseException as e:
+                await p2p.shutdown()
+                if isinstance(e, asyncio.TimeoutError):
+                    raise NetworkError("the run's coordinator did not answer the access token request in time") from None
+                raise
         try:
             dht = await asyncio.wait_for(
                 DHTNode.create(
@@ -57,6 +79,7 @@ class Node:
                     initial_peers=initial,
                     client_mode=options.client_mode,
                     record_validator=validator,
+                    authorizer=authorizer,
                     # hivemind's defaults (3 s RPC timeout, 5 s blacklist doubling each time) split a busy
                     # swarm into islands when CPUs are saturated; be patient and forgive quickly instead.
                     wait_timeout=5,
@@ -70,10 +93,38 @@ class Node:
                 options.startup_timeout,
             )
         except Exception as e:
+            refusal = await cls._invite_only_refusal(p2p, options.initial_peers) if authorizer is None and initial else None
             await p2p.shutdown()
+            if refusal:
+                raise AuthError(f"this run refused this peer: {refusal}") from None
             where = ", ".join(options.initial_peers) or "(none)"
             raise NetworkError(f"could not join the swarm through initial peers {where}: {e or type(e).__name__}") from e
-        return cls(run_id, p2p, dht, signer, options.client_mode)
+        node = cls(run_id, p2p, dht, signer, options.client_mode, authorizer)
+        if authorizer is not None:
+            node._access = asyncio.create_task(keep_access(authorizer, node._fetch_revoked), name="swarm-access")
+        return node
+
+    @staticmethod
+    async def _invite_only_refusal(p2p: P2P, initial_peers: Sequence[str]) -> str | None:
+        """A peer without an invite could not bootstrap: ask the initial peers' token issuer (only the coordinator
+        of an invite-only run has one) whether that is why; its refusal of an empty invite says so."""
+        for coordinator in coordinator_ids(initial_peers):
+            try:
+                reply = await asyncio.wait_for(
+                    p2p.call_protobuf_handler(coordinator, ISSUE_HANDLER, swarm_pb2.TokenRequest(), swarm_pb2.TokenResponse), 5.0
+                )
+            except Exception:
+                continue
+            if reply.error:
+                return reply.error
+        return None
+
+    async def _fetch_revoked(self) -> frozenset[str] | None:
+        assert self.authorizer is not None
+        found = await self.fetch_records(
+            records.revocations_key(self.run_id), records.RevocationRecord, owner=self.authorizer.organizer_key
+        )
+        return frozenset(found[0].invite_ids) if found else None  # type: ignore[attr-defined]
 
     @staticmethod
     async def _start_p2p(options: NodeOptions, initial: list[Multiaddr], attempts: int = 4) -> P2P:
@@ -114,19 +165,26 @@ class Node:
             key, records.encode(record), time.time() + ttl, subkey=self.signer.local_public_key
         )
 
-    async def fetch_records(self, key: str, model: type[records._Record]) -> list[records._Record]:
-        """All valid, unexpired records under a key (one per owner); malformed ones are dropped."""
+    async def fetch_records(self, key: str, model: type[records._Record], *, owner: bytes | None = None) -> list[records._Record]:
+        """All valid, unexpired records under a key (one per owner); malformed ones are dropped.
+        `owner`: only the record of this RSA public key (OpenSSH bytes), e.g. the organizer's."""
         found = await self.dht.get(key, latest=True)
         if found is None or not isinstance(found.value, dict):
             return []
         out = []
         for subkey, item in found.value.items():
+            if owner is not None and subkey != records.owner_subkey(owner):
+                continue
             record = records.decode(model, item.value)
             if record is not None:
                 out.append(record)
         return out
 
     async def shutdown(self) -> None:
+        if self._access is not None:
+            self._access.cancel()
+            await asyncio.gather(self._access, return_exceptions=True)
+            self._access = None
         try:
             await asyncio.wait_for(self.dht.shutdown(), 5)
         except Exception as e:  # shutting down: log and go on, p2pd must still stop

@@ -12,6 +12,9 @@ from hivemind.utils.crypto import RSAPrivateKey
 
 from . import records
 from .errors import NetworkError
+from .auth import InviteAccess, SwarmAuthorizer
+from .config import RunConfig
+from .errors import ConfigError
 from .lifecycle import Reaper
 from .node import Node, NodeOptions
 from .runtime import EngineLoop
@@ -22,16 +25,17 @@ logger = logging.getLogger(__name__)
 class Observer:
     def __init__(self, run_id: str, *, initial_peers: Sequence[str] = (), host_maddrs: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
                  announce_maddrs: Sequence[str] | None = None, identity_path: str | None = None,
-                 private_key: RSAPrivateKey | None = None):
+                 private_key: RSAPrivateKey | None = None, authorizer: SwarmAuthorizer | None = None):
         """`identity_path`: p2p identity file (a stable peer id); `private_key`: the RSA key that signs this
-        node's records (a stable owner, e.g. the organizer's key); both are fresh per process when None."""
+        node's records (a stable owner, e.g. the organizer's key); both are fresh per process when None.
+        `authorizer`: an invite-only run's (swarm.auth), None for an open run."""
         self.run_id = run_id
         self.reaper = Reaper().start()
         self.loop = EngineLoop(name="swarm-observer").start()
         options = NodeOptions(initial_peers=tuple(initial_peers), host_maddrs=tuple(host_maddrs),
                               announce_maddrs=announce_maddrs, identity_path=identity_path)
         try:
-            self.node: Node | None = self.loop.run(Node.create(run_id, options, private_key), timeout=options.startup_timeout + 15)
+            self.node: Node | None = self.loop.run(Node.create(run_id, options, private_key, authorizer), timeout=options.startup_timeout + 15)
         except BaseException:
             self.loop.stop()
             self.reaper.close()
@@ -80,3 +84,29 @@ class Observer:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+def fetch_run_config(access: InviteAccess, initial_peers: Sequence[str] | None = None, wait: float = 20.0) -> RunConfig:
+    """The run's RunConfig, from the config record signed by the invite's organizer key (any other owner's is
+    ignored), read by a short-lived node. Its access token stays in `access` for the node that trains next."""
+    import time
+
+    with Observer(access.run_id, initial_peers=initial_peers or access.invite.initial_peers,
+                  private_key=access.private_key, authorizer=access.authorizer()) as probe:
+        node = probe._node()
+        deadline = time.monotonic() + wait
+        while True:
+            found = probe.loop.run(node.fetch_records(records.config_key(access.run_id), records.ConfigRecord,
+                                                      owner=access.invite.organizer_key), timeout=15)
+            if found or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+    if not found:
+        raise ConfigError(f"run {access.run_id} has no config record signed by its organizer: is its coordinator running?")
+    record = min(found, key=lambda r: r.created_at)  # type: ignore[attr-defined]
+    if not record.run_config:  # type: ignore[attr-defined]
+        raise ConfigError(f"run {access.run_id}'s config record does not carry its full config: join with --config FILE")
+    try:
+        return RunConfig.model_validate_json(record.run_config)  # type: ignore[attr-defined]
+    except ValueError as e:
+        raise ConfigError(f"run {access.run_id}'s config record is not a valid config: {str(e).splitlines()[0]}") from None

@@ -182,7 +182,7 @@ class CollaborativeOptimizer:
         self.round_wait_seconds += time.monotonic() - waited
         with self.step_lock, torch.no_grad():
             for p, g in zip(self.params, grads):
-                p.grad = g.to(dtype=p.dtype).clone()
+                p.grad = g.to(device=p.device, dtype=p.dtype).clone()
             self.inner.step()
             commit()
             self.epoch += 1

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from hivemind.p2p import P2P, P2PContext, PeerID
 
+from .auth import SwarmAuthorizer
 from .errors import NetworkError, ProtocolError
 from .proto import swarm_pb2
 
@@ -64,14 +65,20 @@ _DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16, tor
 class StateServer:
     """Serves snapshots from `snapshot()` (called on the engine loop; must be quick and consistent)."""
 
-    def __init__(self, p2p: P2P, run_id: str, snapshot: Callable[[], TrainingState | None]):
+    def __init__(self, p2p: P2P, run_id: str, snapshot: Callable[[], TrainingState | None], authorizer: SwarmAuthorizer | None = None):
         self.p2p, self.run_id, self.snapshot = p2p, run_id, snapshot
+        self.authorizer = authorizer  # invite-only runs: unauthorized requests are refused
         self.served = 0
 
     async def start(self) -> None:
         await self.p2p.add_protobuf_handler(STATE_HANDLER, self._handle, swarm_pb2.StateRequest, stream_output=True)
 
     async def _handle(self, request: swarm_pb2.StateRequest, context: P2PContext) -> AsyncIterator[swarm_pb2.StateChunk]:
+        problem = self.authorizer.check_message(request, context.remote_id) if self.authorizer is not None else None
+        if problem is not None:
+            logger.info("refused a state request from %s: %s", str(context.remote_id)[-8:], problem)
+            yield swarm_pb2.StateChunk(error=f"unauthorized: {problem}")
+            return
         if request.run_id != self.run_id:
             yield swarm_pb2.StateChunk(error="wrong run")
             return
@@ -94,12 +101,14 @@ class StateServer:
         logger.info("served state of epoch %d to %s", state.epoch, str(context.remote_id)[-8:])
 
 
-async def download_state(p2p: P2P, run_id: str, donor: str, min_epoch: int, timeout: float) -> TrainingState:
+async def download_state(p2p: P2P, run_id: str, donor: str, min_epoch: int, timeout: float,
+                         authorizer: SwarmAuthorizer | None = None) -> TrainingState:
     """Fetch and verify a state from one donor; raises NetworkError/ProtocolError."""
+    request = swarm_pb2.StateRequest(run_id=run_id, min_epoch=min_epoch)
+    if authorizer is not None:
+        authorizer.sign_message(request, p2p.peer_id)
     async with asyncio.timeout(timeout):
-        stream = await p2p.iterate_protobuf_handler(
-            PeerID.from_base58(donor), STATE_HANDLER, swarm_pb2.StateRequest(run_id=run_id, min_epoch=min_epoch), swarm_pb2.StateChunk
-        )
+        stream = await p2p.iterate_protobuf_handler(PeerID.from_base58(donor), STATE_HANDLER, request, swarm_pb2.StateChunk)
         first = await anext(stream)
         if first.error:
             raise NetworkError(f"donor {donor[-8:]} refused: {first.error}")
@@ -128,13 +137,14 @@ async def download_state(p2p: P2P, run_id: str, donor: str, min_epoch: int, time
     return state
 
 
-async def download_from_any(p2p: P2P, run_id: str, donors: list[str], min_epoch: int, timeout: float, attempts: int = 3) -> tuple[TrainingState, str]:
+async def download_from_any(p2p: P2P, run_id: str, donors: list[str], min_epoch: int, timeout: float, attempts: int = 3,
+                            authorizer: SwarmAuthorizer | None = None) -> tuple[TrainingState, str]:
     """Try donors in random order (spreads load across the freshest peers)."""
     order = random.sample(donors, len(donors))
     errors = []
     for donor in order[:attempts]:
         try:
-            return await download_state(p2p, run_id, donor, min_epoch, timeout), donor
+            return await download_state(p2p, run_id, donor, min_epoch, timeout, authorizer), donor
         except asyncio.CancelledError:
             raise
         except Exception as e:

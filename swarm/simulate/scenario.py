@@ -114,6 +114,12 @@ class TrainingWorkload(_Model):
     duration: float = Field(120.0, gt=0)
     lr: float = Field(0.002, gt=0)
     compression: str = "fp16"
+    gradient_params: int | None = Field(None, description="values averaged per step, for the model (the emulator builds the task)")
+
+    @field_validator("gradient_params", mode="before")
+    @classmethod
+    def _gradient_count(cls, v: Any) -> int | None:
+        return None if v is None else parse_count(v)
 
 
 Workload = Annotated[Union[AllreduceWorkload, TrainingWorkload], Field(discriminator="kind")]

@@ -6,7 +6,8 @@ writes one JSON line per global step to --out, then a final line.
 
 Faults are injected by subclassing the piece that fails (FaultyRound), not by patching:
 `--die-at-epoch E --die-phase send|reduce` SIGKILLs this process in the middle of the
-all-reduce of epoch E; `--garbage-at-epoch E` sends NaN chunks in that round.
+all-reduce of epoch E; `--garbage-at-epoch E` sends NaN chunks in that round. `--invite I`
+joins an invite-only run (its coordinator issues the access token).
 """
 from __future__ import annotations
 
@@ -73,6 +74,7 @@ def main() -> None:
     parser.add_argument("--die-at-epoch", type=int, default=-1)
     parser.add_argument("--die-phase", default="send", choices=["send", "reduce"])
     parser.add_argument("--garbage-at-epoch", type=int, default=-1)
+    parser.add_argument("--invite", help="join with this invite (swarm://...): run id, peers and access token come from it")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{args.role}:{args.seed}] %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("hivemind").setLevel(logging.ERROR)
@@ -91,7 +93,14 @@ def main() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(32, args.hidden), torch.nn.ReLU(), torch.nn.Linear(args.hidden, 1))
     cfg = EngineConfig(target_batch_size=args.target, compression=args.compression, averaging_timeout=args.averaging_timeout,
                        sender_timeout=3.0, matchmaking_timeout=10.0, gather_timeout=1.5, chunk_elements=max(1024, args.chunk_elements))
-    collab = swarm.join(run_id=args.run_id, initial_peers=args.initial_peers, role=args.role, config=cfg)
+    try:
+        if args.invite:
+            collab = swarm.join(args.invite, initial_peers=args.initial_peers, role=args.role, config=cfg)
+        else:
+            collab = swarm.join(run_id=args.run_id, initial_peers=args.initial_peers, role=args.role, config=cfg)
+    except swarm.SwarmError as e:  # refused (AuthError) or unreachable: one line, the CLI's exit code
+        print("ERROR", e, flush=True)
+        sys.exit(e.exit_code)
     interrupt["fn"] = collab.interrupt
     print("MADDR", collab.visible_maddrs()[0], flush=True)
     print("CHILDREN", *descendants(os.getpid()), flush=True)

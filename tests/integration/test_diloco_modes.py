@@ -83,14 +83,16 @@ def test_overlap_never_applies_an_update_more_than_one_step_late(peers, tmp_path
         assert epochs == list(range(epochs[0], epochs[-1] + 1)), "an update was skipped or applied twice"
 
 
-def test_powersgd_rounds_keep_peers_identical(peers, tmp_path):
-    args = ["--compression", "powersgd", "--duration", "60", "--steps", "5", "--target", "128", "--wait-peers", "2"]
+def test_powersgd_rounds_keep_peers_identical_with_an_auxiliary_peer(peers, tmp_path):
+    args = ["--compression", "powersgd", "--duration", "60", "--steps", "5", "--target", "128", "--wait-peers", "3"]
     procs = _swarm(peers, 2, *args)
+    peers("aux", "--seed", "9", "--role", "aux", "--initial-peers", procs[0].maddr, *args)
     for p in procs:
         assert p.proc.wait(150) == 0
     a, b = steps(tmp_path / "p0.jsonl"), steps(tmp_path / "p1.jsonl")
     assert max(a) == 5 and max(b) == 5
     assert all(r["codec"] == "powersgd" for r in list(a.values()) + list(b.values()))
+    assert max(r["group"] for r in a.values()) == 3, "the auxiliary peer took part in the two-phase rounds"
     for epoch in set(a) & set(b):
         if epoch >= 2:
             assert a[epoch]["hash"] == b[epoch]["hash"]

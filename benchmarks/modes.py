@@ -1,0 +1,197 @@
+"""Communicate less, compute more: sync, sync + overlap and DiLoCo (two H), with and without compression, on loopback.
+
+    python -m benchmarks.modes [--duration 60] [--peers 3] [--only sync-fp32,diloco-h50] --json benchmarks/results/modes.json
+
+Each configuration is one `swarm demo` run (a coordinator and N peers of ALBERT tiny on this machine, the same
+seed, data and micro-batch), for `--duration` seconds of training per peer. From the peers' metrics lines:
+
+- compute utilization: the share of the peers' training wall time spent in forward/backward (the demo's
+  `compute_utilization`: summed over peers); `round_wait_share` is the share they were blocked on rounds;
+- bytes sent per sample: all bytes the peers sent in rounds over all samples they computed;
+- loss vs wall time: each epoch's mean training loss (DiLoCo: the inner models' loss during the outer step)
+  against seconds since the first peer started training.
+
+Goals (DESIGN issue "communicate less, compute more"): DiLoCo utilization >= 95%; DiLoCo bytes per sample >= 100x
+below sync fp32; overlap utilization >= 20 points above plain sync. The JSON says where each stands; a PNG next
+to it plots the three figures. Loopback has no bandwidth limit, so rounds are short and cost mostly CPU on a
+shared machine: the figures say how much the modes save in bytes and blocking, not what a slow WAN would cost.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+BASE = {"task": "albert", "micro_batch_size": 8, "seed": 0, "lr": 0.02, "warmup_epochs": 2, "total_epochs": 200}
+
+# name -> RunConfig fields on top of BASE (engine fields under "engine")
+CONFIGS: dict[str, dict[str, Any]] = {
+    "sync-fp32": {"mode": "sync", "engine": {"compression": "none", "target_batch_size": 256}},
+    "sync-fp16": {"mode": "sync", "engine": {"compression": "fp16", "target_batch_size": 256}},
+    "sync-overlap-fp16": {"mode": "sync", "overlap": True, "engine": {"compression": "fp16", "target_batch_size": 256}},
+    "sync-powersgd": {"mode": "sync", "engine": {"compression": "powersgd", "target_batch_size": 256}},
+    "diloco-h10": {"mode": "diloco", "diloco": {"inner_steps": 10, "inner_lr": 0.001}, "engine": {"compression": "fp16"}},
+    "diloco-h50": {"mode": "diloco", "diloco": {"inner_steps": 50, "inner_lr": 0.001}, "engine": {"compression": "fp16"}},
+    "diloco-h50-powersgd": {"mode": "diloco", "diloco": {"inner_steps": 50, "inner_lr": 0.001}, "engine": {"compression": "powersgd"}},
+    "diloco-h50-overlap": {"mode": "diloco", "overlap": True, "diloco": {"inner_steps": 50, "inner_lr": 0.001}, "engine": {"compression": "fp16"}},
+}
+
+
+def run_one(name: str, fields: dict[str, Any], peers: int, duration: float, work: Path) -> dict[str, Any]:
+    config = {**BASE, **fields, "run_id": f"modes-{name}"}
+    config["engine"] = dict(fields.get("engine", {}))
+    if config.get("mode") == "diloco":   # one outer step = H inner steps of every peer (what `swarm demo` derives too)
+        config["engine"]["target_batch_size"] = config["diloco"]["inner_steps"] * peers * config["micro_batch_size"]
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    report_path = work / f"{name}.report.json"
+    cmd = [sys.executable, "-m", "swarm.cli", "-q", "demo", "--config", str(path), "--peers", str(peers), "--duration", str(duration),
+           "--run-dir", str(work / "runs"), "--port", "0", "--report", str(report_path), "--checkpoint-every", "1000"]
+    started = time.monotonic()
+    print(f"{name}: {' '.join(cmd[2:])}", flush=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=duration + 600)
+    if proc.returncode != 0 or not report_path.exists():
+        return {"error": f"demo exited {proc.returncode}: {proc.stdout[-400:]}"}
+    report = json.loads(report_path.read_text())
+    run_dir = work / "runs" / config["run_id"]
+    report["loss_curve"] = _loss_curve(run_dir, peers)
+    report["wall_s"] = round(time.monotonic() - started, 1)
+    return report
+
+
+def _loss_curve(run_dir: Path, peers: int) -> list[tuple[float, float]]:
+    """(seconds since the first peer started training, mean loss of the epoch) per epoch."""
+    rows: dict[int, list[dict]] = {}
+    for i in range(peers):
+        path = run_dir / f"peer{i}.jsonl"
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not r.get("final") and r.get("loss") == r.get("loss"):
+                rows.setdefault(r["epoch"], []).append(r)
+    if not rows:
+        return []
+    first = min(rows)
+    start = min(r["time"] - r.get("wall_seconds", 0.0) for r in rows[first])
+    return [(round(min(r["time"] for r in rs) - start, 2), sum(r["loss"] for r in rs) / len(rs)) for e, rs in sorted(rows.items())]
+
+
+def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def get(name: str, key: str) -> float | None:
+        value = results.get(name, {}).get(key)
+        return float(value) if isinstance(value, (int, float)) else None
+
+    fp32 = get("sync-fp32", "bytes_sent_per_sample")
+    out: dict[str, Any] = {"bytes_per_sample_reduction_vs_sync_fp32": {}}
+    for name, r in results.items():
+        b = r.get("bytes_sent_per_sample")
+        if fp32 and b:
+            out["bytes_per_sample_reduction_vs_sync_fp32"][name] = round(fp32 / b, 1)
+    diloco_util = {n: get(n, "compute_utilization") for n in results if n.startswith("diloco")}
+    best_reduction = max((v for n, v in out["bytes_per_sample_reduction_vs_sync_fp32"].items() if n.startswith("diloco")), default=None)
+    sync_u, overlap_u = get("sync-fp16", "compute_utilization"), get("sync-overlap-fp16", "compute_utilization")
+    out["goals"] = {
+        "diloco_utilization_ge_95pct": {"measured": diloco_util, "met": bool(diloco_util) and all(v is not None and v >= 0.95 for v in diloco_util.values())},
+        "diloco_bytes_per_sample_100x_below_sync_fp32": {"best_measured": best_reduction, "met": best_reduction is not None and best_reduction >= 100},
+        "overlap_utilization_20_points_above_sync": {
+            "sync": sync_u, "overlap": overlap_u,
+            "points": round(100 * (overlap_u - sync_u), 1) if sync_u is not None and overlap_u is not None else None,
+            "met": sync_u is not None and overlap_u is not None and overlap_u - sync_u >= 0.20,
+        },
+    }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.modes", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=60.0, help="training seconds per configuration")
+    parser.add_argument("--peers", type=int, default=3)
+    parser.add_argument("--only", help=f"comma-separated subset of {','.join(CONFIGS)}")
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--work-dir", type=Path, help="configs, logs and demo reports (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    names = args.only.split(",") if args.only else list(CONFIGS)
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        print(f"benchmarks.modes: unknown configuration(s) {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-modes-"))
+    work.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "benchmark": "modes", "peers": args.peers, "duration_s": args.duration, "task": "albert tiny", "base": BASE,
+        "configs": {n: CONFIGS[n] for n in names}, "results": {},
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at start",
+    }
+    for name in names:
+        result = run_one(name, CONFIGS[name], args.peers, args.duration, work)
+        result["load_after"] = round(os.getloadavg()[0], 1)
+        report["results"][name] = result
+        print(f"{name}: utilization {result.get('compute_utilization')}, wait {result.get('round_wait_share')}, "
+              f"{result.get('bytes_sent_per_sample')} B/sample, {result.get('epochs')} epochs, loss {result.get('loss_first')} -> "
+              f"{result.get('loss_last')}, codecs {result.get('codecs')}", flush=True)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        report["summary"] = summarize(report["results"])
+        args.json.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    _plot(report, args.json.with_suffix(".png"))
+    print(json.dumps(report["summary"], indent=2))
+    return 0
+
+
+def _plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = {n: r for n, r in report["results"].items() if "error" not in r}
+    if not results:
+        return
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for name, r in results.items():
+        curve = r.get("loss_curve") or []
+        if curve:
+            axes[0].plot([t for t, _ in curve], [l for _, l in curve], marker=".", label=name)
+    axes[0].set_xlabel("seconds of training")
+    axes[0].set_ylabel("training loss (epoch mean)")
+    axes[0].set_title("loss vs wall time")
+    axes[0].legend(fontsize=7)
+    names = list(results)
+    util = [100 * (results[n].get("compute_utilization") or 0) for n in names]
+    wait = [100 * (results[n].get("round_wait_share") or 0) for n in names]
+    x = range(len(names))
+    axes[1].bar(x, util, color="tab:green", label="forward/backward")
+    axes[1].bar(x, wait, bottom=util, color="tab:red", label="blocked on rounds")
+    axes[1].axhline(95, color="k", ls=":", lw=1)
+    axes[1].set_xticks(list(x), names, rotation=35, ha="right", fontsize=8)
+    axes[1].set_ylabel("% of training wall time")
+    axes[1].set_title("compute utilization")
+    axes[1].legend(fontsize=7)
+    per_sample = [results[n].get("bytes_sent_per_sample") or float("nan") for n in names]
+    axes[2].bar(x, per_sample, color="tab:blue")
+    axes[2].set_yscale("log")
+    axes[2].set_xticks(list(x), names, rotation=35, ha="right", fontsize=8)
+    axes[2].set_ylabel("bytes sent per sample")
+    axes[2].set_title("communication")
+    fig.suptitle(f"{report['task']}, {report['peers']} peers on loopback, {report['duration_s']:.0f}s each ({report['machine']})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Per-step overhead of the collaborative optimizer against a plain torch loop on the same model.
+
+    python -m benchmarks.overhead [--model albert-tiny|mlp] [--blocks 7] [--steps 20] [--json results/overhead.json]
+
+Both loops run forward, backward, optimizer call and zero_grad on the same micro-batches, in one process:
+
+- `plain`: `torch_optimizer.step()` every micro-batch (what a user's loop does without swarm).
+- `swarm`: `opt.step(samples=n)` of a CollaborativeOptimizer whose swarm never reaches its target batch
+  during the measurement, so every call is a local step: accumulate the gradients weighted by samples,
+  report progress, check readiness. The peer is alive (p2pd, DHT, progress refreshes on the engine
+  thread), alone on loopback.
+
+The loops alternate in blocks (plain, swarm, plain, ...) so that a busy machine slows both alike; the
+figure is the median over blocks of the ratio of their mean step times. Goal: < 3% overhead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+def _albert() -> tuple[torch.nn.Module, Callable[[], tuple[torch.Tensor, int]], str]:
+    from peers.tasks import TaskSettings, get_task
+
+    task = get_task("albert", TaskSettings(micro_batch_size=4, options={"size": "tiny"}))
+    model = task.build_model()
+    batches = task.batches(0)
+    fixed = [next(batches) for _ in range(4)]
+    counter = iter(range(10**9))
+
+    def step() -> tuple[torch.Tensor, int]:
+        return task.loss(model, fixed[next(counter) % len(fixed)])
+
+    return model, step, "ALBERT tiny (task plug-in), micro-batch 4"
+
+
+def _mlp() -> tuple[torch.nn.Module, Callable[[], tuple[torch.Tensor, int]], str]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(512, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 10))
+    x, y = torch.randn(64, 512), torch.randint(0, 10, (64,))
+
+    def step() -> tuple[torch.Tensor, int]:
+        return torch.nn.functional.cross_entropy(model(x), y), 64
+
+    return model, step, "MLP 512-2048-2048-10 (5.3M params), batch 64"
+
+
+def run(model_name: str, blocks: int, steps: int, threads: int) -> dict[str, Any]:
+    import swarm
+    from swarm.config import EngineConfig
+
+    torch.set_num_threads(threads)
+    model, forward, description = {"albert-tiny": _albert, "mlp": _mlp}[model_name]()
+    plain_opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    collab = swarm.join(run_id=f"overhead-{os.getpid()}", config=EngineConfig(target_batch_size=10**9))
+    try:
+        opt = collab.optimizer(model.parameters(), torch.optim.AdamW, lr=1e-4)
+
+        def plain_step() -> None:
+            loss, n = forward()
+            loss.backward()
+            plain_opt.step()
+            plain_opt.zero_grad()
+
+        def swarm_step() -> None:
+            loss, n = forward()
+            loss.backward()
+            opt.step(samples=n)
+            opt.zero_grad()
+
+        for _ in range(3):  # warm up both paths
+            plain_step()
+            swarm_step()
+        plain_means, swarm_means, ratios = [], [], []
+        for _ in range(blocks):
+            times = {}
+            for name, fn in (("plain", plain_step), ("swarm", swarm_step)):
+                started = time.perf_counter()
+                for _ in range(steps):
+                    fn()
+                times[name] = (time.perf_counter() - started) / steps
+            plain_means.append(times["plain"])
+            swarm_means.append(times["swarm"])
+            ratios.append(times["swarm"] / times["plain"])
+        assert opt.epoch == 0, "the swarm must not take a global step during the measurement"
+    finally:
+        collab.shutdown()
+    overhead = statistics.median(ratios) - 1
+    return {
+        "model": description, "params": sum(p.numel() for p in model.parameters()), "blocks": blocks, "steps_per_block": steps,
+        "plain_ms": 1000 * statistics.median(plain_means), "swarm_ms": 1000 * statistics.median(swarm_means),
+        "overhead": overhead, "block_ratios": ratios, "goal": "< 3%", "meets_goal": overhead < 0.03,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="albert-tiny", choices=["albert-tiny", "mlp"])
+    parser.add_argument("--blocks", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/overhead.json"))
+    args = parser.parse_args(argv)
+    result = run(args.model, args.blocks, args.steps, args.threads)
+    result.update(benchmark="overhead", date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  machine=f"{platform.machine()} {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at end")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    _plot(result, args.json.with_suffix(".png"))
+    print(f"{result['model']}: plain {result['plain_ms']:.1f} ms/step, swarm {result['swarm_ms']:.1f} ms/step, "
+          f"overhead {result['overhead']:+.1%} (goal < 3%)")
+    return 0
+
+
+def _plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([100 * (r - 1) for r in result["block_ratios"]], marker="o")
+    ax.axhline(3, color="tab:red", linestyle="--", label="goal 3%")
+    ax.axhline(100 * result["overhead"], color="tab:green", label=f"median {100 * result['overhead']:+.1f}%")
+    ax.set_xlabel("block")
+    ax.set_ylabel("swarm step time over plain (%)")
+    ax.set_title(result["model"], fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Worker processes of the baselines, started by the benchmarks inside emulated peers (JSON lines on stdin/stdout)."""

@@ -1,0 +1,85 @@
+"""benchmarks: the reports' plots and helpers work without a network, and the CLIs refuse bad input in one line."""
+from __future__ import annotations
+
+import cProfile
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import allreduce, loopback, model_vs_emulate, overhead, training
+
+pytestmark = pytest.mark.timeout(120)
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _allreduce_report() -> dict:
+    section = {"vector_bytes": 20_000_000, "lp_bound_s": 6.4,
+               "results": {"swarm": {"seconds": 8.0}, "hivemind_uniform": {"seconds": 14.1}, "gloo": {"seconds": float("nan")}}}
+    return {"scenario": "mini-hetero", **section, "fp16": section}
+
+
+def test_plots_are_written(tmp_path):
+    allreduce.plot(_allreduce_report(), tmp_path / "a.png")
+    loopback._plot({"vector_bytes": 2**26, "results": {"p2p_stream": {"mib_per_s": 300}, "swarm": {"mib_per_s": 250}}}, tmp_path / "l.png")
+    overhead._plot({"model": "mlp", "block_ratios": [1.01, 1.02, 0.99], "overhead": 0.01}, tmp_path / "o.png")
+    training._plot({"scenario": "mini-hetero", "peers": 4, "results": {"swarm": {"samples_per_second": 12, "solo_samples_per_second": 16}}}, tmp_path / "t.png")
+    model_vs_emulate._plot({"results": [{"scenario": "x", "emulated_s": 8, "model_s": 7, "lp_bound_s": 6.4, "error": -0.1}]}, tmp_path / "m.png")
+    for name in "alotm":
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000
+
+
+def test_profile_summary_names_hot_functions(tmp_path):
+    profile = cProfile.Profile()
+    profile.enable()
+    sum(i * i for i in range(200_000))
+    profile.disable()
+    profile.dump_stats(tmp_path / "swarm-peer0.prof")
+    lines = loopback.top_functions(tmp_path)
+    assert lines and "self" in lines[0] and "calls" in lines[0]
+
+
+def test_cpu_accounting_counts_children(tmp_path):
+    import os
+    import signal
+
+    from swarm.lifecycle import descendants
+    from swarm.simulate.emulate import PeerProcess
+
+    script = (
+        "import subprocess, sys\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'sum(range(20_000_000)); print(1, flush=True); import time; time.sleep(60)'],"
+        " stdout=subprocess.PIPE)\n"
+        "child.stdout.readline()\n"
+        "print('{\"event\": \"done\"}', flush=True)\n"
+        "child.wait()\n"
+    )
+    burner = PeerProcess("burner", [sys.executable, "-c", script], tmp_path / "b.log")
+    children: list[int] = []
+    try:
+        burner.expect("done", 60)
+        children = descendants(burner.proc.pid)
+        assert children, "the burner's child should be running"
+        assert loopback.cpu_by_program([burner]).get("python", 0.0) >= 0.1  # the child's burn is counted
+    finally:
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        burner.stop()
+
+
+def test_allreduce_cli_refuses_too_few_rounds():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.allreduce", "--scenario", "mini-hetero", "--rounds", "2",
+                           "--json", "/dev/null"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_hivemind_timeouts_follow_the_scenario():
+    from swarm.simulate.scenario import load_scenario
+
+    slow = load_scenario("mini-hetero").model_copy(update={"bandwidth_divisor": 10.0})
+    assert allreduce._timeout(slow) > allreduce._timeout(load_scenario("mini-hetero")) >= 60
