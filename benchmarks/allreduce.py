@@ -125,15 +125,17 @@ def probe_tcp(scenario: Scenario, log_dir: Path, seconds: float = 6.0) -> dict[s
     """
     with Emulation(scenario, log_dir, nat_filters=False) as emu:
         probe = min(emu.peers, key=lambda p: min(p.upload_bps, p.download_bps))
-        others = [p for p in emu.peers if p.index != probe.index][:3]
-        nbytes = int(min(probe.upload_bps, probe.download_bps) * seconds / len(others))
-        servers = [emu.python(p.index, "benchmarks.workers.tcp_probe", ["--serve", emu.network.address(p.index), "--bytes", str(nbytes)],
+        others = sorted((p for p in emu.peers if p.index != probe.index), key=lambda p: -min(p.upload_bps, p.download_bps))[:3]
+        down_bytes = int(probe.download_bps * seconds / len(others))
+        up_bytes = int(probe.upload_bps * seconds / len(others))
+        servers = [emu.python(p.index, "benchmarks.workers.tcp_probe", ["--serve", emu.network.address(p.index), "--bytes", str(down_bytes)],
                               f"tcp-serve{p.index}") for p in others]
         gather(servers, "ready", 60)
         client = emu.python(probe.index, "benchmarks.workers.tcp_probe",
-                            ["--connect", ",".join(emu.network.address(p.index) for p in others), "--bytes", str(nbytes)], "tcp-client")
+                            ["--connect", ",".join(emu.network.address(p.index) for p in others), "--bytes", str(up_bytes)], "tcp-client")
         result = client.expect("result", seconds * 10 + 60)
-    up = result["upload_bps"] / probe.upload_bps
+        received = gather(servers, "received", seconds * 10 + 60)
+    up = sum(r["bytes"] for r in received) / max(r["seconds"] for r in received) / probe.upload_bps
     down = result["download_bps"] / probe.download_bps
     return {"peer": probe.name, "upload_efficiency": up, "download_efficiency": down, "efficiency": min(up, down)}
 

@@ -3,7 +3,9 @@
     python -m benchmarks.workers.tcp_probe --serve HOST --bytes N         # echoes N bytes to each client, drains its input
     python -m benchmarks.workers.tcp_probe --connect H1,H2,... --bytes N  # sends N to each and receives N from each
 
-The client uploads and downloads at once (as a peer does in an all-reduce) and prints its goodput both ways.
+The client uploads and downloads at once (as a peer does in an all-reduce). Goodput is measured where bytes
+arrive (the sender's own timing would count what its socket buffers swallowed): the client prints its
+download, each server what it received.
 """
 from __future__ import annotations
 
@@ -40,10 +42,12 @@ def serve(host: str, nbytes: int) -> None:
 
     def handle(conn: socket.socket) -> None:
         counter = [0]
+        started = time.monotonic()
         reader = threading.Thread(target=_drain, args=(conn, counter), daemon=True)
         reader.start()
         _send(conn, nbytes)
         reader.join()
+        print(json.dumps({"event": "received", "bytes": counter[0], "seconds": time.monotonic() - started}), flush=True)
         conn.close()
 
     while True:
