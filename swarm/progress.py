@@ -88,6 +88,7 @@ class ProgressTracker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._recent: dict[str, float] = {}       # peer id -> when its record was last seen (monotonic)
         self._last_touch = 0.0
 
@@ -126,6 +127,7 @@ class ProgressTracker:
     # -- engine loop --------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="progress-tracker")
 
     async def stop(self, withdraw: bool = True) -> None:
@@ -142,8 +144,18 @@ class ProgressTracker:
                 logger.debug("could not withdraw progress record: %s", e)
 
     def poke(self) -> None:
-        """Publish and refresh now (after a step, a state download, a failed round)."""
-        self._wake.set()
+        """Publish and refresh now (after a step, a state download, a failed round). Safe from any thread."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._wake.set()
+        else:  # the training thread: asyncio events are not thread-safe
+            loop.call_soon_threadsafe(self._wake.set)
 
     async def publish(self) -> None:
         up, down = self.bandwidth()
