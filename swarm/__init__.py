@@ -1,7 +1,7 @@
 """swarm: collaborative deep learning over the internet (DeDLOC), as a library.
 
     import swarm
-    collab = swarm.join(run_id="demo", initial_peers=[...])
+    collab = swarm.join("swarm://...")          # an invite, or: swarm.join(run_id="demo", initial_peers=[...])
     opt = collab.optimizer(model.parameters(), torch.optim.AdamW, lr=1e-3)
 
 Heavy modules (torch, hivemind) load on first use, so `swarm --help` stays fast.

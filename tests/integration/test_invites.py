@@ -73,8 +73,16 @@ def peer_id(proc: Proc) -> tuple[str, PeerID]:
     return maddr, PeerID.from_base58(maddr.split("/p2p/")[1])
 
 
-async def client(*initial: str) -> P2P:
-    return await P2P.create(initial_peers=[Multiaddr(m) for m in initial], host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+async def client(*initial: str, attempts: int = 4) -> P2P:
+    """A bare P2P node connected to `initial` (retried: a busy box can miss p2pd's bootstrap deadline)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await P2P.create(initial_peers=[Multiaddr(m) for m in initial], host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+        except Exception as e:
+            if "bootstrap" not in str(e) or attempt == attempts:
+                raise
+            await asyncio.sleep(attempt)
+    raise AssertionError("unreachable")
 
 
 async def member(p2p: P2P, invite: str) -> SwarmAuthorizer:
