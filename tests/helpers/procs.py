@@ -43,7 +43,7 @@ class PeerProcess:
             if line.startswith("CHILDREN"):
                 self.children.update(int(x) for x in line.split()[1:])
 
-    def wait_line(self, prefix: str, timeout: float = 60) -> str:
+    def wait_line(self, prefix: str, timeout: float = 180) -> str:  # a peer can take a minute to start on a busy 2-core box
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             for line in self.lines:
