@@ -1,12 +1,16 @@
 """Communicate less, compute more: sync, sync + overlap and DiLoCo (two H), with and without compression, on loopback.
 
-    python -m benchmarks.modes [--duration 60] [--peers 3] [--only sync-fp32,diloco-h50] --json benchmarks/results/modes.json
+    python -m benchmarks.modes [--duration 90] [--peers 2] [--only sync-fp32,diloco-h50] --json benchmarks/results/modes.json
 
-Each configuration is one `swarm demo` run (a coordinator and N peers of ALBERT tiny on this machine, the same
-seed, data and micro-batch), for `--duration` seconds of training per peer. From the peers' metrics lines:
+Each configuration is one `swarm demo` run (a coordinator and N peers of ALBERT tiny, sequence length 32, on this
+machine, the same seed, data and micro-batch of 8), for `--duration` seconds of training per peer. Sync runs
+average every 32 samples (a short epoch: communication-heavy, as a slow WAN would make a larger batch); DiLoCo
+runs take H inner steps per peer per outer step (target = H x peers x 8). From the peers' metrics lines:
 
 - compute utilization: the share of the peers' training wall time spent in forward/backward (the demo's
-  `compute_utilization`: summed over peers); `round_wait_share` is the share they were blocked on rounds;
+  `compute_utilization`: summed over peers); `round_wait_share` is the share they were blocked on rounds,
+  `optimizer_share` the share in opt.step's own work (accumulating; DiLoCo's inner AdamW step), `data_share` the
+  share waiting for the next micro-batch;
 - bytes sent per sample: all bytes the peers sent in rounds over all samples they computed;
 - loss vs wall time: each epoch's mean training loss (DiLoCo: the inner models' loss during the outer step)
   against seconds since the first peer started training.
@@ -22,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,14 +37,18 @@ from typing import Any
 
 import yaml
 
-BASE = {"task": "albert", "micro_batch_size": 8, "seed": 0, "lr": 0.02, "warmup_epochs": 2, "total_epochs": 200}
+from swarm.lifecycle import set_parent_death_signal
+
+BASE = {"task": "albert", "task_options": {"size": "tiny", "seq_len": 32}, "micro_batch_size": 8, "seed": 0, "lr": 0.02,
+        "warmup_epochs": 2, "total_epochs": 200}
+SYNC_TARGET = 32
 
 # name -> RunConfig fields on top of BASE (engine fields under "engine")
 CONFIGS: dict[str, dict[str, Any]] = {
-    "sync-fp32": {"mode": "sync", "engine": {"compression": "none", "target_batch_size": 256}},
-    "sync-fp16": {"mode": "sync", "engine": {"compression": "fp16", "target_batch_size": 256}},
-    "sync-overlap-fp16": {"mode": "sync", "overlap": True, "engine": {"compression": "fp16", "target_batch_size": 256}},
-    "sync-powersgd": {"mode": "sync", "engine": {"compression": "powersgd", "target_batch_size": 256}},
+    "sync-fp32": {"mode": "sync", "engine": {"compression": "none", "target_batch_size": SYNC_TARGET}},
+    "sync-fp16": {"mode": "sync", "engine": {"compression": "fp16", "target_batch_size": SYNC_TARGET}},
+    "sync-overlap-fp16": {"mode": "sync", "overlap": True, "engine": {"compression": "fp16", "target_batch_size": SYNC_TARGET}},
+    "sync-powersgd": {"mode": "sync", "engine": {"compression": "powersgd", "target_batch_size": SYNC_TARGET}},
     "diloco-h10": {"mode": "diloco", "diloco": {"inner_steps": 10, "inner_lr": 0.001}, "engine": {"compression": "fp16"}},
     "diloco-h50": {"mode": "diloco", "diloco": {"inner_steps": 50, "inner_lr": 0.001}, "engine": {"compression": "fp16"}},
     "diloco-h50-powersgd": {"mode": "diloco", "diloco": {"inner_steps": 50, "inner_lr": 0.001}, "engine": {"compression": "powersgd"}},
@@ -59,9 +68,20 @@ def run_one(name: str, fields: dict[str, Any], peers: int, duration: float, work
            "--run-dir", str(work / "runs"), "--port", "0", "--report", str(report_path), "--checkpoint-every", "1000"]
     started = time.monotonic()
     print(f"{name}: {' '.join(cmd[2:])}", flush=True)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=duration + 600)
+    log = work / f"{name}.log"
+    with open(log, "w") as out:   # the demo (and through it every peer) ends with this process
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=set_parent_death_signal)
+        try:
+            proc.wait(duration + 600)
+        except (KeyboardInterrupt, subprocess.TimeoutExpired):
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
     if proc.returncode != 0 or not report_path.exists():
-        return {"error": f"demo exited {proc.returncode}: {proc.stdout[-400:]}"}
+        return {"error": f"demo exited {proc.returncode}: see {log}"}
     report = json.loads(report_path.read_text())
     run_dir = work / "runs" / config["run_id"]
     report["loss_curve"] = _loss_curve(run_dir, peers)
@@ -118,8 +138,8 @@ def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.modes", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=60.0, help="training seconds per configuration")
-    parser.add_argument("--peers", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=90.0, help="training seconds per configuration")
+    parser.add_argument("--peers", type=int, default=2)
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(CONFIGS)}")
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--work-dir", type=Path, help="configs, logs and demo reports (default: a temporary folder)")
@@ -132,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-modes-"))
     work.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
-        "benchmark": "modes", "peers": args.peers, "duration_s": args.duration, "task": "albert tiny", "base": BASE,
+        "benchmark": "modes", "peers": args.peers, "duration_s": args.duration, "task": "albert tiny (seq 32)", "base": BASE,
+        "sync_target_batch_size": SYNC_TARGET,
         "configs": {n: CONFIGS[n] for n in names}, "results": {},
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at start",
@@ -142,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         result["load_after"] = round(os.getloadavg()[0], 1)
         report["results"][name] = result
         print(f"{name}: utilization {result.get('compute_utilization')}, wait {result.get('round_wait_share')}, "
+              f"optimizer {result.get('optimizer_share')}, data {result.get('data_share')}, "
               f"{result.get('bytes_sent_per_sample')} B/sample, {result.get('epochs')} epochs, loss {result.get('loss_first')} -> "
               f"{result.get('loss_last')}, codecs {result.get('codecs')}", flush=True)
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -171,11 +193,13 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     axes[0].set_title("loss vs wall time")
     axes[0].legend(fontsize=7)
     names = list(results)
-    util = [100 * (results[n].get("compute_utilization") or 0) for n in names]
-    wait = [100 * (results[n].get("round_wait_share") or 0) for n in names]
     x = range(len(names))
-    axes[1].bar(x, util, color="tab:green", label="forward/backward")
-    axes[1].bar(x, wait, bottom=util, color="tab:red", label="blocked on rounds")
+    bottom = [0.0] * len(names)
+    for key, color, label in (("compute_utilization", "tab:green", "forward/backward"), ("optimizer_share", "tab:orange", "opt.step work"),
+                              ("data_share", "tab:gray", "next micro-batch"), ("round_wait_share", "tab:red", "blocked on rounds")):
+        values = [100 * (results[n].get(key) or 0) for n in names]
+        axes[1].bar(x, values, bottom=bottom, color=color, label=label)
+        bottom = [b + v for b, v in zip(bottom, values)]
     axes[1].axhline(95, color="k", ls=":", lw=1)
     axes[1].set_xticks(list(x), names, rotation=35, ha="right", fontsize=8)
     axes[1].set_ylabel("% of training wall time")

@@ -197,6 +197,7 @@ def _train(task, model, opt, collab: Collaboration, config: RunConfig, options: 
     train_started = time.monotonic()
     compute_seconds = 0.0          # forward + backward (the share of wall time that trains), over the whole run
     epoch_compute = 0.0
+    data_seconds = step_seconds = 0.0   # waiting for the next micro-batch; in opt.step/zero_grad (rounds included)
     bytes_sent_total = bytes_received_total = 0
 
     def on_step(report) -> None:
@@ -245,7 +246,9 @@ def _train(task, model, opt, collab: Collaboration, config: RunConfig, options: 
     model.train()
     task_epoch = opt.epoch
     task.set_epoch(task_epoch)   # the global epoch, for tasks that key their loss on it (SwAV's prototype freeze)
+    body_ended = time.monotonic()
     for batch in task.batches(options.worker_seed):
+        data_seconds += time.monotonic() - body_ended
         if collab.authorizer is not None and collab.authorizer.own_problem == "invite revoked":
             raise AuthError("the organizer revoked this peer's invite: the swarm refuses it, so it left the run")
         if stop.is_set() or time.monotonic() > deadline or (options.max_epochs is not None and opt.epoch >= options.max_epochs):
@@ -259,11 +262,14 @@ def _train(task, model, opt, collab: Collaboration, config: RunConfig, options: 
         epoch_compute += spent
         mini_steps += 1
         samples_total += n
+        stepping = time.monotonic()
         opt.step(samples=n)
         opt.zero_grad()
+        step_seconds += time.monotonic() - stepping
         if opt.epoch != task_epoch:   # a global step or a state download moved the epoch
             task_epoch = opt.epoch
             task.set_epoch(task_epoch)
+        body_ended = time.monotonic()
     if not stop.is_set():
         opt.finish()   # overlapped modes: apply the round still in flight (bounded by its deadline)
     train_seconds = time.monotonic() - train_started
@@ -282,5 +288,6 @@ def _train(task, model, opt, collab: Collaboration, config: RunConfig, options: 
                                   "state_downloads": opt.state_downloads, "samples": samples_total, "mini_steps": mini_steps,
                                   "compute_seconds": round(compute_seconds, 3), "train_seconds": round(train_seconds, 3),
                                   "round_wait_seconds": round(getattr(opt, "round_wait_seconds", 0.0), 3),
+                                  "data_seconds": round(data_seconds, 3), "step_seconds": round(step_seconds, 3),
                                   "bytes_sent": bytes_sent_total, "bytes_received": bytes_received_total, "mode": config.mode,
                                   "overlap": config.overlap, "compression": config.engine.compression}) + "\n")

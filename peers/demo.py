@@ -250,6 +250,8 @@ def _mode_figures(config: RunConfig, steps: list[list[dict]], finals: list[dict 
     done = [f for f in finals if f and f.get("train_seconds")]
     compute = sum(f.get("compute_seconds", 0.0) for f in done)
     waited = sum(f.get("round_wait_seconds", 0.0) for f in done)
+    data = sum(f.get("data_seconds", 0.0) for f in done)
+    stepping = sum(f.get("step_seconds", 0.0) for f in done)
     wall = sum(f["train_seconds"] for f in done)
     samples = sum(f.get("samples", 0) for f in done)
     sent = sum(f.get("bytes_sent", 0) for f in done)
@@ -263,6 +265,9 @@ def _mode_figures(config: RunConfig, steps: list[list[dict]], finals: list[dict 
         "inner_steps": config.diloco.inner_steps if config.mode == "diloco" else None,
         "compute_utilization": round(compute / wall, 4) if wall > 0 else None,
         "round_wait_share": round(waited / wall, 4) if wall > 0 else None,
+        # the rest of the wall time: the next micro-batch, and opt.step's own work (accumulation, DiLoCo's inner step)
+        "data_share": round(data / wall, 4) if wall > 0 else None,
+        "optimizer_share": round(max(0.0, stepping - waited) / wall, 4) if wall > 0 else None,
         "bytes_sent_per_sample": round(sent / samples, 2) if samples else None,
         "codecs": codecs,
         "max_staleness": max((r.get("staleness", 0) for rows in steps for r in rows), default=0),
