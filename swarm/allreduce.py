@@ -43,6 +43,13 @@ logger = logging.getLogger(__name__)
 
 AGGREGATE_HANDLER = "swarm.aggregate"
 DEFAULT_CHUNK_ELEMENTS = 2**17
+# A reducer sends a chunk back only once every sender's copy of it is in, so a part sent as one chunk is
+# store-and-forward: its averaged values leave after the slowest sender's last byte. Parts are therefore cut
+# into at least PIPELINE_DEPTH chunks (down to MIN_CHUNK_ELEMENTS values each), so that outputs stream while
+# inputs still arrive. (With many peers and a modest vector every part is about one default chunk: on an
+# emulated 12-peer swarm with 4 MB vectors the model puts the difference at 9.3 s against 6.5 s.)
+PIPELINE_DEPTH = 8
+MIN_CHUNK_ELEMENTS = 2**12
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -110,15 +117,22 @@ class Chunk:
     length: int
 
 
+def chunk_length(part_size: int, chunk_elements: int) -> int:
+    """Values per chunk of a part: at most `chunk_elements`, and small enough for PIPELINE_DEPTH chunks a part
+    (but not below MIN_CHUNK_ELEMENTS, nor below `chunk_elements` when that is smaller)."""
+    return max(1, min(chunk_elements, max(MIN_CHUNK_ELEMENTS, -(-part_size // PIPELINE_DEPTH))))
+
+
 def plan_parts(layout: TensorLayout, shares: Sequence[float], chunk_elements: int) -> list[list[Chunk]]:
-    """For each member (part index), the ordered chunks of the vector it reduces."""
+    """For each member (part index), the ordered chunks of the vector it reduces (the same on every member)."""
     parts: list[list[Chunk]] = [[] for _ in shares]
     for b, size in enumerate(layout.bucket_sizes):
         offset = 0
         for j, part_size in enumerate(split_sizes(size, shares)):
             end = offset + part_size
-            for start in range(offset, end, chunk_elements):
-                parts[j].append(Chunk(b, start, min(chunk_elements, end - start)))
+            step = chunk_length(part_size, chunk_elements)
+            for start in range(offset, end, step):
+                parts[j].append(Chunk(b, start, min(step, end - start)))
             offset = end
     return parts
 
