@@ -11,10 +11,11 @@ What it models, and how (the engine's modules in brackets):
   flows sharing bottlenecks get about equal shares), with each link's capacity its rate times
   `efficiency` (TCP/IP goodput of a shaped link). The model advances from event to event (a flow
   ends, an output stream catches up with its reducer, a step of at most 1/50 of the round).
-- Estimates (balancing.BandwidthEstimator, balancing.sustained_rate): the first round uses the prior
-  (config `bandwidth_mbps`); after each round every peer folds the best rate its upload and download
-  sustained over a quarter of its bytes into its estimate, as the engine does, so the model shows
-  how shares converge.
+- Estimates (balancing.BandwidthEstimator, allreduce.RoundStats.finish): the first round uses the prior
+  (config `bandwidth_mbps`); after each round every peer folds in what the engine would measure: the
+  best rate its download sustained over a quarter of its bytes, and for the upload the same, or, when
+  its own streams carry less than the transport buffers, the lower bound from its acknowledged chunks.
+  So the model shows how shares converge (with ideal clocks: no buffering, no CPU stalls).
 - Progress and matchmaking (training): trainers accumulate samples at their rates (compute x base
   rate); the swarm is ready when the sum reaches the target batch, noticed after half a progress
   refresh; matchmaking costs a fixed `matchmaking_seconds`; training stops during averaging
@@ -39,7 +40,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..balancing import BandwidthEstimator, MemberLink, optimal_shares, split_sizes, sustained_rate, uniform_shares
+from ..allreduce import DEFAULT_CHUNK_ELEMENTS, MIN_CHUNK_ELEMENTS, PIPELINE_DEPTH, TRANSPORT_BUFFER_BYTES
+from ..balancing import BandwidthEstimator, MemberLink, delivered_rate, optimal_shares, split_sizes, sustained_rate, uniform_shares
 from .scenario import MBIT, AllreduceWorkload, PeerInstance, Scenario, TrainingWorkload
 
 __all__ = ["ModelParams", "RoundResult", "simulate_round", "model_allreduce", "model_training", "run_model"]
@@ -153,15 +155,21 @@ def simulate_round(peers: Sequence[PeerInstance], shares: Sequence[float], vecto
     t = 0.0
     inputs_of = [np.where((kind_a == 0) & (dst_a == j))[0] for j in range(c)]
     chunk = float(chunk_bytes)
+    # allreduce.plan_parts: a part is cut into PIPELINE_DEPTH chunks or more, down to MIN_CHUNK_ELEMENTS values
+    floor = chunk * MIN_CHUNK_ELEMENTS / DEFAULT_CHUNK_ELEMENTS
+    lag = [min(chunk, max(floor, k.part / PIPELINE_DEPTH)) for k in classes]  # a reducer's first chunk
     log_up: list[list[tuple[float, float]]] = [[(0.0, 0.0)] for _ in range(c)]
     log_down: list[list[tuple[float, float]]] = [[(0.0, 0.0)] for _ in range(c)]
+    log_acks: list[list[tuple[float, float]]] = [[(0.0, 0.0)] for _ in range(c)]  # averaged chunks back on own streams
     horizon = max(1e-3, sum(parts) / max(min(up.min(), down.min()), 1.0) / 50)  # longest step
     events = 0
 
-    def availability() -> tuple[np.ndarray, np.ndarray]:
-        """Bytes of each reducer's part ready to send back, and the index of its slowest input (or -1)."""
+    def availability() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Bytes of each reducer's part ready to send back, the index of its slowest input (or -1), and
+        whether its first whole chunk is still missing (nothing can go out yet)."""
         avail = np.array([k.part for k in classes])
         slowest = np.full(c, -1)
+        pinned = np.zeros(c, dtype=bool)
         for j in range(c):
             ins = inputs_of[j]
             if len(ins) == 0:
@@ -170,8 +178,9 @@ def simulate_round(peers: Sequence[PeerInstance], shares: Sequence[float], vecto
             k = int(np.argmin(fr))
             slowest[j] = ins[k]
             if fr[k] < 1.0 - 1e-12:
-                avail[j] = max(0.0, fr[k] * classes[j].part - chunk)
-        return avail, slowest
+                avail[j] = max(0.0, fr[k] * classes[j].part - lag[j])
+                pinned[j] = fr[k] * classes[j].part - lag[j] <= 0
+        return avail, slowest, pinned
 
     while True:
         remaining = size_a - done
@@ -181,7 +190,7 @@ def simulate_round(peers: Sequence[PeerInstance], shares: Sequence[float], vecto
         events += 1
         if events > params.max_events:
             raise RuntimeError("model did not converge (too many events)")
-        avail, slowest = availability()
+        avail, slowest, pinned = availability()
         caught = active & (kind_a == 1) & (done >= avail[red_a] - 1e-6) & (avail[red_a] < size_a - 1e-6)
         caps = np.full(f, np.inf)
         caps[caught] = 0.0
@@ -190,7 +199,7 @@ def simulate_round(peers: Sequence[PeerInstance], shares: Sequence[float], vecto
             growth = np.zeros(c)
             for j in range(c):
                 s = slowest[j]
-                if s >= 0:
+                if s >= 0 and not pinned[j]:
                     growth[j] = rate[s] / size_a[s] * classes[j].part
             new_caps = np.where(caught, growth[red_a], np.inf)
             if np.allclose(new_caps, caps, rtol=1e-6, atol=1e-3, equal_nan=True):
@@ -201,6 +210,10 @@ def simulate_round(peers: Sequence[PeerInstance], shares: Sequence[float], vecto
         moving = active & (rate > 0)
         if moving.any():
             dt = min(dt, float((remaining[moving] / rate[moving]).min()))
+        for j in range(c):  # a reducer's first chunk completes: its outputs may start
+            s = slowest[j]
+            if pinned[j] and s >= 0 and rate[s] > 0 and classes[j].part > lag[j]:
+                dt = min(dt, (lag[j] / classes[j].part - done[s] / size_a[s]) * size_a[s] / rate[s] + 1e-9)
         gaining = active & (kind_a == 1) & ~caught & (rate > growth[red_a])
         if gaining.any():
             gap = avail[red_a][gaining] - done[gaining]
@@ -212,16 +225,26 @@ def simulate_round(peers: Sequence[PeerInstance], shares: Sequence[float], vecto
         finish[ended] = t
         sent = np.bincount(src_a, weights=m_out_a * done, minlength=c)
         got = np.bincount(dst_a, weights=m_in_a * done, minlength=c)
+        acked = np.bincount(dst_a, weights=np.where(kind_a == 1, m_in_a * done, 0.0), minlength=c)
         for k in range(c):
             log_up[k].append((t, sent[k]))
             log_down[k].append((t, got[k]))
+            log_acks[k].append((t, acked[k]))
 
     per_class = np.zeros(c)
     for k in range(c):
         mine = (src_a == k) | (dst_a == k)
         per_class[k] = float(np.nanmax(finish[mine])) if mine.any() and not np.isnan(finish[mine]).all() else 0.0
     per_class += params.round_overhead
-    up_rate = [_rate_from_cumulative(log_up[k], chunk) for k in range(c)]
+    # the engine's upload estimate (allreduce.RoundStats.finish): the best sustained rate when the member's own
+    # streams carry more than the transport buffers, else the bound from its acknowledged chunks
+    own_per_stream = np.bincount(src_a, weights=np.where(kind_a == 0, size_a, 0.0), minlength=c) / np.maximum(
+        np.bincount(src_a, weights=np.where(kind_a == 0, m_out_a, 0.0), minlength=c), 1.0)
+    up_rate = [
+        _rate_from_cumulative(log_up[k], chunk) if own_per_stream[k] >= TRANSPORT_BUFFER_BYTES or not classes[k].brings
+        else delivered_rate([(t_, int(b)) for t_, b in _increments(log_acks[k])]) or _rate_from_cumulative(log_up[k], chunk)
+        for k in range(c)
+    ]
     down_rate = [_rate_from_cumulative(log_down[k], chunk) for k in range(c)]
     sent_total = np.bincount(src_a, weights=m_out_a * size_a, minlength=c)
     got_total = np.bincount(dst_a, weights=m_in_a * size_a, minlength=c)
@@ -237,6 +260,11 @@ def simulate_round(peers: Sequence[PeerInstance], shares: Sequence[float], vecto
         download_rate=[down_rate[by_member[i]] for i in order],
         events=events,
     )
+
+
+def _increments(log: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(time, bytes added since the previous record) from a cumulative trace."""
+    return [(t1, b1 - b0) for (_, b0), (t1, b1) in zip(log, log[1:]) if b1 > b0]
 
 
 def _rate_from_cumulative(log: list[tuple[float, float]], chunk: float) -> float | None:

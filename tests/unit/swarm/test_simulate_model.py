@@ -56,7 +56,8 @@ def test_roles_move_the_right_bytes():
     assert result.sent[2] == pytest.approx(n * 0.5 * 2, rel=1e-6)  # its part to both trainers
     assert result.received[2] == pytest.approx(n * 0.5 * 2, rel=1e-6)  # its part from both trainers
     links = [p.link() for p in peers]
-    assert result.seconds == pytest.approx(round_seconds(n, links, [0.5, 0.0, 0.5]), rel=0.05)
+    # the bound, plus about a chunk per hop of pipelining (parts here are 8 chunks)
+    assert result.seconds == pytest.approx(round_seconds(n, links, [0.5, 0.0, 0.5]), rel=0.15)
 
 
 def test_mini_hetero_shares_converge_from_the_prior():
