@@ -7,7 +7,8 @@ For each scenario: `swarm simulate emulate` runs its allreduce workload (real pe
 
 - `emulated_s`: the median all-reduce seconds of the emulated rounds after the first (the first runs on the
   prior's uniform shares, the others on measured bandwidths);
-- `model_s`: the same median from the model, which runs its own copy of the bandwidth estimator;
+- `model_s`: the same median from the model, which runs its own copy of the bandwidth estimator, with links
+  that carry what raw TCP carried on the same emulated network just before (`tcp_efficiency`);
 - `model_same_shares_s`: the model's time for exactly the shares the emulated swarm used, round by round
   (median), which checks the transfer model alone;
 - `error` = model_s / emulated_s - 1 (goal: within +-25%), and the same for the round on the prior.
@@ -32,18 +33,26 @@ from swarm.simulate.scenario import list_scenarios, load_scenario
 
 
 def compare(name: str, log_root: Path, rounds: int) -> dict[str, Any]:
+    from .allreduce import probe_tcp
+
     scenario = load_scenario(name).with_workload("allreduce", rounds=rounds)
+    # the model's links carry what raw TCP carried on this emulated network, measured now (not fitted to swarm)
+    probe = probe_tcp(scenario, log_root / name / "tcp-probe")
+    params = ModelParams(efficiency=min(probe["efficiency"], 0.956))
     emulated = run_allreduce(scenario, log_root / name, progress=lambda s: print(f"  {name}: {s}", flush=True))
-    modelled = model_allreduce(scenario)
+    modelled = model_allreduce(scenario, params=params)
     peers = scenario.peers_expanded()
     ok = [r for r in emulated["rounds"] if r["ok"] == len(r["peers"])]
     later = [r for r in emulated["rounds"][1:] if r["ok"] == len(r["peers"])]
-    same = [simulate_round(peers, r["shares"], emulated["vector_bytes"], params=ModelParams()).seconds for r in later if r.get("shares")]
+    chunk = scenario.engine_config().chunk_elements * {"none": 4, "fp16": 2}.get(scenario.workload.compression, 1)
+    same = [simulate_round(peers, r["shares"], emulated["vector_bytes"], chunk_bytes=chunk, params=params).seconds
+            for r in later if r.get("shares")]
     emulated_s = statistics.median(r["seconds"] for r in later) if later else float("nan")
     model_s = statistics.median(r["seconds"] for r in modelled["rounds"][1:])
     first_emulated = emulated["rounds"][0]["seconds"] if emulated["rounds"][0]["ok"] == len(peers) else float("nan")
     return {
         "scenario": name, "peers": len(peers), "vector_bytes": emulated["vector_bytes"], "lp_bound_s": emulated["lp_bound_s"],
+        "tcp_efficiency": probe["efficiency"],
         "emulated_s": emulated_s, "model_s": model_s, "model_same_shares_s": statistics.median(same) if same else float("nan"),
         "error": model_s / emulated_s - 1, "same_shares_error": (statistics.median(same) / emulated_s - 1) if same else float("nan"),
         "first_round_emulated_s": first_emulated, "first_round_model_s": modelled["rounds"][0]["seconds"],
