@@ -32,7 +32,7 @@ from .auth import SwarmAuthorizer
 from .allreduce import AggregateService, AllReduceRound, GroupView, TensorLayout
 from .balancing import BandwidthEstimator, MemberLink
 from .compression_policy import RoundContext
-from .config import EngineConfig
+from .config import EngineConfig, RunConfig
 from .errors import ConfigError, NetworkError, RoundFailed
 from .lifecycle import Reaper
 from .matchmaking import Matchmaker
@@ -72,15 +72,21 @@ class Collaboration:
         announce_maddrs: Sequence[str] | None = None,
         identity_path: str | None = None,
         authorizer: SwarmAuthorizer | None = None,
+        organizer_key: bytes | None = None,
         start: bool = True,
     ):
-        """`authorizer`: an invite-only run's access (swarm.auth; `swarm.join(INVITE)` makes it); None: an open run."""
+        """`authorizer`: an invite-only run's access (swarm.auth; `swarm.join(INVITE)` makes it); None: an open run.
+        `organizer_key`: the run's organizer (from an invite): only its config record counts, and without
+        `config` the engine settings are the run's own, read from that record once the node is up."""
         if role not in ("trainer", "client", "aux"):
             raise ConfigError(f"unknown role {role!r}: trainer, client or aux")
         self.run_id = run_id
         self.role = role
         self.config = config or EngineConfig()
         self.authorizer = authorizer
+        self.organizer_key = organizer_key
+        self.run_config: RunConfig | None = None     # the run's own config, when read from the organizer's record
+        self._config_from_run = config is None and organizer_key is not None
         self.node_options = NodeOptions(
             initial_peers=tuple(initial_peers), host_maddrs=tuple(host_maddrs), announce_maddrs=announce_maddrs,
             client_mode=role == "client", identity_path=identity_path,
@@ -109,6 +115,14 @@ class Collaboration:
         self.loop.start()
         try:
             self.node = self.loop.run(Node.create(self.run_id, self.node_options, authorizer=self.authorizer), timeout=self.node_options.startup_timeout + 15)
+            if self._config_from_run:
+                from .observer import read_run_config
+
+                self.run_config = self.loop.run(read_run_config(self.node, self.organizer_key), timeout=50)  # type: ignore[arg-type]
+                self.config = self.run_config.engine
+                prior = self.config.bandwidth_mbps * MBIT   # the run's prior, until measured
+                self.upload = BandwidthEstimator(prior, first_replaces_prior=True)
+                self.download = BandwidthEstimator(prior, first_replaces_prior=True)
             self.loop.run(self._start_services(), timeout=15)
         except BaseException:
             self.shutdown(withdraw=False)
@@ -371,9 +385,10 @@ class Collaboration:
         self.loop.run(self.node.store_record(records.config_key(self.run_id), record, ttl), timeout=15)
 
     def fetch_config(self, owner: bytes | None = None) -> records.ConfigRecord | None:
-        """The run's config record (the earliest created, if several owners published one); `owner`: only the
-        record signed by this RSA public key, e.g. the organizer key of an invite."""
+        """The run's config record (the earliest created, if several owners published one); `owner` (default: the
+        organizer key of the invite, if any): only the record signed by this RSA public key."""
         assert self.node is not None
+        owner = owner or self.organizer_key
         found = self.loop.run(self.node.fetch_records(records.config_key(self.run_id), records.ConfigRecord, owner=owner), timeout=15)
         return min(found, key=lambda r: r.created_at) if found else None  # type: ignore[union-attr, attr-defined]
 
@@ -387,11 +402,9 @@ def join(run_id: str = "demo", initial_peers: Sequence[str] = (), **kwargs: Any)
     the config record signed by the invite's organizer key."""
     if run_id.startswith("swarm://"):
         from .auth import InviteAccess
-        from .observer import fetch_run_config
 
         access = InviteAccess(run_id)
         peers = [*access.invite.initial_peers, *initial_peers]
-        if kwargs.get("config") is None:
-            kwargs["config"] = fetch_run_config(access, peers).engine
-        return Collaboration(access.run_id, initial_peers=peers, authorizer=access.authorizer(), **kwargs)
+        return Collaboration(access.run_id, initial_peers=peers, authorizer=access.authorizer(),
+                             organizer_key=access.invite.organizer_key, **kwargs)
     return Collaboration(run_id, initial_peers=initial_peers, **kwargs)

@@ -86,27 +86,33 @@ class Observer:
         self.shutdown()
 
 
-def fetch_run_config(access: InviteAccess, initial_peers: Sequence[str] | None = None, wait: float = 20.0) -> RunConfig:
-    """The run's RunConfig, from the config record signed by the invite's organizer key (any other owner's is
-    ignored), read by a short-lived node. Its access token stays in `access` for the node that trains next."""
+async def read_run_config(node: Node, organizer_key: bytes, wait: float = 20.0) -> RunConfig:
+    """The run's RunConfig from the config record signed by `organizer_key` (any other owner's is ignored),
+    waiting up to `wait` seconds for it to appear; ConfigError when there is none or it is not a config."""
+    import asyncio
     import time
 
-    with Observer(access.run_id, initial_peers=initial_peers or access.invite.initial_peers,
-                  private_key=access.private_key, authorizer=access.authorizer()) as probe:
-        node = probe._node()
-        deadline = time.monotonic() + wait
-        while True:
-            found = probe.loop.run(node.fetch_records(records.config_key(access.run_id), records.ConfigRecord,
-                                                      owner=access.invite.organizer_key), timeout=15)
-            if found or time.monotonic() > deadline:
-                break
-            time.sleep(1.0)
+    deadline = time.monotonic() + wait
+    while True:
+        found = await node.fetch_records(records.config_key(node.run_id), records.ConfigRecord, owner=organizer_key)
+        if found or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(1.0)
     if not found:
-        raise ConfigError(f"run {access.run_id} has no config record signed by its organizer: is its coordinator running?")
+        raise ConfigError(f"run {node.run_id} has no config record signed by its organizer: is its coordinator running?")
     record = min(found, key=lambda r: r.created_at)  # type: ignore[attr-defined]
     if not record.run_config:  # type: ignore[attr-defined]
-        raise ConfigError(f"run {access.run_id}'s config record does not carry its full config: join with --config FILE")
+        raise ConfigError(f"run {node.run_id}'s config record does not carry its full config: join with --config FILE")
     try:
         return RunConfig.model_validate_json(record.run_config)  # type: ignore[attr-defined]
     except ValueError as e:
-        raise ConfigError(f"run {access.run_id}'s config record is not a valid config: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"run {node.run_id}'s config record is not a valid config: {str(e).splitlines()[0]}") from None
+
+
+def fetch_run_config(access: InviteAccess, initial_peers: Sequence[str] | None = None, wait: float = 20.0) -> RunConfig:
+    """The run's RunConfig (see read_run_config), read by a short-lived node; its access token stays in `access`
+    for the node that trains next. Call it before this process starts other child processes: the probe's Reaper
+    ends every descendant of the process when it closes (`swarm join` calls it first thing)."""
+    with Observer(access.run_id, initial_peers=initial_peers or access.invite.initial_peers,
+                  private_key=access.private_key, authorizer=access.authorizer()) as probe:
+        return probe.loop.run(read_run_config(probe._node(), access.invite.organizer_key, wait), timeout=wait + 30)

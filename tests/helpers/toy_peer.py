@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--target", type=int, default=64)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--step-sleep", type=float, default=0.05)
+    parser.add_argument("--lr", type=float, default=0.05, help="SGD's (momentum 0.9); long runs want less")
     parser.add_argument("--compression", default="fp16")
     parser.add_argument("--averaging-timeout", type=float, default=15)
     parser.add_argument("--chunk-elements", type=int, default=2**17)
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--die-phase", default="send", choices=["send", "reduce"])
     parser.add_argument("--garbage-at-epoch", type=int, default=-1)
     parser.add_argument("--invite", help="join with this invite (swarm://...): run id, peers and access token come from it")
+    parser.add_argument("--run-config", action="store_true", help="with --invite: the engine settings are the run's (its config record)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{args.role}:{args.seed}] %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("hivemind").setLevel(logging.ERROR)
@@ -95,7 +97,7 @@ def main() -> None:
                        sender_timeout=3.0, matchmaking_timeout=10.0, gather_timeout=1.5, chunk_elements=max(1024, args.chunk_elements))
     try:
         if args.invite:
-            collab = swarm.join(args.invite, initial_peers=args.initial_peers, role=args.role, config=cfg)
+            collab = swarm.join(args.invite, initial_peers=args.initial_peers, role=args.role, config=None if args.run_config else cfg)
         else:
             collab = swarm.join(run_id=args.run_id, initial_peers=args.initial_peers, role=args.role, config=cfg)
     except swarm.SwarmError as e:  # refused (AuthError) or unreachable: one line, the CLI's exit code
@@ -103,6 +105,7 @@ def main() -> None:
         sys.exit(e.exit_code)
     interrupt["fn"] = collab.interrupt
     print("MADDR", collab.visible_maddrs()[0], flush=True)
+    print("CONFIG", f"target_batch_size={collab.config.target_batch_size}", f"from_run={collab.run_config is not None}", flush=True)
     print("CHILDREN", *descendants(os.getpid()), flush=True)
     out = open(args.out, "a")
     try:
@@ -110,7 +113,7 @@ def main() -> None:
             opt = collab.optimizer(model.parameters(), torch.optim.AdamW, lr=args.inner_lr, mode="diloco", overlap=args.overlap,
                                    outer_lr=args.outer_lr, outer_momentum=0.9)
         else:
-            opt = collab.optimizer(model.parameters(), torch.optim.SGD, lr=0.05, momentum=0.9, overlap=args.overlap)
+            opt = collab.optimizer(model.parameters(), torch.optim.SGD, lr=args.lr, momentum=0.9, overlap=args.overlap)
         collab.round_class = make_faulty_round(args.die_at_epoch, args.die_phase, args.garbage_at_epoch, lambda: opt.epoch)
         if args.role == "aux":
             collab.run_auxiliary(opt.layout, lambda: stop["flag"])
