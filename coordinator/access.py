@@ -136,7 +136,9 @@ class AccessControl:
 
     async def publish_revocations(self, publish: Callable[[str, records.RevocationRecord, float], Awaitable[bool]], *,
                                   force: bool = False) -> None:
-        """Publish the revoked set when it changed (or `force`, or a third of its TTL passed)."""
+        """Publish the revoked set when it changed (or `force`, or a third of its TTL passed); open runs need none."""
+        if not self.invite_only:
+            return
         revoked = tuple(self.store.revoked_ids())
         if self._authorizer is not None:
             self._authorizer.revoked = frozenset(revoked)   # the coordinator's own checks apply at once
