@@ -24,11 +24,14 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
 from ..errors import ConfigError, NetworkError
+from ..lifecycle import pids_alive
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +107,31 @@ def cleanup_stale() -> list[str]:
     return removed
 
 
+def _pids_in(names: Sequence[str]) -> set[int]:
+    return {int(pid) for name in names for pid in _run(["ip", "netns", "pids", name], check=False).stdout.split()}
+
+
+def _end_processes_in(names: Sequence[str], grace: float = 3.0, kill_wait: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL, whatever still runs in these namespaces. Everything in them was started by
+    this emulator (workers and their p2pd or watchdog); a worker's own cleanup may lag its exit under load,
+    and deleting a namespace does not end the processes inside it."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, kill_wait)):
+        pids = _pids_in(names)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        end = time.monotonic() + wait
+        while time.monotonic() < end and pids_alive(pids):
+            time.sleep(0.05)
+    left = pids_alive(_pids_in(names))
+    if left:
+        logger.warning("processes %s survived SIGKILL in namespaces %s", left, ", ".join(names))
+
+
 class EmulatedNetwork:
     """`with EmulatedNetwork(links) as net:` ... `net.exec_prefix(i) + [cmd...]` runs a command as peer i."""
 
@@ -174,9 +202,16 @@ class EmulatedNetwork:
             _run(["ip", "netns", "exec", ns, "iptables", "-A", "INPUT", "-p", "tcp", "--syn", "-j", "DROP"])
             _run(["ip", "netns", "exec", ns, "iptables", "-A", "INPUT", "-p", "udp", "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP"])
 
+    def set_link(self, i: int, up: bool) -> None:
+        """Cut (up=False) or restore peer i's link, as a home connection that drops: its eth0 goes down, so
+        packets vanish without a reset; connections resume when it comes back, if both ends still hold them."""
+        _run(["ip", "-n", self.namespace(i), "link", "set", "eth0", "up" if up else "down"])
+
     def close(self) -> None:
-        """Delete every namespace of this prefix (the veths and qdiscs go with them). Idempotent."""
+        """End what still runs inside, then delete every namespace of this prefix (the veths and qdiscs go
+        with them). Idempotent."""
         mine = set(self._created) | {n for n in namespaces() if n.startswith(self.prefix + "-")}
+        _end_processes_in(sorted(mine))
         for name in sorted(mine, key=lambda n: n == self.router):  # peers first, then the router
             proc = _run(["ip", "netns", "delete", name], check=False)
             if proc.returncode != 0 and "No such file" not in proc.stderr:
