@@ -55,6 +55,10 @@ def bench_swarm(scenario: Scenario, rounds: int, warmup: int, log_dir: Path, say
         "seconds": _median(measured), "rounds": per_round[warmup:], "warmup_rounds": per_round[:warmup],
         "first_round_s": per_round[0], "shares": report["rounds"][-1].get("shares"),
         "failed_rounds": sum(1 for s in per_round if s != s),
+        # a round fails when any member misses a part: say who, and why, in the report
+        "failures": [{"round": i, "ok": r["ok"], "of": len(r["peers"]),
+                      "errors": {p["name"]: p.get("error", "") for p in r["peers"] if not p.get("ok")}}
+                     for i, r in enumerate(report["rounds"]) if r["ok"] < len(r["peers"])],
         "matchmaking_s": _median([max(p["wall"] - p["seconds"] for p in r["peers"] if p.get("ok")) for r in report["rounds"] if r["ok"]]),
     }
 
