@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         result["wall_s"] = time.monotonic() - started
         report["results"][system] = result
         print(f"{system}: {result['mib_per_s']:.0f} MiB/s", flush=True)
+    report["machine"] += f", {os.getloadavg()[0]:.1f} at end"
     res = report["results"]
     if "swarm" in res and "p2p_stream" in res:
         report["swarm_vs_stream"] = res["swarm"]["mib_per_s"] / res["p2p_stream"]["mib_per_s"]

@@ -89,8 +89,9 @@ def run_one(name: str, fields: dict[str, Any], peers: int, duration: float, work
     return report
 
 
-def _loss_curve(run_dir: Path, peers: int) -> list[tuple[float, float]]:
-    """(seconds since the first peer started training, mean loss of the epoch) per epoch."""
+def _loss_curve(run_dir: Path, peers: int) -> list[tuple[float, float, int]]:
+    """(seconds since the first peer started training, mean loss of the epoch, samples in the global batches so far)
+    per epoch."""
     rows: dict[int, list[dict]] = {}
     for i in range(peers):
         path = run_dir / f"peer{i}.jsonl"
@@ -107,7 +108,17 @@ def _loss_curve(run_dir: Path, peers: int) -> list[tuple[float, float]]:
         return []
     first = min(rows)
     start = min(r["time"] - r.get("wall_seconds", 0.0) for r in rows[first])
-    return [(round(min(r["time"] for r in rs) - start, 2), sum(r["loss"] for r in rs) / len(rs)) for e, rs in sorted(rows.items())]
+    curve, samples = [], 0
+    for e, rs in sorted(rows.items()):
+        samples += int(rs[0].get("samples", 0))
+        curve.append((round(min(r["time"] for r in rs) - start, 2), sum(r["loss"] for r in rs) / len(rs), samples))
+    return curve
+
+
+def _loss_at(curve: list, x: float, axis: int) -> float | None:
+    """The loss of the last epoch at or before x on `axis` (0: seconds, 2: samples); None if none is."""
+    before = [point[1] for point in curve if len(point) > axis and point[axis] <= x]
+    return round(before[-1], 4) if before else None
 
 
 def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -124,7 +135,21 @@ def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     diloco_util = {n: get(n, "compute_utilization") for n in results if n.startswith("diloco")}
     best_reduction = max((v for n, v in out["bytes_per_sample_reduction_vs_sync_fp32"].items() if n.startswith("diloco")), default=None)
     sync_u, overlap_u = get("sync-fp16", "compute_utilization"), get("sync-overlap-fp16", "compute_utilization")
+    # what each saving costs: the loss at the same wall time and at the same samples (the shortest run's end)
+    curves = {n: r.get("loss_curve") or [] for n, r in results.items() if r.get("loss_curve")}
+    if curves:
+        wall = min(c[-1][0] for c in curves.values())
+        seen = min((c[-1][2] for c in curves.values() if len(c[-1]) > 2), default=None)
+        out["loss_at_equal_wall_time"] = {"seconds": wall, "loss": {n: _loss_at(c, wall, 0) for n, c in curves.items()}}
+        if seen:
+            out["loss_at_equal_samples"] = {"samples": seen, "loss": {n: _loss_at(c, seen, 2) for n, c in curves.items()}}
+    sync_loss = out.get("loss_at_equal_wall_time", {}).get("loss", {}).get("sync-fp32")
+    diloco_loss = {n: v for n, v in out.get("loss_at_equal_wall_time", {}).get("loss", {}).items() if n.startswith("diloco")}
     out["goals"] = {
+        "diloco_loss_at_equal_wall_time_below_sync": {
+            "sync_fp32": sync_loss, "diloco": diloco_loss,
+            "met": sync_loss is not None and bool(diloco_loss) and all(v is not None and v < sync_loss for v in diloco_loss.values()),
+        },
         "diloco_utilization_ge_95pct": {"measured": diloco_util, "met": bool(diloco_util) and all(v is not None and v >= 0.95 for v in diloco_util.values())},
         "diloco_bytes_per_sample_100x_below_sync_fp32": {"best_measured": best_reduction, "met": best_reduction is not None and best_reduction >= 100},
         "overlap_utilization_20_points_above_sync": {
@@ -169,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         report["summary"] = summarize(report["results"])
         args.json.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    report["machine"] += f", {os.getloadavg()[0]:.1f} at end"
+    args.json.write_text(json.dumps(report, indent=2, default=float) + "\n")
     _plot(report, args.json.with_suffix(".png"))
     print(json.dumps(report["summary"], indent=2))
     return 0
@@ -187,7 +214,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     for name, r in results.items():
         curve = r.get("loss_curve") or []
         if curve:
-            axes[0].plot([t for t, _ in curve], [l for _, l in curve], marker=".", label=name)
+            axes[0].plot([point[0] for point in curve], [point[1] for point in curve], marker=".", label=name)
     axes[0].set_xlabel("seconds of training")
     axes[0].set_ylabel("training loss (epoch mean)")
     axes[0].set_title("loss vs wall time")

@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         result["wall_s"] = time.monotonic() - started
         report["results"][system] = result
         print(f"{system}: {result['samples_per_second']:.2f} samples/s, utilization {result.get('utilization', float('nan')):.0%}", flush=True)
+    report["machine"] += f", {os.getloadavg()[0]:.1f} at end"
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2, default=float) + "\n")
     _plot(report, args.json.with_suffix(".png"))
