@@ -5,13 +5,20 @@ It prints `MADDR <addr>` once joined and `CHILDREN <pids>` (its p2pd and watchdo
 writes one JSON line per global step to --out, then a final line.
 
 Faults are injected by subclassing the piece that fails (FaultyRound), not by patching:
-`--die-at-epoch E --die-phase send|reduce` SIGKILLs this process in the middle of the
-all-reduce of epoch E; `--garbage-at-epoch E` sends NaN chunks in that round. `--invite I`
-joins an invite-only run (its coordinator issues the access token).
+`--die-at-epoch E --die-phase send|reduce|gather` SIGKILLs this process in the middle of the
+all-reduce of epoch E (gather: as a reducer, once it has sent back part of its averaged part);
+`--die-serving-state E` SIGKILLs it while it serves a state of epoch >= E to a newcomer (after the
+first tensor); `--die-leading-at-epoch E` SIGKILLs it when it leads epoch E's matchmaking and holds
+the others' requests (only the first leader of E: one that took over from a failed one does not die);
+`--stop-at-epoch E` SIGSTOPs it in the all-reduce of epoch E (the test sends SIGCONT); `--garbage-at-epoch E` sends NaN chunks in that round; `--hold-at-epoch E`
+prints `HOLDING E` in the middle of that round's all-reduce and pauses there `--hold-seconds` (once),
+so that a test can cut its network mid-round. `--invite I` joins an invite-only run (its coordinator
+issues the access token). `--host ADDR` listens on ADDR (a network namespace's address) instead of loopback.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -23,11 +30,16 @@ import torch
 
 import swarm
 from swarm.allreduce import AllReduceRound
+from swarm.collaboration import Collaboration
 from swarm.config import EngineConfig
 from swarm.lifecycle import descendants
+from swarm.matchmaking import Matchmaker
+from swarm.state_sync import StateServer
 
 
-def make_faulty_round(die_epoch: int, die_phase: str, garbage_epoch: int, current_epoch):
+def make_faulty_round(die_epoch: int, die_phase: str, garbage_epoch: int, current_epoch, hold_epoch: int = -1, hold_seconds: float = 0.0):
+    held = {"done": False}
+
     class FaultyRound(AllReduceRound):
         def _outgoing(self, chunk):
             values = super()._outgoing(chunk)
@@ -38,6 +50,10 @@ def make_faulty_round(die_epoch: int, die_phase: str, garbage_epoch: int, curren
         async def _exchange(self, j):
             if current_epoch() == die_epoch and die_phase == "send":
                 os.kill(os.getpid(), signal.SIGKILL)
+            if current_epoch() == hold_epoch and not held["done"]:
+                held["done"] = True
+                print("HOLDING", hold_epoch, flush=True)
+                await asyncio.sleep(hold_seconds)
             return await super()._exchange(j)
 
         async def _consume(self, sender, first, requests):
@@ -45,7 +61,50 @@ def make_faulty_round(die_epoch: int, die_phase: str, garbage_epoch: int, curren
                 os.kill(os.getpid(), signal.SIGKILL)
             return await super()._consume(sender, first, requests)
 
+        async def serve(self, first, requests, remote):
+            async for reply in super().serve(first, requests, remote):
+                yield reply
+                if reply.data and current_epoch() == die_epoch and die_phase == "gather":
+                    os.kill(os.getpid(), signal.SIGKILL)  # one averaged chunk of my part is out, the rest never will be
+
     return FaultyRound
+
+
+def make_stopping_round(base, stop_epoch: int, current_epoch):
+    stopped = {"done": False}
+
+    class StoppingRound(base):
+        async def _exchange(self, j):
+            if current_epoch() == stop_epoch and not stopped["done"]:
+                stopped["done"] = True
+                print("STOPPING", stop_epoch, flush=True)
+                os.kill(os.getpid(), signal.SIGSTOP)  # frozen mid-round, as a laptop that sleeps; the test sends SIGCONT
+            return await super()._exchange(j)
+
+    return StoppingRound
+
+
+def make_dying_state_server(die_epoch: int):
+    class DyingStateServer(StateServer):
+        async def _handle(self, request, context):
+            async for msg in super()._handle(request, context):
+                yield msg
+                if msg.data and request.min_epoch >= die_epoch:
+                    print("DYING serving state", flush=True)
+                    os.kill(os.getpid(), signal.SIGKILL)  # the metadata and the first tensor are out
+
+    return DyingStateServer
+
+
+def make_dying_leader(die_epoch: int):
+    class DyingLeader(Matchmaker):
+        def _make_group(self, g):
+            if g.epoch == die_epoch and len(g.requests) > 1 and not self._failed.get(g.epoch):
+                print("DYING leading", g.epoch, flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return super()._make_group(g)
+
+    return DyingLeader
 
 
 def main() -> None:
@@ -73,8 +132,14 @@ def main() -> None:
                         help="diloco: SIGKILL this process after a few inner steps of epoch E (no round in flight)")
     parser.add_argument("--wait-peers", type=int, default=0, help="start training once this many peers are visible")
     parser.add_argument("--die-at-epoch", type=int, default=-1)
-    parser.add_argument("--die-phase", default="send", choices=["send", "reduce"])
+    parser.add_argument("--die-phase", default="send", choices=["send", "reduce", "gather"])
     parser.add_argument("--garbage-at-epoch", type=int, default=-1)
+    parser.add_argument("--die-serving-state", type=int, default=-1, metavar="E")
+    parser.add_argument("--die-leading-at-epoch", type=int, default=-1, metavar="E")
+    parser.add_argument("--stop-at-epoch", type=int, default=-1, metavar="E", help="SIGSTOP itself in the all-reduce of epoch E")
+    parser.add_argument("--hold-at-epoch", type=int, default=-1)
+    parser.add_argument("--hold-seconds", type=float, default=1.0)
+    parser.add_argument("--host", help="listen on this IPv4 address (default: loopback)")
     parser.add_argument("--invite", help="join with this invite (swarm://...): run id, peers and access token come from it")
     parser.add_argument("--run-config", action="store_true", help="with --invite: the engine settings are the run's (its config record)")
     args = parser.parse_args()
@@ -95,11 +160,16 @@ def main() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(32, args.hidden), torch.nn.ReLU(), torch.nn.Linear(args.hidden, 1))
     cfg = EngineConfig(target_batch_size=args.target, compression=args.compression, averaging_timeout=args.averaging_timeout,
                        sender_timeout=3.0, matchmaking_timeout=10.0, gather_timeout=1.5, chunk_elements=max(1024, args.chunk_elements))
+    if args.die_serving_state >= 0:
+        Collaboration.state_server_class = make_dying_state_server(args.die_serving_state)
+    if args.die_leading_at_epoch >= 0:
+        Collaboration.matchmaker_class = make_dying_leader(args.die_leading_at_epoch)
+    hosts = {"host_maddrs": [f"/ip4/{args.host}/tcp/0"]} if args.host else {}
     try:
         if args.invite:
-            collab = swarm.join(args.invite, initial_peers=args.initial_peers, role=args.role, config=None if args.run_config else cfg)
+            collab = swarm.join(args.invite, initial_peers=args.initial_peers, role=args.role, config=None if args.run_config else cfg, **hosts)
         else:
-            collab = swarm.join(run_id=args.run_id, initial_peers=args.initial_peers, role=args.role, config=cfg)
+            collab = swarm.join(run_id=args.run_id, initial_peers=args.initial_peers, role=args.role, config=cfg, **hosts)
     except swarm.SwarmError as e:  # refused (AuthError) or unreachable: one line, the CLI's exit code
         print("ERROR", e, flush=True)
         sys.exit(e.exit_code)
@@ -114,7 +184,10 @@ def main() -> None:
                                    outer_lr=args.outer_lr, outer_momentum=0.9)
         else:
             opt = collab.optimizer(model.parameters(), torch.optim.SGD, lr=args.lr, momentum=0.9, overlap=args.overlap)
-        collab.round_class = make_faulty_round(args.die_at_epoch, args.die_phase, args.garbage_at_epoch, lambda: opt.epoch)
+        collab.round_class = make_faulty_round(args.die_at_epoch, args.die_phase, args.garbage_at_epoch, lambda: opt.epoch,
+                                               args.hold_at_epoch, args.hold_seconds)
+        if args.stop_at_epoch >= 0:
+            collab.round_class = make_stopping_round(collab.round_class, args.stop_at_epoch, lambda: opt.epoch)
         if args.role == "aux":
             collab.run_auxiliary(opt.layout, lambda: stop["flag"])
             return
@@ -127,7 +200,8 @@ def main() -> None:
 
         def log_step(r) -> None:
             out.write(json.dumps({"epoch": r.epoch, "hash": r.params_hash, "group": r.group_size, "seconds": r.round_seconds, "time": r.time,
-                                  "staleness": r.staleness, "codec": r.codec, "samples": r.samples}) + "\n")
+                                  "staleness": r.staleness, "codec": r.codec, "samples": r.samples,
+                                  "seen": len(collab.tracker.view.peers)}) + "\n")
             out.flush()
 
         opt.on_step.append(log_step)
@@ -153,3 +227,8 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # Everything is flushed and the swarm left (collab.shutdown): skip the interpreter's teardown, whose garbage
+    # collection of torch's module graph alone takes seconds of CPU on a loaded machine, past the 5 s to leave.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -102,22 +102,35 @@ def test_nan_from_a_peer_is_excluded_and_the_swarm_stays_finite(peers, tmp_path)
 
 
 def test_ctrl_c_leaves_within_5s_and_the_swarm_goes_on(peers, tmp_path):
-    args = ["--duration", "90", "--target", "192", "--wait-peers", "3"]
-    first = peers("p0", "--seed", "0", "--steps", "1000", *args)
+    """Ctrl-C in the middle of a round's all-reduce: the peer leaves within 5 s, withdraws its progress record
+    (the others stop seeing it at once, not after the record's 8 s of life), and the round it was in completes
+    without it: the others reach the next epoch within the round's deadline, with identical parameters."""
+    deadline = 15.0  # the toy's --averaging-timeout
+    args = ["--duration", "90", "--target", "192", "--wait-peers", "3", "--steps", "1000"]
+    first = peers("p0", "--seed", "0", *args)
     addr = first.maddr
-    leaver = peers("p1", "--seed", "1", "--initial-peers", addr, "--steps", "1000", *args)
-    peers("p2", "--seed", "2", "--initial-peers", addr, "--steps", "1000", *args)
-    assert wait_until(lambda: max(steps(tmp_path / "p1.jsonl"), default=0) >= 3, 90)
+    leaver = peers("p1", "--seed", "1", "--initial-peers", addr, "--hold-at-epoch", "3", "--hold-seconds", "2", *args)
+    peers("p2", "--seed", "2", "--initial-peers", addr, *args)
     leaver.wait_line("CHILDREN")
     leaver.remember_children()
     children = set(leaver.children)
-    left_at = max(steps(tmp_path / "p1.jsonl"))
-    sent = time.monotonic()
+    leaver.wait_line("HOLDING", 120)  # in the middle of the all-reduce of epoch 3
+    sent, sent_wall = time.monotonic(), time.time()
     leaver.proc.send_signal(2)  # SIGINT, as Ctrl-C
     assert leaver.proc.wait(10) == 0
     assert time.monotonic() - sent < 5.0, "a peer must leave within 5 s of Ctrl-C"
     assert wait_until(lambda: not pids_alive(children), 5.0)
+    assert 4 not in steps(tmp_path / "p1.jsonl"), "the leaver must not step with the round it left"
+    # the round of epoch 3 completes without it, within its deadline, and the survivors agree
+    assert wait_until(lambda: all(4 in steps(tmp_path / f"p{i}.jsonl") for i in (0, 2)), deadline + 30)
+    a, b = steps(tmp_path / "p0.jsonl"), steps(tmp_path / "p2.jsonl")
+    assert a[4]["hash"] == b[4]["hash"]
+    assert a[4]["seconds"] <= deadline + 1 and b[4]["seconds"] <= deadline + 1
     # the others keep training without it: several more epochs, in groups that no longer wait for it
-    assert wait_until(lambda: max(steps(tmp_path / "p0.jsonl"), default=0) >= left_at + 4, 60)
-    later = [r for e, r in steps(tmp_path / "p0.jsonl").items() if e > left_at + 1]
+    assert wait_until(lambda: max(steps(tmp_path / "p0.jsonl"), default=0) >= 8, 60)
+    later = [r for e, r in steps(tmp_path / "p0.jsonl").items() if e > 5]
     assert later and all(r["group"] == 2 for r in later)
+    # its record was withdrawn: 3 s after Ctrl-C (the record would live 8 s) nobody sees it any more
+    after = [r for log in (steps(tmp_path / "p0.jsonl"), steps(tmp_path / "p2.jsonl")) for r in log.values() if r["time"] > sent_wall + 3.0]
+    assert after and all(r["seen"] == 2 for r in after), [(r["epoch"], round(r["time"] - sent_wall, 1), r["seen"]) for r in after]
+    assert any(r["time"] < sent_wall + 8.0 for r in after), "no step between 3 and 8 s after Ctrl-C: cannot tell withdrawal from expiry"
