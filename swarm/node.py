@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -20,7 +19,7 @@ from hivemind.p2p import P2P, PeerID
 from hivemind.utils.crypto import RSAPrivateKey
 from hivemind.utils.multiaddr import Multiaddr
 
-from . import records
+from . import clock, records
 from .auth import ISSUE_HANDLER, SwarmAuthorizer, coordinator_ids, keep_access
 from .errors import AuthError, NetworkError
 from .proto import swarm_pb2
@@ -63,6 +62,9 @@ class Node:
         validator = CompositeValidator([signer, records.SchemaValidator(run_id)])
         initial = [Multiaddr(m) for m in options.initial_peers]
         p2p = await cls._start_p2p(options, initial)
+        await clock.serve(p2p)
+        if initial:  # before the DHT: hivemind's bootstrap refuses a peer more than 3 s off (see swarm.clock)
+            await clock.synchronize(p2p, cls._peer_ids(initial))
         if authorizer is not None:
             authorizer.attach(p2p)
             try:
@@ -103,6 +105,16 @@ class Node:
         if authorizer is not None:
             node._access = asyncio.create_task(keep_access(authorizer, node._fetch_revoked), name="swarm-access")
         return node
+
+    @staticmethod
+    def _peer_ids(maddrs: Sequence[Multiaddr]) -> list[PeerID]:
+        ids = set()
+        for m in maddrs:
+            try:
+                ids.add(m.value_for_protocol("p2p"))
+            except Exception:  # no /p2p/ part: hivemind's bootstrap says so in its own words
+                pass
+        return [PeerID.from_base58(i) for i in sorted(ids)]
 
     @staticmethod
     async def _invite_only_refusal(p2p: P2P, initial_peers: Sequence[str]) -> str | None:
@@ -162,7 +174,7 @@ class Node:
 
     async def store_record(self, key: str, record: records._Record, ttl: float) -> bool:
         return await self.dht.store(
-            key, records.encode(record), time.time() + ttl, subkey=self.signer.local_public_key
+            key, records.encode(record), clock.now() + ttl, subkey=self.signer.local_public_key
         )
 
     async def fetch_records(self, key: str, model: type[records._Record], *, owner: bytes | None = None) -> list[records._Record]:

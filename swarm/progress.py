@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import records
+from . import clock, records
 from .contacts import keep_in_touch
 from .node import Node
 from .records import ProgressRecord
@@ -168,7 +168,7 @@ class ProgressTracker:
                 role=self.role,  # type: ignore[arg-type]
                 upload_bps=float(up),
                 download_bps=float(down),
-                time=time.time(),
+                time=clock.now(),
                 params_hash=self.local.params_hash,
                 serves_state=self.serves_state,
                 leaving=self.local.leaving,
