@@ -61,6 +61,10 @@ class RoundOutcome:
 
 
 class Collaboration:
+    # The services' classes: tests inject faults by subclassing them (set before start(); see tests/helpers/toy_peer.py).
+    state_server_class: type[StateServer] = StateServer
+    matchmaker_class: type[Matchmaker] = Matchmaker
+
     def __init__(
         self,
         run_id: str,
@@ -139,9 +143,9 @@ class Collaboration:
         )
         self.aggregate = AggregateService(self.node.p2p, authorizer=self.authorizer)
         await self.aggregate.start()
-        self.state_server = StateServer(self.node.p2p, self.run_id, lambda: self._snapshot(), authorizer=self.authorizer)
+        self.state_server = self.state_server_class(self.node.p2p, self.run_id, lambda: self._snapshot(), authorizer=self.authorizer)
         await self.state_server.start()
-        self.matchmaker = Matchmaker(
+        self.matchmaker = self.matchmaker_class(
             self.node.p2p, self.run_id, self.tracker, gather_timeout=cfg.gather_timeout,
             allreduce_timeout=cfg.averaging_timeout, balance=cfg.load_balancing, authorizer=self.authorizer,
         )
