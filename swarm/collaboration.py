@@ -109,6 +109,7 @@ class Collaboration:
         self.rounds: list[RoundOutcome] = []
         self.round_class: type[AllReduceRound] = AllReduceRound  # tests inject faults by subclassing it
         self._snapshot: Callable[[], TrainingState | None] = lambda: None
+        self._failed_donors: dict[str, float] = {}   # donor -> until when it is not asked again (monotonic)
         if start:
             self.start()
 
@@ -342,11 +343,23 @@ class Collaboration:
         return result, outcome
 
     def download_state(self, donors: list[str], min_epoch: int) -> TrainingState:
+        """A verified state from one of `donors`. A donor that failed (dead, or refused) is not asked again for a record
+        lifetime: a dead donor's record outlives it, and the view that still lists it would send every retry there."""
         assert self.node is not None
         timeout = self.config.state_timeout
+        now = time.monotonic()
+        self._failed_donors = {d: until for d, until in self._failed_donors.items() if until > now}
+        usable = [d for d in donors if d not in self._failed_donors]
+        if not usable:
+            raise NetworkError(f"every donor failed in the last {self.config.record_ttl:.0f}s")
+
+        def failed(donor: str) -> None:
+            self._failed_donors[donor] = time.monotonic() + self.config.record_ttl
+
         try:
             state, donor = self.loop.run(
-                download_from_any(self.node.p2p, self.run_id, donors, min_epoch, timeout, authorizer=self.authorizer), timeout=3 * timeout + 5
+                download_from_any(self.node.p2p, self.run_id, usable, min_epoch, timeout, authorizer=self.authorizer, failed=failed),
+                timeout=3 * timeout + 5,
             )
         except concurrent.futures.CancelledError:
             raise NetworkError("state download interrupted") from None

@@ -223,6 +223,8 @@ class CollaborativeOptimizer:
             divergent = majority is not None and majority != self.collab.tracker.local.params_hash
         if not (behind or divergent):
             return False
+        if time.monotonic() < self._retry_after:
+            return True  # a download failed moments ago: wait (this step's samples are lost to a stale state anyway)
         logger.info("epoch %d: %s, downloading the state", self.epoch, f"swarm is at epoch {view.epoch}" if behind else "parameters disagree with the majority")
         try:
             self.load_state_from_peers(params_hash=majority)

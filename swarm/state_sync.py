@@ -138,8 +138,8 @@ async def download_state(p2p: P2P, run_id: str, donor: str, min_epoch: int, time
 
 
 async def download_from_any(p2p: P2P, run_id: str, donors: list[str], min_epoch: int, timeout: float, attempts: int = 3,
-                            authorizer: SwarmAuthorizer | None = None) -> tuple[TrainingState, str]:
-    """Try donors in random order (spreads load across the freshest peers)."""
+                            authorizer: SwarmAuthorizer | None = None, failed: Callable[[str], None] | None = None) -> tuple[TrainingState, str]:
+    """Try donors in random order (spreads load across the freshest peers); `failed(donor)` hears of each that failed."""
     order = random.sample(donors, len(donors))
     errors = []
     for donor in order[:attempts]:
@@ -150,4 +150,6 @@ async def download_from_any(p2p: P2P, run_id: str, donors: list[str], min_epoch:
         except Exception as e:
             logger.warning("state download from %s failed: %s", donor[-8:], e or type(e).__name__)
             errors.append(f"{donor[-8:]}: {e or type(e).__name__}")
+            if failed is not None:
+                failed(donor)
     raise NetworkError("could not download the state: " + ("; ".join(errors) or "no donors"))
