@@ -265,4 +265,9 @@ class Matchmaker:
                 return  # _lead will form it
             await asyncio.sleep(0.05)
         if not g.formed.done() and self.peer_id not in g.requests:
+            if self.tracker.view.epoch > g.epoch or self.tracker.local.epoch > g.epoch:
+                # the swarm (or this peer, by a state download) moved on while the group gathered: a group formed
+                # now would commit the epoch a second time, to different parameters (seen by swarm chaos)
+                g.formed.set_result(swarm_pb2.GroupInfo(status=Status.TOO_LATE, epoch=g.epoch, reason="the swarm moved on", leader=self.peer_id))
+                return
             g.formed.set_result(self._make_group(g))
