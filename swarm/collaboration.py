@@ -45,6 +45,9 @@ from .state_sync import StateServer, TrainingState, download_from_any
 logger = logging.getLogger(__name__)
 
 MBIT = 1e6 / 8
+# A peer that finds itself alone in a group steps solo only once no other training peer has shown up in its view
+# for this many record lifetimes: a peer cut off from the swarm (or a swarm whose DHT lost it) does not diverge.
+SOLO_AFTER_TTLS = 3
 
 
 @dataclass
@@ -296,6 +299,12 @@ class Collaboration:
         )
         started = time.monotonic()
         info = await self.matchmaker.form_group(request, started + cfg.matchmaking_timeout)
+        alone = self.tracker.seconds_alone()  # type: ignore[union-attr]
+        if len(info.members) == 1 and alone < SOLO_AFTER_TTLS * cfg.record_ttl:
+            # Nobody joined although others trained with us moments ago: we are cut off (or they are). A solo step
+            # would run ahead of the swarm, and on reconnection the swarm would take our epoch's state over its own.
+            self.matchmaker.round_failed(epoch)
+            raise RoundFailed(f"alone in the group of epoch {epoch}, {alone:.0f}s after others were seen: not stepping solo")
         group = GroupView.from_info(info, self.peer_id)
         all_stats = []
 

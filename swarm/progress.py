@@ -91,6 +91,7 @@ class ProgressTracker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._recent: dict[str, float] = {}       # peer id -> when its record was last seen (monotonic)
         self._last_touch = 0.0
+        self._company_at: float | None = None      # when a view last showed another training peer (monotonic)
 
     # -- called from the training thread (thread-safe) ------------------------------------------------
 
@@ -104,6 +105,10 @@ class ProgressTracker:
                 self.local.samples_per_second = samples_per_second
             if params_hash is not None:
                 self.local.params_hash = params_hash
+
+    def seconds_alone(self) -> float:
+        """Seconds since a view last showed another training peer; inf if none ever did (the run's first peer)."""
+        return float("inf") if self._company_at is None else time.monotonic() - self._company_at
 
     def global_epoch(self) -> int:
         return max(self.view.epoch, self.local.epoch)
@@ -184,6 +189,8 @@ class ProgressTracker:
         self.view = SwarmView(epoch=epoch, peers=peers, fetched_at=now)  # type: ignore[arg-type]
         for p in peers:
             self._recent[p.peer_id] = now
+            if p.training and p.peer_id != self.peer_id:
+                self._company_at = now
         self._changed.set()
         self._changed = asyncio.Event()
         return self.view
@@ -214,17 +221,25 @@ class ProgressTracker:
         return min(self.max_refresh, max(self.min_refresh, eta / 3))
 
     async def _run(self) -> None:
-        while not self._stopping:
-            try:
-                await asyncio.wait_for(self.publish(), 5)
-                await asyncio.wait_for(self.refresh(), 5)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                logger.warning("progress refresh failed: %s", e or type(e).__name__)
-            await self._keep_in_touch()
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), self._period())
-            except asyncio.TimeoutError:
-                pass
+        # Pings wait up to their timeout on a peer that is unreachable (its link cut): they run beside the loop, so that
+        # they never delay our publish and refresh past the records' lifetime (the rest of the swarm would lose us).
+        touching: asyncio.Task | None = None
+        try:
+            while not self._stopping:
+                try:
+                    await asyncio.wait_for(self.publish(), 5)
+                    await asyncio.wait_for(self.refresh(), 5)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    logger.warning("progress refresh failed: %s", e or type(e).__name__)
+                if touching is None or touching.done():
+                    touching = asyncio.create_task(self._keep_in_touch(), name="progress-keep-in-touch")
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self._period())
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            if touching is not None:
+                touching.cancel()
