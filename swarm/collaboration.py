@@ -303,7 +303,7 @@ class Collaboration:
         if len(info.members) == 1 and alone < SOLO_AFTER_TTLS * cfg.record_ttl:
             # Nobody joined although others trained with us moments ago: we are cut off (or they are). A solo step
             # would run ahead of the swarm, and on reconnection the swarm would take our epoch's state over its own.
-            self.matchmaker.round_failed(epoch)
+            self.matchmaker.alone(epoch)
             raise RoundFailed(f"alone in the group of epoch {epoch}, {alone:.0f}s after others were seen: not stepping solo")
         group = GroupView.from_info(info, self.peer_id)
         all_stats = []

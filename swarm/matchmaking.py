@@ -115,6 +115,13 @@ class Matchmaker:
         if g is not None and g.formed.done():
             self._gatherings.pop(epoch, None)
 
+    def alone(self, epoch: int) -> None:
+        """We formed (or were given) a group of one although other trainers were seen: forget the epoch's group and
+        the candidates that failed us, so that the next attempt asks every candidate again (two peers that each
+        marked the other failed would otherwise each lead a group of one, for the rest of the epoch)."""
+        self.round_failed(epoch)
+        self._failed.pop(epoch, None)
+
     # -- follower / leader entry point ---------------------------------------------------------------------
 
     async def form_group(self, request: swarm_pb2.JoinRequest, deadline: float) -> swarm_pb2.GroupInfo:
@@ -269,5 +276,12 @@ class Matchmaker:
                 # the swarm (or this peer, by a state download) moved on while the group gathered: a group formed
                 # now would commit the epoch a second time, to different parameters (seen by swarm chaos)
                 g.formed.set_result(swarm_pb2.GroupInfo(status=Status.TOO_LATE, epoch=g.epoch, reason="the swarm moved on", leader=self.peer_id))
+                return
+            if len(g.requests) < 2:
+                # one follower is no group: it would step alone, and this gathering, formed without our trainer, would
+                # refuse the epoch to both until it expires. Gather anew: the follower asks again, our trainer joins.
+                g.formed.set_result(swarm_pb2.GroupInfo(status=Status.NOT_LEADER, epoch=g.epoch, reason="gathering again", leader=self.peer_id))
+                if self._gatherings.get(g.epoch) is g:
+                    self._gatherings.pop(g.epoch)
                 return
             g.formed.set_result(self._make_group(g))
