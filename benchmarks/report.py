@@ -29,14 +29,18 @@ def allreduce_table(reports: list[dict[str, Any]]) -> str:
             swarm_s = results.get("swarm", {}).get("seconds")
             for name, r in results.items():
                 notes = []
-                if name == "swarm" and r.get("first_round_s"):
-                    notes.append(f"first round (prior) {r['first_round_s']:.2f}s")
+                if name == "swarm" and "first_round_s" in r:  # NaN: a member of the first round missed a part
+                    first = r["first_round_s"]
+                    notes.append(f"first round (prior) {first:.2f}s" if first == first else "first round (prior) failed")
                 if r.get("nat_lifted"):
                     notes.append("NAT filters lifted")
                 if r.get("aux_sit_out"):
                     notes.append(f"{r['aux_sit_out']} aux sit out")
                 if r.get("failed_rounds"):
-                    notes.append(f"{r['failed_rounds']} failed rounds")
+                    total = len(r.get("rounds", [])) + len(r.get("warmup_rounds", []))
+                    notes.append(f"{r['failed_rounds']} of {total} rounds failed" if total else f"{r['failed_rounds']} failed rounds")
+                for failure in r.get("failures", []):
+                    notes.append(f"round {failure['round']}: " + ", ".join(f"{who}: {why}" for who, why in failure["errors"].items()))
                 if r.get("error"):
                     notes.append("error: " + r["error"][:80])
                 speedup = "" if name == "swarm" or not swarm_s or not r.get("seconds") else _f(r["seconds"] / swarm_s, "{:.2f}x")
@@ -65,30 +69,162 @@ def model_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _pct(value: Any) -> str:
+    return _f(value, "{:.0%}")
+
+
+def _meta(report: dict[str, Any]) -> str:
+    return f"{report.get('date', '?')}, {report.get('machine', '?')}"
+
+
+def _png(results: Path, stem: str) -> str:
+    return f"![{stem}](results/{stem}.png)" if (results / f"{stem}.png").exists() else ""
+
+
+def loopback_table(report: dict[str, Any]) -> str:
+    res = report["results"]
+    stream = res.get("p2p_stream", {}).get("mib_per_s")
+    lines = ["| system | MiB/s per peer | seconds per round | CPU s per GiB | x raw stream | notes |", "|---|---|---|---|---|---|"]
+    for name, r in res.items():
+        cpu = r.get("cpu_s_per_gib_sent", r.get("receiver_cpu_s_per_gib"))
+        notes = []
+        if name == "p2p_stream":
+            notes.append(f"one stream, {r.get('mbytes', '?')} MB; receiver CPU only")
+        if r.get("failed_rounds"):
+            notes.append(f"{r['failed_rounds']} failed rounds")
+        if r.get("error"):
+            notes.append("error: " + r["error"][:100])
+        ratio = r.get("mib_per_s") / stream if stream and r.get("mib_per_s") else None
+        lines.append(f"| {name} | {_f(r.get('mib_per_s'), '{:.0f}')} | {_f(r.get('seconds'), '{:.2f}s')} | {_f(cpu, '{:.1f}')} | "
+                     f"{_f(ratio, '{:.2f}x')} | {'; '.join(notes)} |")
+    lines.append("")
+    lines.append(f"swarm vs raw stream: {_f(report.get('swarm_vs_stream'), '{:.2f}x')} (goal >= 0.8x); "
+                 f"swarm vs hivemind's averager: {_f(report.get('swarm_vs_hivemind'), '{:.2f}x')} (goal >= 2x)")
+    return "\n".join(lines)
+
+
+def overhead_table(report: dict[str, Any]) -> str:
+    lines = ["| model | plain loop (AdamW each step) | bare fwd/bwd | swarm opt.step | overhead vs plain | overhead vs bare | blocks x steps |",
+             "|---|---|---|---|---|---|---|"]
+    lines.append(f"| {report['model']} | {report['plain_ms']:.1f} ms | {_f(report.get('bare_ms'), '{:.1f} ms')} | {report['swarm_ms']:.1f} ms | "
+                 f"{report['overhead']:+.1%} | {_f(report.get('overhead_vs_bare'), '{:+.1%}')} | {report['blocks']} x {report['steps_per_block']} |")
+    if "cpu_overhead" in report:
+        lines.append(f"| same, in CPU seconds of the process (all threads) | | | | {report['cpu_overhead']:+.1%} | {report['cpu_overhead_vs_bare']:+.1%} | |")
+    for key, label in (("block_ratios_vs_bare", "wall time vs bare"), ("cpu_block_ratios_vs_bare", "CPU time vs bare")):
+        ratios = report.get(key) or []
+        if ratios:
+            lines.append("")
+            lines.append(f"per-block ratios, {label}: {min(ratios) - 1:+.0%} to {max(ratios) - 1:+.0%} (goal: < 3%)")
+    return "\n".join(lines)
+
+
+def training_table(reports: list[dict[str, Any]]) -> str:
+    lines = ["| scenario | peers | target batch | duration | system | samples/s | sum of solo samples/s | utilization | epochs | median round | notes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for report in reports:
+        w = report.get("workload", {})
+        for name, r in report["results"].items():
+            notes = []
+            if r.get("nominal_solo_samples_per_second"):
+                notes.append(f"nominal solo {r['nominal_solo_samples_per_second']:.1f}/s")
+            if "consistent" in r:
+                notes.append("parameters identical" if r["consistent"] else "parameters differ at the end")
+            if r.get("error"):
+                notes.append("error: " + r["error"][:100])
+            lines.append(f"| {report['scenario']} | {report['peers']} | {w.get('target_batch_size', '?')} | {_f(w.get('duration'), '{:.0f}s')} | {name} | "
+                         f"{_f(r.get('samples_per_second'))} | {_f(r.get('solo_samples_per_second'))} | {_pct(r.get('utilization'))} | "
+                         f"{r.get('epochs', '-')} | {_f(r.get('median_round_seconds'), '{:.1f}s')} | {'; '.join(notes)} |")
+    return "\n".join(lines)
+
+
+def modes_table(report: dict[str, Any]) -> str:
+    res = report["results"]
+    summary = report.get("summary", {})
+    reduction = summary.get("bytes_per_sample_reduction_vs_sync_fp32", {})
+    at_wall = summary.get("loss_at_equal_wall_time", {})
+    at_samples = summary.get("loss_at_equal_samples", {})
+    lines = [
+        f"| config | H | utilization (fwd/bwd) | blocked on rounds | opt.step work | next batch | bytes sent / sample | x less than sync fp32 | "
+        f"epochs | loss first -> last | loss at {_f(at_wall.get('seconds'), '{:.0f}')} s | loss at {at_samples.get('samples', '-')} samples | codecs | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in res.items():
+        if "error" in r:
+            lines.append(f"| {name} | | | | | | | | | | | | | {r['error'][:100]} |")
+            continue
+        notes = []
+        if r.get("rounds_failed"):
+            notes.append(f"{r['rounds_failed']} failed rounds")
+        if r.get("max_staleness"):
+            notes.append(f"staleness {r['max_staleness']}")
+        if r.get("params_identical") is False:
+            notes.append("parameters differ")
+        codecs = ", ".join(f"{k} x{v}" for k, v in (r.get("codecs") or {}).items())
+        lines.append(
+            f"| {name} | {r.get('inner_steps') or '-'} | {_pct(r.get('compute_utilization'))} | {_pct(r.get('round_wait_share'))} | "
+            f"{_pct(r.get('optimizer_share'))} | {_pct(r.get('data_share'))} | {_f(r.get('bytes_sent_per_sample'), '{:,.0f}')} | "
+            f"{_f(reduction.get(name), '{:.0f}x')} | {r.get('epochs', '-')} | {_f(r.get('loss_first'))} -> {_f(r.get('loss_last'))} | "
+            f"{_f(at_wall.get('loss', {}).get(name))} | {_f(at_samples.get('loss', {}).get(name))} | {codecs} | {'; '.join(notes)} |"
+        )
+    goals = summary.get("goals", {})
+    if goals:
+        lines.append("")
+        for key, goal in goals.items():
+            shown = {k: v for k, v in goal.items() if k != "met"}
+            lines.append(f"- {key.replace('_', ' ')}: {'met' if goal.get('met') else 'missed'} ({json.dumps(shown)})")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
-    reports = [json.loads(p.read_text()) for p in sorted(args.results.glob("allreduce-*.json"))]
+    paths = sorted(args.results.glob("allreduce-*.json"))
+    reports = [json.loads(p.read_text()) for p in paths]
     if reports:
         print("### All-reduce on emulated networks\n")
-        for r in reports:
+        for path, r in zip(paths, reports):
             probe = r.get("tcp_probe", {})
-            print(f"- {r['scenario']}: {r['date']}, {r['machine']}; raw TCP on {probe.get('peer', '?')}'s links: "
+            print(f"- {path.name} ({r['scenario']}, {', '.join(r['results'])}): {r['date']}, {r['machine']}; raw TCP on {probe.get('peer', '?')}'s links: "
                   f"{_f(probe.get('upload_efficiency'), '{:.0%}')} up, {_f(probe.get('download_efficiency'), '{:.0%}')} down of nominal")
         print()
         print(allreduce_table(reports))
+        print()
+        print(" ".join(_png(args.results, p.stem) for p in paths))
     mve = args.results / "model-vs-emulate.json"
     if mve.exists():
         report = json.loads(mve.read_text())
         print(f"\n### Model vs emulator\n\n{report['date']}, {report['machine']}, model efficiency {report['efficiency']}\n")
         print(model_table(report))
-    for name in ("loopback", "overhead"):
-        path = args.results / f"{name}.json"
-        if path.exists():
-            print(f"\n### {name}\n\n```json\n{json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != 'profile_top'}, indent=1)[:3000]}\n```")
-    for path in sorted(args.results.glob("training-*.json")):
-        print(f"\n### {path.stem}\n\n```json\n{json.dumps(json.loads(path.read_text())['results'], indent=1)}\n```")
+        print(f"\n{_png(args.results, 'model-vs-emulate')}")
+    path = args.results / "loopback.json"
+    if path.exists():
+        report = json.loads(path.read_text())
+        print(f"\n### Loopback\n\n{_meta(report)}; {report['vector_bytes'] / 2**20:.0f} MiB fp32, 2 peers\n")
+        print(loopback_table(report))
+        print(f"\n{_png(args.results, 'loopback')}")
+    training = [json.loads(p.read_text()) for p in sorted(args.results.glob("training-*.json"))]
+    if training:
+        print("\n### Training on emulated networks\n")
+        for report in training:
+            print(f"- {report['scenario']}: {_meta(report)}")
+        print()
+        print(training_table(training))
+        print()
+        print(" ".join(_png(args.results, f"training-{r['scenario']}") for r in training))
+    path = args.results / "overhead.json"
+    if path.exists():
+        report = json.loads(path.read_text())
+        print(f"\n### Per-step overhead\n\n{_meta(report)}\n")
+        print(overhead_table(report))
+        print(f"\n{_png(args.results, 'overhead')}")
+    path = args.results / "modes.json"
+    if path.exists():
+        report = json.loads(path.read_text())
+        print(f"\n### Modes: sync, overlap, DiLoCo, compression\n\n{_meta(report)}; {report['task']}, {report['peers']} peers on loopback, "
+              f"{report['duration_s']:.0f} s of training each; sync target batch {report.get('sync_target_batch_size', '?')}\n")
+        print(modes_table(report))
+        print(f"\n{_png(args.results, 'modes')}")
 
 
 if __name__ == "__main__":
