@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -54,6 +54,7 @@ class PeerOptions:
     metrics_host: str = "127.0.0.1"
     final_state_path: Path | None = None       # write the model (and its epoch) here when training ends (swarm eval reads it)
     access: InviteAccess | None = None         # joined with an invite: the organizer's config only, and a token if invite-only
+    on_collaboration: Callable[[Collaboration], None] | None = None   # called once it exists (swarm chaos injects faults here)
 
 
 @dataclass
@@ -137,6 +138,8 @@ def run_peer(config: RunConfig, options: PeerOptions, stop: StopFlag | None = No
         authorizer=access.authorizer() if access is not None else None,
     )
     stop.on_set.append(collab.interrupt)
+    if options.on_collaboration is not None:
+        options.on_collaboration(collab)
     metrics = open(options.metrics_path, "a") if options.metrics_path else None
     exporter = None
     summary = PeerSummary(peer_id=collab.peer_id, epochs=0, samples=0, rounds_completed=0, rounds_failed=0, state_downloads=0)

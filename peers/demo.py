@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,13 @@ from swarm.config import RunConfig
 from swarm.lifecycle import set_parent_death_signal
 
 from .cli import add_run_options, run_config_from_args
+from .local_swarm import (
+    epochs_of,
+    peer_command,
+    read_jsonl,
+    start_coordinator,
+    stop_all,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +49,7 @@ def register_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-def _demo_config(args: argparse.Namespace) -> RunConfig:
+def demo_config(args: argparse.Namespace) -> RunConfig:
     config = run_config_from_args(args)
     explicit = {k for k, v in vars(args).items() if v is not None}
     data = config.model_dump()
@@ -68,7 +74,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.peers < 1:
         raise ConfigError("--peers must be at least 1")
     started = time.monotonic()
-    config = _demo_config(args)
+    config = demo_config(args)
     run_dir = args.run_dir / config.run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     for old in [*run_dir.glob("peer*.jsonl"), run_dir / FINAL_STATE]:
@@ -84,19 +90,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     logs = []
     coordinator: subprocess.Popen | None = None
     try:
-        coordinator, bootstrap, dashboard = _start_coordinator(config_path, args, run_dir)
+        coordinator, bootstrap, dashboard = start_coordinator(config_path, args.run_dir, run_dir, port=args.port,
+                                                              checkpoint_every=args.checkpoint_every)
         print(f"bootstrap peer: {bootstrap}", flush=True)
         print(f"dashboard: {dashboard}", flush=True)
         for i in range(args.peers):
             log = open(run_dir / f"peer{i}.log", "w")
             logs.append(log)
-            cmd = [
-                sys.executable, "-m", "swarm.cli", "join", "--config", str(config_path), "--initial-peers", bootstrap,
-                "--host-maddrs", "/ip4/127.0.0.1/tcp/0", "--metrics-file", str(run_dir / f"peer{i}.jsonl"),
-                # --duration is training time: each peer counts it from the moment it is ready to train,
-                # so a slow start (a loaded machine, a cold cache) does not eat the run
-                "--duration", f"{args.duration:.1f}", "--worker-seed", str(i),
-            ]
+            cmd = peer_command(config_path, bootstrap, run_dir / f"peer{i}.jsonl", worker_seed=i, duration=args.duration)
             if i == 0:   # peer 0 leaves the trained model for `swarm eval`
                 cmd += ["--save-final", str(run_dir / FINAL_STATE)]
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -106,11 +107,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted: stopping peers", flush=True)
     finally:
-        _stop_all(procs)
+        stop_all(procs)
         for log in logs:
             log.close()
         if coordinator is not None:
-            _stop_all([coordinator])
+            stop_all([coordinator])
     report = build_report(config, run_dir, args.peers, time.monotonic() - started)
     if (run_dir / FINAL_STATE).exists():
         report["final_state"] = str(run_dir / FINAL_STATE)
@@ -123,47 +124,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if failed:
         print(f"{len(failed)} peer(s) exited with errors (exit codes {failed}): see {run_dir}/peer*.log", file=sys.stderr)
     return 0
-
-
-def _start_coordinator(config_path: Path, args: argparse.Namespace, run_dir: Path) -> tuple[subprocess.Popen, str, str]:
-    """`swarm launch` as an owned child; returns it with its bootstrap multiaddr and dashboard URL."""
-    from swarm.errors import NetworkError
-
-    log_path = run_dir / "coordinator.log"
-    log = open(log_path, "w")
-    cmd = [
-        sys.executable, "-m", "swarm.cli", "launch", "--config", str(config_path), "--runs-dir", str(args.run_dir),
-        "--port", str(args.port), "--p2p-host", "127.0.0.1", "--checkpoint-every", str(args.checkpoint_every), "--fresh",
-    ]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=set_parent_death_signal)
-    log.close()
-    found: dict[str, str] = {}
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and len(found) < 2:
-        for line in log_path.read_text().splitlines():
-            for key in ("bootstrap", "dashboard"):
-                if line.startswith(key + ": "):
-                    found[key] = line.split(": ", 1)[1].strip()
-        if proc.poll() is not None:
-            errors = [l for l in log_path.read_text().splitlines() if l.startswith("swarm: error:")]
-            raise NetworkError(errors[-1].removeprefix("swarm: error: ") if errors else f"the coordinator exited ({proc.returncode}): see {log_path}")
-        time.sleep(0.2)
-    if len(found) < 2:
-        _stop_all([proc])
-        raise NetworkError(f"the coordinator did not start in 180 s: see {log_path}")
-    return proc, found["bootstrap"], found["dashboard"]
-
-
-def _read_lines(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass  # a line being written right now
-    return out
 
 
 def _watch(procs: list[subprocess.Popen], run_dir: Path, n: int, deadline: float) -> None:
@@ -183,29 +143,11 @@ def _watch(procs: list[subprocess.Popen], run_dir: Path, n: int, deadline: float
 
 
 def _epochs(run_dir: Path, n: int) -> dict[int, list[dict]]:
-    per_epoch: dict[int, list[dict]] = {}
-    for i in range(n):
-        for row in _read_lines(run_dir / f"peer{i}.jsonl"):
-            if not row.get("final"):
-                per_epoch.setdefault(row["epoch"], []).append(row)
-    return per_epoch
-
-
-def _stop_all(procs: list[subprocess.Popen], grace: float = 15.0) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-    end = time.monotonic() + grace
-    for p in procs:
-        try:
-            p.wait(max(0.1, end - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
+    return epochs_of(run_dir / f"peer{i}.jsonl" for i in range(n))
 
 
 def build_report(config: RunConfig, run_dir: Path, n: int, duration: float) -> dict:
-    peers = [_read_lines(run_dir / f"peer{i}.jsonl") for i in range(n)]
+    peers = [read_jsonl(run_dir / f"peer{i}.jsonl") for i in range(n)]
     steps = [[r for r in rows if not r.get("final")] for rows in peers]
     finals = [next((r for r in rows if r.get("final")), None) for rows in peers]
     per_epoch = _epochs(run_dir, n)
