@@ -31,7 +31,7 @@ from typing import Awaitable, Callable
 from hivemind.p2p import P2PContext
 from hivemind.utils.crypto import RSAPrivateKey, RSAPublicKey
 
-from swarm import records
+from swarm import clock, records
 from swarm.auth import ISSUE_HANDLER, MAX_CLOCK_SKEW, OrganizerTokens, SwarmAuthorizer, issue_token, token_request_bytes
 from swarm.errors import AuthError
 from swarm.invite import Invite
@@ -109,7 +109,7 @@ class AccessControl:
             public_key = RSAPublicKey.from_bytes(request.public_key)
         except ValueError:
             return "malformed public key"
-        if abs(request.time - time.time()) > MAX_CLOCK_SKEW:
+        if abs(request.time - clock.now()) > MAX_CLOCK_SKEW:
             return "stale token request (is this computer's clock right?)"
         assert self._node is not None
         signed = token_request_bytes(request.invite, request.public_key, request.time, self._node.peer_id)

@@ -43,6 +43,7 @@ from hivemind.utils.auth import TokenAuthorizerBase
 from hivemind.utils.crypto import RSAPrivateKey, RSAPublicKey
 from hivemind.utils.timed_storage import TimedStorage
 
+from . import clock
 from .errors import AuthError, NetworkError
 from .invite import Invite
 from .proto import swarm_pb2
@@ -79,7 +80,7 @@ def token_invite_id(token: AccessToken) -> str:
 
 def issue_token(organizer: RSAPrivateKey, run_id: str, invite_id: str, public_key: bytes, lifetime: float) -> AccessToken:
     """An access token for `public_key`, signed by the organizer key (hivemind's AccessToken convention)."""
-    token = AccessToken(username=f"{run_id}/{invite_id}", public_key=public_key, expiration_time=_format_time(time.time() + lifetime))
+    token = AccessToken(username=f"{run_id}/{invite_id}", public_key=public_key, expiration_time=_format_time(clock.now() + lifetime))
     token.signature = organizer.sign(token.SerializeToString())
     return token
 
@@ -96,7 +97,7 @@ def token_problem(token: AccessToken, organizer: RSAPublicKey, run_id: str, revo
     run, _, invite_id = token.username.rpartition("/")
     if run != run_id:
         return "token of another run"
-    if token_expiry(token) < time.time():
+    if token_expiry(token) < clock.now():
         return "token expired"
     if invite_id in revoked:
         return "invite revoked"
@@ -128,7 +129,7 @@ class SwarmAuthorizer(TokenAuthorizerBase):
         self._token_source = token_source
         self._on_token = on_token
         self._p2p: P2P | None = None
-        self._token_received = time.time()
+        self._token_received = clock.now()
         self._seen = TimedStorage()
         if token is not None and self.is_token_valid(token):
             self._local_access_token = token
@@ -152,7 +153,7 @@ class SwarmAuthorizer(TokenAuthorizerBase):
         problem = self.token_problem(token)
         if problem is not None or token.public_key != self._local_public_key.to_bytes():
             raise AuthError(f"the coordinator returned an unusable token: {problem or 'issued for another key'}")
-        self._token_received = time.time()
+        self._token_received = clock.now()
         if self._on_token is not None:
             self._on_token(token)
         return token
@@ -161,7 +162,7 @@ class SwarmAuthorizer(TokenAuthorizerBase):
         return self.token_problem(access_token) is None
 
     def does_token_need_refreshing(self, access_token: AccessToken) -> bool:
-        return token_expiry(access_token) - time.time() < NEAR_EXPIRY
+        return token_expiry(access_token) - clock.now() < NEAR_EXPIRY
 
     async def refresh_token_if_needed(self) -> None:
         if self._local_access_token is None or self.does_token_need_refreshing(self._local_access_token):
@@ -177,7 +178,7 @@ class SwarmAuthorizer(TokenAuthorizerBase):
         if token is None:
             return True
         expiry = token_expiry(token)
-        return time.time() >= self._token_received + (expiry - self._token_received) / 2
+        return clock.now() >= self._token_received + (expiry - self._token_received) / 2
 
     async def renew(self) -> None:
         async with self._refresh_lock:
@@ -199,7 +200,7 @@ class SwarmAuthorizer(TokenAuthorizerBase):
         token = self._local_access_token
         if token is None:
             raise AuthError("this node holds no access token")
-        info = RequestAuthInfo(time=time.time(), nonce=secrets.token_bytes(8))
+        info = RequestAuthInfo(time=clock.now(), nonce=secrets.token_bytes(8))
         info.client_access_token.CopyFrom(token)
         message.auth = info.SerializeToString()
         info.signature = self._local_private_key.sign(_DOMAIN + sender.to_bytes() + message.SerializeToString())
@@ -228,7 +229,7 @@ class SwarmAuthorizer(TokenAuthorizerBase):
             return "malformed token key"
         if not client.verify(_DOMAIN + sender.to_bytes() + unsigned.SerializeToString(), signature):
             return "bad request signature"
-        now = time.time()
+        now = clock.now()
         if abs(info.time - now) > MAX_CLOCK_SKEW:
             return "stale request (clocks differ, or a replay)"
         key = info.client_access_token.public_key + info.nonce
@@ -279,7 +280,7 @@ async def request_token(p2p: P2P, invite: Invite, private_key: RSAPrivateKey, ti
     public_key = private_key.get_public_key().to_bytes()
     errors = []
     for coordinator in coordinator_ids(invite.initial_peers):
-        t = time.time()
+        t = clock.now()
         request = swarm_pb2.TokenRequest(invite=text, public_key=public_key, time=t,
                                          signature=private_key.sign(token_request_bytes(text, public_key, t, coordinator)))
         try:

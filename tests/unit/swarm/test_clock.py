@@ -61,3 +61,24 @@ def test_a_skewed_host_adopts_the_swarm_clock(restore_clock, monkeypatch):
     assert asyncio.run(clock.synchronize(None, [])) == pytest.approx(-300.0)  # type: ignore[arg-type]
     assert clock.offset() == pytest.approx(-300.0)
     assert dht_node.get_dht_time() == pytest.approx(time.time() - 300.0, abs=0.5)
+
+
+def test_a_skewed_host_on_the_swarm_clock_signs_messages_others_accept(restore_clock, monkeypatch):
+    """Invite-only runs sign every message with a time that peers check within MAX_CLOCK_SKEW: the swarm's time."""
+    from hivemind.utils.crypto import RSAPrivateKey
+
+    from tests.unit.swarm.test_auth import ME, join_request, member, with_token
+
+    keys = {name: RSAPrivateKey() for name in ("organizer", "alice", "bob")}
+    bob = with_token(member(keys, "bob"))
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 300)   # alice's host runs 5 min ahead
+    alice = with_token(member(keys, "alice"))
+    skewed, corrected = join_request(), join_request()
+    alice.sign_message(skewed, ME)
+    clock.install(-300.0)                                      # what swarm.clock.synchronize measures for it
+    alice.sign_message(corrected, ME)
+    monkeypatch.setattr(time, "time", real)
+    clock.install(0.0)
+    assert bob.check_message(skewed, ME) == "stale request (clocks differ, or a replay)"
+    assert bob.check_message(corrected, ME) is None
