@@ -20,6 +20,7 @@ out in the background (`_visit`, polled by the harness's watch): other faults go
 from __future__ import annotations
 
 import random
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from .harness import ChaosSwarm, Instance
 from .history_check import compare
 
 SIGINT_LIMIT = 5.0
+DOWNLOAD_FAILED = re.compile(r"state download from \S+ failed")   # swarm.state_sync: one line per donor that failed
 
 
 @dataclass
@@ -113,7 +115,7 @@ def _visit(h: ChaosSwarm, ctx: FaultContext, event: dict, crowd: list[Instance],
             if inst.name not in seen and (not inst.alive or _committed(inst) >= steps or now - joined > ctx.join_timeout):
                 log = inst.log.read_text(errors="replace")
                 seen[inst.name] = {"instance": inst.name, "committed": _committed(inst), "loaded_state": "loaded the state" in log,
-                                   "download_failures": log.count("state download failed") + log.count("could not download the state"),
+                                   "download_failures": len(DOWNLOAD_FAILED.findall(log)),
                                    "joined_s": round(now - joined, 1) if _committed(inst) else None, "exit_s": None}
                 if inst.alive:
                     sent[inst.name] = now

@@ -103,6 +103,7 @@ class ChaosSwarm:
         self.restarts = 0
         self.coordinator_timeout = 300.0         # a loaded 2-core box can take minutes to start `swarm launch`
         self.closing = False
+        self.closing_at: float | None = None
         self.followups: list = []               # callables polled by tick() until they return True (faults still playing out)
         self._polling = False
         self._visitors = 0
@@ -313,6 +314,7 @@ class ChaosSwarm:
                 row = json.loads(line)
             except ValueError:
                 continue
+            row["_seen"] = time.monotonic()   # when the harness read it (wall clocks may be skewed on purpose)
             inst.rows.append(row)
             if not row.get("final") and row["epoch"] > self.max_epoch:
                 self.max_epoch = row["epoch"]
@@ -342,6 +344,7 @@ class ChaosSwarm:
     def close(self, grace: float = 20.0) -> None:
         """Stop every process (SIGINT, SIGKILL after `grace`), then wait out the orphan checks."""
         self.closing = True
+        self.closing_at = time.monotonic()
         for inst in self.instances:
             inst.restart_at = None
             self._remember(inst)
@@ -349,6 +352,10 @@ class ChaosSwarm:
         peers = [i for i in live if i.slot != "coordinator"]
         for inst in peers:
             inst.proc.send_signal(signal.SIGINT)
+        self.wait_for(lambda: not any(i.alive for i in peers), 5.0)
+        for inst in peers:   # a peer still starting up may have lost the first one before it installed its handler
+            if inst.alive:
+                inst.proc.send_signal(signal.SIGINT)
         self.wait_for(lambda: not any(i.alive for i in peers), grace)
         for inst in live:
             if inst.alive and inst.slot == "coordinator":

@@ -5,7 +5,8 @@
   5 s after their parent's death (death as seen by the harness's watch, which polls every 0.25 s).
 - `history_lost`: whether a coordinator restart lost rows or checkpoints it held (None: no restart happened).
 - `longest_stall_s`: the longest stretch of the fault window without a new global epoch.
-- `rounds_completed`: global rounds committed (distinct epochs); `peer_commits`: commits summed over peers;
+- `rounds_completed`: global rounds committed (distinct epochs); `peer_commits`: commits summed over peers
+  (commits after the harness began stopping the swarm are listed apart, as `shutdown_commits`);
   `rounds_failed`: failed round attempts summed over peers (their logs' "round failed" lines).
 """
 from __future__ import annotations
@@ -24,7 +25,12 @@ def build_report(h: ChaosSwarm, events: list[dict], *, history: list[dict], dead
                  wall_s: float, config_summary: dict, kinds: list[str]) -> dict:
     start, end = window
     peers = [i for i in h.instances if i.slot != "coordinator"]
-    rows = [(i, r) for i in peers for r in i.rows if not r.get("final")]
+    closing = h.closing_at if h.closing_at is not None else float("inf")
+    # commits made once the harness began stopping everything (a peer that joined as the others left trains on its
+    # own, from epoch 0) are counted apart: the invariants are about the run, not its teardown
+    all_rows = [(i, r) for i in peers for r in i.rows if not r.get("final")]
+    rows = [(i, r) for i, r in all_rows if r["_seen"] < closing]
+    late = [(i, r) for i, r in all_rows if r["_seen"] >= closing]
     hashes: dict[int, set[str]] = collections.defaultdict(set)
     for _, r in rows:
         hashes[r["epoch"]].add(r["params_hash"])
@@ -61,6 +67,7 @@ def build_report(h: ChaosSwarm, events: list[dict], *, history: list[dict], dead
         "round_seconds_max": round(max(round_seconds), 3) if round_seconds else None,
         "divergent_commits": len(divergent),
         "divergent_epochs": divergent[:20],
+        "shutdown_commits": [{"instance": i.name, "epoch": r["epoch"], "group_size": r["group_size"]} for i, r in late],
         "orphan_processes": sum(len(o["alive_after_5s"]) for o in orphans),
         "orphans": orphans,
         "processes_checked": len(h.orphans),
