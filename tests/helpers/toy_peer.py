@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--compression", default="fp16")
     parser.add_argument("--averaging-timeout", type=float, default=15)
     parser.add_argument("--chunk-elements", type=int, default=2**17)
-    parser.add_argument("--wait-timeout", type=float, default=30, help="seconds --wait-peers waits at most")
+    parser.add_argument("--wait-timeout", type=float, default=120, help="seconds --wait-peers waits at most (a peer can take a minute to start on a busy 2-core box)")
     parser.add_argument("--mode", default="sync", choices=["sync", "diloco"], help="diloco: AdamW inner steps, Nesterov outer steps")
     parser.add_argument("--overlap", action="store_true", help="average in the background (updates one step late)")
     parser.add_argument("--inner-lr", type=float, default=0.01)
