@@ -12,9 +12,11 @@ Failures. A leader that cannot be reached is skipped (the next candidate leads);
 leader that dies while holding requests makes each follower's request time out
 (`gather_timeout + request_timeout`) and the follower retries with the next candidate,
 within the round's deadline. A peer accepts leadership only when every candidate below it
-has failed for it, so two leaders at once need a real partition; even then each group
-is internally consistent, and the parameter-hash check in the optimizer re-syncs the
-minority afterwards.
+has failed for it, so two leaders at once need a real partition or views that missed each
+other (newcomers whose records had not spread): a leader that sees a lower trainer at the
+epoch just before forming steps aside and its followers are told whom to follow (a hint
+they add to their candidates). Even then each group is internally consistent, and the
+parameter-hash check in the optimizer re-syncs the minority afterwards.
 """
 from __future__ import annotations
 
@@ -72,6 +74,7 @@ class Matchmaker:
         self.peer_id = str(p2p.peer_id)
         self._gatherings: dict[int, _Gathering] = {}
         self._failed: dict[int, set[str]] = {}
+        self._hints: dict[int, set[str]] = {}   # leaders named by a candidate that stepped aside for them
 
     async def start(self) -> None:
         await self.p2p.add_protobuf_handler(JOIN_HANDLER, self._handle_join, swarm_pb2.JoinRequest)
@@ -87,9 +90,17 @@ class Matchmaker:
         failed = self._failed.get(epoch, set())
         view = self.tracker.view
         ids = {p.peer_id for p in view.training_at(epoch) + view.training_at(epoch - 1) if p.role != "client"}
+        ids |= self._hints.get(epoch, set())
         if self.tracker.role != "client":
             ids.add(self.peer_id)
         return sorted(ids - failed)
+
+    def _lower_leader(self, epoch: int) -> str | None:
+        """A reachable trainer at the epoch with a lower id than ours, in our view: the leader we should follow."""
+        failed = self._failed.get(epoch, set())
+        lower = sorted(p.peer_id for p in self.tracker.view.training_at(epoch)
+                       if p.role != "client" and p.peer_id < self.peer_id and p.peer_id not in failed)
+        return lower[0] if lower else None
 
     def _expected(self, epoch: int) -> set[str]:
         """Who the leader waits for: peers at the epoch, and peers whose record still shows the epoch
@@ -107,6 +118,7 @@ class Matchmaker:
             for old in [e for e in self._gatherings if e < epoch - 2]:
                 self._gatherings.pop(old)
                 self._failed.pop(old, None)
+                self._hints.pop(old, None)
         return g
 
     def round_failed(self, epoch: int) -> None:
@@ -139,7 +151,10 @@ class Matchmaker:
                 continue
             leader = candidates[0]
             if leader == self.peer_id:
-                return await self._lead(request, deadline)
+                group = await self._lead(request, deadline)
+                if group is not None:
+                    return group
+                continue  # stepped aside for a lower peer: follow it
             try:
                 timeout = min(self.gather_timeout + self.request_timeout, max(0.1, deadline - time.monotonic()))
                 reply = await asyncio.wait_for(
@@ -155,6 +170,8 @@ class Matchmaker:
             if reply.status == Status.ACCEPTED:
                 return reply
             if reply.status == Status.NOT_LEADER:
+                if reply.leader and reply.leader != leader and reply.leader not in self._failed.get(epoch, set()):
+                    self._hints.setdefault(epoch, set()).add(reply.leader)  # it stepped aside for a peer we may not see yet
                 # the candidate is alive but not leading (yet): it may be finishing its previous step.
                 # Give it gather_timeout, then move on so one lagging peer cannot stall the swarm.
                 first_refusal = patience.setdefault(leader, time.monotonic())
@@ -174,7 +191,8 @@ class Matchmaker:
         self.authorizer.sign_message(signed, self.p2p.peer_id)
         return signed
 
-    async def _lead(self, request: swarm_pb2.JoinRequest, deadline: float) -> swarm_pb2.GroupInfo:
+    async def _lead(self, request: swarm_pb2.JoinRequest, deadline: float) -> swarm_pb2.GroupInfo | None:
+        """Gather and form the epoch's group; None when a lower peer turned up meanwhile (we follow it instead)."""
         g = self._gathering(request.epoch)
         if g.formed.done():
             raise RoundFailed("this epoch's group was already formed without this peer")
@@ -189,9 +207,31 @@ class Matchmaker:
         if self.tracker.view.epoch > request.epoch:
             g.formed.set_result(swarm_pb2.GroupInfo(status=Status.TOO_LATE, epoch=g.epoch, reason="the swarm moved on", leader=self.peer_id))
             raise RoundFailed(f"the swarm moved past epoch {request.epoch} while the group gathered")
+        if time.monotonic() - self.tracker.view.fetched_at > 0.5:
+            try:  # records of peers that joined while we gathered (see _step_aside)
+                await asyncio.wait_for(self.tracker.refresh(), 1.0)
+            except Exception as e:
+                logger.debug("refresh before forming the group failed: %s", e)
+        if self._step_aside(g):
+            return None
         group = self._make_group(g)
         g.formed.set_result(group)
         return group
+
+    def _step_aside(self, g: _Gathering) -> bool:
+        """Two peers whose views missed each other (newcomers whose records had not spread yet) would each lead a
+        group for the same epoch, and the two groups would commit it to different parameters. Before forming, a
+        leader that now sees a lower trainer at the epoch hands the gathering over: its followers get NOT_LEADER
+        naming that peer, and it follows that peer itself."""
+        lower = self._lower_leader(g.epoch)
+        if lower is None:
+            return False
+        logger.info("epoch %d: %s leads (lower id, seen while gathering); following it", g.epoch, lower[-8:])
+        g.formed.set_result(swarm_pb2.GroupInfo(status=Status.NOT_LEADER, epoch=g.epoch, reason="a lower peer leads", leader=lower))
+        if self._gatherings.get(g.epoch) is g:
+            self._gatherings.pop(g.epoch)
+        self._hints.setdefault(g.epoch, set()).add(lower)
+        return True
 
     def _make_group(self, g: _Gathering) -> swarm_pb2.GroupInfo:
         reqs = [g.requests[k] for k in sorted(g.requests)]
@@ -258,7 +298,10 @@ class Matchmaker:
         if not g.leading:
             candidates = self._candidates(request.epoch)
             if not candidates or candidates[0] != self.peer_id:
-                return refuse(Status.NOT_LEADER)
+                refusal = refuse(Status.NOT_LEADER)
+                if candidates:
+                    refusal.leader = candidates[0]  # whom we follow: the asker may not see that peer yet
+                return refusal
             g.leading, g.started = True, time.monotonic()
             asyncio.create_task(self._close_after_timeout(g))
         g.requests[request.peer_id] = request
@@ -284,4 +327,5 @@ class Matchmaker:
                 if self._gatherings.get(g.epoch) is g:
                     self._gatherings.pop(g.epoch)
                 return
-            g.formed.set_result(self._make_group(g))
+            if not self._step_aside(g):
+                g.formed.set_result(self._make_group(g))
