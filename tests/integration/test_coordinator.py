@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from swarm.lifecycle import pids_alive
+from tests.helpers.procs import wait_until
 from tests.helpers.running_swarm import RunningSwarm, swarm_cli
 
 pytestmark = pytest.mark.integration
@@ -83,8 +84,9 @@ def test_status_lists_every_peer_with_figures(swarm):
 @pytest.mark.timeout(120)
 def test_history_series(swarm):
     for metric in ("loss", "samples_per_second", "epoch"):
+        # the tracker samples every few seconds: the previous test can end right after the first sample
+        assert wait_until(lambda: len(swarm.api(f"/api/history?metric={metric}")["points"]) >= 2, 60), metric
         points = swarm.api(f"/api/history?metric={metric}")["points"]
-        assert len(points) >= 2, metric
         assert all(len(p) == 2 and p[1] is not None for p in points)
     epochs = [v for _, v in swarm.api("/api/history?metric=epoch&points=5000")["points"]]
     assert epochs == sorted(epochs) and epochs[-1] >= 2
