@@ -53,6 +53,14 @@ def model_from_checkpoint(path: Path):
     extra = [n for n in state.tensors if n.startswith("param.") and int(n.split(".")[1]) >= len(params)]
     if extra:
         raise CheckpointError(f"checkpoint {path} has {len(extra)} more parameters than the {meta['task']} model")
+    with torch.no_grad():  # buffers (BatchNorm statistics), in model.buffers() order, when the donor shared them
+        for i, b in enumerate(model.buffers()):
+            t = state.tensors.get(f"buffer.{i}")
+            if t is None:
+                continue
+            if tuple(t.shape) != tuple(b.shape):
+                raise CheckpointError(f"checkpoint {path} does not fit the {meta['task']} model (buffer {i})")
+            b.copy_(t.to(b.dtype))
     return task, model, meta
 
 

@@ -186,9 +186,9 @@ def make_optimizer(collab: Collaboration, model: torch.nn.Module, task, config: 
             def inner(params):
                 return task.make_optimizer(params, inner_lr)
         return collab.optimizer(model.parameters(), inner, mode="diloco", overlap=config.overlap, outer_lr=d.outer_lr,
-                                outer_momentum=d.outer_momentum, nesterov=d.nesterov, lr_schedule=schedule)
+                                outer_momentum=d.outer_momentum, nesterov=d.nesterov, lr_schedule=schedule, buffers=model.buffers())
     return collab.optimizer(model.parameters(), lambda params: task.make_optimizer(params, config.lr), mode="sync",
-                            overlap=config.overlap, lr_schedule=schedule)
+                            overlap=config.overlap, lr_schedule=schedule, buffers=model.buffers())
 
 
 def _train(task, model, opt, collab: Collaboration, config: RunConfig, options: PeerOptions, stop: StopFlag, deadline: float, metrics, summary: PeerSummary, exporter=None) -> None:

@@ -60,10 +60,14 @@ class CollaborativeOptimizer:
         *,
         lr_schedule: Callable[[int], float] | None = None,
         compression: CompressionPolicy | None = None,
+        buffers: Iterable[torch.Tensor] = (),
         **optimizer_kwargs: Any,
     ):
         self.collab = collab
         self.params = [p for p in params if p.requires_grad]
+        # The model's buffers (BatchNorm statistics): not averaged, but part of the state a newcomer or the
+        # coordinator's checkpoint downloads, so that a downloaded model evaluates like its donor's.
+        self.buffers = list(buffers)
         if isinstance(optimizer, torch.optim.Optimizer):
             self.inner = optimizer
         else:
@@ -285,6 +289,7 @@ class CollaborativeOptimizer:
         """A consistent copy of the training state (called from the engine thread)."""
         with self.step_lock:
             tensors = {f"param.{i}": p.detach().clone() for i, p in enumerate(self._state_params())}
+            tensors.update({f"buffer.{i}": b.detach().cpu().clone() for i, b in enumerate(self.buffers)})
             sd = self._state_optimizer().state_dict()
             extra_state: dict[str, dict[str, Any]] = {}
             for idx, st in sd["state"].items():
@@ -299,12 +304,22 @@ class CollaborativeOptimizer:
             return TrainingState(epoch=self.epoch, tensors=tensors, extra={"param_groups": groups, "opt_extra": extra_state})
 
     def load_state(self, state: TrainingState) -> None:
+        # check everything before changing anything: a state that does not fit leaves ours as it was
+        for i, p in enumerate(self._state_params()):
+            t = state.tensors.get(f"param.{i}")
+            if t is None or t.shape != p.shape:
+                raise NetworkError(f"downloaded state does not fit this model (parameter {i})")
+        for i, b in enumerate(self.buffers):
+            t = state.tensors.get(f"buffer.{i}")
+            if t is not None and t.shape != b.shape:
+                raise NetworkError(f"downloaded state does not fit this model (buffer {i})")
         with self.step_lock, torch.no_grad():
             for i, p in enumerate(self._state_params()):
-                t = state.tensors.get(f"param.{i}")
-                if t is None or t.shape != p.shape:
-                    raise NetworkError(f"downloaded state does not fit this model (parameter {i})")
-                p.copy_(t)
+                p.copy_(state.tensors[f"param.{i}"])
+            for i, b in enumerate(self.buffers):
+                t = state.tensors.get(f"buffer.{i}")
+                if t is not None:  # None: a donor that does not share its buffers; keep ours
+                    b.copy_(t.to(device=b.device, dtype=b.dtype))
             opt_state: dict[int, dict[str, Any]] = {}
             for name, t in state.tensors.items():
                 if name.startswith("opt."):

@@ -8,8 +8,9 @@ Format (one `torch.save` dict, loadable with `weights_only=True`):
 `load_checkpoint` also accepts a bare state dict, or any dict holding one under "model",
 "state_dict" or "model_state_dict" (other tools' files), and the coordinator's checkpoint folders
 (`runs/RUN/checkpoints/epoch-N/`: `meta.json` + `state.safetensors` with the trainable parameters as
-`param.i`, in model.parameters() order, verified against the folder's sha256 digest). Those hold no
-buffers (BatchNorm statistics): the linear probe re-estimates them anyway.
+`param.i`, in model.parameters() order, verified against the folder's sha256 digest). They hold the
+buffers (BatchNorm statistics, `buffer.i` in model.buffers() order) when the donor shared them (peers do since
+buffers joined the training state; older checkpoints have none); the linear probe re-estimates them by default.
 The final-state file is written to a temporary name and renamed, so a reader never sees half a file.
 """
 from __future__ import annotations
@@ -92,11 +93,18 @@ def _load_coordinator_checkpoint(folder: Path) -> dict[str, Any]:
     return {"format": meta.get("format"), "epoch": epoch, "task": meta.get("task") or run.get("task"),
             "task_options": meta.get("task_options") or run.get("task_options") or {}, "seed": run.get("seed", 0),
             "data_path": run.get("data_path"), "micro_batch_size": run.get("micro_batch_size"), "run_id": meta.get("run_id"),
-            "params": [ordered[f"param.{i}"] for i in range(count)]}
+            "params": [ordered[f"param.{i}"] for i in range(count)],
+            "buffers": {int(name.split(".")[1]): t for name, t in ordered.items() if name.startswith("buffer.")}}
 
 
-def load_params(model: torch.nn.Module, params: list[torch.Tensor], source: str = "checkpoint") -> None:
-    """Copy `params` into the model's trainable parameters, in order; DataError if the count or a shape differs."""
+def load_params(model: torch.nn.Module, params: list[torch.Tensor], source: str = "checkpoint",
+                buffers: dict[int, torch.Tensor] | None = None) -> None:
+    """Copy `params` into the model's trainable parameters, in order, and `buffers` (index in model.buffers()
+    order -> tensor) into its buffers; DataError if a count or a shape differs."""
+    own_buffers = list(model.buffers())
+    for i, t in (buffers or {}).items():
+        if i >= len(own_buffers) or tuple(own_buffers[i].shape) != tuple(t.shape):
+            raise DataError(f"{source} buffer {i} does not fit this task's model: check --task and its options")
     own = [p for p in model.parameters() if p.requires_grad]
     if len(own) != len(params):
         raise DataError(f"{source} holds {len(params)} parameters, this task's model has {len(own)}: check --task and its options")
@@ -106,6 +114,8 @@ def load_params(model: torch.nn.Module, params: list[torch.Tensor], source: str 
     with torch.no_grad():
         for p, t in zip(own, params):
             p.copy_(t)
+        for i, t in (buffers or {}).items():
+            own_buffers[i].copy_(t.to(own_buffers[i].dtype))
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:

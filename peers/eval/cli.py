@@ -97,8 +97,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     if args.checkpoint:
         model = task.build_model()
-        if "params" in meta:   # a coordinator checkpoint: parameters only
-            load_params(model, meta["params"], source=f"checkpoint {args.checkpoint}")
+        if "params" in meta:   # a coordinator checkpoint: parameters, and buffers when the donor shared them
+            load_params(model, meta["params"], source=f"checkpoint {args.checkpoint}", buffers=meta.get("buffers"))
         else:
             load_model_state(model, meta["model"], source=f"checkpoint {args.checkpoint}")
         trained = task.evaluate(model, max_batches=args.max_batches)

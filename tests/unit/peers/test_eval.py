@@ -162,3 +162,25 @@ def test_probe_recalibrates_batchnorm_on_a_copy(data_dir):
     assert recalibrate_batchnorm(backbone, data.train, range(40), [0.3], [0.4]) == 9
     assert not torch.equal(backbone.stem[1].running_mean, before["stem.1.running_mean"])
     assert backbone.stem[1].momentum == 0.1
+
+
+def test_coordinator_checkpoint_buffers_load_with_the_parameters():
+    from peers.eval.checkpoint import load_params
+
+    def bn_model(seed):
+        torch.manual_seed(seed)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6))
+        model(torch.randn(16, 4) * (1 + seed))  # running statistics move
+        return model
+
+    src, dst = bn_model(0), bn_model(1)
+    params = [p.detach().clone() for p in src.parameters()]
+    buffers = {i: b.detach().clone() for i, b in enumerate(src.buffers())}
+    load_params(dst, params, buffers=buffers)
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
+
+    other = bn_model(2)
+    before = [t.clone() for t in other.state_dict().values()]
+    with pytest.raises(DataError, match="buffer 0"):
+        load_params(other, params, buffers={0: torch.zeros(3)})
+    assert all(torch.equal(a, b) for a, b in zip(before, other.state_dict().values())), "a misfit changes nothing"

@@ -64,3 +64,43 @@ def test_snapshot_loads_back_bitwise(opt_cls, kw):
         model(x).pow(2).mean().backward()
         opt.inner.step()
     assert dst.params_hash() == src.params_hash()
+
+
+def bn_model(seed):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.Linear(16, 2))
+    model(torch.randn(32, 8) * (1 + seed))  # training-mode forward: running statistics move, differently per seed
+    return model
+
+
+def test_buffers_travel_with_the_state():
+    src_model, dst_model = bn_model(0), bn_model(1)
+    src = CollaborativeOptimizer(FakeCollab(), src_model.parameters(), torch.optim.SGD, lr=0.1, buffers=src_model.buffers())
+    dst = CollaborativeOptimizer(FakeCollab(), dst_model.parameters(), torch.optim.SGD, lr=0.1, buffers=dst_model.buffers())
+    bn_src, bn_dst = src_model[1], dst_model[1]
+    assert not torch.equal(bn_src.running_mean, bn_dst.running_mean)
+    state = src.snapshot()
+    assert {"buffer.0", "buffer.1", "buffer.2"} <= set(state.tensors)  # running_mean, running_var, num_batches_tracked
+    dst.load_state(state)
+    for a, b in zip(src_model.buffers(), dst_model.buffers()):
+        assert torch.equal(a, b)
+    src_model.eval(), dst_model.eval()
+    x = torch.randn(4, 8)
+    assert torch.equal(src_model(x), dst_model(x)), "the downloaded model must evaluate like its donor's"
+
+
+def test_a_state_without_buffers_keeps_ours_and_a_misfit_is_refused():
+    from swarm.errors import NetworkError
+
+    src_model, dst_model = bn_model(0), bn_model(1)
+    src = CollaborativeOptimizer(FakeCollab(), src_model.parameters(), torch.optim.SGD, lr=0.1)  # shares no buffers
+    dst = CollaborativeOptimizer(FakeCollab(), dst_model.parameters(), torch.optim.SGD, lr=0.1, buffers=dst_model.buffers())
+    before = dst_model[1].running_mean.clone()
+    dst.load_state(src.snapshot())
+    assert torch.equal(dst_model[1].running_mean, before)
+    state = src.snapshot()
+    state.tensors["buffer.0"] = torch.zeros(3)
+    params_before = dst.params_hash()
+    with pytest.raises(NetworkError, match="buffer 0"):
+        dst.load_state(state)
+    assert dst.params_hash() == params_before, "a state that does not fit must change nothing"
