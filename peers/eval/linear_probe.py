@@ -7,8 +7,9 @@
      on up to `bn_samples` of those training images ("precise BN", on a copy of the backbone): the
      weights are what is evaluated, and the stored statistics are not comparable across models:
      a random init holds placeholders (0, 1) that its training-mode forward never uses, a swarm
-     peer's were estimated locally (buffers are not averaged) on small crops, and the coordinator's
-     checkpoints hold parameters only. `recalibrate_bn=False` probes with the stored statistics;
+     peer's were estimated locally (buffers travel with the state but are not averaged) on small
+     crops, and the coordinator's checkpoints hold one donor's. `recalibrate_bn=False` probes with the
+     stored statistics;
   3. extracts the backbone's pooled features of the whole images, in eval mode, without gradients;
   3. standardises each feature with the training subset's mean and std;
   4. fits multinomial logistic regression (weights + bias, L2 penalty `l2`) on the training
