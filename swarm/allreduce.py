@@ -539,14 +539,29 @@ class AggregateService:
         if problem is not None:
             logger.info("refused an aggregate stream from %s: %s", str(context.remote_id)[-8:], problem)
             yield swarm_pb2.PartChunk(error=f"unauthorized: {problem}")
+            await _drain(requests, self.wait_for_round)
             return
         if len(first.round_id) != 16:
             yield swarm_pb2.PartChunk(error="bad round id")
+            await _drain(requests, self.wait_for_round)
             return
         try:
             round_ = await asyncio.wait_for(asyncio.shield(self._slot(first.round_id)), self.wait_for_round)
         except (asyncio.TimeoutError, asyncio.CancelledError):
             yield swarm_pb2.PartChunk(error="unknown or finished round")
+            await _drain(requests, self.wait_for_round)
             return
         async for reply in round_.serve(first, requests, context.remote_id):
             yield reply
+
+
+async def _drain(requests: AsyncIterator[swarm_pb2.PartChunk], timeout: float) -> None:
+    """Read a refused sender's remaining chunks before closing the stream: closing it while the sender still
+    writes breaks the sender's pipe, and its transport then drops our refusal unread (a BrokenPipeError
+    instead of the reason)."""
+    try:
+        async with asyncio.timeout(timeout):
+            async for _ in requests:
+                pass
+    except (TimeoutError, Exception):
+        pass
