@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.helpers.procs import PeerProcess, read_jsonl, wait_until
+from tests.helpers.procs import read_jsonl, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -30,18 +30,6 @@ def final(path):
     return next((r for r in read_jsonl(path) if r.get("final")), None)
 
 
-@pytest.fixture
-def peers(tmp_path):
-    started: list[PeerProcess] = []
-
-    def start(name: str, *args: str) -> PeerProcess:
-        p = PeerProcess.toy(tmp_path / f"{name}.jsonl", *args, log=tmp_path / f"{name}.log")
-        started.append(p)
-        return p
-
-    yield start
-    for p in started:
-        p.stop()
 
 
 def test_newcomers_join_at_once_and_all_download_the_state(peers, tmp_path):

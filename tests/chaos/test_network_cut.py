@@ -15,7 +15,6 @@ Needs root and `ip netns` (skipped with the reason otherwise).
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -23,22 +22,11 @@ import time
 import pytest
 
 from swarm.simulate.network import EmulatedNetwork, LinkSpec, namespaces
+from tests.helpers.netns import netns_unusable
 from tests.helpers.procs import PeerProcess, read_jsonl, wait_until
 
 
-def _netns_usable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces)"
-    if shutil.which("ip") is None or shutil.which("tc") is None or shutil.which("iptables") is None:
-        return "needs ip, tc and iptables"
-    probe = f"swsim-{os.getpid()}-probe"
-    if subprocess.run(["ip", "netns", "add", probe], capture_output=True).returncode != 0:
-        return "ip netns add fails here (no CAP_SYS_ADMIN?)"
-    subprocess.run(["ip", "netns", "delete", probe], capture_output=True)
-    return None
-
-
-_REASON = _netns_usable()
+_REASON = netns_unusable()
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180), pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
 
 DEADLINE = 8.0       # --averaging-timeout

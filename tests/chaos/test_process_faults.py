@@ -10,7 +10,6 @@ The SIGKILL-in-reduce-scatter, mid-reduce and Ctrl-C cases live in tests/integra
 """
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import time

@@ -6,7 +6,6 @@ namespaces named swsim-<pid>-*, deleted by the emulator; the tests check that no
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,23 +19,12 @@ from swarm.simulate.emulate import run_allreduce
 from swarm.simulate.model import simulate_round
 from swarm.simulate.network import namespaces
 from swarm.simulate.scenario import load_scenario
+from tests.helpers.netns import netns_unusable
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _netns_usable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, tc, iptables)"
-    if shutil.which("ip") is None or shutil.which("tc") is None:
-        return "needs ip and tc (iproute2)"
-    probe = f"swsim-{os.getpid()}-probe"
-    if subprocess.run(["ip", "netns", "add", probe], capture_output=True).returncode != 0:
-        return "ip netns add fails here (no CAP_SYS_ADMIN?)"
-    subprocess.run(["ip", "netns", "delete", probe], capture_output=True)
-    return None
-
-
-_REASON = _netns_usable()
+_REASON = netns_unusable()
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
 
 
