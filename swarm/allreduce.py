@@ -14,7 +14,11 @@ Guarantees:
 - Bounded time: the round ends by its deadline. A sender that fails or stalls for
   `sender_timeout` is excluded from the chunks not yet averaged (the weights renormalise);
   a reducer that fails leaves its part missing, and the round raises RoundFailed for the
-  members that miss it (they do not step).
+  members that miss it (they do not step), naming each missing part and why.
+- A broken reply stream costs nothing: a member whose stream to a live reducer ends, resets
+  or goes silent before its averaged part is back opens another and fetches the chunks it
+  lacks (`fetch`); reducers keep a finished round's part FINISHED_GRACE seconds for this.
+  The fetched bytes are the ones every member gets, so consistency holds.
 - Bad input: a chunk of the wrong size, undecodable or non-finite is a protocol error from
   that sender, which is then excluded like a dead one.
 
@@ -50,6 +54,12 @@ DEFAULT_CHUNK_ELEMENTS = 2**17
 # emulated 12-peer swarm with 4 MB vectors the model puts the difference at 9.3 s against 6.5 s.)
 PIPELINE_DEPTH = 8
 MIN_CHUNK_ELEMENTS = 2**12
+# A member whose reply stream from a reducer breaks (reset, silent, ended early) asks that reducer again for the
+# averaged chunks it still lacks, up to FETCH_RETRIES times: the bytes are the ones every member gets, so this
+# loses no consistency, and one broken stream no longer costs the member its step. Reducers keep a finished
+# round's averaged part FINISHED_GRACE seconds for such late fetches.
+FETCH_RETRIES = 2
+FINISHED_GRACE = 30.0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -198,6 +208,7 @@ class RoundStats:
     excluded: list[str] = field(default_factory=list)
     missing_parts: list[int] = field(default_factory=list)
     streams: int = 0                                                    # streams this member opened to reducers
+    refetches: int = 0                                                  # broken reply streams asked again
     send_log: list[tuple[float, int]] = field(default_factory=list)     # its chunks, taken by the transport
     output_log: list[tuple[float, int]] = field(default_factory=list)   # averaged chunks of its part, taken
     ack_log: list[tuple[float, int]] = field(default_factory=list)      # its chunks, known to have arrived
@@ -285,6 +296,8 @@ class AllReduceRound:
         self._outputs: list[bytes | None] = [None] * len(my_chunks)
         self._output_ready = [asyncio.Event() for _ in my_chunks]
         self._progress = asyncio.Event()
+        self._retired = asyncio.Event()  # set once the round is over: fetches of chunks never averaged give up
+        self._lost: dict[int, str] = {}  # part -> why this member did not get it
         self._last_heard: dict[int, float] = {}
         self._start = time.monotonic()
         if self.local is not None:
@@ -307,6 +320,8 @@ class AllReduceRound:
 
     def _try_finalize(self) -> None:
         """Average every chunk of my part whose live senders have all arrived, in order."""
+        if self._retired.is_set():
+            return
         live = self._expected - self._failed
         for k, chunk in enumerate(self.parts[self.group.my_index]):
             if self._outputs[k] is not None or not live <= self._arrived[k]:
@@ -341,6 +356,10 @@ class AllReduceRound:
         except ValueError:
             yield swarm_pb2.PartChunk(error="not a member of this round")
             return
+        if first.fetch:
+            async for reply in self._serve_fetch(first, sender):
+                yield reply
+            return
         if first.part != group.my_index or sender not in self._expected:
             yield swarm_pb2.PartChunk(error="wrong part or role")
             return
@@ -362,7 +381,34 @@ class AllReduceRound:
         except asyncio.TimeoutError:
             pass
         finally:
-            consumer.cancel()
+            if not consumer.done():
+                consumer.cancel()
+                # The stream closed under us (reset, or the sender gave it up): chunks it did not deliver will
+                # not come, so average them without it instead of waiting for the round's deadline.
+                if any(sender not in arrived for arrived in self._arrived):
+                    self._exclude(sender, "stream closed before all its chunks arrived")
+
+    async def _serve_fetch(self, first: swarm_pb2.PartChunk, sender: int) -> AsyncIterator[swarm_pb2.PartChunk]:
+        """Stream my averaged chunks from `first.chunk` on to a member whose first reply stream broke."""
+        group = self.group
+        count = len(self.parts[group.my_index])
+        if first.part != group.my_index or not group.needs(sender) or not 0 <= first.chunk < count:
+            yield swarm_pb2.PartChunk(error="bad fetch")
+            return
+        for k in range(first.chunk, count):
+            if not self._output_ready[k].is_set():
+                ready, retired = asyncio.ensure_future(self._output_ready[k].wait()), asyncio.ensure_future(self._retired.wait())
+                try:
+                    await asyncio.wait({ready, retired}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    ready.cancel()
+                    retired.cancel()
+            data = self._outputs[k]
+            if not data:  # never averaged (the round ended first) or nobody contributed
+                yield swarm_pb2.PartChunk(error="part not averaged")
+                return
+            self.stats.bytes_sent += len(data)
+            yield swarm_pb2.PartChunk(part=group.my_index, chunk=k, data=data)
 
     async def _consume(self, sender: int, first: swarm_pb2.PartChunk, requests: AsyncIterator[swarm_pb2.PartChunk]) -> None:
         chunks = self.parts[self.group.my_index]
@@ -411,13 +457,17 @@ class AllReduceRound:
     # -- sender side: one stream per other reducer ------------------------------------------------------
 
     async def _exchange(self, j: int) -> None:
-        """Send my chunks of part j to reducer j and receive the averaged part back."""
+        """Send my chunks of part j to reducer j and receive the averaged part back.
+
+        When the reply stream breaks before the whole part is back, ask reducer j for the rest (FETCH_RETRIES).
+        Raises when the part cannot be had; `_lost[j]` says why.
+        """
         chunks = self.parts[j]
         if not chunks:
             return
         group = self.group
         me = group.my_index
-
+        peer = PeerID.from_base58(group.peer_ids[j])
         sizes: list[int] = []
         self.stats.streams += 1
 
@@ -429,33 +479,62 @@ class AllReduceRound:
                 msg = swarm_pb2.PartChunk(part=j, chunk=k, data=data)
                 if k == 0:
                     msg.round_id, msg.weight, msg.sender = group.round_id, group.weights[me], group.peer_ids[me]
-                    if self.authorizer is not None:
-                        self.authorizer.sign_message(msg, self.p2p.peer_id)
+                    self._sign(msg)
                 yield msg
                 self.stats.send_log.append((time.monotonic() - self._start, len(data)))
 
-        stream = await self.p2p.iterate_protobuf_handler(
-            PeerID.from_base58(group.peer_ids[j]), AGGREGATE_HANDLER, _requests(), swarm_pb2.PartChunk
-        )
+        async def _fetch(start: int) -> AsyncIterator[swarm_pb2.PartChunk]:
+            msg = swarm_pb2.PartChunk(round_id=group.round_id, part=j, chunk=start, sender=group.peer_ids[me], fetch=True)
+            self._sign(msg)
+            yield msg
+
         received = 0
-        while received < len(chunks):
-            reply = await asyncio.wait_for(anext(stream), self.sender_timeout + 2.0)
-            if reply.error:
-                raise RoundFailed(f"reducer {group.peer_ids[j][-8:]}: {reply.error}")
-            if reply.chunk != received:
-                raise ProtocolError(f"reducer sent chunk {reply.chunk}, expected {received}")
-            chunk = chunks[received]
-            self.stats.bytes_received += len(reply.data)
-            now = time.monotonic() - self._start
-            self.stats.receive_log.append((now, len(reply.data)))
-            if received < len(sizes):  # the average of chunk k proves our chunk k arrived
-                self.stats.ack_log.append((now, sizes[received]))
-            self._store_result(chunk, decode_checked(self.layout.codecs[chunk.bucket], reply.data, chunk.length))
-            received += 1
-        try:  # let the reducer close first, so neither side resets a stream with data in flight
-            await asyncio.wait_for(anext(stream), 1.0)
-        except (StopAsyncIteration, asyncio.TimeoutError, Exception):
-            pass
+        for attempt in range(FETCH_RETRIES + 1):
+            stream = None
+            try:
+                opening = self.p2p.iterate_protobuf_handler(peer, AGGREGATE_HANDLER, _requests() if attempt == 0 else _fetch(received), swarm_pb2.PartChunk)
+                stream = await asyncio.wait_for(opening, self.sender_timeout + 2.0)
+                while received < len(chunks):
+                    reply = await asyncio.wait_for(anext(stream), self.sender_timeout + 2.0)
+                    if reply.error:
+                        self._lost[j] = f"reducer {group.peer_ids[j][-8:]}: {reply.error}"
+                        raise RoundFailed(self._lost[j])
+                    if reply.chunk != received:
+                        self._lost[j] = f"reducer {group.peer_ids[j][-8:]} sent chunk {reply.chunk}, expected {received}"
+                        raise ProtocolError(self._lost[j])
+                    chunk = chunks[received]
+                    self.stats.bytes_received += len(reply.data)
+                    now = time.monotonic() - self._start
+                    self.stats.receive_log.append((now, len(reply.data)))
+                    if attempt == 0 and received < len(sizes):  # the average of chunk k proves our chunk k arrived
+                        self.stats.ack_log.append((now, sizes[received]))
+                    self._store_result(chunk, decode_checked(self.layout.codecs[chunk.bucket], reply.data, chunk.length))
+                    received += 1
+                try:  # let the reducer close first, so neither side resets a stream with data in flight
+                    await asyncio.wait_for(anext(stream), 1.0)
+                except (StopAsyncIteration, asyncio.TimeoutError, Exception):
+                    pass
+                return
+            except (RoundFailed, ProtocolError):
+                raise
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a broken, reset or silent stream
+                why = "stream ended early" if isinstance(e, StopAsyncIteration) else (
+                    f"no reply for {self.sender_timeout + 2.0:.1f}s" if isinstance(e, asyncio.TimeoutError) else f"{type(e).__name__}: {e}")
+                self._lost[j] = f"reducer {group.peer_ids[j][-8:]}: {why} after {received}/{len(chunks)} chunks" + (
+                    f" ({attempt} fetches)" if attempt else "")
+                if attempt < FETCH_RETRIES:
+                    logger.info("round %s: part %d: %s; asking for the rest", group.round_id.hex()[:8], j, self._lost[j])
+                    self.stats.refetches += 1
+            finally:
+                if stream is not None:
+                    await _close_quietly(stream)
+        raise RoundFailed(self._lost[j])
+
+    def _sign(self, msg: swarm_pb2.PartChunk) -> None:
+        if self.authorizer is not None:
+            self.authorizer.sign_message(msg, self.p2p.peer_id)
 
     async def run(self) -> list[torch.Tensor] | None:
         group, me = self.group, self.group.my_index
@@ -470,23 +549,35 @@ class AllReduceRound:
                 results = await asyncio.gather(*tasks.values(), return_exceptions=True)
                 for j, outcome in zip(tasks, results):
                     if isinstance(outcome, BaseException):
-                        logger.warning("round %s: part %d from %s missing: %s", group.round_id.hex()[:8], j, group.peer_ids[j][-8:], str(outcome) or type(outcome).__name__)
+                        self._lost.setdefault(j, str(outcome) or type(outcome).__name__)
+                        logger.warning("round %s: part %d missing: %s", group.round_id.hex()[:8], j, self._lost[j])
                         self.stats.missing_parts.append(j)
                 await own  # my own part is averaged (the streams deliver it to the others)
                 await self._drain_outputs()
         except TimeoutError:
             for task in tasks.values():
                 task.cancel()
-            raise RoundFailed(f"round did not finish within {group.timeout:.1f}s") from None
+            # gather has cancelled the unfinished exchanges by now: list every part that did not arrive
+            pending = [j for j, task in tasks.items() if not task.done() or task.cancelled() or task.exception() is not None]
+            detail = "; ".join(f"part {j} from {group.peer_ids[j][-8:]}" + (f" ({self._lost[j]})" if j in self._lost else "") for j in pending)
+            raise RoundFailed(f"round did not finish within {group.timeout:.1f}s" + (f": still waiting for {detail}" if detail else "")) from None
         finally:
             watcher.cancel()
             own.cancel()
             self.stats.finish(time.monotonic() - self._start)
         if any(out == b"" for out in self._outputs):
             self.stats.missing_parts.append(me)
+            self._lost.setdefault(me, "my part has no contributions")
         if self.stats.missing_parts:
-            raise RoundFailed(f"missing parts {sorted(set(self.stats.missing_parts))}")
+            missing = sorted(set(self.stats.missing_parts))
+            raise RoundFailed(f"missing parts {missing}: " + "; ".join(f"{j}: {self._lost.get(j, '?')}" for j in missing))
         return self.result
+
+    def retire(self) -> None:
+        """The round is over for this member: keep only what late fetches need (my part's averaged bytes)."""
+        self._retired.set()
+        self.local, self.result = None, None
+        self._reductions = [None] * len(self._reductions)  # type: ignore[list-item]
 
     async def _drain_outputs(self) -> None:
         # Give the streams a moment to flush the last averaged chunks before the round object goes away.
@@ -505,6 +596,7 @@ class AggregateService:
         self.wait_for_round = wait_for_round
         self.authorizer = authorizer  # invite-only runs: a stream whose first chunk is not authorized is refused
         self._rounds: dict[bytes, asyncio.Future[AllReduceRound]] = {}
+        self._finished: dict[bytes, tuple[AllReduceRound, float]] = {}  # round id -> (round, kept until)
 
     async def start(self) -> None:
         await self.p2p.add_protobuf_handler(AGGREGATE_HANDLER, self._handle, swarm_pb2.PartChunk, stream_input=True, stream_output=True)
@@ -526,9 +618,20 @@ class AggregateService:
             slot.set_result(round_)
 
     def close(self, round_id: bytes) -> None:
+        """The round is over: refuse new contributions, but answer fetches of its part for FINISHED_GRACE s."""
         slot = self._rounds.pop(round_id, None)
-        if slot is not None and not slot.done():
+        if slot is None:
+            return
+        if not slot.done():
             slot.cancel()
+        elif not slot.cancelled():
+            round_ = slot.result()
+            round_.retire()
+            now = time.monotonic()
+            self._finished = {k: v for k, v in self._finished.items() if v[1] > now}
+            self._finished[round_id] = (round_, now + FINISHED_GRACE)
+            while len(self._finished) > 16:
+                self._finished.pop(next(iter(self._finished)))
 
     async def _handle(self, requests: AsyncIterator[swarm_pb2.PartChunk], context: P2PContext) -> AsyncIterator[swarm_pb2.PartChunk]:
         try:
@@ -544,6 +647,15 @@ class AggregateService:
         if len(first.round_id) != 16:
             yield swarm_pb2.PartChunk(error="bad round id")
             await _drain(requests, self.wait_for_round)
+            return
+        finished = self._finished.get(first.round_id)
+        if finished is not None and finished[1] > time.monotonic():
+            if not first.fetch:
+                yield swarm_pb2.PartChunk(error="unknown or finished round")
+                await _drain(requests, self.wait_for_round)
+                return
+            async for reply in finished[0].serve(first, requests, context.remote_id):
+                yield reply
             return
         try:
             round_ = await asyncio.wait_for(asyncio.shield(self._slot(first.round_id)), self.wait_for_round)
@@ -563,5 +675,13 @@ async def _drain(requests: AsyncIterator[swarm_pb2.PartChunk], timeout: float) -
         async with asyncio.timeout(timeout):
             async for _ in requests:
                 pass
-    except (TimeoutError, Exception):
+    except Exception:  # TimeoutError included: a sender that never ends its stream is just closed
+        pass
+
+
+async def _close_quietly(stream: AsyncIterator[swarm_pb2.PartChunk]) -> None:
+    """Close a reply stream (and with it the request writer) whatever state it is in."""
+    try:
+        await stream.aclose()  # type: ignore[attr-defined]
+    except Exception:
         pass

@@ -7,15 +7,17 @@ from a member (wrong size, NaN): the sender is excluded and the others still fin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 
 import pytest
 import torch
 from hivemind.p2p import P2P
 
-from swarm.allreduce import AggregateService, AllReduceRound, GroupView, TensorLayout
+from swarm.allreduce import AGGREGATE_HANDLER, AggregateService, AllReduceRound, GroupView, TensorLayout
 from swarm.compression import CompressionPolicy
 from swarm.errors import RoundFailed
+from swarm.proto import swarm_pb2
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -172,6 +174,95 @@ def test_a_stalled_reducer_fails_the_round_within_its_deadline():
             elapsed = loop.time() - start
             assert isinstance(results[0], RoundFailed) and isinstance(results[2], RoundFailed)
             assert elapsed < 6.0 + 2.0
+        finally:
+            await shutdown(members)
+    asyncio.run(main())
+
+
+class CutsFirstReplyStream(AllReduceRound):
+    """A reducer whose reply stream to member 0 breaks after one averaged chunk, as a reset connection does."""
+
+    async def serve(self, first, requests, remote):
+        cut = not first.fetch and str(remote) == self.group.peer_ids[0]
+        sent = 0
+        async with contextlib.aclosing(super().serve(first, requests, remote)) as replies:
+            async for reply in replies:
+                yield reply
+                sent += 1
+                if cut and sent == 1:
+                    return
+
+
+def test_a_broken_reply_stream_is_fetched_again_and_results_stay_identical():
+    async def main():
+        members, services = await start_members(3)
+        try:
+            layout = make_layout("none")
+            values = random_values(3, seed=4)
+            classes = [AllReduceRound, CutsFirstReplyStream, AllReduceRound]
+            rounds, results = await run_round(members, services, ["trainer"] * 3, [1.0] * 3, [0.2, 0.6, 0.2], values, layout, round_class=classes)
+            assert len(rounds[1].parts[1]) > 2, "the cut part must have chunks left to fetch"
+            assert not any(isinstance(r, BaseException) for r in results), results
+            assert rounds[0].stats.refetches == 1 and rounds[2].stats.refetches == 0
+            for other in results[1:]:
+                assert all(torch.equal(a, b) for a, b in zip(results[0], other)), "a fetched part must be the same bytes"
+        finally:
+            await shutdown(members)
+    asyncio.run(main())
+
+
+async def _fetch(member, reducer, round_id, part, start):
+    async def request():
+        yield swarm_pb2.PartChunk(round_id=round_id, part=part, chunk=start, sender=str(member.peer_id), fetch=True)
+
+    stream = await member.iterate_protobuf_handler(reducer.peer_id, AGGREGATE_HANDLER, request(), swarm_pb2.PartChunk)
+    return [reply async for reply in stream]
+
+
+def test_a_finished_round_answers_fetches_for_a_grace_period_and_refuses_contributions():
+    async def main():
+        members, services = await start_members(2)
+        try:
+            layout = make_layout("none")
+            values = random_values(2, seed=5)
+            rounds, results = await run_round(members, services, ["trainer"] * 2, [1.0] * 2, [0.5, 0.5], values, layout)
+            assert not any(isinstance(r, BaseException) for r in results), results
+            round_id = rounds[1].group.round_id
+            services[1].close(round_id)
+            replies = await asyncio.wait_for(_fetch(members[0], members[1], round_id, 1, 1), 10)
+            chunks = rounds[1].parts[1]
+            assert [r.chunk for r in replies] == list(range(1, len(chunks)))
+            for reply, chunk in zip(replies, chunks[1:]):
+                expected = results[0][chunk.bucket][chunk.start : chunk.start + chunk.length]
+                assert torch.equal(layout.codecs[chunk.bucket].decode(reply.data), expected)
+            # a fetch that names a part this member does not reduce, or a chunk out of range, is refused
+            assert [r.error for r in await asyncio.wait_for(_fetch(members[0], members[1], round_id, 0, 0), 10)] == ["bad fetch"]
+            assert [r.error for r in await asyncio.wait_for(_fetch(members[0], members[1], round_id, 1, 999), 10)] == ["bad fetch"]
+
+            async def contribution():
+                yield swarm_pb2.PartChunk(round_id=round_id, part=1, chunk=0, sender=str(members[0].peer_id), data=b"x")
+
+            stream = await members[0].iterate_protobuf_handler(members[1].peer_id, AGGREGATE_HANDLER, contribution(), swarm_pb2.PartChunk)
+            refused = await asyncio.wait_for(anext(stream), 5)  # at once, not after the service's wait for the round
+            assert refused.error == "unknown or finished round"
+        finally:
+            await shutdown(members)
+    asyncio.run(main())
+
+
+def test_a_fetch_of_a_part_that_was_never_averaged_gets_a_clear_error():
+    async def main():
+        members, services = await start_members(3)
+        try:
+            layout = make_layout("fp16")
+            values = random_values(3, seed=6)
+            classes = [AllReduceRound, DeadReducer, AllReduceRound]
+            rounds, results = await run_round(members, services, ["trainer"] * 3, [1.0] * 3, [0.3, 0.4, 0.3], values, layout, round_class=classes, timeout=5.0)
+            assert isinstance(results[0], RoundFailed)
+            assert "part 1" in str(results[0]) and str(members[1].peer_id)[-8:] in str(results[0]), "the error names the part and its reducer"
+            services[1].close(rounds[1].group.round_id)
+            replies = await asyncio.wait_for(_fetch(members[0], members[1], rounds[1].group.round_id, 1, 0), 10)
+            assert [r.error for r in replies] == ["part not averaged"]
         finally:
             await shutdown(members)
     asyncio.run(main())
