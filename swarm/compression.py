@@ -22,6 +22,7 @@ hivemind 1.1.12's `extract` for the 8-bit codecs fails under the installed NumPy
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ __all__ = ["Codec", "CODECS", "get_codec", "CompressionPolicy", "decode_checked"
 
 _CT = runtime_pb2.CompressionType
 _DTYPE = "float32"
+_FP16_MIN, _FP16_MAX = torch.finfo(torch.float16).min, torch.finfo(torch.float16).max
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,13 @@ class Codec:
             message = runtime_pb2.Tensor(
                 compression=self.compression_type, buffer=np.int64(0).tobytes(), size=[0], dtype=_DTYPE
             )
+        elif self.compression_type == _CT.NONE:
+            # The bytes hivemind's serialize_torch_tensor makes, without its per-call overhead (a hot path).
+            message = runtime_pb2.Tensor(compression=_CT.NONE, buffer=flat.numpy().tobytes(), size=[flat.numel()], dtype=_DTYPE)
+        elif self.compression_type == _CT.FLOAT16:
+            # hivemind's Float16Compression: clamp to the fp16 range, then cast (about 7x faster done here)
+            half = flat.clamp(_FP16_MIN, _FP16_MAX).to(torch.float16)
+            message = runtime_pb2.Tensor(compression=_CT.FLOAT16, buffer=half.numpy().tobytes(), size=[flat.numel()], dtype=_DTYPE)
         else:
             message = serialize_torch_tensor(flat, self.compression_type)
         return message.SerializeToString(deterministic=True)
@@ -79,10 +88,13 @@ class Codec:
         buffer = message.buffer
         if self._is_8bit:
             return _extract_8bit(self.name, buffer, numel)
-        itemsize = 2 if self.compression_type == _CT.FLOAT16 else 4
+        half = self.compression_type == _CT.FLOAT16
+        itemsize = 2 if half else 4
         if len(buffer) != numel * itemsize:
             raise ProtocolError(f"{self.name}: buffer holds {len(buffer)} bytes, expected {numel * itemsize}")
-        return deserialize_torch_tensor(message).detach().to(torch.float32).reshape(numel)
+        # a writable copy, converted by torch (numpy's float16 conversion is about 8x slower)
+        values = torch.from_numpy(np.frombuffer(buffer, dtype=np.float16 if half else np.float32).copy())
+        return values.to(torch.float32) if half else values
 
     @property
     def _is_8bit(self) -> bool:
@@ -153,6 +165,8 @@ def decode_checked(codec: Codec, data: bytes, expected_numel: int) -> torch.Tens
     tensor = codec.decode(data)
     if tensor.numel() != expected_numel:
         raise ProtocolError(f"{codec.name}: peer sent {tensor.numel()} values, expected {expected_numel}")
-    if not bool(torch.isfinite(tensor).all()):
-        raise ProtocolError(f"{codec.name}: peer sent non-finite values")
+    if tensor.numel():
+        low, high = torch.aminmax(tensor)  # NaN propagates into both and inf shows at an end: 10x isfinite().all()
+        if not (math.isfinite(low.item()) and math.isfinite(high.item())):
+            raise ProtocolError(f"{codec.name}: peer sent non-finite values")
     return tensor

@@ -121,8 +121,8 @@ def test_decode_checked_rejects_wrong_size(name):
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.parametrize(
     "name, bad",
-    [(name, bad) for name in ALL for bad in (float("nan"), float("inf")) if (name, bad) != ("fp16", float("inf"))],
-)  # fp16 clamps inf to 65504 on encode (see test_fp16_error_bound_and_exact_for_representable_values)
+    [(name, bad) for name in ALL for bad in (float("nan"), float("inf"), float("-inf")) if not (name == "fp16" and abs(bad) == float("inf"))],
+)  # fp16 clamps +-inf to +-65504 on encode (see test_fp16_error_bound_and_exact_for_representable_values)
 def test_decode_checked_rejects_non_finite(name, bad):
     codec = get_codec(name)
     x = gaussian(1000)
@@ -185,6 +185,26 @@ def test_interoperates_with_hivemind_serialization():
     for name, codec in CODECS.items():
         message = serialize_torch_tensor(x, codec.compression_type)
         assert torch.equal(codec.decode(message.SerializeToString()), codec.decode(codec.encode(x)))
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("name", ["none", "fp16"])
+def test_fast_paths_make_hivemind_s_bytes(name):
+    """none and fp16 encode and decode without hivemind's per-call code; the wire must not change."""
+    from hivemind.compression import deserialize_torch_tensor
+
+    codec = get_codec(name)
+    x = gaussian(5000) * 3e4  # beyond fp16's range in places
+    x[1], x[2], x[3] = float("inf"), float("-inf"), float("nan")
+    ours = codec.encode(x)
+    assert ours == serialize_torch_tensor(x, codec.compression_type).SerializeToString(deterministic=True)
+    message = runtime_pb2.Tensor()
+    message.ParseFromString(ours)
+    theirs = deserialize_torch_tensor(message).float()
+    mine = codec.decode(ours)
+    assert mine.dtype == torch.float32 and torch.equal(mine.isnan(), theirs.isnan())
+    assert torch.equal(mine.nan_to_num(), theirs.nan_to_num())
+    mine.add_(1.0)  # decode gives a fresh, writable tensor
 
 
 def test_unknown_codec_name():
