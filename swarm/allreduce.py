@@ -192,33 +192,44 @@ class RoundStats:
     were busy, not the time it waited for others. Logs hold (seconds since the start, bytes) per message.
 
     - download: `balancing.sustained_rate` over `receive_log`, when chunks arrived.
-    - upload, when this member's streams carried more than TRANSPORT_BUFFER_BYTES each: `sustained_rate`
-      over when the transport took its messages (`send_log`: its chunks, `output_log`: averaged chunks of
-      its part). When they carried less, the transport swallowed them whole at once and those times say
-      nothing about the link (a 5 Mbit/s uplink would look as fast as the machine): then the bound from
-      `ack_log` (`balancing.delivered_rate`), when the average of each of its chunks came back, which
-      proves the chunk had arrived (a reducer averages a chunk once every sender's copy is in).
+    - upload: `sustained_rate` over when the transport took its messages (`send_log`: its chunks,
+      `output_log`: averaged chunks of its part), counting on each stream only the messages past its first
+      TRANSPORT_BUFFER_BYTES. The transport swallows that much per stream at once, so those times say
+      nothing about the link (a 5 Mbit/s uplink would look as fast as the machine), and a reducer that
+      answers 16 senders has 16 such buffers: counted, they made an auxiliary peer of the emulated
+      dedloc-albert look 10x faster than its link, and the next round's LP gave it a part it needed 20 s
+      to serve. When its own streams carried less than that each, the bound from `ack_log`
+      (`balancing.delivered_rate`), when the average of each of its chunks came back, which proves the
+      chunk had arrived (a reducer averages a chunk once every sender's copy is in).
     """
 
     bytes_sent: int = 0
     bytes_received: int = 0
     seconds: float = 0.0
+    t0: float = field(default_factory=time.monotonic)                  # the round's start (log times are since)
     send_seconds: float = 0.0
     receive_seconds: float = 0.0
     excluded: list[str] = field(default_factory=list)
     missing_parts: list[int] = field(default_factory=list)
     streams: int = 0                                                    # streams this member opened to reducers
+    own_bytes: int = 0                                                  # bytes of its chunks it sent on them
     refetches: int = 0                                                  # broken reply streams asked again
-    send_log: list[tuple[float, int]] = field(default_factory=list)     # its chunks, taken by the transport
-    output_log: list[tuple[float, int]] = field(default_factory=list)   # averaged chunks of its part, taken
+    send_log: list[tuple[float, int]] = field(default_factory=list)     # its chunks, taken by the transport*
+    output_log: list[tuple[float, int]] = field(default_factory=list)   # averaged chunks of its part, taken*
     ack_log: list[tuple[float, int]] = field(default_factory=list)      # its chunks, known to have arrived
     receive_log: list[tuple[float, int]] = field(default_factory=list)  # chunks arrived
+    # *: only messages past the first TRANSPORT_BUFFER_BYTES of their stream (see `taken`)
+
+    def taken(self, log: list[tuple[float, int]], carried: int, nbytes: int, at: float | None = None) -> None:
+        """Log a message of `nbytes` the transport took (now, or `at` seconds into the round) on a stream that had
+        carried `carried` bytes before it."""
+        if carried >= TRANSPORT_BUFFER_BYTES:
+            log.append((time.monotonic() - self.t0 if at is None else at, nbytes))
 
     def finish(self, seconds: float) -> None:
         self.seconds = seconds
         taken = sustained_rate(sorted(self.send_log + self.output_log))
-        own = sum(nbytes for _, nbytes in self.send_log)
-        if self.streams and own / self.streams < TRANSPORT_BUFFER_BYTES:
+        if self.streams and self.own_bytes / self.streams < TRANSPORT_BUFFER_BYTES:
             up = delivered_rate(self.ack_log) or taken
         else:
             up = taken
@@ -300,6 +311,7 @@ class AllReduceRound:
         self._lost: dict[int, str] = {}  # part -> why this member did not get it
         self._last_heard: dict[int, float] = {}
         self._start = time.monotonic()
+        self.stats.t0 = self._start
         if self.local is not None:
             for k, chunk in enumerate(my_chunks):
                 self._reductions[k].add(self._slice(chunk), group.weights[me])
@@ -364,6 +376,7 @@ class AllReduceRound:
             yield swarm_pb2.PartChunk(error="wrong part or role")
             return
         consumer = asyncio.create_task(self._consume(sender, first, requests))
+        carried = 0  # bytes this stream carried so far
         try:
             for k in range(len(self.parts[group.my_index])):
                 await self._output_ready[k].wait()
@@ -374,7 +387,8 @@ class AllReduceRound:
                 if group.needs(sender):
                     self.stats.bytes_sent += len(data)
                     yield swarm_pb2.PartChunk(part=group.my_index, chunk=k, data=data)
-                    self.stats.output_log.append((time.monotonic() - self._start, len(data)))
+                    self.stats.taken(self.stats.output_log, carried, len(data))
+                    carried += len(data)
             # Read the sender's end-of-stream before closing: closing a stream with unread input
             # resets it, which can destroy the last averaged chunk still in flight to the sender.
             await asyncio.wait_for(asyncio.shield(consumer), self.sender_timeout)
@@ -474,14 +488,16 @@ class AllReduceRound:
         async def _requests() -> AsyncIterator[swarm_pb2.PartChunk]:
             for k, chunk in enumerate(chunks):
                 data = self.layout.codecs[chunk.bucket].encode(self._outgoing(chunk))
+                carried = sum(sizes)
                 sizes.append(len(data))
                 self.stats.bytes_sent += len(data)
+                self.stats.own_bytes += len(data)
                 msg = swarm_pb2.PartChunk(part=j, chunk=k, data=data)
                 if k == 0:
                     msg.round_id, msg.weight, msg.sender = group.round_id, group.weights[me], group.peer_ids[me]
                     self._sign(msg)
                 yield msg
-                self.stats.send_log.append((time.monotonic() - self._start, len(data)))
+                self.stats.taken(self.stats.send_log, carried, len(data))
 
         async def _fetch(start: int) -> AsyncIterator[swarm_pb2.PartChunk]:
             msg = swarm_pb2.PartChunk(round_id=group.round_id, part=j, chunk=start, sender=group.peer_ids[me], fetch=True)
