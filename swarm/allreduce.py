@@ -41,6 +41,7 @@ from .auth import SwarmAuthorizer
 from .balancing import delivered_rate, split_sizes, sustained_rate
 from .compression import Codec, decode_checked
 from .errors import ProtocolError, RoundFailed
+from .linkmeter import LinkMeter
 from .proto import swarm_pb2
 
 logger = logging.getLogger(__name__)
@@ -226,7 +227,8 @@ class RoundStats:
         if carried >= TRANSPORT_BUFFER_BYTES:
             log.append((time.monotonic() - self.t0 if at is None else at, nbytes))
 
-    def finish(self, seconds: float) -> None:
+    def finish(self, seconds: float, link: tuple[float | None, float | None] = (None, None)) -> None:
+        """`link`: the rates the interface counters saw (swarm.linkmeter), which win where there are any."""
         self.seconds = seconds
         taken = sustained_rate(sorted(self.send_log + self.output_log))
         if self.streams and self.own_bytes / self.streams < TRANSPORT_BUFFER_BYTES:
@@ -234,6 +236,7 @@ class RoundStats:
         else:
             up = taken
         down = sustained_rate(self.receive_log)
+        up, down = link[0] or up, link[1] or down
         self.send_seconds = self.bytes_sent / up if up else seconds
         self.receive_seconds = self.bytes_received / down if down else seconds
 
@@ -557,6 +560,8 @@ class AllReduceRound:
         tasks: dict[int, asyncio.Task] = {}
         watcher = asyncio.create_task(self._watch_absent_senders())
         own = asyncio.gather(*(e.wait() for e in self._output_ready))
+        meter = LinkMeter()
+        meter.start()
         try:
             async with asyncio.timeout(group.timeout):
                 self._try_finalize()  # a part with no other senders is ready at once
@@ -580,7 +585,8 @@ class AllReduceRound:
         finally:
             watcher.cancel()
             own.cancel()
-            self.stats.finish(time.monotonic() - self._start)
+            meter.stop()
+            self.stats.finish(time.monotonic() - self._start, meter.rates(self.stats.bytes_sent, self.stats.bytes_received))
         if any(out == b"" for out in self._outputs):
             self.stats.missing_parts.append(me)
             self._lost.setdefault(me, "my part has no contributions")
