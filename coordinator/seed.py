@@ -14,6 +14,10 @@ coordinator as a leader nor waits for it. The seed still withdraws (publishes `l
 which every peer filters out) as soon as a real peer holds the state (any peer at that epoch with
 the checkpoint's parameter hash, or any peer beyond that epoch): from then on peers serve
 newcomers themselves, and nobody mistakes the coordinator for a member of the swarm.
+
+The same seed serves the newest checkpoint of a running run when the swarm empties (every peer
+left or died, coordinator.service `_maybe_reseed`): the next peer then resumes from that epoch
+instead of from a fresh model.
 """
 from __future__ import annotations
 
@@ -39,6 +43,15 @@ class StateSeed:
         self.server = StateServer(node.p2p, node.run_id, lambda: self.state, authorizer=getattr(node, "authorizer", None))
         self.active = False
         self.handed_over_at: float | None = None
+
+    async def reseed(self, state: TrainingState) -> None:
+        """Serve another state (the newest checkpoint, once the swarm has emptied) on the same handler."""
+        self.state = state
+        self.params_hash = params_digest([state.tensors[f"param.{i}"] for i in range(sum(1 for n in state.tensors if n.startswith("param.")))])
+        self.handed_over_at = None
+        self.active = True
+        await self._publish(leaving=False)
+        logger.info("serving the state of epoch %d (params %s) again: no peer holds it", state.epoch, self.params_hash[:12])
 
     @property
     def served(self) -> int:

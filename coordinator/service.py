@@ -90,6 +90,7 @@ class Coordinator:
         self.checkpoint_error: str | None = None
         self._last_checkpoint_epoch = -1
         self._checkpoint_retry_at = 0.0
+        self._orphaned_since: float | None = None     # since when no peer holds the newest checkpoint's epoch
         self._folder_state: FolderState | None = None
         self.access: AccessControl | None = None      # invites and tokens (coordinator.access)
         self.invite: str = ""                         # the launch invite (swarm://...)
@@ -269,6 +270,8 @@ class Coordinator:
                 figures = self.tracker.update(progress, metrics)  # type: ignore[union-attr, arg-type]
                 if self.seed is not None and self.seed.active:
                     await self._engine(self.seed.tick(self.progress))
+                else:
+                    await self._maybe_reseed(progress)  # type: ignore[arg-type]
                 if time.monotonic() >= next_maddrs:
                     next_maddrs = time.monotonic() + MADDRS_EVERY
                     await self._remember_maddrs({p.id for p in figures.peers})
@@ -287,6 +290,37 @@ class Coordinator:
                 self.history.set_maddrs(pid, [f"{a}/p2p/{pid}" for a in info.addrs])
 
     # -- checkpoints -------------------------------------------------------------------------------------
+
+    async def _maybe_reseed(self, progress: list[records.ProgressRecord]) -> None:
+        """When no peer has held the newest checkpoint's epoch (or a later one) for a record lifetime, the swarm
+        has emptied: serve that checkpoint, so that the next peer resumes from it instead of from a fresh model."""
+        newest = list_checkpoints(self.folder.checkpoints)
+        if not newest or newest[-1].epoch <= 0:
+            return
+        epoch = newest[-1].epoch
+        if any(p.peer_id != self.peer_id and not p.leaving and p.role not in ("client", "aux") and p.epoch >= epoch for p in progress):
+            self._orphaned_since = None
+            return
+        now = time.monotonic()
+        if self._orphaned_since is None:
+            self._orphaned_since = now
+        if now - self._orphaned_since < self.config.engine.record_ttl:
+            return   # a DHT read that missed the peers, or a swarm between two records: wait one record lifetime
+        for checkpoint in reversed(newest):   # the newest that loads (a corrupted one is skipped, with a warning)
+            try:
+                state, _ = await asyncio.to_thread(load_checkpoint, checkpoint.path)
+                break
+            except CheckpointError as e:
+                logger.warning("not seeding from %s: %s", checkpoint.path, e)
+        else:
+            return
+        if self.seed is None:
+            self.seed = StateSeed(self.observer.node, state, record_ttl=self.config.engine.record_ttl)
+            await self._engine(self.seed.start())
+        else:
+            await self._engine(self.seed.reseed(state))
+        self._orphaned_since = None
+        self.announce(f"no peer holds the run's state any more: serving the checkpoint of epoch {state.epoch} to the next peers")
 
     async def _maybe_checkpoint(self, epoch: int) -> None:
         every = self.settings.checkpoint_every
