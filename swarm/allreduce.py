@@ -215,6 +215,7 @@ class RoundStats:
     streams: int = 0                                                    # streams this member opened to reducers
     own_bytes: int = 0                                                  # bytes of its chunks it sent on them
     refetches: int = 0                                                  # broken reply streams asked again
+    resent_chunks: int = 0                                              # its chunks a reducer lacked and got again
     send_log: list[tuple[float, int]] = field(default_factory=list)     # its chunks, taken by the transport*
     output_log: list[tuple[float, int]] = field(default_factory=list)   # averaged chunks of its part, taken*
     ack_log: list[tuple[float, int]] = field(default_factory=list)      # its chunks, known to have arrived
@@ -313,6 +314,7 @@ class AllReduceRound:
         self._retired = asyncio.Event()  # set once the round is over: fetches of chunks never averaged give up
         self._lost: dict[int, str] = {}  # part -> why this member did not get it
         self._last_heard: dict[int, float] = {}
+        self._stream_of: dict[int, int] = {}  # sender -> number of its newest stream: only that one may exclude it
         self._start = time.monotonic()
         self.stats.t0 = self._start
         if self.local is not None:
@@ -372,13 +374,14 @@ class AllReduceRound:
             yield swarm_pb2.PartChunk(error="not a member of this round")
             return
         if first.fetch:
-            async for reply in self._serve_fetch(first, sender):
+            async for reply in self._serve_fetch(first, requests, sender):
                 yield reply
             return
         if first.part != group.my_index or sender not in self._expected:
             yield swarm_pb2.PartChunk(error="wrong part or role")
             return
-        consumer = asyncio.create_task(self._consume(sender, first, requests))
+        stream = self._new_stream(sender)
+        consumer = asyncio.create_task(self._consume(sender, first, requests, stream))
         carried = 0  # bytes this stream carried so far
         try:
             for k in range(len(self.parts[group.my_index])):
@@ -398,21 +401,63 @@ class AllReduceRound:
         except asyncio.TimeoutError:
             pass
         finally:
-            if not consumer.done():
-                consumer.cancel()
-                # The stream closed under us (reset, or the sender gave it up): chunks it did not deliver will
-                # not come, so average them without it instead of waiting for the round's deadline.
-                if any(sender not in arrived for arrived in self._arrived):
-                    self._exclude(sender, "stream closed before all its chunks arrived")
+            self._end_stream(sender, stream, consumer)
 
-    async def _serve_fetch(self, first: swarm_pb2.PartChunk, sender: int) -> AsyncIterator[swarm_pb2.PartChunk]:
-        """Stream my averaged chunks from `first.chunk` on to a member whose first reply stream broke."""
+    def _new_stream(self, sender: int) -> int:
+        self._stream_of[sender] = self._stream_of.get(sender, 0) + 1
+        return self._stream_of[sender]
+
+    def _end_stream(self, sender: int, stream: int, consumer: asyncio.Task) -> None:
+        if consumer.done():
+            return
+        consumer.cancel()
+        # The stream closed under us (reset, or the sender gave it up): chunks it did not deliver will not come,
+        # so average them without it instead of waiting for the round's deadline (unless it resumed on a newer one).
+        if self._stream_of.get(sender) == stream and any(sender not in arrived for arrived in self._arrived):
+            self._exclude(sender, "stream closed before all its chunks arrived")
+
+    def _lacks(self, sender: int) -> int | None:
+        """The first chunk of my part still waiting for this sender's values, or None when none is."""
+        if self._retired.is_set() or sender not in self._expected or sender in self._failed:
+            return None
+        return next((k for k, arrived in enumerate(self._arrived) if sender not in arrived), None)
+
+    async def _serve_fetch(self, first: swarm_pb2.PartChunk, requests: AsyncIterator[swarm_pb2.PartChunk], sender: int) -> AsyncIterator[swarm_pb2.PartChunk]:
+        """Stream my averaged chunks from `first.chunk` on to a member whose first stream broke.
+
+        If that stream died before its chunks reached me (a reset as it opened, say), ask for them on this one
+        (`resend`): else the part would wait sender_timeout for a sender that is alive and willing.
+        """
         group = self.group
         count = len(self.parts[group.my_index])
         if first.part != group.my_index or not group.needs(sender) or not 0 <= first.chunk < count:
             yield swarm_pb2.PartChunk(error="bad fetch")
             return
-        for k in range(first.chunk, count):
+        lacking = self._lacks(sender)
+        if lacking is None:
+            async for reply in self._replay(first.chunk, count):
+                yield reply
+                if reply.error:
+                    return
+            await _drain(requests, self.sender_timeout)  # its end-of-stream: see serve
+            return
+        stream = self._new_stream(sender)
+        consumer = asyncio.create_task(self._consume(sender, None, requests, stream, start=lacking))
+        try:
+            yield swarm_pb2.PartChunk(part=group.my_index, chunk=lacking, resend=True)
+            async for reply in self._replay(first.chunk, count):
+                yield reply
+                if reply.error:
+                    return
+            await asyncio.wait_for(asyncio.shield(consumer), self.sender_timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self._end_stream(sender, stream, consumer)
+
+    async def _replay(self, start: int, count: int) -> AsyncIterator[swarm_pb2.PartChunk]:
+        group = self.group
+        for k in range(start, count):
             if not self._output_ready[k].is_set():
                 ready, retired = asyncio.ensure_future(self._output_ready[k].wait()), asyncio.ensure_future(self._retired.wait())
                 try:
@@ -427,11 +472,19 @@ class AllReduceRound:
             self.stats.bytes_sent += len(data)
             yield swarm_pb2.PartChunk(part=group.my_index, chunk=k, data=data)
 
-    async def _consume(self, sender: int, first: swarm_pb2.PartChunk, requests: AsyncIterator[swarm_pb2.PartChunk]) -> None:
+    async def _consume(self, sender: int, first: swarm_pb2.PartChunk | None, requests: AsyncIterator[swarm_pb2.PartChunk],
+                       stream: int, start: int = 0) -> None:
+        """Add one stream's chunks (from `start` on) to my part; a chunk this sender already delivered on another
+        stream is read and dropped. A stream that fails excludes the sender unless a newer one replaced it."""
         chunks = self.parts[self.group.my_index]
         weight = self.group.weights[sender]
-        expected_k = 0
+        expected_k = start
         message: swarm_pb2.PartChunk | None = first
+
+        def exclude(why: str) -> None:
+            if self._stream_of.get(sender) == stream:
+                self._exclude(sender, why)
+
         try:
             while expected_k < len(chunks):
                 if message is None:
@@ -442,7 +495,7 @@ class AllReduceRound:
                 self.stats.bytes_received += len(message.data)
                 self.stats.receive_log.append((time.monotonic() - self._start, len(message.data)))
                 values = decode_checked(self.layout.codecs[chunk.bucket], message.data, chunk.length)
-                if sender not in self._failed and self._reductions[expected_k] is not None:
+                if sender not in self._failed and sender not in self._arrived[expected_k] and self._reductions[expected_k] is not None:
                     self._reductions[expected_k].add(values, weight)
                     self._arrived[expected_k].add(sender)
                     self._try_finalize()
@@ -454,15 +507,15 @@ class AllReduceRound:
                 pass
             return
         except StopAsyncIteration:
-            self._exclude(sender, "stream ended early")
+            exclude("stream ended early")
         except asyncio.TimeoutError:
-            self._exclude(sender, f"no data for {self.sender_timeout:.1f}s")
+            exclude(f"no data for {self.sender_timeout:.1f}s")
         except ProtocolError as e:
-            self._exclude(sender, f"bad data: {e}")
+            exclude(f"bad data: {e}")
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            self._exclude(sender, f"{type(e).__name__}: {e}")
+            exclude(f"{type(e).__name__}: {e}")
 
     async def _watch_absent_senders(self) -> None:
         """Exclude senders that never opened their stream to me within sender_timeout."""
@@ -476,8 +529,9 @@ class AllReduceRound:
     async def _exchange(self, j: int) -> None:
         """Send my chunks of part j to reducer j and receive the averaged part back.
 
-        When the reply stream breaks before the whole part is back, ask reducer j for the rest (FETCH_RETRIES).
-        Raises when the part cannot be had; `_lost[j]` says why.
+        When the reply stream breaks before the whole part is back, ask reducer j for the rest (FETCH_RETRIES) on a
+        new stream, and send again the chunks it says it lacks (`resend`). Raises when the part cannot be had;
+        `_lost[j]` says why.
         """
         chunks = self.parts[j]
         if not chunks:
@@ -489,9 +543,9 @@ class AllReduceRound:
         self.stats.streams += 1
 
         async def _requests() -> AsyncIterator[swarm_pb2.PartChunk]:
+            carried = 0
             for k, chunk in enumerate(chunks):
                 data = self.layout.codecs[chunk.bucket].encode(self._outgoing(chunk))
-                carried = sum(sizes)
                 sizes.append(len(data))
                 self.stats.bytes_sent += len(data)
                 self.stats.own_bytes += len(data)
@@ -501,23 +555,39 @@ class AllReduceRound:
                     self._sign(msg)
                 yield msg
                 self.stats.taken(self.stats.send_log, carried, len(data))
+                carried += len(data)
 
-        async def _fetch(start: int) -> AsyncIterator[swarm_pb2.PartChunk]:
+        async def _fetch(start: int, resend_from: asyncio.Future[int | None]) -> AsyncIterator[swarm_pb2.PartChunk]:
             msg = swarm_pb2.PartChunk(round_id=group.round_id, part=j, chunk=start, sender=group.peer_ids[me], fetch=True)
             self._sign(msg)
             yield msg
+            lacking = await resend_from  # the reducer's `resend`, or None once the part is back without one
+            for k in range(lacking if lacking is not None else len(chunks), len(chunks)):
+                data = self.layout.codecs[chunks[k].bucket].encode(self._outgoing(chunks[k]))
+                self.stats.bytes_sent += len(data)
+                self.stats.resent_chunks += 1
+                yield swarm_pb2.PartChunk(part=j, chunk=k, data=data)
 
         received = 0
         for attempt in range(FETCH_RETRIES + 1):
             stream = None
+            resend_from: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
             try:
-                opening = self.p2p.iterate_protobuf_handler(peer, AGGREGATE_HANDLER, _requests() if attempt == 0 else _fetch(received), swarm_pb2.PartChunk)
+                opening = self.p2p.iterate_protobuf_handler(peer, AGGREGATE_HANDLER, _requests() if attempt == 0 else _fetch(received, resend_from), swarm_pb2.PartChunk)
                 stream = await asyncio.wait_for(opening, self.sender_timeout + 2.0)
                 while received < len(chunks):
                     reply = await asyncio.wait_for(anext(stream), self.sender_timeout + 2.0)
                     if reply.error:
                         self._lost[j] = f"reducer {group.peer_ids[j][-8:]}: {reply.error}"
                         raise RoundFailed(self._lost[j])
+                    if reply.resend:
+                        if attempt == 0 or resend_from.done() or not 0 <= reply.chunk < len(chunks):
+                            self._lost[j] = f"reducer {group.peer_ids[j][-8:]} sent an unexpected resend of chunk {reply.chunk}"
+                            raise ProtocolError(self._lost[j])
+                        logger.info("round %s: part %d: the reducer lacks my chunks from %d on; sending them again",
+                                    group.round_id.hex()[:8], j, reply.chunk)
+                        resend_from.set_result(reply.chunk)
+                        continue
                     if reply.chunk != received:
                         self._lost[j] = f"reducer {group.peer_ids[j][-8:]} sent chunk {reply.chunk}, expected {received}"
                         raise ProtocolError(self._lost[j])
@@ -529,6 +599,8 @@ class AllReduceRound:
                         self.stats.ack_log.append((now, sizes[received]))
                     self._store_result(chunk, decode_checked(self.layout.codecs[chunk.bucket], reply.data, chunk.length))
                     received += 1
+                if not resend_from.done():
+                    resend_from.set_result(None)  # nothing to send again: end the request stream
                 try:  # let the reducer close first, so neither side resets a stream with data in flight
                     await asyncio.wait_for(anext(stream), 1.0)
                 except (StopAsyncIteration, asyncio.TimeoutError, Exception):
@@ -547,6 +619,8 @@ class AllReduceRound:
                     logger.info("round %s: part %d: %s; asking for the rest", group.round_id.hex()[:8], j, self._lost[j])
                     self.stats.refetches += 1
             finally:
+                if not resend_from.done():
+                    resend_from.set_result(None)
                 if stream is not None:
                     await _close_quietly(stream)
         raise RoundFailed(self._lost[j])

@@ -211,6 +211,44 @@ def test_a_broken_reply_stream_is_fetched_again_and_results_stay_identical():
     asyncio.run(main())
 
 
+class LosesFirstContribution(AllReduceRound):
+    """A reducer that never sees member 0's first contribution stream: closed unread, as a stream reset as it opens."""
+
+    lost = False
+
+    async def serve(self, first, requests, remote):
+        if not first.fetch and str(remote) == self.group.peer_ids[0] and not self.lost:
+            self.lost = True
+            return
+        async with contextlib.aclosing(super().serve(first, requests, remote)) as replies:
+            async for reply in replies:
+                yield reply
+
+
+def test_a_contribution_lost_as_its_stream_opened_is_sent_again_and_counted():
+    async def main():
+        members, services = await start_members(3)
+        try:
+            layout = make_layout("none")
+            values = random_values(3, seed=7)
+            classes = [AllReduceRound, LosesFirstContribution, AllReduceRound]
+            rounds, results = await run_round(members, services, ["trainer"] * 3, [1.0, 2.0, 1.0], [0.2, 0.6, 0.2], values, layout, round_class=classes)
+            assert rounds[1].lost and not any(isinstance(r, BaseException) for r in results), results
+            # the reducer asked member 0 for its values again instead of averaging part 1 without them
+            assert rounds[0].stats.refetches == 1 and rounds[0].stats.resent_chunks == len(rounds[1].parts[1])
+            assert rounds[1].stats.excluded == []
+            expected = expected_mean(values, [1.0, 2.0, 1.0], ["trainer"] * 3)
+            for out in results:
+                unflat = layout.unflatten(out)
+                for t in range(len(SHAPES)):
+                    assert torch.allclose(unflat[t], expected[t], atol=1e-5)
+            for other in results[1:]:
+                assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+        finally:
+            await shutdown(members)
+    asyncio.run(main())
+
+
 async def _fetch(member, reducer, round_id, part, start):
     async def request():
         yield swarm_pb2.PartChunk(round_id=round_id, part=part, chunk=start, sender=str(member.peer_id), fetch=True)
