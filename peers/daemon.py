@@ -29,6 +29,7 @@ from swarm.auth import InviteAccess
 from swarm.collaboration import Collaboration
 from swarm.config import RunConfig
 from swarm.errors import AuthError, ConfigError
+from swarm.modes import mode_optimizer
 from swarm.optim.schedule import warmup_linear_decay
 
 from .tasks import TaskSettings, get_task
@@ -174,21 +175,9 @@ def run_peer(config: RunConfig, options: PeerOptions, stop: StopFlag | None = No
 
 
 def make_optimizer(collab: Collaboration, model: torch.nn.Module, task, config: RunConfig, schedule):
-    """The run's mode: sync (the task's optimizer), optionally overlapped, or DiLoCo (inner AdamW or the task's,
-    outer Nesterov SGD); the schedule follows the global epoch (DiLoCo: the outer step) in every mode."""
-    if config.mode == "diloco":
-        d = config.diloco
-        inner_lr = d.inner_lr or config.lr
-        if d.inner_optimizer == "adamw":
-            def inner(params):
-                return torch.optim.AdamW(params, lr=inner_lr, weight_decay=d.inner_weight_decay)
-        else:
-            def inner(params):
-                return task.make_optimizer(params, inner_lr)
-        return collab.optimizer(model.parameters(), inner, mode="diloco", overlap=config.overlap, outer_lr=d.outer_lr,
-                                outer_momentum=d.outer_momentum, nesterov=d.nesterov, lr_schedule=schedule, buffers=model.buffers())
-    return collab.optimizer(model.parameters(), lambda params: task.make_optimizer(params, config.lr), mode="sync",
-                            overlap=config.overlap, lr_schedule=schedule, buffers=model.buffers())
+    """The run's mode (sync, overlapped or DiLoCo) for this task: swarm.modes.mode_optimizer, the one the
+    emulated trainers build too."""
+    return mode_optimizer(collab, model, task.make_optimizer, config, schedule)
 
 
 def _train(task, model, opt, collab: Collaboration, config: RunConfig, options: PeerOptions, stop: StopFlag, deadline: float, metrics, summary: PeerSummary, exporter=None) -> None:

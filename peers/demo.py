@@ -62,7 +62,7 @@ def demo_config(args: argparse.Namespace) -> RunConfig:
                 data[key] = value
     if config.mode == "diloco" and "target_batch_size" not in explicit and "target_batch_size" not in config.engine.model_fields_set:
         # one outer step = inner_steps local steps of every peer (see swarm.config.DiLoCoConfig)
-        data["engine"]["target_batch_size"] = config.diloco.inner_steps * args.peers * config.micro_batch_size
+        data["engine"]["target_batch_size"] = config.diloco.target_batch_size(args.peers * config.micro_batch_size)
     return RunConfig.model_validate(data)
 
 

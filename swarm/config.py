@@ -65,6 +65,11 @@ class DiLoCoConfig(BaseModel):
     inner_lr: float | None = Field(None, gt=0, description="the inner optimizer's lr (default: lr)")
     inner_weight_decay: float = Field(0.0, ge=0)
 
+    def target_batch_size(self, swarm_micro_batch: int) -> int:
+        """Samples per outer step for inner_steps local steps of every peer: `swarm_micro_batch` is the sum of the
+        peers' micro-batches (what the whole swarm processes per inner step)."""
+        return self.inner_steps * swarm_micro_batch
+
 
 class RunConfig(BaseModel):
     """An experiment: which task, which data, which hyperparameters, how to average."""
