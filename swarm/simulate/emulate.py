@@ -13,7 +13,9 @@ reports the all-reduce seconds (from group formation to its last averaged byte),
 bandwidth estimates and a hash of its result. A round's time is the largest all-reduce seconds of
 its members (the bound `lp_bound_s` is also for the whole group).
 
-`run_training` is the training workload: every trainer trains the task for the same duration.
+`run_training` is the training workload: every trainer trains the task for the same duration, in the
+workload's mode (sync, overlap, DiLoCo; see TrainingWorkload); `training_figures` turns the peers' events
+into compute utilization, bytes per sample and a loss curve.
 """
 from __future__ import annotations
 
@@ -288,7 +290,8 @@ def run_training(
     progress: Callable[[str], None] | None = None,
     engine_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run the scenario's training workload; returns swarm samples/s, each peer's solo rate and the utilization."""
+    """Run the scenario's training workload (in its mode); returns swarm samples/s, each peer's solo rate, and the
+    figures of `training_figures` (compute utilization, bytes per sample, loss curve)."""
     workload = scenario.workload
     assert isinstance(workload, TrainingWorkload)
     say = progress or (lambda s: None)
@@ -301,36 +304,89 @@ def run_training(
         # build the task's caches (tokenizer, corpus) once, before peers race to build them
         prep = emu.python(None, "swarm.simulate.worker", ["--mode", "training", "--prepare", "--host", ROUTER_ADDRESS, "--workload", payload], "prepare")
         prep.expect("prepared", ready_timeout)
+        trainers = sum(p.brings for p in emu.peers)
         procs = []
         for p in emu.peers:
             args = ["--mode", "training", "--run-id", run_id, "--role", p.role, "--host", emu.network.address(p.index),
-                    "--initial-peers", *initial, "--index", str(p.index), "--compute", str(p.compute),
+                    "--initial-peers", *initial, "--index", str(p.index), "--compute", str(p.compute), "--trainers", str(trainers),
                     "--workload", payload, "--engine", json.dumps(overrides)]
             procs.append(emu.python(p.index, "swarm.simulate.worker", args, f"peer{p.index}-{p.name}"))
-        gather(procs, "ready", ready_timeout)
-        say(f"{len(procs)} peers joined; training for {workload.duration:.0f}s")
+        ready = gather(procs, "ready", ready_timeout)
+        say(f"{len(procs)} peers joined ({workload.mode}{', overlap' if workload.overlap else ''}, {workload.compression}, "
+            f"target batch {ready[0].get('target_batch_size')}); training for {workload.duration:.0f}s")
         started = time.time()
         for proc in procs:
             proc.send(cmd="go", duration=workload.duration)
         summaries = gather(procs, "summary", workload.duration + 300)
-        steps: dict[int, dict[str, Any]] = {}
-        for proc in procs:
-            for item in proc.history:
-                if item.get("event") == "step" and item.get("time", 0) <= started + workload.duration:
-                    steps.setdefault(item["epoch"], item)
-    trainers = [s for s, p in zip(summaries, emu.peers) if p.brings]
-    solo = sum(s["samples"] / s["compute_seconds"] for s in trainers if s.get("compute_seconds"))
+        histories = [list(proc.history) for proc in procs]
+    steps: dict[int, dict[str, Any]] = {}
+    for history in histories:
+        for item in history:
+            if item.get("event") == "step" and item.get("time", 0) <= started + workload.duration:
+                steps.setdefault(item["epoch"], item)
+    trainer_summaries = [s for s, p in zip(summaries, emu.peers) if p.brings]
+    solo = sum(s["samples"] / s["compute_seconds"] for s in trainer_summaries if s.get("compute_seconds"))
     nominal = sum(workload.micro_batch_size * p.compute / workload.step_seconds for p in emu.peers if p.brings) if workload.step_seconds else None
     averaged = sum(s["samples"] for s in steps.values())
     swarm_rate = averaged / workload.duration
     rounds = [s["seconds"] for s in steps.values()]
     return {
         "scenario": scenario.name, "peers": len(emu.peers), "duration": workload.duration, "epochs": len(steps),
+        "mode": workload.mode, "overlap": workload.overlap, "compression": workload.compression,
+        "target_batch_size": ready[0].get("target_batch_size"),
         "swarm_samples_per_second": swarm_rate, "solo_samples_per_second": solo, "nominal_solo_samples_per_second": nominal,
         "utilization": swarm_rate / solo if solo else float("nan"),
         "median_round_seconds": statistics.median(rounds) if rounds else float("nan"),
-        "consistent": len({s.get("hash") for s in trainers}) == 1, "started": started,
+        "consistent": len({s.get("hash") for s in trainer_summaries}) == 1, "started": started,
+        **training_figures([p.brings for p in emu.peers], summaries, histories, started),
         "peers_detail": summaries,
+    }
+
+
+def training_figures(brings: Sequence[bool], summaries: Sequence[dict[str, Any]], histories: Sequence[Sequence[dict[str, Any]]],
+                     started: float, bin_seconds: float = 15.0) -> dict[str, Any]:
+    """The figures of a training run from its peers' `summary` events and event histories (swarm's emulated
+    trainers and benchmarks' hivemind trainers report the same fields); `brings[i]`: peer i trains.
+
+    - compute_utilization: the trainers' forward/backward seconds over their training wall time (summed);
+      round_wait_share: the share they were blocked on rounds (where reported), optimizer_share: the share in
+      opt.step and zero_grad (rounds included);
+    - bytes_sent_per_sample: bytes the rounds sent (all peers, aux included) over the samples the trainers
+      computed; net_bytes_sent_per_sample: the same from the namespaces' interface counters (all traffic);
+    - loss_curve: [seconds since `started`, mean loss of the micro-batches in that bin, samples computed by
+      then], one point per `bin_seconds` (the micro-batch losses of every trainer: DiLoCo's are its inner models')."""
+    trainers = [s for s, b in zip(summaries, brings) if b]
+    samples = sum(s.get("samples", 0) for s in trainers)
+    elapsed = sum(s.get("elapsed", 0.0) for s in trainers)
+
+    def share(key: str) -> float | None:
+        if not elapsed or any(key not in s for s in trainers):
+            return None
+        return sum(s[key] for s in trainers) / elapsed
+
+    def per_sample(key: str) -> float | None:
+        if not samples or any(key not in s for s in summaries):
+            return None
+        return sum(s[key] for s in summaries) / samples
+
+    points: dict[int, list[float]] = {}
+    counts: dict[int, float] = {}
+    for history in (h for h, b in zip(histories, brings) if b):
+        for item in history:
+            if item.get("event") == "local" and item.get("loss") == item.get("loss"):   # skip NaN
+                k = max(0, int((item["time"] - started) // bin_seconds))
+                points.setdefault(k, []).append(float(item["loss"]))
+                counts[k] = counts.get(k, 0.0) + float(item.get("samples", 0))
+    curve, seen = [], 0.0
+    for k in sorted(points):
+        seen += counts[k]
+        curve.append([round((k + 1) * bin_seconds, 2), round(sum(points[k]) / len(points[k]), 4), int(seen)])
+    return {
+        "samples": samples, "compute_utilization": share("compute_seconds"), "round_wait_share": share("round_wait_seconds"),
+        "optimizer_share": share("step_seconds"), "bytes_sent_per_sample": per_sample("bytes_sent"),
+        "net_bytes_sent_per_sample": per_sample("net_bytes_sent"),
+        "rounds_completed": max((s.get("rounds_completed", 0) for s in trainers), default=0),
+        "failed_rounds": sum(s.get("rounds_failed", 0) for s in trainers), "loss_curve": curve,
     }
 
 

@@ -33,7 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..balancing import MemberLink, optimal_shares
-from ..config import EngineConfig
+from ..config import DiLoCoConfig, EngineConfig, RunConfig
 from ..errors import ConfigError
 
 __all__ = [
@@ -102,7 +102,17 @@ class AllreduceWorkload(_Model):
 
 
 class TrainingWorkload(_Model):
-    """Collaborative training of a task plug-in for `duration` seconds."""
+    """Collaborative training of a task plug-in for `duration` seconds, in one of the run modes of swarm.config:
+
+        mode: diloco          # sync (default) or diloco
+        overlap: true         # average in the background: updates land one step (DiLoCo: one outer step) late
+        diloco: {inner_steps: 10, inner_lr: 0.001}   # swarm.config.DiLoCoConfig; an outer step is inner_steps
+                                                     # local steps of every trainer (target_batch_size is sync's)
+        compression: powersgd # any codec of EngineConfig.compression
+
+    `run_config` is the RunConfig an emulated trainer builds its optimizer from (swarm.modes.mode_optimizer,
+    as the volunteer daemon does).
+    """
 
     kind: Literal["training"]
     task: str = "albert"
@@ -112,14 +122,38 @@ class TrainingWorkload(_Model):
     target_batch_size: int = Field(256, gt=0)
     step_seconds: float | None = Field(None, gt=0, description="a local step at compute 1 takes at least this long")
     duration: float = Field(120.0, gt=0)
-    lr: float = Field(0.002, gt=0)
+    lr: float = Field(0.002, gt=0, description="the task optimizer's lr (sync; DiLoCo's inner lr unless diloco.inner_lr)")
     compression: str = "fp16"
+    mode: Literal["sync", "diloco"] = RunConfig.model_fields["mode"]
+    overlap: bool = RunConfig.model_fields["overlap"]
+    diloco: DiLoCoConfig = Field(default_factory=DiLoCoConfig)
     gradient_params: int | None = Field(None, description="values averaged per step, for the model (the emulator builds the task)")
 
     @field_validator("gradient_params", mode="before")
     @classmethod
     def _gradient_count(cls, v: Any) -> int | None:
         return None if v is None else parse_count(v)
+
+    @field_validator("compression")
+    @classmethod
+    def _known_codec(cls, name: str) -> str:
+        return EngineConfig._known_codec(name)
+
+    def target_for(self, trainers: int) -> int:
+        """Samples per global step for `trainers` peers that bring samples: target_batch_size in sync mode, and in
+        DiLoCo inner_steps local steps of every trainer (swarm.config.DiLoCoConfig.target_batch_size)."""
+        if self.mode == "diloco":
+            return self.diloco.target_batch_size(max(1, trainers) * self.micro_batch_size)
+        return self.target_batch_size
+
+    def run_config(self, engine: dict[str, Any] | None = None, trainers: int = 1) -> RunConfig:
+        """The RunConfig of this workload (no lr schedule: warmup 0): its mode, lr, micro-batch and compression, the
+        engine settings `engine`, and the target batch for `trainers` (see target_for)."""
+        return RunConfig(
+            run_id="emulate", task=self.task, task_options=dict(self.task_options), micro_batch_size=self.micro_batch_size,
+            lr=self.lr, warmup_epochs=0, mode=self.mode, overlap=self.overlap, diloco=self.diloco,
+            engine=EngineConfig(**{**(engine or {}), "compression": self.compression, "target_batch_size": self.target_for(trainers)}),
+        )
 
 
 Workload = Annotated[Union[AllreduceWorkload, TrainingWorkload], Field(discriminator="kind")]

@@ -11,9 +11,11 @@ stderr). Modes:
   all-reduce seconds, bytes, shares, its bandwidth estimates and a hash of the result.
   Trainer i averages x_i = g_r + i (g_r a random vector shared by round), so the exact mean is
   known and each peer reports its largest error.
-- `training`: trains the scenario's task plug-in with the collaborative optimizer for a duration;
-  each local step takes at least step_seconds / compute (it sleeps the difference). Reports one
-  event per global step and a summary.
+- `training`: trains the scenario's task plug-in for a duration in the workload's mode (sync, overlap,
+  DiLoCo: swarm.modes.mode_optimizer, the volunteer daemon's); each local step takes at least
+  step_seconds / compute (it sleeps the difference). Reports one event per micro-batch (loss), one per
+  global step (loss, bytes, round seconds) and a summary (samples, compute and round-wait seconds,
+  bytes sent by the rounds and by the namespace's interfaces).
 
 Every command has an answer; `stop` (or EOF on stdin, or SIGTERM) leaves the swarm cleanly.
 """
@@ -233,17 +235,21 @@ class _EngineProfiler:
 
 
 def run_training(args: argparse.Namespace) -> None:
-    """Train the scenario's task with the collaborative optimizer; compute slowed to `compute` by sleeping."""
-    from swarm.optim.schedule import warmup_linear_decay  # noqa: F401  (kept importable for task plug-ins)
+    """Train the scenario's task in the workload's mode (swarm.modes.mode_optimizer, as the volunteer daemon does);
+    compute slowed to `compute` by sleeping. Events: `local` per micro-batch (time, loss, samples), `step` per global
+    step (epoch, loss since the last one, bytes, round seconds), and a `summary`."""
+    from swarm.linkmeter import read_counters
+    from swarm.modes import mode_optimizer
 
-    workload = json.loads(args.workload)
+    from .scenario import TrainingWorkload
+
+    workload = TrainingWorkload.model_validate(json.loads(args.workload))
     engine = json.loads(args.engine)
-    module_name, function_name = workload["task_plugin"].split(":")
+    module_name, function_name = workload.task_plugin.split(":")
     factory = getattr(importlib.import_module(module_name), function_name)
     settings_cls = getattr(importlib.import_module(module_name), "TaskSettings", None)
-    options = dict(workload.get("task_options") or {})
-    settings = settings_cls(micro_batch_size=workload["micro_batch_size"], seed=0, options=options) if settings_cls else None
-    task = factory(workload["task"], settings)
+    settings = settings_cls(micro_batch_size=workload.micro_batch_size, seed=0, options=dict(workload.task_options)) if settings_cls else None
+    task = factory(workload.task, settings)
     if args.prepare:  # build the task's caches once, before the peers start
         task.fingerprint()
         task.build_model()
@@ -252,26 +258,38 @@ def run_training(args: argparse.Namespace) -> None:
         return
     torch.manual_seed(0)
     model = task.build_model()
-    collab = _join(args, {**engine, "target_batch_size": workload["target_batch_size"], "compression": workload["compression"]})
+    config = workload.run_config(engine, trainers=args.trainers)
+    collab = _join(args, config.engine.model_dump())
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        opt = collab.optimizer(model.parameters(), lambda params: task.make_optimizer(params, workload["lr"]))
-        emit("ready", maddrs=collab.visible_maddrs(), peer_id=collab.peer_id, role=args.role)
+        opt = mode_optimizer(collab, model, task.make_optimizer, config)
+        emit("ready", maddrs=collab.visible_maddrs(), peer_id=collab.peer_id, role=args.role,
+             target_batch_size=config.engine.target_batch_size)
         go = next(commands(), {})
         if go.get("cmd") != "go":
             return
-        deadline = time.monotonic() + float(go.get("duration", workload["duration"]))
+        deadline = time.monotonic() + float(go.get("duration", workload.duration))
+        counters = read_counters()
         if args.role == "aux":
             collab.run_auxiliary(opt.layout, lambda: stop.is_set() or time.monotonic() > deadline)
-            emit("summary", role="aux", rounds=len(collab.rounds))
+            emit("summary", role="aux", rounds=len(collab.rounds), bytes_sent=sum(r.bytes_sent for r in collab.rounds),
+                 bytes_received=sum(r.bytes_received for r in collab.rounds), **net_sent(counters, read_counters()))
             return
-        opt.on_step.append(lambda report: emit(
-            "step", epoch=report.epoch, group=report.group_size, seconds=report.round_seconds,
-            samples=report.samples, time=time.time(), hash=report.params_hash[:16],
-        ))
-        step_seconds = (workload.get("step_seconds") or 0.0) / max(args.compute, 1e-6)
-        samples = compute_seconds = 0.0
+        losses: list[float] = []
+        sent = {"bytes_sent": 0, "bytes_received": 0}
+
+        def on_step(report) -> None:
+            sent["bytes_sent"] += report.bytes_sent
+            sent["bytes_received"] += report.bytes_received
+            emit("step", epoch=report.epoch, group=report.group_size, seconds=report.round_seconds, samples=report.samples,
+                 time=report.time, hash=report.params_hash[:16], bytes_sent=report.bytes_sent, codec=report.codec,
+                 staleness=report.staleness, loss=sum(losses) / len(losses) if losses else None)
+            losses.clear()
+
+        opt.on_step.append(on_step)
+        step_seconds = (workload.step_seconds or 0.0) / max(args.compute, 1e-6)
+        samples = compute_seconds = opt_seconds = 0.0
         started = time.monotonic()
         model.train()
         for batch in task.batches(args.index):
@@ -286,14 +304,29 @@ def run_training(args: argparse.Namespace) -> None:
                 time.sleep(pad)
             compute_seconds += time.monotonic() - t0
             samples += n
+            value = float(loss.detach())
+            losses.append(value)
+            emit("local", time=time.time(), loss=value, samples=n)
+            t1 = time.monotonic()
             opt.step(samples=n)
             opt.zero_grad()
+            opt_seconds += time.monotonic() - t1
         elapsed = time.monotonic() - started
         emit("summary", role=args.role, samples=samples, elapsed=elapsed, compute_seconds=compute_seconds,
+             round_wait_seconds=opt.round_wait_seconds, step_seconds=opt_seconds,
              epoch=opt.epoch, rounds_completed=opt.rounds_completed, rounds_failed=opt.rounds_failed,
-             hash=opt.params_hash()[:16])
+             hash=opt.params_hash()[:16], **sent, **net_sent(counters, read_counters()))
+        if not stop.is_set():
+            opt.finish()   # overlapped modes: apply the round still in flight (after the measured duration)
     finally:
         collab.shutdown()
+
+
+def net_sent(before: tuple[int, int] | None, after: tuple[int, int] | None) -> dict[str, int]:
+    """Bytes this namespace's interfaces sent and received between two read_counters() (everything: DHT, headers)."""
+    if before is None or after is None:
+        return {}
+    return {"net_bytes_received": after[0] - before[0], "net_bytes_sent": after[1] - before[1]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -305,6 +338,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--initial-peers", nargs="*", default=[])
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--peers", type=int, default=1, help="peers in the swarm (the view every round waits for)")
+    parser.add_argument("--trainers", type=int, default=1, help="training: peers that bring samples (DiLoCo's outer batch)")
     parser.add_argument("--trainer-indices", default="", help="comma-separated indices of the peers that bring values")
     parser.add_argument("--params", type=int, default=0)
     parser.add_argument("--compression", default="none")

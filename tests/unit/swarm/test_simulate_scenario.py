@@ -92,3 +92,29 @@ def test_with_workload_switches_and_validates():
     with pytest.raises(ConfigError):
         load_scenario("workstation").with_workload("training")
     assert isinstance(Scenario.model_validate(scenario.model_dump()), Scenario)
+
+
+def test_training_workload_takes_the_run_modes(tmp_path):
+    """mode, overlap, diloco (swarm.config.DiLoCoConfig) and a known codec; the RunConfig it builds; DiLoCo's outer batch."""
+    hybrid = load_scenario("hybrid").with_workload("training")
+    assert (hybrid.workload.mode, hybrid.workload.overlap) == ("sync", False)
+    diloco = hybrid.with_workload(mode="diloco", overlap=True, diloco={"inner_steps": 10, "inner_lr": 0.001}, compression="powersgd")
+    w = diloco.workload
+    assert w.diloco.inner_steps == 10 and w.target_for(12) == 10 * 12 * w.micro_batch_size
+    config = w.run_config({"averaging_timeout": 120.0}, trainers=12)
+    assert (config.mode, config.overlap, config.diloco.inner_lr, config.warmup_epochs) == ("diloco", True, 0.001, 0)
+    assert config.engine.compression == "powersgd" and config.engine.averaging_timeout == 120.0
+    assert config.engine.target_batch_size == 480 and config.lr == w.lr
+    sync = hybrid.workload.run_config({"target_batch_size": 1}, trainers=12)
+    assert sync.engine.target_batch_size == hybrid.workload.target_batch_size   # sync: the workload's own target
+    for changes, needle in (({"mode": "async"}, "mode"), ({"compression": "zip"}, "unknown codec 'zip'"),
+                            ({"diloco": {"inner_steps": 0}}, "diloco.inner_steps"), ({"diloco": {"h": 5}}, "diloco.h"),
+                            ({"overlap": "sometimes"}, "overlap")):
+        with pytest.raises(ConfigError) as info:
+            hybrid.with_workload(**changes)
+        assert "\n" not in str(info.value) and needle in str(info.value), str(info.value)
+    path = tmp_path / "s.yaml"
+    path.write_text("peers: [{upload_mbps: 10, download_mbps: 10}]\nworkload: {kind: training, task_plugin: 'm:f', mode: diloco, "
+                    "diloco: {inner_steps: -1}}")
+    with pytest.raises(ConfigError, match="workload.training.diloco.inner_steps"):
+        load_scenario(path)
