@@ -137,6 +137,46 @@ def training_table(reports: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def training_modes_table(report: dict[str, Any]) -> str:
+    """benchmarks.training with --configs: one row per configuration on one emulated scenario."""
+    summary = report.get("summary", {})
+    reduction = summary.get("bytes_per_sample_reduction_vs_sync_fp32", {})
+    net_reduction = summary.get("net_bytes_per_sample_reduction_vs_sync_fp32", {})
+    at_wall = summary.get("loss_at_equal_wall_time", {})
+    at_samples = summary.get("loss_at_equal_samples", {})
+    lines = [
+        f"| config | H | utilization (fwd/bwd) | blocked on rounds | in opt.step | bytes / sample (rounds) | x less than sync fp32 | "
+        f"bytes / sample (wire) | x less (wire) | global steps | failed peer-rounds | loss at {_f(at_wall.get('seconds'), '{:.0f}')} s | "
+        f"loss at {at_samples.get('samples', '-')} samples | samples/s in global batches | load | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in report["results"].items():
+        if "error" in r:
+            lines.append(f"| {name} | | | | | | | | | | | | | | {_f(r.get('load_before'), '{:.1f}')}-{_f(r.get('load_after'), '{:.1f}')} | "
+                         f"error: {r['error'][:160]} |")
+            continue
+        notes = []
+        if r.get("consistent") is False:
+            notes.append("parameters differ at the end")
+        if r.get("flags"):
+            notes.append(" ".join(r["flags"]))
+        lines.append(
+            f"| {name} | {r.get('inner_steps') or '-'} | {_pct(r.get('compute_utilization'))} | {_pct(r.get('round_wait_share'))} | "
+            f"{_pct(r.get('optimizer_share'))} | {_f(r.get('bytes_sent_per_sample'), '{:,.0f}')} | {_f(reduction.get(name), '{:.0f}x')} | "
+            f"{_f(r.get('net_bytes_sent_per_sample'), '{:,.0f}')} | {_f(net_reduction.get(name), '{:.0f}x')} | {r.get('epochs', '-')} | "
+            f"{r.get('failed_rounds', '-') if r.get('system') == 'swarm' else '-'} | {_f(at_wall.get('loss', {}).get(name))} | "
+            f"{_f(at_samples.get('loss', {}).get(name))} | {_f(r.get('samples_per_second'))} | "
+            f"{_f(r.get('load_before'), '{:.1f}')}-{_f(r.get('load_after'), '{:.1f}')} | {'; '.join(notes)} |"
+        )
+    goals = summary.get("goals", {})
+    if goals:
+        lines.append("")
+        for key, goal in goals.items():
+            shown = {k: v for k, v in goal.items() if k != "met"}
+            lines.append(f"- {key.replace('_', ' ')}: {'met' if goal.get('met') else 'missed'} ({json.dumps(shown)})")
+    return "\n".join(lines)
+
+
 def modes_table(report: dict[str, Any]) -> str:
     res = report["results"]
     summary = report.get("summary", {})
@@ -203,7 +243,14 @@ def main() -> None:
         print(f"\n### Loopback\n\n{_meta(report)}; {report['vector_bytes'] / 2**20:.0f} MiB fp32, 2 peers\n")
         print(loopback_table(report))
         print(f"\n{_png(args.results, 'loopback')}")
-    training = [json.loads(p.read_text()) for p in sorted(args.results.glob("training-*.json"))]
+    every = [json.loads(p.read_text()) for p in sorted(args.results.glob("training-*.json"))]
+    training = [r for r in every if "configs" not in r]
+    for report in (r for r in every if "configs" in r):
+        durations = sorted({r.get("duration_s") for r in report["results"].values() if r.get("duration_s")})
+        print(f"\n### Modes on emulated {report['scenario']}\n\n{report['date']}, {report['machine']}, load {report.get('load_1min')}; "
+              f"{report['peers']} peers, {', '.join(f'{d:.0f}' for d in durations)} s of training each\n")
+        print(training_modes_table(report))
+        print(f"\n{_png(args.results, 'training-' + report['scenario'])}")
     if training:
         print("\n### Training on emulated networks\n")
         for report in training:

@@ -1,15 +1,27 @@
-"""Collaborative training on an emulated network: swarm against hivemind.Optimizer, against the peers' solo speed.
+"""Collaborative training on an emulated network: swarm's modes against hivemind.Optimizer, on one scenario.
 
-    python -m benchmarks.training --scenario mini-hetero [--duration 180] [--json results/training-mini-hetero.json]
+    python -m benchmarks.training --scenario hybrid --configs sync-fp32,sync-overlap-fp16,diloco-h10,hivemind \\
+        [--duration 150] [--append] --json benchmarks/results/training-hybrid.json
 
-Both systems train the scenario's training workload (the task plug-in, ALBERT tiny in the shipped scenarios) on
-a fresh emulated network each (needs root), for the same duration, with the same micro-batches, target batch,
-compute slow-down (a local step at compute c takes step_seconds / c; peers sleep the difference) and fp16 gradients.
+Every configuration trains the scenario's training workload (the task plug-in, ALBERT tiny in the shipped
+scenarios) on a fresh emulated network (real peers in network namespaces with tc-shaped links; needs root),
+for the same duration, with the same micro-batches, compute slow-down (a local step at compute c takes
+step_seconds / c; peers sleep the difference) and, in sync mode, the same target batch. The swarm
+configurations are those of the loopback benchmark (benchmarks.modes.CONFIGS: mode, overlap, DiLoCo's H and
+inner lr, codec; the target batch is the scenario's, and DiLoCo's outer batch is H micro-batches of every
+trainer); `hivemind` and `hivemind-local` are hivemind.Optimizer with the workload's codec, plain and with
+use_local_updates=True. `--append` adds the configurations to an existing JSON (one emulation per call, so a
+shared machine can interleave other work between them).
 
-- swarm samples/s: samples in the global batches the swarm completed, over the duration.
-- solo samples/s: the sum over trainers of samples / seconds spent computing (what each would do alone).
-- compute utilization: swarm samples/s over the solo sum (1.0: averaging costs no compute time).
-The same figures for `hivemind_optimizer` (epochs reached x target batch, over the duration).
+Per configuration, from the peers' events (swarm.simulate.emulate.training_figures):
+- compute utilization: the trainers' forward/backward seconds (emulated compute included) over their training
+  wall time; blocked on rounds and opt.step shares next to it;
+- bytes sent per sample: the rounds' bytes (swarm's own count, all peers) over the samples the trainers
+  computed, and the same from the namespaces' interface counters (everything on the wire: DHT, headers; the
+  only figure hivemind has), each with its ratio to sync-fp32;
+- loss vs wall time: the mean micro-batch loss of all trainers per 15 s bin (DiLoCo: its inner models'), and
+  the loss at equal wall time and at equal samples computed (benchmarks.modes.summarize);
+- samples/s in completed global batches, the trainers' solo sum, and their ratio (the older utilization figure).
 """
 from __future__ import annotations
 
@@ -25,21 +37,34 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from swarm.simulate.emulate import Emulation, gather, run_training
+from benchmarks.modes import CONFIGS as MODE_CONFIGS
+from benchmarks.modes import plot_modes, summarize
+from swarm.simulate.emulate import Emulation, gather, run_training, training_figures
 from swarm.simulate.network import ROUTER_ADDRESS, require_root
 from swarm.simulate.scenario import Scenario, TrainingWorkload, load_scenario
 
 
+def _workload_changes(fields: dict[str, Any]) -> dict[str, Any]:
+    """The TrainingWorkload fields of a benchmarks.modes configuration (its sync target batch is the loopback's)."""
+    return {"mode": fields.get("mode", "sync"), "overlap": fields.get("overlap", False), "diloco": fields.get("diloco", {}),
+            "compression": fields.get("engine", {}).get("compression", "fp16")}
+
+
+# name -> ("swarm", workload changes) or ("hivemind", hivemind_trainer flags)
+CONFIGS: dict[str, tuple[str, Any]] = {
+    **{name: ("swarm", _workload_changes(fields)) for name, fields in MODE_CONFIGS.items()},
+    "hivemind": ("hivemind", []),
+    "hivemind-local": ("hivemind", ["--use-local-updates"]),
+}
+
+
 def bench_swarm(scenario: Scenario, log_dir: Path) -> dict[str, Any]:
     report = run_training(scenario, log_dir, progress=lambda s: print(s, flush=True))
-    return {
-        "samples_per_second": report["swarm_samples_per_second"], "solo_samples_per_second": report["solo_samples_per_second"],
-        "utilization": report["utilization"], "epochs": report["epochs"], "median_round_seconds": report["median_round_seconds"],
-        "consistent": report["consistent"], "nominal_solo_samples_per_second": report["nominal_solo_samples_per_second"],
-    }
+    return {"samples_per_second": report.pop("swarm_samples_per_second"), "started": report.pop("started"),
+            **{k: v for k, v in report.items() if k not in ("scenario", "peers", "duration")}}
 
 
-def bench_hivemind(scenario: Scenario, log_dir: Path) -> dict[str, Any]:
+def bench_hivemind(scenario: Scenario, log_dir: Path, flags: list[str]) -> dict[str, Any]:
     workload = scenario.workload
     assert isinstance(workload, TrainingWorkload)
     payload = json.dumps(workload.model_dump())
@@ -48,78 +73,118 @@ def bench_hivemind(scenario: Scenario, log_dir: Path) -> dict[str, Any]:
         initial = [m for m in boot.expect("ready", 120)["maddrs"] if ROUTER_ADDRESS in m]
         procs = [emu.python(p.index, "benchmarks.workers.hivemind_trainer",
                             ["--host", emu.network.address(p.index), "--initial-peers", *initial, "--index", str(p.index),
-                             "--role", p.role, "--compute", str(p.compute), "--workload", payload], f"hivemind{p.index}-{p.name}")
+                             "--role", p.role, "--compute", str(p.compute), "--workload", payload, *flags], f"hivemind{p.index}-{p.name}")
                  for p in emu.peers]
         gather(procs, "ready", 300)
-        print(f"hivemind: {len(procs)} peers up; training for {workload.duration:.0f}s", flush=True)
+        print(f"hivemind{' '.join(['', *flags])}: {len(procs)} peers up; training for {workload.duration:.0f}s", flush=True)
+        started = time.time()
         for proc in procs:
             proc.send(cmd="go", duration=workload.duration)
         summaries = gather(procs, "summary", workload.duration + 300)
-    trainers = [s for s, p in zip(summaries, emu.peers) if p.brings]
+        histories = [list(proc.history) for proc in procs]
+    brings = [p.brings for p in emu.peers]
+    trainers = [s for s, b in zip(summaries, brings) if b]
     epochs = max(s["epoch"] for s in trainers)
     solo = sum(s["samples"] / s["compute_seconds"] for s in trainers if s.get("compute_seconds"))
     rate = epochs * workload.target_batch_size / workload.duration
     return {"samples_per_second": rate, "solo_samples_per_second": solo, "utilization": rate / solo if solo else float("nan"),
-            "epochs": epochs}
+            "epochs": epochs, "started": started, "flags": flags, **training_figures(brings, summaries, histories, started, workload.duration),
+            "peers_detail": summaries}
+
+
+def run_config(name: str, scenario: Scenario, log_dir: Path) -> dict[str, Any]:
+    system, spec = CONFIGS[name]
+    started = time.monotonic()
+    load_before = os.getloadavg()[0]
+    try:
+        if system == "swarm":
+            result = bench_swarm(scenario.with_workload(**spec), log_dir)
+        else:
+            result = bench_hivemind(scenario, log_dir, spec)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        result = {"samples_per_second": float("nan"), "error": f"{type(e).__name__}: {e}"[:500]}
+    result.update(system=system, wall_s=round(time.monotonic() - started, 1), load_before=round(load_before, 1),
+                  load_after=round(os.getloadavg()[0], 1), inner_steps=(spec.get("diloco") or {}).get("inner_steps") if system == "swarm" else None)
+    return result
+
+
+def net_reduction(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """sync-fp32's wire bytes per sample over each configuration's (interface counters: comparable with hivemind)."""
+    base = results.get("sync-fp32", {}).get("net_bytes_sent_per_sample")
+    return {n: round(base / r["net_bytes_sent_per_sample"], 1) for n, r in results.items()
+            if base and r.get("net_bytes_sent_per_sample")}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.training", description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenario", required=True)
-    parser.add_argument("--duration", type=float)
-    parser.add_argument("--systems", default="swarm,hivemind_optimizer")
+    parser.add_argument("--duration", type=float, help="training seconds per configuration (default: the scenario's)")
+    parser.add_argument("--configs", default="sync-fp16,hivemind", help=f"comma-separated, of {','.join(CONFIGS)}")
+    parser.add_argument("--append", action="store_true", help="add to the results already in --json (same scenario)")
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--log-dir", type=Path)
     args = parser.parse_args(argv)
+    names = [n for n in args.configs.split(",") if n]
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown or not names:
+        print(f"benchmarks.training: unknown configuration(s) {', '.join(unknown) or '(none)'}; known: {', '.join(CONFIGS)}", file=sys.stderr)
+        return 2
     try:
         require_root("benchmarks.training")
+        scenario = load_scenario(args.scenario).with_workload("training", duration=args.duration)
     except Exception as e:
         print(f"benchmarks.training: {e}", file=sys.stderr)
         return 2
-    scenario = load_scenario(args.scenario).with_workload("training", duration=args.duration)
+    report: dict[str, Any] = {}
+    if args.append and args.json.exists():
+        report = json.loads(args.json.read_text())
+        if report.get("scenario") != scenario.name:
+            print(f"benchmarks.training: {args.json} holds scenario {report.get('scenario')}, not {scenario.name}", file=sys.stderr)
+            return 2
+    report = {"benchmark": "training", "scenario": scenario.name, "peers": scenario.size, "workload": scenario.workload.model_dump(),
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "machine": f"{platform.machine()} {os.cpu_count()} cores", **report}
+    report.setdefault("results", {})
+    report.setdefault("configs", {})
     log_root = args.log_dir or Path(tempfile.mkdtemp(prefix="bench-training-"))
-    report: dict[str, Any] = {"benchmark": "training", "scenario": scenario.name, "peers": scenario.size,
-                              "workload": scenario.workload.model_dump(), "results": {},
-                              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                              "machine": f"{platform.machine()} {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at start"}
-    for system in args.systems.split(","):
-        started = time.monotonic()
-        try:
-            result = bench_swarm(scenario, log_root / system) if system == "swarm" else bench_hivemind(scenario, log_root / system)
-        except KeyboardInterrupt:
-            raise
-        except Exception as e:
-            result = {"samples_per_second": float("nan"), "error": f"{type(e).__name__}: {e}"[:500]}
-        result["wall_s"] = time.monotonic() - started
-        report["results"][system] = result
-        print(f"{system}: {result['samples_per_second']:.2f} samples/s, utilization {result.get('utilization', float('nan')):.0%}", flush=True)
-    report["machine"] += f", {os.getloadavg()[0]:.1f} at end"
+    for name in names:
+        result = run_config(name, scenario, log_root / name)
+        result["duration_s"] = scenario.workload.duration
+        report["results"][name] = result
+        report["configs"][name] = CONFIGS[name][1]
+        print(f"{name}: utilization {_pct(result.get('compute_utilization'))}, blocked {_pct(result.get('round_wait_share'))}, "
+              f"{_num(result.get('bytes_sent_per_sample'))} B/sample in rounds, {_num(result.get('net_bytes_sent_per_sample'))} on the wire, "
+              f"{result.get('epochs')} epochs, {result.get('failed_rounds')} failed peer-rounds, load {result['load_before']} -> {result['load_after']}"
+              + (f", error {result['error']}" if "error" in result else ""), flush=True)
+    ok = {n: r for n, r in report["results"].items() if "error" not in r}
+    report["summary"] = summarize(ok)
+    report["summary"]["net_bytes_per_sample_reduction_vs_sync_fp32"] = net_reduction(ok)
+    loads = [x for r in report["results"].values() for x in (r.get("load_before"), r.get("load_after")) if x is not None]
+    report["load_1min"] = {"min": min(loads), "max": max(loads), "mean": round(statistics.mean(loads), 1)} if loads else None
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2, default=float) + "\n")
     _plot(report, args.json.with_suffix(".png"))
+    print(json.dumps(report["summary"], indent=2))
     return 0
 
 
+def _pct(x: Any) -> str:
+    return f"{x:.0%}" if isinstance(x, (int, float)) else "-"
+
+
+def _num(x: Any) -> str:
+    return f"{x:,.0f}" if isinstance(x, (int, float)) else "-"
+
+
 def _plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(report["results"])
-    swarm_rate = [report["results"][n]["samples_per_second"] for n in names]
-    solo = [report["results"][n].get("solo_samples_per_second", float("nan")) for n in names]
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    x = range(len(names))
-    ax.bar([i - 0.2 for i in x], solo, width=0.4, label="sum of solo samples/s", color="tab:gray")
-    ax.bar([i + 0.2 for i in x], swarm_rate, width=0.4, label="swarm samples/s", color="tab:green")
-    ax.set_xticks(list(x), names)
-    ax.set_ylabel("samples/s")
-    ax.set_title(f"training on {report['scenario']} ({report['peers']} peers)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    """Loss vs wall time for every configuration, utilization and bytes-per-sample bars (benchmarks.modes' figure)."""
+    durations = {r.get("duration_s") for r in report["results"].values() if r.get("duration_s")}
+    load = report.get("load_1min") or {}
+    title = (f"{report['scenario']} emulated ({report['peers']} peers), {', '.join(f'{d:.0f}' for d in sorted(durations))} s each; "
+             f"{report.get('machine', '')}, load {load.get('min', '?')}-{load.get('max', '?')}")
+    plot_modes(report["results"], path, title)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,15 @@
 
 The same task, micro-batches, compute slow-down (each local step padded to step_seconds / compute by sleeping)
 and target batch as swarm's emulated trainers (swarm.simulate.worker, training mode), with hivemind's defaults
-otherwise. `--bootstrap` runs a plain hivemind DHT for the others to join. On `go` it trains for the duration
-and reports a summary: samples, seconds spent computing, and the epoch reached. Auxiliary peers call step()
-in a loop (hivemind's way for them to help average). A Reaper ends hivemind's child processes with us.
+otherwise. `--use-local-updates` is hivemind.Optimizer(use_local_updates=True): every micro-batch steps the
+local optimizer, and the peers average parameters (and optimizer state) in the background every target batch
+(with the workload's codec as state_averaging_compression). `--bootstrap` runs a plain hivemind DHT for the
+others to join. On `go` it trains for the duration and reports, like swarm's emulated trainers, one `local`
+event per micro-batch (time, loss, samples) and a summary: samples, seconds spent computing, seconds in
+opt.step (hivemind's rounds block there unless local updates), the epoch reached, and the bytes this peer's
+network namespace sent and received meanwhile (interface counters of /proc/net/dev, swarm.linkmeter: hivemind
+does not count its own averaging bytes, so these include its DHT traffic and headers). Auxiliary peers call
+step() in a loop (hivemind's way for them to help average). A Reaper ends hivemind's child processes with us.
 """
 from __future__ import annotations
 
@@ -31,10 +37,13 @@ def main() -> None:
     parser.add_argument("--role", default="trainer", choices=["trainer", "client", "aux"])
     parser.add_argument("--compute", type=float, default=1.0)
     parser.add_argument("--workload", default="{}")
+    parser.add_argument("--use-local-updates", action="store_true", help="hivemind.Optimizer(use_local_updates=True)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=f"%(asctime)s [hivemind-train:{args.index}] %(name)s: %(message)s")
     torch.set_num_threads(1)
     from swarm.lifecycle import Reaper
+    from swarm.linkmeter import read_counters
+    from swarm.simulate.worker import net_sent
 
     reaper = Reaper().start()
     import hivemind
@@ -56,12 +65,14 @@ def main() -> None:
         torch.manual_seed(0)
         model = task.build_model()
         aux = args.role == "aux"
+        codec = Float16Compression() if workload.get("compression") == "fp16" else NoCompression()
         opt = hivemind.Optimizer(
             dht=dht, run_id="bench-train", target_batch_size=workload["target_batch_size"],
             batch_size_per_step=None if aux else workload["micro_batch_size"],
             optimizer=lambda params: task.make_optimizer(params, workload["lr"]), params=model.parameters(),
             matchmaking_time=3.0, averaging_timeout=120.0, client_mode=client, auxiliary=aux,
-            grad_compression=Float16Compression() if workload.get("compression") == "fp16" else NoCompression(),
+            grad_compression=codec, state_averaging_compression=codec if args.use_local_updates else NoCompression(),
+            use_local_updates=args.use_local_updates,
         )
         reaper.scan()
         emit("ready", maddrs=[str(m) for m in dht.get_visible_maddrs()])
@@ -69,14 +80,15 @@ def main() -> None:
         if go.get("cmd") != "go":
             return
         deadline = time.monotonic() + float(go.get("duration", workload["duration"]))
+        counters = read_counters()
         if aux:
             while time.monotonic() < deadline:
                 opt.step()
                 time.sleep(0.1)
-            emit("summary", role="aux", epoch=opt.local_epoch)
+            emit("summary", role="aux", epoch=opt.local_epoch, **net_sent(counters, read_counters()))
             return
         step_seconds = (workload.get("step_seconds") or 0.0) / max(args.compute, 1e-6)
-        samples = compute_seconds = 0.0
+        samples = compute_seconds = step_seconds_spent = 0.0
         started = time.monotonic()
         model.train()
         for batch in task.batches(args.index):
@@ -91,10 +103,13 @@ def main() -> None:
                 time.sleep(pad)
             compute_seconds += time.monotonic() - t0
             samples += n
+            emit("local", time=time.time(), loss=float(loss.detach()), samples=n)
+            t1 = time.monotonic()
             opt.step()
             opt.zero_grad()
+            step_seconds_spent += time.monotonic() - t1
         emit("summary", role=args.role, samples=samples, elapsed=time.monotonic() - started, compute_seconds=compute_seconds,
-             epoch=opt.local_epoch)
+             step_seconds=step_seconds_spent, epoch=opt.local_epoch, **net_sent(counters, read_counters()))
     finally:
         if opt is not None:
             opt.shutdown()

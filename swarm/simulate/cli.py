@@ -2,6 +2,7 @@
 
     swarm simulate list
     swarm simulate emulate --scenario mini-hetero [--params 1M] [--rounds 3] [--json out.json]
+    swarm simulate emulate --scenario hybrid --workload training --mode diloco --inner-steps 10 [--overlap]
     swarm simulate model --scenario dedloc-albert [--peers 2000] [--json out.json]
     swarm simulate cleanup            # namespaces left behind by an emulator that was SIGKILLed
 """
@@ -57,6 +58,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, help="allreduce: rounds")
     p.add_argument("--compression", help="codec: none, fp16, uniform8bit, quantile8bit")
     p.add_argument("--duration", type=float, help="training: seconds")
+    p.add_argument("--mode", choices=["sync", "diloco"], help="training: the run mode (default: the workload's)")
+    p.add_argument("--overlap", action="store_true", default=None, help="training: average in the background (one step late)")
+    p.add_argument("--inner-steps", type=int, help="training, diloco: H, local steps of every trainer per outer step")
+    p.add_argument("--inner-lr", type=float, help="training, diloco: the inner AdamW's lr")
     p.add_argument("--divisor", type=float, help="divide every rate by this (overrides the scenario's bandwidth_divisor)")
     p.add_argument("--json", type=Path, help="write the report here")
 
@@ -70,7 +75,12 @@ def scenario_from_args(args: argparse.Namespace):
     kind = args.workload or scenario.workload.kind
     if kind == "allreduce":
         return scenario.with_workload("allreduce", params=args.params, rounds=args.rounds, compression=args.compression)
-    return scenario.with_workload("training", duration=args.duration, compression=args.compression)
+    diloco = None
+    inner = {k: v for k, v in (("inner_steps", args.inner_steps), ("inner_lr", args.inner_lr)) if v is not None}
+    if inner:
+        diloco = scenario.with_workload("training").workload.diloco.model_dump() | inner
+    return scenario.with_workload("training", duration=args.duration, compression=args.compression, mode=args.mode,
+                                  overlap=args.overlap, diloco=diloco)
 
 
 def _write(report: dict[str, Any], path: Path | None) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import queue
 import signal
@@ -338,13 +339,13 @@ def run_training(
         "utilization": swarm_rate / solo if solo else float("nan"),
         "median_round_seconds": statistics.median(rounds) if rounds else float("nan"),
         "consistent": len({s.get("hash") for s in trainer_summaries}) == 1, "started": started,
-        **training_figures([p.brings for p in emu.peers], summaries, histories, started),
+        **training_figures([p.brings for p in emu.peers], summaries, histories, started, workload.duration),
         "peers_detail": summaries,
     }
 
 
 def training_figures(brings: Sequence[bool], summaries: Sequence[dict[str, Any]], histories: Sequence[Sequence[dict[str, Any]]],
-                     started: float, bin_seconds: float = 15.0) -> dict[str, Any]:
+                     started: float, duration: float | None = None, bin_seconds: float = 15.0) -> dict[str, Any]:
     """The figures of a training run from its peers' `summary` events and event histories (swarm's emulated
     trainers and benchmarks' hivemind trainers report the same fields); `brings[i]`: peer i trains.
 
@@ -354,7 +355,8 @@ def training_figures(brings: Sequence[bool], summaries: Sequence[dict[str, Any]]
     - bytes_sent_per_sample: bytes the rounds sent (all peers, aux included) over the samples the trainers
       computed; net_bytes_sent_per_sample: the same from the namespaces' interface counters (all traffic);
     - loss_curve: [seconds since `started`, mean loss of the micro-batches in that bin, samples computed by
-      then], one point per `bin_seconds` (the micro-batch losses of every trainer: DiLoCo's are its inner models')."""
+      then], one point per `bin_seconds` (the micro-batch losses of every trainer: DiLoCo's are its inner models');
+      a bin's seconds are its end, or `duration` for the last, shorter one."""
     trainers = [s for s, b in zip(summaries, brings) if b]
     samples = sum(s.get("samples", 0) for s in trainers)
     elapsed = sum(s.get("elapsed", 0.0) for s in trainers)
@@ -375,12 +377,15 @@ def training_figures(brings: Sequence[bool], summaries: Sequence[dict[str, Any]]
         for item in history:
             if item.get("event") == "local" and item.get("loss") == item.get("loss"):   # skip NaN
                 k = max(0, int((item["time"] - started) // bin_seconds))
+                if duration is not None:   # a micro-batch begun before the end and finished after it: the last bin
+                    k = min(k, max(0, math.ceil(duration / bin_seconds) - 1))
                 points.setdefault(k, []).append(float(item["loss"]))
                 counts[k] = counts.get(k, 0.0) + float(item.get("samples", 0))
     curve, seen = [], 0.0
     for k in sorted(points):
         seen += counts[k]
-        curve.append([round((k + 1) * bin_seconds, 2), round(sum(points[k]) / len(points[k]), 4), int(seen)])
+        end = (k + 1) * bin_seconds if duration is None else min((k + 1) * bin_seconds, duration)
+        curve.append([round(end, 2), round(sum(points[k]) / len(points[k]), 4), int(seen)])
     return {
         "samples": samples, "compute_utilization": share("compute_seconds"), "round_wait_share": share("round_wait_seconds"),
         "optimizer_share": share("step_seconds"), "bytes_sent_per_sample": per_sample("bytes_sent"),

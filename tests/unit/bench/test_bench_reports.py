@@ -24,7 +24,11 @@ def test_plots_are_written(tmp_path):
     allreduce.plot(_allreduce_report(), tmp_path / "a.png")
     loopback._plot({"vector_bytes": 2**26, "results": {"p2p_stream": {"mib_per_s": 300}, "swarm": {"mib_per_s": 250}}}, tmp_path / "l.png")
     overhead._plot({"model": "mlp", "block_ratios": [1.01, 1.02, 0.99], "overhead": 0.01}, tmp_path / "o.png")
-    training._plot({"scenario": "mini-hetero", "peers": 4, "results": {"swarm": {"samples_per_second": 12, "solo_samples_per_second": 16}}}, tmp_path / "t.png")
+    training._plot({"scenario": "mini-hetero", "peers": 4, "load_1min": {"min": 1.0, "max": 3.0}, "results": {
+        "sync-fp32": {"compute_utilization": 0.6, "round_wait_share": 0.3, "bytes_sent_per_sample": 5e4, "duration_s": 60,
+                      "loss_curve": [[15, 9.0, 100], [30, 8.0, 200]]},
+        "hivemind": {"compute_utilization": 0.4, "net_bytes_sent_per_sample": 9e4, "loss_curve": [[15, 9.5, 90]]},
+        "diloco-h10": {"error": "NetworkError: gone"}}}, tmp_path / "t.png")
     model_vs_emulate._plot({"results": [{"scenario": "x", "emulated_s": 8, "model_s": 7, "lp_bound_s": 6.4, "error": -0.1}]}, tmp_path / "m.png")
     for name in "alotm":
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
@@ -85,3 +89,24 @@ def test_hivemind_timeouts_follow_the_scenario():
 
     slow = load_scenario("mini-hetero").model_copy(update={"bandwidth_divisor": 10.0})
     assert allreduce._timeout(slow) > allreduce._timeout(load_scenario("mini-hetero")) >= 60
+
+
+def test_training_configs_and_cli():
+    """The emulated configurations are the loopback ones (same mode, overlap, H, codec) plus the two hivemind ones;
+    the CLI refuses an unknown configuration in one line; wire bytes compare with sync-fp32's."""
+    from benchmarks.modes import CONFIGS as MODES
+
+    assert set(MODES) < set(training.CONFIGS) and {"hivemind", "hivemind-local"} <= set(training.CONFIGS)
+    system, changes = training.CONFIGS["diloco-h50-powersgd"]
+    assert system == "swarm" and changes["mode"] == "diloco" and changes["diloco"]["inner_steps"] == 50 and changes["compression"] == "powersgd"
+    assert training.CONFIGS["hivemind-local"] == ("hivemind", ["--use-local-updates"])
+    from swarm.simulate.scenario import load_scenario
+
+    for name, (system, changes) in training.CONFIGS.items():   # every swarm configuration is a valid workload
+        if system == "swarm":
+            assert load_scenario("hybrid").with_workload("training", **changes).workload.compression == changes["compression"]
+    results = {"sync-fp32": {"net_bytes_sent_per_sample": 1000.0}, "diloco-h50": {"net_bytes_sent_per_sample": 8.0}, "x": {}}
+    assert training.net_reduction(results) == {"sync-fp32": 1.0, "diloco-h50": 125.0}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.training", "--scenario", "hybrid", "--configs", "sync-fp64",
+                           "--json", "/dev/null"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "sync-fp64" in proc.stderr, proc.stderr

@@ -118,3 +118,20 @@ def test_training_workload_takes_the_run_modes(tmp_path):
                     "diloco: {inner_steps: -1}}")
     with pytest.raises(ConfigError, match="workload.training.diloco.inner_steps"):
         load_scenario(path)
+
+
+def test_emulate_cli_flags_choose_the_mode():
+    import argparse
+
+    from swarm.simulate.cli import register, scenario_from_args
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["simulate", "emulate", "--scenario", "hybrid", "--workload", "training", "--mode", "diloco",
+                              "--inner-steps", "10", "--overlap", "--compression", "powersgd"])
+    w = scenario_from_args(args).workload
+    assert (w.mode, w.overlap, w.diloco.inner_steps, w.diloco.outer_lr, w.compression) == ("diloco", True, 10, 0.7, "powersgd")
+    plain = scenario_from_args(parser.parse_args(["simulate", "emulate", "--scenario", "hybrid", "--workload", "training"])).workload
+    assert (plain.mode, plain.overlap, plain.compression) == ("sync", False, "fp16")
+    with pytest.raises(ConfigError, match="inner_steps"):
+        scenario_from_args(parser.parse_args(["simulate", "emulate", "--scenario", "hybrid", "--workload", "training", "--inner-steps", "0"]))

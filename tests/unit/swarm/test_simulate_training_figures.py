@@ -36,6 +36,10 @@ def test_figures_of_two_trainers_and_an_aux_peer():
     assert figures["failed_rounds"] == 1 and figures["rounds_completed"] == 2
     # bins of 5 s: [0, 5) holds 8, 6, 10 (12 samples); [5, 10) holds 4, 2 (the NaN is skipped, its samples too)
     assert figures["loss_curve"] == [[5.0, 8.0, 12], [10.0, 3.0, 20]]
+    capped = training_figures([True, True, False], summaries, histories, started, duration=9.5, bin_seconds=5.0)
+    assert [point[0] for point in capped["loss_curve"]] == [5.0, 9.5]   # the last bin ends with the run
+    late = training_figures([True], summaries[:1], [[_local(1001, 8.0), _local(1010.5, 6.0)]], started, duration=10.0, bin_seconds=5.0)
+    assert late["loss_curve"] == [[5.0, 8.0, 4], [10.0, 6.0, 8]]   # finished after the end: counted in the last bin
 
 
 def test_missing_figures_are_none_not_wrong():
