@@ -46,7 +46,8 @@ def test_mini_hetero_end_to_end(tmp_path):
     bound = report["lp_bound_s"]
     assert all(r["seconds"] > 0.9 * bound for r in rounds), "links must be shaped: nothing beats the LP bound"
     # the model, given the shares the swarm used, predicts each balanced round's time. A loose band: a small
-    # vector on a shared 2-core machine (the README's table holds the full-size comparison, within 25%).
+    # vector on a shared 2-core machine (benchmarks/README.md's model-vs-emulator table holds the full-size
+    # comparison and how far it is from the 25%).
     peers = scenario.peers_expanded()
     for r in rounds[1:]:
         predicted = simulate_round(peers, r["shares"], report["vector_bytes"]).seconds
