@@ -56,10 +56,10 @@ def make_faulty_round(die_epoch: int, die_phase: str, garbage_epoch: int, curren
                 await asyncio.sleep(hold_seconds)
             return await super()._exchange(j)
 
-        async def _consume(self, sender, first, requests):
+        async def _consume(self, sender, first, requests, *args, **kwargs):
             if current_epoch() == die_epoch and die_phase == "reduce":
                 os.kill(os.getpid(), signal.SIGKILL)
-            return await super()._consume(sender, first, requests)
+            return await super()._consume(sender, first, requests, *args, **kwargs)
 
         async def serve(self, first, requests, remote):
             async for reply in super().serve(first, requests, remote):
