@@ -50,7 +50,10 @@ def main() -> None:
     from hivemind.compression import Float16Compression, NoCompression
 
     client = args.role == "client"
-    dht = hivemind.DHT(initial_peers=args.initial_peers, host_maddrs=[f"/ip4/{args.host}/tcp/0"], client_mode=client, start=True)
+    # wait_timeout 10 s, not hivemind's 3 s: a dozen peers starting at once on a loaded 2-core machine miss the
+    # bootstrap node's answer to their first ping within 3 s ("DHTNode bootstrap failed"), and the run has no reference
+    dht = hivemind.DHT(initial_peers=args.initial_peers, host_maddrs=[f"/ip4/{args.host}/tcp/0"], client_mode=client, start=True,
+                       wait_timeout=10)
     reaper.scan()
     opt = None
     try:
