@@ -68,8 +68,10 @@ class PeerProcess:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             line = line.strip()
-            if not line.startswith("{"):
+            start = line.find('{"event"')   # a library's own output without a newline may precede an event on its line
+            if start < 0:
                 continue
+            line = line[start:]
             try:
                 event = json.loads(line)
             except json.JSONDecodeError:
