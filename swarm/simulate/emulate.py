@@ -375,9 +375,12 @@ def training_figures(brings: Sequence[bool], summaries: Sequence[dict[str, Any]]
 
     points: dict[int, list[float]] = {}
     counts: dict[int, float] = {}
+    nan_losses = 0
     for history in (h for h, b in zip(histories, brings) if b):
         for item in history:
-            if item.get("event") == "local" and item.get("loss") == item.get("loss"):   # skip NaN
+            if item.get("event") == "local" and item.get("loss") != item.get("loss"):   # NaN: counted, left out of the curve
+                nan_losses += 1
+            elif item.get("event") == "local":
                 k = max(0, int((item["time"] - started) // bin_seconds))
                 if duration is not None:   # a micro-batch begun before the end and finished after it: the last bin
                     k = min(k, max(0, math.ceil(duration / bin_seconds) - 1))
@@ -393,7 +396,7 @@ def training_figures(brings: Sequence[bool], summaries: Sequence[dict[str, Any]]
         "optimizer_share": share("step_seconds"), "bytes_sent_per_sample": per_sample("bytes_sent"),
         "net_bytes_sent_per_sample": per_sample("net_bytes_sent"),
         "rounds_completed": max((s.get("rounds_completed", 0) for s in trainers), default=0),
-        "failed_rounds": sum(s.get("rounds_failed", 0) for s in trainers), "loss_curve": curve,
+        "failed_rounds": sum(s.get("rounds_failed", 0) for s in trainers), "nan_losses": nan_losses, "loss_curve": curve,
     }
 
 

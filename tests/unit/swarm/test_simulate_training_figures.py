@@ -33,7 +33,7 @@ def test_figures_of_two_trainers_and_an_aux_peer():
     assert figures["round_wait_share"] == pytest.approx(3 / 20) and figures["optimizer_share"] == pytest.approx(3.6 / 20)
     assert figures["bytes_sent_per_sample"] == pytest.approx(12000 / 60)
     assert figures["net_bytes_sent_per_sample"] == pytest.approx(14000 / 60)
-    assert figures["failed_rounds"] == 1 and figures["rounds_completed"] == 2
+    assert figures["failed_rounds"] == 1 and figures["rounds_completed"] == 2 and figures["nan_losses"] == 1
     # bins of 5 s: [0, 5) holds 8, 6, 10 (12 samples); [5, 10) holds 4, 2 (the NaN is skipped, its samples too)
     assert figures["loss_curve"] == [[5.0, 8.0, 12], [10.0, 3.0, 20]]
     capped = training_figures([True, True, False], summaries, histories, started, duration=9.5, bin_seconds=5.0)
