@@ -224,7 +224,7 @@ def plot_modes(all_results: dict[str, dict[str, Any]], path: Path, title: str) -
         if curve:
             axes[0].plot([point[0] for point in curve], [point[1] for point in curve], marker=".", label=name)
     axes[0].set_xlabel("seconds of training")
-    axes[0].set_ylabel("training loss (epoch mean)")
+    axes[0].set_ylabel("training loss (mean per epoch, or per bin)")
     axes[0].set_title("loss vs wall time")
     axes[0].legend(fontsize=7)
     names = list(results)

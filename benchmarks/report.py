@@ -160,6 +160,10 @@ def training_modes_table(report: dict[str, Any]) -> str:
             notes.append("parameters differ at the end")
         if r.get("flags"):
             notes.append(" ".join(r["flags"]))
+        if name in summary.get("loss_curve_incomplete", []) and r.get("loss_curve"):
+            end = r["loss_curve"][-1]
+            notes.append(f"loss curve holds {end[2]} of {r.get('samples', 0):.0f} samples, ends at {end[0]:.0f} s with {end[1]:.2f}"
+                         + (f" ({r['nan_losses']} NaN losses)" if r.get("nan_losses") else "") + ": left out of the loss comparison")
         lines.append(
             f"| {name} | {r.get('inner_steps') or '-'} | {_pct(r.get('compute_utilization'))} | {_pct(r.get('round_wait_share'))} | "
             f"{_pct(r.get('optimizer_share'))} | {_f(r.get('bytes_sent_per_sample'), '{:,.0f}')} | {_f(reduction.get(name), '{:.0f}x')} | "

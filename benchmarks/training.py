@@ -158,16 +158,31 @@ def main(argv: list[str] | None = None) -> int:
               f"{_num(result.get('bytes_sent_per_sample'))} B/sample in rounds, {_num(result.get('net_bytes_sent_per_sample'))} on the wire, "
               f"{result.get('epochs')} epochs, {result.get('failed_rounds')} failed peer-rounds, load {result['load_before']} -> {result['load_after']}"
               + (f", error {result['error']}" if "error" in result else ""), flush=True)
-    ok = {n: r for n, r in report["results"].items() if "error" not in r}
-    report["summary"] = summarize(ok)
-    report["summary"]["net_bytes_per_sample_reduction_vs_sync_fp32"] = net_reduction(ok)
-    loads = [x for r in report["results"].values() for x in (r.get("load_before"), r.get("load_after")) if x is not None]
-    report["load_1min"] = {"min": min(loads), "max": max(loads), "mean": round(statistics.mean(loads), 1)} if loads else None
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2, default=float) + "\n")
-    _plot(report, args.json.with_suffix(".png"))
+    finish(report, args.json)
     print(json.dumps(report["summary"], indent=2))
     return 0
+
+
+def finish(report: dict[str, Any], path: Path) -> None:
+    """Summarize the results (benchmarks.modes.summarize) and write the JSON and the PNG. The loss at equal wall time
+    and at equal samples compares only the configurations whose loss curve holds (nearly) all their samples: a curve
+    cut short by NaN losses (`nan_losses`) or missing events would pull the common point back for every other one."""
+    ok = {n: r for n, r in report["results"].items() if "error" not in r}
+    complete = {n: r for n, r in ok.items() if r.get("loss_curve") and r["loss_curve"][-1][2] >= 0.95 * (r.get("samples") or 0)}
+    report["summary"] = summary = summarize(ok)
+    by_loss = summarize(complete)
+    for key in ("loss_at_equal_wall_time", "loss_at_equal_samples"):
+        summary.pop(key, None)
+        if key in by_loss:
+            summary[key] = by_loss[key]
+    summary["goals"]["diloco_loss_at_equal_wall_time_below_sync"] = by_loss["goals"]["diloco_loss_at_equal_wall_time_below_sync"]
+    summary["loss_curve_incomplete"] = sorted(set(ok) - set(complete))
+    summary["net_bytes_per_sample_reduction_vs_sync_fp32"] = net_reduction(ok)
+    loads = [x for r in report["results"].values() for x in (r.get("load_before"), r.get("load_after")) if x is not None]
+    report["load_1min"] = {"min": min(loads), "max": max(loads), "mean": round(statistics.mean(loads), 1)} if loads else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    _plot(report, path.with_suffix(".png"))
 
 
 def _pct(x: Any) -> str:

@@ -346,6 +346,15 @@ def run_training(
     }
 
 
+def optimizer_share(trainers: Sequence[dict[str, Any]]) -> float | None:
+    """The trainers' seconds in opt.step and zero_grad less their seconds blocked on rounds (where reported), over
+    their training wall time."""
+    elapsed = sum(s.get("elapsed", 0.0) for s in trainers)
+    if not elapsed or any("step_seconds" not in s for s in trainers):
+        return None
+    return sum(s["step_seconds"] - s.get("round_wait_seconds", 0.0) for s in trainers) / elapsed
+
+
 def training_figures(brings: Sequence[bool], summaries: Sequence[dict[str, Any]], histories: Sequence[Sequence[dict[str, Any]]],
                      started: float, duration: float | None = None, bin_seconds: float = 15.0) -> dict[str, Any]:
     """The figures of a training run from its peers' `summary` events and event histories (swarm's emulated
@@ -353,7 +362,7 @@ def training_figures(brings: Sequence[bool], summaries: Sequence[dict[str, Any]]
 
     - compute_utilization: the trainers' forward/backward seconds over their training wall time (summed);
       round_wait_share: the share they were blocked on rounds (where reported), optimizer_share: the share in
-      opt.step and zero_grad (rounds included);
+      opt.step and zero_grad less the rounds' (with no round-wait figure, as hivemind's: rounds included);
     - bytes_sent_per_sample: bytes the rounds sent (all peers, aux included) over the samples the trainers
       computed; net_bytes_sent_per_sample: the same from the namespaces' interface counters (all traffic);
     - loss_curve: [seconds since `started`, mean loss of the micro-batches in that bin, samples computed by
@@ -393,7 +402,7 @@ def training_figures(brings: Sequence[bool], summaries: Sequence[dict[str, Any]]
         curve.append([round(end, 2), round(sum(points[k]) / len(points[k]), 4), int(seen)])
     return {
         "samples": samples, "compute_utilization": share("compute_seconds"), "round_wait_share": share("round_wait_seconds"),
-        "optimizer_share": share("step_seconds"), "bytes_sent_per_sample": per_sample("bytes_sent"),
+        "optimizer_share": optimizer_share(trainers), "bytes_sent_per_sample": per_sample("bytes_sent"),
         "net_bytes_sent_per_sample": per_sample("net_bytes_sent"),
         "rounds_completed": max((s.get("rounds_completed", 0) for s in trainers), default=0),
         "failed_rounds": sum(s.get("rounds_failed", 0) for s in trainers), "nan_losses": nan_losses, "loss_curve": curve,
