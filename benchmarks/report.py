@@ -137,6 +137,16 @@ def training_table(reports: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _goal_lines(summary: dict[str, Any]) -> list[str]:
+    """The issue's goals of a modes summary (benchmarks.modes.summarize), met or missed, under a table."""
+    goals = summary.get("goals", {})
+    lines = [""] if goals else []
+    for key, goal in goals.items():
+        shown = {k: v for k, v in goal.items() if k != "met"}
+        lines.append(f"- {key.replace('_', ' ')}: {'met' if goal.get('met') else 'missed'} ({json.dumps(shown)})")
+    return lines
+
+
 def training_modes_table(report: dict[str, Any]) -> str:
     """benchmarks.training with --configs: one row per configuration on one emulated scenario."""
     summary = report.get("summary", {})
@@ -172,13 +182,7 @@ def training_modes_table(report: dict[str, Any]) -> str:
             f"{_f(at_samples.get('loss', {}).get(name))} | {_f(r.get('samples_per_second'))} | "
             f"{_f(r.get('load_before'), '{:.1f}')}-{_f(r.get('load_after'), '{:.1f}')} | {'; '.join(notes)} |"
         )
-    goals = summary.get("goals", {})
-    if goals:
-        lines.append("")
-        for key, goal in goals.items():
-            shown = {k: v for k, v in goal.items() if k != "met"}
-            lines.append(f"- {key.replace('_', ' ')}: {'met' if goal.get('met') else 'missed'} ({json.dumps(shown)})")
-    return "\n".join(lines)
+    return "\n".join(lines + _goal_lines(summary))
 
 
 def modes_table(report: dict[str, Any]) -> str:
@@ -210,13 +214,7 @@ def modes_table(report: dict[str, Any]) -> str:
             f"{_f(reduction.get(name), '{:.0f}x')} | {r.get('epochs', '-')} | {_f(r.get('loss_first'))} -> {_f(r.get('loss_last'))} | "
             f"{_f(at_wall.get('loss', {}).get(name))} | {_f(at_samples.get('loss', {}).get(name))} | {codecs} | {'; '.join(notes)} |"
         )
-    goals = summary.get("goals", {})
-    if goals:
-        lines.append("")
-        for key, goal in goals.items():
-            shown = {k: v for k, v in goal.items() if k != "met"}
-            lines.append(f"- {key.replace('_', ' ')}: {'met' if goal.get('met') else 'missed'} ({json.dumps(shown)})")
-    return "\n".join(lines)
+    return "\n".join(lines + _goal_lines(summary))
 
 
 def main() -> None:
