@@ -6,7 +6,7 @@ APT_PACKAGES := bible-kjv dataset-fashion-mnist iproute2 iptables chromium
 APT_PACKAGES += prometheus  # tests/deploy: a real Prometheus and promtool
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test
+.PHONY: install demo test unit integration long
 
 # Idempotent: apt only when a package is missing; torch first and pinned in every pip call, so pip never picks
 # another torch (the CPU wheel on local disk).
@@ -23,5 +23,18 @@ install:
 demo: install
 	swarm demo --task albert --peers 3 --duration 90 --report demo-report.json
 
+# Tiers (tests/tiers.py): unit has no subprocess and no network (under a minute); integration starts real peers on
+# loopback; long is chaos, browser, deploy and slow tests. `make test` runs all of them, slowest 25 listed.
+PYTEST := $(PYTHON) -m pytest tests -q --timeout=300 -p no:cacheprovider
+
+unit:
+	$(PYTEST) -m unit
+
+integration:
+	$(PYTEST) -x -m integration
+
+long:
+	$(PYTEST) -x -m long
+
 test:
-	$(PYTHON) -m pytest tests -q -x --timeout=300 -p no:cacheprovider
+	$(PYTEST) -x --durations=25

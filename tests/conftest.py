@@ -4,6 +4,11 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers.procs import PeerProcess
+from tests.tiers import mark_tiers
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    mark_tiers(items)
 
 
 @pytest.fixture

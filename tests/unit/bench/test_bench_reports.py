@@ -44,6 +44,7 @@ def test_profile_summary_names_hot_functions(tmp_path):
     assert lines and "self" in lines[0] and "calls" in lines[0]
 
 
+@pytest.mark.integration  # starts a process or opens a socket
 def test_cpu_accounting_counts_children(tmp_path):
     import os
     import signal
@@ -77,6 +78,7 @@ def test_cpu_accounting_counts_children(tmp_path):
         burner.stop()
 
 
+@pytest.mark.integration  # starts a process or opens a socket
 def test_allreduce_cli_refuses_too_few_rounds():
     proc = subprocess.run([sys.executable, "-m", "benchmarks.allreduce", "--scenario", "mini-hetero", "--rounds", "2",
                            "--json", "/dev/null"], capture_output=True, text=True, cwd=REPO, timeout=60)
@@ -91,6 +93,7 @@ def test_hivemind_timeouts_follow_the_scenario():
     assert allreduce._timeout(slow) > allreduce._timeout(load_scenario("mini-hetero")) >= 60
 
 
+@pytest.mark.integration  # starts a process or opens a socket
 def test_training_configs_and_cli():
     """The emulated configurations are the loopback ones (same mode, overlap, H, codec) plus the two hivemind ones;
     the CLI refuses an unknown configuration in one line; wire bytes compare with sync-fp32's."""

@@ -5,6 +5,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.metrics import CoordinatorMetrics
@@ -24,6 +26,7 @@ def exported_series() -> set[str]:
     return {s.name for text in texts for f in text_string_to_metric_families(text) for s in f.samples}
 
 
+@pytest.mark.integration  # starts a process or opens a socket
 def test_dashboard_queries_existing_metrics():
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]

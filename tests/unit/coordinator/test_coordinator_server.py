@@ -5,6 +5,8 @@ import asyncio
 import math
 import time
 
+import pytest
+
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -43,6 +45,7 @@ def run(coro):
     return asyncio.run(coro)
 
 
+@pytest.mark.integration  # starts a process or opens a socket
 def test_routes(tmp_path):
     history = History(tmp_path / "h.sqlite")
     for i in range(20):

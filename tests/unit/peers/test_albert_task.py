@@ -230,6 +230,7 @@ def test_tiny_corpus_is_a_data_error(tmp_path: Path) -> None:
         next(make_task(tmp_path).batches(0))
 
 
+@pytest.mark.integration  # starts a process or opens a socket
 @pytest.mark.skipif(shutil.which("bible") is None, reason="needs the bible-kjv package")
 def test_default_kjv_tiny_task_trains(tmp_path: Path) -> None:
     task = get_task("albert", TaskSettings(cache_dir=tmp_path, micro_batch_size=8))

@@ -143,6 +143,7 @@ def _fake_bible(tmp_path: Path, monkeypatch) -> Path:
     return bindir
 
 
+@pytest.mark.integration  # starts a process or opens a socket
 def test_kjv_default_is_generated_once_then_cached(tmp_path: Path, monkeypatch) -> None:
     bindir = _fake_bible(tmp_path, monkeypatch)
     cache = tmp_path / "cache"
@@ -161,6 +162,7 @@ def test_kjv_without_bible_program_is_a_data_error(tmp_path: Path, monkeypatch) 
         load_corpus(None, tmp_path / "cache")
 
 
+@pytest.mark.integration  # starts a process or opens a socket
 @pytest.mark.skipif(shutil.which("bible") is None, reason="needs the bible-kjv package")
 def test_real_kjv_has_one_document_per_chapter(tmp_path: Path) -> None:
     corpus = load_corpus(None, tmp_path)

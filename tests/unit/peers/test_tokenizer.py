@@ -46,6 +46,7 @@ def test_special_tokens_have_albert_ids() -> None:
     assert tokenizer.encode("KAN", add_special_tokens=False).ids == tokenizer.encode("kan", add_special_tokens=False).ids
 
 
+@pytest.mark.integration  # starts a process or opens a socket
 def test_training_is_deterministic_within_and_across_processes(tmp_path: Path) -> None:
     corpus = synthetic_corpus()
     first = canonical_json(train_tokenizer(corpus.sentences(), 200))

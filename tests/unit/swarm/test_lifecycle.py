@@ -29,7 +29,10 @@ from swarm.lifecycle import WATCHDOG_SCRIPT, descendants, pids_alive, set_parent
 REPO = Path(__file__).resolve().parents[3]
 DEADLINE = 5.0  # the requirement: every descendant gone within 5 s of the owner's death
 
-pytestmark = [pytest.mark.timeout(60), pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")]
+pytestmark = [
+    pytest.mark.integration,  # every test here runs real processes
+    pytest.mark.timeout(60),
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")]
 
 
 class Owner:

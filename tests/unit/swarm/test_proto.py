@@ -12,6 +12,7 @@ pytestmark = pytest.mark.timeout(60)
 PROTO = Path(__file__).resolve().parents[3] / "swarm" / "proto"
 
 
+@pytest.mark.integration  # starts a process or opens a socket
 def test_generated_code_is_up_to_date(tmp_path):
     shutil.copy(PROTO / "swarm.proto", tmp_path / "swarm.proto")
     subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{tmp_path}", f"--python_out={tmp_path}", "swarm.proto"], check=True, cwd=tmp_path)

@@ -1,0 +1,49 @@
+"""The unit tier's guard: a unit test may not start a process or open an internet socket.
+
+A test that needs either is marked ``integration`` (tests/tiers.py), which moves it to `make integration`.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+
+import pytest
+
+_INTERNET = (socket.AF_INET, socket.AF_INET6)
+
+
+class TierViolation(AssertionError):
+    pass
+
+
+def _refuse(what: str):
+    def refuse(*args, **kwargs):
+        raise TierViolation(f"a unit test may not {what}: mark it @pytest.mark.integration (see tests/tiers.py)")
+
+    return refuse
+
+
+@pytest.fixture(autouse=True)
+def _no_processes_or_network(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    if request.node.get_closest_marker("unit") is None:
+        yield
+        return
+    real_connect, real_bind = socket.socket.connect, socket.socket.bind
+
+    def connect(self, address):
+        if self.family in _INTERNET:
+            _refuse(f"connect to {address!r}")()
+        return real_connect(self, address)
+
+    def bind(self, address):
+        if self.family in _INTERNET:
+            _refuse(f"bind {address!r}")()
+        return real_bind(self, address)
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", _refuse("start a process"))
+    monkeypatch.setattr(os, "fork", _refuse("fork"))
+    monkeypatch.setattr(os, "posix_spawn", _refuse("spawn a process"))
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "bind", bind)
+    yield
