@@ -207,6 +207,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from swarm.cli import prefer_huge_pages
+
+    prefer_huge_pages()  # inherited by the peers this benchmark starts
     parser = argparse.ArgumentParser(prog="python -m benchmarks.allreduce", description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenario", required=True)
     parser.add_argument("--params", type=parse_count, help="values per vector (default: the scenario's)")

@@ -187,6 +187,9 @@ def top_functions(profile_dir: Path, limit: int = 25) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from swarm.cli import prefer_huge_pages
+
+    prefer_huge_pages()  # inherited by the peers this benchmark starts
     parser = argparse.ArgumentParser(prog="python -m benchmarks.loopback", description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", type=parse_count, default=parse_count("16M"), help="float32 values in the vector")
     parser.add_argument("--rounds", type=int, default=3)

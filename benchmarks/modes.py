@@ -163,6 +163,9 @@ def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from swarm.cli import prefer_huge_pages
+
+    prefer_huge_pages()  # inherited by the peers this benchmark starts
     parser = argparse.ArgumentParser(prog="python -m benchmarks.modes", description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=90.0, help="training seconds per configuration")
     parser.add_argument("--peers", type=int, default=2)

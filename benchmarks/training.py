@@ -118,6 +118,9 @@ def net_reduction(results: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from swarm.cli import prefer_huge_pages
+
+    prefer_huge_pages()  # inherited by the peers this benchmark starts
     parser = argparse.ArgumentParser(prog="python -m benchmarks.training", description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenario", required=True)
     parser.add_argument("--duration", type=float, help="training seconds per configuration (default: the scenario's)")

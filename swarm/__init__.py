@@ -8,14 +8,7 @@ Heavy modules (torch, hivemind) load on first use, so `swarm --help` stays fast.
 """
 from __future__ import annotations
 
-import os
 from typing import Any
-
-# Tensors of 2 MB and more on transparent huge pages. Each round allocates fresh buffers (the averaged vector,
-# its chunks' sums), and on small VMs every first touch of a 4 KB page is a costly fault: on loopback this cut
-# the all-reduce's CPU per GiB by 23% (benchmarks/README.md). PyTorch reads the variable at its first
-# allocation, so it applies where swarm is imported before torch (every swarm command); set it to 0 to opt out.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from .errors import AuthError, ConfigError, DataError, NetworkError, ProtocolError, RoundFailed, SwarmError
 

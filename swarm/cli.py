@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import sys
 from importlib.metadata import entry_points
 
@@ -31,7 +32,19 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.INFO)
 
 
+def prefer_huge_pages() -> None:
+    """Put tensors of 2 MB and more on transparent huge pages, unless THP_MEM_ALLOC_ENABLE is already set (0 opts out).
+
+    Each round allocates fresh buffers (the averaged vector, its chunks' sums), and on small VMs every first touch of a
+    4 KB page is a costly fault: on loopback this cut the all-reduce's CPU per GiB by 23% (benchmarks/README.md).
+    PyTorch reads the variable at its first allocation, so a process's entry point calls this before any tensor
+    exists; a library user who wants it sets the variable before starting Python.
+    """
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
+    prefer_huge_pages()  # before the subcommands' plug-ins load torch
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -330,6 +330,9 @@ def net_sent(before: tuple[int, int] | None, after: tuple[int, int] | None) -> d
 
 
 def main(argv: list[str] | None = None) -> None:
+    from swarm.cli import prefer_huge_pages
+
+    prefer_huge_pages()
     parser = argparse.ArgumentParser(prog="python -m swarm.simulate.worker")
     parser.add_argument("--mode", choices=["bootstrap", "allreduce", "training"], required=True)
     parser.add_argument("--run-id", default="simulate")
