@@ -94,7 +94,9 @@ async def _serve_until_signal(coordinator) -> int:
 
 def register_status(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="show a run's progress from its coordinator", description="The dashboard's figures in the terminal.")
-    p.add_argument("--url", default="http://127.0.0.1:8080", help="the coordinator's dashboard URL")
+    p.add_argument("--url", help="the coordinator's dashboard URL (default: the run launched from this folder, ./runs/*, "
+                                 "else http://127.0.0.1:8080)")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where `swarm launch` put its run folders (default runs)")
     p.add_argument("--json", action="store_true", help="print the raw /api/status JSON")
     p.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C")
     p.set_defaults(func=cmd_status)
@@ -103,7 +105,7 @@ def register_status(sub: argparse._SubParsersAction) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     from .status_view import show_status
 
-    return show_status(args.url, as_json=args.json, watch=args.watch)
+    return show_status(args.url, runs_dir=args.runs_dir, as_json=args.json, watch=args.watch)
 
 
 # -- swarm export ------------------------------------------------------------------------------------------

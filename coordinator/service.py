@@ -46,6 +46,7 @@ from .history import History
 from .identity import load_or_create_rsa_key
 from .metrics import CoordinatorMetrics
 from .run_folder import FolderState, RunFolder
+from .run_progress import ETA_WINDOW, RunProgress, run_progress
 from .seed import StateSeed
 from .server import make_app, start_server
 from .settings import CoordinatorSettings
@@ -79,7 +80,7 @@ class Coordinator:
         self.started_at = time.time()
         self.observer: Any = None
         self.history: History = None  # type: ignore[assignment]
-        self.metrics = CoordinatorMetrics(config.run_id)
+        self.metrics = CoordinatorMetrics(config.run_id, config.total_epochs)
         self.tracker: Tracker | None = None
         self.seed: StateSeed | None = None
         self.fingerprint: dict[str, str] = {}
@@ -210,6 +211,7 @@ class Coordinator:
         self.bootstrap = next((m for m in maddrs if "/ip4/127." not in m), maddrs[0]) if maddrs else ""
         port = int(self.bootstrap.split("/tcp/")[1].split("/")[0]) if "/tcp/" in self.bootstrap else 0
         self._folder_state.p2p_port = port
+        self._folder_state.dashboard = self.url
         self.folder.save_state(self._folder_state)
         self.tracker = Tracker(self.history, self.metrics, exclude={self.peer_id})
         done = list_checkpoints(self.folder.checkpoints)
@@ -268,6 +270,7 @@ class Coordinator:
                 metrics = await self._engine(node.fetch_records(records.metrics_key(run_id), records.MetricsRecord))
                 self.progress = progress  # type: ignore[assignment]
                 figures = self.tracker.update(progress, metrics)  # type: ignore[union-attr, arg-type]
+                self.run_progress()
                 if self.seed is not None and self.seed.active:
                     await self._engine(self.seed.tick(self.progress))
                 else:
@@ -370,12 +373,23 @@ class Coordinator:
     def config_yaml(self) -> str:
         return yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False)
 
+    def run_progress(self) -> RunProgress:
+        """The run's state, progress toward total_epochs and ETA (also set on /metrics)."""
+        figures = self.tracker.figures if self.tracker is not None else None
+        epochs = self.history.series("epoch", since=time.time() - ETA_WINDOW, points=60) if self.history is not None else []
+        progress = run_progress(epoch=figures.epoch if figures else 0, total_epochs=self.config.total_epochs, epochs=epochs,
+                                peers=len(figures.peers) if figures else 0, ready=self.ready)
+        self.metrics.set_progress(progress.fraction, progress.eta_s)
+        return progress
+
     def status(self) -> dict[str, Any]:
         figures = self.tracker.figures if self.tracker is not None else None
+        progress = self.run_progress()
         data: dict[str, Any] = {
             "run_id": self.config.run_id,
             "task": self.config.task,
-            "state": "running" if self.ready else "starting",
+            "state": progress.state,
+            "progress": progress.to_json(),
             "target_batch_size": self.config.engine.target_batch_size,
             "coordinator": {
                 "peer_id": self.peer_id, "bootstrap": self.bootstrap, "dashboard": self.url, "started_at": self.started_at,
