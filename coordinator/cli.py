@@ -19,7 +19,7 @@ def register_launch(sub: argparse._SubParsersAction) -> None:
         description="Start a run's coordinator: the bootstrap peer, the tracker, checkpoints and the dashboard. "
                     "Restarting it on the same run folder keeps its identity, history and checkpoints.",
     )
-    add_run_options(p)
+    add_run_options(p, run_id_help="the run's id, and its folder's name under --runs-dir (default: the task's name)")
     p.add_argument("--host", help="address of the dashboard/API server (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port of the dashboard/API server (default 8080; 0: any free port)")
     p.add_argument("--p2p-host", help="address the bootstrap peer listens on (default 0.0.0.0)")
@@ -50,15 +50,24 @@ def settings_from_args(args: argparse.Namespace):
         raise ConfigError(f"bad {flag}: {err['msg']}") from None
 
 
-def cmd_launch(args: argparse.Namespace) -> int:
+def launch_config(args: argparse.Namespace):
+    """The run's config from the flags and YAML; with no run id in either, the run is named after its task
+    (RunConfig's default, `demo`, is the folder of `swarm demo`)."""
     from peers.cli import run_config_from_args
     from peers.tasks import TASKS
 
-    from .service import Coordinator
-
     config = run_config_from_args(args)
+    if "run_id" not in config.model_fields_set:
+        config = config.model_copy(update={"run_id": config.task})
     if config.task not in TASKS:
         raise ConfigError(f"unknown task {config.task!r}: choose one of {', '.join(TASKS)}")
+    return config
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from .service import Coordinator
+
+    config = launch_config(args)
     settings = settings_from_args(args)
     if args.from_checkpoint is not None and not args.from_checkpoint.exists():
         raise ConfigError(f"checkpoint {args.from_checkpoint} does not exist")

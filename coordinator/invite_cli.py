@@ -18,7 +18,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from swarm.errors import ConfigError
+from swarm.errors import ConfigError, SwarmError
+from swarm.invite import Invite
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -105,6 +106,14 @@ def _when(t: float) -> str:
     return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M")
 
 
+def _invite_only(text: str) -> bool:
+    """Whether the invite admits through tokens (counted uses); an open run's invite is only a join link."""
+    try:
+        return Invite.parse(text).invite_only
+    except SwarmError:
+        return True
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     run_dir = resolve_run_dir(args.run_dir)
     store = _store(run_dir)
@@ -123,8 +132,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'ID':<10} {'STATUS':<8} {'USES':>7} {'EXPIRES':<16} {'CREATED':<16} LABEL")
     for row in rows:
-        uses = f"{row.uses}/{row.max_uses}" if row.max_uses else f"{row.uses}"
+        uses = (f"{row.uses}/{row.max_uses}" if row.max_uses else f"{row.uses}") if _invite_only(row.text) else "-"
         print(f"{row.invite_id:<10} {row.status(now):<8} {uses:>7} {_when(row.expires):<16} {_when(row.created):<16} {row.label}")
+    if any(not _invite_only(row.text) for row in rows):
+        print("USES -: an open run's invite is a join link; anyone may join without one, so nothing is counted")
     return 0
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 from swarm.config import load_run_config
 
 
-def add_run_options(p: argparse.ArgumentParser) -> None:
+def add_run_options(p: argparse.ArgumentParser, run_id_help: str = "the run to join") -> None:
     """Flags that map onto RunConfig / EngineConfig fields (the YAML file sets the same ones)."""
     p.add_argument("--config", help="experiment YAML (RunConfig fields)")
-    p.add_argument("--run-id", help="the run to join")
+    p.add_argument("--run-id", help=run_id_help)
     p.add_argument("--task", help="task plug-in (albert, swav)")
     p.add_argument("--data-path", help="text file or folder (default: the embedded KJV corpus)")
     p.add_argument("--target-batch-size", type=int, help="samples per global step")
@@ -73,6 +73,20 @@ def run_config_from_invite(access, initial_peers: list[str], args: argparse.Name
         raise ConfigError(f"bad config: {'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
 
 
+def check_initial_peers(maddrs: list[str]) -> None:
+    """Each initial peer is a full multiaddr with the peer's id (/p2p/...): ConfigError naming the first that is not."""
+    from hivemind.utils.multiaddr import Multiaddr
+
+    from swarm.errors import ConfigError
+
+    for m in maddrs:
+        try:
+            Multiaddr(m).value_for_protocol("p2p")
+        except Exception:
+            raise ConfigError(f"initial peer {m!r} is not a multiaddr ending in /p2p/PEER_ID: copy the full address "
+                              "the coordinator printed (bootstrap: ...)") from None
+
+
 def register_join(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("join", help="join a run as a volunteer peer", description="Join a run and train with the swarm until Ctrl-C.")
     p.add_argument("invite", nargs="?", metavar="INVITE",
@@ -115,6 +129,15 @@ def cmd_join(args: argparse.Namespace, on_collaboration=None) -> int:
         config = run_config_from_invite(access, initial_peers, args)
     else:
         config = run_config_from_args(args)
+        if not initial_peers and "run_id" not in config.model_fields_set:
+            from swarm.errors import ConfigError
+
+            raise ConfigError("which run? pass its invite (swarm join swarm://...), or --run-id RUN with --initial-peers "
+                              "MULTIADDR (--run-id alone starts a new swarm)")
+    check_initial_peers(initial_peers)
+    if not initial_peers:
+        print(f"no --initial-peers: starting a new swarm for run {config.run_id} (others join with --initial-peers and "
+              "this peer's address, logged below)", flush=True)
     duration = args.duration
     if args.stop_at is not None:
         import time

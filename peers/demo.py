@@ -34,6 +34,7 @@ from .local_swarm import (
 logger = logging.getLogger(__name__)
 
 FINAL_STATE = "final.pt"   # peer 0's model when the demo ends (swarm eval --checkpoint RUN_DIR/RUN_ID/final.pt)
+DEMO_MARK = ".swarm-demo"   # in a run folder the demo made (and may start over)
 DEMO_DEFAULTS = {"run_id": "demo", "target_batch_size": 256, "lr": 0.02, "warmup_epochs": 2, "total_epochs": 200}
 
 
@@ -76,7 +77,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     config = demo_config(args)
     run_dir = args.run_dir / config.run_id
+    if (run_dir / "coordinator.json").exists() and not (run_dir / DEMO_MARK).exists():
+        raise ConfigError(f"{run_dir} holds a run started with `swarm launch`: the demo does not take it over "
+                          "(its identity, config and history); pass --run-dir OTHER_FOLDER")
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / DEMO_MARK).touch()
     for old in [*run_dir.glob("peer*.jsonl"), run_dir / FINAL_STATE]:
         old.unlink(missing_ok=True)
     config_path = run_dir / "experiment.yaml"

@@ -28,6 +28,8 @@ def test_export_loads_in_transformers(tmp_path, task):
             "fingerprint": task.fingerprint()}
     c = write_checkpoint(tmp_path / "ck", TrainingState(epoch=7, tensors=trained, extra={}), meta)
     out = export_checkpoint(c.path, tmp_path / "hf")
+    for f in out.rglob("*"):   # an export is shared: readable by others, like any file the user writes
+        assert not f.is_file() or f.stat().st_mode & 0o044 == 0o044, f
     loaded = AlbertForPreTraining.from_pretrained(out)
     loaded_params = [p for p in loaded.parameters() if p.requires_grad]
     assert len(loaded_params) == len(params)
