@@ -20,6 +20,7 @@ from pathlib import Path
 
 from swarm.errors import ConfigError, SwarmError
 from swarm.invite import Invite
+from swarm.invite_link import make_link
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -45,6 +46,7 @@ def register_invite(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--max-uses", type=int, default=0, help="peers it admits (0: no limit)")
     c.add_argument("--label", default="", help="a note for `swarm invite list` (who it is for)")
     c.add_argument("--initial-peers", nargs="+", metavar="MULTIADDR", help="coordinator addresses (default: the run's, from its launch)")
+    c.add_argument("--full", action="store_true", help="print the full invite (about 1 kB) instead of its one-line link")
     c.set_defaults(func=cmd_create)
 
     ls = actions.add_parser("list", help="show the run's invites and their uses")
@@ -98,7 +100,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     uses = f"up to {args.max_uses} peers" if args.max_uses else "any number of peers"
     kind = "" if invite_only else " (open run: the invite is a join link; anyone may join without one)"
     print(f"invite {invite.invite_id} to run {run_id}: admits {uses} until {_when(invite.expires_at)}{kind}")
-    print(f"swarm join {invite.encode()}")
+    print(f"swarm join {invite.encode() if args.full else make_link(invite)}")
     return 0
 
 

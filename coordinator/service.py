@@ -37,6 +37,7 @@ import yaml
 from swarm import records
 from swarm.config import RunConfig
 from swarm.errors import ConfigError, NetworkError, SwarmError
+from swarm.invite_link import make_link
 from swarm.state_sync import TrainingState, download_from_any
 
 from .access import AccessControl
@@ -59,10 +60,6 @@ REJOIN_WITHIN = 3600.0        # a restarted coordinator dials the peers seen in 
 MADDRS_EVERY = 15.0           # seconds between two reads of the p2p peer store
 CHECKPOINT_RETRY = 10.0
 KEEP_IN_TOUCH_WITHIN = 600.0  # peers seen in the last 10 minutes are pinged back into the DHT routing table
-
-
-def _join_command(config_path: Path, bootstrap: str) -> str:
-    return f"swarm join --config {config_path} --initial-peers {bootstrap}"
 
 
 INVITE_ONLY_JOIN = "swarm join INVITE (invite-only run: the organizer makes invites with `swarm invite create`)"
@@ -222,7 +219,10 @@ class Coordinator:
             self._last_checkpoint_epoch = max(self._last_checkpoint_epoch, seed_state.epoch)
         await self._publish_config()
         await self.access.publish_revocations(self._store_record, force=True)
-        self.invite = (await asyncio.to_thread(self.access.launch_invite, [self.bootstrap])).encode() if self.bootstrap else ""
+        # the full invite lists every address of the bootstrap peer (loopback last); the link, the most public one
+        reachable = [self.bootstrap, *(m for m in maddrs if m != self.bootstrap and "/ip4/127." not in m and "/ip6/::1/" not in m)]
+        invite = await asyncio.to_thread(self.access.launch_invite, reachable) if self.bootstrap else None
+        self.invite = make_link(invite) if invite is not None else ""
         self.ready = True
         self.announce(f"swarm coordinator: run {self.config.run_id} (task {self.config.task}), peer {self.peer_id}")
         self.announce(f"dashboard: {self.url}")
@@ -233,10 +233,7 @@ class Coordinator:
         if self.access.invite_only:
             self.announce(f"invite-only run: this invite admits anyone for {self.settings.invite_expires / 86400:g} days "
                           "(swarm invite create / list / revoke manage invites)")
-            self.announce(f"join with: swarm join {self.invite}")
-        else:
-            self.announce(f"join with: {_join_command(self.folder.config_path.resolve(), self.bootstrap)}")
-            self.announce(f"or with an invite (no config file needed): swarm join {self.invite}")
+        self.announce(f"join with: swarm join {self.invite}")
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._track_forever(), name="tracker")
             tasks.create_task(self.access.keep_revocations_published(self._store_record), name="revocations")
@@ -370,6 +367,10 @@ class Coordinator:
 
     # -- what the HTTP server shows ----------------------------------------------------------------------
 
+    @property
+    def invite_only(self) -> bool:
+        return self.access is not None and self.access.invite_only
+
     def config_yaml(self) -> str:
         return yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False)
 
@@ -393,8 +394,9 @@ class Coordinator:
             "target_batch_size": self.config.engine.target_batch_size,
             "coordinator": {
                 "peer_id": self.peer_id, "bootstrap": self.bootstrap, "dashboard": self.url, "started_at": self.started_at,
-                "join_command": (INVITE_ONLY_JOIN if self.access is not None and self.access.invite_only   # never show an invite
-                                 else _join_command(self.folder.config_path.resolve(), self.bootstrap)) if self.bootstrap else "",
+                "join_command": (INVITE_ONLY_JOIN if self.invite_only   # never show an invite-only run's invite
+                                 else f"swarm join {self.invite}") if self.invite else "",
+                "invite": "" if self.invite_only else self.invite,
             },
             "epoch": figures.epoch if figures else 0,
             "samples_per_second": figures.samples_per_second if figures else 0.0,
