@@ -113,6 +113,7 @@ class Collaboration:
         self.round_class: type[AllReduceRound] = AllReduceRound  # tests inject faults by subclassing it
         self._snapshot: Callable[[], TrainingState | None] = lambda: None
         self._failed_donors: dict[str, float] = {}   # donor -> until when it is not asked again (monotonic)
+        self.download_progress: Callable[[int, int], None] | None = None   # (received, total) bytes of a state download
         if start:
             self.start()
 
@@ -367,7 +368,8 @@ class Collaboration:
 
         try:
             state, donor = self.loop.run(
-                download_from_any(self.node.p2p, self.run_id, usable, min_epoch, timeout, authorizer=self.authorizer, failed=failed),
+                download_from_any(self.node.p2p, self.run_id, usable, min_epoch, timeout, authorizer=self.authorizer, failed=failed,
+                                  progress=self.download_progress),
                 timeout=3 * timeout + 5,
             )
         except concurrent.futures.CancelledError:

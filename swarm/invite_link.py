@@ -129,13 +129,16 @@ async def fetch_invite(p2p, link: InviteLink, timeout: float = 15.0) -> Invite:
     return invite
 
 
-def resolve_invite(text: str, timeout: float = 30.0) -> Invite:
+def resolve_invite(text: str, timeout: float = 30.0, *, reap: bool = False) -> Invite:
     """An invite string or link -> the verified full invite (a link costs one round trip to its coordinator,
-    through a short-lived p2p daemon that a Reaper ends even if this process is killed)."""
+    through a short-lived p2p daemon, shut down before this returns). `reap`: also run a Reaper, which ends the
+    daemon even if this process is SIGKILLed meanwhile, but ends *every* descendant of the process when it closes:
+    only for a process that has started no other children yet (`swarm join` does it first thing)."""
     if not is_link(text):
         return Invite.parse(text).verify()
     link = parse_link(text)
     import concurrent.futures
+    import contextlib
 
     from hivemind.p2p import P2P
     from hivemind.utils.multiaddr import Multiaddr
@@ -153,6 +156,6 @@ def resolve_invite(text: str, timeout: float = 30.0) -> Invite:
         finally:
             await p2p.shutdown()
 
-    with Reaper().start():
+    with Reaper().start() if reap else contextlib.nullcontext():
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="swarm-invite") as pool:   # callers may run a loop
             return pool.submit(asyncio.run, fetch()).result()

@@ -275,5 +275,13 @@ def test_join_with_invite_fetches_the_run_config(swarm):
     try:
         assert wait_until(lambda: f"joined run {RUN} as trainer" in peer.text() or peer.proc.poll() is not None, 240, 1.0)
         assert f"joined run {RUN} as trainer" in peer.text(), peer.text()[-2000:]
+        stages = [line.split("] ", 1)[1] for line in peer.text().splitlines() if line.startswith("[") and "s] " in line]
+        expected = [f"joining run {RUN} through its coordinator at", "asking the run's coordinator for the full invite",
+                    f"reading run {RUN}'s config", f"run {RUN}: task albert", "preparing task albert", "model ready",
+                    f"joined run {RUN} as trainer"]
+        assert [next((s for s in stages if s.startswith(e)), None) for e in expected] == [
+            next(s for s in stages if s.startswith(e)) for e in expected], stages
+        assert [i for e in expected for i, s in enumerate(stages) if s.startswith(e)] == sorted(
+            i for e in expected for i, s in enumerate(stages) if s.startswith(e)), stages   # in this order
     finally:
         peer.stop()
