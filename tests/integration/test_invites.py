@@ -184,7 +184,7 @@ def test_revocation_reaches_the_peers(swarm):
             authorizer = await member(p2p, invite)
             reply = await join(p2p, target, authorizer)
             assert not reply.reason.startswith("unauthorized"), reply
-            rc, lines = await asyncio.to_thread(cli, swarm, "revoke-in-use", "invite", "revoke", Invite.parse(invite).invite_id,
+            rc, lines = await asyncio.to_thread(cli, swarm, "revoke-in-use", "invite", "revoke", parse_link(invite).invite_id,
                                                 "--run-dir", str(swarm.run_dir), timeout=180)
             assert rc == 0, lines
             revoked_at = time.monotonic()
