@@ -84,5 +84,5 @@ def export_checkpoint(path: Path, out: Path, fmt: str = "hf") -> Path:
     except NotImplementedError as e:
         raise ConfigError(str(e)) from None
     _readable(Path(out))
-    logger.info("exported the checkpoint of epoch %s to %s", meta["epoch"], out)
+    logger.debug("exported the checkpoint of epoch %s to %s", meta["epoch"], out)
     return Path(out)

@@ -186,6 +186,12 @@ def run_peer(config: RunConfig, options: PeerOptions, stop: StopFlag | None = No
         collab.shutdown()
 
 
+def epoch_line(report, loss: float, swarm_rate: float) -> str:
+    """One line per global step: the epoch, this peer's loss, the swarm's rate and the round that got there."""
+    return (f"epoch {report.epoch} | loss {loss:.4f} | swarm {swarm_rate:.1f} samples/s | averaged in a group of "
+            f"{report.group_size} in {report.round_seconds:.2f}s | {report.codec or '-'}, {report.bytes_sent / 1e6:.2f} MB sent")
+
+
 def make_optimizer(collab: Collaboration, model: torch.nn.Module, task, config: RunConfig, schedule):
     """The run's mode (sync, overlapped or DiLoCo) for this task: swarm.modes.mode_optimizer, the one the
     emulated trainers build too."""
@@ -227,10 +233,11 @@ def _train(task, model, opt, collab: Collaboration, config: RunConfig, options: 
             metrics.write(json.dumps(line) + "\n")
             metrics.flush()
         if options.print_progress:
-            logger.info(
-                "epoch %d | loss %.4f | swarm %.1f samples/s | %d peers averaged in %.2fs | %s, %.2f MB sent",
-                report.epoch, loss, swarm_rate, report.group_size, report.round_seconds, report.codec or "-", report.bytes_sent / 1e6,
-            )
+            line = epoch_line(report, loss, swarm_rate)
+            if options.say is not None:   # `swarm join`: the same format as its start-up lines
+                options.say(line)
+            else:
+                logger.info(line)
         record = records.MetricsRecord(
             peer_id=collab.peer_id, epoch=report.epoch, loss=loss if math.isfinite(loss) else -1.0,
             samples_per_second=float(opt.samples_per_second), mini_steps=mini_steps, samples_total=samples_total,

@@ -345,8 +345,8 @@ class Collaboration:
             codec=getattr(result, "codec", codec), predicted_seconds=getattr(result, "predicted_seconds", float("nan")),
         )
         self.rounds.append(outcome)
-        logger.info(
-            "epoch %d: averaged with %d peers in %.2fs (matchmaking %.2fs), sent %.1f MB%s",
+        logger.debug(   # the peer's own line per epoch (peers.daemon) says what a volunteer needs; this is the detail
+            "epoch %d: averaged in a group of %d in %.2fs (matchmaking %.2fs), sent %.1f MB%s",
             epoch, outcome.group_size, seconds, time.monotonic() - started - seconds, outcome.bytes_sent / 1e6,
             f" ({outcome.codec}" + (f", {len(all_stats)} phases)" if len(all_stats) > 1 else ")") if outcome.codec else "",
         )

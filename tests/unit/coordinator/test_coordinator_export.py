@@ -49,6 +49,21 @@ def test_export_loads_in_transformers(tmp_path, task):
         export_checkpoint(c.path, tmp_path / "x", "onnx")
 
 
+def test_export_command_says_it_once(tmp_path, task, capsys):
+    from swarm.cli import main
+
+    model = task.build_model()
+    state = {f"param.{i}": p.detach() for i, p in enumerate(p for p in model.parameters() if p.requires_grad)}
+    meta = {"task": "albert", "task_options": {"size": "tiny"}, "run_config": {"seed": 0, "task_options": {"size": "tiny"}},
+            "fingerprint": task.fingerprint()}
+    c = write_checkpoint(tmp_path / "run" / "checkpoints", TrainingState(epoch=3, tensors=state, extra={}), meta)
+    capsys.readouterr()
+    assert main(["export", str(c.path), "--out", str(tmp_path / "hf")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [f"exported {c.path} (epoch 3, task albert) to {tmp_path / 'hf'}"]
+    assert captured.err == ""          # no log lines saying it again, no progress bar
+
+
 def test_organizer_key_persists(tmp_path):
     path = tmp_path / "organizer.key"
     key = load_or_create_rsa_key(path)

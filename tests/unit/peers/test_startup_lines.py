@@ -87,3 +87,21 @@ def test_join_prints_its_first_line_before_loading_torch():
     print(f"first line of swarm join after {seconds:.2f}s: {first.strip()}")
     assert "joining run x through 1 initial peer" in first
     assert flag.strip() == "TORCH_LOADED=False"
+
+
+def test_epoch_line_is_one_line_with_the_group_not_peers_plural():
+    from types import SimpleNamespace
+
+    from peers.daemon import epoch_line
+
+    line = epoch_line(SimpleNamespace(epoch=12, group_size=1, round_seconds=0.25, codec="fp16", bytes_sent=2_500_000), 4.1234, 88.0)
+    assert line == "epoch 12 | loss 4.1234 | swarm 88.0 samples/s | averaged in a group of 1 in 0.25s | fp16, 2.50 MB sent"
+    assert "1 peers" not in line and "\n" not in line
+
+
+def test_demo_prints_a_summary_not_the_report_it_wrote():
+    from peers.demo import summary_line
+
+    line = summary_line({"epochs": 9, "samples_per_second": 51.25, "loss_first": 9.5, "loss_last": 6.25, "rounds_completed": 9,
+                         "rounds_failed": 1, "params_identical": True, "peers_detail": [{"x": 1}]})
+    assert line == "9 epochs, 51.2 samples/s, loss 9.500 -> 6.250, 9 rounds (1 failed), every peer's parameters identical"
