@@ -62,6 +62,13 @@ CHECKPOINT_RETRY = 10.0
 KEEP_IN_TOUCH_WITHIN = 600.0  # peers seen in the last 10 minutes are pinged back into the DHT routing table
 
 
+def invite_addresses(bootstrap: str, maddrs: list[str]) -> list[str]:
+    """The launch invite's peers: the bootstrap address first, then every other one but loopback (a peer listening on
+    0.0.0.0 is reachable on each interface, and a volunteer may reach only one of them). The link takes the most
+    public (swarm.invite_link.most_public)."""
+    return [bootstrap, *(m for m in maddrs if m != bootstrap and not m.startswith(("/ip4/127.", "/ip6/::1/")))]
+
+
 INVITE_ONLY_JOIN = "swarm join INVITE (invite-only run: the organizer makes invites with `swarm invite create`)"
 
 
@@ -219,9 +226,7 @@ class Coordinator:
             self._last_checkpoint_epoch = max(self._last_checkpoint_epoch, seed_state.epoch)
         await self._publish_config()
         await self.access.publish_revocations(self._store_record, force=True)
-        # the full invite lists every address of the bootstrap peer (loopback last); the link, the most public one
-        reachable = [self.bootstrap, *(m for m in maddrs if m != self.bootstrap and "/ip4/127." not in m and "/ip6/::1/" not in m)]
-        invite = await asyncio.to_thread(self.access.launch_invite, reachable) if self.bootstrap else None
+        invite = await asyncio.to_thread(self.access.launch_invite, invite_addresses(self.bootstrap, maddrs)) if self.bootstrap else None
         self.invite = make_link(invite) if invite is not None else ""
         self.ready = True
         self.announce(f"swarm coordinator: run {self.config.run_id} (task {self.config.task}), peer {self.peer_id}")

@@ -23,9 +23,13 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
 
 
 def test_unreachable_initial_peer():
-    r = swarm("join", "--run-id", "x", "--initial-peers", UNREACHABLE, "--host-maddrs", "/ip4/127.0.0.1/tcp/0")
+    r = subprocess.run([sys.executable, "-m", "swarm.cli", "join", "--run-id", "x", "--initial-peers", UNREACHABLE,
+                        "--host-maddrs", "/ip4/127.0.0.1/tcp/0"], capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL)
     assert r.returncode == 4
     assert "could not reach any initial peer" in one_error_line(r)
+    # not silent meanwhile: the stage it is at, then each failed attempt, before the error
+    assert "starting the p2p node and joining the swarm through 1 initial peer" in r.stdout
+    assert r.stderr.index("no initial peer answered") < r.stderr.index("swarm: error:")
 
 
 def test_join_with_no_run_says_which_run():

@@ -64,3 +64,12 @@ def test_most_public_address_first():
 def test_damaged_links_are_one_clear_error(text):
     with pytest.raises(AuthError, match="link"):
         parse_link(text)
+
+
+def test_launch_invite_holds_every_interface_and_its_link_the_public_one():
+    from coordinator.service import invite_addresses
+
+    peers = invite_addresses(PRIVATE, [LOOPBACK, PRIVATE, PUBLIC])
+    assert peers == [PRIVATE, PUBLIC]
+    invite = invite_of(RSAPrivateKey(), peers=peers)
+    assert make_link(invite).endswith("@" + PUBLIC)
