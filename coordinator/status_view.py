@@ -12,6 +12,7 @@ from typing import Any
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from swarm.errors import NetworkError
 
@@ -103,7 +104,11 @@ def progress_line(status: dict[str, Any]) -> str:
     return f"epoch {p['epoch']} / {total} ({100 * p['fraction']:.1f}%), ETA {format_eta(p.get('eta_s'))}"
 
 
-def render(status: dict[str, Any], now: float | None = None, width: int = WIDE) -> Group:
+def join_command(status: dict[str, Any]) -> str:
+    return (status.get("coordinator") or {}).get("join_command") or ""
+
+
+def render(status: dict[str, Any], now: float | None = None, width: int = WIDE, join_row: bool = True) -> Group:
     """The status as rich renderables; below WIDE columns the peer table keeps the columns that fit whole."""
     now = time.time() if now is None else now
     loss = status.get("loss")
@@ -112,9 +117,9 @@ def render(status: dict[str, Any], now: float | None = None, width: int = WIDE) 
     head.add_row("run", f"[bold]{status['run_id']}[/] ({status['task']})", "state", status.get("state", "?"))
     head.add_row("progress", f"[bold]{progress_line(status)}[/]", "samples/s", f"[bold]{status['samples_per_second']:.1f}[/]")
     head.add_row("loss", "-" if loss is None else f"[bold]{loss:.4f}[/]", "peers", roles)
-    coordinator = status.get("coordinator") or {}
-    if coordinator.get("join_command"):
-        head.add_row("join", coordinator["join_command"], "", "")
+    join = join_command(status)
+    if join and join_row:   # folded, not cut: a join command is copied whole (show_status prints it unwrapped instead)
+        head.add_row("join", Text(join, overflow="fold"), "", "")
 
     wide = width >= WIDE
     peers = Table(title="peers", expand=True)
@@ -174,7 +179,9 @@ def show_status(url: str | None, *, runs_dir: Path = Path("runs"), as_json: bool
         console.print_json(json.dumps(status))
         return 0
     if not watch:
-        console.print(render(status, width=console.width))
+        console.print(render(status, width=console.width, join_row=False))
+        if join_command(status):   # one line the terminal wraps, so that a copy of it is the whole command
+            console.print(f"join: {join_command(status)}", soft_wrap=True, highlight=False, markup=False)
         return 0
     from rich.live import Live
 

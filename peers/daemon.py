@@ -167,7 +167,7 @@ def run_peer(config: RunConfig, options: PeerOptions, stop: StopFlag | None = No
             collab.publish_config(mine)
         elif run is not None:
             check_config(run, mine)
-        logger.info("peer %s joined run %s as %s; visible at %s", collab.peer_id[-8:], config.run_id, options.role, collab.visible_maddrs()[:1])
+        logger.debug("peer %s joined run %s as %s; visible at %s", collab.peer_id[-8:], config.run_id, options.role, collab.visible_maddrs()[:1])
         say(f"joined run {config.run_id} as {options.role}, peer {collab.peer_id}")
         schedule = warmup_linear_decay(config.warmup_epochs, config.total_epochs) if config.warmup_epochs < config.total_epochs else None
         opt = make_optimizer(collab, model, task, config, schedule)

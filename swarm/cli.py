@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import sys
 from importlib.metadata import entry_points
 
@@ -43,6 +44,8 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname).1s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     for noisy in ("hivemind", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.INFO)
+    # hivemind sets its own level from this variable when it is imported (after this): one log format, ours
+    os.environ.setdefault("HIVEMIND_LOGLEVEL", "INFO" if verbose else "ERROR")
 
 
 def main(argv: list[str] | None = None) -> int:

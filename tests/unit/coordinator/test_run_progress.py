@@ -105,3 +105,19 @@ def test_status_with_no_coordinator_says_to_pass_url(tmp_path, monkeypatch):
     monkeypatch.setattr("coordinator.status_view.fetch_status", nobody)
     with pytest.raises(NetworkError, match="--url"):
         find_status(None, tmp_path)
+
+
+def test_status_prints_the_join_command_whole_at_80_columns(monkeypatch):
+    from coordinator.status_view import show_status
+
+    link = "swarm://albert:fH8etldz:UAKEV3Q8Wwqb9fP-:eWkM25Sv7a0Xp9nxYfx4jD@/ip4/192.0.2.2/tcp/34395/p2p/" + "Q" * 46
+    status = _status() | {"coordinator": {"join_command": f"swarm join {link}"}}
+    monkeypatch.setattr("coordinator.status_view.find_status", lambda url, runs_dir: ("http://x", status))
+    console = Console(record=True, width=80)
+    monkeypatch.setattr("coordinator.status_view.Console", lambda: console)
+    show_status(None)
+    text = console.export_text(styles=False)
+    assert f"join: swarm join {link}" in text.replace("\n", "") and "…" not in text
+    console = Console(record=True, width=80)
+    console.print(render(status, width=80))   # --watch: the join row folds, it is not cut
+    assert link in console.export_text().replace("│", "").replace(" ", "").replace("\n", "")
