@@ -45,7 +45,7 @@ def run_progress(*, epoch: int, total_epochs: int, epochs: Sequence[tuple[float,
     finished = epoch >= total
     state = "starting" if not ready else "finished" if finished else "running" if peers else "waiting for peers"
     rate = epoch_rate(epochs)
-    eta = 0.0 if finished else (total - epoch) / rate if rate else None
+    eta = 0.0 if finished else (total - epoch) / rate if rate and state == "running" else None   # nobody trains: unknown
     return RunProgress(state=state, epoch=epoch, total_epochs=total, fraction=min(epoch / total, 1.0),
                        epochs_per_hour=rate * 3600 if rate else None, eta_s=eta)
 

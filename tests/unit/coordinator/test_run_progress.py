@@ -31,7 +31,8 @@ def test_no_eta_before_an_epoch_is_gained_and_zero_when_finished():
 
 
 def test_a_run_whose_peers_all_left_is_not_running():
-    assert run_progress(epoch=7, total_epochs=100, epochs=[], peers=0, ready=True).state == "waiting for peers"
+    waiting = run_progress(epoch=7, total_epochs=100, epochs=[(0.0, 5.0), (60.0, 7.0)], peers=0, ready=True)
+    assert (waiting.state, waiting.eta_s) == ("waiting for peers", None)   # nobody trains: no ETA
     assert run_progress(epoch=0, total_epochs=100, epochs=[], peers=0, ready=False).state == "starting"
 
 
