@@ -122,3 +122,13 @@ def test_status_prints_the_join_command_whole_at_80_columns(monkeypatch):
     console = Console(record=True, width=80)
     console.print(render(status, width=80))   # --watch: the join row folds, it is not cut
     assert link in console.export_text().replace("│", "").replace(" ", "").replace("\n", "")
+
+
+def test_every_coordinator_metric_is_documented():
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[3] / "docs" / "coordinator.md").read_text()
+    names = {f.name for f in text_string_to_metric_families(CoordinatorMetrics("r", 10).render().decode())}
+    missing = sorted(n for n in names if n not in docs and f"{n}_total" not in docs)
+    assert not missing, f"not in docs/coordinator.md: {missing}"
+    assert "swarm_run_info" in names
