@@ -77,7 +77,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     config = demo_config(args)
     run_dir = args.run_dir / config.run_id
-    if (run_dir / "coordinator.json").exists() and not (run_dir / DEMO_MARK).exists():
+    made_by_demo = (run_dir / DEMO_MARK).exists() or any(run_dir.glob("peer*.log"))   # (older demos left no mark)
+    if (run_dir / "coordinator.json").exists() and not made_by_demo:
         raise ConfigError(f"{run_dir} holds a run started with `swarm launch`: the demo does not take it over "
                           "(its identity, config and history); pass --run-dir OTHER_FOLDER")
     run_dir.mkdir(parents=True, exist_ok=True)
