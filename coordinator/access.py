@@ -35,6 +35,7 @@ from swarm import clock, records
 from swarm.auth import ISSUE_HANDLER, MAX_CLOCK_SKEW, OrganizerTokens, SwarmAuthorizer, issue_token, token_request_bytes
 from swarm.errors import AuthError
 from swarm.invite import Invite
+from swarm.invite_link import FETCH_HANDLER, parse_link, secret_of
 from swarm.node import Node
 from swarm.proto import swarm_pb2
 
@@ -81,6 +82,7 @@ class AccessControl:
 
     async def start(self, node: Node) -> None:
         self._node = node
+        await node.p2p.add_protobuf_handler(FETCH_HANDLER, self._handle_fetch, swarm_pb2.TokenRequest)
         if self.invite_only:
             await node.p2p.add_protobuf_handler(ISSUE_HANDLER, self._handle_issue, swarm_pb2.TokenRequest)
 
@@ -93,6 +95,19 @@ class AccessControl:
         token = issue_token(self.organizer, self.run_id, Invite.parse(request.invite).invite_id, request.public_key, self.token_lifetime)
         self.issued += 1
         return swarm_pb2.TokenResponse(token=token.SerializeToString())
+
+    async def _handle_fetch(self, request: swarm_pb2.TokenRequest, context: P2PContext) -> swarm_pb2.TokenResponse:
+        """An invite link's holder asks for the full invite (swarm.invite_link): given only for the secret it names."""
+        try:
+            link = parse_link(request.invite)
+        except AuthError as e:
+            return swarm_pb2.TokenResponse(error=str(e))
+        row = self.store.get(link.invite_id) if link.run_id == self.run_id else None
+        if row is None or secret_of(Invite.parse(row.text)) != link.secret:
+            return swarm_pb2.TokenResponse(error="no such invite in this run (was the link copied in full?)")
+        if row.status() in ("expired", "revoked"):   # uses are counted by the token issuer, per peer key
+            return swarm_pb2.TokenResponse(error=row.status())
+        return swarm_pb2.TokenResponse(token=row.text.encode())
 
     def _refusal(self, request: swarm_pb2.TokenRequest, peer_id: str) -> str | None:
         if not request.invite:

@@ -19,7 +19,7 @@ def register_launch(sub: argparse._SubParsersAction) -> None:
         description="Start a run's coordinator: the bootstrap peer, the tracker, checkpoints and the dashboard. "
                     "Restarting it on the same run folder keeps its identity, history and checkpoints.",
     )
-    add_run_options(p)
+    add_run_options(p, run_id_help="the run's id, and its folder's name under --runs-dir (default: the task's name)")
     p.add_argument("--host", help="address of the dashboard/API server (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port of the dashboard/API server (default 8080; 0: any free port)")
     p.add_argument("--p2p-host", help="address the bootstrap peer listens on (default 0.0.0.0)")
@@ -50,15 +50,24 @@ def settings_from_args(args: argparse.Namespace):
         raise ConfigError(f"bad {flag}: {err['msg']}") from None
 
 
-def cmd_launch(args: argparse.Namespace) -> int:
+def launch_config(args: argparse.Namespace):
+    """The run's config from the flags and YAML; with no run id in either, the run is named after its task
+    (RunConfig's default, `demo`, is the folder of `swarm demo`)."""
     from peers.cli import run_config_from_args
     from peers.tasks import TASKS
 
-    from .service import Coordinator
-
     config = run_config_from_args(args)
+    if "run_id" not in config.model_fields_set:
+        config = config.model_copy(update={"run_id": config.task})
     if config.task not in TASKS:
         raise ConfigError(f"unknown task {config.task!r}: choose one of {', '.join(TASKS)}")
+    return config
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from .service import Coordinator
+
+    config = launch_config(args)
     settings = settings_from_args(args)
     if args.from_checkpoint is not None and not args.from_checkpoint.exists():
         raise ConfigError(f"checkpoint {args.from_checkpoint} does not exist")
@@ -94,7 +103,9 @@ async def _serve_until_signal(coordinator) -> int:
 
 def register_status(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="show a run's progress from its coordinator", description="The dashboard's figures in the terminal.")
-    p.add_argument("--url", default="http://127.0.0.1:8080", help="the coordinator's dashboard URL")
+    p.add_argument("--url", help="the coordinator's dashboard URL (default: the run launched from this folder, ./runs/*, "
+                                 "else http://127.0.0.1:8080)")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where `swarm launch` put its run folders (default runs)")
     p.add_argument("--json", action="store_true", help="print the raw /api/status JSON")
     p.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C")
     p.set_defaults(func=cmd_status)
@@ -103,7 +114,7 @@ def register_status(sub: argparse._SubParsersAction) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     from .status_view import show_status
 
-    return show_status(args.url, as_json=args.json, watch=args.watch)
+    return show_status(args.url, runs_dir=args.runs_dir, as_json=args.json, watch=args.watch)
 
 
 # -- swarm export ------------------------------------------------------------------------------------------

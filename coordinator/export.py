@@ -10,6 +10,7 @@ optimizer names them), and `task.export()` writes the folder (for ALBERT, one th
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -64,6 +65,16 @@ def model_from_checkpoint(path: Path):
     return task, model, meta
 
 
+def _readable(folder: Path) -> None:
+    """Give every exported file the mode of a file the user writes (0644 under the usual umask 022): an export is
+    meant to be shared, and some writers (safetensors) create their files 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
 def export_checkpoint(path: Path, out: Path, fmt: str = "hf") -> Path:
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}: one of {', '.join(FORMATS)}")
@@ -72,5 +83,6 @@ def export_checkpoint(path: Path, out: Path, fmt: str = "hf") -> Path:
         task.export(model, Path(out))
     except NotImplementedError as e:
         raise ConfigError(str(e)) from None
-    logger.info("exported the checkpoint of epoch %s to %s", meta["epoch"], out)
+    _readable(Path(out))
+    logger.debug("exported the checkpoint of epoch %s to %s", meta["epoch"], out)
     return Path(out)

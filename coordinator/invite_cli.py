@@ -18,7 +18,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from swarm.errors import ConfigError
+from swarm.errors import ConfigError, SwarmError
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -44,6 +44,7 @@ def register_invite(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--max-uses", type=int, default=0, help="peers it admits (0: no limit)")
     c.add_argument("--label", default="", help="a note for `swarm invite list` (who it is for)")
     c.add_argument("--initial-peers", nargs="+", metavar="MULTIADDR", help="coordinator addresses (default: the run's, from its launch)")
+    c.add_argument("--full", action="store_true", help="print the full invite (about 1 kB) instead of its one-line link")
     c.set_defaults(func=cmd_create)
 
     ls = actions.add_parser("list", help="show the run's invites and their uses")
@@ -97,12 +98,24 @@ def cmd_create(args: argparse.Namespace) -> int:
     uses = f"up to {args.max_uses} peers" if args.max_uses else "any number of peers"
     kind = "" if invite_only else " (open run: the invite is a join link; anyone may join without one)"
     print(f"invite {invite.invite_id} to run {run_id}: admits {uses} until {_when(invite.expires_at)}{kind}")
-    print(f"swarm join {invite.encode()}")
+    from swarm.invite_link import make_link
+
+    print(f"swarm join {invite.encode() if args.full else make_link(invite)}")
     return 0
 
 
 def _when(t: float) -> str:
     return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M")
+
+
+def _invite_only(text: str) -> bool:
+    """Whether the invite admits through tokens (counted uses); an open run's invite is only a join link."""
+    from swarm.invite import Invite
+
+    try:
+        return Invite.parse(text).invite_only
+    except SwarmError:
+        return True
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -123,8 +136,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'ID':<10} {'STATUS':<8} {'USES':>7} {'EXPIRES':<16} {'CREATED':<16} LABEL")
     for row in rows:
-        uses = f"{row.uses}/{row.max_uses}" if row.max_uses else f"{row.uses}"
+        uses = (f"{row.uses}/{row.max_uses}" if row.max_uses else f"{row.uses}") if _invite_only(row.text) else "-"
         print(f"{row.invite_id:<10} {row.status(now):<8} {uses:>7} {_when(row.expires):<16} {_when(row.created):<16} {row.label}")
+    if any(not _invite_only(row.text) for row in rows):
+        print("USES -: an open run's invite is a join link; anyone may join without one, so nothing is counted")
     return 0
 
 

@@ -1,7 +1,7 @@
 """The layout of a run's folder (`runs/RUN/`) and the small state the coordinator persists in it.
 
     runs/RUN/
-      coordinator.json     created_at of the config record, p2p port, config digest (atomic JSON)
+      coordinator.json     created_at of the config record, p2p port, config digest, dashboard URL (atomic JSON)
       experiment.yaml      the run's RunConfig, for `swarm join --config`
       identity.key         p2p identity of the bootstrap peer      (see coordinator.identity)
       organizer.key        RSA key that signs the config record    (see coordinator.identity)
@@ -48,6 +48,7 @@ class FolderState:
     config_digest: str
     created_at: float          # created_at of the config record: fixed for the life of the run
     p2p_port: int = 0
+    dashboard: str = ""        # the coordinator's dashboard URL, for `swarm status` run in this folder's parent
 
 
 class RunFolder:

@@ -37,6 +37,7 @@ import yaml
 from swarm import records
 from swarm.config import RunConfig
 from swarm.errors import ConfigError, NetworkError, SwarmError
+from swarm.invite_link import make_link
 from swarm.state_sync import TrainingState, download_from_any
 
 from .access import AccessControl
@@ -46,6 +47,7 @@ from .history import History
 from .identity import load_or_create_rsa_key
 from .metrics import CoordinatorMetrics
 from .run_folder import FolderState, RunFolder
+from .run_progress import ETA_WINDOW, RunProgress, run_progress
 from .seed import StateSeed
 from .server import make_app, start_server
 from .settings import CoordinatorSettings
@@ -60,8 +62,11 @@ CHECKPOINT_RETRY = 10.0
 KEEP_IN_TOUCH_WITHIN = 600.0  # peers seen in the last 10 minutes are pinged back into the DHT routing table
 
 
-def _join_command(config_path: Path, bootstrap: str) -> str:
-    return f"swarm join --config {config_path} --initial-peers {bootstrap}"
+def invite_addresses(bootstrap: str, maddrs: list[str]) -> list[str]:
+    """The launch invite's peers: the bootstrap address first, then every other one but loopback (a peer listening on
+    0.0.0.0 is reachable on each interface, and a volunteer may reach only one of them). The link takes the most
+    public (swarm.invite_link.most_public)."""
+    return [bootstrap, *(m for m in maddrs if m != bootstrap and not m.startswith(("/ip4/127.", "/ip6/::1/")))]
 
 
 INVITE_ONLY_JOIN = "swarm join INVITE (invite-only run: the organizer makes invites with `swarm invite create`)"
@@ -79,7 +84,7 @@ class Coordinator:
         self.started_at = time.time()
         self.observer: Any = None
         self.history: History = None  # type: ignore[assignment]
-        self.metrics = CoordinatorMetrics(config.run_id)
+        self.metrics = CoordinatorMetrics(config.run_id, config.total_epochs)
         self.tracker: Tracker | None = None
         self.seed: StateSeed | None = None
         self.fingerprint: dict[str, str] = {}
@@ -210,6 +215,7 @@ class Coordinator:
         self.bootstrap = next((m for m in maddrs if "/ip4/127." not in m), maddrs[0]) if maddrs else ""
         port = int(self.bootstrap.split("/tcp/")[1].split("/")[0]) if "/tcp/" in self.bootstrap else 0
         self._folder_state.p2p_port = port
+        self._folder_state.dashboard = self.url
         self.folder.save_state(self._folder_state)
         self.tracker = Tracker(self.history, self.metrics, exclude={self.peer_id})
         done = list_checkpoints(self.folder.checkpoints)
@@ -220,7 +226,8 @@ class Coordinator:
             self._last_checkpoint_epoch = max(self._last_checkpoint_epoch, seed_state.epoch)
         await self._publish_config()
         await self.access.publish_revocations(self._store_record, force=True)
-        self.invite = (await asyncio.to_thread(self.access.launch_invite, [self.bootstrap])).encode() if self.bootstrap else ""
+        invite = await asyncio.to_thread(self.access.launch_invite, invite_addresses(self.bootstrap, maddrs)) if self.bootstrap else None
+        self.invite = make_link(invite) if invite is not None else ""
         self.ready = True
         self.announce(f"swarm coordinator: run {self.config.run_id} (task {self.config.task}), peer {self.peer_id}")
         self.announce(f"dashboard: {self.url}")
@@ -231,10 +238,7 @@ class Coordinator:
         if self.access.invite_only:
             self.announce(f"invite-only run: this invite admits anyone for {self.settings.invite_expires / 86400:g} days "
                           "(swarm invite create / list / revoke manage invites)")
-            self.announce(f"join with: swarm join {self.invite}")
-        else:
-            self.announce(f"join with: {_join_command(self.folder.config_path.resolve(), self.bootstrap)}")
-            self.announce(f"or with an invite (no config file needed): swarm join {self.invite}")
+        self.announce(f"join with: swarm join {self.invite}")
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._track_forever(), name="tracker")
             tasks.create_task(self.access.keep_revocations_published(self._store_record), name="revocations")
@@ -268,6 +272,7 @@ class Coordinator:
                 metrics = await self._engine(node.fetch_records(records.metrics_key(run_id), records.MetricsRecord))
                 self.progress = progress  # type: ignore[assignment]
                 figures = self.tracker.update(progress, metrics)  # type: ignore[union-attr, arg-type]
+                self.run_progress()
                 if self.seed is not None and self.seed.active:
                     await self._engine(self.seed.tick(self.progress))
                 else:
@@ -367,20 +372,36 @@ class Coordinator:
 
     # -- what the HTTP server shows ----------------------------------------------------------------------
 
+    @property
+    def invite_only(self) -> bool:
+        return self.access is not None and self.access.invite_only
+
     def config_yaml(self) -> str:
         return yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False)
 
+    def run_progress(self) -> RunProgress:
+        """The run's state, progress toward total_epochs and ETA (also set on /metrics)."""
+        figures = self.tracker.figures if self.tracker is not None else None
+        epochs = self.history.series("epoch", since=time.time() - ETA_WINDOW, points=60) if self.history is not None else []
+        progress = run_progress(epoch=figures.epoch if figures else 0, total_epochs=self.config.total_epochs, epochs=epochs,
+                                peers=len(figures.peers) if figures else 0, ready=self.ready)
+        self.metrics.set_progress(progress.fraction, progress.eta_s)
+        return progress
+
     def status(self) -> dict[str, Any]:
         figures = self.tracker.figures if self.tracker is not None else None
+        progress = self.run_progress()
         data: dict[str, Any] = {
             "run_id": self.config.run_id,
             "task": self.config.task,
-            "state": "running" if self.ready else "starting",
+            "state": progress.state,
+            "progress": progress.to_json(),
             "target_batch_size": self.config.engine.target_batch_size,
             "coordinator": {
                 "peer_id": self.peer_id, "bootstrap": self.bootstrap, "dashboard": self.url, "started_at": self.started_at,
-                "join_command": (INVITE_ONLY_JOIN if self.access is not None and self.access.invite_only   # never show an invite
-                                 else _join_command(self.folder.config_path.resolve(), self.bootstrap)) if self.bootstrap else "",
+                "join_command": (INVITE_ONLY_JOIN if self.invite_only   # never show an invite-only run's invite
+                                 else f"swarm join {self.invite}") if self.invite else "",
+                "invite": "" if self.invite_only else self.invite,
             },
             "epoch": figures.epoch if figures else 0,
             "samples_per_second": figures.samples_per_second if figures else 0.0,

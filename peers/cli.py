@@ -7,10 +7,10 @@ from pathlib import Path
 from swarm.config import load_run_config
 
 
-def add_run_options(p: argparse.ArgumentParser) -> None:
+def add_run_options(p: argparse.ArgumentParser, run_id_help: str = "the run to join") -> None:
     """Flags that map onto RunConfig / EngineConfig fields (the YAML file sets the same ones)."""
     p.add_argument("--config", help="experiment YAML (RunConfig fields)")
-    p.add_argument("--run-id", help="the run to join")
+    p.add_argument("--run-id", help=run_id_help)
     p.add_argument("--task", help="task plug-in (albert, swav)")
     p.add_argument("--data-path", help="text file or folder (default: the embedded KJV corpus)")
     p.add_argument("--target-batch-size", type=int, help="samples per global step")
@@ -73,6 +73,31 @@ def run_config_from_invite(access, initial_peers: list[str], args: argparse.Name
         raise ConfigError(f"bad config: {'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
 
 
+def first_line(invite: str | None, run_id: str | None, initial_peers: list[str]) -> str:
+    """What `swarm join` says first, from the arguments alone (no import of torch or hivemind)."""
+    if invite is not None:
+        body = invite.strip()[len("swarm://"):]
+        if "@" in body:   # a link: swarm://RUN:ID:SECRET:KEY@ADDRESS
+            return f"joining run {body.split(':', 1)[0]} through its coordinator at {body.split('@', 1)[1]}"
+        return "joining the run of this invite"
+    where = f" through {len(initial_peers)} initial peer{'s' if len(initial_peers) != 1 else ''}" if initial_peers else ""
+    return f"joining run {run_id}{where}" if run_id else f"joining{where}"
+
+
+def check_initial_peers(maddrs: list[str]) -> None:
+    """Each initial peer is a full multiaddr with the peer's id (/p2p/...): ConfigError naming the first that is not."""
+    from hivemind.utils.multiaddr import Multiaddr
+
+    from swarm.errors import ConfigError
+
+    for m in maddrs:
+        try:
+            Multiaddr(m).value_for_protocol("p2p")
+        except Exception:
+            raise ConfigError(f"initial peer {m!r} is not a multiaddr ending in /p2p/PEER_ID: copy the full address "
+                              "the coordinator printed (bootstrap: ...)") from None
+
+
 def register_join(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("join", help="join a run as a volunteer peer", description="Join a run and train with the swarm until Ctrl-C.")
     p.add_argument("invite", nargs="?", metavar="INVITE",
@@ -99,22 +124,41 @@ def register_join(sub: argparse._SubParsersAction) -> None:
 
 def cmd_join(args: argparse.Namespace, on_collaboration=None) -> int:
     """`on_collaboration(collab)`: called once the peer's Collaboration exists (peers.chaos injects faults there)."""
-    from .daemon import PeerOptions, StopFlag, run_peer
+    from .startup import StageLog, process_started
 
+    say = StageLog(started=process_started())
     invite = args.invite or next((p for p in args.initial_peers if p.startswith("swarm://")), None)
     initial_peers = [p for p in args.initial_peers if p != invite]
+    say(first_line(invite, args.run_id, initial_peers))   # before torch and hivemind load (seconds on a slow box)
+    from .daemon import PeerOptions, StopFlag, run_peer
+
     access = None
     if invite is not None:
         from swarm.auth import InviteAccess
         from swarm.errors import ConfigError
+        from swarm.invite_link import is_link, resolve_invite
 
-        access = InviteAccess(invite)
+        if is_link(invite):
+            say("asking the run's coordinator for the full invite")
+        access = InviteAccess(resolve_invite(invite, reap=True))
         if args.run_id and args.run_id != access.run_id:
             raise ConfigError(f"--run-id {args.run_id} differs from the invite's run {access.run_id}")
         initial_peers = [*access.invite.initial_peers, *initial_peers]
+        say(f"reading run {access.run_id}'s config from the swarm" + (" (and an access token)" if access.invite.invite_only else ""))
         config = run_config_from_invite(access, initial_peers, args)
+        say(f"run {config.run_id}: task {config.task}, {config.mode} mode, {config.engine.target_batch_size} samples per "
+            f"global step, {config.total_epochs} epochs")
     else:
         config = run_config_from_args(args)
+        if not initial_peers and "run_id" not in config.model_fields_set:
+            from swarm.errors import ConfigError
+
+            raise ConfigError("which run? pass its invite (swarm join swarm://...), or --run-id RUN with --initial-peers "
+                              "MULTIADDR (--run-id alone starts a new swarm)")
+    check_initial_peers(initial_peers)
+    if not initial_peers:
+        say(f"no --initial-peers: starting a new swarm for run {config.run_id} (others join with --initial-peers and "
+            "this peer's address, logged below)")
     duration = args.duration
     if args.stop_at is not None:
         import time
@@ -127,7 +171,7 @@ def cmd_join(args: argparse.Namespace, on_collaboration=None) -> int:
         initial_peers=initial_peers, role=role, host_maddrs=args.host_maddrs, announce_maddrs=args.announce_maddrs,
         identity_path=args.identity, metrics_path=args.metrics_file, duration=duration, max_epochs=args.max_epochs,
         worker_seed=args.worker_seed, threads=args.threads, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
-        final_state_path=args.save_final, access=access, on_collaboration=on_collaboration,
+        final_state_path=args.save_final, access=access, on_collaboration=on_collaboration, say=say,
     )
     summary = run_peer(config, options, stop)
     print(f"left run {config.run_id} at epoch {summary.epochs} after {summary.rounds_completed} rounds ({summary.rounds_failed} failed)")

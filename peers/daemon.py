@@ -32,6 +32,7 @@ from swarm.errors import AuthError, ConfigError
 from swarm.modes import mode_optimizer
 from swarm.optim.schedule import warmup_linear_decay
 
+from .startup import DownloadBar, StageLog
 from .tasks import TaskSettings, get_task
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class PeerOptions:
     final_state_path: Path | None = None       # write the model (and its epoch) here when training ends (swarm eval reads it)
     access: InviteAccess | None = None         # joined with an invite: the organizer's config only, and a token if invite-only
     on_collaboration: Callable[[Collaboration], None] | None = None   # called once it exists (swarm chaos injects faults here)
+    say: Callable[[str], None] | None = None   # one line per start-up stage (peers.startup.StageLog in `swarm join`)
 
 
 @dataclass
@@ -125,12 +127,18 @@ def run_peer(config: RunConfig, options: PeerOptions, stop: StopFlag | None = No
     settings = TaskSettings(
         data_path=config.data_path, micro_batch_size=config.micro_batch_size, seed=config.seed, options=dict(config.task_options)
     )
+    say = options.say or (lambda message: None)
+    size = config.task_options.get("size")
+    say(f"preparing task {config.task}{f' ({size})' if size else ''}: data, tokenizer and model")
     task = get_task(config.task, settings)
     fingerprint = task.fingerprint()
     model = task.build_model()
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the all-reduce moves what it sends to the CPU itself
     model.to(device)
     mine = config_record(config, fingerprint)
+    n_params = sum(p.numel() for p in model.parameters())
+    say(f"model ready: {n_params / 1e6:.1f}M parameters on {device}; starting the p2p node and joining the swarm"
+        + (f" through {len(options.initial_peers)} initial peer{'s' if len(options.initial_peers) != 1 else ''}" if options.initial_peers else ""))
 
     access = options.access
     collab = Collaboration(
@@ -139,6 +147,8 @@ def run_peer(config: RunConfig, options: PeerOptions, stop: StopFlag | None = No
         authorizer=access.authorizer() if access is not None else None,
     )
     stop.on_set.append(collab.interrupt)
+    if options.say is not None and isinstance(options.say, StageLog):
+        collab.download_progress = DownloadBar(options.say)
     if options.on_collaboration is not None:
         options.on_collaboration(collab)
     metrics = open(options.metrics_path, "a") if options.metrics_path else None
@@ -157,10 +167,12 @@ def run_peer(config: RunConfig, options: PeerOptions, stop: StopFlag | None = No
             collab.publish_config(mine)
         elif run is not None:
             check_config(run, mine)
-        logger.info("peer %s joined run %s as %s; visible at %s", collab.peer_id[-8:], config.run_id, options.role, collab.visible_maddrs()[:1])
+        logger.debug("peer %s joined run %s as %s; visible at %s", collab.peer_id[-8:], config.run_id, options.role, collab.visible_maddrs()[:1])
+        say(f"joined run {config.run_id} as {options.role}, peer {collab.peer_id}")
         schedule = warmup_linear_decay(config.warmup_epochs, config.total_epochs) if config.warmup_epochs < config.total_epochs else None
         opt = make_optimizer(collab, model, task, config, schedule)
         deadline = time.monotonic() + options.duration if options.duration else math.inf
+        say("averaging with the swarm (Ctrl-C leaves)" if options.role == "aux" else "training: a line per global step (Ctrl-C leaves)")
         if options.role == "aux":
             collab.run_auxiliary(opt.layout, lambda: stop.is_set() or time.monotonic() > deadline)
             return summary
@@ -172,6 +184,12 @@ def run_peer(config: RunConfig, options: PeerOptions, stop: StopFlag | None = No
         if metrics is not None:
             metrics.close()
         collab.shutdown()
+
+
+def epoch_line(report, loss: float, swarm_rate: float) -> str:
+    """One line per global step: the epoch, this peer's loss, the swarm's rate and the round that got there."""
+    return (f"epoch {report.epoch} | loss {loss:.4f} | swarm {swarm_rate:.1f} samples/s | averaged in a group of "
+            f"{report.group_size} in {report.round_seconds:.2f}s | {report.codec or '-'}, {report.bytes_sent / 1e6:.2f} MB sent")
 
 
 def make_optimizer(collab: Collaboration, model: torch.nn.Module, task, config: RunConfig, schedule):
@@ -215,10 +233,11 @@ def _train(task, model, opt, collab: Collaboration, config: RunConfig, options: 
             metrics.write(json.dumps(line) + "\n")
             metrics.flush()
         if options.print_progress:
-            logger.info(
-                "epoch %d | loss %.4f | swarm %.1f samples/s | %d peers averaged in %.2fs | %s, %.2f MB sent",
-                report.epoch, loss, swarm_rate, report.group_size, report.round_seconds, report.codec or "-", report.bytes_sent / 1e6,
-            )
+            line = epoch_line(report, loss, swarm_rate)
+            if options.say is not None:   # `swarm join`: the same format as its start-up lines
+                options.say(line)
+            else:
+                logger.info(line)
         record = records.MetricsRecord(
             peer_id=collab.peer_id, epoch=report.epoch, loss=loss if math.isfinite(loss) else -1.0,
             samples_per_second=float(opt.samples_per_second), mini_steps=mini_steps, samples_total=samples_total,

@@ -34,6 +34,7 @@ from .local_swarm import (
 logger = logging.getLogger(__name__)
 
 FINAL_STATE = "final.pt"   # peer 0's model when the demo ends (swarm eval --checkpoint RUN_DIR/RUN_ID/final.pt)
+DEMO_MARK = ".swarm-demo"   # in a run folder the demo made (and may start over)
 DEMO_DEFAULTS = {"run_id": "demo", "target_batch_size": 256, "lr": 0.02, "warmup_epochs": 2, "total_epochs": 200}
 
 
@@ -76,13 +77,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     config = demo_config(args)
     run_dir = args.run_dir / config.run_id
+    made_by_demo = (run_dir / DEMO_MARK).exists() or any(run_dir.glob("peer*.log"))   # (older demos left no mark)
+    if (run_dir / "coordinator.json").exists() and not made_by_demo:
+        raise ConfigError(f"{run_dir} holds a run started with `swarm launch`: the demo does not take it over "
+                          "(its identity, config and history); pass --run-dir OTHER_FOLDER")
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / DEMO_MARK).touch()
     for old in [*run_dir.glob("peer*.jsonl"), run_dir / FINAL_STATE]:
         old.unlink(missing_ok=True)
     config_path = run_dir / "experiment.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
 
-    print(f"preparing task {config.task} (tokenizer and corpus caches)...", flush=True)
+    print(f"preparing task {config.task} (its data caches; the first run builds them)...", flush=True)
     task = get_task(config.task, TaskSettings(data_path=config.data_path, micro_batch_size=config.micro_batch_size, seed=config.seed, options=dict(config.task_options)))
     task.fingerprint()
 
@@ -118,12 +124,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     text = json.dumps(report, indent=2)
     if args.report:
         args.report.write_text(text + "\n")
-        print(f"report written to {args.report}")
-    print(text)
+        print(f"report written to {args.report}: {summary_line(report)}")
+    else:
+        print(text)
     failed = [p.returncode for p in procs if p.returncode not in (0, None)]
     if failed:
         print(f"{len(failed)} peer(s) exited with errors (exit codes {failed}): see {run_dir}/peer*.log", file=sys.stderr)
     return 0
+
+
+def summary_line(report: dict) -> str:
+    """The report in one line, for the terminal (the file has every figure)."""
+    loss = report.get("loss_first"), report.get("loss_last")
+    losses = f", loss {loss[0]:.3f} -> {loss[1]:.3f}" if None not in loss else ""
+    same = {True: ", every peer's parameters identical", False: ", PEERS' PARAMETERS DIFFER"}.get(report.get("params_identical"), "")
+    return (f"{report.get('epochs', 0)} epochs, {report.get('samples_per_second', 0.0):.1f} samples/s{losses}, "
+            f"{report.get('rounds_completed', 0)} rounds ({report.get('rounds_failed', 0)} failed){same}")
 
 
 def _watch(procs: list[subprocess.Popen], run_dir: Path, n: int, deadline: float) -> None:
@@ -138,7 +154,7 @@ def _watch(procs: list[subprocess.Popen], run_dir: Path, n: int, deadline: float
                 break  # wait until more peers report the newest epoch
             loss = statistics.fmean(r["loss"] for r in rows if r["loss"] == r["loss"]) if rows else float("nan")
             rate = max(r["swarm_samples_per_second"] for r in rows)
-            print(f"epoch {epoch:4d} | loss {loss:7.4f} | {rate:7.1f} samples/s | {rows[0]['group_size']} peers averaged | round {statistics.median(r['round_seconds'] for r in rows):.2f}s", flush=True)
+            print(f"epoch {epoch:4d} | loss {loss:7.4f} | {rate:7.1f} samples/s | group of {rows[0]['group_size']} averaged | round {statistics.median(r['round_seconds'] for r in rows):.2f}s", flush=True)
             printed = epoch
 
 

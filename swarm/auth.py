@@ -308,7 +308,11 @@ class InviteAccess:
     here starts from the latest token, so a short-lived probe node and the training node share it."""
 
     def __init__(self, invite: Invite | str, private_key: RSAPrivateKey | None = None):
-        self.invite = (Invite.parse(invite) if isinstance(invite, str) else invite).verify()
+        if isinstance(invite, str):   # a full invite, or a link: then its coordinator hands out the full one
+            from .invite_link import resolve_invite
+
+            invite = resolve_invite(invite)
+        self.invite = invite.verify()
         self.private_key = private_key or RSAPrivateKey()
         self.token: AccessToken | None = None
 

@@ -25,11 +25,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _innermost(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The deepest (sub)command parser that `argv` names: `swarm invite list ...` -> the `invite list` parser."""
+    for token in argv:
+        parser = _subcommands(parser).get(token, parser)
+    return parser
+
+
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname).1s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     for noisy in ("hivemind", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.INFO)
+    # hivemind sets its own level from this variable when it is imported (after this): one log format, ours
+    os.environ.setdefault("HIVEMIND_LOGLEVEL", "INFO" if verbose else "ERROR")
 
 
 def prefer_huge_pages() -> None:
@@ -46,7 +62,9 @@ def prefer_huge_pages() -> None:
 def main(argv: list[str] | None = None) -> int:
     prefer_huge_pages()  # before the subcommands' plug-ins load torch
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:   # said by the subcommand's parser, with its own usage line (not the top-level one)
+        _innermost(parser, sys.argv[1:] if argv is None else argv).error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -113,6 +113,7 @@ class Collaboration:
         self.round_class: type[AllReduceRound] = AllReduceRound  # tests inject faults by subclassing it
         self._snapshot: Callable[[], TrainingState | None] = lambda: None
         self._failed_donors: dict[str, float] = {}   # donor -> until when it is not asked again (monotonic)
+        self.download_progress: Callable[[int, int], None] | None = None   # (received, total) bytes of a state download
         if start:
             self.start()
 
@@ -344,8 +345,8 @@ class Collaboration:
             codec=getattr(result, "codec", codec), predicted_seconds=getattr(result, "predicted_seconds", float("nan")),
         )
         self.rounds.append(outcome)
-        logger.info(
-            "epoch %d: averaged with %d peers in %.2fs (matchmaking %.2fs), sent %.1f MB%s",
+        logger.debug(   # the peer's own line per epoch (peers.daemon) says what a volunteer needs; this is the detail
+            "epoch %d: averaged in a group of %d in %.2fs (matchmaking %.2fs), sent %.1f MB%s",
             epoch, outcome.group_size, seconds, time.monotonic() - started - seconds, outcome.bytes_sent / 1e6,
             f" ({outcome.codec}" + (f", {len(all_stats)} phases)" if len(all_stats) > 1 else ")") if outcome.codec else "",
         )
@@ -367,7 +368,8 @@ class Collaboration:
 
         try:
             state, donor = self.loop.run(
-                download_from_any(self.node.p2p, self.run_id, usable, min_epoch, timeout, authorizer=self.authorizer, failed=failed),
+                download_from_any(self.node.p2p, self.run_id, usable, min_epoch, timeout, authorizer=self.authorizer, failed=failed,
+                                  progress=self.download_progress),
                 timeout=3 * timeout + 5,
             )
         except concurrent.futures.CancelledError:

@@ -101,6 +101,8 @@ class Invite:
         if not text.startswith(SCHEME):
             raise AuthError(f"an invite starts with {SCHEME} (got {text[:16]!r}...)")
         body = text[len(SCHEME):]
+        if "@" in body:
+            raise AuthError("this is an invite link (swarm://RUN:...@ADDRESS): swarm.invite_link.resolve_invite fetches its invite")
         try:
             raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
             data = msgpack.unpackb(raw, raw=False)

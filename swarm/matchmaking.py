@@ -263,7 +263,7 @@ class Matchmaker:
         )
         for r in reqs:
             info.members.add(peer_id=r.peer_id, role=r.role, weight=r.weight, upload_bps=r.upload_bps, download_bps=r.download_bps)
-        logger.info("epoch %d: formed group of %d (predicted %.2fs)", g.epoch, len(reqs), predicted)
+        logger.debug("epoch %d: formed group of %d (predicted %.2fs)", g.epoch, len(reqs), predicted)
         return info
 
     # -- handler ----------------------------------------------------------------------------------------------

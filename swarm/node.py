@@ -155,6 +155,8 @@ class Node:
             except Exception as e:
                 text = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
                 if "bootstrap" in text and attempt < attempts:
+                    logger.warning("no initial peer answered (%s); retrying in %.0fs (%d more attempts)",
+                                   ", ".join(options.initial_peers), 1.0 * attempt, attempts - attempt)
                     await asyncio.sleep(1.0 * attempt)
                     continue
                 if "bootstrap" in text:

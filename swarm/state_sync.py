@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 STATE_HANDLER = "swarm.state"
 CHUNK_BYTES = 1 << 20
+Progress = Callable[[int, int], None]   # (bytes received, bytes announced)
 
 
 @dataclass
@@ -102,8 +103,9 @@ class StateServer:
 
 
 async def download_state(p2p: P2P, run_id: str, donor: str, min_epoch: int, timeout: float,
-                         authorizer: SwarmAuthorizer | None = None) -> TrainingState:
-    """Fetch and verify a state from one donor; raises NetworkError/ProtocolError."""
+                         authorizer: SwarmAuthorizer | None = None, progress: Progress | None = None) -> TrainingState:
+    """Fetch and verify a state from one donor; raises NetworkError/ProtocolError. `progress(received, total)`
+    hears the bytes received so far after each chunk (total: the donor's announced size, for display only)."""
     request = swarm_pb2.StateRequest(run_id=run_id, min_epoch=min_epoch)
     if authorizer is not None:
         authorizer.sign_message(request, p2p.peer_id)
@@ -119,12 +121,19 @@ async def download_state(p2p: P2P, run_id: str, donor: str, min_epoch: int, time
         except Exception as e:
             raise ProtocolError(f"donor {donor[-8:]} sent bad metadata: {e}") from e
         buffers = [bytearray() for _ in specs]
+        total = sum(int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size() for _, dtype, shape in specs)
+        received = 0
+        if progress is not None:
+            progress(0, total)
         async for chunk in stream:
             if chunk.error:
                 raise NetworkError(f"donor {donor[-8:]} failed: {chunk.error}")
             if not 0 <= chunk.tensor < len(specs):
                 raise ProtocolError("state chunk for an unknown tensor")
             buffers[chunk.tensor] += chunk.data
+            received += len(chunk.data)
+            if progress is not None:
+                progress(received, total)
     tensors = {}
     for (name, dtype, shape), buf in zip(specs, buffers):
         expected = int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size() if shape else torch.empty(0, dtype=dtype).element_size()
@@ -138,13 +147,14 @@ async def download_state(p2p: P2P, run_id: str, donor: str, min_epoch: int, time
 
 
 async def download_from_any(p2p: P2P, run_id: str, donors: list[str], min_epoch: int, timeout: float, attempts: int = 3,
-                            authorizer: SwarmAuthorizer | None = None, failed: Callable[[str], None] | None = None) -> tuple[TrainingState, str]:
+                            authorizer: SwarmAuthorizer | None = None, failed: Callable[[str], None] | None = None,
+                            progress: Progress | None = None) -> tuple[TrainingState, str]:
     """Try donors in random order (spreads load across the freshest peers); `failed(donor)` hears of each that failed."""
     order = random.sample(donors, len(donors))
     errors = []
     for donor in order[:attempts]:
         try:
-            return await download_state(p2p, run_id, donor, min_epoch, timeout, authorizer), donor
+            return await download_state(p2p, run_id, donor, min_epoch, timeout, authorizer, progress), donor
         except asyncio.CancelledError:
             raise
         except Exception as e:

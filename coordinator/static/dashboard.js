@@ -111,6 +111,22 @@ function drawChart(svg, points, digits) {
 
 // -- status -------------------------------------------------------------------------------------------------
 
+function fmtEta(seconds) {
+  if (seconds === null || seconds === undefined) return "-";
+  const s = Math.round(seconds), two = (n) => String(n).padStart(2, "0");
+  if (s >= 86400) return `${Math.floor(s / 86400)}d ${two(Math.floor(s % 86400 / 3600))}h`;
+  if (s >= 3600) return `${Math.floor(s / 3600)}h ${two(Math.floor(s % 3600 / 60))}m`;
+  if (s >= 60) return `${Math.floor(s / 60)}m ${two(s % 60)}s`;
+  return `${s}s`;
+}
+
+function renderProgress(p) {
+  if (!p) return;
+  $("progress-text").textContent = `epoch ${p.epoch} / ${p.total_epochs} (${(100 * p.fraction).toFixed(1)}%)`;
+  $("eta").textContent = p.state === "finished" ? "done" : fmtEta(p.eta_s);
+  $("progress-bar").style.width = `${(100 * p.fraction).toFixed(2)}%`;
+}
+
 function renderStatus(s) {
   document.title = `swarm · ${s.run_id} · epoch ${s.epoch}`;
   $("run-id").textContent = s.run_id;
@@ -126,6 +142,8 @@ function renderStatus(s) {
   $("kpi-ckpt").textContent = ck ? `epoch ${ck.epoch}` : "-";
   $("peers-count").textContent = `(${s.peers.length})`;
   $("join-command").textContent = s.coordinator.join_command || "-";
+  $("invite").textContent = s.coordinator.invite || (s.coordinator.join_command ? "invite-only run: swarm invite create makes one" : "-");
+  renderProgress(s.progress);
   $("updated").textContent = fmtClock(s.updated_at);
 
   setRows("peers-table", s.peers.map((p) => `<tr class="peer-row" data-peer-id="${esc(p.id)}">

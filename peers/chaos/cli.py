@@ -90,7 +90,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         old.unlink()
     config_path = run_dir / "experiment.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
-    print(f"preparing task {config.task} (tokenizer and corpus caches)...", flush=True)
+    print(f"preparing task {config.task} (its data caches; the first run builds them)...", flush=True)
     get_task(config.task, TaskSettings(data_path=config.data_path, micro_batch_size=config.micro_batch_size, seed=config.seed,
                                        options=dict(config.task_options))).fingerprint()
 

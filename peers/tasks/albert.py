@@ -298,10 +298,13 @@ class AlbertTask(Task):
     def export(self, model: torch.nn.Module, path: Path) -> None:
         """A Hugging Face folder: AlbertForPreTraining.from_pretrained and AutoTokenizer.from_pretrained load it."""
         path = Path(path)
+        from transformers.utils import logging as hf_logging
+
         path.mkdir(parents=True, exist_ok=True)
+        hf_logging.disable_progress_bar()   # a one-shard bar says nothing that `swarm export`'s line does not
         model.save_pretrained(path)
         to_hf_tokenizer(self.tokenizer.tokenizer, model_max_length=self.seq_len).save_pretrained(path)
-        logger.info("exported the albert model and tokenizer to %s", path)
+        logger.debug("exported the albert model and tokenizer to %s", path)
 
 
 def _to_device(batch: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     mo.add_argument("--peers", type=int, help="scale the scenario's mix of peers to this many")
     mo.add_argument("--efficiency", type=float, help="TCP payload per byte of link rate (default 0.94)")
     mo.add_argument("--model-params", type=parse_count, help="training: values in the model's gradient (default 11M)")
+    mo.add_argument("--target-batch-size", type=int, help="training: samples per global step (default: the scenario's; "
+                                                          "a swarm of many peers needs a larger one)")
+    mo.add_argument("--png", type=Path, help="write the plot here (default SCENARIO-model.png in this folder)")
     mo.set_defaults(func=cmd_model)
 
     cl = modes.add_parser("cleanup", help="delete namespaces left by emulators that died")
@@ -80,7 +83,7 @@ def scenario_from_args(args: argparse.Namespace):
     if inner:
         diloco = scenario.with_workload("training").workload.diloco.model_dump() | inner
     return scenario.with_workload("training", duration=args.duration, compression=args.compression, mode=args.mode,
-                                  overlap=args.overlap, diloco=diloco)
+                                  overlap=args.overlap, diloco=diloco, target_batch_size=getattr(args, "target_batch_size", None))
 
 
 def _write(report: dict[str, Any], path: Path | None) -> None:
@@ -118,16 +121,22 @@ def cmd_emulate(args: argparse.Namespace) -> int:
 
 
 def _print_allreduce(report: dict[str, Any]) -> None:
+    """Emulated rounds: seconds against the LP bound, how many peers committed, and the first shares (the JSON has all)."""
     bound = report["lp_bound_s"]
     print(f"{report['scenario']}: {report['peers']} peers, {report['vector_bytes'] / 1e6:.1f} MB per vector, LP bound {bound:.2f}s")
     for r, rnd in enumerate(report["rounds"]):
-        shares = ", ".join(f"{s:.2f}" for s in (rnd.get("shares") or [])[:16])
-        print(f"  round {r}: {rnd['seconds']:6.2f}s ({rnd['seconds'] / bound:4.2f}x bound)  ok {rnd['ok']}  shares [{shares}]")
+        shares = rnd.get("shares") or []
+        shown = ", ".join(f"{s:.2f}" for s in shares[:16]) + (f", ... ({len(shares)} in all)" if len(shares) > 16 else "")
+        print(f"  round {r}: {rnd['seconds']:6.2f}s ({rnd['seconds'] / bound:4.2f}x bound), {rnd['ok']} peers committed, "
+              f"shares [{shown}]")
 
 
 def cmd_model(args: argparse.Namespace) -> int:
     from .model import ModelParams, model_allreduce, model_training
+    from .model_report import format_role_table, write_png
 
+    if args.target_batch_size is not None and args.target_batch_size < 1:
+        raise ConfigError("--target-batch-size must be at least 1")
     scenario = scenario_from_args(args)
     if args.peers:
         scenario = scenario.scaled(args.peers)
@@ -137,21 +146,47 @@ def cmd_model(args: argparse.Namespace) -> int:
             raise ConfigError("--efficiency must be in (0, 1]")
         params.efficiency = args.efficiency
     started = time.monotonic()
+    last: list = []
     if isinstance(scenario.workload, AllreduceWorkload):
-        report = model_allreduce(scenario, params=params)
+        report = model_allreduce(scenario, params=params, last=last)
         report["elapsed_s"] = time.monotonic() - started
-        _print_allreduce(report | {"rounds": [r | {"ok": "-"} for r in report["rounds"]]})
-        print(f"  median {report['median_seconds']:.2f}s; modelled in {report['elapsed_s']:.2f}s")
+        bound = report["lp_bound_s"]
+        print(f"{report['scenario']}: {report['peers']} peers, {report['vector_bytes'] / 1e6:.1f} MB per vector, LP bound {bound:.2f}s")
+        seconds = [r["seconds"] for r in report["rounds"]]
+        print("  rounds: " + ", ".join(f"{x:.2f}s" for x in seconds) + f" (median {report['median_seconds']:.2f}s, "
+              f"{report['median_seconds'] / bound:.2f}x the bound); modelled in {report['elapsed_s']:.2f}s")
     else:
         assert isinstance(scenario.workload, TrainingWorkload)
-        report = model_training(scenario, params=params, vector_params=args.model_params)
+        report = model_training(scenario, params=params, vector_params=args.model_params, last=last)
         report["elapsed_s"] = time.monotonic() - started
-        print(f"{report['scenario']}: {report['peers']} peers, {report['epochs']} epochs in {report['duration']:.0f}s, "
-              f"{report['samples_per_second']:.1f} samples/s ({report['utilization']:.0%} of the peers' solo sum "
-              f"{report['solo_samples_per_second']:.1f}), round {report['median_round_seconds']:.2f}s, "
+        seconds = report["round_seconds"]
+        bound = None
+        print(f"{report['scenario']}: {report['peers']} peers, target batch {report['target_batch_size']}, {report['epochs']} epochs "
+              f"in {report['duration']:.0f}s, {report['samples_per_second']:.1f} samples/s ({report['utilization']:.0%} of the "
+              f"peers' solo sum {report['solo_samples_per_second']:.1f}), round {report['median_round_seconds']:.2f}s, "
               f"{report['failed_rounds']} failed; modelled in {report['elapsed_s']:.2f}s")
+        hint = batch_hint(report)
+        if hint:
+            print(hint)
+    print(f"last round, per role (the JSON report has every peer):\n{format_role_table(report['roles'])}")
+    if last:
+        png = args.png or Path(f"{scenario.name}-model.png")
+        title = f"{scenario.name}: {report['peers']} peers, {report['vector_bytes'] / 1e6:.1f} MB per round"
+        print(f"plot written to {write_png(png, *last[-1], title=title, rounds=seconds, bound=bound)}")
     _write(report, args.json)
     return 0
+
+
+def batch_hint(report: dict[str, Any], aim: float = 0.8, below: float = 0.5) -> str | None:
+    """When averaging eats the run (utilization under `below`), the global batch that would keep the peers computing
+    about `aim` of the time: gathering it takes aim/(1-aim) times a round."""
+    if report["utilization"] >= below or not report["solo_samples_per_second"] or not report["round_seconds"]:
+        return None
+    rounds = report["median_round_seconds"]
+    suggested = int(report["solo_samples_per_second"] * rounds * aim / (1 - aim))
+    return (f"hint: a global batch of {report['target_batch_size']} gathers in "
+            f"{report['target_batch_size'] / report['solo_samples_per_second']:.2f}s, a round takes {rounds:.2f}s: "
+            f"--target-batch-size {suggested} would keep the peers computing about {aim:.0%} of the time")
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:

@@ -42,6 +42,7 @@ import numpy as np
 
 from ..allreduce import DEFAULT_CHUNK_ELEMENTS, MIN_CHUNK_ELEMENTS, PIPELINE_DEPTH, TRANSPORT_BUFFER_BYTES
 from ..balancing import BandwidthEstimator, MemberLink, delivered_rate, optimal_shares, split_sizes, sustained_rate, uniform_shares
+from .model_report import role_rows
 from .scenario import MBIT, AllreduceWorkload, PeerInstance, Scenario, TrainingWorkload
 
 __all__ = ["ModelParams", "RoundResult", "simulate_round", "model_allreduce", "model_training", "run_model"]
@@ -320,8 +321,10 @@ def _links(peers: Sequence[PeerInstance], up: Sequence[BandwidthEstimator], down
     return [MemberLink(u.value, d.value, p.brings, p.needs, p.can_reduce) for p, u, d in zip(peers, up, down)]
 
 
-def model_allreduce(scenario: Scenario, *, params: ModelParams | None = None, balance: bool | None = None) -> dict[str, Any]:
-    """The scenario's allreduce workload: one round per `rounds`, shares from each round's estimates."""
+def model_allreduce(scenario: Scenario, *, params: ModelParams | None = None, balance: bool | None = None,
+                    last: list | None = None) -> dict[str, Any]:
+    """The scenario's allreduce workload: one round per `rounds`, shares from each round's estimates.
+    `last`: a list that gets the last round's (peers, RoundResult), for plots."""
     params = params or ModelParams()
     workload = scenario.workload
     assert isinstance(workload, AllreduceWorkload)
@@ -344,10 +347,13 @@ def model_allreduce(scenario: Scenario, *, params: ModelParams | None = None, ba
             if result.download_rate[i]:
                 down[i].observe(int(result.received[i]), result.received[i] / result.download_rate[i])
         rounds.append({"seconds": result.seconds, "shares": _compact(result.shares), "events": result.events})
+    if last is not None and rounds:
+        last.append((peers, result))
     return {
         "scenario": scenario.name, "peers": len(peers), "vector_bytes": vector_bytes,
         "lp_bound_s": scenario.lp_bound(vector_bytes), "rounds": rounds,
         "median_seconds": statistics.median(r["seconds"] for r in rounds),
+        "roles": role_rows(peers, result) if rounds else [],
     }
 
 
@@ -357,8 +363,9 @@ def _compact(shares: Sequence[float], limit: int = 64) -> list[float]:
 
 def model_training(scenario: Scenario, *, params: ModelParams | None = None, duration: float | None = None,
                    vector_params: int | None = None, base_samples_per_second: float | None = None,
-                   seed: int = 0) -> dict[str, Any]:
-    """The training workload: epochs of accumulate -> matchmaking -> all-reduce -> step, with churn."""
+                   seed: int = 0, last: list | None = None) -> dict[str, Any]:
+    """The training workload: epochs of accumulate -> matchmaking -> all-reduce -> step, with churn.
+    `last`: a list that gets the last round's (members, RoundResult), for plots."""
     params = params or ModelParams()
     workload = scenario.training if not isinstance(scenario.workload, TrainingWorkload) else scenario.workload
     if workload is None:
@@ -385,6 +392,7 @@ def model_training(scenario: Scenario, *, params: ModelParams | None = None, dur
     samples = 0.0
     epochs, failed, compute_busy = 0, 0, 0.0
     round_times: list[float] = []
+    last_round: tuple[list[PeerInstance], RoundResult] | None = None
     while t < horizon:
         trainers = [p for p in alive.values() if p.brings]
         rate = sum(base * p.compute for p in trainers)
@@ -426,6 +434,7 @@ def model_training(scenario: Scenario, *, params: ModelParams | None = None, dur
             if result.download_rate[k]:
                 down[p.index].observe(int(result.received[k]), result.received[k] / result.download_rate[k])
         t = averaging_start + result.seconds
+        last_round = (renumbered, result)
         if t <= horizon:
             epochs += 1
             samples += workload.target_batch_size
@@ -435,12 +444,15 @@ def model_training(scenario: Scenario, *, params: ModelParams | None = None, dur
         pending_joins = [j for j in pending_joins if j[0] > t]
     solo = sum(base * p.compute for p in peers if p.brings)
     throughput = samples / horizon if horizon > 0 else 0.0
+    if last is not None and last_round is not None:
+        last.append(last_round)
     return {
         "scenario": scenario.name, "peers": len(peers), "duration": horizon, "epochs": epochs, "failed_rounds": failed,
         "samples_per_second": throughput, "solo_samples_per_second": solo,
         "utilization": throughput / solo if solo else 0.0,
         "median_round_seconds": statistics.median(round_times) if round_times else float("nan"),
-        "vector_bytes": vector_bytes,
+        "vector_bytes": vector_bytes, "target_batch_size": workload.target_batch_size, "round_seconds": round_times,
+        "roles": role_rows(*last_round) if last_round else [],
     }
 
 

@@ -27,12 +27,13 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..balancing import MemberLink, optimal_shares
+if TYPE_CHECKING:   # swarm.balancing loads scipy (most of a second): only when a scenario is solved, not for `swarm --help`
+    from ..balancing import MemberLink
 from ..config import DiLoCoConfig, EngineConfig, RunConfig
 from ..errors import ConfigError
 
@@ -188,6 +189,8 @@ class PeerInstance:
         return self.role != "client"
 
     def link(self) -> MemberLink:
+        from ..balancing import MemberLink
+
         return MemberLink(self.upload_bps, self.download_bps, self.brings, self.needs, self.can_reduce)
 
 
@@ -245,6 +248,8 @@ class Scenario(_Model):
 
     def lp_bound(self, vector_bytes: int) -> float:
         """The DeDLOC LP optimum (seconds) for one all-reduce of `vector_bytes` over the whole swarm."""
+        from ..balancing import optimal_shares
+
         return optimal_shares(vector_bytes, [p.link() for p in self.peers_expanded()])[1]
 
     def scaled(self, peers: int) -> "Scenario":

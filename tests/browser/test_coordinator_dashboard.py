@@ -19,6 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.helpers.chromium import Chromium
 from tests.helpers.running_swarm import Proc, swarm_cli
 
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 PEERS = 3
 DURATION = 150

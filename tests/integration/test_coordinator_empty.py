@@ -12,8 +12,11 @@ pytestmark = pytest.mark.integration
 @pytest.mark.timeout(240)
 def test_empty_swarm(running_swarm):  # noqa: F811
     swarm = running_swarm(peers=0)
-    status = swarm.wait_status(lambda s: s["state"] == "running" and s["updated_at"], timeout=60, what="a first tracker read")
+    # up, with nobody training: not "running"
+    status = swarm.wait_status(lambda s: s["state"] == "waiting for peers" and s["updated_at"], timeout=60, what="a first tracker read")
     assert status["peers"] == [] and status["epoch"] == 0 and status["loss"] is None and status["checkpoints"] == []
+    assert status["progress"]["fraction"] == 0.0 and status["progress"]["eta_s"] is None
+    assert status["coordinator"]["join_command"] == f"swarm join {status['coordinator']['invite']}"
     assert status["coordinator"]["bootstrap"] == swarm.bootstrap and swarm.bootstrap.startswith("/ip4/127.0.0.1/tcp/")
     assert swarm.api("/api/history?metric=loss")["points"] == []
     assert len(swarm.api("/api/history?metric=peers")["points"]) >= 1

@@ -21,6 +21,7 @@ from hivemind.utils.multiaddr import Multiaddr
 from swarm.auth import InviteAccess, SwarmAuthorizer, request_token
 from swarm.errors import AuthError
 from swarm.invite import Invite
+from swarm.invite_link import is_link, parse_link, resolve_invite
 from swarm.proto import swarm_pb2
 from tests.helpers.procs import read_jsonl, wait_until
 from tests.helpers.running_swarm import Proc, RunningSwarm, swarm_cli
@@ -36,7 +37,9 @@ def swarm(tmp_path_factory):
     s = RunningSwarm(tmp_path_factory.mktemp("invites"), run_id=RUN, target_batch_size=TARGET)
     try:
         coordinator = s.start_coordinator("--invite-only")
-        s.invite = coordinator.wait_line("join with: swarm join", 10)
+        s.link = coordinator.wait_line("join with: swarm join", 10)
+        assert len(s.link) < 300 and is_link(s.link), s.link
+        s.invite = resolve_invite(s.link).encode()   # the full invite the link names, from the coordinator
         for i in range(2):   # toy1 takes its engine settings from the run's config record, as swarm.join(INVITE) does
             s.peers.append(toy(s, f"toy{i}", "--seed", str(i), "--invite", s.invite, "--wait-peers", "2", "--steps", "100000",
                                "--duration", "900", "--step-sleep", "0.2", "--lr", "0.005", "--target", str(TARGET), *(["--run-config"] if i else [])))
@@ -181,7 +184,7 @@ def test_revocation_reaches_the_peers(swarm):
             authorizer = await member(p2p, invite)
             reply = await join(p2p, target, authorizer)
             assert not reply.reason.startswith("unauthorized"), reply
-            rc, lines = await asyncio.to_thread(cli, swarm, "revoke-in-use", "invite", "revoke", Invite.parse(invite).invite_id,
+            rc, lines = await asyncio.to_thread(cli, swarm, "revoke-in-use", "invite", "revoke", parse_link(invite).invite_id,
                                                 "--run-dir", str(swarm.run_dir), timeout=180)
             assert rc == 0, lines
             revoked_at = time.monotonic()
@@ -205,7 +208,7 @@ def test_expired_revoked_forged_and_used_up_invites_are_refused(swarm):
     """Four `swarm join INVITE` at once (each takes a while to start on a busy box); each ends with its one line."""
     expired = create_invite(swarm, "create-expired", "--expires", "1s")
     revoked = create_invite(swarm, "create-revoked", "--label", "to revoke")
-    rc, lines = cli(swarm, "revoke", "invite", "revoke", Invite.parse(revoked).invite_id, "--run-dir", str(swarm.run_dir), timeout=180)
+    rc, lines = cli(swarm, "revoke", "invite", "revoke", parse_link(revoked).invite_id, "--run-dir", str(swarm.run_dir), timeout=180)
     assert rc == 0 and "revoked invite" in lines[-1], lines
     genuine = Invite.parse(swarm.invite)
     forged = Invite.create(RSAPrivateKey(), run_id=RUN, initial_peers=genuine.initial_peers, expires_at=time.time() + 3600).encode()
@@ -214,8 +217,8 @@ def test_expired_revoked_forged_and_used_up_invites_are_refused(swarm):
     async def first_use():
         p2p = await client(swarm.bootstrap)
         try:
-            token = await request_token(p2p, Invite.parse(once), RSAPrivateKey())
-            assert token.username == f"{RUN}/{Invite.parse(once).invite_id}"
+            token = await request_token(p2p, resolve_invite(once), RSAPrivateKey())
+            assert token.username == f"{RUN}/{parse_link(once).invite_id}"
         finally:
             await p2p.shutdown()
 
@@ -250,7 +253,7 @@ def test_invites_survive_a_coordinator_kill_9(swarm):
     trained_on = wait_until(lambda: max(steps(swarm, "toy0")) >= epoch_before + 2, 120, 1.0)
     restarted = swarm.start_coordinator("--invite-only")
     assert trained_on, "training stopped with the coordinator"
-    assert restarted.wait_line("join with: swarm join", 10) == swarm.invite
+    assert restarted.wait_line("join with: swarm join", 10) == swarm.link
 
     async def tokens():
         p2p = await client(swarm.bootstrap)
@@ -267,10 +270,18 @@ def test_invites_survive_a_coordinator_kill_9(swarm):
 
 def test_join_with_invite_fetches_the_run_config(swarm):
     """`swarm join INVITE`, no config file: the config comes from the organizer's record and the ALBERT peer joins."""
-    peer = Proc(swarm_cli("join", swarm.invite, "--host-maddrs", "/ip4/127.0.0.1/tcp/0", "--duration", "30"), swarm.root / "albert.log")
+    peer = Proc(swarm_cli("join", swarm.link, "--host-maddrs", "/ip4/127.0.0.1/tcp/0", "--duration", "30"), swarm.root / "albert.log")
     swarm.peers.append(peer)
     try:
         assert wait_until(lambda: f"joined run {RUN} as trainer" in peer.text() or peer.proc.poll() is not None, 240, 1.0)
         assert f"joined run {RUN} as trainer" in peer.text(), peer.text()[-2000:]
+        stages = [line.split("] ", 1)[1] for line in peer.text().splitlines() if line.startswith("[") and "s] " in line]
+        expected = [f"joining run {RUN} through its coordinator at", "asking the run's coordinator for the full invite",
+                    f"reading run {RUN}'s config", f"run {RUN}: task albert", "preparing task albert", "model ready",
+                    f"joined run {RUN} as trainer"]
+        assert [next((s for s in stages if s.startswith(e)), None) for e in expected] == [
+            next(s for s in stages if s.startswith(e)) for e in expected], stages
+        assert [i for e in expected for i, s in enumerate(stages) if s.startswith(e)] == sorted(
+            i for e in expected for i, s in enumerate(stages) if s.startswith(e)), stages   # in this order
     finally:
         peer.stop()

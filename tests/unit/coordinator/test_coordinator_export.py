@@ -28,6 +28,8 @@ def test_export_loads_in_transformers(tmp_path, task):
             "fingerprint": task.fingerprint()}
     c = write_checkpoint(tmp_path / "ck", TrainingState(epoch=7, tensors=trained, extra={}), meta)
     out = export_checkpoint(c.path, tmp_path / "hf")
+    for f in out.rglob("*"):   # an export is shared: readable by others, like any file the user writes
+        assert not f.is_file() or f.stat().st_mode & 0o044 == 0o044, f
     loaded = AlbertForPreTraining.from_pretrained(out)
     loaded_params = [p for p in loaded.parameters() if p.requires_grad]
     assert len(loaded_params) == len(params)
@@ -45,6 +47,21 @@ def test_export_loads_in_transformers(tmp_path, task):
         export_checkpoint(c3.path, tmp_path / "hf3")
     with pytest.raises(ConfigError, match="unknown export format"):
         export_checkpoint(c.path, tmp_path / "x", "onnx")
+
+
+def test_export_command_says_it_once(tmp_path, task, capsys):
+    from swarm.cli import main
+
+    model = task.build_model()
+    state = {f"param.{i}": p.detach() for i, p in enumerate(p for p in model.parameters() if p.requires_grad)}
+    meta = {"task": "albert", "task_options": {"size": "tiny"}, "run_config": {"seed": 0, "task_options": {"size": "tiny"}},
+            "fingerprint": task.fingerprint()}
+    c = write_checkpoint(tmp_path / "run" / "checkpoints", TrainingState(epoch=3, tensors=state, extra={}), meta)
+    capsys.readouterr()
+    assert main(["export", str(c.path), "--out", str(tmp_path / "hf")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [f"exported {c.path} (epoch 3, task albert) to {tmp_path / 'hf'}"]
+    assert captured.err == ""          # no log lines saying it again, no progress bar
 
 
 def test_organizer_key_persists(tmp_path):
