@@ -16,11 +16,11 @@ import argparse
 import json
 import os
 import tempfile
-import time
 
 import torch
 
 import swarm
+from swarm.integrations.start_together import wait_for_peers
 from swarm.integrations.transformers import SwarmCallback, swarm_optimizers
 
 
@@ -39,16 +39,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--wait-peers", type=int, default=1, help="wait (up to 5 min) until this many peers train, then start")
     p.add_argument("--report", help="write {losses, swarm_epoch, params_hash} here as JSON")
     return p.parse_args()
-
-
-def wait_for_peers(collab, count: int, timeout: float) -> None:
-    """Start together: a first peer alone would otherwise take every step by itself before the others arrive."""
-    end = time.monotonic() + timeout
-    while sum(p.training for p in collab.tracker.view.peers) < count:
-        if time.monotonic() > end:
-            raise swarm.NetworkError(f"fewer than {count} peers joined run {collab.run_id} in {timeout:.0f} s")
-        collab.tracker.poke()
-        time.sleep(0.5)
 
 
 def main() -> None:
