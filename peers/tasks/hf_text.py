@@ -199,7 +199,9 @@ class HfTextTask(Task):
         return config
 
     def fingerprint(self) -> dict[str, str]:
-        config = json.dumps(self.model_config().to_diff_dict(), sort_keys=True, separators=(",", ":"), default=str)
+        # the architecture, not the library that wrote it: peers with another transformers release may train together
+        fields = {k: v for k, v in self.model_config().to_dict().items() if k != "transformers_version"}
+        config = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
         return {"model_config": hashlib.sha256(config.encode("utf-8")).hexdigest(), "tokenizer": self._tokenizer[1], "task": self.name}
 
     def build_model(self) -> torch.nn.Module:

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.helpers.running_swarm import RunningSwarm
+from tests.helpers.running_swarm import RunningSwarm, swarm_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -40,10 +40,19 @@ def test_launch_config_trains_a_gpt2_shaped_model(tmp_path):
         assert "task: hf-clm" in s.config_path.read_text()
         for _ in range(2):
             s.add_peer(duration=300)
-        status = s.wait_status(lambda st: st["epoch"] >= 12 and len(st["peers"]) == 2, timeout=420, what="12 epochs of hf-clm")
+        status = s.wait_status(lambda st: st["epoch"] >= 12 and len(st["peers"]) == 2 and st["checkpoints"],
+                               timeout=420, what="12 epochs of hf-clm and a checkpoint")
         assert status["task"] == "hf-clm"
     finally:
         s.close()
+    out = subprocess.run(swarm_cli("export", "hfclm", "--runs-dir", str(s.runs_dir), "--out", str(tmp_path / "hf")),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    assert exported.config.model_type == "gpt2" and exported.config.n_embd == 64
+    AutoTokenizer.from_pretrained(tmp_path / "hf")
     steps = s.peer_steps(0)
     assert len(steps) >= 8, steps
     first = sum(r["loss"] for r in steps[:3]) / 3
