@@ -1,7 +1,9 @@
 """`task: hf-clm` in experiment.yaml: `swarm launch --config` and two `swarm join` peers train a small GPT-2-shaped
-model built from a config, on text files the test writes, with no Python written for the task."""
+model built from a config, on text files the test writes, with no Python written for the task (in bf16 autocast),
+and `swarm export` turns the coordinator's checkpoint into a folder transformers loads."""
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -28,6 +30,7 @@ def test_launch_config_trains_a_gpt2_shaped_model(tmp_path):
         f"data_path: {corpus}\n"
         "lr: 0.002\n"
         "warmup_epochs: 0\n"
+        "precision: bf16\n"                 # the daemon's autocast, wired end to end (bf16 runs on CPU)
         "task_options:\n"
         "  architecture: gpt2\n"
         "  model: {n_embd: 64, n_layer: 2, n_head: 2, n_positions: 64}\n"
@@ -53,6 +56,8 @@ def test_launch_config_trains_a_gpt2_shaped_model(tmp_path):
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     assert exported.config.model_type == "gpt2" and exported.config.n_embd == 64
     AutoTokenizer.from_pretrained(tmp_path / "hf")
+    finals = [json.loads(line) for line in (s.root / "peer0.jsonl").read_text().splitlines() if '"final"' in line]
+    assert finals and finals[-1]["precision"] == "bf16" and finals[-1]["amp_skipped_steps"] == 0
     steps = s.peer_steps(0)
     assert len(steps) >= 8, steps
     first = sum(r["loss"] for r in steps[:3]) / 3
