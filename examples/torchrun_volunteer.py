@@ -41,7 +41,7 @@ def main() -> None:
     if "RANK" in os.environ:   # launched by torchrun
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)   # same initial model everywhere (rank 0's is broadcast anyway)
     model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.BatchNorm1d(32), torch.nn.ReLU(), torch.nn.Linear(32, 1)).to(device)
     opt = LocalRanksOptimizer(model, torch.optim.SGD, lr=0.05, momentum=0.9,

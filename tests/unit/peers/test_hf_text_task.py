@@ -53,7 +53,7 @@ def test_clm_builds_the_named_architecture_and_learns(corpus, tmp_path):
     before = t.evaluate(model)["loss"]
     it = t.batches(0)
     for _ in range(40):
-        loss, n = t.loss(model, next(it))
+        loss, _ = t.loss(model, next(it))
         loss.backward()
         opt.step()
         opt.zero_grad()

@@ -63,7 +63,7 @@ def test_an_overflowed_fp16_step_on_one_peer_leaves_every_peer_finite_and_identi
         return model, opt, contributed
 
     try:
-        (m0, o0, c0), (m1, o1, c1) = swarm.run_peers(peer)
+        (m0, o0, c0), (m1, _, c1) = swarm.run_peers(peer)
     finally:
         swarm.close()
     # fp16 gradients can also overflow on their own while the scaler finds its scale: the forced ones come on top
