@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-
 from swarm.errors import DataError
 
 from .resnet import ARCHS, ResNet, build_resnet
