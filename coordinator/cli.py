@@ -120,10 +120,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 # -- swarm export ------------------------------------------------------------------------------------------
 
 def register_export(sub: argparse._SubParsersAction) -> None:
+    from .export import formats_help
+
     p = sub.add_parser("export", help="export a checkpoint as a model folder",
-                       description="Export a run's checkpoint in the task's standard format (hf: a Hugging Face folder).")
+                       description="Export a run's checkpoint in one of its task's formats (hf: a Hugging Face folder; "
+                                   f"safetensors: weights + config.json). Formats by task, first is the default: {formats_help()}.")
     p.add_argument("run", metavar="RUN", help="a run id (under --runs-dir), a run folder, or a checkpoint folder")
-    p.add_argument("--format", default="hf", help="hf (default)")
+    p.add_argument("--format", help=f"the task's default unless given ({formats_help()})")
     p.add_argument("--out", type=Path, help="output folder (default RUNS_DIR/RUN/export/epoch-N-FORMAT)")
     p.add_argument("--epoch", type=int, help="export the checkpoint of this epoch (default: the newest)")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run folders are (default runs)")
@@ -132,13 +135,14 @@ def register_export(sub: argparse._SubParsersAction) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .checkpoints import read_meta, resolve_checkpoint
-    from .export import FORMATS, export_checkpoint
+    from .export import FORMATS, export_checkpoint, task_formats
 
-    if args.format not in FORMATS:
+    if args.format is not None and args.format not in FORMATS:
         raise ConfigError(f"unknown export format {args.format!r}: one of {', '.join(FORMATS)}")
     path = resolve_checkpoint(args.run, args.runs_dir, args.epoch)
     meta = read_meta(path)
-    out = args.out or path.parent.parent / "export" / f"epoch-{meta['epoch']}-{args.format}"
-    export_checkpoint(path, out, args.format)
-    print(f"exported {path} (epoch {meta['epoch']}, task {meta['task']}) to {out}")
+    fmt = args.format or (task_formats(str(meta["task"])) or ("hf",))[0]
+    out = args.out or path.parent.parent / "export" / f"epoch-{meta['epoch']}-{fmt}"
+    export_checkpoint(path, out, fmt)
+    print(f"exported {path} (epoch {meta['epoch']}, task {meta['task']}) as {fmt} to {out}")
     return 0

@@ -1,11 +1,12 @@
-"""Export a checkpoint in the task's standard format (`swarm export RUN --format hf`).
+"""Export a checkpoint in one of its task's formats (`swarm export RUN [--format F]`, peers.tasks.EXPORT_FORMATS).
 
 The task's model is rebuilt from the checkpoint's own run config (task, options, data, seed),
 its fingerprint is checked against the checkpoint's (a different tokenizer or architecture is
 refused with one line), the checkpoint's `param.i` tensors are copied into
 `[p for p in model.parameters() if p.requires_grad]` in order (exactly how the collaborative
 optimizer names them), and `task.export()` writes the folder (for ALBERT, one that
-`AlbertForPreTraining.from_pretrained` and `AutoTokenizer.from_pretrained` load).
+`AlbertForPreTraining.from_pretrained` and `AutoTokenizer.from_pretrained` load; for SwAV, a
+safetensors backbone with a config that peers.models.resnet_export.load_resnet loads back).
 """
 from __future__ import annotations
 
@@ -21,7 +22,20 @@ from .checkpoints import CheckpointError, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("hf",)
+FORMATS = ("hf", "safetensors")
+
+
+def task_formats(task: str) -> tuple[str, ...]:
+    from peers.tasks import EXPORT_FORMATS
+
+    return EXPORT_FORMATS.get(task, ())
+
+
+def formats_help() -> str:
+    """One line per task: which formats `swarm export` writes for it (the first is the default)."""
+    from peers.tasks import EXPORT_FORMATS
+
+    return "; ".join(f"{task}: {', '.join(formats)}" for task, formats in EXPORT_FORMATS.items())
 
 
 def model_from_checkpoint(path: Path):
@@ -75,12 +89,17 @@ def _readable(folder: Path) -> None:
             path.chmod(0o666 & ~umask)
 
 
-def export_checkpoint(path: Path, out: Path, fmt: str = "hf") -> Path:
-    if fmt not in FORMATS:
+def export_checkpoint(path: Path, out: Path, fmt: str | None = None) -> Path:
+    """Write the checkpoint's model in `fmt` (default: its task's first format) under `out`."""
+    if fmt is not None and fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}: one of {', '.join(FORMATS)}")
     task, model, meta = model_from_checkpoint(path)
+    formats = task_formats(task.name)
+    fmt = fmt or (formats[0] if formats else "hf")
+    if fmt not in formats:
+        raise ConfigError(f"task {task.name} exports as {', '.join(formats) or 'nothing'}, not {fmt}")
     try:
-        task.export(model, Path(out))
+        task.export(model, Path(out), fmt)
     except NotImplementedError as e:
         raise ConfigError(str(e)) from None
     _readable(Path(out))

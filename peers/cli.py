@@ -11,7 +11,7 @@ def add_run_options(p: argparse.ArgumentParser, run_id_help: str = "the run to j
     """Flags that map onto RunConfig / EngineConfig fields (the YAML file sets the same ones)."""
     p.add_argument("--config", help="experiment YAML (RunConfig fields)")
     p.add_argument("--run-id", help=run_id_help)
-    p.add_argument("--task", help="task plug-in (albert, swav)")
+    p.add_argument("--task", help="task plug-in (albert, swav, hf-mlm, hf-clm)")
     p.add_argument("--data-path", help="text file or folder (default: the embedded KJV corpus)")
     p.add_argument("--target-batch-size", type=int, help="samples per global step")
     p.add_argument("--micro-batch-size", type=int, help="samples per local step")

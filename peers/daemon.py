@@ -33,6 +33,7 @@ from swarm.modes import mode_optimizer
 from swarm.optim.schedule import warmup_linear_decay
 
 from .startup import DownloadBar, StageLog
+from .precision import MixedPrecision
 from .tasks import TaskSettings, get_task
 
 logger = logging.getLogger(__name__)
@@ -254,6 +255,9 @@ def _train(task, model, opt, collab: Collaboration, config: RunConfig, options: 
         epoch_started = time.monotonic()
 
     opt.on_step.append(on_step)
+    amp = MixedPrecision.from_config(config.precision, str(next(model.parameters()).device))
+    if amp.dtype is not None:
+        logger.info("mixed precision: autocast %s%s", amp.precision, " with a GradScaler" if amp.scaler is not None else "")
     model.train()
     task_epoch = opt.epoch
     task.set_epoch(task_epoch)   # the global epoch, for tasks that key their loss on it (SwAV's prototype freeze)
@@ -265,16 +269,17 @@ def _train(task, model, opt, collab: Collaboration, config: RunConfig, options: 
         if stop.is_set() or time.monotonic() > deadline or (options.max_epochs is not None and opt.epoch >= options.max_epochs):
             break
         computing = time.monotonic()
-        loss, n = task.loss(model, batch)
-        loss.backward()
+        with amp.autocast():
+            loss, n = task.loss(model, batch)
+        amp.backward(loss)
         losses.append(float(loss.detach()))
         spent = time.monotonic() - computing
         compute_seconds += spent
         epoch_compute += spent
         mini_steps += 1
-        samples_total += n
         stepping = time.monotonic()
-        opt.step(samples=n)
+        if amp.step(opt, samples=n):   # an overflowed fp16 step contributes no gradients and no samples
+            samples_total += n
         opt.zero_grad()
         step_seconds += time.monotonic() - stepping
         if opt.epoch != task_epoch:   # a global step or a state download moved the epoch
@@ -301,4 +306,5 @@ def _train(task, model, opt, collab: Collaboration, config: RunConfig, options: 
                                   "round_wait_seconds": round(getattr(opt, "round_wait_seconds", 0.0), 3),
                                   "data_seconds": round(data_seconds, 3), "step_seconds": round(step_seconds, 3),
                                   "bytes_sent": bytes_sent_total, "bytes_received": bytes_received_total, "mode": config.mode,
-                                  "overlap": config.overlap, "compression": config.engine.compression}) + "\n")
+                                  "overlap": config.overlap, "compression": config.engine.compression,
+                                  "precision": amp.precision, "amp_skipped_steps": amp.skipped_steps}) + "\n")

@@ -87,6 +87,8 @@ class RunConfig(BaseModel):
     total_epochs: int = Field(10000, gt=0)
     mode: Literal["sync", "diloco"] = Field("sync", description="sync: DeDLOC's large-batch steps; diloco: local steps, outer steps")
     overlap: bool = Field(False, description="average in the background while computing the next batch: updates land one step late")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="the daemon's autocast: auto = fp16 with a GradScaler on CUDA, fp32 on CPU (each peer's own choice)")
     diloco: DiLoCoConfig = Field(default_factory=DiLoCoConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
 

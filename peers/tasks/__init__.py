@@ -1,11 +1,21 @@
-"""Task registry: `get_task("albert", settings)` (or "swav") returns a ready task plug-in."""
+"""Task registry: `get_task("albert", settings)` (or "swav", "hf-mlm", "hf-clm") returns a ready task plug-in.
+
+EXPORT_FORMATS says which `swarm export --format` each task writes (the first is its default); it lives
+here, not on the classes, so that `swarm export --help` lists it without importing torch or transformers.
+"""
 from __future__ import annotations
 
 from swarm.errors import ConfigError
 
 from .base import Task, TaskSettings
 
-TASKS = ("albert", "swav")
+TASKS = ("albert", "swav", "hf-mlm", "hf-clm")
+EXPORT_FORMATS: dict[str, tuple[str, ...]] = {
+    "albert": ("hf",),             # a Hugging Face folder: model + tokenizer
+    "swav": ("safetensors",),      # model.safetensors + config.json that peers.models.resnet loads back
+    "hf-mlm": ("hf",),
+    "hf-clm": ("hf",),
+}
 
 
 def get_task(name: str, settings: TaskSettings | None = None) -> Task:
@@ -18,7 +28,15 @@ def get_task(name: str, settings: TaskSettings | None = None) -> Task:
         from .swav import SwavTask
 
         return SwavTask(settings)
+    if name == "hf-mlm":
+        from .hf_text import HfMaskedLMTask
+
+        return HfMaskedLMTask(settings)
+    if name == "hf-clm":
+        from .hf_text import HfCausalLMTask
+
+        return HfCausalLMTask(settings)
     raise ConfigError(f"unknown task {name!r}: choose one of {', '.join(TASKS)}")
 
 
-__all__ = ["Task", "TaskSettings", "get_task", "TASKS"]
+__all__ = ["Task", "TaskSettings", "get_task", "TASKS", "EXPORT_FORMATS"]

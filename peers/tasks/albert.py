@@ -295,7 +295,7 @@ class AlbertTask(Task):
             "sop_accuracy": sop_correct / samples,
         }
 
-    def export(self, model: torch.nn.Module, path: Path) -> None:
+    def export(self, model: torch.nn.Module, path: Path, fmt: str = "hf") -> None:
         """A Hugging Face folder: AlbertForPreTraining.from_pretrained and AutoTokenizer.from_pretrained load it."""
         path = Path(path)
         from transformers.utils import logging as hf_logging

@@ -63,6 +63,6 @@ class Task(abc.ABC):
         key it on this, so every peer agrees; the default ignores it.
         """
 
-    def export(self, model: torch.nn.Module, path: Path) -> None:
-        """Write the model in the task's standard format (a Hugging Face folder for ALBERT)."""
+    def export(self, model: torch.nn.Module, path: Path, fmt: str = "hf") -> None:
+        """Write the model in `fmt`, one of the task's peers.tasks.EXPORT_FORMATS (a Hugging Face folder for ALBERT)."""
         raise NotImplementedError(f"task {self.name} has no export format")

@@ -48,6 +48,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from pathlib import Path
 import math
 import re
 from collections.abc import Iterator
@@ -403,6 +404,16 @@ class SwavTask(Task):
                               recalibrate_bn=self.probe_bn == "recalibrate")
         return {"linear_probe_accuracy": result["accuracy"], "linear_probe_train_accuracy": result["train_accuracy"],
                 "train_samples": result["train_samples"], "test_samples": result["test_samples"]}
+
+    def export(self, model: nn.Module, path: Path, fmt: str = "safetensors") -> None:
+        """The backbone as `model.safetensors` + `config.json` (arch, layout, channels, input normalization), which
+        peers.models.resnet_export.load_resnet loads back into the project's ResNet; the SwAV head is left out."""
+        from peers.models.resnet_export import save_resnet
+
+        mean, std = self.normalization
+        save_resnet(model.backbone, path, arch=self.arch, in_channels=self.dataset.channels,
+                    extra={"task": self.name, "mean": list(mean), "std": list(std)})
+        logger.info("exported the swav backbone (%s) to %s", self.arch, path)
 
 
 __all__ = ["SwavTask", "SwavModel", "SwavOptimizer", "sinkhorn", "swapped_prediction_loss", "parse_crops", "ARCH_DEFAULTS"]
