@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.timeout(120)
 
 
+@pytest.mark.integration  # starts a process
 def test_without_cuda_it_says_so_and_exits_0(tmp_path):
     out = tmp_path / "gpu.json"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}   # hides any GPU, so this path runs on GPU machines too

@@ -49,6 +49,7 @@ def test_export_loads_in_transformers(tmp_path, task):
         export_checkpoint(c.path, tmp_path / "x", "onnx")
 
 
+@pytest.mark.integration  # starts a process
 def test_export_command_says_it_once(tmp_path, task, capsys):
     from swarm.cli import main
 

@@ -66,6 +66,7 @@ def test_swav_exports_safetensors_that_load_into_the_resnet(tmp_path, data_dir):
         load_resnet(out)
 
 
+@pytest.mark.integration  # starts a process
 def test_export_help_lists_each_tasks_formats():
     out = subprocess.run([sys.executable, "-m", "swarm.cli", "export", "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -58,6 +58,7 @@ def test_download_bar_redraws_one_line_on_a_terminal():
     assert text.count("\r") == 11 and text.count("\n") == 1 and text.endswith("10.0 / 10.0 MB, 2.0 MB/s, ETA 0s\n")
 
 
+@pytest.mark.integration  # starts a process
 @pytest.mark.timeout(120)
 def test_join_prints_its_first_line_before_loading_torch():
     """The first line comes before the heavy imports (torch, hivemind: seconds on a loaded box). Measured, not asserted:
