@@ -162,7 +162,7 @@ def run_peer(config: RunConfig, options: PeerOptions, stop: StopFlag | None = No
         opt = make_optimizer(collab, model, task, config, schedule)
         deadline = time.monotonic() + options.duration if options.duration else math.inf
         if options.role == "aux":
-            collab.run_auxiliary(opt.layout, lambda: stop.is_set() or time.monotonic() > deadline)
+            collab.run_auxiliary(opt.codec, lambda: stop.is_set() or time.monotonic() > deadline)
             return summary
         _train(task, model, opt, collab, config, options, stop, deadline, metrics, summary, exporter)
         return summary

@@ -31,7 +31,7 @@ import torch
 
 from .allreduce import TensorLayout
 from .compression import Codec, CompressionPolicy, get_codec
-from .compression_policy import RoundCodec, RoundContext, RoundResult, _layout_bytes, predicted_seconds
+from .round_codec import Averaged, RoundCodec, RoundContext, layout_bytes, predicted_seconds
 from .error_feedback import ErrorFeedback
 
 __all__ = ["orthogonalize", "PowerSGDRoundCodec", "matrix_shape", "low_rank_round"]
@@ -116,10 +116,10 @@ class PowerSGDRoundCodec(RoundCodec):
         return self._layouts_p[key]
 
     def predict(self, ctx: RoundContext) -> float:
-        return predicted_seconds(_layout_bytes(self.layout_p()), ctx) + predicted_seconds(_layout_bytes(self.layout_q), ctx)
+        return predicted_seconds(layout_bytes(self.layout_p()), ctx) + predicted_seconds(layout_bytes(self.layout_q), ctx)
 
     def predicted_bytes(self) -> int:
-        return _layout_bytes(self.layout_p()) + _layout_bytes(self.layout_q)
+        return layout_bytes(self.layout_p()) + layout_bytes(self.layout_q)
 
     def compression_ratio(self) -> float:
         """fp32 bytes of the tensors over the bytes of one round (both phases)."""
@@ -130,12 +130,12 @@ class PowerSGDRoundCodec(RoundCodec):
         layout_p = self.layout_p([tuple(t.shape) for t in extra])
         k = len(self.low_rank)
 
-        async def run(ctx: RoundContext) -> RoundResult:
+        async def run(ctx: RoundContext) -> Averaged:
             predicted = self.predict(ctx)
             if tensors is None:   # auxiliary: reduce shares of both phases, bring and receive nothing
                 await ctx.phase(layout_p, None)
                 await ctx.phase(self.layout_q, None)
-                return RoundResult(None, self.name, predicted)
+                return Averaged(None, self.name, predicted)
             ms = {i: self.ef.compensate(str(i), tensors[i].reshape(matrix_shape(self.shapes[i]))) for i in self.low_rank}
             ps = [ms[i] @ self.q[i] for i in self.low_rank]
             averaged = await ctx.phase(layout_p, layout_p.flatten(ps + [tensors[i] for i in self.rest] + extra))
@@ -159,7 +159,7 @@ class PowerSGDRoundCodec(RoundCodec):
                     self.ef.update(str(i), m, sent)
                 self.q.update(new_q)
 
-            return RoundResult(result, self.name, predicted, extra=out_p[k + len(self.rest):], commit=commit)  # type: ignore[arg-type]
+            return Averaged(result, self.name, predicted, extra=out_p[k + len(self.rest):], commit=commit)  # type: ignore[arg-type]
 
         return run
 

@@ -11,7 +11,7 @@ What it models, and how (the engine's modules in brackets):
   flows sharing bottlenecks get about equal shares), with each link's capacity its rate times
   `efficiency` (TCP/IP goodput of a shaped link). The model advances from event to event (a flow
   ends, an output stream catches up with its reducer, a step of at most 1/50 of the round).
-- Estimates (balancing.BandwidthEstimator, allreduce.RoundStats.finish): the first round uses the prior
+- Estimates (balancing.BandwidthEstimator, allreduce.PhaseStats.finish): the first round uses the prior
   (config `bandwidth_mbps`); after each round every peer folds in what the engine would measure: the
   best rate its download sustained over a quarter of its bytes, and for the upload the same, or, when
   its own streams carry less than the transport buffers, the lower bound from its acknowledged chunks.
@@ -236,7 +236,7 @@ def simulate_round(peers: Sequence[PeerInstance], shares: Sequence[float], vecto
         mine = (src_a == k) | (dst_a == k)
         per_class[k] = float(np.nanmax(finish[mine])) if mine.any() and not np.isnan(finish[mine]).all() else 0.0
     per_class += params.round_overhead
-    # the engine's upload estimate (allreduce.RoundStats.finish): the best sustained rate when the member's own
+    # the engine's upload estimate (allreduce.PhaseStats.finish): the best sustained rate when the member's own
     # streams carry more than the transport buffers, else the bound from its acknowledged chunks
     own_per_stream = np.bincount(src_a, weights=np.where(kind_a == 0, size_a, 0.0), minlength=c) / np.maximum(
         np.bincount(src_a, weights=np.where(kind_a == 0, m_out_a, 0.0), minlength=c), 1.0)

@@ -189,7 +189,7 @@ def main() -> None:
         if args.stop_at_epoch >= 0:
             collab.round_class = make_stopping_round(collab.round_class, args.stop_at_epoch, lambda: opt.epoch)
         if args.role == "aux":
-            collab.run_auxiliary(opt.layout, lambda: stop["flag"])
+            collab.run_auxiliary(opt.codec, lambda: stop["flag"])
             return
         waited = time.monotonic() + args.wait_timeout
         while sum(p.training for p in collab.tracker.view.peers) < args.wait_peers and time.monotonic() < waited:

@@ -9,6 +9,7 @@ from swarm.balancing import MemberLink
 from swarm.compression import CompressionPolicy
 from swarm.compression_policy import AutoRoundCodec, FixedRoundCodec, RoundContext, make_round_codec
 from swarm.errors import ConfigError
+from swarm.rounds import RoundRequest
 from tests.helpers.fake_swarm import FakeSwarm
 
 pytestmark = pytest.mark.timeout(120)
@@ -68,7 +69,7 @@ def test_auto_round_agrees_on_the_weighted_mean_compute_time_and_reports_its_cod
     inputs = [[torch.randn(256, 512), torch.randn(512)] for _ in range(2)]
     try:
         def peer(i, collab):
-            result, outcome = collab.average_program(0, [1.0, 3.0][i], b"", codecs[i].program(inputs[i]))
+            result, outcome = collab.submit_round(RoundRequest(0, [1.0, 3.0][i]), codecs[i], inputs[i]).wait()
             result.commit()
             return result, outcome
         (r0, o0), (r1, o1) = swarm.run_peers(peer)
