@@ -32,6 +32,7 @@ import dataclasses
 import logging
 import threading
 import time
+import warnings
 from typing import Any, Callable, Iterable, Protocol
 
 import msgpack
@@ -209,11 +210,14 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
         return scheduler
 
     def _catch_up(self, scheduler: Any, own_step: Callable[[], Any]) -> None:
-        if scheduler.last_epoch > self.epoch:   # a state of an earlier epoch was loaded: restart the count there
-            scheduler.last_epoch = self.epoch - 1
-            own_step()
-        while scheduler.last_epoch < self.epoch:
-            own_step()
+        with warnings.catch_warnings():
+            # torch warns when a scheduler steps before its optimizer did: a downloaded state moves it first, rightly
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before", category=UserWarning)
+            if scheduler.last_epoch > self.epoch:   # a state of an earlier epoch was loaded: restart the count there
+                scheduler.last_epoch = self.epoch - 1
+                own_step()
+            while scheduler.last_epoch < self.epoch:
+                own_step()
 
     def _schedulers_to_epoch(self, loaded: list[dict] | None = None) -> None:
         if loaded is not None and len(loaded) == len(self.schedulers):
