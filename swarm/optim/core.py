@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import threading
 import time
 import warnings
@@ -212,7 +213,7 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
     def _catch_up(self, scheduler: Any, own_step: Callable[[], Any]) -> None:
         with warnings.catch_warnings():
             # torch warns when a scheduler steps before its optimizer did: a downloaded state moves it first, rightly
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before", category=UserWarning)
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"), category=UserWarning)
             if scheduler.last_epoch > self.epoch:   # a state of an earlier epoch was loaded: restart the count there
                 scheduler.last_epoch = self.epoch - 1
                 own_step()

@@ -21,17 +21,21 @@ overlap): theta <- theta_outer + (theta - theta at submission).
 from __future__ import annotations
 
 import abc
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from ..errors import ConfigError
 from ..rounds import RoundRequest
 
-if TYPE_CHECKING:
-    from .core import CollaborativeOptimizer
+__all__ = ["RunMode", "GradientAveraging", "DiLoCo", "make_run_mode", "Wrapped"]
 
-__all__ = ["RunMode", "GradientAveraging", "DiLoCo", "make_run_mode"]
+
+class Wrapped(Protocol):
+    """What a mode uses of the collaborative optimizer (swarm.optim.core): the parameters and the wrapped optimizer."""
+
+    params: list[torch.nn.Parameter]
+    inner: torch.optim.Optimizer
 
 
 def _all_finite(tensors: list[torch.Tensor]) -> bool:
@@ -44,41 +48,41 @@ class RunMode(abc.ABC):
     name: str
     overlap: bool
 
-    def bind(self, opt: "CollaborativeOptimizer") -> None:
+    def bind(self, opt: Wrapped) -> None:
         """Allocate what the mode keeps for `opt`'s parameters (called once, from the optimizer's constructor)."""
 
     @abc.abstractmethod
-    def local_step(self, opt: "CollaborativeOptimizer", samples: int) -> None:
+    def local_step(self, opt: Wrapped, samples: int) -> None:
         """What one micro-batch of `samples` does locally (its gradients are finite)."""
 
     @abc.abstractmethod
-    def local_finite(self, opt: "CollaborativeOptimizer") -> bool:
+    def local_finite(self, opt: Wrapped) -> bool:
         """Whether the local work to be averaged is finite (a non-finite one would poison the average)."""
 
     @abc.abstractmethod
-    def forget_local(self, opt: "CollaborativeOptimizer") -> None:
+    def forget_local(self, opt: Wrapped) -> None:
         """Drop the local work since the last applied round (it is not finite)."""
 
     @abc.abstractmethod
-    def contribution(self, opt: "CollaborativeOptimizer", weight: float) -> tuple[list[torch.Tensor], Any]:
+    def contribution(self, opt: Wrapped, weight: float) -> tuple[list[torch.Tensor], Any]:
         """(the tensors to average, the payload that comes back to give_back or apply)."""
 
     @abc.abstractmethod
-    def give_back(self, opt: "CollaborativeOptimizer", request: RoundRequest) -> None:
+    def give_back(self, opt: Wrapped, request: RoundRequest) -> None:
         """A round failed: keep its work so that the retried epoch holds it."""
 
     @abc.abstractmethod
-    def apply(self, opt: "CollaborativeOptimizer", averaged: list[torch.Tensor], request: RoundRequest) -> None:
+    def apply(self, opt: Wrapped, averaged: list[torch.Tensor], request: RoundRequest) -> None:
         """Step on the averaged tensors (under the optimizer's step lock, without autograd)."""
 
     # the run's shared state (what a newcomer downloads and the parameter hash covers)
-    def state_params(self, opt: "CollaborativeOptimizer") -> list[torch.Tensor]:
+    def state_params(self, opt: Wrapped) -> list[torch.Tensor]:
         return opt.params
 
-    def state_optimizer(self, opt: "CollaborativeOptimizer") -> torch.optim.Optimizer:
+    def state_optimizer(self, opt: Wrapped) -> torch.optim.Optimizer:
         return opt.inner
 
-    def after_load_state(self, opt: "CollaborativeOptimizer") -> None:
+    def after_load_state(self, opt: Wrapped) -> None:
         """Reset what depended on the state that was just replaced (under the step lock)."""
 
 
@@ -92,23 +96,23 @@ class GradientAveraging(RunMode):
         self.accum: list[torch.Tensor] = []
         self._spare: list[torch.Tensor] | None = None   # overlap: the buffers of the last applied round, reused
 
-    def bind(self, opt: "CollaborativeOptimizer") -> None:
+    def bind(self, opt: Wrapped) -> None:
         self.accum = [torch.zeros_like(p, dtype=torch.float32) for p in opt.params]
 
-    def local_step(self, opt: "CollaborativeOptimizer", samples: int) -> None:
+    def local_step(self, opt: Wrapped, samples: int) -> None:
         with torch.no_grad():
             for p, acc in zip(opt.params, self.accum):
                 if p.grad is not None:
                     acc.add_(p.grad.float(), alpha=float(samples))
 
-    def local_finite(self, opt: "CollaborativeOptimizer") -> bool:
+    def local_finite(self, opt: Wrapped) -> bool:
         return _all_finite(self.accum)
 
-    def forget_local(self, opt: "CollaborativeOptimizer") -> None:
+    def forget_local(self, opt: Wrapped) -> None:
         for acc in self.accum:
             acc.zero_()
 
-    def contribution(self, opt: "CollaborativeOptimizer", weight: float) -> tuple[list[torch.Tensor], Any]:
+    def contribution(self, opt: Wrapped, weight: float) -> tuple[list[torch.Tensor], Any]:
         sums = self.accum
         if self.overlap:   # the next batch accumulates into fresh buffers while this one is averaged
             self.accum = self._spare if self._spare is not None else [torch.zeros_like(acc) for acc in sums]
@@ -116,7 +120,7 @@ class GradientAveraging(RunMode):
         with torch.no_grad():
             return [acc / max(weight, 1.0) for acc in sums], sums
 
-    def give_back(self, opt: "CollaborativeOptimizer", request: RoundRequest) -> None:
+    def give_back(self, opt: Wrapped, request: RoundRequest) -> None:
         sums: list[torch.Tensor] = request.payload
         if sums is self.accum:
             return   # blocking mode: the sums never left the accumulator
@@ -125,7 +129,7 @@ class GradientAveraging(RunMode):
                 acc.add_(old)
         self._recycle(sums)
 
-    def apply(self, opt: "CollaborativeOptimizer", averaged: list[torch.Tensor], request: RoundRequest) -> None:
+    def apply(self, opt: Wrapped, averaged: list[torch.Tensor], request: RoundRequest) -> None:
         for p, g in zip(opt.params, averaged):
             p.grad = g.to(device=p.device, dtype=p.dtype).clone()
         opt.inner.step()
@@ -140,7 +144,7 @@ class GradientAveraging(RunMode):
             old.zero_()
         self._spare = sums
 
-    def after_load_state(self, opt: "CollaborativeOptimizer") -> None:
+    def after_load_state(self, opt: Wrapped) -> None:
         self.forget_local(opt)
 
 
@@ -160,33 +164,33 @@ class DiLoCo(RunMode):
         self.outer: torch.optim.Optimizer | None = None
         self.inner_steps = 0            # since the last outer step
 
-    def bind(self, opt: "CollaborativeOptimizer") -> None:
+    def bind(self, opt: Wrapped) -> None:
         self.outer_params = [p.detach().float().cpu().clone() for p in opt.params]   # on the CPU, as DiLoCo keeps them
         self.outer = torch.optim.SGD(self.outer_params, lr=self.outer_lr, momentum=self.outer_momentum,
                                      nesterov=self.nesterov and self.outer_momentum > 0)
 
-    def local_step(self, opt: "CollaborativeOptimizer", samples: int) -> None:
+    def local_step(self, opt: Wrapped, samples: int) -> None:
         opt.inner.step()
         self.inner_steps += 1
 
-    def local_finite(self, opt: "CollaborativeOptimizer") -> bool:
+    def local_finite(self, opt: Wrapped) -> bool:
         return _all_finite([p.detach() for p in opt.params])
 
-    def forget_local(self, opt: "CollaborativeOptimizer") -> None:
+    def forget_local(self, opt: Wrapped) -> None:
         with torch.no_grad():
             for p, o in zip(opt.params, self.outer_params):
                 p.copy_(o)
 
-    def contribution(self, opt: "CollaborativeOptimizer", weight: float) -> tuple[list[torch.Tensor], Any]:
+    def contribution(self, opt: Wrapped, weight: float) -> tuple[list[torch.Tensor], Any]:
         with torch.no_grad():
             deltas = [o - p.detach().float().cpu() for o, p in zip(self.outer_params, opt.params)]
             start = [p.detach().float().cpu().clone() for p in opt.params] if self.overlap else None
         return deltas, start
 
-    def give_back(self, opt: "CollaborativeOptimizer", request: RoundRequest) -> None:
+    def give_back(self, opt: Wrapped, request: RoundRequest) -> None:
         """The outer parameters did not move, so the next pseudo-gradient still holds this round's work."""
 
-    def apply(self, opt: "CollaborativeOptimizer", averaged: list[torch.Tensor], request: RoundRequest) -> None:
+    def apply(self, opt: Wrapped, averaged: list[torch.Tensor], request: RoundRequest) -> None:
         assert self.outer is not None
         for o, d in zip(self.outer_params, averaged):
             o.grad = d.to(dtype=o.dtype).reshape(o.shape).clone()
@@ -202,14 +206,14 @@ class DiLoCo(RunMode):
                 p.copy_(o + drift if bool(torch.isfinite(drift).all()) else o)
         self.inner_steps = 0
 
-    def state_params(self, opt: "CollaborativeOptimizer") -> list[torch.Tensor]:
+    def state_params(self, opt: Wrapped) -> list[torch.Tensor]:
         return self.outer_params
 
-    def state_optimizer(self, opt: "CollaborativeOptimizer") -> torch.optim.Optimizer:
+    def state_optimizer(self, opt: Wrapped) -> torch.optim.Optimizer:
         assert self.outer is not None
         return self.outer
 
-    def after_load_state(self, opt: "CollaborativeOptimizer") -> None:
+    def after_load_state(self, opt: Wrapped) -> None:
         """Inner steps restart from the downloaded outer parameters."""
         self.forget_local(opt)
         self.inner_steps = 0

@@ -44,7 +44,7 @@ from ..allreduce import DEFAULT_CHUNK_ELEMENTS, MIN_CHUNK_ELEMENTS, PIPELINE_DEP
 from ..balancing import BandwidthEstimator, MemberLink, delivered_rate, optimal_shares, split_sizes, sustained_rate, uniform_shares
 from .scenario import MBIT, AllreduceWorkload, PeerInstance, Scenario, TrainingWorkload
 
-__all__ = ["ModelParams", "RoundResult", "simulate_round", "model_allreduce", "model_training", "run_model"]
+__all__ = ["ModelParams", "SimulatedRound", "simulate_round", "model_allreduce", "model_training", "run_model"]
 
 
 @dataclass
@@ -59,7 +59,7 @@ class ModelParams:
 
 
 @dataclass
-class RoundResult:
+class SimulatedRound:
     seconds: float                         # the slowest member's all-reduce time
     per_class_seconds: list[float]
     shares: list[float]                    # per member (expanded)
@@ -122,7 +122,7 @@ def _max_min(src: np.ndarray, dst: np.ndarray, m_out: np.ndarray, m_in: np.ndarr
 
 
 def simulate_round(peers: Sequence[PeerInstance], shares: Sequence[float], vector_bytes: int, *,
-                   chunk_bytes: int = 2**19, params: ModelParams | None = None) -> RoundResult:
+                   chunk_bytes: int = 2**19, params: ModelParams | None = None) -> SimulatedRound:
     """One all-reduce of `vector_bytes` with these shares over the peers' links (bytes/s)."""
     params = params or ModelParams()
     n = len(peers)
@@ -250,7 +250,7 @@ def simulate_round(peers: Sequence[PeerInstance], shares: Sequence[float], vecto
     got_total = np.bincount(dst_a, weights=m_in_a * size_a, minlength=c)
     by_member: dict[int, int] = {i: k for k, cls in enumerate(classes) for i in cls.members}
     order = [p.index for p in peers]
-    return RoundResult(
+    return SimulatedRound(
         seconds=float(per_class.max()) if c else 0.0,
         per_class_seconds=[float(per_class[by_member[i]]) for i in order],
         shares=[float(s) for s in shares],
@@ -303,10 +303,10 @@ def _symmetric(peers: Sequence[PeerInstance], shares: Sequence[float]) -> list[f
     return [x / total for x in out] if total > 0 else [float(x) for x in shares]
 
 
-_ROUND_CACHE: dict[tuple, RoundResult] = {}
+_ROUND_CACHE: dict[tuple, SimulatedRound] = {}
 
 
-def _cached_round(peers: Sequence[PeerInstance], shares: Sequence[float], vector_bytes: int, chunk_bytes: int, params: ModelParams) -> RoundResult:
+def _cached_round(peers: Sequence[PeerInstance], shares: Sequence[float], vector_bytes: int, chunk_bytes: int, params: ModelParams) -> SimulatedRound:
     key = (tuple((p.upload_bps, p.download_bps, p.role) for p in peers), tuple(shares), vector_bytes, chunk_bytes,
            params.efficiency, params.round_overhead)
     if key not in _ROUND_CACHE:
