@@ -46,6 +46,7 @@ from ..errors import ConfigError, NetworkError, RoundFailed, SwarmError
 from ..round_codec import Averaged, RoundCodec
 from ..rounds import RoundReport, RoundRequest
 from ..state_sync import TrainingState, params_digest
+from .grads import closure_loss
 from .strategies import RunMode, make_run_mode
 
 logger = logging.getLogger(__name__)
@@ -153,10 +154,7 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
 
         Returns the closure's loss when a closure is given (torch's contract), else whether this call applied
         a global update. Call `zero_grad()` after it, as usual."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         n = self.samples_per_step if samples is None else samples
         if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
             raise ConfigError(f"samples must be a positive integer, not {n!r}")

@@ -38,75 +38,68 @@ def _train_to(opt, model, gen, epochs, *, after_step=lambda: None, max_steps=200
     raise AssertionError("the swarm did not reach its epoch")
 
 
+@pytest.fixture
+def solo():
+    """A one-peer fake swarm whose batch is complete at PER_PEER samples; (collab, a second swarm's collab)."""
+    swarms = [FakeSwarm(1, per_peer_target=PER_PEER), FakeSwarm(1, per_peer_target=PER_PEER)]
+    yield swarms[0].collabs[0], swarms[1].collabs[0]
+    for swarm in swarms:
+        swarm.close()
+
+
 @pytest.mark.parametrize("mode", ["sync", "diloco"])
-def test_it_is_a_torch_optimizer_sharing_the_inner_param_groups(mode):
-    swarm = FakeSwarm(1, per_peer_target=PER_PEER)
-    try:
-        model = _model()
-        opt = CollaborativeOptimizer(swarm.collabs[0], model.parameters(), torch.optim.SGD, lr=0.1, mode=mode)
-        assert isinstance(opt, torch.optim.Optimizer)
-        assert opt.param_groups is opt.inner.param_groups
-        opt.param_groups[0]["lr"] = 0.5
-        assert opt.inner.param_groups[0]["lr"] == 0.5
-        _loss(model, torch.Generator().manual_seed(0)).backward()
-        opt.zero_grad(set_to_none=False)
-        assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+def test_it_is_a_torch_optimizer_sharing_the_inner_param_groups(solo, mode):
+    model = _model()
+    opt = CollaborativeOptimizer(solo[0], model.parameters(), torch.optim.SGD, lr=0.1, mode=mode)
+    assert isinstance(opt, torch.optim.Optimizer)
+    assert opt.param_groups is opt.inner.param_groups
+    opt.param_groups[0]["lr"] = 0.5
+    assert opt.inner.param_groups[0]["lr"] == 0.5
+    _loss(model, torch.Generator().manual_seed(0)).backward()
+    opt.zero_grad(set_to_none=False)
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(ConfigError, match="cannot change once"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(3))]})
+
+
+def test_step_with_a_closure_returns_its_loss_and_counts_samples_per_step(solo):
+    model = _model()
+    opt = CollaborativeOptimizer(solo[0], model.parameters(), torch.optim.SGD, lr=0.1, samples_per_step=3)
+    gen = torch.Generator().manual_seed(0)
+
+    def closure():
         opt.zero_grad()
-        assert all(p.grad is None for p in model.parameters())
-        with pytest.raises(ConfigError, match="cannot change once"):
-            opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(3))]})
-    finally:
-        swarm.close()
+        loss = _loss(model, gen)
+        loss.backward()
+        return loss
 
-
-def test_step_with_a_closure_returns_its_loss_and_counts_samples_per_step():
-    swarm = FakeSwarm(1, per_peer_target=10**9)
-    try:
-        model = _model()
-        opt = CollaborativeOptimizer(swarm.collabs[0], model.parameters(), torch.optim.SGD, lr=0.1, samples_per_step=MICRO)
-        gen = torch.Generator().manual_seed(0)
-
-        def closure():
-            opt.zero_grad()
-            loss = _loss(model, gen)
-            loss.backward()
-            return loss
-
-        loss = opt.step(closure)
-        assert torch.is_tensor(loss) and opt.local_samples == MICRO
-        opt.step()
-        assert opt.local_samples == 2 * MICRO
-        with pytest.raises(ConfigError, match="samples"):
-            opt.step(samples=0)
-    finally:
-        swarm.close()
+    loss = opt.step(closure)
+    assert torch.is_tensor(loss) and opt.local_samples == 3
+    opt.step()
+    assert opt.local_samples == 6
+    with pytest.raises(ConfigError, match="samples"):
+        opt.step(samples=0)
 
 
 @pytest.mark.parametrize("mode", ["sync", "diloco"])
-def test_state_dict_carries_the_epoch_and_loads_back_exactly(mode):
-    swarm = FakeSwarm(1, per_peer_target=PER_PEER)
-    try:
-        model = _model()
-        opt = CollaborativeOptimizer(swarm.collabs[0], model.parameters(), torch.optim.AdamW, lr=0.01, mode=mode)
-        _train_to(opt, model, torch.Generator().manual_seed(0), epochs=3)
-        saved = opt.state_dict()
-        assert saved["epoch"] == 3
-        other_swarm = FakeSwarm(1, per_peer_target=PER_PEER)
-        try:
-            fresh_model = _model(seed=1)
-            fresh = CollaborativeOptimizer(other_swarm.collabs[0], fresh_model.parameters(), torch.optim.AdamW, lr=0.01, mode=mode)
-            fresh.load_state_dict(saved)
-            assert fresh.epoch == 3 and fresh.params_hash() == opt.params_hash()
-            assert all(torch.equal(a, b) for a, b in zip(fresh_model.parameters(), model.parameters()))
-            wrong = CollaborativeOptimizer(other_swarm.collabs[0], torch.nn.Linear(3, 3).parameters(), torch.optim.AdamW, lr=0.01, mode=mode)
-            before = wrong.params_hash()
-            with pytest.raises(ConfigError):
-                wrong.load_state_dict(saved)
-            assert wrong.epoch == 0 and wrong.params_hash() == before, "a state that does not fit changes nothing"
-        finally:
-            other_swarm.close()
-    finally:
-        swarm.close()
+def test_state_dict_carries_the_epoch_and_loads_back_exactly(solo, mode):
+    model = _model()
+    opt = CollaborativeOptimizer(solo[0], model.parameters(), torch.optim.AdamW, lr=0.01, mode=mode)
+    _train_to(opt, model, torch.Generator().manual_seed(0), epochs=3)
+    saved = opt.state_dict()
+    assert saved["epoch"] == 3
+    fresh_model = _model(seed=1)
+    fresh = CollaborativeOptimizer(solo[1], fresh_model.parameters(), torch.optim.AdamW, lr=0.01, mode=mode)
+    fresh.load_state_dict(saved)
+    assert fresh.epoch == 3 and fresh.params_hash() == opt.params_hash()
+    assert all(torch.equal(a, b) for a, b in zip(fresh_model.parameters(), model.parameters()))
+    wrong = CollaborativeOptimizer(solo[1], torch.nn.Linear(3, 3).parameters(), torch.optim.AdamW, lr=0.01, mode=mode)
+    before = wrong.params_hash()
+    with pytest.raises(ConfigError):
+        wrong.load_state_dict(saved)
+    assert wrong.epoch == 0 and wrong.params_hash() == before, "a state that does not fit changes nothing"
 
 
 def _halving(epoch: int) -> float:
@@ -150,22 +143,17 @@ def test_lambda_lr_gives_every_peer_the_same_lr_at_the_same_epoch(mode):
             assert len(lrs) == 1 and lrs.pop() == pytest.approx(0.2 * 0.5 ** epoch), f"peer {i} epoch {epoch}"
 
 
-def test_a_newcomer_gets_the_schedulers_epoch_with_the_state():
-    swarm = FakeSwarm(1, per_peer_target=PER_PEER)
-    other = FakeSwarm(1, per_peer_target=PER_PEER)
-    try:
-        model = _model()
-        opt = CollaborativeOptimizer(swarm.collabs[0], model.parameters(), torch.optim.SGD, lr=0.2,
-                                     scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.1))
-        _train_to(opt, model, torch.Generator().manual_seed(0), epochs=5)
-        fresh = CollaborativeOptimizer(other.collabs[0], _model().parameters(), torch.optim.SGD, lr=0.2,
-                                       scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.1))
-        fresh.load_state(opt.snapshot())
-        assert fresh.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"]) == pytest.approx(0.2 * 0.01)
-        assert fresh.schedulers[0][0].last_epoch == 5
-    finally:
-        swarm.close()
-        other.close()
+def test_a_newcomer_gets_the_schedulers_epoch_with_the_state(solo):
+    def step_lr(o):
+        return torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.1)
+
+    model = _model()
+    opt = CollaborativeOptimizer(solo[0], model.parameters(), torch.optim.SGD, lr=0.2, scheduler=step_lr)
+    _train_to(opt, model, torch.Generator().manual_seed(0), epochs=5)
+    fresh = CollaborativeOptimizer(solo[1], _model().parameters(), torch.optim.SGD, lr=0.2, scheduler=step_lr)
+    fresh.load_state(opt.snapshot())
+    assert fresh.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"]) == pytest.approx(0.2 * 0.01)
+    assert fresh.schedulers[0][0].last_epoch == 5
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -208,14 +196,10 @@ def test_an_overflow_on_one_peer_under_grad_scaler_never_reaches_the_average(dty
     assert scales[1] < scales[0], "the scaler saw the overflow"
 
 
-def test_a_non_finite_gradient_without_a_scaler_is_skipped_and_not_counted():
-    swarm = FakeSwarm(1, per_peer_target=10**9)
-    try:
-        model = _model()
-        opt = CollaborativeOptimizer(swarm.collabs[0], model.parameters(), torch.optim.SGD, lr=0.1)
-        (_loss(model, torch.Generator().manual_seed(0)) * float("nan")).backward()
-        assert opt.step(samples=MICRO) is False
-        assert opt.local_samples == 0 and opt.skipped_steps == 1
-        assert not any(acc.any() for acc in opt.strategy.accum)
-    finally:
-        swarm.close()
+def test_a_non_finite_gradient_without_a_scaler_is_skipped_and_not_counted(solo):
+    model = _model()
+    opt = CollaborativeOptimizer(solo[0], model.parameters(), torch.optim.SGD, lr=0.1)
+    (_loss(model, torch.Generator().manual_seed(0)) * float("nan")).backward()
+    assert opt.step(samples=MICRO) is False
+    assert opt.local_samples == 0 and opt.skipped_steps == 1
+    assert not any(acc.any() for acc in opt.strategy.accum)
