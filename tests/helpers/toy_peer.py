@@ -211,7 +211,7 @@ def main() -> None:
             loss = torch.nn.functional.mse_loss(model(x), y)
             loss.backward()
             opt.step(samples=8)
-            if opt.epoch == args.die_during_inner_steps and getattr(opt, "inner_steps", 0) >= 3 and getattr(opt, "pending", None) is None:
+            if opt.epoch == args.die_during_inner_steps and getattr(opt.strategy, "inner_steps", 0) >= 3 and opt.pending is None:
                 print("DYING", opt.epoch, flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
             opt.zero_grad()
