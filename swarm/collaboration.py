@@ -53,7 +53,7 @@ ROUND_GRACE_SECONDS = 10.0
 
 
 class GroupPhases:
-    """The all-reduce phases of one formed group, run by a round codec's program (`RoundContext.phase`).
+    """The all-reduce phases of one formed group, run by a round codec's `average` (`RoundContext.phase`).
 
     Phase 0 runs under the group's round id, later phases under ids derived from it, so that a late
     message of one phase can never be taken for another's. Each phase's transfer stats are kept for the
@@ -254,12 +254,12 @@ class Collaboration:
         Returns at once, with `request.future` and `request.deadline` set: `request.wait()` gives
         (Averaged, RoundReport) or raises RoundFailed within `round_budget()`; `interrupt()` cancels it."""
         budget = self.round_budget()
-        program = codec.program(tensors)
+        codec.validate(tensors)
 
         async def bounded():
             try:
                 async with asyncio.timeout(budget):
-                    return await self._run_round(request.epoch, request.weight, codec.schema.schema_hash(), program)
+                    return await self._run_round(request.epoch, request.weight, codec, tensors)
             except TimeoutError:
                 raise RoundFailed(f"round of epoch {request.epoch} did not finish within {budget:.0f}s") from None
             except NetworkError as e:
@@ -270,12 +270,12 @@ class Collaboration:
         request.future = self.loop.submit(bounded())
         return request
 
-    async def _run_round(self, epoch: int, weight: float, schema_hash: bytes, program: Callable[[RoundContext], Any]):
+    async def _run_round(self, epoch: int, weight: float, codec: RoundCodec, tensors: list[torch.Tensor] | None):
         assert self.matchmaker is not None and self.aggregate is not None and self.node is not None
         cfg = self.config
         request = swarm_pb2.JoinRequest(
             run_id=self.run_id, epoch=epoch, peer_id=self.peer_id, role=self.role, weight=weight,
-            upload_bps=self.upload.value, download_bps=self.download.value, schema_hash=schema_hash,
+            upload_bps=self.upload.value, download_bps=self.download.value, schema_hash=codec.schema.schema_hash(),
         )
         started = time.monotonic()
         info = await self.matchmaker.form_group(request, started + cfg.matchmaking_timeout)
@@ -291,7 +291,7 @@ class Collaboration:
                        needs_result=m.role != "aux", can_reduce=m.role != "client")
             for m in info.members
         ]
-        result = await program(RoundContext(group=phases.group, links=links, phase=phases.run, epoch=epoch))
+        result = await codec.average(RoundContext(group=phases.group, links=links, phase=phases.run, epoch=epoch), tensors)
         # Busy seconds, not the round's: a peer that waits for others would otherwise look as slow as they are.
         for stats in phases.stats:
             self.upload.observe(stats.bytes_sent, stats.send_seconds or stats.seconds)

@@ -85,21 +85,17 @@ class FixedRoundCodec(RoundCodec):
             self._layouts[key] = _extended_layout(self.shapes, self.codecs, key)
         return self._layouts[key]
 
-    def program(self, tensors, extra=None):
+    async def average(self, ctx: RoundContext, tensors, extra=None) -> Averaged:
         extra = list(extra or [])
         layout = self.layout_with([tuple(t.shape) for t in extra])
         n = len(self.shapes)
-
-        async def run(ctx: RoundContext) -> Averaged:
-            local = layout.flatten(list(tensors) + extra) if tensors is not None else None
-            averaged = await ctx.phase(layout, local)
-            predicted = predicted_seconds(layout_bytes(layout), ctx)
-            if averaged is None:
-                return Averaged(None, self.name, predicted)
-            out = layout.unflatten(averaged)
-            return Averaged(out[:n], self.name, predicted, extra=out[n:])
-
-        return run
+        local = layout.flatten(list(tensors) + extra) if tensors is not None else None
+        averaged = await ctx.phase(layout, local)
+        predicted = predicted_seconds(layout_bytes(layout), ctx)
+        if averaged is None:
+            return Averaged(None, self.name, predicted)
+        out = layout.unflatten(averaged)
+        return Averaged(out[:n], self.name, predicted, extra=out[n:])
 
 
 def _numel(shape: Sequence[int]) -> int:
@@ -144,29 +140,21 @@ class AutoRoundCodec(RoundCodec):
         fastest = min(predictions, key=lambda n: predictions[n])
         return fastest, predictions[fastest]
 
-    def program(self, tensors, extra=None):
+    def validate(self, tensors) -> None:
         if tensors is None:
             raise ConfigError("compression auto cannot run on an auxiliary peer (it never receives the agreed budget)")
+
+    async def average(self, ctx: RoundContext, tensors, extra=None) -> Averaged:
+        self.validate(tensors)
         estimate = float(self.compute_seconds())
         own = torch.tensor([estimate if math.isfinite(estimate) and estimate > 0 else 0.0], dtype=torch.float32)
-        extra = list(extra or [])
-
-        async def run(ctx: RoundContext) -> Averaged:
-            name, predicted = self.choose(ctx)
-            result = await self.candidates[name].program(tensors, extra + [own])(ctx)
-            agreed = float(result.extra[-1][0]) if result.extra else float("nan")
-            inner_commit = result.commit
-
-            def commit() -> None:
-                inner_commit()
-                if agreed > 0:
-                    self.agreed_compute_seconds = agreed
-
-            logger.debug("epoch %d: auto codec %s (predicted %.3fs, budget %.3fs)", ctx.epoch, name, predicted,
-                         self.budget * (self.agreed_compute_seconds or float("nan")))
-            return Averaged(result.tensors, name, predicted, extra=(result.extra or [])[:-1], commit=commit)
-
-        return run
+        name, predicted = self.choose(ctx)
+        result = await self.candidates[name].average(ctx, tensors, list(extra or []) + [own])
+        agreed = float(result.extra[-1][0]) if result.extra else float("nan")
+        logger.debug("epoch %d: auto codec %s (predicted %.3fs, budget %.3fs)", ctx.epoch, name, predicted,
+                     self.budget * (self.agreed_compute_seconds or float("nan")))
+        return Averaged(result.tensors, name, predicted, extra=(result.extra or [])[:-1],
+                        commit=AgreedCommit(self, result.commit, agreed))
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
@@ -185,6 +173,18 @@ class AutoRoundCodec(RoundCodec):
     def reset(self) -> None:
         for codec in self.candidates.values():
             codec.reset()
+
+
+class AgreedCommit:
+    """The auto codec's commit: the chosen codec's own, then the agreed compute seconds for the next round."""
+
+    def __init__(self, codec: AutoRoundCodec, inner: Callable[[], None], agreed: float):
+        self.codec, self.inner, self.agreed = codec, inner, agreed
+
+    def __call__(self) -> None:
+        self.inner()
+        if self.agreed > 0:
+            self.codec.agreed_compute_seconds = self.agreed
 
 
 def make_round_codec(

@@ -2,7 +2,7 @@
 
 A `RoundCodec` turns the tensors an optimizer averages (gradients, DiLoCo pseudo-gradients) into one or
 more phases of the generic weighted all-reduce (`swarm.allreduce`) and back. The collaboration forms the
-group once (matchmaking), then runs the codec's program against it (`Collaboration.submit_round`): each
+group once (matchmaking), then runs the codec's `average` against it (`Collaboration.submit_round`): each
 `await ctx.phase(layout, local)` is one all-reduce among the same members, the first under the group's round
 id and later ones under ids derived from it. The codecs themselves live in `swarm.compression_policy`
 (fixed per-tensor codecs, auto) and `swarm.powersgd`.
@@ -26,7 +26,7 @@ PhaseRunner = Callable[[TensorLayout, "list[torch.Tensor] | None"], Awaitable["l
 
 @dataclass
 class RoundContext:
-    """What a codec's program sees of the round: the group (identical on every member) and its phases."""
+    """What a codec's `average` sees of the round: the group (identical on every member) and its phases."""
 
     group: GroupView
     links: list[MemberLink]          # the members' measured links and roles, from the leader's GroupInfo
@@ -36,7 +36,7 @@ class RoundContext:
 
 @dataclass
 class Averaged:
-    """What a codec's program gives back: the averaged tensors (None for auxiliary peers) and what it did."""
+    """What a codec's `average` gives back: the averaged tensors (None for auxiliary peers) and what it did."""
 
     tensors: list[torch.Tensor] | None
     codec: str
@@ -79,12 +79,16 @@ class RoundCodec(abc.ABC):
     def schema(self) -> TensorLayout:
         """A layout that identifies the run's tensors and codec choice for matchmaking (same on every peer)."""
 
-    @abc.abstractmethod
-    def program(self, tensors: list[torch.Tensor] | None, extra: list[torch.Tensor] | None = None) -> Callable[[RoundContext], Awaitable[Averaged]]:
-        """The round's work: average `tensors` (None for an auxiliary peer) and `extra` (small, averaged exactly).
+    def validate(self, tensors: list[torch.Tensor] | None) -> None:
+        """Refuse, before any round starts, what this codec cannot average (a ConfigError)."""
 
-        The program must not change the codec's state until `Averaged.commit()` is called, so a round that
-        fails in a later phase leaves everything as it was (the optimizer retries with the same inputs)."""
+    @abc.abstractmethod
+    async def average(self, ctx: RoundContext, tensors: list[torch.Tensor] | None, extra: list[torch.Tensor] | None = None) -> Averaged:
+        """The round's work against the formed group `ctx`: average `tensors` (None for an auxiliary peer) and
+        `extra` (small, averaged exactly), in one or more `ctx.phase` all-reduces.
+
+        It must not change the codec's state until `Averaged.commit()` is called, so a round that fails in a
+        later phase leaves everything as it was (the optimizer retries with the same inputs)."""
 
     def predicted_bytes(self) -> int:
         """What one member's share of the round roughly weighs (for the auto codec's comparison)."""

@@ -141,7 +141,7 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
     def _make_codec(self, config: Any, compression: CompressionPolicy | None) -> RoundCodec:
         shapes = [p.shape for p in self.params]
         name = config.compression
-        if name in ("powersgd", "auto"):   # codecs that run a round program of their own (swarm.compression_policy)
+        if name in ("powersgd", "auto"):   # codecs that choose per round or run two phases (swarm.compression_policy)
             return make_round_codec(shapes, name, rank=config.powersgd_rank, budget=config.compression_budget,
                                     compute_seconds=self.epoch_compute_seconds)
         policy = compression or CompressionPolicy(default=name)

@@ -64,13 +64,13 @@ class FakeCollab:
         return 30.0
 
     def submit_round(self, request: RoundRequest, codec: RoundCodec, tensors) -> RoundRequest:
-        program = codec.program(tensors)
+        codec.validate(tensors)
         request.started = time.monotonic()
         request.deadline = request.started + self.round_budget() + 30.0
-        request.future = self._pool.submit(lambda: asyncio.run(self._run(request.epoch, request.weight, program)))
+        request.future = self._pool.submit(lambda: asyncio.run(self._run(request.epoch, request.weight, codec, tensors)))
         return request
 
-    async def _run(self, epoch: int, weight: float, program: Callable):
+    async def _run(self, epoch: int, weight: float, codec: RoundCodec, tensors):
         n = self.swarm.n
         group = GroupView(round_id=bytes(16), peer_ids=tuple(f"peer{i}" for i in range(n)), roles=("trainer",) * n,
                           weights=(1.0,) * n, shares=tuple([1.0 / n] * n), my_index=self.index, timeout=30.0)
@@ -84,7 +84,7 @@ class FakeCollab:
             phases.append(total)
             return averaged
 
-        result = await program(RoundContext(group=group, links=links, phase=phase, epoch=epoch))
+        result = await codec.average(RoundContext(group=group, links=links, phase=phase, epoch=epoch), tensors)
         outcome = RoundReport(epoch=epoch, group_size=n, round_seconds=0.0, bytes_sent=0, bytes_received=0,
                               samples=int(phases[0]) if phases else 0, round_id="0" * 32, codec=result.codec)
         self.rounds.append(outcome)

@@ -6,7 +6,6 @@ import torch
 
 from swarm.allreduce import GroupView
 from swarm.balancing import MemberLink
-from swarm.compression import CompressionPolicy
 from swarm.compression_policy import AutoRoundCodec, FixedRoundCodec, RoundContext, make_round_codec
 from swarm.errors import ConfigError
 from swarm.rounds import RoundRequest
@@ -88,4 +87,4 @@ def test_auto_round_agrees_on_the_weighted_mean_compute_time_and_reports_its_cod
 def test_auto_refuses_auxiliary_peers_with_one_line():
     auto = make_round_codec(SHAPES, "auto")
     with pytest.raises(ConfigError, match="auxiliary"):
-        auto.program(None)
+        auto.validate(None)

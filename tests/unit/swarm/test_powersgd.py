@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from swarm.compression import CompressionPolicy
 from swarm.powersgd import PowerSGDRoundCodec, low_rank_round, orthogonalize
 from swarm.rounds import RoundRequest
 from tests.helpers.fake_swarm import FakeSwarm
