@@ -21,14 +21,14 @@ import errno
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from swarm.errors import ConfigError
 
-if TYPE_CHECKING:
-    from .service import Coordinator
+from .history import History
+from .metrics import CoordinatorMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,19 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def make_app(coordinator: "Coordinator") -> web.Application:
+class Served(Protocol):
+    """What the HTTP API reads of the coordinator (coordinator.service.Coordinator), so that it imports nothing above it."""
+
+    ready: bool
+    history: History
+    metrics: CoordinatorMetrics
+
+    def status(self) -> dict[str, Any]: ...
+
+    def config_yaml(self) -> str: ...
+
+
+def make_app(coordinator: Served) -> web.Application:
     app = web.Application()
 
     async def status(request: web.Request) -> web.Response:

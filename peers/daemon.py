@@ -175,7 +175,7 @@ def run_peer(config: RunConfig, options: PeerOptions, stop: StopFlag | None = No
         deadline = time.monotonic() + options.duration if options.duration else math.inf
         say("averaging with the swarm (Ctrl-C leaves)" if options.role == "aux" else "training: a line per global step (Ctrl-C leaves)")
         if options.role == "aux":
-            collab.run_auxiliary(opt.layout, lambda: stop.is_set() or time.monotonic() > deadline)
+            collab.run_auxiliary(opt.codec, lambda: stop.is_set() or time.monotonic() > deadline)
             return summary
         _train(task, model, opt, collab, config, options, stop, deadline, metrics, summary, exporter)
         return summary

@@ -25,7 +25,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(collaboration, name)
     if name == "CollaborativeOptimizer":
-        from .optimizer import CollaborativeOptimizer
+        from .optim.core import CollaborativeOptimizer
 
         return CollaborativeOptimizer
     if name in ("EngineConfig", "RunConfig"):

@@ -185,8 +185,8 @@ TRANSPORT_BUFFER_BYTES = 2**20
 
 
 @dataclass
-class RoundStats:
-    """What one member's round moved, and how fast its links went.
+class PhaseStats:
+    """What one member moved in one all-reduce phase, and how fast its links went.
 
     `send_seconds` is bytes_sent at the best rate its upload was seen to sustain, `receive_seconds` likewise
     for the download (both fall back to `seconds` when a round is too short to tell): the time its links
@@ -300,7 +300,7 @@ class AllReduceRound:
         self.parts = plan_parts(layout, group.shares, chunk_elements)
         self.sender_timeout = sender_timeout
         self.reduction = reduction
-        self.stats = RoundStats()
+        self.stats = PhaseStats()
         self.result = [torch.empty(size, dtype=torch.float32) for size in layout.bucket_sizes] if group.needs(me) else None
         # reducer state for my own part
         my_chunks = self.parts[me]

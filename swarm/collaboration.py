@@ -22,16 +22,14 @@ import dataclasses
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
 from . import records
 from .auth import SwarmAuthorizer
-from .allreduce import AggregateService, AllReduceRound, GroupView, TensorLayout
+from .allreduce import AggregateService, AllReduceRound, GroupView, PhaseStats, TensorLayout
 from .balancing import BandwidthEstimator, MemberLink
-from .compression_policy import RoundContext
 from .config import EngineConfig, RunConfig
 from .errors import ConfigError, NetworkError, RoundFailed
 from .lifecycle import Reaper
@@ -39,6 +37,8 @@ from .matchmaking import Matchmaker
 from .node import Node, NodeOptions
 from .progress import ProgressTracker
 from .proto import swarm_pb2
+from .round_codec import RoundCodec, RoundContext
+from .rounds import RoundReport, RoundRequest
 from .runtime import EngineLoop
 from .state_sync import StateServer, TrainingState, download_from_any
 
@@ -48,19 +48,39 @@ MBIT = 1e6 / 8
 # A peer that finds itself alone in a group steps solo only once no other training peer has shown up in its view
 # for this many record lifetimes: a peer cut off from the swarm (or a swarm whose DHT lost it) does not diverge.
 SOLO_AFTER_TTLS = 3
+# What a round's waiter allows past the round budget, for the engine loop to deliver the result.
+ROUND_GRACE_SECONDS = 10.0
 
 
-@dataclass
-class RoundOutcome:
-    group_size: int
-    seconds: float
-    bytes_sent: int
-    bytes_received: int
-    total_weight: float
-    round_id: str
-    excluded: list[str]
-    codec: str = ""                            # what the round used (a codec name, or "powersgd")
-    predicted_seconds: float = float("nan")    # the LP bound of the round with the group's measured links
+class GroupPhases:
+    """The all-reduce phases of one formed group, run by a round codec's `average` (`RoundContext.phase`).
+
+    Phase 0 runs under the group's round id, later phases under ids derived from it, so that a late
+    message of one phase can never be taken for another's. Each phase's transfer stats are kept for the
+    bandwidth estimates and the round report."""
+
+    def __init__(self, collab: "Collaboration", group: GroupView, epoch: int):
+        self.collab, self.group, self.epoch = collab, group, epoch
+        self.stats: list[PhaseStats] = []
+
+    async def run(self, layout: TensorLayout, local: list[torch.Tensor] | None) -> list[torch.Tensor] | None:
+        collab, cfg = self.collab, self.collab.config
+        assert collab.node is not None and collab.aggregate is not None and collab.matchmaker is not None
+        index = len(self.stats)
+        round_id = self.group.round_id if index == 0 else hashlib.sha256(self.group.round_id + index.to_bytes(2, "big")).digest()[:16]
+        round_ = collab.round_class(
+            collab.node.p2p, dataclasses.replace(self.group, round_id=round_id), layout, local,
+            chunk_elements=cfg.chunk_elements, sender_timeout=cfg.sender_timeout,
+        )
+        self.stats.append(round_.stats)
+        collab.aggregate.open(round_)
+        try:
+            return await round_.run()
+        except RoundFailed:
+            collab.matchmaker.round_failed(self.epoch)
+            raise
+        finally:
+            collab.aggregate.close(round_id)
 
 
 class Collaboration:
@@ -108,8 +128,7 @@ class Collaboration:
         self.aggregate: AggregateService | None = None
         self.state_server: StateServer | None = None
         self.matchmaker: Matchmaker | None = None
-        self.optimizer_: Any = None
-        self.rounds: list[RoundOutcome] = []
+        self.rounds: list[RoundReport] = []
         self.round_class: type[AllReduceRound] = AllReduceRound  # tests inject faults by subclassing it
         self._snapshot: Callable[[], TrainingState | None] = lambda: None
         self._failed_donors: dict[str, float] = {}   # donor -> until when it is not asked again (monotonic)
@@ -201,22 +220,10 @@ class Collaboration:
 
         mode="sync" (DeDLOC's large-batch steps) or "diloco" (the optimizer is the inner one; outer_lr,
         outer_momentum, nesterov go to the outer SGD); overlap=True averages in the background while the next
-        batch is computed (the update lands one step late)."""
-        from .optimizer import CollaborativeOptimizer
+        batch is computed (the update lands one step late). See swarm.optim.core for the other keywords."""
+        from .optim.core import CollaborativeOptimizer
 
-        if mode == "sync":
-            if overlap:
-                from .overlap import OverlappedOptimizer
-
-                opt = OverlappedOptimizer(self, params, optimizer, **kwargs)
-            else:
-                opt = CollaborativeOptimizer(self, params, optimizer, **kwargs)
-        elif mode == "diloco":
-            from .diloco import DiLoCoOptimizer
-
-            opt = DiLoCoOptimizer(self, params, optimizer, overlap=overlap, **kwargs)
-        else:
-            raise ConfigError(f"unknown mode {mode!r}: sync or diloco")
+        opt = CollaborativeOptimizer(self, params, optimizer, mode=mode, overlap=overlap, **kwargs)
         if self.role != "aux":
             try:
                 opt.load_state_from_peers()
@@ -224,79 +231,52 @@ class Collaboration:
                 logger.warning("could not download the state yet (%s); will retry while training", e)
         return opt
 
-    def _attach(self, opt: Any) -> None:
-        """Called by CollaborativeOptimizer: the tensor layout is known, so matchmaking can start."""
-        assert self.node is not None and self.tracker is not None
-        self.optimizer_ = opt
-        self._snapshot = opt.snapshot if self.role != "client" else (lambda: None)
-        codec = getattr(opt, "round_codec", None)
-        layout: TensorLayout = codec.schema if codec is not None else opt.layout
+    def begin_training(self, schema: TensorLayout, snapshot: Callable[[], TrainingState | None]) -> None:
+        """This peer averages tensors of `schema` from now on (matchmaking accepts only that schema) and serves
+        `snapshot()` as its state to newcomers (client-mode peers serve nothing)."""
+        assert self.node is not None and self.tracker is not None and self.matchmaker is not None
+        self._snapshot = snapshot if self.role != "client" else (lambda: None)
         bytes_per_value = {"none": 4, "fp16": 2}
-        vector_bytes = sum(bytes_per_value.get(c.name, 1) * n for c, n in zip(layout.codecs, layout.bucket_sizes))
-        assert self.matchmaker is not None
-        self.matchmaker.set_schema(layout.schema_hash(), lambda: vector_bytes)
+        vector_bytes = sum(bytes_per_value.get(c.name, 1) * n for c, n in zip(schema.codecs, schema.bucket_sizes))
+        self.matchmaker.set_schema(schema.schema_hash(), lambda: vector_bytes)
         self.tracker.local.training = True
         self.tracker.poke()
 
-    # -- rounds (called from the training thread) ---------------------------------------------------------------
+    # -- the round: one entry point, one time budget ------------------------------------------------------------
 
-    def average(self, epoch: int, local: list[torch.Tensor] | None, weight: float, layout: TensorLayout) -> tuple[list[torch.Tensor] | None, RoundOutcome]:
-        """Form a group for `epoch` and average `local` with it; raises RoundFailed."""
-        cfg = self.config
-        budget = cfg.matchmaking_timeout + cfg.averaging_timeout + 5
-        try:
-            return self.loop.run(self._average(epoch, local, weight, layout), timeout=budget)
-        except NetworkError as e:
-            raise RoundFailed(str(e)) from e
-        except concurrent.futures.CancelledError:
-            raise RoundFailed("interrupted") from None
-
-    async def _average(self, epoch: int, local: list[torch.Tensor] | None, weight: float, layout: TensorLayout):
-        async def one_phase(ctx: RoundContext) -> list[torch.Tensor] | None:
-            return await ctx.phase(layout, local)
-
-        main_codec = max(zip(layout.bucket_sizes, (c.name for c in layout.codecs)), default=(0, ""))[1]   # the largest bucket's
-        return await self._average_program(epoch, weight, layout.schema_hash(), one_phase, codec=main_codec)
-
-    # -- rounds with a program: one group, one or more all-reduce phases (PowerSGD, auto compression) ----------
-
-    def average_program(self, epoch: int, weight: float, schema_hash: bytes, program: Callable[[RoundContext], Any]) -> tuple[Any, RoundOutcome]:
-        """Form a group for `epoch` and run `program(ctx)` against it (see swarm.compression_policy); raises RoundFailed."""
-        future = self.submit_program(epoch, weight, schema_hash, program)
-        try:
-            return future.result(self.program_budget() + 10)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise RoundFailed(f"round of epoch {epoch} did not finish in time") from None
-        except concurrent.futures.CancelledError:
-            raise RoundFailed("interrupted") from None
-
-    def program_budget(self) -> float:
+    def round_budget(self) -> float:
+        """Seconds one round may take, matchmaking included (a codec may run two all-reduce phases)."""
         cfg = self.config
         return cfg.matchmaking_timeout + 2 * cfg.averaging_timeout + 5
 
-    def submit_program(self, epoch: int, weight: float, schema_hash: bytes, program: Callable[[RoundContext], Any]) -> concurrent.futures.Future:
-        """Like average_program, without waiting: the future gives (result, outcome) or raises RoundFailed, within
-        matchmaking_timeout + 2 averaging_timeouts (two phases); `interrupt()` cancels it."""
-        budget = self.program_budget()
+    def submit_round(self, request: RoundRequest, codec: RoundCodec, tensors: list[torch.Tensor] | None) -> RoundRequest:
+        """Form a group for `request.epoch` and average `tensors` (None: an auxiliary peer) through `codec`.
+
+        Returns at once, with `request.future` and `request.deadline` set: `request.wait()` gives
+        (Averaged, RoundReport) or raises RoundFailed within `round_budget()`; `interrupt()` cancels it."""
+        budget = self.round_budget()
+        codec.validate(tensors)
 
         async def bounded():
             try:
                 async with asyncio.timeout(budget):
-                    return await self._average_program(epoch, weight, schema_hash, program)
+                    return await self._run_round(request.epoch, request.weight, codec, tensors)
             except TimeoutError:
-                raise RoundFailed(f"round of epoch {epoch} did not finish within {budget:.0f}s") from None
+                raise RoundFailed(f"round of epoch {request.epoch} did not finish within {budget:.0f}s") from None
             except NetworkError as e:
                 raise RoundFailed(str(e)) from e
 
-        return self.loop.submit(bounded())
+        request.started = time.monotonic()
+        request.deadline = request.started + budget + ROUND_GRACE_SECONDS
+        request.future = self.loop.submit(bounded())
+        return request
 
-    async def _average_program(self, epoch: int, weight: float, schema_hash: bytes, program: Callable[[RoundContext], Any], codec: str = ""):
+    async def _run_round(self, epoch: int, weight: float, codec: RoundCodec, tensors: list[torch.Tensor] | None):
         assert self.matchmaker is not None and self.aggregate is not None and self.node is not None
         cfg = self.config
         request = swarm_pb2.JoinRequest(
             run_id=self.run_id, epoch=epoch, peer_id=self.peer_id, role=self.role, weight=weight,
-            upload_bps=self.upload.value, download_bps=self.download.value, schema_hash=schema_hash,
+            upload_bps=self.upload.value, download_bps=self.download.value, schema_hash=codec.schema.schema_hash(),
         )
         started = time.monotonic()
         info = await self.matchmaker.form_group(request, started + cfg.matchmaking_timeout)
@@ -306,51 +286,32 @@ class Collaboration:
             # would run ahead of the swarm, and on reconnection the swarm would take our epoch's state over its own.
             self.matchmaker.alone(epoch)
             raise RoundFailed(f"alone in the group of epoch {epoch}, {alone:.0f}s after others were seen: not stepping solo")
-        group = GroupView.from_info(info, self.peer_id)
-        all_stats = []
-
-        async def phase(layout: TensorLayout, local: list[torch.Tensor] | None) -> list[torch.Tensor] | None:
-            # phase 0 runs under the group's round id; later phases under ids derived from it
-            index = len(all_stats)
-            round_id = group.round_id if index == 0 else hashlib.sha256(group.round_id + index.to_bytes(2, "big")).digest()[:16]
-            round_ = self.round_class(
-                self.node.p2p, dataclasses.replace(group, round_id=round_id), layout, local,  # type: ignore[union-attr]
-                chunk_elements=cfg.chunk_elements, sender_timeout=cfg.sender_timeout,
-            )
-            all_stats.append(round_.stats)
-            self.aggregate.open(round_)  # type: ignore[union-attr]
-            try:
-                return await round_.run()
-            except RoundFailed:
-                self.matchmaker.round_failed(epoch)  # type: ignore[union-attr]
-                raise
-            finally:
-                self.aggregate.close(round_id)  # type: ignore[union-attr]
-
+        phases = GroupPhases(self, GroupView.from_info(info, self.peer_id), epoch)
         links = [
             MemberLink(upload_bps=max(m.upload_bps, 1.0), download_bps=max(m.download_bps, 1.0), brings_gradients=m.role != "aux",
                        needs_result=m.role != "aux", can_reduce=m.role != "client")
             for m in info.members
         ]
-        result = await program(RoundContext(group=group, links=links, phase=phase, epoch=epoch))
+        result = await codec.average(RoundContext(group=phases.group, links=links, phase=phases.run, epoch=epoch), tensors)
         # Busy seconds, not the round's: a peer that waits for others would otherwise look as slow as they are.
-        for stats in all_stats:
+        for stats in phases.stats:
             self.upload.observe(stats.bytes_sent, stats.send_seconds or stats.seconds)
             self.download.observe(stats.bytes_received, stats.receive_seconds or stats.seconds)
-        seconds = sum(st.seconds for st in all_stats)
-        outcome = RoundOutcome(
-            group_size=len(group.peer_ids), seconds=seconds, bytes_sent=sum(st.bytes_sent for st in all_stats),
-            bytes_received=sum(st.bytes_received for st in all_stats), total_weight=sum(group.weights), round_id=group.round_id.hex(),
-            excluded=sorted({p for st in all_stats for p in st.excluded}),
-            codec=getattr(result, "codec", codec), predicted_seconds=getattr(result, "predicted_seconds", float("nan")),
+        seconds = sum(st.seconds for st in phases.stats)
+        report = RoundReport(
+            epoch=epoch, group_size=len(phases.group.peer_ids), round_seconds=seconds,
+            bytes_sent=sum(st.bytes_sent for st in phases.stats), bytes_received=sum(st.bytes_received for st in phases.stats),
+            samples=int(sum(phases.group.weights)), round_id=phases.group.round_id.hex(),
+            excluded=sorted({p for st in phases.stats for p in st.excluded}),
+            codec=result.codec, predicted_seconds=result.predicted_seconds,
         )
-        self.rounds.append(outcome)
+        self.rounds.append(report)
         logger.debug(   # the peer's own line per epoch (peers.daemon) says what a volunteer needs; this is the detail
             "epoch %d: averaged in a group of %d in %.2fs (matchmaking %.2fs), sent %.1f MB%s",
-            epoch, outcome.group_size, seconds, time.monotonic() - started - seconds, outcome.bytes_sent / 1e6,
-            f" ({outcome.codec}" + (f", {len(all_stats)} phases)" if len(all_stats) > 1 else ")") if outcome.codec else "",
+            epoch, report.group_size, seconds, time.monotonic() - started - seconds, report.bytes_sent / 1e6,
+            f" ({report.codec}" + (f", {len(phases.stats)} phases)" if len(phases.stats) > 1 else ")") if report.codec else "",
         )
-        return result, outcome
+        return result, report
 
     def download_state(self, donors: list[str], min_epoch: int) -> TrainingState:
         """A verified state from one of `donors`. A donor that failed (dead, or refused) is not asked again for a record
@@ -384,11 +345,9 @@ class Collaboration:
 
     # -- auxiliary peers --------------------------------------------------------------------------------------
 
-    def run_auxiliary(self, layout: TensorLayout, should_stop: Callable[[], bool]) -> None:
-        """An auxiliary peer's loop: follow the swarm's epoch and reduce a share of every round."""
+    def run_auxiliary(self, codec: RoundCodec, should_stop: Callable[[], bool]) -> None:
+        """An auxiliary peer's loop: follow the swarm's epoch and reduce a share of every round of `codec`'s tensors."""
         assert self.tracker is not None
-        from .optimizer import CollaborativeOptimizer  # noqa: F401  (layout comes from the task's model)
-
         attempted: set[int] = set()
         while not should_stop():
             epoch = self.tracker.view.epoch
@@ -397,12 +356,8 @@ class Collaboration:
                 time.sleep(0.05)
                 continue
             attempted.add(epoch)
-            codec = getattr(self.optimizer_, "round_codec", None)
-            try:
-                if codec is not None:   # PowerSGD: two phases (auto compression refuses auxiliary peers here)
-                    self.average_program(epoch, 0.0, codec.schema.schema_hash(), codec.program(None))
-                else:
-                    self.average(epoch, None, 0.0, layout)
+            try:   # auto compression refuses auxiliary peers here (ConfigError): they never receive its agreed budget
+                self.submit_round(RoundRequest(epoch, 0.0), codec, None).wait()
             except RoundFailed as e:
                 logger.info("epoch %d: auxiliary round failed: %s", epoch, e)
 

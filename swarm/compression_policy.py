@@ -1,10 +1,6 @@
 """Round codecs: how an optimizer's tensors travel through one averaging round, chosen per tensor and per round.
 
-A `RoundCodec` turns the tensors an optimizer averages (gradients, DiLoCo pseudo-gradients) into one or
-more phases of the generic weighted all-reduce (`swarm.allreduce`) and back. The collaboration forms the
-group once (matchmaking), then runs the codec's program against it (`Collaboration.average_program`): each
-`await ctx.phase(layout, local)` is one all-reduce among the same members, the first under the group's round
-id and later ones under ids derived from it.
+The interface (`RoundCodec`, `RoundContext`, `Averaged`) is in `swarm.round_codec`; the codecs:
 
 - `FixedRoundCodec`: one phase; each tensor keeps its codec from a `CompressionPolicy` (none, fp16, 8-bit).
 - `PowerSGDRoundCodec` (`swarm.powersgd`): two phases (the P factors, then the Q factors), error feedback.
@@ -19,113 +15,31 @@ extra exact value, and the weighted mean that comes back (identical on every mem
 budget of the next round; a newcomer gets it with the state download (`state_tensors`). Auxiliary peers
 never receive averages, so they cannot follow the auto codec: they are refused with a ConfigError.
 
-Every round reports what it chose (`RoundResult.codec`, predicted seconds), and the optimizer puts it into
+Every round reports what it chose (`Averaged.codec`, predicted seconds), and the optimizer puts it into
 its step report and the peer's metrics line, with the bytes the round moved.
 """
 from __future__ import annotations
 
-import abc
 import logging
 import math
-from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 
-from .allreduce import GroupView, TensorLayout
-from .balancing import MemberLink, round_seconds
+from .allreduce import TensorLayout
 from .compression import Codec, CompressionPolicy, get_codec
 from .errors import ConfigError
+from .powersgd import PowerSGDRoundCodec
+from .round_codec import Averaged, RoundCodec, RoundContext, encoded_bytes, layout_bytes, predicted_seconds
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "RoundContext", "RoundResult", "RoundCodec", "FixedRoundCodec", "AutoRoundCodec", "make_round_codec",
+    "RoundContext", "Averaged", "RoundCodec", "FixedRoundCodec", "AutoRoundCodec", "make_round_codec",
     "encoded_bytes", "AUTO_CANDIDATES",
 ]
 
-PhaseRunner = Callable[[TensorLayout, "list[torch.Tensor] | None"], Awaitable["list[torch.Tensor] | None"]]
 AUTO_CANDIDATES = ("fp16", "uniform8bit", "powersgd")   # most precise first
-
-
-@dataclass
-class RoundContext:
-    """What a codec's program sees of the round: the group (identical on every member) and its phases."""
-
-    group: GroupView
-    links: list[MemberLink]          # the members' measured links and roles, from the leader's GroupInfo
-    phase: PhaseRunner               # one all-reduce among the group; returns the averaged buckets (None for aux)
-    epoch: int = 0
-
-
-@dataclass
-class RoundResult:
-    """A round's averaged tensors (None for auxiliary peers) and what the codec did."""
-
-    tensors: list[torch.Tensor] | None
-    codec: str
-    predicted_seconds: float = float("nan")
-    extra: list[torch.Tensor] | None = None      # averaged extra values (exact), in the order given
-    commit: Callable[[], None] = field(default=lambda: None, repr=False)  # make the codec's state changes permanent
-
-
-def encoded_bytes(codec: Codec, numel: int) -> int:
-    """Bytes a codec puts on the wire for `numel` values (payload only; the 8-bit codebook counted)."""
-    if codec.name == "none":
-        return 4 * numel
-    if codec.name == "fp16":
-        return 2 * numel
-    return numel + 8 + 4 * 256
-
-
-def _layout_bytes(layout: TensorLayout) -> int:
-    return sum(encoded_bytes(c, n) for c, n in zip(layout.codecs, layout.bucket_sizes))
-
-
-def predicted_seconds(vector_bytes: int, ctx: RoundContext) -> float:
-    """The LP bound of one phase of `vector_bytes` with the group's shares and measured links."""
-    try:
-        return round_seconds(vector_bytes, ctx.links, ctx.group.shares)
-    except ValueError:
-        return float("inf")
-
-
-class RoundCodec(abc.ABC):
-    """Averages a fixed list of tensors (shapes known at construction) through one round."""
-
-    name: str
-
-    def __init__(self, shapes: Sequence[Sequence[int]]):
-        self.shapes = [tuple(int(d) for d in s) for s in shapes]
-
-    @property
-    @abc.abstractmethod
-    def schema(self) -> TensorLayout:
-        """A layout that identifies the run's tensors and codec choice for matchmaking (same on every peer)."""
-
-    @abc.abstractmethod
-    def program(self, tensors: list[torch.Tensor] | None, extra: list[torch.Tensor] | None = None) -> Callable[[RoundContext], Awaitable[RoundResult]]:
-        """The round's work: average `tensors` (None for an auxiliary peer) and `extra` (small, averaged exactly).
-
-        The program must not change the codec's state until `RoundResult.commit()` is called, so a round that
-        fails in a later phase leaves everything as it was (the optimizer retries with the same inputs)."""
-
-    def predicted_bytes(self) -> int:
-        """What one member's share of the round roughly weighs (for the auto codec's comparison)."""
-        return _layout_bytes(self.schema)
-
-    def predict(self, ctx: RoundContext) -> float:
-        return predicted_seconds(self.predicted_bytes(), ctx)
-
-    # state that every member holds identically (in the state download) and local state
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {}
-
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        pass
-
-    def reset(self) -> None:
-        """Forget local state (error feedback) after a state download."""
 
 
 def _extended_layout(shapes: Sequence[tuple[int, ...]], codecs: Sequence[Codec], extra_shapes: Sequence[tuple[int, ...]]) -> TensorLayout:
@@ -171,21 +85,17 @@ class FixedRoundCodec(RoundCodec):
             self._layouts[key] = _extended_layout(self.shapes, self.codecs, key)
         return self._layouts[key]
 
-    def program(self, tensors, extra=None):
+    async def average(self, ctx: RoundContext, tensors, extra=None) -> Averaged:
         extra = list(extra or [])
         layout = self.layout_with([tuple(t.shape) for t in extra])
         n = len(self.shapes)
-
-        async def run(ctx: RoundContext) -> RoundResult:
-            local = layout.flatten(list(tensors) + extra) if tensors is not None else None
-            averaged = await ctx.phase(layout, local)
-            predicted = predicted_seconds(_layout_bytes(layout), ctx)
-            if averaged is None:
-                return RoundResult(None, self.name, predicted)
-            out = layout.unflatten(averaged)
-            return RoundResult(out[:n], self.name, predicted, extra=out[n:])
-
-        return run
+        local = layout.flatten(list(tensors) + extra) if tensors is not None else None
+        averaged = await ctx.phase(layout, local)
+        predicted = predicted_seconds(layout_bytes(layout), ctx)
+        if averaged is None:
+            return Averaged(None, self.name, predicted)
+        out = layout.unflatten(averaged)
+        return Averaged(out[:n], self.name, predicted, extra=out[n:])
 
 
 def _numel(shape: Sequence[int]) -> int:
@@ -230,29 +140,21 @@ class AutoRoundCodec(RoundCodec):
         fastest = min(predictions, key=lambda n: predictions[n])
         return fastest, predictions[fastest]
 
-    def program(self, tensors, extra=None):
+    def validate(self, tensors) -> None:
         if tensors is None:
             raise ConfigError("compression auto cannot run on an auxiliary peer (it never receives the agreed budget)")
+
+    async def average(self, ctx: RoundContext, tensors, extra=None) -> Averaged:
+        self.validate(tensors)
         estimate = float(self.compute_seconds())
         own = torch.tensor([estimate if math.isfinite(estimate) and estimate > 0 else 0.0], dtype=torch.float32)
-        extra = list(extra or [])
-
-        async def run(ctx: RoundContext) -> RoundResult:
-            name, predicted = self.choose(ctx)
-            result = await self.candidates[name].program(tensors, extra + [own])(ctx)
-            agreed = float(result.extra[-1][0]) if result.extra else float("nan")
-            inner_commit = result.commit
-
-            def commit() -> None:
-                inner_commit()
-                if agreed > 0:
-                    self.agreed_compute_seconds = agreed
-
-            logger.debug("epoch %d: auto codec %s (predicted %.3fs, budget %.3fs)", ctx.epoch, name, predicted,
-                         self.budget * (self.agreed_compute_seconds or float("nan")))
-            return RoundResult(result.tensors, name, predicted, extra=(result.extra or [])[:-1], commit=commit)
-
-        return run
+        name, predicted = self.choose(ctx)
+        result = await self.candidates[name].average(ctx, tensors, list(extra or []) + [own])
+        agreed = float(result.extra[-1][0]) if result.extra else float("nan")
+        logger.debug("epoch %d: auto codec %s (predicted %.3fs, budget %.3fs)", ctx.epoch, name, predicted,
+                     self.budget * (self.agreed_compute_seconds or float("nan")))
+        return Averaged(result.tensors, name, predicted, extra=(result.extra or [])[:-1],
+                        commit=AgreedCommit(self, result.commit, agreed))
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
@@ -273,13 +175,23 @@ class AutoRoundCodec(RoundCodec):
             codec.reset()
 
 
+class AgreedCommit:
+    """The auto codec's commit: the chosen codec's own, then the agreed compute seconds for the next round."""
+
+    def __init__(self, codec: AutoRoundCodec, inner: Callable[[], None], agreed: float):
+        self.codec, self.inner, self.agreed = codec, inner, agreed
+
+    def __call__(self) -> None:
+        self.inner()
+        if self.agreed > 0:
+            self.codec.agreed_compute_seconds = self.agreed
+
+
 def make_round_codec(
     shapes: Sequence[Sequence[int]], compression: str, *, rank: int = 4, budget: float = 0.25,
     compute_seconds: Callable[[], float] = lambda: float("nan"), policy: CompressionPolicy | None = None,
 ) -> RoundCodec:
     """The round codec for an EngineConfig.compression name (a codec, "powersgd" or "auto")."""
-    from .powersgd import PowerSGDRoundCodec
-
     if compression == "powersgd":
         return PowerSGDRoundCodec(shapes, rank=rank, policy=policy or CompressionPolicy(default="fp16"))
     if compression == "auto":

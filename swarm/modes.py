@@ -8,7 +8,7 @@ network trains exactly what a volunteer would:
   batch; with overlap the round runs in the background and its update lands one step late;
 - diloco: the inner optimizer (AdamW at diloco.inner_lr, or the task's own) takes a local step on every
   micro-batch; every epoch the swarm averages the pseudo-gradients and an outer SGD with Nesterov momentum
-  (outer_lr, outer_momentum) steps on them (swarm.diloco).
+  (outer_lr, outer_momentum) steps on them (swarm.optim.strategies.DiLoCo).
 
 The learning-rate schedule, if any, follows the global epoch (DiLoCo: the outer step) in every mode.
 

@@ -31,7 +31,7 @@ import torch
 
 from .allreduce import TensorLayout
 from .compression import Codec, CompressionPolicy, get_codec
-from .compression_policy import RoundCodec, RoundContext, RoundResult, _layout_bytes, predicted_seconds
+from .round_codec import Averaged, RoundCodec, RoundContext, layout_bytes, predicted_seconds
 from .error_feedback import ErrorFeedback
 
 __all__ = ["orthogonalize", "PowerSGDRoundCodec", "matrix_shape", "low_rank_round"]
@@ -116,52 +116,48 @@ class PowerSGDRoundCodec(RoundCodec):
         return self._layouts_p[key]
 
     def predict(self, ctx: RoundContext) -> float:
-        return predicted_seconds(_layout_bytes(self.layout_p()), ctx) + predicted_seconds(_layout_bytes(self.layout_q), ctx)
+        return predicted_seconds(layout_bytes(self.layout_p()), ctx) + predicted_seconds(layout_bytes(self.layout_q), ctx)
 
     def predicted_bytes(self) -> int:
-        return _layout_bytes(self.layout_p()) + _layout_bytes(self.layout_q)
+        return layout_bytes(self.layout_p()) + layout_bytes(self.layout_q)
 
     def compression_ratio(self) -> float:
         """fp32 bytes of the tensors over the bytes of one round (both phases)."""
         return 4 * sum(_numel(s) for s in self.shapes) / max(1, self.predicted_bytes())
 
-    def program(self, tensors, extra=None):
+    async def average(self, ctx: RoundContext, tensors, extra=None) -> Averaged:
         extra = list(extra or [])
         layout_p = self.layout_p([tuple(t.shape) for t in extra])
         k = len(self.low_rank)
+        predicted = self.predict(ctx)
+        if tensors is None:   # auxiliary: reduce shares of both phases, bring and receive nothing
+            await ctx.phase(layout_p, None)
+            await ctx.phase(self.layout_q, None)
+            return Averaged(None, self.name, predicted)
+        ms = {i: self.ef.compensate(str(i), tensors[i].reshape(matrix_shape(self.shapes[i]))) for i in self.low_rank}
+        ps = [ms[i] @ self.q[i] for i in self.low_rank]
+        averaged = await ctx.phase(layout_p, layout_p.flatten(ps + [tensors[i] for i in self.rest] + extra))
+        assert averaged is not None
+        out_p = layout_p.unflatten(averaged)
+        p_hats = [orthogonalize(p) for p in out_p[:k]]
+        qs = [ms[i].t() @ p_hat for i, p_hat in zip(self.low_rank, p_hats)]
+        averaged_q = await ctx.phase(self.layout_q, self.layout_q.flatten(qs))
+        assert averaged_q is not None
+        q_bars = self.layout_q.unflatten(averaged_q)
+        result: list[torch.Tensor | None] = [None] * len(self.shapes)
+        for i, p_hat, q_bar in zip(self.low_rank, p_hats, q_bars):
+            result[i] = (p_hat @ q_bar.t()).reshape(self.shapes[i])
+        for j, i in enumerate(self.rest):
+            result[i] = out_p[k + j]
+        residual_updates = [(i, ms[i], p_hat @ q.t()) for i, p_hat, q in zip(self.low_rank, p_hats, qs)]
+        new_q = {i: q_bar.clone() for i, q_bar in zip(self.low_rank, q_bars)}
 
-        async def run(ctx: RoundContext) -> RoundResult:
-            predicted = self.predict(ctx)
-            if tensors is None:   # auxiliary: reduce shares of both phases, bring and receive nothing
-                await ctx.phase(layout_p, None)
-                await ctx.phase(self.layout_q, None)
-                return RoundResult(None, self.name, predicted)
-            ms = {i: self.ef.compensate(str(i), tensors[i].reshape(matrix_shape(self.shapes[i]))) for i in self.low_rank}
-            ps = [ms[i] @ self.q[i] for i in self.low_rank]
-            averaged = await ctx.phase(layout_p, layout_p.flatten(ps + [tensors[i] for i in self.rest] + extra))
-            assert averaged is not None
-            out_p = layout_p.unflatten(averaged)
-            p_hats = [orthogonalize(p) for p in out_p[:k]]
-            qs = [ms[i].t() @ p_hat for i, p_hat in zip(self.low_rank, p_hats)]
-            averaged_q = await ctx.phase(self.layout_q, self.layout_q.flatten(qs))
-            assert averaged_q is not None
-            q_bars = self.layout_q.unflatten(averaged_q)
-            result: list[torch.Tensor | None] = [None] * len(self.shapes)
-            for i, p_hat, q_bar in zip(self.low_rank, p_hats, q_bars):
-                result[i] = (p_hat @ q_bar.t()).reshape(self.shapes[i])
-            for j, i in enumerate(self.rest):
-                result[i] = out_p[k + j]
-            residual_updates = [(i, ms[i], p_hat @ q.t()) for i, p_hat, q in zip(self.low_rank, p_hats, qs)]
-            new_q = {i: q_bar.clone() for i, q_bar in zip(self.low_rank, q_bars)}
+        def commit() -> None:
+            for i, m, sent in residual_updates:
+                self.ef.update(str(i), m, sent)
+            self.q.update(new_q)
 
-            def commit() -> None:
-                for i, m, sent in residual_updates:
-                    self.ef.update(str(i), m, sent)
-                self.q.update(new_q)
-
-            return RoundResult(result, self.name, predicted, extra=out_p[k + len(self.rest):], commit=commit)  # type: ignore[arg-type]
-
-        return run
+        return Averaged(result, self.name, predicted, extra=out_p[k + len(self.rest):], commit=commit)  # type: ignore[arg-type]
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {f"codec.powersgd.q.{i}": q.clone() for i, q in self.q.items()}

@@ -129,7 +129,7 @@ def install(collab, armed: ArmedFaults) -> None:
     """Make `collab` fail where armed faults say: its rounds, and the state it serves."""
     from swarm.state_sync import TrainingState
 
-    armed.epoch = lambda: getattr(collab.optimizer_, "epoch", -1)
+    armed.epoch = lambda: collab.tracker.local.epoch if collab.tracker is not None else -1
     collab.round_class = chaos_round_class(armed)
     server = collab.state_server
     snapshot = server.snapshot

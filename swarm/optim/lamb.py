@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from .grads import closure_loss, dense_grads
+
 __all__ = ["Lamb"]
 
 
@@ -67,18 +69,10 @@ class Lamb(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Apply one LAMB update to every parameter with a gradient; returns the closure's loss if given."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                if grad.is_sparse:
-                    raise RuntimeError("Lamb does not support sparse gradients")
+            for p, grad in dense_grads(group, "Lamb"):
                 state = self.state[p]
                 if len(state) == 0:
                     state["step"] = 0

@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from .grads import closure_loss, dense_grads
+
 __all__ = ["Lars", "lars_param_groups"]
 
 
@@ -87,18 +89,10 @@ class Lars(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Apply one LARS update to every parameter with a gradient; returns the closure's loss if given."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                if grad.is_sparse:
-                    raise RuntimeError("Lars does not support sparse gradients")
+            for p, grad in dense_grads(group, "Lars"):
                 if self.excluded(group, p):
                     update = grad.clone()
                 else:

@@ -11,7 +11,7 @@ What it models, and how (the engine's modules in brackets):
   flows sharing bottlenecks get about equal shares), with each link's capacity its rate times
   `efficiency` (TCP/IP goodput of a shaped link). The model advances from event to event (a flow
   ends, an output stream catches up with its reducer, a step of at most 1/50 of the round).
-- Estimates (balancing.BandwidthEstimator, allreduce.RoundStats.finish): the first round uses the prior
+- Estimates (balancing.BandwidthEstimator, allreduce.PhaseStats.finish): the first round uses the prior
   (config `bandwidth_mbps`); after each round every peer folds in what the engine would measure: the
   best rate its download sustained over a quarter of its bytes, and for the upload the same, or, when
   its own streams carry less than the transport buffers, the lower bound from its acknowledged chunks.
@@ -45,7 +45,7 @@ from ..balancing import BandwidthEstimator, MemberLink, delivered_rate, optimal_
 from .model_report import role_rows
 from .scenario import MBIT, AllreduceWorkload, PeerInstance, Scenario, TrainingWorkload
 
-__all__ = ["ModelParams", "RoundResult", "simulate_round", "model_allreduce", "model_training", "run_model"]
+__all__ = ["ModelParams", "SimulatedRound", "simulate_round", "model_allreduce", "model_training", "run_model"]
 
 
 @dataclass
@@ -60,7 +60,7 @@ class ModelParams:
 
 
 @dataclass
-class RoundResult:
+class SimulatedRound:
     seconds: float                         # the slowest member's all-reduce time
     per_class_seconds: list[float]
     shares: list[float]                    # per member (expanded)
@@ -123,7 +123,7 @@ def _max_min(src: np.ndarray, dst: np.ndarray, m_out: np.ndarray, m_in: np.ndarr
 
 
 def simulate_round(peers: Sequence[PeerInstance], shares: Sequence[float], vector_bytes: int, *,
-                   chunk_bytes: int = 2**19, params: ModelParams | None = None) -> RoundResult:
+                   chunk_bytes: int = 2**19, params: ModelParams | None = None) -> SimulatedRound:
     """One all-reduce of `vector_bytes` with these shares over the peers' links (bytes/s)."""
     params = params or ModelParams()
     n = len(peers)
@@ -237,7 +237,7 @@ def simulate_round(peers: Sequence[PeerInstance], shares: Sequence[float], vecto
         mine = (src_a == k) | (dst_a == k)
         per_class[k] = float(np.nanmax(finish[mine])) if mine.any() and not np.isnan(finish[mine]).all() else 0.0
     per_class += params.round_overhead
-    # the engine's upload estimate (allreduce.RoundStats.finish): the best sustained rate when the member's own
+    # the engine's upload estimate (allreduce.PhaseStats.finish): the best sustained rate when the member's own
     # streams carry more than the transport buffers, else the bound from its acknowledged chunks
     own_per_stream = np.bincount(src_a, weights=np.where(kind_a == 0, size_a, 0.0), minlength=c) / np.maximum(
         np.bincount(src_a, weights=np.where(kind_a == 0, m_out_a, 0.0), minlength=c), 1.0)
@@ -251,7 +251,7 @@ def simulate_round(peers: Sequence[PeerInstance], shares: Sequence[float], vecto
     got_total = np.bincount(dst_a, weights=m_in_a * size_a, minlength=c)
     by_member: dict[int, int] = {i: k for k, cls in enumerate(classes) for i in cls.members}
     order = [p.index for p in peers]
-    return RoundResult(
+    return SimulatedRound(
         seconds=float(per_class.max()) if c else 0.0,
         per_class_seconds=[float(per_class[by_member[i]]) for i in order],
         shares=[float(s) for s in shares],
@@ -304,10 +304,10 @@ def _symmetric(peers: Sequence[PeerInstance], shares: Sequence[float]) -> list[f
     return [x / total for x in out] if total > 0 else [float(x) for x in shares]
 
 
-_ROUND_CACHE: dict[tuple, RoundResult] = {}
+_ROUND_CACHE: dict[tuple, SimulatedRound] = {}
 
 
-def _cached_round(peers: Sequence[PeerInstance], shares: Sequence[float], vector_bytes: int, chunk_bytes: int, params: ModelParams) -> RoundResult:
+def _cached_round(peers: Sequence[PeerInstance], shares: Sequence[float], vector_bytes: int, chunk_bytes: int, params: ModelParams) -> SimulatedRound:
     key = (tuple((p.upload_bps, p.download_bps, p.role) for p in peers), tuple(shares), vector_bytes, chunk_bytes,
            params.efficiency, params.round_overhead)
     if key not in _ROUND_CACHE:

@@ -7,7 +7,7 @@ stderr). Modes:
 - `allreduce`: joins the run as a trainer, client or aux peer (a Collaboration, like any peer) and
   averages a vector with the swarm on command. Round r: on `prepare` it reports epoch r and waits
   until its view of the swarm shows every peer at r (so every leader candidate agrees); on `go` it
-  calls `Collaboration.average`, the same call the collaborative optimizer makes, and reports the
+  calls `Collaboration.submit_round`, the same call the collaborative optimizer makes, and reports the
   all-reduce seconds, bytes, shares, its bandwidth estimates and a hash of the result.
   Trainer i averages x_i = g_r + i (g_r a random vector shared by round), so the exact mean is
   known and each peer reports its largest error.
@@ -50,16 +50,6 @@ def commands():
         line = line.strip()
         if line:
             yield json.loads(line)
-
-
-class _VectorLayout:
-    """What Collaboration needs from an optimizer to set up matchmaking: the layout (and no state to serve)."""
-
-    def __init__(self, layout):
-        self.layout = layout
-
-    def snapshot(self):
-        return None
 
 
 def _record_rounds(collab) -> None:
@@ -132,14 +122,17 @@ def _wait_for_view(collab, epoch: int, expected: int, timeout: float) -> int:
 def run_allreduce(args: argparse.Namespace) -> None:
     from swarm.allreduce import TensorLayout
     from swarm.compression import get_codec
+    from swarm.compression_policy import FixedRoundCodec
     from swarm.errors import RoundFailed
+    from swarm.rounds import RoundRequest
 
     engine = json.loads(args.engine)
     collab = _join(args, engine)
     try:
         codec = get_codec(args.compression)
         layout = TensorLayout.build([(args.params,)], lambda i, n: codec)
-        collab._attach(_VectorLayout(layout))
+        round_codec = FixedRoundCodec.from_layout(layout)
+        collab.begin_training(layout, lambda: None)
         captured: dict[str, Any] = {}
         form_group = collab.matchmaker.form_group
 
@@ -173,7 +166,8 @@ def run_allreduce(args: argparse.Namespace) -> None:
             if profiler is not None:
                 profiler.enable()
             try:
-                result, outcome = collab.average(r, local, 0.0 if local is None else 1.0, layout)
+                averaged, outcome = collab.submit_round(RoundRequest(r, 0.0 if local is None else 1.0), round_codec, local).wait()
+                result = averaged.tensors
             except RoundFailed as e:
                 emit("round", round=r, ok=False, error=str(e), wall=time.monotonic() - started,
                      upload_est=collab.upload.value, download_est=collab.download.value)
@@ -183,7 +177,7 @@ def run_allreduce(args: argparse.Namespace) -> None:
                 profiler.disable()
             info = captured.get("info")
             fields: dict[str, Any] = dict(
-                round=r, ok=True, peer_id=collab.peer_id, seconds=outcome.seconds, wall=wall, group=outcome.group_size,
+                round=r, ok=True, peer_id=collab.peer_id, seconds=outcome.round_seconds, wall=wall, group=outcome.group_size,
                 bytes_sent=outcome.bytes_sent, bytes_received=outcome.bytes_received,
                 upload_est=collab.upload.value, download_est=collab.download.value,
                 excluded=len(outcome.excluded),
@@ -272,7 +266,7 @@ def run_training(args: argparse.Namespace) -> None:
         deadline = time.monotonic() + float(go.get("duration", workload.duration))
         counters = read_counters()
         if args.role == "aux":
-            collab.run_auxiliary(opt.layout, lambda: stop.is_set() or time.monotonic() > deadline)
+            collab.run_auxiliary(opt.codec, lambda: stop.is_set() or time.monotonic() > deadline)
             emit("summary", role="aux", rounds=len(collab.rounds), bytes_sent=sum(r.bytes_sent for r in collab.rounds),
                  bytes_received=sum(r.bytes_received for r in collab.rounds), **net_sent(counters, read_counters()))
             return

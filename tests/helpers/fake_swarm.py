@@ -18,11 +18,11 @@ import torch
 
 from swarm.allreduce import GroupView, TensorLayout
 from swarm.balancing import MemberLink
-from swarm.collaboration import RoundOutcome
-from swarm.compression_policy import RoundContext
+from swarm.round_codec import RoundCodec, RoundContext
 from swarm.config import EngineConfig
 from swarm.errors import NetworkError, RoundFailed
 from swarm.progress import LocalProgress, SwarmView
+from swarm.rounds import RoundReport, RoundRequest
 
 
 class FakeTracker:
@@ -53,30 +53,24 @@ class FakeCollab:
         self.swarm, self.index, self.config = swarm, index, config
         self.peer_id = f"peer{index}"
         self.tracker = FakeTracker(swarm, index, config.target_batch_size)
-        self.optimizer_: Any = None
-        self.rounds: list[RoundOutcome] = []
+        self.rounds: list[RoundReport] = []
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"fake-engine-{index}")
         self._attempts: dict[int, int] = {}
 
-    def _attach(self, opt: Any) -> None:
-        self.optimizer_ = opt
+    def begin_training(self, schema: TensorLayout, snapshot: Callable) -> None:
+        self.schema, self.snapshot = schema, snapshot
 
-    def program_budget(self) -> float:
+    def round_budget(self) -> float:
         return 30.0
 
-    def submit_program(self, epoch: int, weight: float, schema_hash: bytes, program: Callable) -> concurrent.futures.Future:
-        return self._pool.submit(lambda: asyncio.run(self._run(epoch, weight, program)))
+    def submit_round(self, request: RoundRequest, codec: RoundCodec, tensors) -> RoundRequest:
+        codec.validate(tensors)
+        request.started = time.monotonic()
+        request.deadline = request.started + self.round_budget() + 30.0
+        request.future = self._pool.submit(lambda: asyncio.run(self._run(request.epoch, request.weight, codec, tensors)))
+        return request
 
-    def average_program(self, epoch: int, weight: float, schema_hash: bytes, program: Callable):
-        return self.submit_program(epoch, weight, schema_hash, program).result(60)
-
-    def average(self, epoch: int, local, weight: float, layout: TensorLayout):
-        async def one(ctx: RoundContext):
-            return await ctx.phase(layout, local)
-
-        return self.average_program(epoch, weight, layout.schema_hash(), one)
-
-    async def _run(self, epoch: int, weight: float, program: Callable):
+    async def _run(self, epoch: int, weight: float, codec: RoundCodec, tensors):
         n = self.swarm.n
         group = GroupView(round_id=bytes(16), peer_ids=tuple(f"peer{i}" for i in range(n)), roles=("trainer",) * n,
                           weights=(1.0,) * n, shares=tuple([1.0 / n] * n), my_index=self.index, timeout=30.0)
@@ -90,9 +84,9 @@ class FakeCollab:
             phases.append(total)
             return averaged
 
-        result = await program(RoundContext(group=group, links=links, phase=phase, epoch=epoch))
-        outcome = RoundOutcome(group_size=n, seconds=0.0, bytes_sent=0, bytes_received=0, total_weight=phases[0] if phases else 0.0,
-                               round_id="0" * 32, excluded=[], codec=getattr(result, "codec", ""))
+        result = await codec.average(RoundContext(group=group, links=links, phase=phase, epoch=epoch), tensors)
+        outcome = RoundReport(epoch=epoch, group_size=n, round_seconds=0.0, bytes_sent=0, bytes_received=0,
+                              samples=int(phases[0]) if phases else 0, round_id="0" * 32, codec=result.codec)
         self.rounds.append(outcome)
         return result, outcome
 

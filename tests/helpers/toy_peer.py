@@ -189,7 +189,7 @@ def main() -> None:
         if args.stop_at_epoch >= 0:
             collab.round_class = make_stopping_round(collab.round_class, args.stop_at_epoch, lambda: opt.epoch)
         if args.role == "aux":
-            collab.run_auxiliary(opt.layout, lambda: stop["flag"])
+            collab.run_auxiliary(opt.codec, lambda: stop["flag"])
             return
         waited = time.monotonic() + args.wait_timeout
         while sum(p.training for p in collab.tracker.view.peers) < args.wait_peers and time.monotonic() < waited:
@@ -211,7 +211,7 @@ def main() -> None:
             loss = torch.nn.functional.mse_loss(model(x), y)
             loss.backward()
             opt.step(samples=8)
-            if opt.epoch == args.die_during_inner_steps and getattr(opt, "inner_steps", 0) >= 3 and getattr(opt, "pending", None) is None:
+            if opt.epoch == args.die_during_inner_steps and getattr(opt.strategy, "inner_steps", 0) >= 3 and opt.pending is None:
                 print("DYING", opt.epoch, flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
             opt.zero_grad()

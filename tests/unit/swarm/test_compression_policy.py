@@ -6,9 +6,9 @@ import torch
 
 from swarm.allreduce import GroupView
 from swarm.balancing import MemberLink
-from swarm.compression import CompressionPolicy
 from swarm.compression_policy import AutoRoundCodec, FixedRoundCodec, RoundContext, make_round_codec
 from swarm.errors import ConfigError
+from swarm.rounds import RoundRequest
 from tests.helpers.fake_swarm import FakeSwarm
 
 pytestmark = pytest.mark.timeout(120)
@@ -68,7 +68,7 @@ def test_auto_round_agrees_on_the_weighted_mean_compute_time_and_reports_its_cod
     inputs = [[torch.randn(256, 512), torch.randn(512)] for _ in range(2)]
     try:
         def peer(i, collab):
-            result, outcome = collab.average_program(0, [1.0, 3.0][i], b"", codecs[i].program(inputs[i]))
+            result, outcome = collab.submit_round(RoundRequest(0, [1.0, 3.0][i]), codecs[i], inputs[i]).wait()
             result.commit()
             return result, outcome
         (r0, o0), (r1, o1) = swarm.run_peers(peer)
@@ -87,4 +87,4 @@ def test_auto_round_agrees_on_the_weighted_mean_compute_time_and_reports_its_cod
 def test_auto_refuses_auxiliary_peers_with_one_line():
     auto = make_round_codec(SHAPES, "auto")
     with pytest.raises(ConfigError, match="auxiliary"):
-        auto.program(None)
+        auto.validate(None)

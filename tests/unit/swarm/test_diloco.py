@@ -6,7 +6,8 @@ import copy
 import pytest
 import torch
 
-from swarm.diloco import DiLoCoOptimizer
+from swarm.errors import ConfigError
+from swarm.optim.core import CollaborativeOptimizer
 from tests.helpers.fake_swarm import FakeSwarm
 
 pytestmark = pytest.mark.timeout(120)
@@ -34,9 +35,9 @@ def test_one_inner_step_outer_lr_1_no_momentum_is_sync_averaging_of_parameters()
 
     def peer(i, collab):
         model = copy.deepcopy(initial)
-        opt = DiLoCoOptimizer(collab, model.parameters(), torch.optim.AdamW, lr=0.05, outer_lr=1.0, outer_momentum=0.0)
+        opt = CollaborativeOptimizer(collab, model.parameters(), torch.optim.AdamW, lr=0.05, outer_lr=1.0, outer_momentum=0.0, mode="diloco")
         _loss(model, i, 0).backward()
-        assert opt.step(8) is True
+        assert opt.step(samples=8) is True
         return model, opt
 
     try:
@@ -64,16 +65,16 @@ def test_peers_end_every_outer_step_identical_and_weights_follow_samples():
 
     def peer(i, collab):
         model = copy.deepcopy(initial)
-        opt = DiLoCoOptimizer(collab, model.parameters(), torch.optim.AdamW, lr=0.01, outer_lr=0.7, outer_momentum=0.9)
+        opt = CollaborativeOptimizer(collab, model.parameters(), torch.optim.AdamW, lr=0.01, outer_lr=0.7, outer_momentum=0.9, mode="diloco")
         losses = []
         for step in range(15):
             loss = _loss(model, i, step)
             loss.backward()
             losses.append(loss.item())
-            opt.step(8)
+            opt.step(samples=8)
             opt.zero_grad()
-            if opt.inner_steps == 0:   # right after an outer step the local parameters are the outer ones
-                assert all(torch.equal(p, o) for p, o in zip(model.parameters(), opt.outer_params))
+            if opt.strategy.inner_steps == 0:   # right after an outer step the local parameters are the outer ones
+                assert all(torch.equal(p, o) for p, o in zip(model.parameters(), opt.strategy.outer_params))
         return opt, losses
 
     try:
@@ -84,10 +85,10 @@ def test_peers_end_every_outer_step_identical_and_weights_follow_samples():
     assert all(o.epoch == 5 for o in opts)
     for epoch in range(1, 6):
         assert len({o.history[epoch - 1].params_hash for o in opts}) == 1
-    momenta = [torch.cat([o.outer.state[p]["momentum_buffer"].reshape(-1) for p in o.outer_params]) for o in opts]
+    momenta = [torch.cat([o.strategy.outer.state[p]["momentum_buffer"].reshape(-1) for p in o.strategy.outer_params]) for o in opts]
     assert all(torch.equal(momenta[0], m) for m in momenta[1:])
     assert opts[0].history[-1].samples == 72       # 3 peers x 24 samples
-    assert not all(torch.equal(p, q) for p, q in zip(opts[0].outer_params, initial.parameters()))
+    assert not all(torch.equal(p, q) for p, q in zip(opts[0].strategy.outer_params, initial.parameters()))
 
 
 def test_newcomer_loads_outer_parameters_momentum_and_epoch():
@@ -95,13 +96,13 @@ def test_newcomer_loads_outer_parameters_momentum_and_epoch():
     swarm = FakeSwarm(1, per_peer_target=16)
     try:
         model = copy.deepcopy(initial)
-        opt = DiLoCoOptimizer(swarm.collabs[0], model.parameters(), torch.optim.AdamW, lr=0.01)
+        opt = CollaborativeOptimizer(swarm.collabs[0], model.parameters(), torch.optim.AdamW, lr=0.01, mode="diloco")
         for step in range(8):
             _loss(model, 0, step).backward()
-            opt.step(8)
+            opt.step(samples=8)
             opt.zero_grad()
         _loss(model, 0, 99).backward()
-        opt.step(8)                              # an inner step after the last outer step: local != outer
+        opt.step(samples=8)                              # an inner step after the last outer step: local != outer
         state = opt.snapshot()
     finally:
         swarm.close()
@@ -109,15 +110,15 @@ def test_newcomer_loads_outer_parameters_momentum_and_epoch():
     other = FakeSwarm(1, per_peer_target=16)
     try:
         fresh_model = copy.deepcopy(initial)
-        fresh = DiLoCoOptimizer(other.collabs[0], fresh_model.parameters(), torch.optim.AdamW, lr=0.01)
+        fresh = CollaborativeOptimizer(other.collabs[0], fresh_model.parameters(), torch.optim.AdamW, lr=0.01, mode="diloco")
         fresh.load_state(state)
     finally:
         other.close()
     assert fresh.epoch == 4 and fresh.params_hash() == opt.params_hash()
-    for p, o in zip(fresh_model.parameters(), opt.outer_params):
+    for p, o in zip(fresh_model.parameters(), opt.strategy.outer_params):
         assert torch.equal(p.detach(), o)       # inner steps start from the outer parameters
-    for a, b in zip(fresh.outer_params, opt.outer_params):
-        assert torch.equal(fresh.outer.state[a]["momentum_buffer"], opt.outer.state[b]["momentum_buffer"])
+    for a, b in zip(fresh.strategy.outer_params, opt.strategy.outer_params):
+        assert torch.equal(fresh.strategy.outer.state[a]["momentum_buffer"], opt.strategy.outer.state[b]["momentum_buffer"])
 
 
 def test_overlap_keeps_the_inner_work_done_while_the_round_ran():
@@ -128,10 +129,10 @@ def test_overlap_keeps_the_inner_work_done_while_the_round_ran():
     steps = 30
     try:
         model = copy.deepcopy(initial)
-        opt = DiLoCoOptimizer(swarm.collabs[0], model.parameters(), torch.optim.SGD, lr=0.05, outer_lr=1.0, outer_momentum=0.0, overlap=True)
+        opt = CollaborativeOptimizer(swarm.collabs[0], model.parameters(), torch.optim.SGD, lr=0.05, outer_lr=1.0, outer_momentum=0.0, overlap=True, mode="diloco")
         for step in range(steps):
             _loss(model, 0, step).backward()
-            opt.step(8)
+            opt.step(samples=8)
             opt.zero_grad()
         opt.finish()
     finally:
@@ -155,12 +156,12 @@ def test_a_failed_outer_round_is_retried_with_all_local_progress():
 
     def peer(i, collab):
         model = copy.deepcopy(initial)
-        opt = DiLoCoOptimizer(collab, model.parameters(), torch.optim.AdamW, lr=0.01)
+        opt = CollaborativeOptimizer(collab, model.parameters(), torch.optim.AdamW, lr=0.01, mode="diloco")
         opt._retry_after = 0.0
         step = 0
         while opt.epoch < 3 and step < 200:
             _loss(model, i, step).backward()
-            opt.step(8)
+            opt.step(samples=8)
             opt.zero_grad()
             opt._retry_after = 0.0   # retry at once (the engine waits 1 s)
             step += 1
@@ -179,7 +180,7 @@ def test_a_failed_outer_round_is_retried_with_all_local_progress():
 def test_bad_outer_hyperparameters_are_refused():
     swarm = FakeSwarm(1)
     try:
-        with pytest.raises(ValueError, match="outer_momentum"):
-            DiLoCoOptimizer(swarm.collabs[0], _initial().parameters(), torch.optim.AdamW, lr=0.01, outer_momentum=1.0)
+        with pytest.raises(ConfigError, match="outer_momentum"):
+            CollaborativeOptimizer(swarm.collabs[0], _initial().parameters(), torch.optim.AdamW, lr=0.01, outer_momentum=1.0, mode="diloco")
     finally:
         swarm.close()

@@ -6,7 +6,7 @@ import torch
 
 from swarm.config import EngineConfig
 from swarm.optim import Lamb
-from swarm.optimizer import CollaborativeOptimizer
+from swarm.optim.core import CollaborativeOptimizer
 from swarm.state_sync import state_digest
 
 pytestmark = pytest.mark.timeout(30)
@@ -32,8 +32,8 @@ class FakeCollab:
         self.config = EngineConfig()
         self.tracker = FakeTracker()
 
-    def _attach(self, opt):
-        self.opt = opt
+    def begin_training(self, schema, snapshot):
+        self.schema = schema
 
 
 def trained(opt_cls, seed, **kw):

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from swarm.overlap import OverlappedOptimizer
+from swarm.optim.core import CollaborativeOptimizer
 from tests.helpers.fake_swarm import FakeSwarm
 
 pytestmark = pytest.mark.timeout(120)
@@ -25,7 +25,7 @@ def _train(opt, model, gen, steps, sleep=0.01):
         loss = (model(x) - x.sum(dim=1, keepdim=True)).pow(2).mean()
         loss.backward()
         before = opt.pending
-        opt.step(8)
+        opt.step(samples=8)
         opt.zero_grad()
         current.append(version)
         if opt.pending is not None and opt.pending is not before:
@@ -41,7 +41,7 @@ def test_an_update_is_never_more_than_one_step_late():
     try:
         torch.manual_seed(0)
         model = torch.nn.Linear(4, 1)
-        opt = OverlappedOptimizer(swarm.collabs[0], model.parameters(), torch.optim.SGD, lr=0.05)
+        opt = CollaborativeOptimizer(swarm.collabs[0], model.parameters(), torch.optim.SGD, lr=0.05, overlap=True)
         reports, versions_of, _ = _train(opt, model, torch.Generator().manual_seed(1), steps=60)
     finally:
         swarm.close()
@@ -64,7 +64,7 @@ def test_peers_hold_identical_parameters_and_a_failed_round_loses_no_samples():
 
     def peer(i, collab):
         model = copy.deepcopy(initial)            # identical initial parameters
-        opt = OverlappedOptimizer(collab, model.parameters(), torch.optim.SGD, lr=0.05, momentum=0.9)
+        opt = CollaborativeOptimizer(collab, model.parameters(), torch.optim.SGD, lr=0.05, momentum=0.9, overlap=True)
         reports, _, _ = _train(opt, model, torch.Generator().manual_seed(10 + i), steps=steps, sleep=0.02)
         return opt, reports
 
@@ -87,9 +87,9 @@ def test_finish_applies_the_round_in_flight():
     swarm = FakeSwarm(1, per_peer_target=8, delay=0.3)
     try:
         model = torch.nn.Linear(2, 1)
-        opt = OverlappedOptimizer(swarm.collabs[0], model.parameters(), torch.optim.SGD, lr=0.1)
+        opt = CollaborativeOptimizer(swarm.collabs[0], model.parameters(), torch.optim.SGD, lr=0.1, overlap=True)
         model(torch.ones(1, 2)).sum().backward()
-        opt.step(8)
+        opt.step(samples=8)
         assert opt.pending is not None and opt.epoch == 0
         opt.finish()
         assert opt.pending is None and opt.epoch == 1 and opt.history[-1].staleness == 0

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from swarm.compression import CompressionPolicy
 from swarm.powersgd import PowerSGDRoundCodec, low_rank_round, orthogonalize
+from swarm.rounds import RoundRequest
 from tests.helpers.fake_swarm import FakeSwarm
 
 pytestmark = pytest.mark.timeout(120)
@@ -40,7 +40,7 @@ def _run_round(codecs, inputs, weights):
     swarm = FakeSwarm(len(codecs))
     try:
         def peer(i, collab):
-            result, _ = collab.average_program(0, weights[i], b"", codecs[i].program(inputs[i]))
+            result, _ = collab.submit_round(RoundRequest(0, weights[i]), codecs[i], inputs[i]).wait()
             result.commit()
             return result
         return swarm.run_peers(peer)
@@ -75,7 +75,7 @@ def test_error_feedback_over_rounds_loses_nothing_for_a_single_member():
     try:
         for epoch in range(12):
             x = torch.randn(32, 32, generator=gen)
-            result, _ = swarm.collabs[0].average_program(epoch, 1.0, b"", codec.program([x]))
+            result, _ = swarm.collabs[0].submit_round(RoundRequest(epoch, 1.0), codec, [x]).wait()
             result.commit()
             sent_sum += result.tensors[0].double()
             input_sum += x.double()
@@ -91,7 +91,7 @@ def test_a_round_that_is_not_committed_changes_nothing():
     q_before = codec.q[0].clone()
     swarm = FakeSwarm(1)
     try:
-        result, _ = swarm.collabs[0].average_program(0, 1.0, b"", codec.program([torch.randn(32, 32)]))
+        result, _ = swarm.collabs[0].submit_round(RoundRequest(0, 1.0), codec, [torch.randn(32, 32)]).wait()
     finally:
         swarm.close()
     assert torch.equal(codec.q[0], q_before) and codec.ef.residual("0") is None
@@ -127,7 +127,7 @@ def test_auxiliary_member_reduces_both_phases_without_values():
     swarm = FakeSwarm(3)
     try:
         def peer(i, collab):
-            result, _ = collab.average_program(0, 0.0 if inputs[i] is None else 1.0, b"", codecs[i].program(inputs[i]))
+            result, _ = collab.submit_round(RoundRequest(0, 0.0 if inputs[i] is None else 1.0), codecs[i], inputs[i]).wait()
             return result
         results = swarm.run_peers(peer)
     finally:

@@ -1,4 +1,4 @@
-"""RoundStats: a member's upload estimate from when the transport took its messages.
+"""PhaseStats: a member's upload estimate from when the transport took its messages.
 
 The transport takes about TRANSPORT_BUFFER_BYTES per stream at once; a reducer answering many senders has that
 much buffered on every stream, and counting those instants as link time once made an auxiliary peer of the
@@ -7,16 +7,16 @@ to serve).
 """
 from __future__ import annotations
 
-from swarm.allreduce import TRANSPORT_BUFFER_BYTES, RoundStats
+from swarm.allreduce import TRANSPORT_BUFFER_BYTES, PhaseStats
 from swarm.balancing import sustained_rate
 
 CHUNK = 256 * 1024
 RATE = 2.5e6  # bytes/s: 20 Mbit/s
 
 
-def _reducer_answering(streams: int, per_stream: int) -> tuple[RoundStats, list[tuple[float, int]]]:
+def _reducer_answering(streams: int, per_stream: int) -> tuple[PhaseStats, list[tuple[float, int]]]:
     """Each stream's first megabyte is taken at once; then the link drains the streams in turn at RATE."""
-    stats = RoundStats(t0=0.0)
+    stats = PhaseStats(t0=0.0)
     everything: list[tuple[float, int]] = []
     carried = [0] * streams
     chunks = per_stream // CHUNK

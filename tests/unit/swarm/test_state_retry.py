@@ -13,7 +13,7 @@ from swarm import collaboration as collaboration_module
 from swarm.collaboration import Collaboration
 from swarm.config import EngineConfig
 from swarm.errors import NetworkError
-from swarm.optimizer import CollaborativeOptimizer
+from swarm.optim.core import CollaborativeOptimizer
 from swarm.progress import LocalProgress, SwarmView
 from swarm.records import ProgressRecord
 
@@ -53,7 +53,7 @@ class FailingDownloads:
         self.tracker = BehindTracker()
         self.calls = 0
 
-    def _attach(self, opt):
+    def begin_training(self, schema, snapshot):
         pass
 
     def download_state(self, donors, min_epoch):
