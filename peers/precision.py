@@ -60,17 +60,17 @@ class MixedPrecision:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def step(self, opt: Any, samples: int) -> bool:
-        """Unscale, skip an overflowed step (no gradients, no samples to the swarm), else `opt.step(samples=...)`."""
+        """`opt.step(samples=...)` through the scaler, which skips an overflowed step (no gradients, no samples to
+        the swarm) and lowers its scale. Returns whether the step was taken."""
         if self.scaler is None:
             opt.step(samples=samples)
             return True
-        inner = getattr(opt, "inner", opt)    # the torch optimizer that owns the param_groups
-        self.scaler.unscale_(inner)
-        finite = all(bool(torch.isfinite(p.grad).all()) for group in inner.param_groups for p in group["params"] if p.grad is not None)
+        scale = self.scaler.get_scale()
+        # GradScaler.step returns None when it found inf/NaN and skipped; the collaborative optimizer's step returns
+        # a bool (whether a global update was applied) when it was called
+        skipped = self.scaler.step(opt, samples=samples) is None
         self.scaler.update()
-        if not finite:
+        if skipped:
             self.skipped_steps += 1
-            logger.info("fp16 gradients overflowed: skipped this local step (scale now %.0f)", self.scaler.get_scale())
-            return False
-        opt.step(samples=samples)
-        return True
+            logger.info("fp16 gradients overflowed: skipped this local step (scale %.0f -> %.0f)", scale, self.scaler.get_scale())
+        return not skipped

@@ -8,9 +8,10 @@
 
 Why an optimizer factory (and not only a callback): the Trainer calls `optimizer.step()` itself
 after every `gradient_accumulation_steps` micro-batches, and a callback cannot stop its own
-optimizer from stepping alone. So the swarm owns the optimizer the Trainer holds: each of the
-Trainer's steps accumulates its gradients into the collaborative optimizer, which averages and
-steps only when the swarm has its global batch. The learning rate follows the swarm's global
+optimizer from stepping alone. So the Trainer holds the collaborative optimizer itself (a
+`torch.optim.Optimizer` whose param_groups are the inner optimizer's): each of the Trainer's
+steps counts `samples_per_step` samples, and the swarm averages and steps only when it has its
+global batch. The learning rate follows the swarm's global
 epoch (`lr_schedule`, the same function on every peer), so the scheduler handed to the Trainer
 only reports the rate: a Trainer-step schedule would give peers different rates at one epoch.
 Under fp16 the Trainer's GradScaler unscales the gradients in the shared param_groups and skips
@@ -31,55 +32,11 @@ from swarm.errors import ConfigError
 
 if TYPE_CHECKING:
     from swarm.collaboration import Collaboration
+    from swarm.optim.core import CollaborativeOptimizer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainerOptimizer", "SwarmEpochLR", "SwarmCallback", "swarm_optimizers"]
-
-
-class TrainerOptimizer(torch.optim.Optimizer):
-    """A `torch.optim.Optimizer` view of a collaborative optimizer for the Trainer (and accelerate's wrapper).
-
-    param_groups and state are the inner optimizer's own objects (GradScaler unscales, schedulers read the
-    rates there); `step()` hands this step's gradients to the swarm with `samples_per_step` samples.
-    """
-
-    def __init__(self, swarm_opt: Any, samples_per_step: int):
-        if samples_per_step <= 0:
-            raise ConfigError(f"samples_per_step must be positive, got {samples_per_step}")
-        inner = swarm_opt.inner
-        super().__init__(swarm_opt.params, dict(inner.defaults))
-        self.param_groups = inner.param_groups
-        self.state = inner.state
-        self.swarm = swarm_opt
-        self.samples_per_step = samples_per_step
-
-    @property
-    def epoch(self) -> int:
-        return self.swarm.epoch
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self.swarm.step(samples=self.samples_per_step)
-        return loss
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.swarm.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"inner": self.swarm.inner.state_dict(), "swarm_epoch": self.swarm.epoch}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """The inner optimizer's state from a Trainer checkpoint; the epoch is the swarm's, downloaded on join."""
-        if not isinstance(state_dict, dict) or "inner" not in state_dict:
-            raise ConfigError("not a swarm Trainer optimizer state (no 'inner' entry)")
-        self.swarm.inner.load_state_dict(state_dict["inner"])
-        if state_dict.get("swarm_epoch") != self.swarm.epoch:
-            logger.info("checkpoint was saved at swarm epoch %s; the swarm is at %d", state_dict.get("swarm_epoch"), self.swarm.epoch)
+__all__ = ["SwarmEpochLR", "SwarmCallback", "swarm_optimizers"]
 
 
 class SwarmEpochLR(torch.optim.lr_scheduler.LRScheduler):
@@ -98,16 +55,17 @@ def _samples_per_step(args: Any) -> int:
 
 
 def swarm_optimizers(collab: "Collaboration", model: torch.nn.Module, args: Any, optimizer: Any, *,
-                     lr_schedule: Callable[[int], float] | None = None, **kwargs: Any) -> tuple[TrainerOptimizer, SwarmEpochLR]:
+                     lr_schedule: Callable[[int], float] | None = None,
+                     **kwargs: Any) -> "tuple[CollaborativeOptimizer, SwarmEpochLR]":
     """`(optimizer, lr_scheduler)` for `Trainer(optimizers=...)`: `optimizer` (a torch optimizer class or factory,
     with `kwargs`) steps with the swarm; `lr_schedule(epoch)` multiplies the base rates by global epoch.
 
     Each Trainer step counts `per_device_train_batch_size * gradient_accumulation_steps` samples: set
     `dataloader_drop_last=True` so that every step has that many. BatchNorm statistics travel with the state.
     """
-    swarm_opt = collab.optimizer(model.parameters(), optimizer, lr_schedule=lr_schedule, buffers=model.buffers(), **kwargs)
-    wrapped = TrainerOptimizer(swarm_opt, _samples_per_step(args))
-    return wrapped, SwarmEpochLR(wrapped)
+    swarm_opt = collab.optimizer(model.parameters(), optimizer, lr_schedule=lr_schedule, buffers=model.buffers(),
+                                 samples_per_step=_samples_per_step(args), **kwargs)
+    return swarm_opt, SwarmEpochLR(swarm_opt)
 
 
 def _callback_base() -> type:
@@ -119,7 +77,7 @@ def _callback_base() -> type:
 class SwarmCallback(_callback_base()):  # type: ignore[misc]
     """Logs the swarm's epoch beside the Trainer's loss; applies a round still in flight when training ends."""
 
-    def __init__(self, optimizer: TrainerOptimizer):
+    def __init__(self, optimizer: "CollaborativeOptimizer"):
         self.optimizer = optimizer
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -127,4 +85,4 @@ class SwarmCallback(_callback_base()):  # type: ignore[misc]
             logs["swarm_epoch"] = self.optimizer.epoch
 
     def on_train_end(self, args, state, control, **kwargs):
-        self.optimizer.swarm.finish()
+        self.optimizer.finish()

@@ -8,7 +8,7 @@ import torch
 
 from peers.precision import MixedPrecision
 from swarm.errors import ConfigError
-from swarm.optimizer import CollaborativeOptimizer
+from swarm.optim.core import CollaborativeOptimizer
 from tests.helpers.fake_swarm import FakeSwarm
 
 pytestmark = pytest.mark.timeout(120)

@@ -10,8 +10,8 @@ import torch
 pytest.importorskip("transformers")
 
 from swarm.errors import ConfigError
-from swarm.integrations.transformers import SwarmEpochLR, TrainerOptimizer, _samples_per_step
-from swarm.optimizer import CollaborativeOptimizer
+from swarm.integrations.transformers import SwarmEpochLR, _samples_per_step
+from swarm.optim.core import CollaborativeOptimizer
 from tests.helpers.fake_swarm import FakeSwarm
 
 pytestmark = pytest.mark.timeout(120)
@@ -23,8 +23,8 @@ def schedule(epoch: int) -> float:
 
 def trainer_loop(collab, model, gen, steps, samples=8):
     """What transformers.Trainer does per step: backward, optimizer.step(), lr_scheduler.step(), zero_grad."""
-    swarm_opt = CollaborativeOptimizer(collab, model.parameters(), torch.optim.SGD, lr=0.1, lr_schedule=schedule)
-    opt = TrainerOptimizer(swarm_opt, samples)
+    opt = CollaborativeOptimizer(collab, model.parameters(), torch.optim.SGD, lr=0.1, lr_schedule=schedule,
+                                 samples_per_step=samples)
     scheduler = SwarmEpochLR(opt)
     lrs: dict[int, float] = {}
     for _ in range(steps):
@@ -57,10 +57,10 @@ def test_every_peer_has_the_same_rate_at_each_epoch_and_identical_parameters():
     assert set(lrs0) == set(lrs1) and all(lrs0[e] == lrs1[e] for e in lrs0)
     for a, b in zip(m0.parameters(), m1.parameters()):
         assert torch.equal(a, b)
-    state = o0.state_dict()
-    assert state["swarm_epoch"] == o0.epoch and "param_groups" in state["inner"]
+    state = o0.state_dict()   # what the Trainer saves in its checkpoints
+    assert state["epoch"] == o0.epoch and "param_groups" in state["inner"]
     o0.load_state_dict(state)
-    with pytest.raises(ConfigError, match="not a swarm Trainer optimizer state"):
+    with pytest.raises(ConfigError, match="not a collaborative optimizer's state_dict"):
         o0.load_state_dict({"state": {}})
 
 
@@ -68,8 +68,8 @@ def test_grad_scaler_skips_an_overflowed_step_without_counting_its_samples():
     swarm = FakeSwarm(1, per_peer_target=10_000)
     model = torch.nn.Linear(4, 1)
     try:
-        swarm_opt = CollaborativeOptimizer(swarm.collabs[0], model.parameters(), torch.optim.SGD, lr=0.1)
-        opt = TrainerOptimizer(swarm_opt, 8)
+        opt = swarm_opt = CollaborativeOptimizer(swarm.collabs[0], model.parameters(), torch.optim.SGD, lr=0.1,
+                                                 samples_per_step=8)
         assert opt.param_groups is swarm_opt.inner.param_groups
         scaler = torch.amp.GradScaler("cpu")
         x = torch.randn(8, 4)
