@@ -119,9 +119,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 # -- swarm export ------------------------------------------------------------------------------------------
 
-def register_export(sub: argparse._SubParsersAction) -> None:
-    from .export import formats_help
+def formats_help() -> str:
+    """One line per task: which formats `swarm export` writes for it (the first is the default). No torch import:
+    this runs for every `swarm` command's parser."""
+    from peers.task_names import EXPORT_FORMATS
 
+    return "; ".join(f"{task}: {', '.join(formats)}" for task, formats in EXPORT_FORMATS.items())
+
+
+def register_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a checkpoint as a model folder",
                        description="Export a run's checkpoint in one of its task's formats (hf: a Hugging Face folder; "
                                    f"safetensors: weights + config.json). Formats by task, first is the default: {formats_help()}.")

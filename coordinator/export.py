@@ -31,13 +31,6 @@ def task_formats(task: str) -> tuple[str, ...]:
     return EXPORT_FORMATS.get(task, ())
 
 
-def formats_help() -> str:
-    """One line per task: which formats `swarm export` writes for it (the first is the default)."""
-    from peers.tasks import EXPORT_FORMATS
-
-    return "; ".join(f"{task}: {', '.join(formats)}" for task, formats in EXPORT_FORMATS.items())
-
-
 def model_from_checkpoint(path: Path):
     """(task, model with the checkpoint's parameters, meta)."""
     from peers.tasks import TaskSettings, get_task

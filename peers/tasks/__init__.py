@@ -1,21 +1,14 @@
 """Task registry: `get_task("albert", settings)` (or "swav", "hf-mlm", "hf-clm") returns a ready task plug-in.
 
-EXPORT_FORMATS says which `swarm export --format` each task writes (the first is its default); it lives
-here, not on the classes, so that `swarm export --help` lists it without importing torch or transformers.
+EXPORT_FORMATS says which `swarm export --format` each task writes (the first is its default); it lives in
+peers.task_names, not on the classes, so that `swarm export --help` lists it without importing torch.
 """
 from __future__ import annotations
 
 from swarm.errors import ConfigError
 
+from ..task_names import EXPORT_FORMATS, TASKS
 from .base import Task, TaskSettings
-
-TASKS = ("albert", "swav", "hf-mlm", "hf-clm")
-EXPORT_FORMATS: dict[str, tuple[str, ...]] = {
-    "albert": ("hf",),             # a Hugging Face folder: model + tokenizer
-    "swav": ("safetensors",),      # model.safetensors + config.json that peers.models.resnet loads back
-    "hf-mlm": ("hf",),
-    "hf-clm": ("hf",),
-}
 
 
 def get_task(name: str, settings: TaskSettings | None = None) -> Task:

@@ -61,7 +61,7 @@ def test_export_command_says_it_once(tmp_path, task, capsys):
     capsys.readouterr()
     assert main(["export", str(c.path), "--out", str(tmp_path / "hf")]) == 0
     captured = capsys.readouterr()
-    assert captured.out.splitlines() == [f"exported {c.path} (epoch 3, task albert) to {tmp_path / 'hf'}"]
+    assert captured.out.splitlines() == [f"exported {c.path} (epoch 3, task albert) as hf to {tmp_path / 'hf'}"]
     assert captured.err == ""          # no log lines saying it again, no progress bar
 
 
