@@ -9,12 +9,15 @@ min, min + step, ..., max, packed `8 // b` per byte, lowest bits first:
 
 Error: |x - decoded| <= step / 2 per value (plus float rounding), so it scales with each block's
 own range: an outlier costs precision only in its block. Bytes: 16 header + 8 per block +
-b/8 per value. Measured (block 64; relative L2 error ||x - decoded|| / ||x||):
+b/8 per value. Measured (block 64; relative L2 error ||x - decoded|| / ||x|| of one encode; the
+tensors: 2**18 gaussian values, and the gradient and the DiLoCo pseudo-gradient (20 AdamW steps) of a
+256-256-64 MLP, 82,240 values; for comparison fp16 0.0002 and uniform8bit 0.016 / 0.007 / 0.11):
 
-    codec          bytes/value   gaussian   DiLoCo pseudo-gradient of a small MLP (heavy-tailed rows)
-    uniform4bit    0.625 (6.4x)  0.094      0.095 (see tests/unit/swarm/test_blockquant.py)
-    uniform2bit    0.375 (10.7x) 0.47       0.45
+    codec          bytes/value    gaussian   gradient   pseudo-gradient
+    uniform4bit    0.625 (6.4x)   0.090      0.089      0.082
+    uniform2bit    0.375 (10.7x)  0.451      0.449      0.411
 
+Through the all-reduce a value is quantized twice (the member's part, then the reducer's average).
 Deterministic (the same tensor gives the same bytes on the same software: round to nearest, no
 randomness), so a reducer can send one byte string to every member. `decode` trusts nothing: a
 wrong magic, bit width, block size, element count, buffer length, a non-finite or negative step,
@@ -72,7 +75,8 @@ def encode(flat: torch.Tensor, bits: int, block: int) -> bytes:
     # a block with a non-finite value keeps a non-finite minimum or step, which every receiver rejects
     usable = torch.isfinite(step) & (step > 0)
     safe = torch.where(usable, step, torch.ones_like(step))
-    idx = torch.floor((rows - low[:, None]) / safe[:, None] + 0.5).nan_to_num_(0.0).clamp_(0, levels)
+    # in float64: x - min and idx x step can overflow float32 when a block spans most of its range
+    idx = torch.floor((rows.double() - low.double()[:, None]) / safe.double()[:, None] + 0.5).nan_to_num_(0.0).clamp_(0, levels)
     idx = torch.where(usable[:, None], idx, torch.zeros_like(idx)).to(torch.uint8).reshape(-1)[:numel]
     header = _HEADER.pack(_MAGIC, bits, block, numel)
     return header + low.numpy().tobytes() + step.numpy().tobytes() + pack_indices(idx.numpy(), bits)
@@ -101,8 +105,8 @@ def decode(data: bytes, bits: int, block: int, name: str = "", numel: int | None
     idx = unpack_indices(data[offset + 8 * blocks:], bits, count, name)
     rows = torch.zeros(blocks * block, dtype=torch.float32)
     rows[:count] = torch.from_numpy(idx.astype(np.float32))
-    rows = rows.view(blocks, block) * step[:, None] + low[:, None]
-    return rows.reshape(-1)[:count].clone()
+    rows = rows.double().view(blocks, block) * step.double()[:, None] + low.double()[:, None]
+    return rows.reshape(-1)[:count].to(torch.float32)
 
 
 def pack_indices(idx: np.ndarray, bits: int) -> bytes:
