@@ -71,11 +71,7 @@ class RoundResult:
 
 def encoded_bytes(codec: Codec, numel: int) -> int:
     """Bytes a codec puts on the wire for `numel` values (payload only; the 8-bit codebook counted)."""
-    if codec.name == "none":
-        return 4 * numel
-    if codec.name == "fp16":
-        return 2 * numel
-    return numel + 8 + 4 * 256
+    return codec.payload_bytes(numel)
 
 
 def _layout_bytes(layout: TensorLayout) -> int:
@@ -276,9 +272,15 @@ class AutoRoundCodec(RoundCodec):
 def make_round_codec(
     shapes: Sequence[Sequence[int]], compression: str, *, rank: int = 4, budget: float = 0.25,
     compute_seconds: Callable[[], float] = lambda: float("nan"), policy: CompressionPolicy | None = None,
+    topk_fraction: float = 0.02, topk_value_bits: int = 2,
 ) -> RoundCodec:
-    """The round codec for an EngineConfig.compression name (a codec, "powersgd" or "auto")."""
+    """The round codec for an EngineConfig.compression name (a codec, "powersgd", "topk" or "auto")."""
     from .powersgd import PowerSGDRoundCodec
+
+    if compression == "topk":
+        from .topk import TopKRoundCodec
+
+        return TopKRoundCodec(shapes, topk_fraction, topk_value_bits, policy or CompressionPolicy(default="fp16"))
 
     if compression == "powersgd":
         return PowerSGDRoundCodec(shapes, rank=rank, policy=policy or CompressionPolicy(default="fp16"))

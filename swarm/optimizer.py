@@ -60,6 +60,7 @@ class CollaborativeOptimizer:
         *,
         lr_schedule: Callable[[int], float] | None = None,
         compression: CompressionPolicy | None = None,
+        codec: str | None = None,
         buffers: Iterable[torch.Tensor] = (),
         **optimizer_kwargs: Any,
     ):
@@ -74,15 +75,16 @@ class CollaborativeOptimizer:
             self.inner = optimizer(self.params, **optimizer_kwargs)
         self.base_lrs = [g["lr"] for g in self.inner.param_groups]
         self.lr_schedule = lr_schedule
-        name = collab.config.compression
-        round_level = name in ("powersgd", "auto")   # codecs that need a round program (swarm.compression_policy)
+        name = codec or collab.config.compression     # `codec`: this mode's choice (e.g. diloco.outer_codec)
+        round_level = name in ("powersgd", "auto", "topk")   # codecs that need a round program (swarm.compression_policy)
         policy = compression or CompressionPolicy(default="fp16" if round_level else name)
         self.layout = TensorLayout.build([p.shape for p in self.params], lambda i, n: policy.codec_for(str(i), n))
         self.round_codec: RoundCodec | None = None
         if round_level:
             self.round_codec = make_round_codec(
                 [p.shape for p in self.params], name, rank=collab.config.powersgd_rank, budget=collab.config.compression_budget,
-                compute_seconds=self.epoch_compute_seconds,
+                compute_seconds=self.epoch_compute_seconds, topk_fraction=collab.config.topk_fraction,
+                topk_value_bits=collab.config.topk_value_bits,
             )
         self._accum = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
         self.local_samples = 0

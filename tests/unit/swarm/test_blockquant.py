@@ -152,3 +152,18 @@ def test_index_packing_round_trips_lowest_bits_first():
     assert blockquant.unpack_indices(packed, 2, 5, "t").tolist() == idx.tolist()
     with pytest.raises(ValueError):
         blockquant.encode(gaussian(10), 3, BLOCK)
+
+
+def test_diloco_outer_codec_sends_large_pseudo_gradients_in_4_bits():
+    from swarm.diloco import DiLoCoOptimizer
+    from tests.helpers.fake_swarm import FakeSwarm
+
+    model = torch.nn.Sequential(torch.nn.Linear(256, 128), torch.nn.Linear(128, 4))
+    swarm = FakeSwarm(1)
+    try:
+        opt = DiLoCoOptimizer(swarm.collabs[0], model.parameters(), torch.optim.AdamW, lr=0.01, codec="uniform4bit")
+    finally:
+        swarm.close()
+    assert opt.round_codec is None
+    by_codec = {c.name: bucket for c, bucket in zip(opt.layout.codecs, opt.layout.buckets)}
+    assert by_codec == {"uniform4bit": (0,), "none": (1, 2, 3)}    # 256 x 128 weights; small tensors stay exact
