@@ -188,7 +188,8 @@ def test_small_tensors_keep_their_codec_and_the_schema_is_the_same_everywhere():
             TopKRoundCodec(shapes, **bad)
 
 
-def test_diloco_with_topk_outer_codec_keeps_peers_identical_through_a_failed_round():
+@pytest.mark.parametrize("overlap", [False, True])
+def test_diloco_with_topk_outer_codec_keeps_peers_identical_through_a_failed_round(overlap):
     torch.manual_seed(0)
     initial = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
     swarm = FakeSwarm(2, per_peer_target=16, config=EngineConfig(target_batch_size=32, topk_fraction=0.05))
@@ -196,7 +197,7 @@ def test_diloco_with_topk_outer_codec_keeps_peers_identical_through_a_failed_rou
 
     def peer(i, collab):
         model = copy.deepcopy(initial)
-        opt = DiLoCoOptimizer(collab, model.parameters(), torch.optim.AdamW, lr=0.01, codec="topk")
+        opt = DiLoCoOptimizer(collab, model.parameters(), torch.optim.AdamW, lr=0.01, codec="topk", overlap=overlap)
         gen = torch.Generator().manual_seed(i)
         step = 0
         while opt.epoch < 3 and step < 200:
@@ -206,6 +207,7 @@ def test_diloco_with_topk_outer_codec_keeps_peers_identical_through_a_failed_rou
             opt.zero_grad()
             opt._retry_after = 0.0   # retry at once (the engine waits 1 s)
             step += 1
+        opt.finish(timeout=30)
         return opt
 
     try:
@@ -213,6 +215,6 @@ def test_diloco_with_topk_outer_codec_keeps_peers_identical_through_a_failed_rou
     finally:
         swarm.close()
     assert isinstance(o0.round_codec, TopKRoundCodec) and o0.history[-1].codec == "topk"
-    assert o0.rounds_failed == o1.rounds_failed == 1 and o0.epoch == o1.epoch == 3
+    assert o0.rounds_failed == o1.rounds_failed == 1 and o0.epoch == o1.epoch >= 3   # overlap: finish() lands one more
     assert o0.params_hash() == o1.params_hash()
     assert o0.round_codec.ef.residual("0") is not None and float(o0.round_codec.ef.norm()) > 0
