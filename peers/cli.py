@@ -15,7 +15,9 @@ def add_run_options(p: argparse.ArgumentParser, run_id_help: str = "the run to j
     p.add_argument("--data-path", help="text file or folder (default: the embedded KJV corpus)")
     p.add_argument("--target-batch-size", type=int, help="samples per global step")
     p.add_argument("--micro-batch-size", type=int, help="samples per local step")
-    p.add_argument("--compression", help="none, fp16, uniform8bit, quantile8bit, powersgd (low rank) or auto (per round)")
+    p.add_argument("--compression", help="none, fp16, uniform8bit, quantile8bit, uniform4bit, uniform2bit, powersgd (low rank), "
+                   "topk (top-k with error feedback) or auto (per round)")
+    p.add_argument("--outer-codec", help="diloco: compression of the outer round (default: --compression), e.g. uniform4bit or topk")
     p.add_argument("--mode", help="sync: large-batch steps together; diloco: local steps, then outer steps")
     p.add_argument("--inner-steps", type=int, help="diloco: local steps per peer between outer steps (H)")
     p.add_argument("--overlap", action="store_true", default=None, help="average in the background while computing (updates one step late)")
@@ -29,6 +31,7 @@ def run_config_from_args(args: argparse.Namespace):
         "target_batch_size": args.target_batch_size, "micro_batch_size": args.micro_batch_size,
         "compression": args.compression, "averaging_timeout": args.averaging_timeout,
         "mode": getattr(args, "mode", None), "inner_steps": getattr(args, "inner_steps", None), "overlap": getattr(args, "overlap", None),
+        "outer_codec": getattr(args, "outer_codec", None),
     }
     config = load_run_config(args.config, overrides)
     if args.size:

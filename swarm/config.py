@@ -27,8 +27,13 @@ class EngineConfig(BaseModel):
     averaging_timeout: float = Field(30.0, gt=0, description="deadline of one all-reduce")
     sender_timeout: float = Field(5.0, gt=0, description="a sender silent this long is dropped from the round")
     compression: str = Field("fp16", description="codec for large tensors: none, fp16, uniform8bit, quantile8bit, "
-                             "powersgd (low rank, with error feedback) or auto (picked per round, see compression_budget)")
+                             "uniform4bit, uniform2bit, powersgd (low rank, with error feedback), topk (top-k with error "
+                             "feedback, see topk_fraction) or auto (picked per round, see compression_budget)")
     powersgd_rank: int = Field(4, ge=1, le=256, description="rank of PowerSGD's factors (compression powersgd, or auto's last resort)")
+    topk_fraction: float = Field(0.02, gt=0, le=0.25, description="compression topk: the fraction of each large tensor's "
+                                 "values a peer sends per round (the rest stays in its error feedback)")
+    topk_value_bits: Literal[2, 16] = Field(2, description="compression topk: bits per sent value (2: sign x 2 levels, as "
+                                            "SparseLoCo; 16: fp16)")
     compression_budget: float = Field(0.25, gt=0, description="compression auto: the most precise codec whose predicted round "
                                       "time is at most this fraction of the swarm's compute time per epoch")
     chunk_elements: int = Field(2**17, ge=1024)
@@ -40,12 +45,18 @@ class EngineConfig(BaseModel):
     @field_validator("compression")
     @classmethod
     def _known_codec(cls, name: str) -> str:
-        from .compression import CODECS
+        return check_codec_name(name)
 
-        valid = sorted(CODECS) + ["powersgd", "auto"]
-        if name not in valid:
-            raise ValueError(f"unknown codec {name!r}; valid: {', '.join(valid)}")
-        return name
+
+def check_codec_name(name: str) -> str:
+    """`name` if it is a compression a run can choose (a tensor codec, or a round codec), else ValueError."""
+    from .compression import CODECS
+
+    # "sparse" only carries top-k messages (it would send a dense tensor as fp16 plus positions)
+    valid = sorted(set(CODECS) - {"sparse"}) + ["powersgd", "topk", "auto"]
+    if name not in valid:
+        raise ValueError(f"unknown codec {name!r}; valid: {', '.join(valid)}")
+    return name
 
 
 class DiLoCoConfig(BaseModel):
@@ -64,6 +75,13 @@ class DiLoCoConfig(BaseModel):
     inner_optimizer: Literal["adamw", "task"] = Field("adamw", description="adamw, or the task's own optimizer")
     inner_lr: float | None = Field(None, gt=0, description="the inner optimizer's lr (default: lr)")
     inner_weight_decay: float = Field(0.0, ge=0)
+    outer_codec: str | None = Field(None, description="compression of the pseudo-gradients (the outer round), any value of "
+                                    "engine.compression, e.g. uniform4bit or topk; default: engine.compression")
+
+    @field_validator("outer_codec")
+    @classmethod
+    def _known_codec(cls, name: str | None) -> str | None:
+        return None if name is None else check_codec_name(name)
 
     def target_batch_size(self, swarm_micro_batch: int) -> int:
         """Samples per outer step for inner_steps local steps of every peer: `swarm_micro_batch` is the sum of the
@@ -107,16 +125,28 @@ class RunConfig(BaseModel):
         out: dict[str, float | int | str | bool] = {}
         if self.overlap:
             out["overlap"] = True
-        if self.engine.compression in ("powersgd", "auto"):
+        codec = self.codec()
+        if codec in ("powersgd", "auto"):
             out["powersgd_rank"] = self.engine.powersgd_rank
-        if self.engine.compression == "auto":
+        if codec == "auto":
             out["compression_budget"] = self.engine.compression_budget
+        if codec == "topk":
+            out["topk_fraction"] = self.engine.topk_fraction
+            out["topk_value_bits"] = self.engine.topk_value_bits
         if self.mode == "diloco":
             d = self.diloco
             out.update({"diloco_outer_lr": d.outer_lr, "diloco_outer_momentum": d.outer_momentum, "diloco_nesterov": d.nesterov,
                         "diloco_inner_optimizer": d.inner_optimizer, "diloco_inner_lr": d.inner_lr or self.lr,
                         "diloco_inner_weight_decay": d.inner_weight_decay})
+            if d.outer_codec is not None:
+                out["diloco_outer_codec"] = d.outer_codec
         return out
+
+    def codec(self) -> str:
+        """The compression of this run's rounds: diloco.outer_codec in mode diloco when set, else engine.compression."""
+        if self.mode == "diloco" and self.diloco.outer_codec is not None:
+            return self.diloco.outer_codec
+        return self.engine.compression
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()

@@ -8,7 +8,8 @@ network trains exactly what a volunteer would:
   batch; with overlap the round runs in the background and its update lands one step late;
 - diloco: the inner optimizer (AdamW at diloco.inner_lr, or the task's own) takes a local step on every
   micro-batch; every epoch the swarm averages the pseudo-gradients and an outer SGD with Nesterov momentum
-  (outer_lr, outer_momentum) steps on them (swarm.optim.strategies.DiLoCo).
+  (outer_lr, outer_momentum) steps on them (swarm.optim.strategies.DiLoCo). The pseudo-gradients travel with
+  diloco.outer_codec when set (e.g. uniform4bit, topk), else with engine.compression.
 
 The learning-rate schedule, if any, follows the global epoch (DiLoCo: the outer step) in every mode.
 
@@ -44,6 +45,6 @@ def mode_optimizer(collab: "Collaboration", model: torch.nn.Module, task_optimiz
                 return task_optimizer(params, inner_lr)
         return collab.optimizer(model.parameters(), inner, mode="diloco", overlap=config.overlap, outer_lr=d.outer_lr,
                                 outer_momentum=d.outer_momentum, nesterov=d.nesterov, lr_schedule=lr_schedule,
-                                buffers=model.buffers())
+                                buffers=model.buffers(), codec=config.codec())
     return collab.optimizer(model.parameters(), lambda params: task_optimizer(params, config.lr), mode="sync",
                             overlap=config.overlap, lr_schedule=lr_schedule, buffers=model.buffers())

@@ -47,11 +47,7 @@ class Averaged:
 
 def encoded_bytes(codec: Codec, numel: int) -> int:
     """Bytes a codec puts on the wire for `numel` values (payload only; the 8-bit codebook counted)."""
-    if codec.name == "none":
-        return 4 * numel
-    if codec.name == "fp16":
-        return 2 * numel
-    return numel + 8 + 4 * 256
+    return codec.payload_bytes(numel)
 
 
 def layout_bytes(layout: TensorLayout) -> int:

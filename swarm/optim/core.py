@@ -92,6 +92,7 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
         lr_schedule: Callable[[int], float] | None = None,
         scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
         compression: CompressionPolicy | None = None,
+        codec: str | None = None,
         buffers: Iterable[torch.Tensor] = (),
         samples_per_step: int = 1,
         outer_lr: float | None = None,
@@ -113,7 +114,7 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
         options = {k: v for k, v in (("outer_lr", outer_lr), ("outer_momentum", outer_momentum), ("nesterov", nesterov)) if v is not None}
         self.strategy = mode if isinstance(mode, RunMode) else make_run_mode(mode, overlap, **options)
         self.samples_per_step = int(samples_per_step)
-        self.codec = self._make_codec(collab.config, compression)
+        self.codec = self._make_codec(collab.config, compression, codec)
         self.epoch = 0
         self.local_samples = 0
         self.pending: RoundRequest | None = None   # the round in flight (at most one)
@@ -138,12 +139,14 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
             self.attach_scheduler(scheduler(self))
         collab.begin_training(self.codec.schema, self.snapshot)
 
-    def _make_codec(self, config: Any, compression: CompressionPolicy | None) -> RoundCodec:
+    def _make_codec(self, config: Any, compression: CompressionPolicy | None, codec: str | None) -> RoundCodec:
+        """`codec`: this mode's own choice (e.g. diloco.outer_codec), else the run's engine.compression."""
         shapes = [p.shape for p in self.params]
-        name = config.compression
-        if name in ("powersgd", "auto"):   # codecs that choose per round or run two phases (swarm.compression_policy)
+        name = codec or config.compression
+        if name in ("powersgd", "auto", "topk"):   # codecs with state, or that choose per round (swarm.compression_policy)
             return make_round_codec(shapes, name, rank=config.powersgd_rank, budget=config.compression_budget,
-                                    compute_seconds=self.epoch_compute_seconds)
+                                    compute_seconds=self.epoch_compute_seconds, topk_fraction=config.topk_fraction,
+                                    topk_value_bits=config.topk_value_bits)
         policy = compression or CompressionPolicy(default=name)
         return FixedRoundCodec.from_layout(TensorLayout.build(shapes, lambda i, n: policy.codec_for(str(i), n)))
 

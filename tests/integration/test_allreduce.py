@@ -72,23 +72,51 @@ def random_values(n, seed=0):
     return [[torch.randn(s, generator=g) for s in SHAPES] for _ in range(n)]
 
 
-@pytest.mark.parametrize("codec, tol", [("none", 1e-6), ("fp16", 2e-3)])
+async def identical_weighted_mean(members, services, layout, values):
+    """A round of 3 trainers with unequal weights and shares: (rounds, each member's tensors, the exact weighted
+    mean); every member must hold bitwise-identical results."""
+    weights, roles, shares = [10.0, 30.0, 60.0], ["trainer"] * 3, [0.2, 0.3, 0.5]
+    rounds, results = await run_round(members, services, roles, weights, shares, values, layout)
+    assert not any(isinstance(r, BaseException) for r in results), results
+    outs = [layout.unflatten(r) for r in results]
+    for t in range(len(SHAPES)):
+        for other in outs[1:]:
+            assert torch.equal(outs[0][t], other[t]), "members must hold bitwise-identical results"
+    return rounds, outs, expected_mean(values, weights, roles)
+
+
+@pytest.mark.parametrize("codec, tol", [("none", 1e-6), ("fp16", 2e-3), ("uniform4bit", 0.6)])   # 4 bits: <= half a step, twice
 def test_weighted_mean_is_exact_within_codec_tolerance_and_identical(codec, tol):
     async def main():
         members, services = await start_members(3)
         try:
             layout = make_layout(codec)
-            values = random_values(3)
-            weights, roles, shares = [10.0, 30.0, 60.0], ["trainer"] * 3, [0.2, 0.3, 0.5]
-            rounds, results = await run_round(members, services, roles, weights, shares, values, layout)
-            assert not any(isinstance(r, BaseException) for r in results), results
-            expected = expected_mean(values, weights, roles)
-            outs = [layout.unflatten(r) for r in results]
+            rounds, outs, expected = await identical_weighted_mean(members, services, layout, random_values(3))
             for t in range(len(SHAPES)):
                 assert torch.allclose(outs[0][t], expected[t], atol=tol, rtol=tol)
-                for other in outs[1:]:
-                    assert torch.equal(outs[0][t], other[t]), "members must hold bitwise-identical results"
             assert all(r.stats.bytes_sent > 0 for r in rounds)
+        finally:
+            await shutdown(members)
+    asyncio.run(main())
+
+
+def test_top_k_messages_travel_exactly_and_the_reducers_send_back_their_union():
+    """The sparse codec through the real butterfly: top-k parts in, the weighted mean (exact up to fp16) out."""
+    from swarm.compression import get_codec
+    from swarm.topk import select_topk
+
+    async def main():
+        members, services = await start_members(3)
+        try:
+            sparse = get_codec("sparse")
+            layout = TensorLayout.build(SHAPES, lambda i, n: sparse if n >= 1000 else get_codec("none"))
+            values = [[select_topk(t, max(1, t.numel() // 50)) if t.numel() >= 1000 else t for t in member]
+                      for member in random_values(3, seed=4)]
+            rounds, outs, expected = await identical_weighted_mean(members, services, layout, values)
+            for t in range(len(SHAPES)):
+                torch.testing.assert_close(outs[0][t], expected[t], rtol=2**-10, atol=1e-6)
+            dense_fp16 = 2 * sum(layout.bucket_sizes)
+            assert all(0 < r.stats.bytes_sent < dense_fp16 / 2 for r in rounds)
         finally:
             await shutdown(members)
     asyncio.run(main())

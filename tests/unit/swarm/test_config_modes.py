@@ -32,6 +32,10 @@ def test_sync_hyperparameters_are_unchanged_by_the_new_fields():
     ("diloco:\n  unknown: 1", "unknown"),
     ("engine:\n  compression: zstd", "unknown codec 'zstd'"),
     ("engine:\n  powersgd_rank: 0", "powersgd_rank"),
+    ("engine:\n  compression: sparse", "unknown codec 'sparse'"),     # it only carries top-k messages
+    ("engine:\n  topk_fraction: 0.5", "topk_fraction"),
+    ("engine:\n  topk_value_bits: 4", "topk_value_bits"),
+    ("mode: diloco\ndiloco:\n  outer_codec: int3", "diloco.outer_codec: Value error, unknown codec 'int3'"),
     ("overlap: maybe", "overlap"),
 ])
 def test_bad_mode_settings_are_one_clear_line(tmp_path, text, needle):
@@ -42,6 +46,23 @@ def test_bad_mode_settings_are_one_clear_line(tmp_path, text, needle):
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("codec", ["none", "fp16", "uniform8bit", "quantile8bit", "powersgd", "auto"])
+@pytest.mark.parametrize("codec", ["none", "fp16", "uniform8bit", "quantile8bit", "uniform4bit", "uniform2bit", "powersgd",
+                                   "topk", "auto"])
 def test_every_codec_name_is_accepted(codec):
     assert load_run_config(None, {"compression": codec}).engine.compression == codec
+    cfg = load_run_config(None, {"mode": "diloco", "outer_codec": codec})
+    assert cfg.diloco.outer_codec == codec and cfg.codec() == codec and cfg.engine.compression == "fp16"
+
+
+def test_outer_codec_is_per_mode_and_part_of_the_run_s_hyperparameters(tmp_path):
+    p = tmp_path / "e.yaml"
+    p.write_text("mode: diloco\ndiloco:\n  outer_codec: topk\nengine:\n  compression: uniform8bit\n  topk_fraction: 0.01\n")
+    cfg = load_run_config(p)
+    assert cfg.codec() == "topk" and cfg.engine.compression == "uniform8bit"
+    hp = cfg.hyperparameters()
+    assert (hp["diloco_outer_codec"], hp["topk_fraction"], hp["topk_value_bits"]) == ("topk", 0.01, 2)
+    assert hp != load_run_config(p, {"topk_fraction": 0.03}).hyperparameters()   # peers must agree on k
+    sync = load_run_config(p, {"mode": "sync"})           # the outer codec is DiLoCo's; sync keeps engine.compression
+    assert sync.codec() == "uniform8bit" and "diloco_outer_codec" not in sync.hyperparameters()
+    plain = load_run_config(None, {"mode": "diloco"})
+    assert plain.codec() == "fp16" and "diloco_outer_codec" not in plain.hyperparameters()

@@ -46,6 +46,16 @@ def test_diloco_inner_adamw_or_task_and_outer_settings():
     assert isinstance(collab.built, torch.optim.SGD) and collab.built.defaults["lr"] == 0.05   # inner lr defaults to lr
 
 
+def test_diloco_pseudo_gradients_travel_with_the_outer_codec():
+    model, collab = torch.nn.Linear(3, 2), RecordingCollab()
+    mode_optimizer(collab, model, _task_optimizer, RunConfig(mode="diloco", diloco={"outer_codec": "uniform4bit"}))
+    assert collab.kwargs["codec"] == "uniform4bit"
+    mode_optimizer(collab, model, _task_optimizer, RunConfig(mode="diloco", engine={"compression": "topk"}))
+    assert collab.kwargs["codec"] == "topk"
+    mode_optimizer(collab, model, _task_optimizer, RunConfig(mode="sync", diloco={"outer_codec": "topk"}))
+    assert "codec" not in collab.kwargs     # sync: engine.compression, through the collaboration's config
+
+
 def test_outer_batch_is_h_local_steps_of_every_peer():
     assert DiLoCoConfig(inner_steps=50).target_batch_size(3 * 8) == 1200
     assert DiLoCoConfig(inner_steps=1).target_batch_size(4) == 4
