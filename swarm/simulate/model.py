@@ -392,7 +392,7 @@ def model_training(scenario: Scenario, *, params: ModelParams | None = None, dur
     samples = 0.0
     epochs, failed, compute_busy = 0, 0, 0.0
     round_times: list[float] = []
-    last_round: tuple[list[PeerInstance], RoundResult] | None = None
+    last_round: tuple[list[PeerInstance], SimulatedRound] | None = None
     while t < horizon:
         trainers = [p for p in alive.values() if p.brings]
         rate = sum(base * p.compute for p in trainers)
