@@ -49,9 +49,9 @@ class LocalRanksOptimizer:
         self.collab = None
         self.swarm_opt = None
         if self.rank == 0:
-            import swarm
+            from swarm.collaboration import join as join_swarm
 
-            self.collab = swarm.join(**(join or {}))
+            self.collab = join_swarm(**(join or {}))
             self.swarm_opt = self.collab.optimizer(self.params, optimizer, lr_schedule=lr_schedule, buffers=self.buffers,
                                                    **optimizer_kwargs)
         self._version = (-1, -1)

@@ -93,11 +93,11 @@ def run_bootstrap(args: argparse.Namespace) -> None:
 
 
 def _join(args: argparse.Namespace, config_overrides: dict[str, Any]):
-    import swarm
+    from swarm.collaboration import join
     from swarm.config import EngineConfig
 
     config = EngineConfig(**config_overrides)
-    collab = swarm.join(
+    collab = join(
         run_id=args.run_id, initial_peers=args.initial_peers, role=args.role, config=config,
         host_maddrs=[f"/ip4/{args.host}/tcp/0"],
     )
