@@ -17,7 +17,7 @@ reports the median, with fp32 values and again with fp16 on the wire:
 A round's seconds: for swarm, the slowest member's all-reduce (from group formation to its last byte);
 for hivemind, from the trigger (matchmaking done) to the slowest member's result; for gloo, the slowest
 rank's all_reduce after a barrier. Matchmaking is timed apart. `lp_bound_s` is DeDLOC's LP optimum
-(swarm.balancing) for the scenario's links and the vector's bytes; ratio_to_bound = seconds / lp_bound_s.
+(swarm.averaging.balancing) for the scenario's links and the vector's bytes; ratio_to_bound = seconds / lp_bound_s.
 Writes JSON and a PNG bar chart next to it.
 """
 from __future__ import annotations
@@ -145,7 +145,7 @@ def probe_tcp(scenario: Scenario, log_dir: Path, seconds: float = 6.0) -> dict[s
 
 
 def _timeout(scenario: Scenario) -> float:
-    from swarm.balancing import round_seconds, uniform_shares
+    from swarm.averaging.balancing import round_seconds, uniform_shares
 
     links = [p.link() for p in scenario.peers_expanded()]
     return max(60.0, 5 * round_seconds(scenario.vector_bytes(), links, uniform_shares(links)) + 30)

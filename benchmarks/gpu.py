@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from peers.demo import build_report
     from peers.local_swarm import peer_command, read_jsonl, start_coordinator, stop_all
     from swarm.config import RunConfig
-    from swarm.lifecycle import set_parent_death_signal
+    from swarm.process.lifecycle import set_parent_death_signal
 
     config = RunConfig(run_id="gpu", task="albert", task_options={"size": args.size}, micro_batch_size=args.micro_batch_size,
                        precision=args.precision, warmup_epochs=0, engine={"target_batch_size": args.target_batch_size})

@@ -40,7 +40,7 @@ _TICK = os.sysconf("SC_CLK_TCK")
 def cpu_by_program(procs: list[PeerProcess]) -> dict[str, float]:
     """CPU seconds (user + system) used so far by these processes and everything below them, by program name
     (python, p2pd, the reaper's watchdog). A figure that a busy machine changes less than wall time."""
-    from swarm.lifecycle import descendants
+    from swarm.process.lifecycle import descendants
 
     totals: dict[str, float] = {}
     for proc in procs:

@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from swarm.lifecycle import set_parent_death_signal
+from swarm.process.lifecycle import set_parent_death_signal
 
 BASE = {"task": "albert", "task_options": {"size": "tiny", "seq_len": 32}, "micro_batch_size": 8, "seed": 0, "lr": 0.02,
         "warmup_epochs": 2, "total_epochs": 200}

@@ -22,12 +22,12 @@ import time
 
 import torch
 
-from swarm.allreduce import GroupView
-from swarm.balancing import MemberLink
-from swarm.compression import CompressionPolicy, decode_checked
-from swarm.compression_policy import FixedRoundCodec
-from swarm.round_codec import RoundCodec, RoundContext
-from swarm.topk import TopKRoundCodec
+from swarm.averaging.group import GroupView
+from swarm.averaging.balancing import MemberLink
+from swarm.compression.codecs import CompressionPolicy, decode_checked
+from swarm.compression.policy import FixedRoundCodec
+from swarm.compression.round_codec import RoundCodec, RoundContext
+from swarm.compression.topk import TopKRoundCodec
 
 CONFIGS = ("none", "fp16", "uniform8bit", "uniform4bit", "uniform2bit", "topk-1%", "topk-2%", "topk-3%")
 SMALL = 2**10

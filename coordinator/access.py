@@ -2,10 +2,10 @@
 
     access = AccessControl(folder, run_id, organizer_key, invite_only=True)
     observer = Observer(..., private_key=organizer_key, authorizer=access.authorizer())
-    await access.start(observer.node)        # on the node's loop: registers `swarm.auth.issue`
+    await access.start(observer.node)        # on the node's loop: registers `swarm.net.auth.issue`
     invite = access.launch_invite([bootstrap])
 
-Token requests (`swarm.auth.issue`, see swarm.auth): the issuer parses the invite, checks that it
+Token requests (`swarm.net.auth.issue`, see swarm.net.auth): the issuer parses the invite, checks that it
 is for this run and signed by this run's organizer key ("forged" otherwise), that the request is
 signed by the public key it asks a token for and is fresh, then asks the InviteStore (expiry,
 revocation, uses; it records the use), and answers an AccessToken signed by the organizer key, or
@@ -14,7 +14,7 @@ the reason for the refusal in one line. The store is the authority, so revocatio
 
 Revocations reach the swarm as a RevocationRecord under the organizer's key in the DHT, republished
 whenever the set changes (checked every `period`) and every third of its TTL; every node re-reads it
-(swarm.auth.keep_access) and from then on refuses the revoked invites' tokens.
+(swarm.net.auth.keep_access) and from then on refuses the revoked invites' tokens.
 
 An open run (not invite-only) registers no issuer: its invites are join links, and a peer without
 an invite gets the DHT's plain refusal elsewhere. A run folder that was launched invite-only once
@@ -31,12 +31,19 @@ from typing import Awaitable, Callable
 from hivemind.p2p import P2PContext
 from hivemind.utils.crypto import RSAPrivateKey, RSAPublicKey
 
-from swarm import clock, records
-from swarm.auth import ISSUE_HANDLER, MAX_CLOCK_SKEW, OrganizerTokens, SwarmAuthorizer, issue_token, token_request_bytes
+from swarm.net import clock, records
+from swarm.net.auth import (
+    ISSUE_HANDLER,
+    MAX_CLOCK_SKEW,
+    OrganizerTokens,
+    SwarmAuthorizer,
+    issue_token,
+    token_request_bytes,
+)
 from swarm.errors import AuthError
-from swarm.invite import Invite
-from swarm.invite_link import FETCH_HANDLER, parse_link, secret_of
-from swarm.node import Node
+from swarm.net.invite import Invite
+from swarm.net.invite_link import FETCH_HANDLER, parse_link, secret_of
+from swarm.net.node import Node
 from swarm.proto import swarm_pb2
 
 from .invites import InviteStore
@@ -97,7 +104,7 @@ class AccessControl:
         return swarm_pb2.TokenResponse(token=token.SerializeToString())
 
     async def _handle_fetch(self, request: swarm_pb2.TokenRequest, context: P2PContext) -> swarm_pb2.TokenResponse:
-        """An invite link's holder asks for the full invite (swarm.invite_link): given only for the secret it names."""
+        """An invite link's holder asks for the full invite (swarm.net.invite_link): given only for the secret it names."""
         try:
             link = parse_link(request.invite)
         except AuthError as e:

@@ -4,7 +4,7 @@ Format (one folder per checkpoint, `checkpoints/epoch-00000010/`):
 
 - `state.safetensors`: every tensor of the state under its wire name (`param.i` in the order of
   `[p for p in model.parameters() if p.requires_grad]`, then `opt.i.key`);
-- `meta.json`: format, epoch, the state's sha256 digest (swarm.state_sync.state_digest, over the
+- `meta.json`: format, epoch, the state's sha256 digest (swarm.averaging.state_sync.state_digest, over the
   tensors in `tensor_order`), task, task options, the run's config, the task fingerprint, the
   optimizer's non-tensor state (`extra`), the donor and the time.
 
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from swarm.errors import DataError
-from swarm.state_sync import TrainingState
+from swarm.averaging.state_sync import TrainingState
 
 FORMAT = "swarm-checkpoint/1"
 STATE_FILE = "state.safetensors"

@@ -98,7 +98,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     uses = f"up to {args.max_uses} peers" if args.max_uses else "any number of peers"
     kind = "" if invite_only else " (open run: the invite is a join link; anyone may join without one)"
     print(f"invite {invite.invite_id} to run {run_id}: admits {uses} until {_when(invite.expires_at)}{kind}")
-    from swarm.invite_link import make_link
+    from swarm.net.invite_link import make_link
 
     print(f"swarm join {invite.encode() if args.full else make_link(invite)}")
     return 0
@@ -110,7 +110,7 @@ def _when(t: float) -> str:
 
 def _invite_only(text: str) -> bool:
     """Whether the invite admits through tokens (counted uses); an open run's invite is only a join link."""
-    from swarm.invite import Invite
+    from swarm.net.invite import Invite
 
     try:
         return Invite.parse(text).invite_only

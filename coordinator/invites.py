@@ -27,7 +27,7 @@ from typing import Sequence
 from hivemind.utils.crypto import RSAPrivateKey
 
 from swarm.errors import ConfigError, DataError
-from swarm.invite import Invite
+from swarm.net.invite import Invite
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS invites (

@@ -1,7 +1,7 @@
 """Seeding: a run started from a checkpoint (`swarm launch --from-checkpoint PATH`).
 
 The coordinator serves the checkpoint's state to the first peers exactly as a peer would: a
-`StateServer` (swarm.state_sync) on the bootstrap node, plus a progress record at the
+`StateServer` (swarm.averaging.state_sync) on the bootstrap node, plus a progress record at the
 checkpoint's epoch with `serves_state=True` and the checkpoint's parameter hash. A newcomer then
 sees the swarm at that epoch, finds the coordinator among the donors, and downloads and verifies
 the state (same hash check as any download).
@@ -24,10 +24,10 @@ from __future__ import annotations
 import logging
 import time
 
-from swarm import records
-from swarm.node import Node
-from swarm.records import ProgressRecord
-from swarm.state_sync import StateServer, TrainingState, params_digest
+from swarm.net import records
+from swarm.net.node import Node
+from swarm.net.records import ProgressRecord
+from swarm.averaging.state_sync import StateServer, TrainingState, params_digest
 
 logger = logging.getLogger(__name__)
 

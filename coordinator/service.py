@@ -11,9 +11,9 @@ is a restart), publish the config record, then run as sibling tasks of one TaskG
 
 - the tracker loop: read progress and metrics records every `tracker_period`, update figures,
   history and metrics; remember the peers' multiaddrs (a restarted coordinator dials them), and
-  ping known peers missing from the DHT routing table back into it (see swarm.contacts);
+  ping known peers missing from the DHT routing table back into it (see swarm.net.contacts);
 - the checkpointer: when the swarm crosses a multiple of `checkpoint_every` epochs, download the
-  state from a peer of the newest epoch with `swarm.state_sync.download_from_any` (exactly what a
+  state from a peer of the newest epoch with `swarm.averaging.state_sync.download_from_any` (exactly what a
   newcomer does), write it atomically, keep the newest K;
 - the config republisher: store the config record again every third of its TTL (same created_at);
 - the seed, for a run started from a checkpoint (see coordinator.seed).
@@ -34,15 +34,15 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import yaml
 
-from swarm import records
+from swarm.net import records
 from swarm.config import RunConfig
 from swarm.errors import ConfigError, NetworkError, SwarmError
-from swarm.invite_link import make_link
-from swarm.state_sync import TrainingState, download_from_any
+from swarm.net.invite_link import make_link
+from swarm.averaging.state_sync import TrainingState, download_from_any
 
 from .access import AccessControl
 from .checkpoints import CheckpointError, list_checkpoints, load_checkpoint, prune, write_checkpoint
-from swarm.contacts import keep_in_touch
+from swarm.net.contacts import keep_in_touch
 from .history import History
 from .identity import load_or_create_rsa_key
 from .metrics import CoordinatorMetrics
@@ -65,7 +65,7 @@ KEEP_IN_TOUCH_WITHIN = 600.0  # peers seen in the last 10 minutes are pinged bac
 def invite_addresses(bootstrap: str, maddrs: list[str]) -> list[str]:
     """The launch invite's peers: the bootstrap address first, then every other one but loopback (a peer listening on
     0.0.0.0 is reachable on each interface, and a volunteer may reach only one of them). The link takes the most
-    public (swarm.invite_link.most_public)."""
+    public (swarm.net.invite_link.most_public)."""
     return [bootstrap, *(m for m in maddrs if m != bootstrap and not m.startswith(("/ip4/127.", "/ip6/::1/")))]
 
 

@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
-from swarm.records import MetricsRecord, ProgressRecord
+from swarm.net.records import MetricsRecord, ProgressRecord
 
 from .history import History, PeerSeen
 from .metrics import CoordinatorMetrics

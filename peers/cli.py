@@ -137,9 +137,9 @@ def cmd_join(args: argparse.Namespace, on_collaboration=None) -> int:
 
     access = None
     if invite is not None:
-        from swarm.auth import InviteAccess
+        from swarm.net.auth import InviteAccess
         from swarm.errors import ConfigError
-        from swarm.invite_link import is_link, resolve_invite
+        from swarm.net.invite_link import is_link, resolve_invite
 
         if is_link(invite):
             say("asking the run's coordinator for the full invite")

@@ -24,8 +24,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from swarm import records
-from swarm.auth import InviteAccess
+from swarm.net import records
+from swarm.net.auth import InviteAccess
 from swarm.collaboration import Collaboration
 from swarm.config import RunConfig
 from swarm.errors import AuthError, ConfigError

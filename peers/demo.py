@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from swarm.config import RunConfig
-from swarm.lifecycle import set_parent_death_signal
+from swarm.process.lifecycle import set_parent_death_signal
 
 from .cli import add_run_options, run_config_from_args
 from .local_swarm import (

@@ -6,7 +6,7 @@
 - `stop_all`: SIGINT, then SIGKILL after a grace period.
 
 Children get PR_SET_PDEATHSIG (they die with the process that started them: start them from its main
-thread, see swarm.lifecycle.set_parent_death_signal), and each one's Reaper ends its p2pd daemon too.
+thread, see swarm.process.lifecycle.set_parent_death_signal), and each one's Reaper ends its p2pd daemon too.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from swarm.lifecycle import set_parent_death_signal
+from swarm.process.lifecycle import set_parent_death_signal
 
 
 def start_coordinator(config_path: Path, runs_dir: Path, run_dir: Path, *, port: int = 0, checkpoint_every: int = 2,

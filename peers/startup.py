@@ -61,7 +61,7 @@ def download_line(received: int, total: int, seconds: float) -> str:
 
 
 class DownloadBar:
-    """A callable `(received, total)` for swarm.state_sync's download progress; called on the engine's loop thread."""
+    """A callable `(received, total)` for swarm.averaging.state_sync's download progress; called on the engine's loop thread."""
 
     def __init__(self, say: StageLog, tty: bool | None = None, clock: Callable[[], float] = time.monotonic):
         self.say = say

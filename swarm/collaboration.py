@@ -26,21 +26,25 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from . import records
-from .auth import SwarmAuthorizer
-from .allreduce import AggregateService, AllReduceRound, GroupView, PhaseStats, TensorLayout
-from .balancing import BandwidthEstimator, MemberLink
+from swarm.net import records
+from swarm.net.auth import SwarmAuthorizer
+from swarm.averaging.service import AggregateService
+from swarm.averaging.allreduce import AllReduceRound
+from swarm.averaging.group import GroupView
+from swarm.averaging.phase_stats import PhaseStats
+from swarm.averaging.layout import TensorLayout
+from swarm.averaging.balancing import BandwidthEstimator, MemberLink
 from .config import EngineConfig, RunConfig
 from .errors import ConfigError, NetworkError, RoundFailed
-from .lifecycle import Reaper
-from .matchmaking import Matchmaker
-from .node import Node, NodeOptions
-from .progress import ProgressTracker
+from swarm.process.lifecycle import Reaper
+from swarm.averaging.matchmaking import Matchmaker
+from swarm.net.node import Node, NodeOptions
+from swarm.averaging.progress import ProgressTracker
 from .proto import swarm_pb2
-from .round_codec import RoundCodec, RoundContext
-from .rounds import RoundReport, RoundRequest
-from .runtime import EngineLoop
-from .state_sync import StateServer, TrainingState, download_from_any
+from swarm.compression.round_codec import RoundCodec, RoundContext
+from swarm.averaging.rounds import RoundReport, RoundRequest
+from swarm.process.runtime import EngineLoop
+from swarm.averaging.state_sync import StateServer, TrainingState, download_from_any
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +106,7 @@ class Collaboration:
         organizer_key: bytes | None = None,
         start: bool = True,
     ):
-        """`authorizer`: an invite-only run's access (swarm.auth; `swarm.join(INVITE)` makes it); None: an open run.
+        """`authorizer`: an invite-only run's access (swarm.net.auth; `swarm.join(INVITE)` makes it); None: an open run.
         `organizer_key`: the run's organizer (from an invite): only its config record counts, and without
         `config` the engine settings are the run's own, read from that record once the node is up."""
         if role not in ("trainer", "client", "aux"):
@@ -384,7 +388,7 @@ def join(run_id: str = "demo", initial_peers: Sequence[str] = (), **kwargs: Any)
     obtained and kept fresh, and without `config=` the engine settings are the run's own, read from
     the config record signed by the invite's organizer key."""
     if run_id.startswith("swarm://"):
-        from .auth import InviteAccess
+        from swarm.net.auth import InviteAccess
 
         access = InviteAccess(run_id)
         peers = [*access.invite.initial_peers, *initial_peers]

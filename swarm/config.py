@@ -50,7 +50,7 @@ class EngineConfig(BaseModel):
 
 def check_codec_name(name: str) -> str:
     """`name` if it is a compression a run can choose (a tensor codec, or a round codec), else ValueError."""
-    from .compression import CODECS
+    from swarm.compression.codecs import CODECS
 
     # "sparse" only carries top-k messages (it would send a dense tensor as fp16 plus positions)
     valid = sorted(set(CODECS) - {"sparse"}) + ["powersgd", "topk", "auto"]

@@ -10,14 +10,14 @@ from typing import Sequence
 
 from hivemind.utils.crypto import RSAPrivateKey
 
-from . import records
+from swarm.net import records
 from .errors import NetworkError
-from .auth import InviteAccess, SwarmAuthorizer
+from swarm.net.auth import InviteAccess, SwarmAuthorizer
 from .config import RunConfig
 from .errors import ConfigError
-from .lifecycle import Reaper
-from .node import Node, NodeOptions
-from .runtime import EngineLoop
+from swarm.process.lifecycle import Reaper
+from swarm.net.node import Node, NodeOptions
+from swarm.process.runtime import EngineLoop
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class Observer:
                  private_key: RSAPrivateKey | None = None, authorizer: SwarmAuthorizer | None = None):
         """`identity_path`: p2p identity file (a stable peer id); `private_key`: the RSA key that signs this
         node's records (a stable owner, e.g. the organizer's key); both are fresh per process when None.
-        `authorizer`: an invite-only run's (swarm.auth), None for an open run."""
+        `authorizer`: an invite-only run's (swarm.net.auth), None for an open run."""
         self.run_id = run_id
         self.reaper = Reaper().start()
         self.loop = EngineLoop(name="swarm-observer").start()

@@ -45,7 +45,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=f"%(asctime)s [hivemind:{args.index}] %(name)s: %(message)s")
     torch.set_num_threads(1)
 
-    from swarm.lifecycle import Reaper
+    from swarm.process.lifecycle import Reaper
 
     reaper = Reaper().start()
     import hivemind

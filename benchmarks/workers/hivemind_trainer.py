@@ -8,7 +8,7 @@ local optimizer, and the peers average parameters (and optimizer state) in the b
 others to join. On `go` it trains for the duration and reports, like swarm's emulated trainers, one `local`
 event per micro-batch (time, loss, samples) and a summary: samples, seconds spent computing, seconds in
 opt.step (hivemind's rounds block there unless local updates), the epoch reached, and the bytes this peer's
-network namespace sent and received meanwhile (interface counters of /proc/net/dev, swarm.linkmeter: hivemind
+network namespace sent and received meanwhile (interface counters of /proc/net/dev, swarm.averaging.linkmeter: hivemind
 does not count its own averaging bytes, so these include its DHT traffic and headers). Auxiliary peers call
 step() in a loop (hivemind's way for them to help average). A Reaper ends hivemind's child processes with us.
 """
@@ -41,8 +41,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=f"%(asctime)s [hivemind-train:{args.index}] %(name)s: %(message)s")
     torch.set_num_threads(1)
-    from swarm.lifecycle import Reaper
-    from swarm.linkmeter import read_counters
+    from swarm.process.lifecycle import Reaper
+    from swarm.averaging.linkmeter import read_counters
     from swarm.simulate.worker import net_sent
 
     reaper = Reaper().start()

@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--mbytes", type=int, default=256)
     parser.add_argument("--message-bytes", type=int, default=2**19)
     args = parser.parse_args()
-    from swarm.lifecycle import Reaper
+    from swarm.process.lifecycle import Reaper
 
     with Reaper():
         asyncio.run(run(args))

@@ -30,7 +30,7 @@ from .harness import ChaosSwarm, Instance
 from .history_check import compare
 
 SIGINT_LIMIT = 5.0
-DOWNLOAD_FAILED = re.compile(r"state download from \S+ failed")   # swarm.state_sync: one line per donor that failed
+DOWNLOAD_FAILED = re.compile(r"state download from \S+ failed")   # swarm.averaging.state_sync: one line per donor that failed
 
 
 @dataclass

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from swarm.lifecycle import descendants, pids_alive, set_parent_death_signal
+from swarm.process.lifecycle import descendants, pids_alive, set_parent_death_signal
 
 from ..local_swarm import peer_command, start_coordinator
 from .history_check import snapshot_history

@@ -85,7 +85,7 @@ def act(kind: str) -> None:
 
 
 def chaos_round_class(armed: ArmedFaults):
-    from swarm.allreduce import AllReduceRound
+    from swarm.averaging.allreduce import AllReduceRound
 
     class ChaosRound(AllReduceRound):
         """An AllReduceRound that fails where an armed fault says (see the module docstring)."""
@@ -127,7 +127,7 @@ class _DyingTensors(dict):
 
 def install(collab, armed: ArmedFaults) -> None:
     """Make `collab` fail where armed faults say: its rounds, and the state it serves."""
-    from swarm.state_sync import TrainingState
+    from swarm.averaging.state_sync import TrainingState
 
     armed.epoch = lambda: collab.tracker.local.epoch if collab.tracker is not None else -1
     collab.round_class = chaos_round_class(armed)

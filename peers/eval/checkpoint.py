@@ -73,7 +73,7 @@ def _load_coordinator_checkpoint(folder: Path) -> dict[str, Any]:
 
     from safetensors.torch import load_file
 
-    from swarm.state_sync import state_digest
+    from swarm.averaging.state_sync import state_digest
 
     meta_path, state_path = folder / "meta.json", folder / "state.safetensors"
     if not meta_path.is_file() or not state_path.is_file():

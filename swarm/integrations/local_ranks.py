@@ -98,7 +98,7 @@ class LocalRanksOptimizer:
 
     @property
     def params_hash(self) -> str:
-        from swarm.state_sync import params_digest
+        from swarm.averaging.state_sync import params_digest
 
         return params_digest([p.data for p in self.params])
 

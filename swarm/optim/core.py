@@ -8,7 +8,7 @@ whether the round blocks, and how the average is applied. On every `step()`:
        samples; DiLoCo: an inner optimizer step);
     2. settle: a round in flight is applied once done (or, at the latest, once this peer has computed as
        many samples again as it brought to it; then the step waits for it, within the round's deadline);
-    3. when the swarm has `target_batch_size` samples at this epoch (swarm.progress), the mode's tensors are
+    3. when the swarm has `target_batch_size` samples at this epoch (swarm.averaging.progress), the mode's tensors are
        submitted as one round (`Collaboration.submit_round`); a blocking mode settles it at once;
     4. apply: the averaged tensors become the step, the epoch advances and the attached LR schedulers with
        it; a failed round gives its work back and the epoch is retried.
@@ -39,13 +39,13 @@ from typing import Any, Callable, Iterable, Protocol
 import msgpack
 import torch
 
-from ..allreduce import TensorLayout
-from ..compression import CompressionPolicy
-from ..compression_policy import FixedRoundCodec, make_round_codec
+from swarm.averaging.layout import TensorLayout
+from swarm.compression.codecs import CompressionPolicy
+from swarm.compression.policy import FixedRoundCodec, make_round_codec
 from ..errors import ConfigError, NetworkError, RoundFailed, SwarmError
-from ..round_codec import Averaged, RoundCodec
-from ..rounds import RoundReport, RoundRequest
-from ..state_sync import TrainingState, params_digest
+from swarm.compression.round_codec import Averaged, RoundCodec
+from swarm.averaging.rounds import RoundReport, RoundRequest
+from swarm.averaging.state_sync import TrainingState, params_digest
 from .grads import closure_loss
 from .strategies import RunMode, make_run_mode
 
@@ -61,7 +61,7 @@ class Swarm(Protocol):
 
     peer_id: str
     config: Any        # swarm.config.EngineConfig
-    tracker: Any       # swarm.progress.ProgressTracker
+    tracker: Any       # swarm.averaging.progress.ProgressTracker
 
     def begin_training(self, schema: TensorLayout, snapshot: Callable[[], TrainingState | None]) -> None: ...
 
@@ -143,7 +143,7 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
         """`codec`: this mode's own choice (e.g. diloco.outer_codec), else the run's engine.compression."""
         shapes = [p.shape for p in self.params]
         name = codec or config.compression
-        if name in ("powersgd", "auto", "topk"):   # codecs with state, or that choose per round (swarm.compression_policy)
+        if name in ("powersgd", "auto", "topk"):   # codecs with state, or that choose per round (swarm.compression.policy)
             return make_round_codec(shapes, name, rank=config.powersgd_rank, budget=config.compression_budget,
                                     compute_seconds=self.epoch_compute_seconds, topk_fraction=config.topk_fraction,
                                     topk_value_bits=config.topk_value_bits)

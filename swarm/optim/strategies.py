@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import torch
 
 from ..errors import ConfigError
-from ..rounds import RoundRequest
+from swarm.averaging.rounds import RoundRequest
 
 __all__ = ["RunMode", "GradientAveraging", "DiLoCo", "make_run_mode", "Wrapped"]
 

@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..balancing import round_seconds, uniform_shares
+from swarm.averaging.balancing import round_seconds, uniform_shares
 from ..errors import NetworkError
-from ..lifecycle import set_parent_death_signal
+from swarm.process.lifecycle import set_parent_death_signal
 from .network import ROUTER_ADDRESS, EmulatedNetwork, LinkSpec
 from .scenario import AllreduceWorkload, PeerInstance, Scenario, TrainingWorkload
 

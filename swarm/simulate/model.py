@@ -40,8 +40,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..allreduce import DEFAULT_CHUNK_ELEMENTS, MIN_CHUNK_ELEMENTS, PIPELINE_DEPTH, TRANSPORT_BUFFER_BYTES
-from ..balancing import BandwidthEstimator, MemberLink, delivered_rate, optimal_shares, split_sizes, sustained_rate, uniform_shares
+from swarm.averaging.layout import DEFAULT_CHUNK_ELEMENTS, MIN_CHUNK_ELEMENTS, PIPELINE_DEPTH
+from swarm.averaging.phase_stats import TRANSPORT_BUFFER_BYTES
+from swarm.averaging.balancing import (
+    BandwidthEstimator,
+    MemberLink,
+    delivered_rate,
+    optimal_shares,
+    split_sizes,
+    sustained_rate,
+    uniform_shares,
+)
 from .model_report import role_rows
 from .scenario import MBIT, AllreduceWorkload, PeerInstance, Scenario, TrainingWorkload
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..errors import ConfigError, NetworkError
-from ..lifecycle import pids_alive
+from swarm.process.lifecycle import pids_alive
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ twice as long per local step (it sleeps the difference). The training workload n
 plug-in as `module:function` (`task_plugin`), so the engine never imports a task.
 
 `Scenario.peers_expanded()` gives one `PeerInstance` per peer, with rates in bytes/s after the
-divisor; `Scenario.lp_bound(vector_bytes)` is the DeDLOC LP optimum (swarm.balancing) for it.
+divisor; `Scenario.lp_bound(vector_bytes)` is the DeDLOC LP optimum (swarm.averaging.balancing) for it.
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-if TYPE_CHECKING:   # swarm.balancing loads scipy (most of a second): only when a scenario is solved, not for `swarm --help`
-    from ..balancing import MemberLink
+if TYPE_CHECKING:   # swarm.averaging.balancing loads scipy (most of a second): only when a scenario is solved, not for `swarm --help`
+    from swarm.averaging.balancing import MemberLink
 from ..config import DiLoCoConfig, EngineConfig, RunConfig
 from ..errors import ConfigError
 
@@ -189,7 +189,7 @@ class PeerInstance:
         return self.role != "client"
 
     def link(self) -> MemberLink:
-        from ..balancing import MemberLink
+        from swarm.averaging.balancing import MemberLink
 
         return MemberLink(self.upload_bps, self.download_bps, self.brings, self.needs, self.can_reduce)
 
@@ -248,7 +248,7 @@ class Scenario(_Model):
 
     def lp_bound(self, vector_bytes: int) -> float:
         """The DeDLOC LP optimum (seconds) for one all-reduce of `vector_bytes` over the whole swarm."""
-        from ..balancing import optimal_shares
+        from swarm.averaging.balancing import optimal_shares
 
         return optimal_shares(vector_bytes, [p.link() for p in self.peers_expanded()])[1]
 

@@ -56,7 +56,7 @@ def _record_rounds(collab) -> None:
     """Keep the last AllReduceRound of this peer, for its stats."""
     global _RecordingRound
     from swarm import collaboration
-    from swarm.allreduce import AllReduceRound
+    from swarm.averaging.allreduce import AllReduceRound
 
     class Recording(AllReduceRound):
         last = None
@@ -120,11 +120,11 @@ def _wait_for_view(collab, epoch: int, expected: int, timeout: float) -> int:
 
 
 def run_allreduce(args: argparse.Namespace) -> None:
-    from swarm.allreduce import TensorLayout
-    from swarm.compression import get_codec
-    from swarm.compression_policy import FixedRoundCodec
+    from swarm.averaging.layout import TensorLayout
+    from swarm.compression.codecs import get_codec
+    from swarm.compression.policy import FixedRoundCodec
     from swarm.errors import RoundFailed
-    from swarm.rounds import RoundRequest
+    from swarm.averaging.rounds import RoundRequest
 
     engine = json.loads(args.engine)
     collab = _join(args, engine)
@@ -232,7 +232,7 @@ def run_training(args: argparse.Namespace) -> None:
     """Train the scenario's task in the workload's mode (swarm.modes.mode_optimizer, as the volunteer daemon does);
     compute slowed to `compute` by sleeping. Events: `local` per micro-batch (time, loss, samples), `step` per global
     step (epoch, loss since the last one, bytes, round seconds), and a `summary`."""
-    from swarm.linkmeter import read_counters
+    from swarm.averaging.linkmeter import read_counters
     from swarm.modes import mode_optimizer
 
     from .scenario import TrainingWorkload

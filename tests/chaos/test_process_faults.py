@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from swarm.lifecycle import pids_alive
+from swarm.process.lifecycle import pids_alive
 from tests.helpers.procs import PeerProcess, read_jsonl, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

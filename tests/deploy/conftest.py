@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from swarm.lifecycle import pids_alive
+from swarm.process.lifecycle import pids_alive
 from tests.deploy.deploy_files import EXPERIMENT, HEALTHCHECK, compose, unescape_compose
 from tests.helpers.running_swarm import Proc
 

@@ -138,7 +138,7 @@ def test_image_wheel_stage_builds_a_complete_wheel(tmp_path):
            str(context)))
     (wheel,) = (tmp_path / "wheels").glob("swarm-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for needed in ("swarm/cli.py", "swarm/_reaper_main.py", "swarm/proto/swarm.proto", "peers/daemon.py",
+    for needed in ("swarm/cli.py", "swarm/process/_reaper_main.py", "swarm/proto/swarm.proto", "peers/daemon.py",
                    "coordinator/static/index.html", "coordinator/server.py"):
         assert needed in names, f"{needed} is not in the image's wheel"
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()

@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 import yaml
 
-from swarm.lifecycle import pids_alive
+from swarm.process.lifecycle import pids_alive
 from tests.deploy.deploy_files import DEPLOY, compose
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

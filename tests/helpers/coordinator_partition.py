@@ -1,4 +1,4 @@
-"""Reproduces a DHT partition between two nodes and heals it with swarm.contacts.keep_in_touch.
+"""Reproduces a DHT partition between two nodes and heals it with swarm.net.contacts.keep_in_touch.
 
 Run as `python -m tests.helpers.coordinator_partition` (its own process: each Observer owns a Reaper).
 Prints `before [..]`, `partitioned [..]`, `pinged N`, `after [..]`: the epochs node A reads from the DHT.
@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import time
 
-from swarm.contacts import keep_in_touch
-from swarm import records
+from swarm.net.contacts import keep_in_touch
+from swarm.net import records
 from swarm.observer import Observer
-from swarm.records import ProgressRecord
+from swarm.net.records import ProgressRecord
 
 
 def record(peer_id: str, epoch: int) -> ProgressRecord:

@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from swarm.lifecycle import descendants, pids_alive
+from swarm.process.lifecycle import descendants, pids_alive
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import pytest
 
-from swarm.lifecycle import descendants, pids_alive
+from swarm.process.lifecycle import descendants, pids_alive
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,8 +14,12 @@ import pytest
 import torch
 from hivemind.p2p import P2P
 
-from swarm.allreduce import AGGREGATE_HANDLER, AggregateService, AllReduceRound, GroupView, TensorLayout
-from swarm.compression import CompressionPolicy
+from swarm.averaging.streams import AGGREGATE_HANDLER
+from swarm.averaging.service import AggregateService
+from swarm.averaging.allreduce import AllReduceRound
+from swarm.averaging.group import GroupView
+from swarm.averaging.layout import TensorLayout
+from swarm.compression.codecs import CompressionPolicy
 from swarm.errors import RoundFailed
 from swarm.proto import swarm_pb2
 
@@ -102,8 +106,8 @@ def test_weighted_mean_is_exact_within_codec_tolerance_and_identical(codec, tol)
 
 def test_top_k_messages_travel_exactly_and_the_reducers_send_back_their_union():
     """The sparse codec through the real butterfly: top-k parts in, the weighted mean (exact up to fp16) out."""
-    from swarm.compression import get_codec
-    from swarm.topk import select_topk
+    from swarm.compression.codecs import get_codec
+    from swarm.compression.topk import select_topk
 
     async def main():
         members, services = await start_members(3)

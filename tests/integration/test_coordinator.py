@@ -14,7 +14,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from swarm.lifecycle import pids_alive
+from swarm.process.lifecycle import pids_alive
 from tests.helpers.procs import wait_until
 from tests.helpers.running_swarm import RunningSwarm, swarm_cli
 

@@ -9,7 +9,7 @@ import torch
 
 from coordinator.checkpoints import write_checkpoint
 from coordinator.run_folder import FolderState, RunFolder
-from swarm.state_sync import TrainingState
+from swarm.averaging.state_sync import TrainingState
 from tests.helpers.running_swarm import swarm_cli
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ import pytest
 from hivemind.dht.crypto import RSASignatureValidator
 from hivemind.utils.crypto import RSAPrivateKey
 
-from swarm import records
-from swarm.node import Node, NodeOptions
+from swarm.net import records
+from swarm.net.node import Node, NodeOptions
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

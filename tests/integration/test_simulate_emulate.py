@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from swarm.lifecycle import pids_alive
+from swarm.process.lifecycle import pids_alive
 from swarm.simulate.emulate import run_allreduce
 from swarm.simulate.model import simulate_round
 from swarm.simulate.network import namespaces

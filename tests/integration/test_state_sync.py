@@ -8,7 +8,7 @@ import torch
 from hivemind.p2p import P2P
 
 from swarm.errors import NetworkError, ProtocolError
-from swarm.state_sync import StateServer, TrainingState, download_from_any, download_state
+from swarm.averaging.state_sync import StateServer, TrainingState, download_from_any, download_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from swarm.lifecycle import pids_alive
+from swarm.process.lifecycle import pids_alive
 from tests.helpers.procs import read_jsonl, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

@@ -49,7 +49,7 @@ def test_cpu_accounting_counts_children(tmp_path):
     import os
     import signal
 
-    from swarm.lifecycle import descendants
+    from swarm.process.lifecycle import descendants
     from swarm.simulate.emulate import PeerProcess
 
     script = (

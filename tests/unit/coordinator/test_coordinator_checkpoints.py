@@ -9,7 +9,7 @@ import torch
 from coordinator.checkpoints import (
     CheckpointError, list_checkpoints, load_checkpoint, prune, resolve_checkpoint, write_checkpoint,
 )
-from swarm.state_sync import TrainingState
+from swarm.averaging.state_sync import TrainingState
 
 
 def state(epoch: int, seed: int = 0) -> TrainingState:

@@ -9,7 +9,7 @@ from coordinator.export import export_checkpoint
 from coordinator.identity import load_or_create_rsa_key
 from peers.tasks import TaskSettings, get_task
 from swarm.errors import ConfigError
-from swarm.state_sync import TrainingState
+from swarm.averaging.state_sync import TrainingState
 
 
 @pytest.fixture(scope="module")

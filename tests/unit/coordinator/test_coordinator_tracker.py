@@ -6,7 +6,7 @@ import math
 from coordinator.history import History
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.tracker import Tracker, aggregate
-from swarm.records import MetricsRecord, ProgressRecord
+from swarm.net.records import MetricsRecord, ProgressRecord
 
 
 def progress(pid: str, epoch: int = 3, rate: float = 10.0, role: str = "trainer", leaving: bool = False) -> ProgressRecord:

@@ -130,7 +130,7 @@ def test_coordinator_checkpoint_folder_is_accepted(data_dir, tmp_path):
 
     from safetensors.torch import save_file
 
-    from swarm.state_sync import state_digest
+    from swarm.averaging.state_sync import state_digest
 
     task = get_task("swav", TaskSettings(data_path=str(data_dir), seed=2, options=OPTIONS))
     model = task.build_model()

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from swarm.allreduce import TensorLayout, plan_parts
-from swarm.compression import CompressionPolicy
+from swarm.averaging.layout import TensorLayout, plan_parts
+from swarm.compression.codecs import CompressionPolicy
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -1,4 +1,4 @@
-"""swarm.invite and swarm.auth without a network: invite strings, tokens, signed messages, DHT requests."""
+"""swarm.net.invite and swarm.net.auth without a network: invite strings, tokens, signed messages, DHT requests."""
 from __future__ import annotations
 
 import asyncio
@@ -10,9 +10,9 @@ from hivemind.p2p import PeerID
 from hivemind.proto import dht_pb2
 from hivemind.utils.crypto import RSAPrivateKey
 
-from swarm.auth import OrganizerTokens, SwarmAuthorizer, issue_token, token_problem
+from swarm.net.auth import OrganizerTokens, SwarmAuthorizer, issue_token, token_problem
 from swarm.errors import AuthError
-from swarm.invite import Invite
+from swarm.net.invite import Invite
 from swarm.proto import swarm_pb2
 
 pytestmark = pytest.mark.timeout(60)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from swarm.balancing import (
+from swarm.averaging.balancing import (
     BandwidthEstimator,
     MemberLink,
     optimal_shares,

@@ -1,4 +1,4 @@
-"""uniform4bit / uniform2bit (swarm.blockquant): bytes per value, error bounds on gaussian and gradient-like
+"""uniform4bit / uniform2bit (swarm.compression.blockquant): bytes per value, error bounds on gaussian and gradient-like
 tensors, determinism, and rejecting whatever a bad peer sends."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from swarm import blockquant
-from swarm.compression import decode_checked, get_codec
+from swarm.compression import blockquant
+from swarm.compression.codecs import decode_checked, get_codec
 from swarm.errors import ProtocolError
 
 pytestmark = pytest.mark.timeout(60)
@@ -155,7 +155,7 @@ def test_index_packing_round_trips_lowest_bits_first():
 
 
 def test_diloco_outer_codec_sends_large_pseudo_gradients_in_4_bits():
-    from swarm.compression_policy import FixedRoundCodec
+    from swarm.compression.policy import FixedRoundCodec
     from swarm.optim.core import CollaborativeOptimizer
     from tests.helpers.fake_swarm import FakeSwarm
 

@@ -1,4 +1,4 @@
-"""swarm.clock: NTP-style offset samples, a median that one liar cannot move, and hivemind's DHT on the swarm's clock."""
+"""swarm.net.clock: NTP-style offset samples, a median that one liar cannot move, and hivemind's DHT on the swarm's clock."""
 from __future__ import annotations
 
 import asyncio
@@ -9,7 +9,7 @@ from hivemind.dht import node as dht_node
 from hivemind.dht import protocol as dht_protocol
 from hivemind.utils import TimedStorage
 
-from swarm import clock
+from swarm.net import clock
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def test_a_skewed_host_on_the_swarm_clock_signs_messages_others_accept(restore_c
     alice = with_token(member(keys, "alice"))
     skewed, corrected = join_request(), join_request()
     alice.sign_message(skewed, ME)
-    clock.install(-300.0)                                      # what swarm.clock.synchronize measures for it
+    clock.install(-300.0)                                      # what swarm.net.clock.synchronize measures for it
     alice.sign_message(corrected, ME)
     monkeypatch.setattr(time, "time", real)
     clock.install(0.0)

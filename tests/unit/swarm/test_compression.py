@@ -6,7 +6,7 @@ import torch
 from hivemind.compression import serialize_torch_tensor
 from hivemind.proto import runtime_pb2
 
-from swarm.compression import CODECS, CompressionPolicy, decode_checked, get_codec
+from swarm.compression.codecs import CODECS, CompressionPolicy, decode_checked, get_codec
 from swarm.errors import ConfigError, ProtocolError
 
 pytestmark = [

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from swarm.compression import get_codec
-from swarm.error_feedback import ErrorFeedback
-from swarm.powersgd import low_rank_round, orthogonalize
+from swarm.compression.codecs import get_codec
+from swarm.compression.error_feedback import ErrorFeedback
+from swarm.compression.powersgd import low_rank_round, orthogonalize
 
 pytestmark = pytest.mark.timeout(120)
 

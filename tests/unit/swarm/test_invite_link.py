@@ -1,4 +1,4 @@
-"""swarm.invite_link: the one-line invite, its parsing and what it proves (no network)."""
+"""swarm.net.invite_link: the one-line invite, its parsing and what it proves (no network)."""
 from __future__ import annotations
 
 import time
@@ -8,8 +8,8 @@ import pytest
 from hivemind.utils.crypto import RSAPrivateKey
 
 from swarm.errors import AuthError
-from swarm.invite import Invite
-from swarm.invite_link import is_link, make_link, most_public, parse_link
+from swarm.net.invite import Invite
+from swarm.net.invite_link import is_link, make_link, most_public, parse_link
 
 PEER = "12D3KooWHCcrL5hiVJhv5DH7JXyZgckXNry3ab2yXbQfnFe9nGZ3"
 PUBLIC = f"/ip4/203.0.113.7/tcp/31337/p2p/{PEER}"

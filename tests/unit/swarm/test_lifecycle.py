@@ -1,4 +1,4 @@
-"""swarm.lifecycle: every process below a peer dies within 5 s of the peer, SIGKILL included.
+"""swarm.process.lifecycle: every process below a peer dies within 5 s of the peer, SIGKILL included.
 
 Each test runs its "owner" (the process that would be a peer) as a separate Python process, never the test runner
 itself: a Reaper kills every descendant of its owner, and the runner's descendants are other tests' business. Every
@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from swarm import _reaper_main as watchdog
-from swarm.lifecycle import WATCHDOG_SCRIPT, descendants, pids_alive, set_parent_death_signal
+from swarm.process import _reaper_main as watchdog
+from swarm.process.lifecycle import WATCHDOG_SCRIPT, descendants, pids_alive, set_parent_death_signal
 
 REPO = Path(__file__).resolve().parents[3]
 DEADLINE = 5.0  # the requirement: every descendant gone within 5 s of the owner's death
@@ -165,7 +165,7 @@ def _comm(pid: int) -> str:
 
 SLEEPERS = """
     import json, multiprocessing, os, subprocess, sys, time
-    from swarm.lifecycle import Reaper
+    from swarm.process.lifecycle import Reaper
 
     reaper = Reaper().start()
     child = subprocess.Popen(["sleep", "300"])
@@ -224,7 +224,7 @@ def test_watchdog_holds_no_output_and_no_owner_pipe(cleanup: Cleanup, tmp_path: 
 def test_close_reaps_while_owner_lives(cleanup: Cleanup, tmp_path: Path) -> None:
     script = """
         import json, subprocess, sys, time
-        from swarm.lifecycle import Reaper
+        from swarm.process.lifecycle import Reaper
 
         with Reaper() as reaper:
             child = subprocess.Popen(["sleep", "300"])
@@ -262,7 +262,7 @@ def test_owner_death_noticed_even_if_someone_else_holds_the_pipe(cleanup: Cleanu
     # watchdog must still notice the owner is gone by polling it.
     script = """
         import json, subprocess, time
-        from swarm.lifecycle import Reaper
+        from swarm.process.lifecycle import Reaper
 
         reaper = Reaper().start()
         holder = subprocess.Popen(["sleep", "300"], pass_fds=(reaper._wfd,))
@@ -286,7 +286,7 @@ def test_track_registers_a_child_spawned_just_before_death(cleanup: Cleanup, tmp
     # it, and is killed right away: track() alone must get it reaped.
     script = """
         import json, os, subprocess, sys, time
-        from swarm.lifecycle import Reaper
+        from swarm.process.lifecycle import Reaper
 
         reaper = Reaper(interval=60).start()  # no periodic scan in time: only track() can tell the watchdog
         time.sleep(0.5)  # the watchdog is up and has done its first scan
@@ -385,7 +385,7 @@ def test_scan_parses_stat_lines_with_tricky_names(tmp_path: Path, monkeypatch: p
 
 def test_parent_death_signal_kills_the_child(cleanup: Cleanup, tmp_path: Path) -> None:
     child = (
-        "import json, os, sys, time; from swarm.lifecycle import set_parent_death_signal; "
+        "import json, os, sys, time; from swarm.process.lifecycle import set_parent_death_signal; "
         "set_parent_death_signal(expected_parent=int(sys.argv[1])); "
         "print(json.dumps({'child': os.getpid()}), flush=True); time.sleep(300)"
     )
@@ -405,7 +405,7 @@ def test_parent_death_signal_kills_the_child(cleanup: Cleanup, tmp_path: Path) -
 
 def test_parent_death_signal_fires_at_once_if_the_parent_is_already_gone() -> None:
     code = (
-        "from swarm.lifecycle import set_parent_death_signal as s; import signal, time; "
+        "from swarm.process.lifecycle import set_parent_death_signal as s; import signal, time; "
         "s(signal.SIGTERM, expected_parent=1); time.sleep(30)"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -440,7 +440,7 @@ def test_watchdog_imports_only_the_standard_library() -> None:
 def test_reaper_is_inert_in_a_forked_copy_and_close_is_idempotent(cleanup: Cleanup, tmp_path: Path) -> None:
     script = """
         import json, os, subprocess, time
-        from swarm.lifecycle import Reaper
+        from swarm.process.lifecycle import Reaper
 
         reaper = Reaper().start()
         child = subprocess.Popen(["sleep", "300"])
@@ -466,7 +466,7 @@ def test_reaper_is_inert_in_a_forked_copy_and_close_is_idempotent(cleanup: Clean
 def test_sigkill_owner_reaps_hivemind_dht_and_p2pd(cleanup: Cleanup, tmp_path: Path) -> None:
     script = """
         import json, os, time
-        from swarm.lifecycle import Reaper
+        from swarm.process.lifecycle import Reaper
 
         reaper = Reaper().start()
         import hivemind

@@ -1,9 +1,9 @@
-"""swarm.linkmeter: interface counters as the measure of a round's upload and download."""
+"""swarm.averaging.linkmeter: interface counters as the measure of a round's upload and download."""
 from __future__ import annotations
 
 import asyncio
 
-from swarm.linkmeter import LinkMeter, read_counters
+from swarm.averaging.linkmeter import LinkMeter, read_counters
 
 DEV = """Inter-|   Receive                                                |  Transmit
  face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed

@@ -12,10 +12,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from swarm.matchmaking import Matchmaker, Status
-from swarm.progress import SwarmView
+from swarm.averaging.matchmaking import Matchmaker, Status
+from swarm.averaging.progress import SwarmView
 from swarm.proto import swarm_pb2
-from swarm.records import ProgressRecord
+from swarm.net.records import ProgressRecord
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -102,7 +102,7 @@ def test_a_refusal_naming_another_leader_makes_it_a_candidate():
         return swarm_pb2.GroupInfo(status=Status.ACCEPTED, epoch=5, leader=LOW)
 
     mm.p2p = SimpleNamespace(peer_id=HIGH, call_protobuf_handler=call)
-    import swarm.matchmaking as module
+    import swarm.averaging.matchmaking as module
     original = module.PeerID
     module.PeerID = SimpleNamespace(from_base58=lambda s: s)
     try:

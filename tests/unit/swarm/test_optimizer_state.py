@@ -7,7 +7,7 @@ import torch
 from swarm.config import EngineConfig
 from swarm.optim import Lamb
 from swarm.optim.core import CollaborativeOptimizer
-from swarm.state_sync import state_digest
+from swarm.averaging.state_sync import state_digest
 
 pytestmark = pytest.mark.timeout(30)
 

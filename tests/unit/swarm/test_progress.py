@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from swarm.progress import ProgressTracker, SwarmView
-from swarm.records import ProgressRecord
+from swarm.averaging.progress import ProgressTracker, SwarmView
+from swarm.net.records import ProgressRecord
 
 pytestmark = pytest.mark.timeout(30)
 

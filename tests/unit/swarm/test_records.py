@@ -8,7 +8,7 @@ import pytest
 from hivemind.dht.routing import DHTID
 from hivemind.dht.validation import DHTRecord
 
-from swarm import records
+from swarm.net import records
 
 pytestmark = pytest.mark.timeout(30)
 

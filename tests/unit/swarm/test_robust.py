@@ -1,10 +1,10 @@
-"""swarm.robust: CenteredClip keeps a minority of arbitrary contributions from moving the aggregate far."""
+"""swarm.averaging.robust: CenteredClip keeps a minority of arbitrary contributions from moving the aggregate far."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from swarm.robust import CenteredClipReduction, bound_weights, centered_clip
+from swarm.averaging.robust import CenteredClipReduction, bound_weights, centered_clip
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from swarm.balancing import optimal_shares, round_seconds, uniform_shares
+from swarm.averaging.balancing import optimal_shares, round_seconds, uniform_shares
 from swarm.simulate.model import ModelParams, model_allreduce, model_training, simulate_round
 from swarm.simulate.scenario import MBIT, PeerInstance, load_scenario
 

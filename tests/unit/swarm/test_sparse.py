@@ -1,4 +1,4 @@
-"""The sparse codec (swarm.sparse): exact for fp16 values, the smallest of its layouts, and a decoder that bounds
+"""The sparse codec (swarm.compression.sparse): exact for fp16 values, the smallest of its layouts, and a decoder that bounds
 every count and position a bad peer could send."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from swarm import sparse
-from swarm.compression import decode_checked, get_codec
+from swarm.compression import sparse
+from swarm.compression.codecs import decode_checked, get_codec
 from swarm.errors import ProtocolError
 
 pytestmark = pytest.mark.timeout(60)

@@ -14,8 +14,8 @@ from swarm.collaboration import Collaboration
 from swarm.config import EngineConfig
 from swarm.errors import NetworkError
 from swarm.optim.core import CollaborativeOptimizer
-from swarm.progress import LocalProgress, SwarmView
-from swarm.records import ProgressRecord
+from swarm.averaging.progress import LocalProgress, SwarmView
+from swarm.net.records import ProgressRecord
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -1,4 +1,4 @@
-"""Top-k with error feedback (swarm.topk): what is not sent waits in the residual, the residual changes only when
+"""Top-k with error feedback (swarm.compression.topk): what is not sent waits in the residual, the residual changes only when
 a round commits (a failed round loses nothing), members apply identical bytes, and the bytes a member sends."""
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from benchmarks.outer_codecs import wire_round     # every member's buckets encoded, one reducer, one reply
-from swarm.compression import get_codec
-from swarm.compression_policy import make_round_codec
-from swarm.rounds import RoundRequest
+from swarm.compression.codecs import get_codec
+from swarm.compression.policy import make_round_codec
+from swarm.averaging.rounds import RoundRequest
 from swarm.config import EngineConfig
 from swarm.optim.core import CollaborativeOptimizer
 from swarm.errors import RoundFailed
-from swarm.topk import TopKRoundCodec, select_topk
+from swarm.compression.topk import TopKRoundCodec, select_topk
 from tests.helpers.fake_swarm import FakeSwarm
 
 pytestmark = pytest.mark.timeout(120)

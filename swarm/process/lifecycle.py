@@ -6,7 +6,7 @@ cleanly, ``multiprocessing``'s atexit hook and ``DHT.shutdown()`` take both down
 chaos tests, a CI timeout), nothing runs in the peer: the DHT child is reparented to init and sits forever in its
 loop, and so does p2pd under it. Both keep the peer's stdout/stderr open, so a CI job that reads them never sees EOF.
 
-The mechanism. :class:`Reaper` starts a *watchdog*, a separate tiny Python process (``swarm/_reaper_main.py``, run
+The mechanism. :class:`Reaper` starts a *watchdog*, a separate tiny Python process (``swarm/process/_reaper_main.py``, run
 by path with ``python -I -S`` so it imports only the standard library, never ``swarm``, torch or hivemind):
 
 * It reads a pipe from the owner on its stdin. Only the owner holds the write end (it is close-on-exec, and an
@@ -51,7 +51,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
-from swarm import _reaper_main as _watchdog
+from swarm.process import _reaper_main as _watchdog
 
 logger = logging.getLogger(__name__)
 
@@ -267,5 +267,5 @@ class Reaper:
         return f"Reaper(owner={self.owner}, watchdog={self.watchdog_pid})"
 
 
-if __name__ == "__main__":  # `python -m swarm.lifecycle PID` works too, but imports the swarm package first
+if __name__ == "__main__":  # `python -m swarm.process.lifecycle PID` works too, but imports the swarm package first
     sys.exit(_watchdog.main())

@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Coroutine, TypeVar
 
 import uvloop
 
-from .errors import NetworkError
+from swarm.errors import NetworkError
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -1,8 +1,8 @@
 """A peer's network presence: its p2pd (hivemind P2P), its Kademlia DHT node, and signed records.
 
 Both live on the engine loop of the trainer process (no DHT child process, no pipes):
-the only child is p2pd, which the Reaper (swarm.lifecycle) ends when this process dies.
-In an invite-only run the node holds an authorizer (swarm.auth): it gets its access token
+the only child is p2pd, which the Reaper (swarm.process.lifecycle) ends when this process dies.
+In an invite-only run the node holds an authorizer (swarm.net.auth): it gets its access token
 before joining the DHT, and every DHT request and response is signed and checked.
 """
 from __future__ import annotations
@@ -19,10 +19,10 @@ from hivemind.p2p import P2P, PeerID
 from hivemind.utils.crypto import RSAPrivateKey
 from hivemind.utils.multiaddr import Multiaddr
 
-from . import clock, records
-from .auth import ISSUE_HANDLER, SwarmAuthorizer, coordinator_ids, keep_access
-from .errors import AuthError, NetworkError
-from .proto import swarm_pb2
+from swarm.errors import AuthError, NetworkError
+from swarm.net import clock, records
+from swarm.net.auth import ISSUE_HANDLER, SwarmAuthorizer, coordinator_ids, keep_access
+from swarm.proto import swarm_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class Node:
     @classmethod
     async def create(cls, run_id: str, options: NodeOptions, private_key: RSAPrivateKey | None = None,
                      authorizer: SwarmAuthorizer | None = None) -> "Node":
-        """`authorizer`: an invite-only run's (swarm.auth); None for an open run. With one, the node gets its
+        """`authorizer`: an invite-only run's (swarm.net.auth); None for an open run. With one, the node gets its
         access token before it joins the DHT (AuthError when the coordinator refuses the invite), every DHT
         RPC is signed and checked, and the node keeps its token fresh and follows revocations."""
         if authorizer is not None:
@@ -63,7 +63,7 @@ class Node:
         initial = [Multiaddr(m) for m in options.initial_peers]
         p2p = await cls._start_p2p(options, initial)
         await clock.serve(p2p)
-        if initial:  # before the DHT: hivemind's bootstrap refuses a peer more than 3 s off (see swarm.clock)
+        if initial:  # before the DHT: hivemind's bootstrap refuses a peer more than 3 s off (see swarm.net.clock)
             await clock.synchronize(p2p, cls._peer_ids(initial))
         if authorizer is not None:
             authorizer.attach(p2p)

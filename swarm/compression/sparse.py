@@ -1,6 +1,6 @@
 """The "sparse" codec's wire format: a mostly-zero vector as positions plus values, exact for fp16 values.
 
-It carries top-k messages (swarm.topk) through the butterfly all-reduce: a member sends its top-k
+It carries top-k messages (swarm.compression.topk) through the butterfly all-reduce: a member sends its top-k
 part, the reducer averages the members' sparse parts into a dense part (at most n x k non-zeros)
 and sends that back with the same codec. Three layouts; `encode` picks the smallest (deterministic):
 
@@ -27,8 +27,8 @@ import struct
 import numpy as np
 import torch
 
-from .blockquant import pack_indices, unpack_indices
-from .errors import ProtocolError
+from swarm.compression.blockquant import pack_indices, unpack_indices
+from swarm.errors import ProtocolError
 
 __all__ = ["encode", "decode", "MAX_NUMEL", "BLOCK"]
 

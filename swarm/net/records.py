@@ -1,5 +1,5 @@
 """Signed, schema-validated DHT records: the run's config, each peer's progress and metrics,
-and the organizer's revoked invites (see swarm.auth).
+and the organizer's revoked invites (see swarm.net.auth).
 
 Every key is prefixed by the run id. A value is a msgpack dict validated against a
 pydantic schema (strict: a wrong type is rejected, not coerced) and signed by its

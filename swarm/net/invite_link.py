@@ -2,12 +2,12 @@
 
     swarm://RUN:INVITE_ID:SECRET:KEY@/ip4/203.0.113.7/tcp/31337/p2p/12D3KooW...
 
-A full invite (swarm.invite) carries the organizer's RSA public key and signature: about 1 kB of
+A full invite (swarm.net.invite) carries the organizer's RSA public key and signature: about 1 kB of
 text. A link carries only what finds the full invite and checks it, and one address of the
 coordinator (the most public one it has): about 150 characters for a short run id.
 
 - SECRET: the first 16 characters (96 bits) of the invite's signature, base64url. Only a holder of
-  the invite knows it, so the coordinator hands the full invite (`swarm.invite.fetch`) to them
+  the invite knows it, so the coordinator hands the full invite (`swarm.net.invite.fetch`) to them
   only: an invite-only run's link is as secret as its invite, no more guessable.
 - KEY: 22 characters (128 bits) of the SHA-256 of the organizer's key. The volunteer accepts the
   full invite only if it is the invite named (run, id, signature prefix), validly signed, by a key
@@ -26,10 +26,10 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from .errors import AuthError, NetworkError
-from .invite import SCHEME, Invite
+from swarm.errors import AuthError, NetworkError
+from swarm.net.invite import SCHEME, Invite
 
-FETCH_HANDLER = "swarm.invite.fetch"
+FETCH_HANDLER = "swarm.net.invite.fetch"
 SECRET_CHARS = 16
 KEY_CHARS = 22
 MAX_LINK = 600          # a run id (64), the ids (40) and one multiaddr: a real link is far shorter
@@ -108,7 +108,7 @@ async def fetch_invite(p2p, link: InviteLink, timeout: float = 15.0) -> Invite:
     """Ask the coordinator at the link's address for the full invite; AuthError if refused or not the one named."""
     from hivemind.p2p import PeerID
 
-    from .proto import swarm_pb2
+    from swarm.proto import swarm_pb2
 
     coordinator = PeerID.from_base58(link.address.rsplit("/p2p/", 1)[1].split("/")[0])
     request = swarm_pb2.TokenRequest(invite=link.encode())
@@ -143,7 +143,7 @@ def resolve_invite(text: str, timeout: float = 30.0, *, reap: bool = False) -> I
     from hivemind.p2p import P2P
     from hivemind.utils.multiaddr import Multiaddr
 
-    from .lifecycle import Reaper
+    from swarm.process.lifecycle import Reaper
 
     async def fetch() -> Invite:
         try:

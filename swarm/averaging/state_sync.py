@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from hivemind.p2p import P2P, P2PContext, PeerID
 
-from .auth import SwarmAuthorizer
-from .errors import NetworkError, ProtocolError
-from .proto import swarm_pb2
+from swarm.errors import NetworkError, ProtocolError
+from swarm.net.auth import SwarmAuthorizer
+from swarm.proto import swarm_pb2
 
 logger = logging.getLogger(__name__)
 

@@ -1,13 +1,13 @@
 """Top-k sparsification with error feedback: each member sends only its k largest values per tensor, the rest waits.
 
-SparseLoCo (Sarfi et al. 2025) on the butterfly all-reduce (`swarm.allreduce`), one phase per round.
+SparseLoCo (Sarfi et al. 2025) on the butterfly all-reduce (`swarm.averaging.allreduce`), one phase per round.
 For each tensor of at least `min_numel` values, with k = ceil(fraction x numel):
 
-    m_i    = x_i + e_i                    # error feedback (swarm.error_feedback): input plus residual
+    m_i    = x_i + e_i                    # error feedback (swarm.compression.error_feedback): input plus residual
     sent_i = topk(m_i, k), values quantized: value_bits=2 -> sign x {lo, hi}, the mean magnitudes of the
              smaller and the larger half of the k values (4 levels, SparseLoCo's 2-bit values);
              value_bits=16 -> the values rounded to fp16
-    update = weighted mean of sent_i      # the all-reduce, codec "sparse" (swarm.sparse)
+    update = weighted mean of sent_i      # the all-reduce, codec "sparse" (swarm.compression.sparse)
     e_i    = m_i - sent_i                 # on commit only
 
 What goes on the wire. The all-reduce splits the vector into parts, one per reducer. A member sends
@@ -29,7 +29,7 @@ The cost is the way back. Measured, bytes per value of the vector (fp32 all-redu
 So a round moves about 0.28 bytes per value per member at k = 2%, n = 3 (29x below fp32), where
 SparseLoCo's all-gather would move 0.14 (the union's fp16 values cost 2 bytes where a member's cost
 0.25). An all-gather phase (each member decodes every member's message and averages them itself)
-needs a change to swarm.allreduce and is not done here.
+needs a change to swarm.averaging.allreduce and is not done here.
 
 Error feedback at work (tests/unit/swarm/test_topk.py, and measured on independent inputs, 2-bit
 values): the part of the inputs' sum not yet sent, ||sum x - sum sent|| / ||sum x||, is 0.72 after
@@ -53,10 +53,16 @@ from typing import Sequence
 
 import torch
 
-from .allreduce import TensorLayout
-from .compression import CompressionPolicy, get_codec
-from .round_codec import Averaged, RoundCodec, RoundContext, encoded_bytes, predicted_seconds
-from .error_feedback import ErrorFeedback
+from swarm.averaging.layout import TensorLayout
+from swarm.compression.codecs import CompressionPolicy, get_codec
+from swarm.compression.error_feedback import ErrorFeedback
+from swarm.compression.round_codec import (
+    Averaged,
+    RoundCodec,
+    RoundContext,
+    encoded_bytes,
+    predicted_seconds,
+)
 
 __all__ = ["TopKRoundCodec", "select_topk", "VALUE_BITS"]
 

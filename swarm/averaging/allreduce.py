@@ -30,31 +30,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable, Sequence
+from typing import AsyncIterator, Sequence
 
-import numpy as np
 import torch
-from hivemind.p2p import P2P, P2PContext, PeerID
+from hivemind.p2p import P2P, PeerID
 
-from .auth import SwarmAuthorizer
-from .balancing import delivered_rate, split_sizes, sustained_rate
-from .compression import Codec, decode_checked
-from .errors import ProtocolError, RoundFailed
-from .linkmeter import LinkMeter
-from .proto import swarm_pb2
+from swarm.averaging.group import GroupView
+from swarm.averaging.layout import (
+    DEFAULT_CHUNK_ELEMENTS,
+    Chunk,
+    TensorLayout,
+    plan_parts,
+)
+from swarm.averaging.linkmeter import LinkMeter
+from swarm.averaging.phase_stats import PhaseStats
+from swarm.averaging.reduction import Reduction
+from swarm.averaging.streams import AGGREGATE_HANDLER, close_quietly, drain
+from swarm.compression.codecs import decode_checked
+from swarm.errors import ProtocolError, RoundFailed
+from swarm.net.auth import SwarmAuthorizer
+from swarm.proto import swarm_pb2
 
 logger = logging.getLogger(__name__)
 
-AGGREGATE_HANDLER = "swarm.aggregate"
-DEFAULT_CHUNK_ELEMENTS = 2**17
-# A reducer sends a chunk back only once every sender's copy of it is in, so a part sent as one chunk is
-# store-and-forward: its averaged values leave after the slowest sender's last byte. Parts are therefore cut
-# into at least PIPELINE_DEPTH chunks (down to MIN_CHUNK_ELEMENTS values each), so that outputs stream while
-# inputs still arrive. (With many peers and a modest vector every part is about one default chunk: on an
-# emulated 12-peer swarm with 4 MB vectors the model puts the difference at 9.3 s against 6.5 s.)
-PIPELINE_DEPTH = 8
-MIN_CHUNK_ELEMENTS = 2**12
 # A member whose reply stream from a reducer breaks (reset, silent, ended early) asks that reducer again for the
 # averaged chunks it still lacks, up to FETCH_RETRIES times: the bytes are the ones every member gets, so this
 # loses no consistency, and one broken stream no longer costs the member its step. Reducers keep a finished
@@ -64,216 +62,7 @@ FINISHED_GRACE = 30.0
 
 
 # ---------------------------------------------------------------------------------------------------
-# Layout: which tensors go into which bucket, and how buckets split into parts and chunks
-
-
-@dataclass(frozen=True)
-class TensorLayout:
-    """Tensors grouped into flat buckets by codec; the same for every member of a run."""
-
-    shapes: tuple[tuple[int, ...], ...]
-    codecs: tuple[Codec, ...]                 # one per bucket
-    buckets: tuple[tuple[int, ...], ...]      # tensor indices per bucket
-
-    @classmethod
-    def build(cls, shapes: Sequence[Sequence[int]], codec_for: Callable[[int, int], Codec]) -> "TensorLayout":
-        """`codec_for(tensor_index, numel)` gives each tensor's codec; tensors sharing a codec share a bucket."""
-        by_codec: dict[str, list[int]] = {}
-        codecs: dict[str, Codec] = {}
-        for i, shape in enumerate(shapes):
-            codec = codec_for(i, int(np.prod(shape)) if len(shape) else 1)
-            by_codec.setdefault(codec.name, []).append(i)
-            codecs[codec.name] = codec
-        names = sorted(by_codec)
-        return cls(
-            shapes=tuple(tuple(int(d) for d in s) for s in shapes),
-            codecs=tuple(codecs[n] for n in names),
-            buckets=tuple(tuple(by_codec[n]) for n in names),
-        )
-
-    @property
-    def bucket_sizes(self) -> list[int]:
-        return [sum(self.numel(i) for i in bucket) for bucket in self.buckets]
-
-    def numel(self, i: int) -> int:
-        return int(np.prod(self.shapes[i])) if self.shapes[i] else 1
-
-    def schema_hash(self) -> bytes:
-        import hashlib
-
-        text = repr((self.shapes, [c.name for c in self.codecs], self.buckets))
-        return hashlib.sha256(text.encode()).digest()
-
-    def flatten(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        return [
-            torch.cat([tensors[i].detach().reshape(-1).float().cpu() for i in bucket]) if bucket else torch.zeros(0)  # the wire is CPU
-            for bucket in self.buckets
-        ]
-
-    def unflatten(self, flats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        out: list[torch.Tensor | None] = [None] * len(self.shapes)
-        for bucket, flat in zip(self.buckets, flats):
-            offset = 0
-            for i in bucket:
-                n = self.numel(i)
-                out[i] = flat[offset : offset + n].view(self.shapes[i])
-                offset += n
-        return out  # type: ignore[return-value]
-
-
-@dataclass(frozen=True)
-class Chunk:
-    bucket: int
-    start: int
-    length: int
-
-
-def chunk_length(part_size: int, chunk_elements: int) -> int:
-    """Values per chunk of a part: at most `chunk_elements`, and small enough for PIPELINE_DEPTH chunks a part
-    (but not below MIN_CHUNK_ELEMENTS, nor below `chunk_elements` when that is smaller)."""
-    return max(1, min(chunk_elements, max(MIN_CHUNK_ELEMENTS, -(-part_size // PIPELINE_DEPTH))))
-
-
-def plan_parts(layout: TensorLayout, shares: Sequence[float], chunk_elements: int) -> list[list[Chunk]]:
-    """For each member (part index), the ordered chunks of the vector it reduces (the same on every member)."""
-    parts: list[list[Chunk]] = [[] for _ in shares]
-    for b, size in enumerate(layout.bucket_sizes):
-        offset = 0
-        for j, part_size in enumerate(split_sizes(size, shares)):
-            end = offset + part_size
-            step = chunk_length(part_size, chunk_elements)
-            for start in range(offset, end, step):
-                parts[j].append(Chunk(b, start, min(step, end - start)))
-            offset = end
-    return parts
-
-
-# ---------------------------------------------------------------------------------------------------
-# Reduction: pluggable per-part aggregation
-
-
-class Reduction:
-    """Streaming weighted mean of one chunk. Subclass to plug in a robust aggregator."""
-
-    def __init__(self, length: int):
-        self.length = length
-        self.total: torch.Tensor | None = None  # allocated by the first contribution: no zero-filled pass per chunk
-        self.weight = 0.0
-
-    def add(self, values: torch.Tensor, weight: float) -> None:
-        if weight > 0:
-            if self.total is None:
-                self.total = values.to(torch.float32).mul(weight)
-            else:
-                self.total.add_(values, alpha=weight)
-            self.weight += weight
-
-    def result(self) -> torch.Tensor | None:
-        if self.weight <= 0 or self.total is None:
-            return None
-        return self.total / self.weight
-
-
-# ---------------------------------------------------------------------------------------------------
 # One round
-
-
-# The transport takes about a megabyte per stream (socket, p2pd and TCP buffers) before it pushes back; measured
-# on the emulator: 2-3 MB at once across a peer's first three streams. Only a stream that carries more than that
-# tells, by when the transport takes its chunks, how fast the link goes.
-TRANSPORT_BUFFER_BYTES = 2**20
-
-
-@dataclass
-class PhaseStats:
-    """What one member moved in one all-reduce phase, and how fast its links went.
-
-    `send_seconds` is bytes_sent at the best rate its upload was seen to sustain, `receive_seconds` likewise
-    for the download (both fall back to `seconds` when a round is too short to tell): the time its links
-    were busy, not the time it waited for others. Logs hold (seconds since the start, bytes) per message.
-
-    - download: `balancing.sustained_rate` over `receive_log`, when chunks arrived.
-    - upload: `sustained_rate` over when the transport took its messages (`send_log`: its chunks,
-      `output_log`: averaged chunks of its part), counting on each stream only the messages past its first
-      TRANSPORT_BUFFER_BYTES. The transport swallows that much per stream at once, so those times say
-      nothing about the link (a 5 Mbit/s uplink would look as fast as the machine), and a reducer that
-      answers 16 senders has 16 such buffers: counted, they made an auxiliary peer of the emulated
-      dedloc-albert look 10x faster than its link, and the next round's LP gave it a part it needed 20 s
-      to serve. When its own streams carried less than that each, the bound from `ack_log`
-      (`balancing.delivered_rate`), when the average of each of its chunks came back, which proves the
-      chunk had arrived (a reducer averages a chunk once every sender's copy is in).
-    """
-
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    seconds: float = 0.0
-    t0: float = field(default_factory=time.monotonic)                  # the round's start (log times are since)
-    send_seconds: float = 0.0
-    receive_seconds: float = 0.0
-    excluded: list[str] = field(default_factory=list)
-    missing_parts: list[int] = field(default_factory=list)
-    streams: int = 0                                                    # streams this member opened to reducers
-    own_bytes: int = 0                                                  # bytes of its chunks it sent on them
-    refetches: int = 0                                                  # broken reply streams asked again
-    resent_chunks: int = 0                                              # its chunks a reducer lacked and got again
-    send_log: list[tuple[float, int]] = field(default_factory=list)     # its chunks, taken by the transport*
-    output_log: list[tuple[float, int]] = field(default_factory=list)   # averaged chunks of its part, taken*
-    ack_log: list[tuple[float, int]] = field(default_factory=list)      # its chunks, known to have arrived
-    receive_log: list[tuple[float, int]] = field(default_factory=list)  # chunks arrived
-    # *: only messages past the first TRANSPORT_BUFFER_BYTES of their stream (see `taken`)
-
-    def taken(self, log: list[tuple[float, int]], carried: int, nbytes: int, at: float | None = None) -> None:
-        """Log a message of `nbytes` the transport took (now, or `at` seconds into the round) on a stream that had
-        carried `carried` bytes before it."""
-        if carried >= TRANSPORT_BUFFER_BYTES:
-            log.append((time.monotonic() - self.t0 if at is None else at, nbytes))
-
-    def finish(self, seconds: float, link: tuple[float | None, float | None] = (None, None)) -> None:
-        """`link`: the rates the interface counters saw (swarm.linkmeter), which win where there are any."""
-        self.seconds = seconds
-        taken = sustained_rate(sorted(self.send_log + self.output_log))
-        if self.streams and self.own_bytes / self.streams < TRANSPORT_BUFFER_BYTES:
-            up = delivered_rate(self.ack_log) or taken
-        else:
-            up = taken
-        down = sustained_rate(self.receive_log)
-        up, down = link[0] or up, link[1] or down
-        self.send_seconds = self.bytes_sent / up if up else seconds
-        self.receive_seconds = self.bytes_received / down if down else seconds
-
-
-@dataclass(frozen=True)
-class GroupView:
-    """What this member needs from the leader's GroupInfo."""
-
-    round_id: bytes
-    peer_ids: tuple[str, ...]
-    roles: tuple[str, ...]
-    weights: tuple[float, ...]
-    shares: tuple[float, ...]
-    my_index: int
-    timeout: float
-
-    @classmethod
-    def from_info(cls, info: swarm_pb2.GroupInfo, my_peer_id: str) -> "GroupView":
-        ids = tuple(m.peer_id for m in info.members)
-        if my_peer_id not in ids:
-            raise RoundFailed("this peer is not in the group it was given")
-        return cls(
-            round_id=info.round_id,
-            peer_ids=ids,
-            roles=tuple(m.role for m in info.members),
-            weights=tuple(m.weight for m in info.members),
-            shares=tuple(info.shares),
-            my_index=ids.index(my_peer_id),
-            timeout=info.timeout,
-        )
-
-    def brings(self, i: int) -> bool:
-        return self.roles[i] != "aux"
-
-    def needs(self, i: int) -> bool:
-        return self.roles[i] != "aux"
 
 
 class AllReduceRound:
@@ -439,7 +228,7 @@ class AllReduceRound:
                 yield reply
                 if reply.error:
                     return
-            await _drain(requests, self.sender_timeout)  # its end-of-stream: see serve
+            await drain(requests, self.sender_timeout)  # its end-of-stream: see serve
             return
         stream = self._new_stream(sender)
         consumer = asyncio.create_task(self._consume(sender, None, requests, stream, start=lacking))
@@ -622,7 +411,7 @@ class AllReduceRound:
                 if not resend_from.done():
                     resend_from.set_result(None)
                 if stream is not None:
-                    await _close_quietly(stream)
+                    await close_quietly(stream)
         raise RoundFailed(self._lost[j])
 
     def _sign(self, msg: swarm_pb2.PartChunk) -> None:
@@ -680,104 +469,3 @@ class AllReduceRound:
         await asyncio.sleep(0)
 
 
-# ---------------------------------------------------------------------------------------------------
-# The handler that routes incoming streams to the round they belong to
-
-
-class AggregateService:
-    """Registers the aggregate handler once and dispatches each stream to its round by round id."""
-
-    def __init__(self, p2p: P2P, wait_for_round: float = 10.0, authorizer: SwarmAuthorizer | None = None):
-        self.p2p = p2p
-        self.wait_for_round = wait_for_round
-        self.authorizer = authorizer  # invite-only runs: a stream whose first chunk is not authorized is refused
-        self._rounds: dict[bytes, asyncio.Future[AllReduceRound]] = {}
-        self._finished: dict[bytes, tuple[AllReduceRound, float]] = {}  # round id -> (round, kept until)
-
-    async def start(self) -> None:
-        await self.p2p.add_protobuf_handler(AGGREGATE_HANDLER, self._handle, swarm_pb2.PartChunk, stream_input=True, stream_output=True)
-
-    def _slot(self, round_id: bytes) -> asyncio.Future[AllReduceRound]:
-        if round_id not in self._rounds:
-            self._rounds[round_id] = asyncio.get_running_loop().create_future()
-            while len(self._rounds) > 64:  # forget the oldest rounds
-                old = next(iter(self._rounds))
-                self._rounds.pop(old).cancel()
-        return self._rounds[round_id]
-
-    def open(self, round_: AllReduceRound) -> None:
-        """Route the round's incoming streams to it; it signs its own streams with this node's authorizer."""
-        if round_.authorizer is None:
-            round_.authorizer = self.authorizer
-        slot = self._slot(round_.group.round_id)
-        if not slot.done():
-            slot.set_result(round_)
-
-    def close(self, round_id: bytes) -> None:
-        """The round is over: refuse new contributions, but answer fetches of its part for FINISHED_GRACE s."""
-        slot = self._rounds.pop(round_id, None)
-        if slot is None:
-            return
-        if not slot.done():
-            slot.cancel()
-        elif not slot.cancelled():
-            round_ = slot.result()
-            round_.retire()
-            now = time.monotonic()
-            self._finished = {k: v for k, v in self._finished.items() if v[1] > now}
-            self._finished[round_id] = (round_, now + FINISHED_GRACE)
-            while len(self._finished) > 16:
-                self._finished.pop(next(iter(self._finished)))
-
-    async def _handle(self, requests: AsyncIterator[swarm_pb2.PartChunk], context: P2PContext) -> AsyncIterator[swarm_pb2.PartChunk]:
-        try:
-            first = await asyncio.wait_for(anext(requests), self.wait_for_round)
-        except (StopAsyncIteration, asyncio.TimeoutError):
-            return
-        problem = self.authorizer.check_message(first, context.remote_id) if self.authorizer is not None else None
-        if problem is not None:
-            logger.info("refused an aggregate stream from %s: %s", str(context.remote_id)[-8:], problem)
-            yield swarm_pb2.PartChunk(error=f"unauthorized: {problem}")
-            await _drain(requests, self.wait_for_round)
-            return
-        if len(first.round_id) != 16:
-            yield swarm_pb2.PartChunk(error="bad round id")
-            await _drain(requests, self.wait_for_round)
-            return
-        finished = self._finished.get(first.round_id)
-        if finished is not None and finished[1] > time.monotonic():
-            if not first.fetch:
-                yield swarm_pb2.PartChunk(error="unknown or finished round")
-                await _drain(requests, self.wait_for_round)
-                return
-            async for reply in finished[0].serve(first, requests, context.remote_id):
-                yield reply
-            return
-        try:
-            round_ = await asyncio.wait_for(asyncio.shield(self._slot(first.round_id)), self.wait_for_round)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
-            yield swarm_pb2.PartChunk(error="unknown or finished round")
-            await _drain(requests, self.wait_for_round)
-            return
-        async for reply in round_.serve(first, requests, context.remote_id):
-            yield reply
-
-
-async def _drain(requests: AsyncIterator[swarm_pb2.PartChunk], timeout: float) -> None:
-    """Read a refused sender's remaining chunks before closing the stream: closing it while the sender still
-    writes breaks the sender's pipe, and its transport then drops our refusal unread (a BrokenPipeError
-    instead of the reason)."""
-    try:
-        async with asyncio.timeout(timeout):
-            async for _ in requests:
-                pass
-    except Exception:  # TimeoutError included: a sender that never ends its stream is just closed
-        pass
-
-
-async def _close_quietly(stream: AsyncIterator[swarm_pb2.PartChunk]) -> None:
-    """Close a reply stream (and with it the request writer) whatever state it is in."""
-    try:
-        await stream.aclose()  # type: ignore[attr-defined]
-    except Exception:
-        pass

@@ -8,7 +8,7 @@ locks everyone else out. Were such a peer let in as is, one 5 min ahead would se
 as expired (blind), one 5 min behind would store records that have expired on arrival (invisible),
 and a dead peer that ran ahead would linger in everyone's view for 5 min.
 
-The fix. Every node answers `swarm.clock` with its swarm time. A joining node asks its initial peers
+The fix. Every node answers `swarm.net.clock` with its swarm time. A joining node asks its initial peers
 before it joins the DHT, NTP-style: each sample is the peer's time minus the midpoint of our request,
 and the median over the peers wins (one skewed or lying peer among several does not move it). When
 the offset exceeds TOLERANCE, this process's DHT runs on `time.time() + offset` from then on. The swarm
@@ -33,7 +33,7 @@ from hivemind.utils import timed_storage
 
 logger = logging.getLogger(__name__)
 
-CLOCK_HANDLER = "swarm.clock"
+CLOCK_HANDLER = "swarm.net.clock"
 TOLERANCE = 1.0   # seconds; hivemind's bootstrap refuses more than 3
 _HIVEMIND_CLOCK = timed_storage.get_dht_time   # what hivemind's modules bound at import (time.time)
 _offset = 0.0
@@ -68,7 +68,7 @@ def median_offset(samples: Iterable[float | None]) -> float | None:
 
 
 async def serve(p2p: P2P) -> None:
-    """Answer `swarm.clock` requests with this node's swarm time."""
+    """Answer `swarm.net.clock` requests with this node's swarm time."""
 
     async def answer(_: dht_pb2.PingRequest, context: P2PContext) -> dht_pb2.PingResponse:
         return dht_pb2.PingResponse(dht_time=now())

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from .balancing import sustained_rate
+from swarm.averaging.balancing import sustained_rate
 
 PROC_NET_DEV = "/proc/net/dev"
 SAMPLE_PERIOD = 0.02

@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import clock, records
-from .contacts import keep_in_touch
-from .node import Node
-from .records import ProgressRecord
+from swarm.net import clock, records
+from swarm.net.contacts import keep_in_touch
+from swarm.net.node import Node
+from swarm.net.records import ProgressRecord
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class ProgressTracker:
             pass
 
     async def _keep_in_touch(self, every: float = 5.0, forget_after: float = 120.0) -> None:
-        """Re-ping peers seen recently that fell out of the DHT routing table (see swarm.contacts)."""
+        """Re-ping peers seen recently that fell out of the DHT routing table (see swarm.net.contacts)."""
         now = time.monotonic()
         if now - self._last_touch < every:
             return

@@ -28,7 +28,7 @@ from typing import Sequence
 import msgpack
 from hivemind.utils.crypto import RSAPrivateKey, RSAPublicKey
 
-from .errors import AuthError
+from swarm.errors import AuthError
 
 SCHEME = "swarm://"
 VERSION = 1
@@ -102,7 +102,7 @@ class Invite:
             raise AuthError(f"an invite starts with {SCHEME} (got {text[:16]!r}...)")
         body = text[len(SCHEME):]
         if "@" in body:
-            raise AuthError("this is an invite link (swarm://RUN:...@ADDRESS): swarm.invite_link.resolve_invite fetches its invite")
+            raise AuthError("this is an invite link (swarm://RUN:...@ADDRESS): swarm.net.invite_link.resolve_invite fetches its invite")
         try:
             raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
             data = msgpack.unpackb(raw, raw=False)

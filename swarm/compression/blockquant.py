@@ -34,7 +34,7 @@ import struct
 import numpy as np
 import torch
 
-from .errors import ProtocolError
+from swarm.errors import ProtocolError
 
 __all__ = ["encode", "decode", "payload_bytes", "pack_indices", "unpack_indices", "BITS"]
 

@@ -2,8 +2,8 @@
 
 The protocol (hivemind's moderated-network design, learning-at-home/hivemind#253):
 
-1. A volunteer holds an invite (swarm.invite). At start-up its node asks the coordinator for an
-   access token (`swarm.auth.issue`, a unary P2P handler): the request carries the invite and the
+1. A volunteer holds an invite (swarm.net.invite). At start-up its node asks the coordinator for an
+   access token (`swarm.net.auth.issue`, a unary P2P handler): the request carries the invite and the
    peer's RSA public key, signed by that key. The coordinator checks the invite (signed by its
    organizer key, not expired, not revoked, uses left) and answers a hivemind `AccessToken`:
    subject `RUN/INVITE_ID`, the peer's public key, an expiry (an hour by default), and the
@@ -43,14 +43,14 @@ from hivemind.utils.auth import TokenAuthorizerBase
 from hivemind.utils.crypto import RSAPrivateKey, RSAPublicKey
 from hivemind.utils.timed_storage import TimedStorage
 
-from . import clock
-from .errors import AuthError, NetworkError
-from .invite import Invite
-from .proto import swarm_pb2
+from swarm.errors import AuthError, NetworkError
+from swarm.net import clock
+from swarm.net.invite import Invite
+from swarm.proto import swarm_pb2
 
 logger = logging.getLogger(__name__)
 
-ISSUE_HANDLER = "swarm.auth.issue"
+ISSUE_HANDLER = "swarm.net.auth.issue"
 ORGANIZER = "organizer"             # the invite id in the coordinator's own tokens
 MAX_CLOCK_SKEW = 60.0               # a request signed longer ago (or ahead) than this is stale
 NONCE_MEMORY = 3 * MAX_CLOCK_SKEW
@@ -309,7 +309,7 @@ class InviteAccess:
 
     def __init__(self, invite: Invite | str, private_key: RSAPrivateKey | None = None):
         if isinstance(invite, str):   # a full invite, or a link: then its coordinator hands out the full one
-            from .invite_link import resolve_invite
+            from swarm.net.invite_link import resolve_invite
 
             invite = resolve_invite(invite)
         self.invite = invite.verify()

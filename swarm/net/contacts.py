@@ -3,7 +3,7 @@
 Why this exists (hivemind 1.1.12 behaviour, reproduced in tests/helpers/coordinator_partition.py):
 one DHT request that times out (a peer whose Python is busy building its model or tokenizing can
 miss it) removes that peer from the requester's routing table, and nothing re-bootstraps
-afterwards (swarm.node makes the timeout and blacklist more patient, which makes this rarer, not
+afterwards (swarm.net.node makes the timeout and blacklist more patient, which makes this rarer, not
 impossible). In a small swarm, where the coordinator and one or two peers are each other's only
 neighbours, such timeouts at start-up can leave the coordinator with nobody to ask: it then reads
 only its own records, and the dashboard shows an empty swarm while the peers train. The peer side

@@ -29,10 +29,16 @@ from typing import Sequence
 
 import torch
 
-from .allreduce import TensorLayout
-from .compression import Codec, CompressionPolicy, get_codec
-from .round_codec import Averaged, RoundCodec, RoundContext, layout_bytes, predicted_seconds
-from .error_feedback import ErrorFeedback
+from swarm.averaging.layout import TensorLayout
+from swarm.compression.codecs import Codec, CompressionPolicy, get_codec
+from swarm.compression.error_feedback import ErrorFeedback
+from swarm.compression.round_codec import (
+    Averaged,
+    RoundCodec,
+    RoundContext,
+    layout_bytes,
+    predicted_seconds,
+)
 
 __all__ = ["orthogonalize", "PowerSGDRoundCodec", "matrix_shape", "low_rank_round"]
 

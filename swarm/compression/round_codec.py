@@ -1,11 +1,11 @@
 """The round-codec interface: what a run mode's tensors become in one averaging round, and what comes back.
 
 A `RoundCodec` turns the tensors an optimizer averages (gradients, DiLoCo pseudo-gradients) into one or
-more phases of the generic weighted all-reduce (`swarm.allreduce`) and back. The collaboration forms the
+more phases of the generic weighted all-reduce (`swarm.averaging.allreduce`) and back. The collaboration forms the
 group once (matchmaking), then runs the codec's `average` against it (`Collaboration.submit_round`): each
 `await ctx.phase(layout, local)` is one all-reduce among the same members, the first under the group's round
-id and later ones under ids derived from it. The codecs themselves live in `swarm.compression_policy`
-(fixed per-tensor codecs, auto) and `swarm.powersgd`.
+id and later ones under ids derived from it. The codecs themselves live in `swarm.compression.policy`
+(fixed per-tensor codecs, auto) and `swarm.compression.powersgd`.
 """
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from typing import Awaitable, Callable, Sequence
 
 import torch
 
-from .allreduce import GroupView, TensorLayout
-from .balancing import MemberLink, round_seconds
-from .compression import Codec
+from swarm.averaging.balancing import MemberLink, round_seconds
+from swarm.averaging.group import GroupView
+from swarm.averaging.layout import TensorLayout
+from swarm.compression.codecs import Codec
 
 __all__ = ["RoundContext", "Averaged", "RoundCodec", "encoded_bytes", "layout_bytes", "predicted_seconds"]
 

@@ -14,10 +14,10 @@ Codecs (error on x, per element): "none" exact; "fp16" relative error <= 2**-11 
 range (values beyond +-65504 are clamped to it, infinities included); "uniform8bit" 256 uniform
 bins over mean +- 3 std, each decoded as its bin's mean (error <= 6 std / 256 inside that range,
 larger for outliers); "quantile8bit" 256 bins at approximate quantiles, each decoded as its bin's
-mean. "uniform4bit" / "uniform2bit" (swarm.blockquant, a wire format of ours): per block of 64 values a
+mean. "uniform4bit" / "uniform2bit" (swarm.compression.blockquant, a wire format of ours): per block of 64 values a
 minimum and a step in fp32 and 4- or 2-bit indices, error <= step / 2 (0.625 and 0.375 bytes per value;
-relative L2 error about 0.094 and 0.47 on gaussian data). "sparse" (swarm.sparse): positions and fp16 values
-of the non-zeros, exact for fp16 values; it carries top-k messages (swarm.topk) and is not meant for dense
+relative L2 error about 0.094 and 0.47 on gaussian data). "sparse" (swarm.compression.sparse): positions and fp16 values
+of the non-zeros, exact for fp16 values; it carries top-k messages (swarm.compression.topk) and is not meant for dense
 tensors. "blockwise8bit" is left out: hivemind's BLOCKWISE_8BIT needs bitsandbytes (not a dependency).
 
 hivemind 1.1.12's `extract` for the 8-bit codecs fails under the installed NumPy 2.x (`int()` of a
@@ -33,10 +33,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from google.protobuf.message import DecodeError
-from hivemind.compression import deserialize_torch_tensor, serialize_torch_tensor
+from hivemind.compression import serialize_torch_tensor
 from hivemind.proto import runtime_pb2
 
-from swarm import blockquant, sparse
+from swarm.compression import blockquant, sparse
 from swarm.errors import ConfigError, ProtocolError
 
 __all__ = ["Codec", "BlockQuantCodec", "SparseCodec", "CODECS", "get_codec", "CompressionPolicy", "decode_checked"]
@@ -129,7 +129,7 @@ def _extract_8bit(name: str, buffer: bytes, numel: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class BlockQuantCodec(Codec):
-    """`bits`-bit block-wise uniform quantization (swarm.blockquant)."""
+    """`bits`-bit block-wise uniform quantization (swarm.compression.blockquant)."""
 
     bits: int = 4
     block: int = 64
@@ -146,7 +146,7 @@ class BlockQuantCodec(Codec):
 
 @dataclass(frozen=True)
 class SparseCodec(Codec):
-    """Non-zeros as positions and fp16 values (swarm.sparse); its size depends on the values, not only their count."""
+    """Non-zeros as positions and fp16 values (swarm.compression.sparse); its size depends on the values, not only their count."""
 
     def encode(self, flat: torch.Tensor) -> bytes:
         return sparse.encode(_flat_float32(self.name, flat))
@@ -155,7 +155,7 @@ class SparseCodec(Codec):
         return sparse.decode(data, self.name, numel)
 
     def payload_bytes(self, numel: int) -> int:
-        return 2 * numel   # the dense bound; a top-k sender's message is far smaller (swarm.topk predicts it)
+        return 2 * numel   # the dense bound; a top-k sender's message is far smaller (swarm.compression.topk predicts it)
 
 
 def _flat_float32(name: str, flat: torch.Tensor) -> torch.Tensor:

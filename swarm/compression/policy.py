@@ -1,9 +1,9 @@
 """Round codecs: how an optimizer's tensors travel through one averaging round, chosen per tensor and per round.
 
-The interface (`RoundCodec`, `RoundContext`, `Averaged`) is in `swarm.round_codec`; the codecs:
+The interface (`RoundCodec`, `RoundContext`, `Averaged`) is in `swarm.compression.round_codec`; the codecs:
 
 - `FixedRoundCodec`: one phase; each tensor keeps its codec from a `CompressionPolicy` (none, fp16, 8-bit).
-- `PowerSGDRoundCodec` (`swarm.powersgd`): two phases (the P factors, then the Q factors), error feedback.
+- `PowerSGDRoundCodec` (`swarm.compression.powersgd`): two phases (the P factors, then the Q factors), error feedback.
 - `AutoRoundCodec`: per round, the most precise of fp16, uniform8bit and PowerSGD whose predicted round
   time stays within `budget` x the swarm's compute seconds per epoch.
 
@@ -26,11 +26,18 @@ from typing import Callable, Sequence
 
 import torch
 
-from .allreduce import TensorLayout
-from .compression import Codec, CompressionPolicy, get_codec
-from .errors import ConfigError
-from .powersgd import PowerSGDRoundCodec
-from .round_codec import Averaged, RoundCodec, RoundContext, encoded_bytes, layout_bytes, predicted_seconds
+from swarm.averaging.layout import TensorLayout
+from swarm.compression.codecs import Codec, CompressionPolicy, get_codec
+from swarm.compression.powersgd import PowerSGDRoundCodec
+from swarm.compression.round_codec import (
+    Averaged,
+    RoundCodec,
+    RoundContext,
+    encoded_bytes,
+    layout_bytes,
+    predicted_seconds,
+)
+from swarm.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +201,7 @@ def make_round_codec(
 ) -> RoundCodec:
     """The round codec for an EngineConfig.compression name (a codec, "powersgd", "topk" or "auto")."""
     if compression == "topk":
-        from .topk import TopKRoundCodec
+        from swarm.compression.topk import TopKRoundCodec
 
         return TopKRoundCodec(shapes, topk_fraction, topk_value_bits, policy or CompressionPolicy(default="fp16"))
 

@@ -1,8 +1,8 @@
 """The reaper's watchdog: a tiny stdlib-only process that kills an owner's descendants once the owner is gone.
 
-This file is run *by path* (``python -I -S swarm/_reaper_main.py OWNER_PID``), never as ``-m swarm...``, so that
+This file is run *by path* (``python -I -S swarm/process/_reaper_main.py OWNER_PID``), never as ``-m swarm...``, so that
 starting it imports neither the ``swarm`` package nor anything heavy (torch, hivemind): it must start in a few
-milliseconds and cost a few MiB. It imports only the standard library and must keep doing so; ``swarm.lifecycle``
+milliseconds and cost a few MiB. It imports only the standard library and must keep doing so; ``swarm.process.lifecycle``
 imports the helpers below (``scan``, ``descendants_in``, ``same_process``, ``signal_if_same``, ``terminate``) too.
 
 Protocol, on the watchdog's stdin (a pipe whose only writer is the owner):

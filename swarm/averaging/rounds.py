@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import RoundFailed
+from swarm.errors import RoundFailed
 
 __all__ = ["RoundRequest", "RoundReport"]
 

@@ -29,11 +29,11 @@ from typing import Callable
 
 from hivemind.p2p import P2P, P2PContext, PeerID
 
-from .auth import SwarmAuthorizer
-from .balancing import MemberLink, optimal_shares, uniform_shares
-from .errors import RoundFailed
-from .progress import ProgressTracker
-from .proto import swarm_pb2
+from swarm.averaging.balancing import MemberLink, optimal_shares, uniform_shares
+from swarm.averaging.progress import ProgressTracker
+from swarm.errors import RoundFailed
+from swarm.net.auth import SwarmAuthorizer
+from swarm.proto import swarm_pb2
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,28 @@
+"""How a reducer combines the senders' copies of one chunk: the weighted mean (streaming, one buffer per chunk).
+
+The seam for a robust aggregator (swarm.averaging.robust.CenteredClipReduction has the same interface)."""
+from __future__ import annotations
+
+import torch
+
+
+class Reduction:
+    """Streaming weighted mean of one chunk. Subclass to plug in a robust aggregator."""
+
+    def __init__(self, length: int):
+        self.length = length
+        self.total: torch.Tensor | None = None  # allocated by the first contribution: no zero-filled pass per chunk
+        self.weight = 0.0
+
+    def add(self, values: torch.Tensor, weight: float) -> None:
+        if weight > 0:
+            if self.total is None:
+                self.total = values.to(torch.float32).mul(weight)
+            else:
+                self.total.add_(values, alpha=weight)
+            self.weight += weight
+
+    def result(self) -> torch.Tensor | None:
+        if self.weight <= 0 or self.total is None:
+            return None
+        return self.total / self.weight

@@ -1,0 +1,95 @@
+"""The `swarm.aggregate` stream handler: routes each incoming stream to the round it names, refuses what is not
+for an open round (or not authorized) at once, and drains a refused stream before closing it."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import AsyncIterator
+
+from hivemind.p2p import P2P, P2PContext
+
+from swarm.averaging.allreduce import FINISHED_GRACE, AllReduceRound
+from swarm.averaging.streams import AGGREGATE_HANDLER, drain
+from swarm.net.auth import SwarmAuthorizer
+from swarm.proto import swarm_pb2
+
+logger = logging.getLogger(__name__)
+
+class AggregateService:
+    """Registers the aggregate handler once and dispatches each stream to its round by round id."""
+
+    def __init__(self, p2p: P2P, wait_for_round: float = 10.0, authorizer: SwarmAuthorizer | None = None):
+        self.p2p = p2p
+        self.wait_for_round = wait_for_round
+        self.authorizer = authorizer  # invite-only runs: a stream whose first chunk is not authorized is refused
+        self._rounds: dict[bytes, asyncio.Future[AllReduceRound]] = {}
+        self._finished: dict[bytes, tuple[AllReduceRound, float]] = {}  # round id -> (round, kept until)
+
+    async def start(self) -> None:
+        await self.p2p.add_protobuf_handler(AGGREGATE_HANDLER, self._handle, swarm_pb2.PartChunk, stream_input=True, stream_output=True)
+
+    def _slot(self, round_id: bytes) -> asyncio.Future[AllReduceRound]:
+        if round_id not in self._rounds:
+            self._rounds[round_id] = asyncio.get_running_loop().create_future()
+            while len(self._rounds) > 64:  # forget the oldest rounds
+                old = next(iter(self._rounds))
+                self._rounds.pop(old).cancel()
+        return self._rounds[round_id]
+
+    def open(self, round_: AllReduceRound) -> None:
+        """Route the round's incoming streams to it; it signs its own streams with this node's authorizer."""
+        if round_.authorizer is None:
+            round_.authorizer = self.authorizer
+        slot = self._slot(round_.group.round_id)
+        if not slot.done():
+            slot.set_result(round_)
+
+    def close(self, round_id: bytes) -> None:
+        """The round is over: refuse new contributions, but answer fetches of its part for FINISHED_GRACE s."""
+        slot = self._rounds.pop(round_id, None)
+        if slot is None:
+            return
+        if not slot.done():
+            slot.cancel()
+        elif not slot.cancelled():
+            round_ = slot.result()
+            round_.retire()
+            now = time.monotonic()
+            self._finished = {k: v for k, v in self._finished.items() if v[1] > now}
+            self._finished[round_id] = (round_, now + FINISHED_GRACE)
+            while len(self._finished) > 16:
+                self._finished.pop(next(iter(self._finished)))
+
+    async def _handle(self, requests: AsyncIterator[swarm_pb2.PartChunk], context: P2PContext) -> AsyncIterator[swarm_pb2.PartChunk]:
+        try:
+            first = await asyncio.wait_for(anext(requests), self.wait_for_round)
+        except (StopAsyncIteration, asyncio.TimeoutError):
+            return
+        problem = self.authorizer.check_message(first, context.remote_id) if self.authorizer is not None else None
+        if problem is not None:
+            logger.info("refused an aggregate stream from %s: %s", str(context.remote_id)[-8:], problem)
+            yield swarm_pb2.PartChunk(error=f"unauthorized: {problem}")
+            await drain(requests, self.wait_for_round)
+            return
+        if len(first.round_id) != 16:
+            yield swarm_pb2.PartChunk(error="bad round id")
+            await drain(requests, self.wait_for_round)
+            return
+        finished = self._finished.get(first.round_id)
+        if finished is not None and finished[1] > time.monotonic():
+            if not first.fetch:
+                yield swarm_pb2.PartChunk(error="unknown or finished round")
+                await drain(requests, self.wait_for_round)
+                return
+            async for reply in finished[0].serve(first, requests, context.remote_id):
+                yield reply
+            return
+        try:
+            round_ = await asyncio.wait_for(asyncio.shield(self._slot(first.round_id)), self.wait_for_round)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            yield swarm_pb2.PartChunk(error="unknown or finished round")
+            await drain(requests, self.wait_for_round)
+            return
+        async for reply in round_.serve(first, requests, context.remote_id):
+            yield reply
