@@ -221,8 +221,8 @@ def _train(task, model, opt, collab: Collaboration, config: RunConfig, options: 
             )
         record = records.MetricsRecord(
             peer_id=collab.peer_id, epoch=report.epoch, loss=loss if math.isfinite(loss) else -1.0,
-            samples_per_second=float(opt.samples_per_second), mini_steps=mini_steps, samples_total=samples_total,
-            round_seconds=float(report.round_seconds), device=str(next(model.parameters()).device), time=time.time(),
+            samples_per_second=records.bounded(opt.samples_per_second, records.MAX_RATE), mini_steps=mini_steps,
+            samples_total=samples_total, round_seconds=records.bounded(report.round_seconds, records.MAX_SECONDS), device=str(next(model.parameters()).device), time=time.time(),
             group_size=int(report.group_size), bytes_sent=int(report.bytes_sent), bytes_received=int(report.bytes_received),
         )
         collab.publish_metrics(record)

@@ -44,6 +44,8 @@ from .state_sync import StateServer, TrainingState, download_from_any
 
 logger = logging.getLogger(__name__)
 
+DISTRUST_FOR = 60.0  # seconds a donor that failed to serve its claimed epoch does not vote on the swarm's epoch
+
 MBIT = 1e6 / 8
 # A peer that finds itself alone in a group steps solo only once no other training peer has shown up in its view
 # for this many record lifetimes: a peer cut off from the swarm (or a swarm whose DHT lost it) does not diverge.
@@ -364,6 +366,8 @@ class Collaboration:
 
         def failed(donor: str) -> None:
             self._failed_donors[donor] = time.monotonic() + self.config.record_ttl
+            if self.tracker is not None:   # its epoch claim no longer moves the swarm's (swarm.progress)
+                self.tracker.distrust(donor, DISTRUST_FOR)
 
         try:
             state, donor = self.loop.run(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from typing import Callable
 
 from hivemind.p2p import P2P, P2PContext, PeerID
 
+from . import records
 from .auth import SwarmAuthorizer
 from .balancing import MemberLink, optimal_shares, uniform_shares
 from .errors import RoundFailed
@@ -39,6 +41,30 @@ logger = logging.getLogger(__name__)
 
 JOIN_HANDLER = "swarm.join"
 Status = swarm_pb2.GroupInfo
+
+
+MAX_WEIGHT = float(records.MAX_COUNT)   # a member's weight is its sample count: finite, never above 2**53
+
+
+def valid_weight(weight: float) -> bool:
+    """Finite, non-negative and bounded: an infinite weight makes every reduced chunk inf/inf = NaN."""
+    return math.isfinite(weight) and 0 <= weight <= MAX_WEIGHT
+
+
+def group_problem(info: swarm_pb2.GroupInfo) -> str:
+    """What makes a leader's GroupInfo unusable ('' when nothing): its weights feed our reductions unchecked."""
+    if not info.members or len(info.members) > records.MAX_MEMBERS:
+        return f"{len(info.members)} members"
+    for m in info.members:
+        if not valid_weight(m.weight):
+            return f"weight {m.weight} of {m.peer_id[-8:]}"
+        if not (math.isfinite(m.upload_bps) and math.isfinite(m.download_bps)):
+            return f"bandwidth of {m.peer_id[-8:]} is not finite"
+    if len(info.shares) != len(info.members) or not all(math.isfinite(w) and -1e-6 <= w <= 1 + 1e-6 for w in info.shares):
+        return "bad shares"
+    if not (math.isfinite(info.timeout) and 0 < info.timeout <= records.MAX_SECONDS):
+        return f"timeout {info.timeout}"
+    return ""
 
 
 @dataclass
@@ -153,6 +179,7 @@ class Matchmaker:
             if leader == self.peer_id:
                 group = await self._lead(request, deadline)
                 if group is not None:
+                    self.tracker.vouch([m.peer_id for m in group.members])
                     return group
                 continue  # stepped aside for a lower peer: follow it
             try:
@@ -168,6 +195,12 @@ class Matchmaker:
                 self._failed.setdefault(epoch, set()).add(leader)
                 continue
             if reply.status == Status.ACCEPTED:
+                problem = group_problem(reply)
+                if problem:
+                    logger.warning("epoch %d: leader %s sent a bad group (%s), trying the next", epoch, leader[-8:], problem)
+                    self._failed.setdefault(epoch, set()).add(leader)
+                    continue
+                self.tracker.vouch([m.peer_id for m in reply.members])
                 return reply
             if reply.status == Status.NOT_LEADER:
                 if reply.leader and reply.leader != leader and reply.leader not in self._failed.get(epoch, set()):
@@ -285,8 +318,10 @@ class Matchmaker:
             return refuse(Status.NOT_LEADER, "not training yet")
         if request.schema_hash != self.schema_hash:
             return refuse(Status.REJECTED, "tensor schema differs from this run's")
-        if request.role not in ("trainer", "client", "aux") or not (request.weight >= 0):
+        if request.role not in ("trainer", "client", "aux") or not valid_weight(request.weight):
             return refuse(Status.REJECTED, "bad role or weight")
+        if not all(math.isfinite(b) and 0 <= b <= records.MAX_BPS for b in (request.upload_bps, request.download_bps)):
+            return refuse(Status.REJECTED, "bad bandwidth")
         my_epoch = self.tracker.local.epoch
         if request.epoch < my_epoch:
             return refuse(Status.TOO_LATE, f"swarm is at epoch {my_epoch}")
