@@ -118,6 +118,22 @@ def check_config(run: records.ConfigRecord, mine: records.ConfigRecord) -> None:
             raise ConfigError(f"hyperparameter {key}={mine.hyperparameters.get(key)!r} differs from the run's {run.hyperparameters.get(key)!r}")
 
 
+def check_config_any(runs: list[records.ConfigRecord], mine: records.ConfigRecord) -> records.ConfigRecord:
+    """The run's record among `runs` (config records of any owners, earliest first) that our config matches.
+
+    In an open run anyone may publish a config record under the run's key, with any `created_at`: the
+    earliest does not decide. A peer that brings the organizer's config matches the organizer's record,
+    whatever else was published; if none matches, the error names the earliest record's difference."""
+    for run in runs:
+        try:
+            check_config(run, mine)
+            return run
+        except ConfigError:
+            continue
+    check_config(runs[0], mine)   # raises: the one clear line
+    raise AssertionError("unreachable")
+
+
 def run_peer(config: RunConfig, options: PeerOptions, stop: StopFlag | None = None) -> PeerSummary:
     """Join the run and train (or reduce, for aux) until the duration, max_epochs or a stop signal."""
     stop = stop or StopFlag()
@@ -150,13 +166,13 @@ def run_peer(config: RunConfig, options: PeerOptions, stop: StopFlag | None = No
 
             exporter = PeerMetricsServer(options.metrics_port, options.metrics_host)
             logger.info("peer metrics on http://%s:%d/metrics", options.metrics_host, exporter.port)
-        run = collab.fetch_config(owner=access.invite.organizer_key if access is not None else None)
-        if run is None and access is not None:
+        runs = collab.fetch_configs(owner=access.invite.organizer_key if access is not None else None)
+        if not runs and access is not None:
             raise ConfigError(f"run {config.run_id} has no config record signed by its organizer: is its coordinator running?")
-        if run is None and options.publish_config:
+        if not runs and options.publish_config:
             collab.publish_config(mine)
-        elif run is not None:
-            check_config(run, mine)
+        elif runs:
+            check_config_any(runs, mine)
         logger.info("peer %s joined run %s as %s; visible at %s", collab.peer_id[-8:], config.run_id, options.role, collab.visible_maddrs()[:1])
         schedule = warmup_linear_decay(config.warmup_epochs, config.total_epochs) if config.warmup_epochs < config.total_epochs else None
         opt = make_optimizer(collab, model, task, config, schedule)

@@ -417,10 +417,15 @@ class Collaboration:
     def fetch_config(self, owner: bytes | None = None) -> records.ConfigRecord | None:
         """The run's config record (the earliest created, if several owners published one); `owner` (default: the
         organizer key of the invite, if any): only the record signed by this RSA public key."""
+        found = self.fetch_configs(owner)
+        return found[0] if found else None
+
+    def fetch_configs(self, owner: bytes | None = None) -> list[records.ConfigRecord]:
+        """Every config record under the run's key (one per owner), earliest created first; `owner` as in fetch_config."""
         assert self.node is not None
         owner = owner or self.organizer_key
         found = self.loop.run(self.node.fetch_records(records.config_key(self.run_id), records.ConfigRecord, owner=owner), timeout=15)
-        return min(found, key=lambda r: r.created_at) if found else None  # type: ignore[union-attr, attr-defined]
+        return sorted(found, key=lambda r: r.created_at)  # type: ignore[union-attr, attr-defined, return-value]
 
 
 def join(run_id: str = "demo", initial_peers: Sequence[str] = (), **kwargs: Any) -> Collaboration:
