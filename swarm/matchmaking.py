@@ -314,14 +314,15 @@ class Matchmaker:
             return refuse(Status.REJECTED, "wrong run")
         if request.peer_id != str(context.remote_id):
             return refuse(Status.REJECTED, "peer id does not match the connection")
-        if self.schema_hash is None:
-            return refuse(Status.NOT_LEADER, "not training yet")
-        if request.schema_hash != self.schema_hash:
-            return refuse(Status.REJECTED, "tensor schema differs from this run's")
+        # the fields' bounds first: they hold whatever state this peer is in
         if request.role not in ("trainer", "client", "aux") or not valid_weight(request.weight):
             return refuse(Status.REJECTED, "bad role or weight")
         if not all(math.isfinite(b) and 0 <= b <= records.MAX_BPS for b in (request.upload_bps, request.download_bps)):
             return refuse(Status.REJECTED, "bad bandwidth")
+        if self.schema_hash is None:
+            return refuse(Status.NOT_LEADER, "not training yet")
+        if request.schema_hash != self.schema_hash:
+            return refuse(Status.REJECTED, "tensor schema differs from this run's")
         my_epoch = self.tracker.local.epoch
         if request.epoch < my_epoch:
             return refuse(Status.TOO_LATE, f"swarm is at epoch {my_epoch}")
