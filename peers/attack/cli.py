@@ -100,7 +100,8 @@ def run_attack(h, kind: str, args: argparse.Namespace, run_id: str) -> dict:
 
     target = _target(h)
     event: dict = {"kind": kind, "t0": time.monotonic()}
-    cmd = [sys.executable, "-m", "peers.attack.attacker", kind, "--run-id", run_id, "--initial-peers", h.bootstrap,
+    # the live peers too: a stranger reaches the DHT through anyone (and the coordinator may be the one that fell)
+    cmd = [sys.executable, "-m", "peers.attack.attacker", kind, "--run-id", run_id, "--initial-peers", h.bootstrap, *h.peer_maddrs(),
            "--seconds", f"{args.seconds:g}", "--streams", str(args.streams)]
     if target is not None:
         cmd += ["--target", target.rows[-1]["peer_id"]]
