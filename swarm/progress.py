@@ -13,9 +13,11 @@ bandwidth) and reads everyone's. No single record decides anything:
   with us (`vouch`, called by matchmaking), extrapolated with each one's samples/s since the
   moment *we* fetched its record (our clock only, so a peer whose clock is off by minutes changes
   nothing). A record from a peer that never averaged with us adds no samples, so inflated claims
-  cannot trigger a global step before the real members have the target batch.
- The global batch is ready when that
-estimate reaches `target_batch_size`. The refresh period adapts: it is a fraction of the
+  cannot trigger a global step before the real members have the target batch. The price: in a
+  peer's first round its own samples must reach the target (or another peer's must, and it
+  joins that group), so a new swarm's first round takes up to N times one peer's share.
+
+The global batch is ready when that estimate reaches `target_batch_size`. The refresh period adapts: it is a fraction of the
 estimated time to the target, within [min_refresh, max_refresh].
 """
 from __future__ import annotations
@@ -155,7 +157,8 @@ class ProgressTracker:
         if self.role == "aux":
             return None
         now = time.monotonic()
-        return {pid for pid, until in self._vouched.items() if until > now}
+        # a copy first: the engine loop adds to it while the training thread asks
+        return {pid for pid, until in list(self._vouched.items()) if until > now}
 
     def global_epoch(self) -> int:
         return max(self.view.epoch, self.local.epoch)
