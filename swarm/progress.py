@@ -13,12 +13,12 @@ bandwidth) and reads everyone's. No single record decides anything:
   with us (`vouch`, called by matchmaking), extrapolated with each one's samples/s since the
   moment *we* fetched its record (our clock only, so a peer whose clock is off by minutes changes
   nothing). A record from a peer that never averaged with us adds no samples, so inflated claims
-  cannot trigger a global step before the real members have the target batch. The price: in a
-  peer's first round its own samples must reach the target (or another peer's must, and it
-  joins that group), so a new swarm's first round takes up to N times one peer's share.
+  cannot trigger a global step before the real members have the target batch. The price: until
+  a peer has averaged once, only its own samples count for it, so a new swarm's first round
+  waits until a peer alone has the target batch.
 
-The global batch is ready when that estimate reaches `target_batch_size`. The refresh period adapts: it is a fraction of the
-estimated time to the target, within [min_refresh, max_refresh].
+The global batch is ready when that estimate reaches `target_batch_size`. The refresh period
+adapts: it is a fraction of the estimated time to the target, within [min_refresh, max_refresh].
 """
 from __future__ import annotations
 
