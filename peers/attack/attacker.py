@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     # a hostile build: its own node does not check what it stores (the receivers' validators must)
     records.SchemaValidator.validate = lambda self, record: True   # type: ignore[method-assign]
     observer = Observer(args.run_id, initial_peers=args.initial_peers)
+    print("READY", flush=True)   # the harness's window starts here: our own start-up is not the attack
     try:
         result = observer.loop.run(attack(observer, args), timeout=args.seconds + 90)
         result = {"kind": args.kind, "attacker": observer.peer_id, **result}

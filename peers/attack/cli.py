@@ -112,6 +112,9 @@ def run_attack(h, kind: str, args: argparse.Namespace, run_id: str) -> dict:
     log = h.run_dir / f"attack-{kind}.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=set_parent_death_signal)
+    # the window opens once the attacker has joined: its start-up (imports, p2pd) competes for the CPU, not the swarm
+    h.wait_for(lambda: proc.poll() is not None or "READY" in log.read_text(errors="replace"), 120.0)
+    event["t0"] = time.monotonic()
     rss, fds = [], []
     deadline = time.monotonic() + args.seconds + 120
     try:

@@ -1,6 +1,6 @@
 """`swarm attack` end to end, briefly: 3 ALBERT-tiny peers and a coordinator on loopback under a ghost's far epoch,
 inflated samples, a 400 MB chunk and idle streams; the report's invariants must hold and no process may outlive it.
-(The full run, every attack kind, stays a command: `swarm attack --report r.json`.)
+(Each attack lasts 15 s, longer than the 10 s idle timeout of a state stream. The full run, every attack kind, stays a command: `swarm attack --report r.json`.)
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420
 def test_attack_command_report_holds_the_invariants(tmp_path):
     report_path = tmp_path / "report.json"
     cmd = [
-        sys.executable, "-m", "peers.attack.cli", "--task", "albert", "--peers", "3", "--seconds", "10", "--settle", "5",
+        sys.executable, "-m", "peers.attack.cli", "--task", "albert", "--peers", "3", "--seconds", "15", "--settle", "5",
         "--attacks", "far_epoch,inflated_samples,huge_chunk,idle_streams", "--streams", "100", "--target-batch-size", "96",
         "--warmup-timeout", "200", "--run-dir", str(tmp_path / "runs"), "--report", str(report_path),
     ]
