@@ -47,6 +47,9 @@ class FakeTracker:
     def vouch(self, peer_ids) -> None:
         self.vouched = set(peer_ids)
 
+    def trusted(self):
+        return None
+
 
 def matchmaker(tracker: FakeTracker) -> Matchmaker:
     mm = Matchmaker(SimpleNamespace(peer_id=ME), "run", tracker, schema_hash=b"s", gather_timeout=0.3)
