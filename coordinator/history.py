@@ -21,6 +21,8 @@ from pathlib import Path
 
 from swarm.errors import DataError
 
+from .private_files import private_sqlite_path
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
     t REAL NOT NULL, epoch INTEGER NOT NULL, samples_per_second REAL NOT NULL, loss REAL, peers INTEGER NOT NULL
@@ -73,11 +75,12 @@ class History:
     def __init__(self, path: Path):
         self.path = Path(path)
         try:
+            private_sqlite_path(self.path)   # before SQLite creates its -wal/-shm: they copy this file's mode
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
-        except sqlite3.DatabaseError as e:
+        except (sqlite3.DatabaseError, OSError) as e:
             raise DataError(f"history database {self.path} is unreadable ({e}); move it away or launch with --fresh") from None
 
     def close(self) -> None:

@@ -29,6 +29,8 @@ from hivemind.utils.crypto import RSAPrivateKey
 from swarm.errors import ConfigError, DataError
 from swarm.net.invite import Invite
 
+from .private_files import private_sqlite_path
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS invites (
     id TEXT PRIMARY KEY, created REAL NOT NULL, expires REAL NOT NULL, max_uses INTEGER NOT NULL,
@@ -70,11 +72,12 @@ class InviteStore:
         self.path = Path(path)
         self._lock = threading.Lock()   # the coordinator uses it from its main loop and its engine loop
         try:
+            private_sqlite_path(self.path)   # before SQLite creates its -wal/-shm: they copy this file's mode
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
-        except sqlite3.DatabaseError as e:
+        except (sqlite3.DatabaseError, OSError) as e:
             raise DataError(f"invite database {self.path} is unreadable ({e})") from None
 
     def close(self) -> None:

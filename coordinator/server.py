@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from swarm.errors import ConfigError
 
@@ -103,9 +104,32 @@ def make_app(coordinator: Served) -> web.Application:
     return app
 
 
+IDLE_CONNECTION_TIMEOUT = 15.0   # seconds a connection may sit idle or in the middle of its headers
+
+
+class _OneLineBadRequests(logging.Filter):
+    """A malformed request from the network is one warning line, not a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc.message or exc}"
+            record.args, record.exc_info, record.exc_text = (), None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+http_logger = logging.getLogger("coordinator.http")
+http_logger.addFilter(_OneLineBadRequests())
+
+
 async def start_server(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Bind and start; returns the runner and the bound port. A port in use is one clear ConfigError."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    """Bind and start; returns the runner and the bound port. A port in use is one clear ConfigError.
+
+    A connection that sends nothing, or stops in the middle of its headers, is closed after
+    IDLE_CONNECTION_TIMEOUT (aiohttp's own default is an hour)."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=IDLE_CONNECTION_TIMEOUT,
+                           logger=http_logger)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     try:

@@ -285,6 +285,8 @@ class Coordinator:
                 await self._maybe_checkpoint(figures.epoch)
             except SwarmError as e:
                 logger.warning("tracker: %s", e)
+            except Exception as e:   # a record no schema bound foresaw must cost one read, never the coordinator
+                logger.warning("tracker: skipped a read (%s: %s)", type(e).__name__, e)
             await asyncio.sleep(max(0.1, self.settings.tracker_period - (time.monotonic() - started)))
 
     async def _remember_maddrs(self, live: set[str]) -> None:

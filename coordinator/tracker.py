@@ -4,7 +4,8 @@ Every `tracker_period` seconds the coordinator fetches all progress and metrics 
 run and calls `Tracker.update()`. The live peers are those with an unexpired, non-leaving
 progress record (a peer whose record expired drops off the table by itself). From them:
 
-- epoch: the highest epoch; samples/s: the sum of the peers' rates (trainers and clients);
+- epoch: the swarm's vouched epoch (`swarm.averaging.progress.swarm_epoch`: one record claiming
+  epoch 10**9 does not move it); samples/s: the sum of the peers' rates (trainers and clients);
 - loss: the mean of the live peers' latest loss (their last global step's mean micro-batch loss);
 - peers by role; per peer: device, samples/s, bandwidth (its measured upload/download EMA),
   samples contributed (summed over the processes of that peer id, kept in history), online since,
@@ -22,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
+from swarm.averaging.progress import swarm_epoch
 from swarm.net.records import MetricsRecord, ProgressRecord
 
 from .history import History, PeerSeen
@@ -84,7 +86,7 @@ def aggregate(progress: Iterable[ProgressRecord], metrics: Iterable[MetricsRecor
     for r in rows:
         by_role[r.role] = by_role.get(r.role, 0) + 1
     return SwarmFigures(
-        epoch=max((r.epoch for r in rows), default=0),
+        epoch=swarm_epoch([r.epoch for r in rows]),
         samples_per_second=sum(r.samples_per_second for r in rows if r.role != "aux"),
         loss=statistics.fmean(losses) if losses else None,
         peers=rows, peers_by_role=by_role, updated_at=now,

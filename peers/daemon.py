@@ -121,6 +121,22 @@ def check_config(run: records.ConfigRecord, mine: records.ConfigRecord) -> None:
             raise ConfigError(f"hyperparameter {key}={mine.hyperparameters.get(key)!r} differs from the run's {run.hyperparameters.get(key)!r}")
 
 
+def check_config_any(runs: list[records.ConfigRecord], mine: records.ConfigRecord) -> records.ConfigRecord:
+    """The run's record among `runs` (config records of any owners, earliest first) that our config matches.
+
+    In an open run anyone may publish a config record under the run's key, with any `created_at`: the
+    earliest does not decide. A peer that brings the organizer's config matches the organizer's record,
+    whatever else was published; if none matches, the error names the earliest record's difference."""
+    for run in runs:
+        try:
+            check_config(run, mine)
+            return run
+        except ConfigError:
+            continue
+    check_config(runs[0], mine)   # raises: the one clear line
+    raise AssertionError("unreachable")
+
+
 def run_peer(config: RunConfig, options: PeerOptions, stop: StopFlag | None = None) -> PeerSummary:
     """Join the run and train (or reduce, for aux) until the duration, max_epochs or a stop signal."""
     stop = stop or StopFlag()
@@ -161,13 +177,13 @@ def run_peer(config: RunConfig, options: PeerOptions, stop: StopFlag | None = No
 
             exporter = PeerMetricsServer(options.metrics_port, options.metrics_host)
             logger.info("peer metrics on http://%s:%d/metrics", options.metrics_host, exporter.port)
-        run = collab.fetch_config(owner=access.invite.organizer_key if access is not None else None)
-        if run is None and access is not None:
+        runs = collab.fetch_configs(owner=access.invite.organizer_key if access is not None else None)
+        if not runs and access is not None:
             raise ConfigError(f"run {config.run_id} has no config record signed by its organizer: is its coordinator running?")
-        if run is None and options.publish_config:
+        if not runs and options.publish_config:
             collab.publish_config(mine)
-        elif run is not None:
-            check_config(run, mine)
+        elif runs:
+            check_config_any(runs, mine)
         logger.debug("peer %s joined run %s as %s; visible at %s", collab.peer_id[-8:], config.run_id, options.role, collab.visible_maddrs()[:1])
         say(f"joined run {config.run_id} as {options.role}, peer {collab.peer_id}")
         schedule = warmup_linear_decay(config.warmup_epochs, config.total_epochs) if config.warmup_epochs < config.total_epochs else None
@@ -241,8 +257,8 @@ def _train(task, model, opt, collab: Collaboration, config: RunConfig, options: 
                 logger.info(line)
         record = records.MetricsRecord(
             peer_id=collab.peer_id, epoch=report.epoch, loss=loss if math.isfinite(loss) else -1.0,
-            samples_per_second=float(opt.samples_per_second), mini_steps=mini_steps, samples_total=samples_total,
-            round_seconds=float(report.round_seconds), device=str(next(model.parameters()).device), time=time.time(),
+            samples_per_second=records.bounded(opt.samples_per_second, records.MAX_RATE), mini_steps=mini_steps,
+            samples_total=samples_total, round_seconds=records.bounded(report.round_seconds, records.MAX_SECONDS), device=str(next(model.parameters()).device), time=time.time(),
             group_size=int(report.group_size), bytes_sent=int(report.bytes_sent), bytes_received=int(report.bytes_received),
         )
         collab.publish_metrics(record)

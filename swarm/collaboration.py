@@ -48,6 +48,8 @@ from swarm.averaging.state_sync import StateServer, TrainingState, download_from
 
 logger = logging.getLogger(__name__)
 
+DISTRUST_FOR = 60.0  # seconds a donor that failed to serve its claimed epoch does not vote on the swarm's epoch
+
 MBIT = 1e6 / 8
 # A peer that finds itself alone in a group steps solo only once no other training peer has shown up in its view
 # for this many record lifetimes: a peer cut off from the swarm (or a swarm whose DHT lost it) does not diverge.
@@ -330,6 +332,8 @@ class Collaboration:
 
         def failed(donor: str) -> None:
             self._failed_donors[donor] = time.monotonic() + self.config.record_ttl
+            if self.tracker is not None:   # its epoch claim no longer moves the swarm's (swarm.averaging.progress)
+                self.tracker.distrust(donor, DISTRUST_FOR)
 
         try:
             state, donor = self.loop.run(
@@ -374,10 +378,15 @@ class Collaboration:
     def fetch_config(self, owner: bytes | None = None) -> records.ConfigRecord | None:
         """The run's config record (the earliest created, if several owners published one); `owner` (default: the
         organizer key of the invite, if any): only the record signed by this RSA public key."""
+        found = self.fetch_configs(owner)
+        return found[0] if found else None
+
+    def fetch_configs(self, owner: bytes | None = None) -> list[records.ConfigRecord]:
+        """Every config record under the run's key (one per owner), earliest created first; `owner` as in fetch_config."""
         assert self.node is not None
         owner = owner or self.organizer_key
         found = self.loop.run(self.node.fetch_records(records.config_key(self.run_id), records.ConfigRecord, owner=owner), timeout=15)
-        return min(found, key=lambda r: r.created_at) if found else None  # type: ignore[union-attr, attr-defined]
+        return sorted(found, key=lambda r: r.created_at)  # type: ignore[union-attr, attr-defined, return-value]
 
 
 def join(run_id: str = "demo", initial_peers: Sequence[str] = (), **kwargs: Any) -> Collaboration:

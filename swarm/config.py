@@ -36,7 +36,7 @@ class EngineConfig(BaseModel):
                                             "SparseLoCo; 16: fp16)")
     compression_budget: float = Field(0.25, gt=0, description="compression auto: the most precise codec whose predicted round "
                                       "time is at most this fraction of the swarm's compute time per epoch")
-    chunk_elements: int = Field(2**17, ge=1024)
+    chunk_elements: int = Field(2**17, ge=1024, le=2**20)   # le: a chunk fits swarm.net.wire.MAX_MESSAGE_BYTES
     bandwidth_mbps: float = Field(100.0, gt=0, description="prior for both directions until measured (Mbit/s)")
     load_balancing: bool = Field(True, description="LP shares from measured bandwidth; False: uniform shares")
     record_ttl: float = Field(8.0, gt=1)

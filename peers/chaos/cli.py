@@ -69,20 +69,13 @@ def _order(kinds: list[str], rng: random.Random):
         yield from batch
 
 
-def cmd_chaos(args: argparse.Namespace) -> int:
-    from swarm.errors import ConfigError, NetworkError, SwarmError
-
+def prepare_loopback_run(args: argparse.Namespace, default_run_id: str):
+    """The demo config from the flags, a clean RUN_DIR/RUN_ID/ holding it as experiment.yaml, and the task's caches
+    built once here (not by every peer at once): (config, run folder, config path)."""
     from ..demo import demo_config
     from ..tasks import TaskSettings, get_task
-    from .faults import FAULTS, FaultContext
-    from .harness import ChaosSwarm
-    from .report import build_report
 
-    if args.peers < 3:
-        raise ConfigError("--peers must be at least 3 (faults kill one peer while two keep training)")
-    kinds = _kinds(args.faults)
-    wall = time.monotonic()
-    args.run_id = args.run_id or "chaos"
+    args.run_id = args.run_id or default_run_id
     config = demo_config(args)
     run_dir = args.run_dir / config.run_id
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -93,6 +86,21 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     print(f"preparing task {config.task} (its data caches; the first run builds them)...", flush=True)
     get_task(config.task, TaskSettings(data_path=config.data_path, micro_batch_size=config.micro_batch_size, seed=config.seed,
                                        options=dict(config.task_options))).fingerprint()
+    return config, run_dir, config_path
+
+
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from swarm.errors import ConfigError, NetworkError, SwarmError
+
+    from .faults import FAULTS, FaultContext
+    from .harness import ChaosSwarm
+    from .report import build_report
+
+    if args.peers < 3:
+        raise ConfigError("--peers must be at least 3 (faults kill one peer while two keep training)")
+    kinds = _kinds(args.faults)
+    wall = time.monotonic()
+    config, run_dir, config_path = prepare_loopback_run(args, "chaos")
 
     rng = random.Random(args.seed)
     h = ChaosSwarm(config_path, args.run_dir, run_dir, checkpoint_every=args.checkpoint_every, restart_after=args.restart_after)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -34,11 +35,36 @@ from swarm.averaging.progress import ProgressTracker
 from swarm.errors import RoundFailed
 from swarm.net.auth import SwarmAuthorizer
 from swarm.proto import swarm_pb2
+from swarm.net import records
 
 logger = logging.getLogger(__name__)
 
 JOIN_HANDLER = "swarm.join"
 Status = swarm_pb2.GroupInfo
+
+
+MAX_WEIGHT = float(records.MAX_COUNT)   # a member's weight is its sample count: finite, never above 2**53
+
+
+def valid_weight(weight: float) -> bool:
+    """Finite, non-negative and bounded: an infinite weight makes every reduced chunk inf/inf = NaN."""
+    return math.isfinite(weight) and 0 <= weight <= MAX_WEIGHT
+
+
+def group_problem(info: swarm_pb2.GroupInfo) -> str:
+    """What makes a leader's GroupInfo unusable ('' when nothing): its weights feed our reductions unchecked."""
+    if not info.members or len(info.members) > records.MAX_MEMBERS:
+        return f"{len(info.members)} members"
+    for m in info.members:
+        if not valid_weight(m.weight):
+            return f"weight {m.weight} of {m.peer_id[-8:]}"
+        if not (math.isfinite(m.upload_bps) and math.isfinite(m.download_bps)):
+            return f"bandwidth of {m.peer_id[-8:]} is not finite"
+    if len(info.shares) != len(info.members) or not all(math.isfinite(w) and -1e-6 <= w <= 1 + 1e-6 for w in info.shares):
+        return "bad shares"
+    if not (math.isfinite(info.timeout) and 0 < info.timeout <= records.MAX_SECONDS):
+        return f"timeout {info.timeout}"
+    return ""
 
 
 @dataclass
@@ -104,9 +130,14 @@ class Matchmaker:
 
     def _expected(self, epoch: int) -> set[str]:
         """Who the leader waits for: peers at the epoch, and peers whose record still shows the epoch
-        before (most have just stepped and not yet republished; one that really lags costs gather_timeout)."""
+        before (most have just stepped and not yet republished; one that really lags costs gather_timeout).
+        Once we have averaged with peers, only those (swarm.averaging.progress `vouch`): a record of a peer that never
+        joined a group with us (a ghost, or a newcomer whose samples do not count yet) would hold up every round."""
         view = self.tracker.view
         ids = {p.peer_id for p in view.training_at(epoch) + view.training_at(epoch - 1)} - self._failed.get(epoch, set())
+        trusted = self.tracker.trusted()
+        if trusted:
+            ids &= set(trusted)
         return ids | {self.peer_id}
 
     def _gathering(self, epoch: int) -> _Gathering:
@@ -153,6 +184,7 @@ class Matchmaker:
             if leader == self.peer_id:
                 group = await self._lead(request, deadline)
                 if group is not None:
+                    self.tracker.vouch([m.peer_id for m in group.members])
                     return group
                 continue  # stepped aside for a lower peer: follow it
             try:
@@ -168,6 +200,12 @@ class Matchmaker:
                 self._failed.setdefault(epoch, set()).add(leader)
                 continue
             if reply.status == Status.ACCEPTED:
+                problem = group_problem(reply)
+                if problem:
+                    logger.warning("epoch %d: leader %s sent a bad group (%s), trying the next", epoch, leader[-8:], problem)
+                    self._failed.setdefault(epoch, set()).add(leader)
+                    continue
+                self.tracker.vouch([m.peer_id for m in reply.members])
                 return reply
             if reply.status == Status.NOT_LEADER:
                 if reply.leader and reply.leader != leader and reply.leader not in self._failed.get(epoch, set()):
@@ -281,12 +319,15 @@ class Matchmaker:
             return refuse(Status.REJECTED, "wrong run")
         if request.peer_id != str(context.remote_id):
             return refuse(Status.REJECTED, "peer id does not match the connection")
+        # the fields' bounds first: they hold whatever state this peer is in
+        if request.role not in ("trainer", "client", "aux") or not valid_weight(request.weight):
+            return refuse(Status.REJECTED, "bad role or weight")
+        if not all(math.isfinite(b) and 0 <= b <= records.MAX_BPS for b in (request.upload_bps, request.download_bps)):
+            return refuse(Status.REJECTED, "bad bandwidth")
         if self.schema_hash is None:
             return refuse(Status.NOT_LEADER, "not training yet")
         if request.schema_hash != self.schema_hash:
             return refuse(Status.REJECTED, "tensor schema differs from this run's")
-        if request.role not in ("trainer", "client", "aux") or not (request.weight >= 0):
-            return refuse(Status.REJECTED, "bad role or weight")
         my_epoch = self.tracker.local.epoch
         if request.epoch < my_epoch:
             return refuse(Status.TOO_LATE, f"swarm is at epoch {my_epoch}")

@@ -1,12 +1,24 @@
 """Progress tracking: when does the swarm have a global batch?
 
 Each peer publishes a signed ProgressRecord (epoch, samples accumulated, samples/s, role,
-bandwidth) and reads everyone's. The swarm's epoch is the highest epoch among live
-records; its progress is the sum of the samples of the peers at that epoch, extrapolated
-with each peer's samples/s since the moment *we* fetched its record (our clock only, so a
-peer whose clock is off by minutes changes nothing). The global batch is ready when that
-estimate reaches `target_batch_size`. The refresh period adapts: it is a fraction of the
-estimated time to the target, within [min_refresh, max_refresh].
+bandwidth) and reads everyone's. No single record decides anything:
+
+- the swarm's epoch is vouched for (`swarm_epoch`): the highest epoch that someone holds and
+  that is at most one above an epoch two other distinct peers have reached (one other peer alone
+  is believed only when it is the only one we see). A peer that fell one epoch behind still sees
+  its group's new epoch; a record claiming epoch 10**9 moves nobody who sees two honest peers, and
+  a claimant whose state cannot be downloaded is ignored for a minute (`distrust`), which also
+  frees a peer that sees no one else;
+- the progress is the sum of the samples of the peers at that epoch that took part in a group
+  with us (`vouch`, called by matchmaking), extrapolated with each one's samples/s since the
+  moment *we* fetched its record (our clock only, so a peer whose clock is off by minutes changes
+  nothing). A record from a peer that never averaged with us adds no samples, so inflated claims
+  cannot trigger a global step before the real members have the target batch. The price: until
+  a peer has averaged once, only its own samples count for it, so a new swarm's first round
+  waits until a peer alone has the target batch.
+
+The global batch is ready when that estimate reaches `target_batch_size`. The refresh period
+adapts: it is a fraction of the estimated time to the target, within [min_refresh, max_refresh].
 """
 from __future__ import annotations
 
@@ -15,7 +27,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Collection
 
 from swarm.net import clock, records
 from swarm.net.contacts import keep_in_touch
@@ -23,6 +35,20 @@ from swarm.net.node import Node
 from swarm.net.records import ProgressRecord
 
 logger = logging.getLogger(__name__)
+
+
+VOUCH_FOR = 600.0      # seconds a group member's samples count after its last round with us
+QUORUM = 2             # distinct peers that must reach an epoch before it is the swarm's (minus the one-epoch lead)
+
+
+def swarm_epoch(epochs: list[int], quorum: int = QUORUM) -> int:
+    """The swarm's epoch from the epochs of distinct voters: the highest one held that is at most one above the
+    highest epoch `quorum` voters have reached (fewer voters than `quorum`: all of them must have reached it)."""
+    if not epochs:
+        return 0
+    ranked = sorted(epochs, reverse=True)
+    base = ranked[min(quorum, len(ranked)) - 1]
+    return max(e for e in ranked if e <= base + 1)
 
 
 @dataclass(frozen=True)
@@ -40,13 +66,16 @@ class SwarmView:
         """Peers at the epoch whose optimizer is attached (they can lead and join rounds)."""
         return [p for p in self.at_epoch(epoch) if p.training]
 
-    def samples_at(self, epoch: int, now: float, exclude: str = "") -> float:
-        """Samples the peers at `epoch` have accumulated by `now`, extrapolated by their rates."""
-        elapsed = max(0.0, now - self.fetched_at)
-        return sum(p.samples + p.samples_per_second * elapsed for p in self.at_epoch(epoch) if p.peer_id != exclude)
+    def _counted(self, epoch: int, exclude: str, trusted: Collection[str] | None) -> list[ProgressRecord]:
+        return [p for p in self.at_epoch(epoch) if p.peer_id != exclude and (trusted is None or p.peer_id in trusted)]
 
-    def rate_at(self, epoch: int, exclude: str = "") -> float:
-        return sum(p.samples_per_second for p in self.at_epoch(epoch) if p.peer_id != exclude)
+    def samples_at(self, epoch: int, now: float, exclude: str = "", trusted: Collection[str] | None = None) -> float:
+        """Samples the peers at `epoch` (only those in `trusted`, if given) have accumulated by `now`, extrapolated by their rates."""
+        elapsed = max(0.0, now - self.fetched_at)
+        return sum(p.samples + p.samples_per_second * elapsed for p in self._counted(epoch, exclude, trusted))
+
+    def rate_at(self, epoch: int, exclude: str = "", trusted: Collection[str] | None = None) -> float:
+        return sum(p.samples_per_second for p in self._counted(epoch, exclude, trusted))
 
 
 @dataclass
@@ -92,6 +121,8 @@ class ProgressTracker:
         self._recent: dict[str, float] = {}       # peer id -> when its record was last seen (monotonic)
         self._last_touch = 0.0
         self._company_at: float | None = None      # when a view last showed another training peer (monotonic)
+        self._vouched: dict[str, float] = {}       # peer id -> until when its samples count (it averaged with us)
+        self._distrusted: dict[str, float] = {}    # peer id -> until when its epoch claim is ignored
 
     # -- called from the training thread (thread-safe) ------------------------------------------------
 
@@ -110,20 +141,39 @@ class ProgressTracker:
         """Seconds since a view last showed another training peer; inf if none ever did (the run's first peer)."""
         return float("inf") if self._company_at is None else time.monotonic() - self._company_at
 
+    def vouch(self, peer_ids: Collection[str]) -> None:
+        """These peers formed a group with us: their progress counts towards the global batch from now on."""
+        until = time.monotonic() + VOUCH_FOR
+        for pid in peer_ids:
+            self._vouched[pid] = until
+
+    def distrust(self, peer_id: str, seconds: float) -> None:
+        """Ignore this peer's epoch claim for `seconds` (it could not serve the state of the epoch it claims)."""
+        self._distrusted[peer_id] = time.monotonic() + seconds
+
+    def trusted(self) -> Collection[str] | None:
+        """Peers whose samples count; None (everyone) for an auxiliary peer, which brings no samples and only
+        needs to know when trainers are about to average."""
+        if self.role == "aux":
+            return None
+        now = time.monotonic()
+        # a copy first: the engine loop adds to it while the training thread asks
+        return {pid for pid, until in list(self._vouched.items()) if until > now}
+
     def global_epoch(self) -> int:
         return max(self.view.epoch, self.local.epoch)
 
     def estimated_samples(self, epoch: int, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now
         own = self.local.samples if self.local.epoch == epoch else 0
-        return own + self.view.samples_at(epoch, now, exclude=self.peer_id)
+        return own + self.view.samples_at(epoch, now, exclude=self.peer_id, trusted=self.trusted())
 
     def eta(self, epoch: int) -> float:
         """Seconds until the swarm at `epoch` reaches the target batch (0 when it has)."""
         missing = self.target_batch_size - self.estimated_samples(epoch)
         if missing <= 0:
             return 0.0
-        rate = self.view.rate_at(epoch, exclude=self.peer_id) + (self.local.samples_per_second if self.local.epoch == epoch else 0)
+        rate = self.view.rate_at(epoch, exclude=self.peer_id, trusted=self.trusted()) + (self.local.samples_per_second if self.local.epoch == epoch else 0)
         return missing / rate if rate > 0 else float("inf")
 
     def ready(self, epoch: int) -> bool:
@@ -168,11 +218,11 @@ class ProgressTracker:
             record = ProgressRecord(
                 peer_id=self.peer_id,
                 epoch=self.local.epoch,
-                samples=int(self.local.samples),
-                samples_per_second=float(self.local.samples_per_second),
+                samples=int(records.bounded(self.local.samples, records.MAX_COUNT)),
+                samples_per_second=records.bounded(self.local.samples_per_second, records.MAX_RATE),
                 role=self.role,  # type: ignore[arg-type]
-                upload_bps=float(up),
-                download_bps=float(down),
+                upload_bps=records.bounded(up, records.MAX_BPS),
+                download_bps=records.bounded(down, records.MAX_BPS),
                 time=clock.now(),
                 params_hash=self.local.params_hash,
                 serves_state=self.serves_state,
@@ -184,8 +234,9 @@ class ProgressTracker:
     async def refresh(self) -> SwarmView:
         found = await self.node.fetch_records(records.progress_key(self.node.run_id), ProgressRecord)
         peers = tuple(p for p in found if not p.leaving)  # type: ignore[union-attr]
-        epoch = max((p.epoch for p in peers), default=0)
         now = time.monotonic()
+        self._distrusted = {pid: until for pid, until in self._distrusted.items() if until > now}
+        epoch = swarm_epoch([p.epoch for p in peers if p.peer_id not in self._distrusted and p.peer_id != self.peer_id])
         self.view = SwarmView(epoch=epoch, peers=peers, fetched_at=now)  # type: ignore[arg-type]
         for p in peers:
             self._recent[p.peer_id] = now

@@ -5,7 +5,10 @@ everything else (optimizer hyperparameters, scheduler). A donor takes a consiste
 snapshot (under the optimizer's step lock), then streams a metadata message followed by
 each tensor in chunks. The receiver checks every tensor's dtype and shape against the
 metadata and the sha256 of the whole state before it uses any of it: a truncated or
-tampered download is refused, and the next donor is tried. Donors are chosen at random
+tampered download is refused, and the next donor is tried. A donor that sends more bytes
+than a tensor's declared size is refused at the first byte too many, so a download never
+holds more than the state it declared. A request stream that stays silent for
+`REQUEST_IDLE_TIMEOUT` is closed (its file descriptor too), whoever opened it. Donors are chosen at random
 among the reachable peers at the newest epoch, so a crowd of newcomers spreads its load.
 """
 from __future__ import annotations
@@ -31,6 +34,7 @@ logger = logging.getLogger(__name__)
 STATE_HANDLER = "swarm.state"
 CHUNK_BYTES = 1 << 20
 Progress = Callable[[int, int], None]   # (bytes received, bytes announced)
+REQUEST_IDLE_TIMEOUT = 10.0   # seconds a requester may take to send its request on an open stream
 
 
 @dataclass
@@ -66,13 +70,25 @@ _DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16, tor
 class StateServer:
     """Serves snapshots from `snapshot()` (called on the engine loop; must be quick and consistent)."""
 
-    def __init__(self, p2p: P2P, run_id: str, snapshot: Callable[[], TrainingState | None], authorizer: SwarmAuthorizer | None = None):
+    def __init__(self, p2p: P2P, run_id: str, snapshot: Callable[[], TrainingState | None], authorizer: SwarmAuthorizer | None = None,
+                 idle_timeout: float = REQUEST_IDLE_TIMEOUT):
         self.p2p, self.run_id, self.snapshot = p2p, run_id, snapshot
         self.authorizer = authorizer  # invite-only runs: unauthorized requests are refused
+        self.idle_timeout = idle_timeout
         self.served = 0
 
     async def start(self) -> None:
-        await self.p2p.add_protobuf_handler(STATE_HANDLER, self._handle, swarm_pb2.StateRequest, stream_output=True)
+        # stream_input: the handler itself awaits the request, with a timeout (hivemind's unary input waits forever)
+        await self.p2p.add_protobuf_handler(STATE_HANDLER, self._handle_stream, swarm_pb2.StateRequest, stream_input=True, stream_output=True)
+
+    async def _handle_stream(self, requests: AsyncIterator[swarm_pb2.StateRequest], context: P2PContext) -> AsyncIterator[swarm_pb2.StateChunk]:
+        try:
+            request = await asyncio.wait_for(anext(requests), self.idle_timeout)
+        except (StopAsyncIteration, asyncio.TimeoutError):
+            logger.debug("closed an idle state stream from %s", str(context.remote_id)[-8:])
+            return
+        async for chunk in self._handle(request, context):
+            yield chunk
 
     async def _handle(self, request: swarm_pb2.StateRequest, context: P2PContext) -> AsyncIterator[swarm_pb2.StateChunk]:
         problem = self.authorizer.check_message(request, context.remote_id) if self.authorizer is not None else None
@@ -102,6 +118,12 @@ class StateServer:
         logger.info("served state of epoch %d to %s", state.epoch, str(context.remote_id)[-8:])
 
 
+def _nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
+    if any(s < 0 for s in shape):
+        raise ProtocolError(f"negative tensor shape {shape}")
+    return int(np.prod(shape, dtype=object)) * torch.empty(0, dtype=dtype).element_size()
+
+
 async def download_state(p2p: P2P, run_id: str, donor: str, min_epoch: int, timeout: float,
                          authorizer: SwarmAuthorizer | None = None, progress: Progress | None = None) -> TrainingState:
     """Fetch and verify a state from one donor; raises NetworkError/ProtocolError. `progress(received, total)`
@@ -120,6 +142,7 @@ async def download_state(p2p: P2P, run_id: str, donor: str, min_epoch: int, time
             epoch, digest, extra = int(meta["epoch"]), str(meta["digest"]), meta["extra"]
         except Exception as e:
             raise ProtocolError(f"donor {donor[-8:]} sent bad metadata: {e}") from e
+        sizes = [_nbytes(dtype, shape) for _, dtype, shape in specs]
         buffers = [bytearray() for _ in specs]
         total = sum(int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size() for _, dtype, shape in specs)
         received = 0
@@ -130,13 +153,14 @@ async def download_state(p2p: P2P, run_id: str, donor: str, min_epoch: int, time
                 raise NetworkError(f"donor {donor[-8:]} failed: {chunk.error}")
             if not 0 <= chunk.tensor < len(specs):
                 raise ProtocolError("state chunk for an unknown tensor")
+            if len(buffers[chunk.tensor]) + len(chunk.data) > sizes[chunk.tensor]:
+                raise ProtocolError(f"donor {donor[-8:]} sent more than the {sizes[chunk.tensor]} bytes of tensor {specs[chunk.tensor][0]}")
             buffers[chunk.tensor] += chunk.data
             received += len(chunk.data)
             if progress is not None:
                 progress(received, total)
     tensors = {}
-    for (name, dtype, shape), buf in zip(specs, buffers):
-        expected = int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size() if shape else torch.empty(0, dtype=dtype).element_size()
+    for (name, dtype, shape), buf, expected in zip(specs, buffers, sizes):
         if len(buf) != expected:
             raise ProtocolError(f"tensor {name} has {len(buf)} bytes, expected {expected}")
         tensors[name] = torch.frombuffer(buf, dtype=torch.uint8).view(dtype).reshape(shape).clone() if expected else torch.empty(shape, dtype=dtype)

@@ -20,7 +20,7 @@ from hivemind.utils.crypto import RSAPrivateKey
 from hivemind.utils.multiaddr import Multiaddr
 
 from swarm.errors import AuthError, NetworkError
-from swarm.net import clock, records
+from swarm.net import clock, records, wire
 from swarm.net.auth import ISSUE_HANDLER, SwarmAuthorizer, coordinator_ids, keep_access
 from swarm.proto import swarm_pb2
 
@@ -61,6 +61,7 @@ class Node:
         signer = RSASignatureValidator(private_key or RSAPrivateKey())
         validator = CompositeValidator([signer, records.SchemaValidator(run_id)])
         initial = [Multiaddr(m) for m in options.initial_peers]
+        wire.cap_message_sizes()   # before any stream opens: no message is read in full before its size is checked
         p2p = await cls._start_p2p(options, initial)
         await clock.serve(p2p)
         if initial:  # before the DHT: hivemind's bootstrap refuses a peer more than 3 s off (see swarm.net.clock)

@@ -10,7 +10,8 @@ or returns a record, so a malformed or forged record never reaches the training 
 from __future__ import annotations
 
 import logging
-from typing import Literal
+import math
+from typing import Annotated, Literal
 
 import msgpack
 from hivemind.dht.crypto import RSASignatureValidator
@@ -21,6 +22,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 logger = logging.getLogger(__name__)
 
 Role = Literal["trainer", "client", "aux"]
+
+# Bounds no real peer reaches, so that one hostile record cannot overflow a consumer (SQLite holds int64, a
+# float of samples/s times seconds must stay finite): a billion epochs, 2**53 samples or bytes (exact in a
+# float64), a billion samples/s, a petabit per second, a million members, a week per round.
+MAX_EPOCH = 10**9
+MAX_COUNT = 2**53
+MAX_RATE = 1e9
+MAX_BPS = 1e15
+MAX_MEMBERS = 10**6
+MAX_SECONDS = 7 * 86400.0
+
+Epoch = Annotated[int, Field(ge=0, le=MAX_EPOCH)]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+Rate = Annotated[float, Field(ge=0, le=MAX_RATE, allow_inf_nan=False)]
+Bandwidth = Annotated[float, Field(ge=0, le=MAX_BPS, allow_inf_nan=False)]
+Timestamp = Annotated[float, Field(allow_inf_nan=False, ge=-1e12, le=1e12)]
 
 
 class _Record(BaseModel):
@@ -34,10 +51,10 @@ class ConfigRecord(_Record):
 
     run_id: str = Field(min_length=1, max_length=128)
     task: str = Field(min_length=1, max_length=64)
-    target_batch_size: int = Field(gt=0)
-    fingerprint: dict[str, str]            # e.g. model_config / tokenizer hashes
-    hyperparameters: dict[str, float | int | str | bool]
-    created_at: float
+    target_batch_size: int = Field(gt=0, le=MAX_COUNT)
+    fingerprint: dict[str, str] = Field(max_length=256)            # e.g. model_config / tokenizer hashes
+    hyperparameters: dict[str, float | int | str | bool] = Field(max_length=1024)
+    created_at: Timestamp
     run_config: str = Field(default="", max_length=65536)   # the RunConfig as JSON: `swarm join INVITE` needs no file
 
 
@@ -45,13 +62,13 @@ class ProgressRecord(_Record):
     """A peer's training progress, refreshed every few seconds."""
 
     peer_id: str = Field(min_length=1, max_length=128)
-    epoch: int = Field(ge=0)
-    samples: int = Field(ge=0)               # accumulated towards `epoch`'s global batch
-    samples_per_second: float = Field(ge=0)
+    epoch: Epoch
+    samples: Count                           # accumulated towards `epoch`'s global batch
+    samples_per_second: Rate
     role: Role
-    upload_bps: float = Field(ge=0)
-    download_bps: float = Field(ge=0)
-    time: float                              # sender's clock, informative only
+    upload_bps: Bandwidth
+    download_bps: Bandwidth
+    time: Timestamp                          # sender's clock, informative only
     params_hash: str = Field(default="", max_length=128)   # hash of the parameters at the start of `epoch`
     serves_state: bool = True
     leaving: bool = False
@@ -62,25 +79,31 @@ class MetricsRecord(_Record):
     """A peer's latest training metrics, for the coordinator and dashboards."""
 
     peer_id: str = Field(min_length=1, max_length=128)
-    epoch: int = Field(ge=0)
-    loss: float
-    samples_per_second: float = Field(ge=0)
-    mini_steps: int = Field(ge=0)
-    samples_total: int = Field(ge=0)
-    round_seconds: float = Field(ge=0)
+    epoch: Epoch
+    loss: float                              # may be NaN or inf: a diverging run reports it as it is
+    samples_per_second: Rate
+    mini_steps: Count
+    samples_total: Count
+    round_seconds: float = Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)
     device: str = Field(default="cpu", max_length=64)
-    time: float
+    time: Timestamp
     # The round that reached `epoch`, as this peer saw it (optional: records of older peers lack them).
-    group_size: int = Field(default=0, ge=0)
-    bytes_sent: int = Field(default=0, ge=0)
-    bytes_received: int = Field(default=0, ge=0)
+    group_size: int = Field(default=0, ge=0, le=MAX_MEMBERS)
+    bytes_sent: Count = 0
+    bytes_received: Count = 0
 
 
 class RevocationRecord(_Record):
     """Invites the organizer revoked (signed by the organizer key): every node refuses tokens issued for them."""
 
-    invite_ids: list[str] = Field(max_length=100_000)
-    time: float
+    invite_ids: list[Annotated[str, Field(max_length=128)]] = Field(max_length=100_000)
+    time: Timestamp
+
+
+def bounded(value: float, upper: float) -> float:
+    """`value` clamped into [0, upper], 0 when not finite: what an honest publisher puts in a bounded field."""
+    value = float(value)
+    return min(max(value, 0.0), upper) if math.isfinite(value) else 0.0
 
 
 def config_key(run_id: str) -> str:

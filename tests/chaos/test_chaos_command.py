@@ -5,17 +5,12 @@ process of the run may outlive it. (The long randomized run, every fault kind, s
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from swarm.process.lifecycle import descendants, pids_alive
+from tests.helpers.procs import run_command_owning_all
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,40 +24,10 @@ def test_chaos_command_report_holds_the_invariants(tmp_path):
         "--faults", "kill_reduce_scatter,coordinator_restart", "--target-batch-size", "96", "--restart-after", "5",
         "--warmup-timeout", "150", "--run-dir", str(tmp_path / "runs"), "--report", str(report_path),
     ]
-    with open(tmp_path / "chaos.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    seen: set[int] = set()
-    done = threading.Event()
-
-    def remember() -> None:   # every process of the run, so that the test can tell none outlived it
-        while not done.is_set() and proc.poll() is None:
-            seen.update(descendants(proc.pid))
-            done.wait(1.0)
-
-    watcher = threading.Thread(target=remember, daemon=True)
-    watcher.start()
-    try:
-        proc.wait(225)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)   # it still stops its swarm and writes the report
-        try:
-            proc.wait(40)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-    finally:
-        done.set()
-        watcher.join(5)
-        deadline = time.monotonic() + 10
-        while pids_alive(seen) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        left = pids_alive(seen)
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
+    returncode, left = run_command_owning_all(cmd, tmp_path / "chaos.log", cwd=REPO, timeout=225, interrupt_grace=40)
     tail = "\n".join((tmp_path / "chaos.log").read_text(errors="replace").splitlines()[-25:])
     assert not left, f"processes of the chaos run outlived it: {left}\n{tail}"
-    assert report_path.exists(), f"no report (exit {proc.returncode}):\n{tail}"
+    assert report_path.exists(), f"no report (exit {returncode}):\n{tail}"
     report = json.loads(report_path.read_text())
     assert report["divergent_commits"] == 0, report["divergent_epochs"]
     assert report["orphan_processes"] == 0, report["orphans"]

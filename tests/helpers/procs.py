@@ -99,3 +99,41 @@ def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:
             return True
         time.sleep(interval)
     return predicate()
+
+
+def run_command_owning_all(cmd: list[str], log_path: Path, *, cwd: Path, timeout: float, interrupt_grace: float = 30.0) -> tuple[int, list[int]]:
+    """Run a command that starts a whole swarm (`swarm chaos`, `swarm attack`) in its own session, remembering every
+    process it ever started; past `timeout` it gets SIGINT (it still stops its swarm and writes its report), then
+    SIGKILL. Returns its exit code and the pids of its processes that outlived it by 10 s (killed now, but reported)."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen: set[int] = set()
+    done = threading.Event()
+
+    def remember() -> None:
+        while not done.is_set() and proc.poll() is None:
+            seen.update(descendants(proc.pid))
+            done.wait(1.0)
+
+    watcher = threading.Thread(target=remember, daemon=True)
+    watcher.start()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(interrupt_grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    finally:
+        done.set()
+        watcher.join(5)
+        deadline = time.monotonic() + 10
+        while pids_alive(seen) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = pids_alive(seen)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+    return proc.returncode, left

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers.procs import read_jsonl, wait_until
+from tests.helpers.procs import read_jsonl
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

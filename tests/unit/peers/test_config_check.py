@@ -34,3 +34,22 @@ def test_mismatch_is_refused_with_one_line(change, needle):
     with pytest.raises(ConfigError) as e:
         check_config(run, config_record(cfg, fp))
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_forged_earlier_config_record_does_not_block_joining():
+    """Issue 13 item 5: in an open run anyone may publish a config record with created_at 0."""
+    from peers.daemon import check_config_any
+
+    real = config_record(RunConfig(), FP)
+    forged = config_record(RunConfig(task="swav"), FP).model_copy(update={"created_at": 0.0})
+    runs = sorted([real, forged], key=lambda r: r.created_at)
+    with pytest.raises(ConfigError, match="task 'swav'"):
+        check_config(runs[0], real)              # what joining did: the earliest record decided
+    assert check_config_any(runs, real) is real
+
+
+def test_no_matching_config_record_is_one_clear_line():
+    from peers.daemon import check_config_any
+
+    with pytest.raises(ConfigError, match="task 'swav'"):
+        check_config_any([config_record(RunConfig(task="swav"), FP)], config_record(RunConfig(), FP))

@@ -44,6 +44,12 @@ class FakeTracker:
     def poke(self) -> None:
         pass
 
+    def vouch(self, peer_ids) -> None:
+        self.vouched = set(peer_ids)
+
+    def trusted(self):
+        return None
+
 
 def matchmaker(tracker: FakeTracker) -> Matchmaker:
     mm = Matchmaker(SimpleNamespace(peer_id=ME), "run", tracker, schema_hash=b"s", gather_timeout=0.3)
@@ -99,7 +105,10 @@ def test_a_refusal_naming_another_leader_makes_it_a_candidate():
         calls.append(str(peer))
         if str(peer) == ME:
             return swarm_pb2.GroupInfo(status=Status.NOT_LEADER, epoch=5, leader=LOW)
-        return swarm_pb2.GroupInfo(status=Status.ACCEPTED, epoch=5, leader=LOW)
+        info = swarm_pb2.GroupInfo(status=Status.ACCEPTED, epoch=5, leader=LOW, shares=[1.0, 0.0], timeout=5.0)
+        info.members.add(peer_id=LOW, role="trainer", weight=1.0)
+        info.members.add(peer_id=ME, role="trainer", weight=1.0)
+        return info
 
     mm.p2p = SimpleNamespace(peer_id=HIGH, call_protobuf_handler=call)
     import swarm.averaging.matchmaking as module

@@ -43,6 +43,7 @@ def test_ready_and_eta_include_our_own_samples():
     t = tracker(target=100)
     now = time.monotonic()
     t.view = SwarmView(epoch=0, peers=(rec("a", 0, 40, 10.0), rec("me", 0, 0, 0.0)), fetched_at=now)
+    t.vouch(["a"])   # "a" averaged with us before: its samples count
     t.report(samples=30, samples_per_second=20.0)
     assert not t.ready(0)
     assert t.eta(0) == pytest.approx(30 / 30, rel=0.05)  # 30 missing at 10 + 20 samples/s
