@@ -39,8 +39,3 @@ def load_or_create_rsa_key(path: Path) -> RSAPrivateKey:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return key
-
-
-def public_key_text(key: RSAPrivateKey) -> str:
-    """The public key as OpenSSH text (what the DHT's owner subkey carries)."""
-    return key.get_public_key().to_bytes().decode()

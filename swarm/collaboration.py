@@ -375,14 +375,10 @@ class Collaboration:
         assert self.node is not None
         self.loop.run(self.node.store_record(records.config_key(self.run_id), record, ttl), timeout=15)
 
-    def fetch_config(self, owner: bytes | None = None) -> records.ConfigRecord | None:
-        """The run's config record (the earliest created, if several owners published one); `owner` (default: the
-        organizer key of the invite, if any): only the record signed by this RSA public key."""
-        found = self.fetch_configs(owner)
-        return found[0] if found else None
-
     def fetch_configs(self, owner: bytes | None = None) -> list[records.ConfigRecord]:
-        """Every config record under the run's key (one per owner), earliest created first; `owner` as in fetch_config."""
+        """Every config record under the run's key (one per owner), earliest created first. `owner` (default: the
+        organizer key of the invite, if any): only the record signed by this RSA public key. Which one counts is the
+        caller's decision: the earliest is anyone's to forge in an open run."""
         assert self.node is not None
         owner = owner or self.organizer_key
         found = self.loop.run(self.node.fetch_records(records.config_key(self.run_id), records.ConfigRecord, owner=owner), timeout=15)

@@ -63,10 +63,6 @@ class Observer:
     def publish_config(self, record: records.ConfigRecord, ttl: float = 3600.0) -> bool:
         return self.loop.run(self._node().store_record(records.config_key(self.run_id), record, ttl), timeout=15)
 
-    def fetch_config(self) -> records.ConfigRecord | None:
-        found = self.loop.run(self._node().fetch_records(records.config_key(self.run_id), records.ConfigRecord), timeout=15)
-        return min(found, key=lambda r: r.created_at) if found else None  # type: ignore[attr-defined]
-
     def shutdown(self) -> None:
         try:
             if self.node is not None:

@@ -74,10 +74,6 @@ def token_expiry(token: AccessToken) -> float:
         return float("-inf")
 
 
-def token_invite_id(token: AccessToken) -> str:
-    return token.username.rpartition("/")[2]
-
-
 def issue_token(organizer: RSAPrivateKey, run_id: str, invite_id: str, public_key: bytes, lifetime: float) -> AccessToken:
     """An access token for `public_key`, signed by the organizer key (hivemind's AccessToken convention)."""
     token = AccessToken(username=f"{run_id}/{invite_id}", public_key=public_key, expiration_time=_format_time(clock.now() + lifetime))
