@@ -1,1 +1,1 @@
-"""`swarm attack`: hostile input (issue 13, items 1-7) replayed against a live loopback run."""
+"""`swarm attack`: hostile records, messages and streams replayed against a live loopback run."""

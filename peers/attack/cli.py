@@ -37,7 +37,7 @@ def register_attack(sub: argparse._SubParsersAction) -> None:
     from .attacker import KINDS
 
     p = sub.add_parser("attack", help="run a loopback swarm under hostile input and report what held",
-                       description="Replay hostile records, messages and streams (issue 13) against a loopback run.")
+                       description="Replay hostile records, messages and streams against a loopback run.")
     add_run_options(p)
     p.add_argument("--peers", type=int, default=3, help="honest trainers")
     p.add_argument("--attacks", help=f"comma-separated kinds (default: all, in this order): {', '.join(KINDS)}")

@@ -1,1 +1,1 @@
-"""`swarm chaos`: a fault-injection harness for a loopback swarm (issue 5). See cli.py, harness.py, faults.py."""
+"""`swarm chaos`: a fault-injection harness for a loopback swarm. See cli.py, harness.py, faults.py."""

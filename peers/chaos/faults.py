@@ -1,4 +1,4 @@
-"""The fault kinds of `swarm chaos` (issue 5's list), each a function that injects one fault and says what happened.
+"""The fault kinds of `swarm chaos`, each a function that injects one fault and says what happened.
 
 Every fault takes the running `ChaosSwarm` and a `FaultContext`, blocks (ticking the harness's watch) until the
 fault has played out or its own timeout, and returns an event: `{"kind", "target", "outcome", ...}`. A fault
