@@ -26,12 +26,14 @@ import time
 
 from hivemind.p2p import P2P, PeerID
 
-from swarm.net import clock, records
-from swarm.averaging.allreduce import AGGREGATE_HANDLER
 from swarm.averaging.matchmaking import JOIN_HANDLER
+from swarm.averaging.state_sync import STATE_HANDLER
+from swarm.averaging.streams import AGGREGATE_HANDLER
+from swarm.net import clock, records
 from swarm.observer import Observer
 from swarm.proto import swarm_pb2
-from swarm.averaging.state_sync import STATE_HANDLER
+
+from . import KINDS
 
 GHOST = "12D3KooWHCcrL5hiVJhv5DH7JXyZgckXNry3ab2yXbQfnFe9nGZ3"   # a well-formed peer id nobody holds
 RECORD_TTL = 8.0
@@ -40,7 +42,6 @@ HUGE_CHUNK = 400 * 2**20
 # a tree from before those bounds existed (to show what the report looks like when the defenses are missing)
 MAX_SAMPLES, MAX_RATE = 2**53, 1e9
 
-KINDS = ("huge_ints", "far_epoch", "inflated_samples", "infinite_weight", "forged_config", "huge_chunk", "idle_streams")
 
 
 def _progress(**kw) -> dict:

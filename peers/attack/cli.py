@@ -34,7 +34,7 @@ JOIN_TIMEOUT = 300.0
 
 def register_attack(sub: argparse._SubParsersAction) -> None:
     from ..cli import add_run_options
-    from .attacker import KINDS
+    from . import KINDS
 
     p = sub.add_parser("attack", help="run a loopback swarm under hostile input and report what held",
                        description="Replay hostile records, messages and streams against a loopback run.")
@@ -53,7 +53,7 @@ def register_attack(sub: argparse._SubParsersAction) -> None:
 def _kinds(text: str | None) -> list[str]:
     from swarm.errors import ConfigError
 
-    from .attacker import KINDS
+    from . import KINDS
 
     kinds = [k.strip() for k in (text or ",".join(KINDS)).split(",") if k.strip()]
     for k in kinds:
