@@ -73,7 +73,7 @@ def main() -> None:
                           callbacks=[SwarmCallback(optimizers[0])])
         wait_for_peers(collab, args.wait_peers, timeout=300)
         trainer.train()
-        swarm_opt = optimizers[0].swarm
+        swarm_opt = optimizers[0]
         if args.report:
             losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
             with open(args.report, "w") as f:
