@@ -109,8 +109,7 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
         # torch's constructor sets up the hooks that schedulers and GradScaler rely on; the groups and the
         # state are then the inner optimizer's own objects, so what a scheduler sets is what the inner one uses
         super().__init__(self.inner.param_groups, self.inner.defaults)
-        self.param_groups = self.inner.param_groups
-        self.state = self.inner.state
+        self._share_inner_groups()
         options = {k: v for k, v in (("outer_lr", outer_lr), ("outer_momentum", outer_momentum), ("nesterov", nesterov)) if v is not None}
         self.strategy = mode if isinstance(mode, RunMode) else make_run_mode(mode, overlap, **options)
         self.samples_per_step = int(samples_per_step)
@@ -138,6 +137,13 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
         if scheduler is not None:
             self.attach_scheduler(scheduler(self))
         collab.begin_training(self.codec.schema, self.snapshot)
+
+    def _share_inner_groups(self) -> None:
+        """Hold the inner optimizer's own param_groups and state. torch's load_state_dict replaces both objects, so
+        after every load they are shared again: else a scheduler (attached here) would set rates the inner optimizer
+        no longer reads, and a peer that downloaded the state would keep the downloaded epoch's rate for good."""
+        self.param_groups = self.inner.param_groups
+        self.state = self.inner.state
 
     def _make_codec(self, config: Any, compression: CompressionPolicy | None, codec: str | None) -> RoundCodec:
         """`codec`: this mode's own choice (e.g. diloco.outer_codec), else the run's engine.compression."""
@@ -195,6 +201,7 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
             raise ConfigError(str(e)) from None
         if self.strategy.state_optimizer(self) is not self.inner:
             self.inner.load_state_dict(inner)
+            self._share_inner_groups()
 
     # -- learning-rate schedules ---------------------------------------------------------------------------------
 
@@ -221,11 +228,18 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
             while scheduler.last_epoch < self.epoch:
                 own_step()
 
-    def _schedulers_to_epoch(self, loaded: list[dict] | None = None) -> None:
-        if loaded is not None and len(loaded) == len(self.schedulers):
-            for (scheduler, _), sd in zip(self.schedulers, loaded):
-                scheduler.load_state_dict(sd)
-        for scheduler, own_step in self.schedulers:
+    def _schedulers_to_epoch(self, loaded: list[dict] | None = None, *, after_load: bool = False) -> None:
+        """Bring every scheduler to the swarm's epoch. After a state download (`after_load`), a scheduler whose state
+        came with it starts from that state; one whose state could not travel is replayed from its start on the
+        downloaded param_groups (stepping it on from the donor's rates would apply a chainable schedule twice)."""
+        states = loaded if loaded is not None and len(loaded) == len(self.schedulers) else None
+        for k, (scheduler, own_step) in enumerate(self.schedulers):
+            if states is not None:
+                scheduler.load_state_dict(states[k])
+            elif after_load:
+                for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+                    group["lr"] = base
+                scheduler.last_epoch = 0
             self._catch_up(scheduler, own_step)
 
     # -- the round --------------------------------------------------------------------------------------------------
@@ -416,7 +430,8 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
             groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
             tensors.update(self.codec.state_tensors())
             extra: dict[str, Any] = {"param_groups": groups, "opt_extra": extra_state}
-            schedulers = [_plain(s.state_dict()) for s, _ in self.schedulers]
+            # attach_scheduler's own `step` lives in the scheduler's __dict__, which is what state_dict returns
+            schedulers = [_plain({k: v for k, v in s.state_dict().items() if not callable(v)}) for s, _ in self.schedulers]
             if schedulers and all(s is not None for s in schedulers):
                 extra["schedulers"] = schedulers
             return TrainingState(epoch=self.epoch, tensors=tensors, extra=extra)
@@ -448,8 +463,9 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
             optimizer = self.strategy.state_optimizer(self)
             groups = state.extra.get("param_groups") or optimizer.state_dict()["param_groups"]
             optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
+            self._share_inner_groups()
             self.epoch = state.epoch
-            self._schedulers_to_epoch(state.extra.get("schedulers"))
+            self._schedulers_to_epoch(state.extra.get("schedulers"), after_load=True)
             self.local_samples = 0
             self._oldest = None
             self.codec.reset()

@@ -151,9 +151,30 @@ def test_a_newcomer_gets_the_schedulers_epoch_with_the_state(solo):
     opt = CollaborativeOptimizer(solo[0], model.parameters(), torch.optim.SGD, lr=0.2, scheduler=step_lr)
     _train_to(opt, model, torch.Generator().manual_seed(0), epochs=5)
     fresh = CollaborativeOptimizer(solo[1], _model().parameters(), torch.optim.SGD, lr=0.2, scheduler=step_lr)
-    fresh.load_state(opt.snapshot())
+    state = opt.snapshot()
+    assert state.extra["schedulers"][0]["last_epoch"] == 5   # the scheduler's state travels with the download
+    fresh.load_state(state)
     assert fresh.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"]) == pytest.approx(0.2 * 0.01)
     assert fresh.schedulers[0][0].last_epoch == 5
+
+
+def test_after_a_state_download_the_schedule_still_reaches_the_inner_optimizer(solo):
+    """torch's load_state_dict replaces the inner optimizer's param_groups: the rates the scheduler sets from then on
+    must be the ones the inner optimizer steps with (a downloader kept the downloaded epoch's rate: peers diverged)."""
+    def schedule(epoch: int) -> float:
+        return 1.0 / (1 + epoch)
+
+    model = _model()
+    opt = CollaborativeOptimizer(solo[0], model.parameters(), torch.optim.SGD, lr=0.2, lr_schedule=schedule)
+    _train_to(opt, model, torch.Generator().manual_seed(0), epochs=2)
+    fresh_model = _model()
+    fresh = CollaborativeOptimizer(solo[1], fresh_model.parameters(), torch.optim.SGD, lr=0.2, lr_schedule=schedule)
+    fresh.load_state(opt.snapshot())
+    fresh.load_state_dict(fresh.state_dict())
+    _train_to(fresh, fresh_model, torch.Generator().manual_seed(1), epochs=5)
+    assert fresh.epoch >= 5
+    assert fresh.param_groups is fresh.inner.param_groups
+    assert fresh.inner.param_groups[0]["lr"] == pytest.approx(0.2 * schedule(fresh.epoch))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
