@@ -182,7 +182,7 @@ def test_sigstop_past_the_deadline_then_sigcont(swarm, tmp_path):
     stopped, stopped_at = time.monotonic(), max(steps(tmp_path / "p0.jsonl"), default=0)
     # the others' round ends without it (by its deadline) and they keep stepping as a pair. When the frozen peer is
     # the leader candidate, their retry first waits out a join request to it (gather + request timeout): ~13 s in all.
-    assert wait_until(lambda: max(steps(tmp_path / "p0.jsonl")) >= stopped_at + 1, 40), "the others stalled while a peer was stopped"
+    assert wait_until(lambda: max(steps(tmp_path / "p0.jsonl"), default=0) >= stopped_at + 1, 40), "the others stalled while a peer was stopped"
     time.sleep(max(0.0, DEADLINE + 4 - (time.monotonic() - stopped)))  # frozen for longer than the deadline
     assert process_state(sleeper.proc.pid) == "T"
     sleeper.proc.send_signal(signal.SIGCONT)
