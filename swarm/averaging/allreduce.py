@@ -11,9 +11,10 @@ Guarantees:
 - Consistency: a reducer encodes each averaged chunk once and sends the same bytes to every
   member; it also decodes those bytes for its own result. Every member that receives all
   parts therefore holds a bitwise-identical averaged vector.
-- Bounded time: the round ends by its deadline. A sender that fails or stalls for
-  `sender_timeout` is excluded from the chunks not yet averaged (the weights renormalise);
-  a reducer that fails leaves its part missing, and the round raises RoundFailed for the
+- Bounded time: the round ends by its deadline. Both limits follow the work
+  (swarm.averaging.deadlines): a sender whose stream delivers no chunk for `sender_timeout` (the
+  silence limit, from the chunk size and the group's measured links) is excluded from the chunks
+  not yet averaged (the weights renormalise); a slow sender that keeps delivering stays; a reducer that fails leaves its part missing, and the round raises RoundFailed for the
   members that miss it (they do not step), naming each missing part and why.
 - A broken reply stream costs nothing: a member whose stream to a live reducer ends, resets
   or goes silent before its averaged part is back opens another and fetches the chunks it
@@ -35,6 +36,7 @@ from typing import AsyncIterator, Sequence
 import torch
 from hivemind.p2p import P2P, PeerID
 
+from swarm.averaging.deadlines import reply_timeout
 from swarm.averaging.group import GroupView
 from swarm.averaging.layout import (
     DEFAULT_CHUNK_ELEMENTS,
@@ -363,9 +365,9 @@ class AllReduceRound:
             resend_from: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
             try:
                 opening = self.p2p.iterate_protobuf_handler(peer, AGGREGATE_HANDLER, _requests() if attempt == 0 else _fetch(received, resend_from), swarm_pb2.PartChunk)
-                stream = await asyncio.wait_for(opening, self.sender_timeout + 2.0)
+                stream = await asyncio.wait_for(opening, reply_timeout(self.sender_timeout))
                 while received < len(chunks):
-                    reply = await asyncio.wait_for(anext(stream), self.sender_timeout + 2.0)
+                    reply = await asyncio.wait_for(anext(stream), reply_timeout(self.sender_timeout))
                     if reply.error:
                         self._lost[j] = f"reducer {group.peer_ids[j][-8:]}: {reply.error}"
                         raise RoundFailed(self._lost[j])
@@ -401,7 +403,7 @@ class AllReduceRound:
                 raise
             except Exception as e:  # a broken, reset or silent stream
                 why = "stream ended early" if isinstance(e, StopAsyncIteration) else (
-                    f"no reply for {self.sender_timeout + 2.0:.1f}s" if isinstance(e, asyncio.TimeoutError) else f"{type(e).__name__}: {e}")
+                    f"no reply for {reply_timeout(self.sender_timeout):.1f}s" if isinstance(e, asyncio.TimeoutError) else f"{type(e).__name__}: {e}")
                 self._lost[j] = f"reducer {group.peer_ids[j][-8:]}: {why} after {received}/{len(chunks)} chunks" + (
                     f" ({attempt} fetches)" if attempt else "")
                 if attempt < FETCH_RETRIES:

@@ -31,6 +31,7 @@ from typing import Callable
 from hivemind.p2p import P2P, P2PContext, PeerID
 
 from swarm.averaging.balancing import MemberLink, optimal_shares, uniform_shares
+from swarm.averaging.deadlines import round_limits
 from swarm.averaging.progress import ProgressTracker
 from swarm.errors import RoundFailed
 from swarm.net.auth import SwarmAuthorizer
@@ -74,6 +75,7 @@ class _Gathering:
     leading: bool = False
     requests: dict[str, swarm_pb2.JoinRequest] = field(default_factory=dict)
     formed: asyncio.Future | None = None
+    timeout: float = 0.0   # the formed group's all-reduce deadline
 
 
 class Matchmaker:
@@ -88,6 +90,7 @@ class Matchmaker:
         gather_timeout: float = 3.0,
         request_timeout: float = 5.0,
         allreduce_timeout: float = 30.0,
+        sender_timeout: float = 5.0,
         balance: bool = True,
         authorizer: SwarmAuthorizer | None = None,
     ):
@@ -96,6 +99,8 @@ class Matchmaker:
         self.schema_hash = schema_hash
         self.vector_bytes = vector_bytes
         self.gather_timeout, self.request_timeout, self.allreduce_timeout = gather_timeout, request_timeout, allreduce_timeout
+        self.sender_timeout = sender_timeout   # floors of the group's limits (swarm.averaging.deadlines)
+        self.chunk_bytes: Callable[[], int] = lambda: 0
         self.balance = balance
         self.peer_id = str(p2p.peer_id)
         self._gatherings: dict[int, _Gathering] = {}
@@ -105,9 +110,10 @@ class Matchmaker:
     async def start(self) -> None:
         await self.p2p.add_protobuf_handler(JOIN_HANDLER, self._handle_join, swarm_pb2.JoinRequest)
 
-    def set_schema(self, schema_hash: bytes, vector_bytes: Callable[[], int]) -> None:
-        """Called once the tensors to average are known; until then join requests get NOT_LEADER."""
-        self.schema_hash, self.vector_bytes = schema_hash, vector_bytes
+    def set_schema(self, schema_hash: bytes, vector_bytes: Callable[[], int], chunk_bytes: Callable[[], int] = lambda: 0) -> None:
+        """Called once the tensors to average are known; until then join requests get NOT_LEADER. The sizes set the
+        formed groups' time limits."""
+        self.schema_hash, self.vector_bytes, self.chunk_bytes = schema_hash, vector_bytes, chunk_bytes
 
     # -- candidates ---------------------------------------------------------------------------------------
 
@@ -142,7 +148,7 @@ class Matchmaker:
 
     def _gathering(self, epoch: int) -> _Gathering:
         g = self._gatherings.get(epoch)
-        if g is not None and g.formed.done() and time.monotonic() - g.started > self.gather_timeout + self.allreduce_timeout:
+        if g is not None and g.formed.done() and time.monotonic() - g.started > self.gather_timeout + max(self.allreduce_timeout, g.timeout):
             g = None  # that group's round is over by now: a retry of the epoch gathers anew
         if g is None:
             g = self._gatherings[epoch] = _Gathering(epoch, formed=asyncio.get_running_loop().create_future())
@@ -291,17 +297,21 @@ class Matchmaker:
         except ValueError as e:  # nobody can reduce, or nobody brings values
             logger.warning("epoch %d: cannot form a group: %s", g.epoch, e)
             shares, predicted = [0.0] * len(reqs), float("nan")
+        limits = round_limits(self.vector_bytes(), links, shares, chunk_bytes=self.chunk_bytes(),
+                              floor_silence=self.sender_timeout, floor_averaging=self.allreduce_timeout)
+        g.timeout = limits.averaging
         info = swarm_pb2.GroupInfo(
             status=Status.ACCEPTED,
             round_id=secrets.token_bytes(16),
             epoch=g.epoch,
             shares=[float(s) for s in shares],
-            timeout=self.allreduce_timeout,
+            timeout=limits.averaging,
             leader=self.peer_id,
         )
         for r in reqs:
             info.members.add(peer_id=r.peer_id, role=r.role, weight=r.weight, upload_bps=r.upload_bps, download_bps=r.download_bps)
-        logger.debug("epoch %d: formed group of %d (predicted %.2fs)", g.epoch, len(reqs), predicted)
+        logger.debug("epoch %d: formed group of %d (predicted %.2fs, deadline %.1fs, silence %.1fs)", g.epoch, len(reqs),
+                     limits.predicted, limits.averaging, limits.silence)
         return info
 
     # -- handler ----------------------------------------------------------------------------------------------
