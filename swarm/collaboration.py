@@ -194,6 +194,10 @@ class Collaboration:
                 async def _stop() -> None:
                     if self.tracker is not None:
                         await self.tracker.stop(withdraw=withdraw)
+                    if self.matchmaker is not None:
+                        await self.matchmaker.stop()
+                    if self.aggregate is not None:
+                        self.aggregate.stop()
                     await self.node.shutdown()  # type: ignore[union-attr]
                 try:
                     self.loop.run(_stop(), timeout=6)

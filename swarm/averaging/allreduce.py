@@ -176,10 +176,10 @@ class AllReduceRound:
         carried = 0  # bytes this stream carried so far
         try:
             for k in range(len(self.parts[group.my_index])):
-                await self._output_ready[k].wait()
+                await self._output_ready[k].wait()   # set by _try_finalize, or by retire() when the round is over
                 data = self._outputs[k]
                 if not data:
-                    yield swarm_pb2.PartChunk(error="part has no contributions")
+                    yield swarm_pb2.PartChunk(error="part has no contributions" if data == b"" else "part not averaged")
                     return
                 if group.needs(sender):
                     self.stats.bytes_sent += len(data)
@@ -192,16 +192,18 @@ class AllReduceRound:
         except asyncio.TimeoutError:
             pass
         finally:
-            self._end_stream(sender, stream, consumer)
+            await self._end_stream(sender, stream, consumer)
 
     def _new_stream(self, sender: int) -> int:
         self._stream_of[sender] = self._stream_of.get(sender, 0) + 1
         return self._stream_of[sender]
 
-    def _end_stream(self, sender: int, stream: int, consumer: asyncio.Task) -> None:
+    async def _end_stream(self, sender: int, stream: int, consumer: asyncio.Task) -> None:
+        """The stream is over: end its consumer (cancelled and awaited, so no task outlives its stream)."""
         if consumer.done():
             return
         consumer.cancel()
+        await asyncio.gather(consumer, return_exceptions=True)
         # The stream closed under us (reset, or the sender gave it up): chunks it did not deliver will not come,
         # so average them without it instead of waiting for the round's deadline (unless it resumed on a newer one).
         if self._stream_of.get(sender) == stream and any(sender not in arrived for arrived in self._arrived):
@@ -244,18 +246,12 @@ class AllReduceRound:
         except asyncio.TimeoutError:
             pass
         finally:
-            self._end_stream(sender, stream, consumer)
+            await self._end_stream(sender, stream, consumer)
 
     async def _replay(self, start: int, count: int) -> AsyncIterator[swarm_pb2.PartChunk]:
         group = self.group
         for k in range(start, count):
-            if not self._output_ready[k].is_set():
-                ready, retired = asyncio.ensure_future(self._output_ready[k].wait()), asyncio.ensure_future(self._retired.wait())
-                try:
-                    await asyncio.wait({ready, retired}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    ready.cancel()
-                    retired.cancel()
+            await self._output_ready[k].wait()   # set by _try_finalize, or by retire() when the round is over
             data = self._outputs[k]
             if not data:  # never averaged (the round ended first) or nobody contributed
                 yield swarm_pb2.PartChunk(error="part not averaged")
@@ -443,14 +439,18 @@ class AllReduceRound:
         except TimeoutError:
             for task in tasks.values():
                 task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
             # gather has cancelled the unfinished exchanges by now: list every part that did not arrive
             pending = [j for j, task in tasks.items() if not task.done() or task.cancelled() or task.exception() is not None]
             detail = "; ".join(f"part {j} from {group.peer_ids[j][-8:]}" + (f" ({self._lost[j]})" if j in self._lost else "") for j in pending)
             raise RoundFailed(f"round did not finish within {group.timeout:.1f}s" + (f": still waiting for {detail}" if detail else "")) from None
         finally:
-            watcher.cancel()
-            own.cancel()
-            meter.stop()
+            # every task this round started ends with it (a pending task nobody awaits is destroyed by the GC)
+            started = [watcher, own, *tasks.values()]
+            for task in started:
+                task.cancel()
+            await asyncio.gather(*started, return_exceptions=True)
+            await meter.stop()
             self.stats.finish(time.monotonic() - self._start, meter.rates(self.stats.bytes_sent, self.stats.bytes_received))
         if any(out == b"" for out in self._outputs):
             self.stats.missing_parts.append(me)
@@ -461,8 +461,11 @@ class AllReduceRound:
         return self.result
 
     def retire(self) -> None:
-        """The round is over for this member: keep only what late fetches need (my part's averaged bytes)."""
+        """The round is over for this member: keep only what late fetches need (my part's averaged bytes). Streams
+        still waiting for a chunk that will never be averaged are woken, and answer that it was not."""
         self._retired.set()
+        for ready in self._output_ready:
+            ready.set()
         self.local, self.result = None, None
         self._reductions = [None] * len(self._reductions)  # type: ignore[list-item]
 

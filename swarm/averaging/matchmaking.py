@@ -106,9 +106,17 @@ class Matchmaker:
         self._gatherings: dict[int, _Gathering] = {}
         self._failed: dict[int, set[str]] = {}
         self._hints: dict[int, set[str]] = {}   # leaders named by a candidate that stepped aside for them
+        self._closers: set[asyncio.Task] = set()  # _close_after_timeout tasks: owned here, ended by stop()
 
     async def start(self) -> None:
         await self.p2p.add_protobuf_handler(JOIN_HANDLER, self._handle_join, swarm_pb2.JoinRequest)
+
+    async def stop(self) -> None:
+        """End the tasks that close gatherings on time (cancelled and awaited)."""
+        closers, self._closers = list(self._closers), set()
+        for task in closers:
+            task.cancel()
+        await asyncio.gather(*closers, return_exceptions=True)
 
     def set_schema(self, schema_hash: bytes, vector_bytes: Callable[[], int], chunk_bytes: Callable[[], int] = lambda: 0) -> None:
         """Called once the tensors to average are known; until then join requests get NOT_LEADER. The sizes set the
@@ -354,7 +362,9 @@ class Matchmaker:
                     refusal.leader = candidates[0]  # whom we follow: the asker may not see that peer yet
                 return refusal
             g.leading, g.started = True, time.monotonic()
-            asyncio.create_task(self._close_after_timeout(g))
+            closer = asyncio.create_task(self._close_after_timeout(g), name=f"matchmaking-close-{g.epoch}")
+            self._closers.add(closer)
+            closer.add_done_callback(self._closers.discard)
         g.requests[request.peer_id] = request
         return await asyncio.shield(g.formed)
 
