@@ -372,7 +372,7 @@ class Collaboration:
         try:
             state, donor = self.loop.run(
                 download_from_any(self.node.p2p, self.run_id, usable, min_epoch, timeout, authorizer=self.authorizer, failed=failed,
-                                  progress=progress),
+                                  progress=progress, rate_bps=self.download.value),
                 timeout=3 * timeout + 5,
             )
         except concurrent.futures.CancelledError:

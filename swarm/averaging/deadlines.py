@@ -15,6 +15,9 @@ The rates are the members' measured estimates (a prior until the first transfer,
 caller may seed from a measured state download). Config values are floors: a run whose
 estimates are too high still gets at least the configured limits.
 
+A state download follows the same rule (`transfer_limit`): the announced size over the measured
+download rate, with a margin, and a stream that keeps delivering chunks keeps its donor.
+
 Every member computes the same limits from the same GroupInfo (members' links, shares), so the
 leader's `averaging` and a member's own `silence` agree without another message.
 """
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 
 from swarm.averaging.balancing import MemberLink, round_seconds
 
-__all__ = ["MARGIN", "RoundLimits", "round_limits", "reply_timeout"]
+__all__ = ["MARGIN", "RoundLimits", "round_limits", "reply_timeout", "transfer_limit"]
 
 MARGIN = 3.0          # measured rates vary from round to round: limits allow this many times the predicted time
 MAX_LIMIT = 3600.0    # no limit beyond an hour, whatever the (possibly hostile) reported rates say
@@ -64,3 +67,11 @@ def reply_timeout(silence: float) -> float:
     """How long a member waits for a reducer's next averaged chunk: the reducer may first wait out one silent
     sender (`silence`) before it averages without it, then send the chunk."""
     return 2 * silence + 2.0
+
+
+def transfer_limit(nbytes: int, rate_bps: float, floor: float, margin: float = MARGIN) -> float:
+    """Seconds allowed for one transfer of `nbytes` at `rate_bps`: `margin` times the expected time, at least `floor`,
+    at most MAX_LIMIT (`nbytes` may come from a hostile sender)."""
+    if nbytes < 0 or not (math.isfinite(rate_bps) and rate_bps > 0):
+        raise ValueError(f"need a size >= 0 and a positive rate, got {nbytes} bytes at {rate_bps} B/s")
+    return min(MAX_LIMIT, max(floor, margin * nbytes / rate_bps))

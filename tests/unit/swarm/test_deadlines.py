@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from swarm.averaging.balancing import MemberLink, optimal_shares, round_seconds
-from swarm.averaging.deadlines import MARGIN, MAX_LIMIT, reply_timeout, round_limits
+from swarm.averaging.deadlines import MARGIN, MAX_LIMIT, reply_timeout, round_limits, transfer_limit
 from swarm.averaging.layout import TensorLayout
 from swarm.averaging.matchmaking import Matchmaker, _Gathering
 from swarm.averaging.rounds import RoundRequest
@@ -126,3 +126,11 @@ def test_a_waiter_still_gives_up_at_the_deadline():
     with pytest.raises(Exception, match="did not finish in time"):
         request.wait()
     assert request.future.cancelled()
+
+
+def test_a_transfer_gets_its_expected_time_with_a_margin_within_bounds():
+    assert transfer_limit(100 * 2**20, 1e6, floor=10.0) == pytest.approx(MARGIN * 100 * 2**20 / 1e6)
+    assert transfer_limit(1000, 1e6, floor=10.0) == 10.0
+    assert transfer_limit(10**15, 1.0, floor=10.0) == MAX_LIMIT
+    with pytest.raises(ValueError):
+        transfer_limit(1000, 0.0, floor=10.0)
