@@ -34,7 +34,7 @@ from swarm.averaging.group import GroupView
 from swarm.averaging.phase_stats import PhaseStats
 from swarm.averaging.layout import TensorLayout
 from swarm.averaging.balancing import BandwidthEstimator, MemberLink
-from swarm.averaging.deadlines import round_limits
+from swarm.averaging.deadlines import MAX_LIMIT, round_limits
 from .config import EngineConfig, RunConfig
 from .errors import ConfigError, NetworkError, RoundFailed
 from swarm.process.lifecycle import Reaper
@@ -373,7 +373,8 @@ class Collaboration:
             state, donor = self.loop.run(
                 download_from_any(self.node.p2p, self.run_id, usable, min_epoch, timeout, authorizer=self.authorizer, failed=failed,
                                   progress=progress, rate_bps=self.download.value),
-                timeout=3 * timeout + 5,
+                # each of the 3 attempts bounds itself (a donor that keeps sending may take up to MAX_LIMIT)
+                timeout=3 * (MAX_LIMIT + timeout) + 5,
             )
         except concurrent.futures.CancelledError:
             raise NetworkError("state download interrupted") from None
