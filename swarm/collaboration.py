@@ -36,13 +36,15 @@ from swarm.averaging.layout import TensorLayout
 from swarm.averaging.balancing import BandwidthEstimator, MemberLink
 from swarm.averaging.deadlines import MAX_LIMIT, round_limits
 from .config import EngineConfig, RunConfig
-from .errors import ConfigError, NetworkError, RoundFailed
+from .errors import ConfigError, LateForGroup, NetworkError, RoundFailed
 from swarm.process.lifecycle import Reaper
 from swarm.averaging.matchmaking import Matchmaker
 from swarm.net.node import Node, NodeOptions
 from swarm.averaging.progress import ProgressTracker
 from .proto import swarm_pb2
+from swarm.compression.policy import FixedRoundCodec
 from swarm.compression.round_codec import RoundCodec, RoundContext
+from swarm.averaging.late import fetch_group_result
 from swarm.averaging.rounds import RoundReport, RoundRequest
 from swarm.process.runtime import EngineLoop
 from swarm.averaging.state_sync import StateServer, TrainingState, download_from_any
@@ -57,6 +59,15 @@ MBIT = 1e6 / 8
 SOLO_AFTER_TTLS = 3
 # What a round's waiter allows past the round budget, for the engine loop to deliver the result.
 ROUND_GRACE_SECONDS = 10.0
+
+
+def member_links(info: swarm_pb2.GroupInfo) -> list[MemberLink]:
+    """The members' links and roles from the leader's GroupInfo."""
+    return [
+        MemberLink(upload_bps=max(m.upload_bps, 1.0), download_bps=max(m.download_bps, 1.0), brings_gradients=m.role != "aux",
+                   needs_result=m.role != "aux", can_reduce=m.role != "client")
+        for m in info.members
+    ]
 
 
 class GroupPhases:
@@ -305,18 +316,18 @@ class Collaboration:
             upload_bps=self.upload.value, download_bps=self.download.value, schema_hash=codec.schema.schema_hash(),
         )
         started = time.monotonic()
-        info = await self.matchmaker.form_group(request, started + cfg.matchmaking_timeout)
+        try:
+            info = await self.matchmaker.form_group(request, started + cfg.matchmaking_timeout)
+        except LateForGroup as late:
+            extend(late.group.timeout)
+            return await self._take_group_result(epoch, late, codec)
         alone = self.tracker.seconds_alone()  # type: ignore[union-attr]
         if len(info.members) == 1 and alone < SOLO_AFTER_TTLS * cfg.record_ttl:
             # Nobody joined although others trained with us moments ago: we are cut off (or they are). A solo step
             # would run ahead of the swarm, and on reconnection the swarm would take our epoch's state over its own.
             self.matchmaker.alone(epoch)
             raise RoundFailed(f"alone in the group of epoch {epoch}, {alone:.0f}s after others were seen: not stepping solo")
-        links = [
-            MemberLink(upload_bps=max(m.upload_bps, 1.0), download_bps=max(m.download_bps, 1.0), brings_gradients=m.role != "aux",
-                       needs_result=m.role != "aux", can_reduce=m.role != "client")
-            for m in info.members
-        ]
+        links = member_links(info)
         phases = GroupPhases(self, GroupView.from_info(info, self.peer_id), epoch, links)
         extend(info.timeout)
         try:
@@ -342,6 +353,30 @@ class Collaboration:
             epoch, report.group_size, seconds, time.monotonic() - started - seconds, report.bytes_sent / 1e6,
             f" ({report.codec}" + (f", {len(phases.stats)} phases)" if len(phases.stats) > 1 else ")") if report.codec else "",
         )
+        return result, report
+
+    async def _take_group_result(self, epoch: int, late: LateForGroup, codec: RoundCodec):
+        """Late for the epoch's group: step with its result, fetched from its reducers (swarm.averaging.late), instead
+        of failing the round. Only a one-phase codec without local state (FixedRoundCodec) can: a later phase needs the
+        peer's own values, and error feedback would book values it never sent."""
+        info = late.group
+        if self.role == "aux" or not isinstance(codec, FixedRoundCodec):
+            raise late
+        assert self.node is not None
+        links = member_links(info)
+        started = time.monotonic()
+
+        async def phase(layout: TensorLayout, local: list[torch.Tensor] | None) -> list[torch.Tensor]:
+            return await fetch_group_result(self.node.p2p, info, layout, links, chunk_elements=self.config.chunk_elements,
+                                            floor_silence=self.config.sender_timeout, authorizer=self.authorizer)
+
+        result = await codec.average(RoundContext(group=GroupView.observed(info), links=links, phase=phase, epoch=epoch), None)
+        seconds = time.monotonic() - started
+        report = RoundReport(epoch=epoch, group_size=len(info.members), round_seconds=seconds, bytes_sent=0,
+                             bytes_received=codec.schema.wire_bytes(), samples=int(sum(m.weight for m in info.members)),
+                             round_id=info.round_id.hex(), codec=result.codec, predicted_seconds=result.predicted_seconds)
+        self.rounds.append(report)
+        logger.info("epoch %d: late for the group of %d; took its result from the reducers in %.2fs", epoch, len(info.members), seconds)
         return result, report
 
     def download_state(self, donors: list[str], min_epoch: int) -> TrainingState:

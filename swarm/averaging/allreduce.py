@@ -61,6 +61,8 @@ logger = logging.getLogger(__name__)
 # round's averaged part FINISHED_GRACE seconds for such late fetches.
 FETCH_RETRIES = 2
 FINISHED_GRACE = 30.0
+# Peers outside the group that may fetch one reducer's averaged part of one round (late peers, swarm.averaging.late).
+MAX_LATECOMER_FETCHES = 16
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -105,6 +107,7 @@ class AllReduceRound:
         self._retired = asyncio.Event()  # set once the round is over: fetches of chunks never averaged give up
         self._lost: dict[int, str] = {}  # part -> why this member did not get it
         self._last_heard: dict[int, float] = {}
+        self._latecomer_fetches = 0
         self._stream_of: dict[int, int] = {}  # sender -> number of its newest stream: only that one may exclude it
         self._start = time.monotonic()
         self.stats.t0 = self._start
@@ -162,6 +165,10 @@ class AllReduceRound:
         try:
             sender = group.peer_ids.index(str(remote))
         except ValueError:
+            if first.fetch:   # a peer that came too late for the group takes its result (swarm.averaging.late)
+                async for reply in self._serve_latecomer(first, requests):
+                    yield reply
+                return
             yield swarm_pb2.PartChunk(error="not a member of this round")
             return
         if first.fetch:
@@ -247,6 +254,20 @@ class AllReduceRound:
             pass
         finally:
             await self._end_stream(sender, stream, consumer)
+
+    async def _serve_latecomer(self, first: swarm_pb2.PartChunk, requests: AsyncIterator[swarm_pb2.PartChunk]) -> AsyncIterator[swarm_pb2.PartChunk]:
+        """Stream my averaged part to a peer outside the group (it brings nothing, it only takes the result). At most
+        MAX_LATECOMER_FETCHES such streams per round: each costs this reducer its part's bytes once more."""
+        count = len(self.parts[self.group.my_index])
+        if first.part != self.group.my_index or not 0 <= first.chunk < count or self._latecomer_fetches >= MAX_LATECOMER_FETCHES:
+            yield swarm_pb2.PartChunk(error="bad fetch")
+            return
+        self._latecomer_fetches += 1
+        async for reply in self._replay(first.chunk, count):
+            yield reply
+            if reply.error:
+                return
+        await drain(requests, self.sender_timeout)  # its end-of-stream: see serve
 
     async def _replay(self, start: int, count: int) -> AsyncIterator[swarm_pb2.PartChunk]:
         group = self.group

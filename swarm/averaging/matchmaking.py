@@ -33,7 +33,7 @@ from hivemind.p2p import P2P, P2PContext, PeerID
 from swarm.averaging.balancing import MemberLink, optimal_shares, uniform_shares
 from swarm.averaging.deadlines import round_limits
 from swarm.averaging.progress import ProgressTracker
-from swarm.errors import RoundFailed
+from swarm.errors import LateForGroup, RoundFailed
 from swarm.net.auth import SwarmAuthorizer
 from swarm.proto import swarm_pb2
 from swarm.net import records
@@ -231,6 +231,8 @@ class Matchmaker:
                     self._failed.setdefault(epoch, set()).add(leader)
                 await asyncio.sleep(0.1)
                 continue
+            if reply.status == Status.TOO_LATE and reply.round_id and not group_problem(reply):
+                raise LateForGroup(f"the group of epoch {epoch} formed without this peer", reply)
             raise RoundFailed(f"leader {leader[-8:]} refused: {Status.Status.Name(reply.status)} {reply.reason}")
         raise RoundFailed(f"no group formed for epoch {epoch} before the deadline")
 
@@ -247,6 +249,9 @@ class Matchmaker:
         """Gather and form the epoch's group; None when a lower peer turned up meanwhile (we follow it instead)."""
         g = self._gathering(request.epoch)
         if g.formed.done():
+            late = self._formed_without(request.epoch)
+            if late is not None:
+                raise LateForGroup(f"the group of epoch {request.epoch} formed without this peer", late)
             raise RoundFailed("this epoch's group was already formed without this peer")
         if not g.leading:
             g.leading, g.started = True, time.monotonic()
@@ -348,12 +353,12 @@ class Matchmaker:
             return refuse(Status.REJECTED, "tensor schema differs from this run's")
         my_epoch = self.tracker.local.epoch
         if request.epoch < my_epoch:
-            return refuse(Status.TOO_LATE, f"swarm is at epoch {my_epoch}")
+            return self._formed_without(request.epoch) or refuse(Status.TOO_LATE, f"swarm is at epoch {my_epoch}")
         if request.epoch > my_epoch:
             return refuse(Status.NOT_LEADER, "leader is behind")
         g = self._gathering(request.epoch)
         if g.formed.done():
-            return refuse(Status.TOO_LATE, "group already formed")
+            return self._formed_without(request.epoch) or refuse(Status.TOO_LATE, "group already formed")
         if not g.leading:
             candidates = self._candidates(request.epoch)
             if not candidates or candidates[0] != self.peer_id:
@@ -367,6 +372,20 @@ class Matchmaker:
             closer.add_done_callback(self._closers.discard)
         g.requests[request.peer_id] = request
         return await asyncio.shield(g.formed)
+
+    def _formed_without(self, epoch: int) -> swarm_pb2.GroupInfo | None:
+        """TOO_LATE naming the epoch's formed group, so that a late peer can fetch the group's averaged result from its
+        reducers (`LateForGroup`) instead of failing its round; None when no group of that epoch formed here."""
+        g = self._gatherings.get(epoch)
+        if g is None or not g.formed.done() or g.formed.cancelled():
+            return None
+        formed = g.formed.result()
+        if formed.status != Status.ACCEPTED:
+            return None
+        late = swarm_pb2.GroupInfo()
+        late.CopyFrom(formed)
+        late.status, late.reason = Status.TOO_LATE, "group already formed"
+        return late
 
     async def _close_after_timeout(self, g: _Gathering) -> None:
         """A leader that leads before its own trainer is ready still forms the group on time."""
