@@ -238,8 +238,8 @@ class AllReduceRound:
             async for reply in self._replay(first.chunk, count):
                 yield reply
                 if reply.error:
-                    return
-            await drain(requests, self.sender_timeout)  # its end-of-stream: see serve
+                    break
+            await drain(requests, self.sender_timeout)  # its end-of-stream (see serve), after an error too (see drain)
             return
         stream = self._new_stream(sender)
         consumer = asyncio.create_task(self._consume(sender, None, requests, stream, start=lacking))
@@ -266,8 +266,8 @@ class AllReduceRound:
         async for reply in self._replay(first.chunk, count):
             yield reply
             if reply.error:
-                return
-        await drain(requests, self.sender_timeout)  # its end-of-stream: see serve
+                break
+        await drain(requests, self.sender_timeout)  # its end-of-stream (see serve), after an error too (see drain)
 
     async def _replay(self, start: int, count: int) -> AsyncIterator[swarm_pb2.PartChunk]:
         group = self.group
