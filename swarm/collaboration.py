@@ -34,14 +34,17 @@ from swarm.averaging.group import GroupView
 from swarm.averaging.phase_stats import PhaseStats
 from swarm.averaging.layout import TensorLayout
 from swarm.averaging.balancing import BandwidthEstimator, MemberLink
+from swarm.averaging.deadlines import MAX_LIMIT, round_limits
 from .config import EngineConfig, RunConfig
-from .errors import ConfigError, NetworkError, RoundFailed
+from .errors import ConfigError, LateForGroup, NetworkError, RoundFailed
 from swarm.process.lifecycle import Reaper
 from swarm.averaging.matchmaking import Matchmaker
 from swarm.net.node import Node, NodeOptions
 from swarm.averaging.progress import ProgressTracker
 from .proto import swarm_pb2
+from swarm.compression.policy import FixedRoundCodec
 from swarm.compression.round_codec import RoundCodec, RoundContext
+from swarm.averaging.late import fetch_group_result
 from swarm.averaging.rounds import RoundReport, RoundRequest
 from swarm.process.runtime import EngineLoop
 from swarm.averaging.state_sync import StateServer, TrainingState, download_from_any
@@ -58,6 +61,15 @@ SOLO_AFTER_TTLS = 3
 ROUND_GRACE_SECONDS = 10.0
 
 
+def member_links(info: swarm_pb2.GroupInfo) -> list[MemberLink]:
+    """The members' links and roles from the leader's GroupInfo."""
+    return [
+        MemberLink(upload_bps=max(m.upload_bps, 1.0), download_bps=max(m.download_bps, 1.0), brings_gradients=m.role != "aux",
+                   needs_result=m.role != "aux", can_reduce=m.role != "client")
+        for m in info.members
+    ]
+
+
 class GroupPhases:
     """The all-reduce phases of one formed group, run by a round codec's `average` (`RoundContext.phase`).
 
@@ -65,8 +77,8 @@ class GroupPhases:
     message of one phase can never be taken for another's. Each phase's transfer stats are kept for the
     bandwidth estimates and the round report."""
 
-    def __init__(self, collab: "Collaboration", group: GroupView, epoch: int):
-        self.collab, self.group, self.epoch = collab, group, epoch
+    def __init__(self, collab: "Collaboration", group: GroupView, epoch: int, links: Sequence[MemberLink]):
+        self.collab, self.group, self.epoch, self.links = collab, group, epoch, list(links)
         self.stats: list[PhaseStats] = []
 
     async def run(self, layout: TensorLayout, local: list[torch.Tensor] | None) -> list[torch.Tensor] | None:
@@ -74,9 +86,12 @@ class GroupPhases:
         assert collab.node is not None and collab.aggregate is not None and collab.matchmaker is not None
         index = len(self.stats)
         round_id = self.group.round_id if index == 0 else hashlib.sha256(self.group.round_id + index.to_bytes(2, "big")).digest()[:16]
+        # this phase's silence limit from its own vector (a low-rank phase sends far less than the full one)
+        limits = round_limits(layout.wire_bytes(), self.links, self.group.shares, chunk_bytes=layout.chunk_bytes(cfg.chunk_elements),
+                              floor_silence=cfg.sender_timeout, floor_averaging=cfg.averaging_timeout)
         round_ = collab.round_class(
             collab.node.p2p, dataclasses.replace(self.group, round_id=round_id), layout, local,
-            chunk_elements=cfg.chunk_elements, sender_timeout=cfg.sender_timeout,
+            chunk_elements=cfg.chunk_elements, sender_timeout=limits.silence,
         )
         self.stats.append(round_.stats)
         collab.aggregate.open(round_)
@@ -177,7 +192,7 @@ class Collaboration:
         await self.state_server.start()
         self.matchmaker = self.matchmaker_class(
             self.node.p2p, self.run_id, self.tracker, gather_timeout=cfg.gather_timeout,
-            allreduce_timeout=cfg.averaging_timeout, balance=cfg.load_balancing, authorizer=self.authorizer,
+            allreduce_timeout=cfg.averaging_timeout, sender_timeout=cfg.sender_timeout, balance=cfg.load_balancing, authorizer=self.authorizer,
         )
         await self.matchmaker.start()
         self.tracker.start()
@@ -190,6 +205,10 @@ class Collaboration:
                 async def _stop() -> None:
                     if self.tracker is not None:
                         await self.tracker.stop(withdraw=withdraw)
+                    if self.matchmaker is not None:
+                        await self.matchmaker.stop()
+                    if self.aggregate is not None:
+                        self.aggregate.stop()
                     await self.node.shutdown()  # type: ignore[union-attr]
                 try:
                     self.loop.run(_stop(), timeout=6)
@@ -242,18 +261,19 @@ class Collaboration:
         `snapshot()` as its state to newcomers (client-mode peers serve nothing)."""
         assert self.node is not None and self.tracker is not None and self.matchmaker is not None
         self._snapshot = snapshot if self.role != "client" else (lambda: None)
-        bytes_per_value = {"none": 4, "fp16": 2}
-        vector_bytes = sum(bytes_per_value.get(c.name, 1) * n for c, n in zip(schema.codecs, schema.bucket_sizes))
-        self.matchmaker.set_schema(schema.schema_hash(), lambda: vector_bytes)
+        vector_bytes = schema.wire_bytes()
+        chunk_bytes = schema.chunk_bytes(self.config.chunk_elements)
+        self.matchmaker.set_schema(schema.schema_hash(), lambda: vector_bytes, lambda: chunk_bytes)
         self.tracker.local.training = True
         self.tracker.poke()
 
     # -- the round: one entry point, one time budget ------------------------------------------------------------
 
-    def round_budget(self) -> float:
-        """Seconds one round may take, matchmaking included (a codec may run two all-reduce phases)."""
+    def round_budget(self, averaging_timeout: float | None = None) -> float:
+        """Seconds one round may take, matchmaking included (a codec may run two all-reduce phases). Until the group
+        is formed the configured averaging timeout stands in for the group's; `averaging_timeout` is the group's."""
         cfg = self.config
-        return cfg.matchmaking_timeout + 2 * cfg.averaging_timeout + 5
+        return cfg.matchmaking_timeout + 2 * max(cfg.averaging_timeout, averaging_timeout or 0.0) + 5
 
     def submit_round(self, request: RoundRequest, codec: RoundCodec, tensors: list[torch.Tensor] | None) -> RoundRequest:
         """Form a group for `request.epoch` and average `tensors` (None: an auxiliary peer) through `codec`.
@@ -263,21 +283,32 @@ class Collaboration:
         budget = self.round_budget()
         codec.validate(tensors)
 
+        def extend(averaging_timeout: float) -> None:
+            """The group is formed: its deadline follows the work (swarm.averaging.deadlines), so the round's does."""
+            longer = self.round_budget(averaging_timeout)
+            if longer > budget:
+                scope.reschedule(asyncio.get_running_loop().time() - (time.monotonic() - request.started) + longer)
+                request.deadline = request.started + longer + ROUND_GRACE_SECONDS
+
         async def bounded():
+            nonlocal scope
             try:
-                async with asyncio.timeout(budget):
-                    return await self._run_round(request.epoch, request.weight, codec, tensors)
+                async with asyncio.timeout(budget) as scope:
+                    return await self._run_round(request.epoch, request.weight, codec, tensors, extend)
             except TimeoutError:
-                raise RoundFailed(f"round of epoch {request.epoch} did not finish within {budget:.0f}s") from None
+                allowed = request.deadline - request.started - ROUND_GRACE_SECONDS
+                raise RoundFailed(f"round of epoch {request.epoch} did not finish within {allowed:.0f}s") from None
             except NetworkError as e:
                 raise RoundFailed(str(e)) from e
 
+        scope: asyncio.Timeout
         request.started = time.monotonic()
         request.deadline = request.started + budget + ROUND_GRACE_SECONDS
         request.future = self.loop.submit(bounded())
         return request
 
-    async def _run_round(self, epoch: int, weight: float, codec: RoundCodec, tensors: list[torch.Tensor] | None):
+    async def _run_round(self, epoch: int, weight: float, codec: RoundCodec, tensors: list[torch.Tensor] | None,
+                         extend: Callable[[float], None] = lambda seconds: None):
         assert self.matchmaker is not None and self.aggregate is not None and self.node is not None
         cfg = self.config
         request = swarm_pb2.JoinRequest(
@@ -285,24 +316,29 @@ class Collaboration:
             upload_bps=self.upload.value, download_bps=self.download.value, schema_hash=codec.schema.schema_hash(),
         )
         started = time.monotonic()
-        info = await self.matchmaker.form_group(request, started + cfg.matchmaking_timeout)
+        try:
+            info = await self.matchmaker.form_group(request, started + cfg.matchmaking_timeout)
+        except LateForGroup as late:
+            extend(late.group.timeout)
+            return await self._take_group_result(epoch, late, codec)
         alone = self.tracker.seconds_alone()  # type: ignore[union-attr]
         if len(info.members) == 1 and alone < SOLO_AFTER_TTLS * cfg.record_ttl:
             # Nobody joined although others trained with us moments ago: we are cut off (or they are). A solo step
             # would run ahead of the swarm, and on reconnection the swarm would take our epoch's state over its own.
             self.matchmaker.alone(epoch)
             raise RoundFailed(f"alone in the group of epoch {epoch}, {alone:.0f}s after others were seen: not stepping solo")
-        phases = GroupPhases(self, GroupView.from_info(info, self.peer_id), epoch)
-        links = [
-            MemberLink(upload_bps=max(m.upload_bps, 1.0), download_bps=max(m.download_bps, 1.0), brings_gradients=m.role != "aux",
-                       needs_result=m.role != "aux", can_reduce=m.role != "client")
-            for m in info.members
-        ]
-        result = await codec.average(RoundContext(group=phases.group, links=links, phase=phases.run, epoch=epoch), tensors)
-        # Busy seconds, not the round's: a peer that waits for others would otherwise look as slow as they are.
-        for stats in phases.stats:
-            self.upload.observe(stats.bytes_sent, stats.send_seconds or stats.seconds)
-            self.download.observe(stats.bytes_received, stats.receive_seconds or stats.seconds)
+        links = member_links(info)
+        phases = GroupPhases(self, GroupView.from_info(info, self.peer_id), epoch, links)
+        extend(info.timeout)
+        try:
+            result = await codec.average(RoundContext(group=phases.group, links=links, phase=phases.run, epoch=epoch), tensors)
+        finally:
+            # A failed round's transfers are measurements too: without them a swarm whose limits are too tight for its
+            # links would fail the same way every round. Busy seconds, not the round's: a peer that waits for others
+            # would otherwise look as slow as they are.
+            for stats in phases.stats:
+                self.upload.observe(stats.bytes_sent, stats.send_seconds or stats.seconds)
+                self.download.observe(stats.bytes_received, stats.receive_seconds or stats.seconds)
         seconds = sum(st.seconds for st in phases.stats)
         report = RoundReport(
             epoch=epoch, group_size=len(phases.group.peer_ids), round_seconds=seconds,
@@ -317,6 +353,30 @@ class Collaboration:
             epoch, report.group_size, seconds, time.monotonic() - started - seconds, report.bytes_sent / 1e6,
             f" ({report.codec}" + (f", {len(phases.stats)} phases)" if len(phases.stats) > 1 else ")") if report.codec else "",
         )
+        return result, report
+
+    async def _take_group_result(self, epoch: int, late: LateForGroup, codec: RoundCodec):
+        """Late for the epoch's group: step with its result, fetched from its reducers (swarm.averaging.late), instead
+        of failing the round. Only a one-phase codec without local state (FixedRoundCodec) can: a later phase needs the
+        peer's own values, and error feedback would book values it never sent."""
+        info = late.group
+        if self.role == "aux" or not isinstance(codec, FixedRoundCodec):
+            raise late
+        assert self.node is not None
+        links = member_links(info)
+        started = time.monotonic()
+
+        async def phase(layout: TensorLayout, local: list[torch.Tensor] | None) -> list[torch.Tensor]:
+            return await fetch_group_result(self.node.p2p, info, layout, links, chunk_elements=self.config.chunk_elements,
+                                            floor_silence=self.config.sender_timeout, authorizer=self.authorizer)
+
+        result = await codec.average(RoundContext(group=GroupView.observed(info), links=links, phase=phase, epoch=epoch), None)
+        seconds = time.monotonic() - started
+        report = RoundReport(epoch=epoch, group_size=len(info.members), round_seconds=seconds, bytes_sent=0,
+                             bytes_received=codec.schema.wire_bytes(), samples=int(sum(m.weight for m in info.members)),
+                             round_id=info.round_id.hex(), codec=result.codec, predicted_seconds=result.predicted_seconds)
+        self.rounds.append(report)
+        logger.info("epoch %d: late for the group of %d; took its result from the reducers in %.2fs", epoch, len(info.members), seconds)
         return result, report
 
     def download_state(self, donors: list[str], min_epoch: int) -> TrainingState:
@@ -335,14 +395,27 @@ class Collaboration:
             if self.tracker is not None:   # its epoch claim no longer moves the swarm's (swarm.averaging.progress)
                 self.tracker.distrust(donor, DISTRUST_FOR)
 
+        received = 0
+
+        def progress(got: int, total: int) -> None:
+            nonlocal received
+            received = got
+            if self.download_progress is not None:
+                self.download_progress(got, total)
+
+        started = time.monotonic()
         try:
             state, donor = self.loop.run(
                 download_from_any(self.node.p2p, self.run_id, usable, min_epoch, timeout, authorizer=self.authorizer, failed=failed,
-                                  progress=self.download_progress),
-                timeout=3 * timeout + 5,
+                                  progress=progress, rate_bps=self.download.value),
+                # each of the 3 attempts bounds itself (a donor that keeps sending may take up to MAX_LIMIT)
+                timeout=3 * (MAX_LIMIT + timeout) + 5,
             )
         except concurrent.futures.CancelledError:
             raise NetworkError("state download interrupted") from None
+        # A newcomer's first round has no measured rates yet: the state it just downloaded seeds its download estimate
+        # (the round's limits follow the estimates, see swarm.averaging.deadlines)
+        self.download.observe(received, time.monotonic() - started)
         return state
 
     def publish_metrics(self, record: records.MetricsRecord) -> None:

@@ -24,8 +24,8 @@ class EngineConfig(BaseModel):
     target_batch_size: int = Field(256, gt=0, description="samples per global step, summed over the swarm")
     matchmaking_timeout: float = Field(15.0, gt=0, description="seconds to form a group before the round is given up")
     gather_timeout: float = Field(2.0, gt=0, description="seconds a leader waits for the expected peers to join")
-    averaging_timeout: float = Field(30.0, gt=0, description="deadline of one all-reduce")
-    sender_timeout: float = Field(5.0, gt=0, description="a sender silent this long is dropped from the round")
+    averaging_timeout: float = Field(30.0, gt=0, description="floor of one all-reduce's deadline (the group's follows its vector size and measured links: swarm.averaging.deadlines)")
+    sender_timeout: float = Field(5.0, gt=0, description="floor of the silence after which a sender is dropped from the round (the limit follows the chunk size and the links)")
     compression: str = Field("fp16", description="codec for large tensors: none, fp16, uniform8bit, quantile8bit, "
                              "uniform4bit, uniform2bit, powersgd (low rank, with error feedback), topk (top-k with error "
                              "feedback, see topk_fraction) or auto (picked per round, see compression_budget)")

@@ -39,3 +39,12 @@ class ProtocolError(SwarmError):
 
 class RoundFailed(SwarmError):
     """An averaging round could not complete; the caller retries or re-syncs."""
+
+
+class LateForGroup(RoundFailed):
+    """The epoch's group formed without this peer; `group` is the leader's description of it (a GroupInfo), so the
+    peer can fetch the group's averaged result from its reducers instead of failing the round."""
+
+    def __init__(self, message: str, group: object):
+        super().__init__(message)
+        self.group = group

@@ -11,9 +11,10 @@ Guarantees:
 - Consistency: a reducer encodes each averaged chunk once and sends the same bytes to every
   member; it also decodes those bytes for its own result. Every member that receives all
   parts therefore holds a bitwise-identical averaged vector.
-- Bounded time: the round ends by its deadline. A sender that fails or stalls for
-  `sender_timeout` is excluded from the chunks not yet averaged (the weights renormalise);
-  a reducer that fails leaves its part missing, and the round raises RoundFailed for the
+- Bounded time: the round ends by its deadline. Both limits follow the work
+  (swarm.averaging.deadlines): a sender whose stream delivers no chunk for `sender_timeout` (the
+  silence limit, from the chunk size and the group's measured links) is excluded from the chunks
+  not yet averaged (the weights renormalise); a slow sender that keeps delivering stays; a reducer that fails leaves its part missing, and the round raises RoundFailed for the
   members that miss it (they do not step), naming each missing part and why.
 - A broken reply stream costs nothing: a member whose stream to a live reducer ends, resets
   or goes silent before its averaged part is back opens another and fetches the chunks it
@@ -35,6 +36,7 @@ from typing import AsyncIterator, Sequence
 import torch
 from hivemind.p2p import P2P, PeerID
 
+from swarm.averaging.deadlines import reply_timeout
 from swarm.averaging.group import GroupView
 from swarm.averaging.layout import (
     DEFAULT_CHUNK_ELEMENTS,
@@ -59,6 +61,8 @@ logger = logging.getLogger(__name__)
 # round's averaged part FINISHED_GRACE seconds for such late fetches.
 FETCH_RETRIES = 2
 FINISHED_GRACE = 30.0
+# Peers outside the group that may fetch one reducer's averaged part of one round (late peers, swarm.averaging.late).
+MAX_LATECOMER_FETCHES = 16
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -103,6 +107,7 @@ class AllReduceRound:
         self._retired = asyncio.Event()  # set once the round is over: fetches of chunks never averaged give up
         self._lost: dict[int, str] = {}  # part -> why this member did not get it
         self._last_heard: dict[int, float] = {}
+        self._latecomer_fetches = 0
         self._stream_of: dict[int, int] = {}  # sender -> number of its newest stream: only that one may exclude it
         self._start = time.monotonic()
         self.stats.t0 = self._start
@@ -160,6 +165,10 @@ class AllReduceRound:
         try:
             sender = group.peer_ids.index(str(remote))
         except ValueError:
+            if first.fetch:   # a peer that came too late for the group takes its result (swarm.averaging.late)
+                async for reply in self._serve_latecomer(first, requests):
+                    yield reply
+                return
             yield swarm_pb2.PartChunk(error="not a member of this round")
             return
         if first.fetch:
@@ -174,10 +183,10 @@ class AllReduceRound:
         carried = 0  # bytes this stream carried so far
         try:
             for k in range(len(self.parts[group.my_index])):
-                await self._output_ready[k].wait()
+                await self._output_ready[k].wait()   # set by _try_finalize, or by retire() when the round is over
                 data = self._outputs[k]
                 if not data:
-                    yield swarm_pb2.PartChunk(error="part has no contributions")
+                    yield swarm_pb2.PartChunk(error="part has no contributions" if data == b"" else "part not averaged")
                     return
                 if group.needs(sender):
                     self.stats.bytes_sent += len(data)
@@ -190,16 +199,18 @@ class AllReduceRound:
         except asyncio.TimeoutError:
             pass
         finally:
-            self._end_stream(sender, stream, consumer)
+            await self._end_stream(sender, stream, consumer)
 
     def _new_stream(self, sender: int) -> int:
         self._stream_of[sender] = self._stream_of.get(sender, 0) + 1
         return self._stream_of[sender]
 
-    def _end_stream(self, sender: int, stream: int, consumer: asyncio.Task) -> None:
+    async def _end_stream(self, sender: int, stream: int, consumer: asyncio.Task) -> None:
+        """The stream is over: end its consumer (cancelled and awaited, so no task outlives its stream)."""
         if consumer.done():
             return
         consumer.cancel()
+        await asyncio.gather(consumer, return_exceptions=True)
         # The stream closed under us (reset, or the sender gave it up): chunks it did not deliver will not come,
         # so average them without it instead of waiting for the round's deadline (unless it resumed on a newer one).
         if self._stream_of.get(sender) == stream and any(sender not in arrived for arrived in self._arrived):
@@ -227,8 +238,8 @@ class AllReduceRound:
             async for reply in self._replay(first.chunk, count):
                 yield reply
                 if reply.error:
-                    return
-            await drain(requests, self.sender_timeout)  # its end-of-stream: see serve
+                    break
+            await drain(requests, self.sender_timeout)  # its end-of-stream (see serve), after an error too (see drain)
             return
         stream = self._new_stream(sender)
         consumer = asyncio.create_task(self._consume(sender, None, requests, stream, start=lacking))
@@ -242,18 +253,26 @@ class AllReduceRound:
         except asyncio.TimeoutError:
             pass
         finally:
-            self._end_stream(sender, stream, consumer)
+            await self._end_stream(sender, stream, consumer)
+
+    async def _serve_latecomer(self, first: swarm_pb2.PartChunk, requests: AsyncIterator[swarm_pb2.PartChunk]) -> AsyncIterator[swarm_pb2.PartChunk]:
+        """Stream my averaged part to a peer outside the group (it brings nothing, it only takes the result). At most
+        MAX_LATECOMER_FETCHES such streams per round: each costs this reducer its part's bytes once more."""
+        count = len(self.parts[self.group.my_index])
+        if first.part != self.group.my_index or not 0 <= first.chunk < count or self._latecomer_fetches >= MAX_LATECOMER_FETCHES:
+            yield swarm_pb2.PartChunk(error="bad fetch")
+            return
+        self._latecomer_fetches += 1
+        async for reply in self._replay(first.chunk, count):
+            yield reply
+            if reply.error:
+                break
+        await drain(requests, self.sender_timeout)  # its end-of-stream (see serve), after an error too (see drain)
 
     async def _replay(self, start: int, count: int) -> AsyncIterator[swarm_pb2.PartChunk]:
         group = self.group
         for k in range(start, count):
-            if not self._output_ready[k].is_set():
-                ready, retired = asyncio.ensure_future(self._output_ready[k].wait()), asyncio.ensure_future(self._retired.wait())
-                try:
-                    await asyncio.wait({ready, retired}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    ready.cancel()
-                    retired.cancel()
+            await self._output_ready[k].wait()   # set by _try_finalize, or by retire() when the round is over
             data = self._outputs[k]
             if not data:  # never averaged (the round ended first) or nobody contributed
                 yield swarm_pb2.PartChunk(error="part not averaged")
@@ -363,9 +382,9 @@ class AllReduceRound:
             resend_from: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
             try:
                 opening = self.p2p.iterate_protobuf_handler(peer, AGGREGATE_HANDLER, _requests() if attempt == 0 else _fetch(received, resend_from), swarm_pb2.PartChunk)
-                stream = await asyncio.wait_for(opening, self.sender_timeout + 2.0)
+                stream = await asyncio.wait_for(opening, reply_timeout(self.sender_timeout))
                 while received < len(chunks):
-                    reply = await asyncio.wait_for(anext(stream), self.sender_timeout + 2.0)
+                    reply = await asyncio.wait_for(anext(stream), reply_timeout(self.sender_timeout))
                     if reply.error:
                         self._lost[j] = f"reducer {group.peer_ids[j][-8:]}: {reply.error}"
                         raise RoundFailed(self._lost[j])
@@ -401,7 +420,7 @@ class AllReduceRound:
                 raise
             except Exception as e:  # a broken, reset or silent stream
                 why = "stream ended early" if isinstance(e, StopAsyncIteration) else (
-                    f"no reply for {self.sender_timeout + 2.0:.1f}s" if isinstance(e, asyncio.TimeoutError) else f"{type(e).__name__}: {e}")
+                    f"no reply for {reply_timeout(self.sender_timeout):.1f}s" if isinstance(e, asyncio.TimeoutError) else f"{type(e).__name__}: {e}")
                 self._lost[j] = f"reducer {group.peer_ids[j][-8:]}: {why} after {received}/{len(chunks)} chunks" + (
                     f" ({attempt} fetches)" if attempt else "")
                 if attempt < FETCH_RETRIES:
@@ -441,14 +460,18 @@ class AllReduceRound:
         except TimeoutError:
             for task in tasks.values():
                 task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
             # gather has cancelled the unfinished exchanges by now: list every part that did not arrive
             pending = [j for j, task in tasks.items() if not task.done() or task.cancelled() or task.exception() is not None]
             detail = "; ".join(f"part {j} from {group.peer_ids[j][-8:]}" + (f" ({self._lost[j]})" if j in self._lost else "") for j in pending)
             raise RoundFailed(f"round did not finish within {group.timeout:.1f}s" + (f": still waiting for {detail}" if detail else "")) from None
         finally:
-            watcher.cancel()
-            own.cancel()
-            meter.stop()
+            # every task this round started ends with it (a pending task nobody awaits is destroyed by the GC)
+            started = [watcher, own, *tasks.values()]
+            for task in started:
+                task.cancel()
+            await asyncio.gather(*started, return_exceptions=True)
+            await meter.stop()
             self.stats.finish(time.monotonic() - self._start, meter.rates(self.stats.bytes_sent, self.stats.bytes_received))
         if any(out == b"" for out in self._outputs):
             self.stats.missing_parts.append(me)
@@ -459,8 +482,11 @@ class AllReduceRound:
         return self.result
 
     def retire(self) -> None:
-        """The round is over for this member: keep only what late fetches need (my part's averaged bytes)."""
+        """The round is over for this member: keep only what late fetches need (my part's averaged bytes). Streams
+        still waiting for a chunk that will never be averaged are woken, and answer that it was not."""
         self._retired.set()
+        for ready in self._output_ready:
+            ready.set()
         self.local, self.result = None, None
         self._reductions = [None] * len(self._reductions)  # type: ignore[list-item]
 

@@ -35,6 +35,19 @@ class GroupView:
             timeout=info.timeout,
         )
 
+    @classmethod
+    def observed(cls, info: swarm_pb2.GroupInfo) -> "GroupView":
+        """The group as a peer outside it sees it (my_index -1): a late peer that only takes the group's result."""
+        return cls(
+            round_id=info.round_id,
+            peer_ids=tuple(m.peer_id for m in info.members),
+            roles=tuple(m.role for m in info.members),
+            weights=tuple(m.weight for m in info.members),
+            shares=tuple(info.shares),
+            my_index=-1,
+            timeout=info.timeout,
+        )
+
     def brings(self, i: int) -> bool:
         return self.roles[i] != "aux"
 

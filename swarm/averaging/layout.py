@@ -54,6 +54,14 @@ class TensorLayout:
     def bucket_sizes(self) -> list[int]:
         return [sum(self.numel(i) for i in bucket) for bucket in self.buckets]
 
+    def wire_bytes(self) -> int:
+        """Bytes of the whole vector as the codecs send it: what a round's time limits are computed for."""
+        return sum(codec.payload_bytes(n) for codec, n in zip(self.codecs, self.bucket_sizes))
+
+    def chunk_bytes(self, chunk_elements: int) -> int:
+        """Bytes of the largest chunk the codecs send (a round's silence limit allows for one on each stream)."""
+        return max((codec.payload_bytes(min(n, chunk_elements)) for codec, n in zip(self.codecs, self.bucket_sizes)), default=0)
+
     def numel(self, i: int) -> int:
         return int(np.prod(self.shapes[i])) if self.shapes[i] else 1
 

@@ -58,9 +58,11 @@ class LinkMeter:
     def start(self) -> None:
         self._task = asyncio.create_task(self._sample())
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        """End the sampling task (cancelled and awaited)."""
         if self._task is not None:
             self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
     async def _sample(self) -> None:

@@ -31,8 +31,9 @@ from typing import Callable
 from hivemind.p2p import P2P, P2PContext, PeerID
 
 from swarm.averaging.balancing import MemberLink, optimal_shares, uniform_shares
+from swarm.averaging.deadlines import round_limits
 from swarm.averaging.progress import ProgressTracker
-from swarm.errors import RoundFailed
+from swarm.errors import LateForGroup, RoundFailed
 from swarm.net.auth import SwarmAuthorizer
 from swarm.proto import swarm_pb2
 from swarm.net import records
@@ -74,6 +75,7 @@ class _Gathering:
     leading: bool = False
     requests: dict[str, swarm_pb2.JoinRequest] = field(default_factory=dict)
     formed: asyncio.Future | None = None
+    timeout: float = 0.0   # the formed group's all-reduce deadline
 
 
 class Matchmaker:
@@ -88,6 +90,7 @@ class Matchmaker:
         gather_timeout: float = 3.0,
         request_timeout: float = 5.0,
         allreduce_timeout: float = 30.0,
+        sender_timeout: float = 5.0,
         balance: bool = True,
         authorizer: SwarmAuthorizer | None = None,
     ):
@@ -96,18 +99,29 @@ class Matchmaker:
         self.schema_hash = schema_hash
         self.vector_bytes = vector_bytes
         self.gather_timeout, self.request_timeout, self.allreduce_timeout = gather_timeout, request_timeout, allreduce_timeout
+        self.sender_timeout = sender_timeout   # floors of the group's limits (swarm.averaging.deadlines)
+        self.chunk_bytes: Callable[[], int] = lambda: 0
         self.balance = balance
         self.peer_id = str(p2p.peer_id)
         self._gatherings: dict[int, _Gathering] = {}
         self._failed: dict[int, set[str]] = {}
         self._hints: dict[int, set[str]] = {}   # leaders named by a candidate that stepped aside for them
+        self._closers: set[asyncio.Task] = set()  # _close_after_timeout tasks: owned here, ended by stop()
 
     async def start(self) -> None:
         await self.p2p.add_protobuf_handler(JOIN_HANDLER, self._handle_join, swarm_pb2.JoinRequest)
 
-    def set_schema(self, schema_hash: bytes, vector_bytes: Callable[[], int]) -> None:
-        """Called once the tensors to average are known; until then join requests get NOT_LEADER."""
-        self.schema_hash, self.vector_bytes = schema_hash, vector_bytes
+    async def stop(self) -> None:
+        """End the tasks that close gatherings on time (cancelled and awaited)."""
+        closers, self._closers = list(self._closers), set()
+        for task in closers:
+            task.cancel()
+        await asyncio.gather(*closers, return_exceptions=True)
+
+    def set_schema(self, schema_hash: bytes, vector_bytes: Callable[[], int], chunk_bytes: Callable[[], int] = lambda: 0) -> None:
+        """Called once the tensors to average are known; until then join requests get NOT_LEADER. The sizes set the
+        formed groups' time limits."""
+        self.schema_hash, self.vector_bytes, self.chunk_bytes = schema_hash, vector_bytes, chunk_bytes
 
     # -- candidates ---------------------------------------------------------------------------------------
 
@@ -142,7 +156,7 @@ class Matchmaker:
 
     def _gathering(self, epoch: int) -> _Gathering:
         g = self._gatherings.get(epoch)
-        if g is not None and g.formed.done() and time.monotonic() - g.started > self.gather_timeout + self.allreduce_timeout:
+        if g is not None and g.formed.done() and time.monotonic() - g.started > self.gather_timeout + max(self.allreduce_timeout, g.timeout):
             g = None  # that group's round is over by now: a retry of the epoch gathers anew
         if g is None:
             g = self._gatherings[epoch] = _Gathering(epoch, formed=asyncio.get_running_loop().create_future())
@@ -217,6 +231,8 @@ class Matchmaker:
                     self._failed.setdefault(epoch, set()).add(leader)
                 await asyncio.sleep(0.1)
                 continue
+            if reply.status == Status.TOO_LATE and reply.round_id and not group_problem(reply):
+                raise LateForGroup(f"the group of epoch {epoch} formed without this peer", reply)
             raise RoundFailed(f"leader {leader[-8:]} refused: {Status.Status.Name(reply.status)} {reply.reason}")
         raise RoundFailed(f"no group formed for epoch {epoch} before the deadline")
 
@@ -233,6 +249,9 @@ class Matchmaker:
         """Gather and form the epoch's group; None when a lower peer turned up meanwhile (we follow it instead)."""
         g = self._gathering(request.epoch)
         if g.formed.done():
+            late = self._formed_without(request.epoch)
+            if late is not None:
+                raise LateForGroup(f"the group of epoch {request.epoch} formed without this peer", late)
             raise RoundFailed("this epoch's group was already formed without this peer")
         if not g.leading:
             g.leading, g.started = True, time.monotonic()
@@ -291,17 +310,21 @@ class Matchmaker:
         except ValueError as e:  # nobody can reduce, or nobody brings values
             logger.warning("epoch %d: cannot form a group: %s", g.epoch, e)
             shares, predicted = [0.0] * len(reqs), float("nan")
+        limits = round_limits(self.vector_bytes(), links, shares, chunk_bytes=self.chunk_bytes(),
+                              floor_silence=self.sender_timeout, floor_averaging=self.allreduce_timeout)
+        g.timeout = limits.averaging
         info = swarm_pb2.GroupInfo(
             status=Status.ACCEPTED,
             round_id=secrets.token_bytes(16),
             epoch=g.epoch,
             shares=[float(s) for s in shares],
-            timeout=self.allreduce_timeout,
+            timeout=limits.averaging,
             leader=self.peer_id,
         )
         for r in reqs:
             info.members.add(peer_id=r.peer_id, role=r.role, weight=r.weight, upload_bps=r.upload_bps, download_bps=r.download_bps)
-        logger.debug("epoch %d: formed group of %d (predicted %.2fs)", g.epoch, len(reqs), predicted)
+        logger.debug("epoch %d: formed group of %d (predicted %.2fs, deadline %.1fs, silence %.1fs)", g.epoch, len(reqs),
+                     limits.predicted, limits.averaging, limits.silence)
         return info
 
     # -- handler ----------------------------------------------------------------------------------------------
@@ -330,12 +353,12 @@ class Matchmaker:
             return refuse(Status.REJECTED, "tensor schema differs from this run's")
         my_epoch = self.tracker.local.epoch
         if request.epoch < my_epoch:
-            return refuse(Status.TOO_LATE, f"swarm is at epoch {my_epoch}")
+            return self._formed_without(request.epoch) or refuse(Status.TOO_LATE, f"swarm is at epoch {my_epoch}")
         if request.epoch > my_epoch:
             return refuse(Status.NOT_LEADER, "leader is behind")
         g = self._gathering(request.epoch)
         if g.formed.done():
-            return refuse(Status.TOO_LATE, "group already formed")
+            return self._formed_without(request.epoch) or refuse(Status.TOO_LATE, "group already formed")
         if not g.leading:
             candidates = self._candidates(request.epoch)
             if not candidates or candidates[0] != self.peer_id:
@@ -344,9 +367,25 @@ class Matchmaker:
                     refusal.leader = candidates[0]  # whom we follow: the asker may not see that peer yet
                 return refusal
             g.leading, g.started = True, time.monotonic()
-            asyncio.create_task(self._close_after_timeout(g))
+            closer = asyncio.create_task(self._close_after_timeout(g), name=f"matchmaking-close-{g.epoch}")
+            self._closers.add(closer)
+            closer.add_done_callback(self._closers.discard)
         g.requests[request.peer_id] = request
         return await asyncio.shield(g.formed)
+
+    def _formed_without(self, epoch: int) -> swarm_pb2.GroupInfo | None:
+        """TOO_LATE naming the epoch's formed group, so that a late peer can fetch the group's averaged result from its
+        reducers (`LateForGroup`) instead of failing its round; None when no group of that epoch formed here."""
+        g = self._gatherings.get(epoch)
+        if g is None or not g.formed.done() or g.formed.cancelled():
+            return None
+        formed = g.formed.result()
+        if formed.status != Status.ACCEPTED:
+            return None
+        late = swarm_pb2.GroupInfo()
+        late.CopyFrom(formed)
+        late.status, late.reason = Status.TOO_LATE, "group already formed"
+        return late
 
     async def _close_after_timeout(self, g: _Gathering) -> None:
         """A leader that leads before its own trainer is ready still forms the group on time."""

@@ -17,6 +17,8 @@ from swarm.errors import RoundFailed
 
 __all__ = ["RoundRequest", "RoundReport"]
 
+RECHECK_SECONDS = 1.0   # how often a waiter re-reads a request's deadline
+
 
 @dataclass
 class RoundRequest:
@@ -37,11 +39,15 @@ class RoundRequest:
     def wait(self, timeout: float | None = None) -> tuple[Any, RoundReport]:
         """(averaged, report), or RoundFailed: failure, cancellation, or not done by the deadline (or `timeout`)."""
         assert self.future is not None, "the request was not submitted"
-        remaining = max(0.0, self.deadline - time.monotonic())
-        if timeout is not None:
-            remaining = min(remaining, timeout)
+        until = time.monotonic() + timeout if timeout is not None else float("inf")
         try:
-            return self.future.result(remaining)
+            while True:  # the deadline moves once the group is formed (its limits follow the work): re-read it
+                remaining = min(self.deadline, until) - time.monotonic()
+                try:
+                    return self.future.result(max(0.0, min(remaining, RECHECK_SECONDS)))
+                except concurrent.futures.TimeoutError:
+                    if min(self.deadline, until) <= time.monotonic():
+                        raise
         except concurrent.futures.TimeoutError:
             self.future.cancel()
             raise RoundFailed(f"round of epoch {self.epoch} did not finish in time") from None

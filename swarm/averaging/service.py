@@ -61,6 +61,14 @@ class AggregateService:
             while len(self._finished) > 16:
                 self._finished.pop(next(iter(self._finished)))
 
+    def stop(self) -> None:
+        """Retire every round: their streams still waiting for chunks end at once (answering "part not averaged")."""
+        for round_id in list(self._rounds):
+            self.close(round_id)
+        for round_, _ in self._finished.values():
+            round_.retire()
+        self._finished.clear()
+
     async def _handle(self, requests: AsyncIterator[swarm_pb2.PartChunk], context: P2PContext) -> AsyncIterator[swarm_pb2.PartChunk]:
         try:
             first = await asyncio.wait_for(anext(requests), self.wait_for_round)

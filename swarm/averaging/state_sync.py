@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from hivemind.p2p import P2P, P2PContext, PeerID
 
+from swarm.averaging.deadlines import MAX_LIMIT, transfer_limit
 from swarm.errors import NetworkError, ProtocolError
 from swarm.net.auth import SwarmAuthorizer
 from swarm.proto import swarm_pb2
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 STATE_HANDLER = "swarm.state"
 CHUNK_BYTES = 1 << 20
+STATE_SILENCE_FLOOR = 10.0   # seconds a donor may go without delivering a chunk, whatever the rate estimate says
 Progress = Callable[[int, int], None]   # (bytes received, bytes announced)
 REQUEST_IDLE_TIMEOUT = 10.0   # seconds a requester may take to send its request on an open stream
 
@@ -125,13 +127,21 @@ def _nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
 
 
 async def download_state(p2p: P2P, run_id: str, donor: str, min_epoch: int, timeout: float,
-                         authorizer: SwarmAuthorizer | None = None, progress: Progress | None = None) -> TrainingState:
+                         authorizer: SwarmAuthorizer | None = None, progress: Progress | None = None,
+                         rate_bps: float | None = None) -> TrainingState:
     """Fetch and verify a state from one donor; raises NetworkError/ProtocolError. `progress(received, total)`
-    hears the bytes received so far after each chunk (total: the donor's announced size, for display only)."""
+    hears the bytes received so far after each chunk (total: the donor's announced size, for display only).
+
+    Without `rate_bps`, `timeout` bounds the whole download. With it (the measured download rate), `timeout` bounds
+    the wait for the donor's first answer, and from then on each chunk has its own limit, one chunk's transfer time at
+    that rate with a margin (swarm.averaging.deadlines, at least STATE_SILENCE_FLOOR s or `timeout` if less): a slow
+    donor that keeps sending is kept whatever the state's size, a silent one is dropped after one chunk's limit."""
     request = swarm_pb2.StateRequest(run_id=run_id, min_epoch=min_epoch)
     if authorizer is not None:
         authorizer.sign_message(request, p2p.peer_id)
-    async with asyncio.timeout(timeout):
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with asyncio.timeout(timeout) as scope:
         stream = await p2p.iterate_protobuf_handler(PeerID.from_base58(donor), STATE_HANDLER, request, swarm_pb2.StateChunk)
         first = await anext(stream)
         if first.error:
@@ -148,7 +158,12 @@ async def download_state(p2p: P2P, run_id: str, donor: str, min_epoch: int, time
         received = 0
         if progress is not None:
             progress(0, total)
+        if rate_bps is not None:
+            silence = transfer_limit(CHUNK_BYTES, rate_bps, min(timeout, STATE_SILENCE_FLOOR))
+            scope.reschedule(min(started + MAX_LIMIT, loop.time() + silence))
         async for chunk in stream:
+            if rate_bps is not None:   # it delivered: the next chunk gets its own time, within MAX_LIMIT of the start
+                scope.reschedule(min(started + MAX_LIMIT, loop.time() + silence))
             if chunk.error:
                 raise NetworkError(f"donor {donor[-8:]} failed: {chunk.error}")
             if not 0 <= chunk.tensor < len(specs):
@@ -172,13 +187,13 @@ async def download_state(p2p: P2P, run_id: str, donor: str, min_epoch: int, time
 
 async def download_from_any(p2p: P2P, run_id: str, donors: list[str], min_epoch: int, timeout: float, attempts: int = 3,
                             authorizer: SwarmAuthorizer | None = None, failed: Callable[[str], None] | None = None,
-                            progress: Progress | None = None) -> tuple[TrainingState, str]:
+                            progress: Progress | None = None, rate_bps: float | None = None) -> tuple[TrainingState, str]:
     """Try donors in random order (spreads load across the freshest peers); `failed(donor)` hears of each that failed."""
     order = random.sample(donors, len(donors))
     errors = []
     for donor in order[:attempts]:
         try:
-            return await download_state(p2p, run_id, donor, min_epoch, timeout, authorizer, progress), donor
+            return await download_state(p2p, run_id, donor, min_epoch, timeout, authorizer, progress, rate_bps), donor
         except asyncio.CancelledError:
             raise
         except Exception as e:

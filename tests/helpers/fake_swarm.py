@@ -61,8 +61,8 @@ class FakeCollab:
     def begin_training(self, schema: TensorLayout, snapshot: Callable) -> None:
         self.schema, self.snapshot = schema, snapshot
 
-    def round_budget(self) -> float:
-        return 30.0
+    def round_budget(self, averaging_timeout: float | None = None) -> float:
+        return 30.0 + 2 * (averaging_timeout or 0.0)
 
     def submit_round(self, request: RoundRequest, codec: RoundCodec, tensors) -> RoundRequest:
         codec.validate(tensors)

@@ -80,3 +80,53 @@ def test_donor_behind_or_wrong_run_is_refused_and_the_next_donor_is_tried():
         finally:
             await b.shutdown(); await a.shutdown()
     asyncio.run(main())
+
+
+def big_state() -> TrainingState:
+    return TrainingState(epoch=7, tensors={"param.0": torch.randn(4 * 2**18, generator=torch.Generator().manual_seed(1))}, extra={})
+
+
+class PacedServer(StateServer):
+    """A donor on a slow link: each message after the metadata waits `pause` seconds (the `stall_at`-th waits `stall`)."""
+
+    pause, stall, stall_at = 0.6, 0.0, -1
+
+    async def _handle(self, request, context):
+        n = 0
+        async for msg in super()._handle(request, context):
+            if msg.data:
+                await asyncio.sleep(self.stall if n == self.stall_at else self.pause)
+                n += 1
+            yield msg
+
+
+class StallingServer(PacedServer):
+    pause, stall, stall_at = 0.0, 30.0, 1
+
+
+def test_a_slow_donor_that_keeps_sending_is_kept_past_the_floor():
+    """4 chunks of 1 MiB at 0.6 s each: longer than the 1 s floor, but no chunk waits longer than its limit."""
+    async def main():
+        a, b, server = await pair(PacedServer, big_state)
+        try:
+            with pytest.raises(TimeoutError):   # a fixed limit for the whole download drops it
+                await download_state(b, "run", str(a.peer_id), min_epoch=7, timeout=1.0)
+            got = await download_state(b, "run", str(a.peer_id), min_epoch=7, timeout=1.0, rate_bps=1e9)
+            assert got.digest() == big_state().digest()
+        finally:
+            await b.shutdown(); await a.shutdown()
+    asyncio.run(main())
+
+
+def test_a_donor_that_goes_silent_is_dropped_after_one_chunk_limit():
+    async def main():
+        a, b, server = await pair(StallingServer, big_state)
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(TimeoutError):
+                await download_state(b, "run", str(a.peer_id), min_epoch=7, timeout=1.0, rate_bps=1e9)
+            assert loop.time() - started < StallingServer.stall   # not held for the donor's whole stall
+        finally:
+            await b.shutdown(); await a.shutdown()
+    asyncio.run(main())

@@ -35,7 +35,7 @@ def test_rates_from_samples_scaled_to_the_payload_and_none_when_the_link_did_not
             tx += 10_000
             dev.write_text(DEV.format(lo=0, rx=0, tx=tx))
         await asyncio.sleep(0.03)
-        meter.stop()
+        await meter.stop()
         return meter, tx
 
     meter, wire = asyncio.run(main())

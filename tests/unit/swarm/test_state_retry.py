@@ -79,7 +79,7 @@ def test_a_failed_download_is_retried_after_a_pause_not_at_every_micro_batch():
 def test_a_donor_that_failed_is_not_asked_again_for_a_record_lifetime(monkeypatch):
     asked: list[list[str]] = []
 
-    async def download_from_any(p2p, run_id, donors, min_epoch, timeout, attempts=3, authorizer=None, failed=None, progress=None):
+    async def download_from_any(p2p, run_id, donors, min_epoch, timeout, attempts=3, authorizer=None, failed=None, progress=None, rate_bps=None):
         asked.append(list(donors))
         for donor in donors:
             failed(donor)

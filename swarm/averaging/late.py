@@ -1,0 +1,97 @@
+"""A late peer takes the formed group's result: the averaged parts, fetched from their reducers.
+
+A peer that reaches matchmaking after the epoch's group formed gets TOO_LATE naming that group
+(`LateForGroup`). Instead of failing its round and downloading the whole state, it asks each
+reducer of the group for its averaged part (a fetch stream, as members use after a broken reply
+stream; the reducer serves peers outside the group at most MAX_LATECOMER_FETCHES times a round).
+The bytes are the ones every member decodes, so the late peer steps to bitwise the same
+parameters as the group. Its own values are not in the average (it came too late for that).
+
+Bounded time: the whole fetch ends within the group's deadline; a reducer that delivers nothing
+for the group's silence limit, refuses, or sends a wrong chunk fails the fetch (RoundFailed,
+naming the part); the peer then falls back to what a failed round does.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import torch
+from hivemind.p2p import P2P, PeerID
+
+from swarm.averaging.balancing import MemberLink
+from swarm.averaging.deadlines import reply_timeout, round_limits
+from swarm.averaging.layout import TensorLayout, plan_parts
+from swarm.averaging.streams import AGGREGATE_HANDLER, close_quietly
+from swarm.compression.codecs import decode_checked
+from swarm.errors import ProtocolError, RoundFailed
+from swarm.net.auth import SwarmAuthorizer
+from swarm.proto import swarm_pb2
+
+__all__ = ["fetch_group_result"]
+
+
+async def fetch_group_result(p2p: P2P, info: swarm_pb2.GroupInfo, layout: TensorLayout, links: Sequence[MemberLink], *,
+                             chunk_elements: int, floor_silence: float, round_id: bytes | None = None,
+                             authorizer: SwarmAuthorizer | None = None) -> list[torch.Tensor]:
+    """The averaged buckets of the group `info` (a formed group this peer is not in), fetched from its reducers.
+
+    `round_id`: the phase's id (default the group's); `links`: the members' links, for the silence limit."""
+    round_id = round_id or info.round_id
+    parts = plan_parts(layout, list(info.shares), chunk_elements)
+    silence = round_limits(layout.wire_bytes(), links, list(info.shares), chunk_bytes=layout.chunk_bytes(chunk_elements),
+                           floor_silence=floor_silence, floor_averaging=info.timeout).silence
+    result = [torch.empty(size, dtype=torch.float32) for size in layout.bucket_sizes]
+    waiting = {j for j, chunks in enumerate(parts) if chunks}   # parts not fetched yet
+
+    async def fetch_part(j: int) -> None:
+        chunks = parts[j]
+        reducer = info.members[j].peer_id
+
+        async def request():
+            msg = swarm_pb2.PartChunk(round_id=round_id, part=j, chunk=0, sender=str(p2p.peer_id), fetch=True)
+            if authorizer is not None:
+                authorizer.sign_message(msg, p2p.peer_id)
+            yield msg
+
+        stream = None
+        try:
+            stream = await asyncio.wait_for(
+                p2p.iterate_protobuf_handler(PeerID.from_base58(reducer), AGGREGATE_HANDLER, request(), swarm_pb2.PartChunk),
+                reply_timeout(silence))
+            for k, chunk in enumerate(chunks):
+                reply = await asyncio.wait_for(anext(stream), reply_timeout(silence))
+                if reply.error:
+                    raise RoundFailed(f"part {j}: reducer {reducer[-8:]}: {reply.error}")
+                if reply.chunk != k or reply.part != j:
+                    raise ProtocolError(f"part {j}: reducer {reducer[-8:]} sent chunk {reply.part}/{reply.chunk}, expected {j}/{k}")
+                values = decode_checked(layout.codecs[chunk.bucket], reply.data, chunk.length)
+                result[chunk.bucket][chunk.start : chunk.start + chunk.length] = values
+            waiting.discard(j)
+        except (StopAsyncIteration, asyncio.TimeoutError) as e:
+            why = "stream ended early" if isinstance(e, StopAsyncIteration) else f"no reply for {reply_timeout(silence):.1f}s"
+            raise RoundFailed(f"part {j}: reducer {reducer[-8:]}: {why}") from None
+        except ProtocolError as e:
+            raise RoundFailed(str(e)) from e
+        except (RoundFailed, asyncio.CancelledError):
+            raise
+        except Exception as e:  # a reset or refused stream
+            raise RoundFailed(f"part {j}: reducer {reducer[-8:]}: {type(e).__name__}: {e}") from e
+        finally:
+            if stream is not None:
+                await close_quietly(stream)
+
+    try:
+        async with asyncio.timeout(info.timeout):
+            try:
+                async with asyncio.TaskGroup() as tasks:   # a part that fails cancels (and awaits) the others
+                    for j, chunks in enumerate(parts):
+                        if chunks:
+                            tasks.create_task(fetch_part(j))
+            except* RoundFailed as failed:
+                raise RoundFailed("late for the group, and its result could not be fetched: "
+                                  + "; ".join(str(e) for e in failed.exceptions)) from None
+    except TimeoutError:
+        detail = ", ".join(f"part {j} from {info.members[j].peer_id[-8:]}" for j in sorted(waiting))
+        raise RoundFailed(f"late for the group, and its result was not fetched within {info.timeout:.1f}s: still waiting for {detail}") from None
+    return result

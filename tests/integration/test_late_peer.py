@@ -1,0 +1,111 @@
+"""A peer late for the formed group takes the group's result from its reducers (swarm.averaging.late).
+
+Two members average; a third peer, not in the group, fetches every averaged part from its reducer while the round
+runs and holds bitwise what the members hold. A part that was never averaged fails the late peer's fetch with a
+RoundFailed that names it.
+"""
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+import pytest
+import torch
+from hivemind.p2p import P2P
+
+from swarm.averaging.allreduce import AllReduceRound
+from swarm.averaging.group import GroupView
+from swarm.averaging.late import fetch_group_result
+from swarm.collaboration import member_links
+from swarm.errors import RoundFailed
+from swarm.proto import swarm_pb2
+from tests.integration.test_allreduce import DeadReducer, make_layout, random_values, shutdown, start_members
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+def group_info(members, shares, timeout) -> swarm_pb2.GroupInfo:
+    info = swarm_pb2.GroupInfo(status=swarm_pb2.GroupInfo.TOO_LATE, round_id=secrets.token_bytes(16), shares=shares, timeout=timeout)
+    for p in members:
+        info.members.add(peer_id=str(p.peer_id), role="trainer", weight=1.0, upload_bps=1e7, download_bps=1e7)
+    return info
+
+
+async def round_with_latecomer(classes, timeout):
+    members, services = await start_members(len(classes))
+    late = await P2P.create(initial_peers=await members[0].get_visible_maddrs())
+    try:
+        layout = make_layout("fp16")
+        info = group_info(members, [1 / len(members)] * len(members), timeout)
+        values = random_values(len(members), seed=8)
+        rounds = []
+        for i, (p, cls) in enumerate(zip(members, classes)):
+            group = GroupView.from_info(info, str(p.peer_id))
+            rounds.append(cls(p, group, layout, layout.flatten(values[i]), chunk_elements=500, sender_timeout=3.0))
+            services[i].open(rounds[-1])
+        fetched = asyncio.create_task(fetch_group_result(late, info, layout, member_links(info), chunk_elements=500, floor_silence=3.0))
+        results = await asyncio.gather(*(r.run() for r in rounds), return_exceptions=True)
+        try:
+            got = await fetched
+        except RoundFailed as e:
+            got = e
+        for s in services:
+            s.close(info.round_id)
+        return results, got
+    finally:
+        await late.shutdown()
+        await shutdown(members)
+
+
+def test_a_late_peer_holds_bitwise_the_members_result():
+    async def main():
+        results, got = await round_with_latecomer([AllReduceRound, AllReduceRound], timeout=20.0)
+        assert not any(isinstance(r, BaseException) for r in results), results
+        assert not isinstance(got, BaseException), got
+        for bucket, mine in zip(results[0], got):
+            assert torch.equal(bucket, mine)
+    asyncio.run(main())
+
+
+def test_a_part_never_averaged_fails_the_late_peer_naming_it():
+    async def main():
+        results, got = await round_with_latecomer([AllReduceRound, DeadReducer, AllReduceRound], timeout=4.0)
+        assert isinstance(got, RoundFailed) and "part 1" in str(got), got
+    asyncio.run(main())
+
+
+def test_a_late_collaboration_steps_with_the_group_result_through_its_codec():
+    """Collaboration's path for LateForGroup: the one-phase codec averages through the fetched parts."""
+    from types import SimpleNamespace
+
+    from swarm.collaboration import Collaboration
+    from swarm.config import EngineConfig
+    from swarm.compression.policy import FixedRoundCodec
+    from swarm.errors import LateForGroup
+
+    async def main():
+        members, services = await start_members(2)
+        late = await P2P.create(initial_peers=await members[0].get_visible_maddrs())
+        try:
+            layout = make_layout("fp16")
+            info = group_info(members, [0.5, 0.5], 20.0)
+            values = random_values(2, seed=9)
+            rounds = [AllReduceRound(p, GroupView.from_info(info, str(p.peer_id)), layout, layout.flatten(values[i]),
+                                     chunk_elements=1024, sender_timeout=3.0) for i, p in enumerate(members)]
+            for s, r in zip(services, rounds):
+                s.open(r)
+            collab = Collaboration("run", start=False, config=EngineConfig(chunk_elements=1024))   # the run's chunking
+            collab.node = SimpleNamespace(p2p=late)
+            codec = FixedRoundCodec.from_layout(layout)
+            taking = asyncio.create_task(collab._take_group_result(3, LateForGroup("late", info), codec))
+            results = await asyncio.gather(*(r.run() for r in rounds))
+            averaged, report = await taking
+            for t, mine in zip(layout.unflatten(results[0]), averaged.tensors):
+                assert torch.equal(t, mine)
+            assert report.group_size == 2 and report.round_id == info.round_id.hex() and collab.rounds == [report]
+            for s in services:
+                s.close(info.round_id)
+        finally:
+            await late.shutdown()
+            await shutdown(members)
+    asyncio.run(main())
