@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from swarm.config import DiLoCoConfig
 from swarm.process.lifecycle import set_parent_death_signal
 
 BASE = {"task": "albert", "task_options": {"size": "tiny", "seq_len": 32}, "micro_batch_size": 8, "seed": 0, "lr": 0.02,
@@ -53,14 +54,30 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "diloco-h50": {"mode": "diloco", "diloco": {"inner_steps": 50, "inner_lr": 0.001}, "engine": {"compression": "fp16"}},
     "diloco-h50-powersgd": {"mode": "diloco", "diloco": {"inner_steps": 50, "inner_lr": 0.001}, "engine": {"compression": "powersgd"}},
     "diloco-h50-overlap": {"mode": "diloco", "overlap": True, "diloco": {"inner_steps": 50, "inner_lr": 0.001}, "engine": {"compression": "fp16"}},
+    # issue 19: H = 50 per fragment; F = 4 fragments strided over the model's modules, one per round, in the background
+    "streaming-diloco": {"mode": "streaming-diloco", "diloco": {"inner_steps": 50, "inner_lr": 0.001, "fragments": 4},
+                         "engine": {"compression": "fp16"}},
+    "streaming-diloco-4bit": {"mode": "streaming-diloco", "diloco": {"inner_steps": 50, "inner_lr": 0.001, "fragments": 4,
+                                                                     "outer_codec": "uniform4bit"}, "engine": {"compression": "fp16"}},
+    # SparseLoCo (Sarfi et al. 2025): top-k 2% with 2-bit values and error feedback in place of outer momentum
+    # (benchmarks/README.md, outer-gradient codecs: top-k under Nesterov momentum lags far behind), outer lr 1
+    "sparseloco": {"mode": "diloco", "overlap": True, "diloco": {"inner_steps": 50, "inner_lr": 0.001, "outer_codec": "topk",
+                                                                  "outer_momentum": 0.0, "outer_lr": 1.0},
+                   "engine": {"compression": "fp16", "topk_fraction": 0.02, "topk_value_bits": 2}},
 }
+LOCAL_STEP_MODES = ("diloco", "streaming-diloco")   # modes whose rounds average pseudo-gradients of H local steps
+
+
+def _local_steps(name: str) -> bool:
+    return CONFIGS.get(name, {}).get("mode") in LOCAL_STEP_MODES
 
 
 def run_one(name: str, fields: dict[str, Any], peers: int, duration: float, work: Path) -> dict[str, Any]:
     config = {**BASE, **fields, "run_id": f"modes-{name}"}
     config["engine"] = dict(fields.get("engine", {}))
-    if config.get("mode") == "diloco":   # one outer step = H inner steps of every peer (what `swarm demo` derives too)
-        config["engine"]["target_batch_size"] = config["diloco"]["inner_steps"] * peers * config["micro_batch_size"]
+    if config.get("mode") in LOCAL_STEP_MODES:   # one outer step = H inner steps of every peer, streaming: a fragment's share
+        d = DiLoCoConfig(**config["diloco"])          # (what `swarm demo` derives too)
+        config["engine"]["target_batch_size"] = d.target_batch_size(peers * config["micro_batch_size"], streaming=config["mode"] == "streaming-diloco")
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     report_path = work / f"{name}.report.json"
@@ -132,8 +149,8 @@ def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         b = r.get("bytes_sent_per_sample")
         if fp32 and b:
             out["bytes_per_sample_reduction_vs_sync_fp32"][name] = round(fp32 / b, 1)
-    diloco_util = {n: get(n, "compute_utilization") for n in results if n.startswith("diloco")}
-    best_reduction = max((v for n, v in out["bytes_per_sample_reduction_vs_sync_fp32"].items() if n.startswith("diloco")), default=None)
+    diloco_util = {n: get(n, "compute_utilization") for n in results if _local_steps(n)}
+    best_reduction = max((v for n, v in out["bytes_per_sample_reduction_vs_sync_fp32"].items() if _local_steps(n)), default=None)
     plain_sync = "sync-fp16" if "sync-fp16" in results else "sync-fp32"   # overlap's baseline: the same codec where it ran
     sync_u, overlap_u = get(plain_sync, "compute_utilization"), get("sync-overlap-fp16", "compute_utilization")
     # what each saving costs: the loss at the same wall time and at the same samples (the shortest run's end)
@@ -145,7 +162,7 @@ def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if seen:
             out["loss_at_equal_samples"] = {"samples": seen, "loss": {n: _loss_at(c, seen, 2) for n, c in curves.items()}}
     sync_loss = out.get("loss_at_equal_wall_time", {}).get("loss", {}).get("sync-fp32")
-    diloco_loss = {n: v for n, v in out.get("loss_at_equal_wall_time", {}).get("loss", {}).items() if n.startswith("diloco")}
+    diloco_loss = {n: v for n, v in out.get("loss_at_equal_wall_time", {}).get("loss", {}).items() if _local_steps(n)}
     out["goals"] = {
         "diloco_loss_at_equal_wall_time_below_sync": {
             "sync_fp32": sync_loss, "diloco": diloco_loss,

@@ -27,13 +27,16 @@ from swarm.averaging.balancing import MemberLink
 from swarm.compression.codecs import CompressionPolicy, decode_checked
 from swarm.compression.policy import FixedRoundCodec
 from swarm.compression.round_codec import RoundCodec, RoundContext
+from swarm.compression.fragments import FragmentedRoundCodec
 from swarm.compression.topk import TopKRoundCodec
+from swarm.averaging.rounds import RoundRequest
+from swarm.optim.strategies import StreamingDiLoCo, layers_of
 
 CONFIGS = ("none", "fp16", "uniform8bit", "uniform4bit", "uniform2bit", "topk-1%", "topk-2%", "topk-3%")
 SMALL = 2**10
 
 
-async def wire_round(codecs: list[RoundCodec], inputs: list[list[torch.Tensor] | None], weights: list[float]):
+async def wire_round(codecs: list[RoundCodec], inputs: list[list[torch.Tensor] | None], weights: list[float], epoch: int = 0):
     """One round of len(codecs) members through the real encoders: returns (results, bytes each member sent,
     bytes of the reducer's reply per bucket)."""
     n = len(codecs)
@@ -61,7 +64,7 @@ async def wire_round(codecs: list[RoundCodec], inputs: list[list[torch.Tensor] |
             await done.wait()
             return [codec.decode(data) for codec, data in zip(reply["codecs"], reply["data"])]
 
-        return RoundContext(group=group, links=links, phase=phase)
+        return RoundContext(group=group, links=links, phase=phase, epoch=epoch)
 
     results = await asyncio.gather(*(codec.average(ctx_for(i), x) for i, (codec, x) in enumerate(zip(codecs, inputs))))
     return results, sent_bytes, [len(d) for d in reply["data"]]
@@ -73,55 +76,93 @@ def round_codec(config: str, shapes) -> RoundCodec:
     return FixedRoundCodec(shapes, CompressionPolicy(default=config, small_tensor_threshold=SMALL))
 
 
-def _mlp(seed: int) -> torch.nn.Module:
+def _mlp(seed: int, hidden_layers: int = 2) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 256), torch.nn.GELU(),
-                               torch.nn.Linear(256, 16))
+    hidden = [m for _ in range(hidden_layers - 1) for m in (torch.nn.Linear(256, 256), torch.nn.GELU())]
+    return torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), *hidden, torch.nn.Linear(256, 16))
+
+
+class SimulatedPeer:
+    """What a run mode uses of its optimizer (swarm.optim.strategies.Wrapped), for one peer of this process."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.params = list(model.parameters())
+        self.inner = torch.optim.AdamW(self.params, lr=1e-3)
+        self.epoch = 0
 
 
 def train(config: str, peers: int = 3, outer_steps: int = 30, inner_steps: int = 20, batch: int = 32, seed: int = 0,
-          outer_lr: float = 0.7, outer_momentum: float = 0.9) -> dict:
-    teacher, start = _mlp(seed + 100), _mlp(seed)
+          outer_lr: float = 0.7, outer_momentum: float = 0.9, fragments: int = 1, delayed: bool = False,
+          hidden_layers: int = 2) -> dict:
+    """DiLoCo (fragments 1) or streaming DiLoCo (a round per inner_steps / fragments inner steps, each averaging one
+    fragment) through the real run mode (StreamingDiLoCo) and round codecs. `delayed`: a round's update is applied
+    after the next round's inner steps (the latest the optimizer settles an overlapped round), keeping their drift."""
+    if inner_steps % fragments:
+        raise SystemExit(f"inner steps ({inner_steps}) must be a multiple of the fragments ({fragments})")
+    teacher, start = _mlp(seed + 100, hidden_layers), _mlp(seed, hidden_layers)
     for p in teacher.parameters():
         p.requires_grad_(False)
     gen_eval = torch.Generator().manual_seed(seed + 7)
     x_eval = torch.randn(2048, 64, generator=gen_eval)
     y_eval = teacher(x_eval)
-    outer_params = [p.detach().clone() for p in start.parameters()]
-    outer = torch.optim.SGD(outer_params, lr=outer_lr, momentum=outer_momentum, nesterov=outer_momentum > 0)
-    shapes = [p.shape for p in outer_params]
-    codecs = [round_codec(config, shapes) for _ in range(peers)]
     models = [copy.deepcopy(start) for _ in range(peers)]
-    inners = [torch.optim.AdamW(m.parameters(), lr=1e-3) for m in models]
+    members = [SimulatedPeer(m) for m in models]
+    modes = [StreamingDiLoCo(delayed, outer_lr=outer_lr, outer_momentum=outer_momentum, fragments=fragments, layers=layers_of(m))
+             for m in models]
+    for mode, member in zip(modes, members):
+        mode.bind(member)
+    shapes = [p.shape for p in models[0].parameters()]
+    split = modes[0].fragments(members[0])
+    codecs = [FragmentedRoundCodec(shapes, split, [round_codec(config, [shapes[i] for i in f]) for f in split]) for _ in range(peers)]
     gens = [torch.Generator().manual_seed(seed * 1000 + i) for i in range(peers)]
     sent = received = 0
+    round_bytes: list[int] = []
     losses = []
-    for _ in range(outer_steps):
-        deltas = []
-        for model, inner, gen in zip(models, inners, gens):
-            for _ in range(inner_steps):
+    pending = None
+
+    def apply(requests, results):
+        with torch.no_grad():
+            for mode, member, request, result in zip(modes, members, requests, results):
+                mode.apply(member, result.tensors, request)
+                member.epoch += 1
+
+    for r in range(outer_steps * fragments):
+        for model, member, gen in zip(models, members, gens):
+            for _ in range(inner_steps // fragments):
                 x = torch.randn(batch, 64, generator=gen)
                 torch.nn.functional.mse_loss(model(x), teacher(x)).backward()
-                inner.step()
-                inner.zero_grad()
-            deltas.append([o - p.detach() for o, p in zip(outer_params, model.parameters())])
-        results, member_bytes, reply = asyncio.run(wire_round(codecs, deltas, [1.0] * peers))
-        for r in results:
-            r.commit()
+                member.inner.step()
+                member.inner.zero_grad()
+        if pending is not None:
+            apply(*pending)
+        requests, inputs = [], []
+        for mode, member in zip(modes, members):
+            tensors, payload = mode.contribution(member, 1.0)
+            inputs.append(tensors)
+            requests.append(RoundRequest(epoch=r, weight=1.0, payload=payload))
+        results, member_bytes, reply = asyncio.run(wire_round(codecs, inputs, [1.0] * peers, epoch=r))
+        for result in results:
+            result.commit()
         sent += member_bytes[0]
         received += sum(reply)
-        for p, g in zip(outer_params, results[0].tensors):
-            p.grad = g.clone()
-        outer.step()
-        for model in models:
+        round_bytes.append(member_bytes[0])
+        pending = (requests, results)
+        if not delayed:
+            apply(*pending)
+            pending = None
+        if (r + 1) % fragments == 0:   # after every H inner steps: the loss of the shared (outer) parameters
+            evaluated = copy.deepcopy(start)
             with torch.no_grad():
-                for p, o in zip(model.parameters(), outer_params):
+                for p, o in zip(evaluated.parameters(), modes[0].outer_params):
                     p.copy_(o)
-        with torch.no_grad():
-            losses.append(float(torch.nn.functional.mse_loss(models[0](x_eval), y_eval)))
+                losses.append(float(torch.nn.functional.mse_loss(evaluated(x_eval), y_eval)))
+    if pending is not None:
+        apply(*pending)
+    assert all(torch.equal(a, b) for mode in modes[1:] for a, b in zip(mode.outer_params, modes[0].outer_params))
     values = sum(int(torch.Size(s).numel()) for s in shapes) * outer_steps
-    return {"config": config, "loss": losses[-1], "losses": losses, "sent_bytes_per_value": sent / values,
-            "reply_bytes_per_value": received / values, "samples": peers * outer_steps * inner_steps * batch}
+    return {"config": config, "fragments": fragments, "delayed": delayed, "loss": losses[-1], "losses": losses,
+            "sent_bytes_per_value": sent / values, "reply_bytes_per_value": received / values,
+            "max_round_bytes": max(round_bytes), "samples": peers * outer_steps * inner_steps * batch}
 
 
 def main() -> None:
@@ -131,18 +172,25 @@ def main() -> None:
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--outer-lr", type=float, default=0.7)
     parser.add_argument("--outer-momentum", type=float, default=0.9)
+    parser.add_argument("--fragments", default="1", help="streaming DiLoCo: F per run, comma-separated (1: plain DiLoCo)")
+    parser.add_argument("--delayed", action="store_true", help="streaming: apply each round after the next round's inner steps")
+    parser.add_argument("--hidden-layers", type=int, default=2, help="hidden layers of the MLP (fragments <= hidden layers + 1)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     rows = []
     for config in args.configs.split(","):
-        t = time.monotonic()
-        row = train(config, outer_steps=args.outer_steps, inner_steps=args.inner_steps, outer_lr=args.outer_lr,
-                    outer_momentum=args.outer_momentum)
-        rows.append(row)
-        base = rows[0]
-        print(f"{config:12s} loss {row['loss']:.5f} ({row['loss'] / base['loss'] - 1:+.1%} vs {base['config']})  "
-              f"member sends {row['sent_bytes_per_value']:.4f} B/value ({4 / row['sent_bytes_per_value']:.0f}x below fp32), "
-              f"reducer replies {row['reply_bytes_per_value']:.4f} B/value  [{time.monotonic() - t:.1f}s]", flush=True)
+        for fragments in (int(f) for f in args.fragments.split(",")):
+            t = time.monotonic()
+            row = train(config, outer_steps=args.outer_steps, inner_steps=args.inner_steps, outer_lr=args.outer_lr,
+                        outer_momentum=args.outer_momentum, fragments=fragments, delayed=args.delayed and fragments > 1,
+                        hidden_layers=args.hidden_layers)
+            rows.append(row)
+            base = rows[0]
+            label = config if fragments == 1 else f"{config} F={fragments}{' delayed' if row['delayed'] else ''}"
+            print(f"{label:12s} loss {row['loss']:.5f} ({row['loss'] / base['loss'] - 1:+.1%} vs {base['config']})  "
+                  f"member sends {row['sent_bytes_per_value']:.4f} B/value ({4 / row['sent_bytes_per_value']:.0f}x below fp32), "
+                  f"reducer replies {row['reply_bytes_per_value']:.4f} B/value, largest round {row['max_round_bytes']} B  "
+                  f"[{time.monotonic() - t:.1f}s]", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -17,9 +17,11 @@ def add_run_options(p: argparse.ArgumentParser, run_id_help: str = "the run to j
     p.add_argument("--micro-batch-size", type=int, help="samples per local step")
     p.add_argument("--compression", help="none, fp16, uniform8bit, quantile8bit, uniform4bit, uniform2bit, powersgd (low rank), "
                    "topk (top-k with error feedback) or auto (per round)")
-    p.add_argument("--outer-codec", help="diloco: compression of the outer round (default: --compression), e.g. uniform4bit or topk")
-    p.add_argument("--mode", help="sync: large-batch steps together; diloco: local steps, then outer steps")
+    p.add_argument("--outer-codec", help="diloco, streaming-diloco: compression of the outer round (default: --compression), e.g. uniform4bit or topk")
+    p.add_argument("--mode", help="sync: large-batch steps together; diloco: local steps, then outer steps; "
+                   "streaming-diloco: outer steps of one model fragment at a time, in the background")
     p.add_argument("--inner-steps", type=int, help="diloco: local steps per peer between outer steps (H)")
+    p.add_argument("--fragments", type=int, help="streaming-diloco: fragments of the model synchronised in turn (F)")
     p.add_argument("--overlap", action="store_true", default=None, help="average in the background while computing (updates one step late)")
     p.add_argument("--averaging-timeout", type=float, help="deadline of one all-reduce, seconds")
     p.add_argument("--size", help="model size for the task (albert: tiny, small, base, large; swav: tiny, resnet18, resnet50)")
@@ -31,7 +33,7 @@ def run_config_from_args(args: argparse.Namespace):
         "target_batch_size": args.target_batch_size, "micro_batch_size": args.micro_batch_size,
         "compression": args.compression, "averaging_timeout": args.averaging_timeout,
         "mode": getattr(args, "mode", None), "inner_steps": getattr(args, "inner_steps", None), "overlap": getattr(args, "overlap", None),
-        "outer_codec": getattr(args, "outer_codec", None),
+        "outer_codec": getattr(args, "outer_codec", None), "fragments": getattr(args, "fragments", None),
     }
     config = load_run_config(args.config, overrides)
     if args.size:

@@ -61,9 +61,9 @@ def demo_config(args: argparse.Namespace) -> RunConfig:
                     data["engine"]["target_batch_size"] = value
             elif key not in explicit:
                 data[key] = value
-    if config.mode == "diloco" and "target_batch_size" not in explicit and "target_batch_size" not in config.engine.model_fields_set:
-        # one outer step = inner_steps local steps of every peer (see swarm.config.DiLoCoConfig)
-        data["engine"]["target_batch_size"] = config.diloco.target_batch_size(args.peers * config.micro_batch_size)
+    if config.uses_diloco and "target_batch_size" not in explicit and "target_batch_size" not in config.engine.model_fields_set:
+        # one outer step = inner_steps local steps of every peer; streaming: a fragment's share (swarm.config.DiLoCoConfig)
+        data["engine"]["target_batch_size"] = config.outer_target_batch_size(args.peers * config.micro_batch_size)
     return RunConfig.model_validate(data)
 
 
@@ -220,7 +220,8 @@ def _mode_figures(config: RunConfig, steps: list[list[dict]], finals: list[dict 
                 codecs[r["codec"]] = codecs.get(r["codec"], 0) + 1
     return {
         "mode": config.mode, "overlap": config.overlap, "compression": config.engine.compression,
-        "inner_steps": config.diloco.inner_steps if config.mode == "diloco" else None,
+        "inner_steps": config.diloco.inner_steps if config.uses_diloco else None,
+        "fragments": config.diloco.fragments if config.mode == "streaming-diloco" else None,
         "compute_utilization": round(compute / wall, 4) if wall > 0 else None,
         "round_wait_share": round(waited / wall, 4) if wall > 0 else None,
         # the rest of the wall time: the next micro-batch, and opt.step's own work (accumulation, DiLoCo's inner step)

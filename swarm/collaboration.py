@@ -243,8 +243,9 @@ class Collaboration:
     def optimizer(self, params: Iterable[torch.nn.Parameter], optimizer: Any, *, mode: str = "sync", overlap: bool = False, **kwargs: Any):
         """Wrap a torch optimizer (class or instance) so that it steps with the swarm; downloads the state if late.
 
-        mode="sync" (DeDLOC's large-batch steps) or "diloco" (the optimizer is the inner one; outer_lr,
-        outer_momentum, nesterov go to the outer SGD); overlap=True averages in the background while the next
+        mode="sync" (DeDLOC's large-batch steps), "diloco" or "streaming-diloco" (the optimizer is the inner one;
+        outer_lr, outer_momentum, nesterov go to the outer SGD), or a RunMode such as
+        `StreamingDiLoCo(fragments=4, layers=layers_of(model))` (swarm.optim.strategies); overlap=True averages in the background while the next
         batch is computed (the update lands one step late). See swarm.optim.core for the other keywords."""
         from .optim.core import CollaborativeOptimizer
 

@@ -77,16 +77,20 @@ class DiLoCoConfig(BaseModel):
     inner_weight_decay: float = Field(0.0, ge=0)
     outer_codec: str | None = Field(None, description="compression of the pseudo-gradients (the outer round), any value of "
                                     "engine.compression, e.g. uniform4bit or topk; default: engine.compression")
+    fragments: int = Field(4, ge=2, le=1024, description="mode streaming-diloco: F, fragments of the model (strided over layers) "
+                           "synchronised in turn, each every inner_steps local steps")
 
     @field_validator("outer_codec")
     @classmethod
     def _known_codec(cls, name: str | None) -> str | None:
         return None if name is None else check_codec_name(name)
 
-    def target_batch_size(self, swarm_micro_batch: int) -> int:
+    def target_batch_size(self, swarm_micro_batch: int, streaming: bool = False) -> int:
         """Samples per outer step for inner_steps local steps of every peer: `swarm_micro_batch` is the sum of the
-        peers' micro-batches (what the whole swarm processes per inner step)."""
-        return self.inner_steps * swarm_micro_batch
+        peers' micro-batches (what the whole swarm processes per inner step). `streaming`: per fragment round,
+        a fragment's share of that (each fragment then has its outer step every inner_steps local steps)."""
+        total = self.inner_steps * swarm_micro_batch
+        return max(1, round(total / self.fragments)) if streaming else total
 
 
 class RunConfig(BaseModel):
@@ -103,7 +107,9 @@ class RunConfig(BaseModel):
     lr: float = Field(0.00176, gt=0)
     warmup_epochs: int = Field(5, ge=0)
     total_epochs: int = Field(10000, gt=0)
-    mode: Literal["sync", "diloco"] = Field("sync", description="sync: DeDLOC's large-batch steps; diloco: local steps, outer steps")
+    mode: Literal["sync", "diloco", "streaming-diloco"] = Field(
+        "sync", description="sync: DeDLOC's large-batch steps; diloco: local steps, outer steps; streaming-diloco: local steps, "
+        "outer steps of one fragment of the model at a time, in the background (the diloco section's settings)")
     overlap: bool = Field(False, description="average in the background while computing the next batch: updates land one step late")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="the daemon's autocast: auto = fp16 with a GradScaler on CUDA, fp32 on CPU (each peer's own choice)")
@@ -133,18 +139,29 @@ class RunConfig(BaseModel):
         if codec == "topk":
             out["topk_fraction"] = self.engine.topk_fraction
             out["topk_value_bits"] = self.engine.topk_value_bits
-        if self.mode == "diloco":
+        if self.uses_diloco:
             d = self.diloco
             out.update({"diloco_outer_lr": d.outer_lr, "diloco_outer_momentum": d.outer_momentum, "diloco_nesterov": d.nesterov,
                         "diloco_inner_optimizer": d.inner_optimizer, "diloco_inner_lr": d.inner_lr or self.lr,
                         "diloco_inner_weight_decay": d.inner_weight_decay})
             if d.outer_codec is not None:
                 out["diloco_outer_codec"] = d.outer_codec
+            if self.mode == "streaming-diloco":
+                out["diloco_fragments"] = d.fragments
         return out
 
+    @property
+    def uses_diloco(self) -> bool:
+        """Whether the mode takes local steps and outer steps (diloco, streaming-diloco): the diloco section applies."""
+        return self.mode in ("diloco", "streaming-diloco")
+
+    def outer_target_batch_size(self, swarm_micro_batch: int) -> int:
+        """A DiLoCo mode's samples per round for `swarm_micro_batch` samples per inner step of the whole swarm."""
+        return self.diloco.target_batch_size(swarm_micro_batch, streaming=self.mode == "streaming-diloco")
+
     def codec(self) -> str:
-        """The compression of this run's rounds: diloco.outer_codec in mode diloco when set, else engine.compression."""
-        if self.mode == "diloco" and self.diloco.outer_codec is not None:
+        """The compression of this run's rounds: diloco.outer_codec in the DiLoCo modes when set, else engine.compression."""
+        if self.uses_diloco and self.diloco.outer_codec is not None:
             return self.diloco.outer_codec
         return self.engine.compression
 

@@ -41,6 +41,7 @@ import torch
 
 from swarm.averaging.layout import TensorLayout
 from swarm.compression.codecs import CompressionPolicy
+from swarm.compression.fragments import FragmentedRoundCodec
 from swarm.compression.policy import FixedRoundCodec, make_round_codec
 from ..errors import ConfigError, NetworkError, RoundFailed, SwarmError
 from swarm.compression.round_codec import Averaged, RoundCodec
@@ -73,8 +74,9 @@ class Swarm(Protocol):
 class CollaborativeOptimizer(torch.optim.Optimizer):
     """Wraps any torch optimizer (class or instance) so that the swarm steps together (see the module docstring).
 
-    `mode` "sync" or "diloco" (the wrapped optimizer is then the inner one; `outer_lr`, `outer_momentum`,
-    `nesterov` go to the outer SGD), `overlap` runs the round while the next batch is computed. `buffers`:
+    `mode` "sync", "diloco" or "streaming-diloco" (the wrapped optimizer is then the inner one; `outer_lr`,
+    `outer_momentum`, `nesterov` go to the outer SGD; `fragments`: streaming DiLoCo's F, or pass a
+    `StreamingDiLoCo(..., layers=...)` as `mode`), `overlap` runs the round while the next batch is computed. `buffers`:
     the model's buffers (BatchNorm statistics), not averaged but part of the state a newcomer downloads.
     `samples_per_step`: what a `step()` without `samples=` counts (default 1: then `target_batch_size` is in
     calls). `lr_schedule(epoch)` multiplies the base learning rates (a LambdaLR); `scheduler(opt)` builds any
@@ -98,6 +100,7 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
         outer_lr: float | None = None,
         outer_momentum: float | None = None,
         nesterov: bool | None = None,
+        fragments: int | None = None,
         **optimizer_kwargs: Any,
     ):
         if samples_per_step <= 0:
@@ -110,8 +113,9 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
         # state are then the inner optimizer's own objects, so what a scheduler sets is what the inner one uses
         super().__init__(self.inner.param_groups, self.inner.defaults)
         self._share_inner_groups()
-        options = {k: v for k, v in (("outer_lr", outer_lr), ("outer_momentum", outer_momentum), ("nesterov", nesterov)) if v is not None}
+        options = {k: v for k, v in (("outer_lr", outer_lr), ("outer_momentum", outer_momentum), ("nesterov", nesterov), ("fragments", fragments)) if v is not None}
         self.strategy = mode if isinstance(mode, RunMode) else make_run_mode(mode, overlap, **options)
+        self.strategy.bind(self)
         self.samples_per_step = int(samples_per_step)
         self.codec = self._make_codec(collab.config, compression, codec)
         self.epoch = 0
@@ -130,7 +134,6 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
         self._last_step_time: float | None = None
         self._retry_after = 0.0
         self._oldest: int | None = None   # parameter version of the oldest local work not yet averaged
-        self.strategy.bind(self)
         self._schema_fixed = True
         if lr_schedule is not None:
             self.attach_scheduler(torch.optim.lr_scheduler.LambdaLR(self, lr_schedule))
@@ -146,8 +149,16 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
         self.state = self.inner.state
 
     def _make_codec(self, config: Any, compression: CompressionPolicy | None, codec: str | None) -> RoundCodec:
-        """`codec`: this mode's own choice (e.g. diloco.outer_codec), else the run's engine.compression."""
-        shapes = [p.shape for p in self.params]
+        """`codec`: this mode's own choice (e.g. diloco.outer_codec), else the run's engine.compression.
+
+        A mode that averages one fragment of the parameters per epoch gets one such codec per fragment."""
+        fragments = self.strategy.fragments(self)
+        if fragments is None:
+            return self._codec_for([p.shape for p in self.params], config, compression, codec)
+        codecs = [self._codec_for([self.params[i].shape for i in f], config, compression, codec) for f in fragments]
+        return FragmentedRoundCodec([p.shape for p in self.params], fragments, codecs)
+
+    def _codec_for(self, shapes: list[torch.Size], config: Any, compression: CompressionPolicy | None, codec: str | None) -> RoundCodec:
         name = codec or config.compression
         if name in ("powersgd", "auto", "topk"):   # codecs with state, or that choose per round (swarm.compression.policy)
             return make_round_codec(shapes, name, rank=config.powersgd_rank, budget=config.compression_budget,

@@ -16,7 +16,8 @@ step the wrapped optimizer on the average). `DiLoCo` (Douillard et al. 2023) tak
 micro-batch and, once per epoch, averages the pseudo-gradients theta_outer - theta_i (weighted by samples)
 and takes an outer SGD step with Nesterov momentum; the outer parameters and momentum are then the run's
 shared state. With overlap, DiLoCo keeps what the inner steps did while the round ran (streaming DiLoCo's
-overlap): theta <- theta_outer + (theta - theta at submission).
+overlap): theta <- theta_outer + (theta - theta at submission). `StreamingDiLoCo` (Douillard et al. 2025)
+averages one fragment of the model per epoch, in turn, so each fragment has its outer step every F epochs.
 """
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ import torch
 
 from ..errors import ConfigError
 from swarm.averaging.rounds import RoundRequest
+from swarm.compression.fragments import fragment_of_epoch
 
-__all__ = ["RunMode", "GradientAveraging", "DiLoCo", "make_run_mode", "Wrapped"]
+__all__ = ["RunMode", "GradientAveraging", "DiLoCo", "StreamingDiLoCo", "make_run_mode", "strided_fragments", "layers_of", "Wrapped"]
 
 
 class Wrapped(Protocol):
@@ -36,6 +38,7 @@ class Wrapped(Protocol):
 
     params: list[torch.nn.Parameter]
     inner: torch.optim.Optimizer
+    epoch: int
 
 
 def _all_finite(tensors: list[torch.Tensor]) -> bool:
@@ -76,6 +79,11 @@ class RunMode(abc.ABC):
         """Step on the averaged tensors (under the optimizer's step lock, without autograd)."""
 
     # the run's shared state (what a newcomer downloads and the parameter hash covers)
+    def fragments(self, opt: Wrapped) -> list[list[int]] | None:
+        """None: every round averages all parameters; else the parameter indices of each fragment, the round of
+        epoch e averaging fragment e mod F (swarm.compression.fragments), after `bind`."""
+        return None
+
     def state_params(self, opt: Wrapped) -> list[torch.Tensor]:
         return opt.params
 
@@ -219,12 +227,104 @@ class DiLoCo(RunMode):
         self.inner_steps = 0
 
 
+class StreamingDiLoCo(DiLoCo):
+    """DiLoCo whose outer rounds each synchronise one fragment of the model, in turn, while inner steps go on.
+
+    Streaming DiLoCo (Douillard et al. 2025): the parameters are split into `fragments` F, strided over
+    layers (layer j belongs to fragment j mod F; `layers[i]` names parameter i's layer, default: each
+    parameter its own layer). The round of epoch e averages fragment f = e mod F, so with an epoch of H/F
+    inner steps fragment f is synchronised every H inner steps, offset by f*H/F, and each round moves about
+    1/F of DiLoCo's bytes. Its pseudo-gradient is the fragment's outer parameters minus its local ones (all
+    the inner progress since the fragment's last round); the outer Nesterov step moves only the fragment's
+    outer parameters and momentum.
+
+    Applying (delayed, with overlap): the fragment's parameters become its new outer parameters plus what the
+    inner steps did to them while the round ran (theta <- theta_outer + (theta - theta at submission)), so no
+    inner step is lost and the shared state (outer parameters, momentum) is the same bytes on every peer that
+    applied the round. A failed round moves nothing: the retried epoch averages the same fragment, whose
+    pseudo-gradient still holds all its work.
+    """
+
+    name = "streaming-diloco"
+
+    def __init__(self, overlap: bool = True, outer_lr: float = 0.7, outer_momentum: float = 0.9, nesterov: bool = True,
+                 fragments: int = 4, layers: list[int] | None = None):
+        super().__init__(overlap, outer_lr, outer_momentum, nesterov)
+        if isinstance(fragments, bool) or not isinstance(fragments, int) or fragments < 1:
+            raise ConfigError(f"fragments must be a positive integer, not {fragments!r}")
+        self.num_fragments = fragments
+        self.layers = list(layers) if layers is not None else None
+        self._fragments: list[list[int]] = []
+
+    def bind(self, opt: Wrapped) -> None:
+        super().bind(opt)
+        self._fragments = strided_fragments(self.layers if self.layers is not None else list(range(len(opt.params))),
+                                            self.num_fragments, len(opt.params))
+
+    def fragments(self, opt: Wrapped) -> list[list[int]] | None:
+        return self._fragments
+
+    def fragment_at(self, epoch: int) -> list[int]:
+        """The parameter indices the round of `epoch` averages."""
+        return self._fragments[fragment_of_epoch(epoch, len(self._fragments))]
+
+    def contribution(self, opt: Wrapped, weight: float) -> tuple[list[torch.Tensor], Any]:
+        indices = self.fragment_at(opt.epoch)
+        with torch.no_grad():
+            deltas = [self.outer_params[i] - opt.params[i].detach().float().cpu() for i in indices]
+            start = [opt.params[i].detach().float().cpu().clone() for i in indices] if self.overlap else None
+        return deltas, start
+
+    def apply(self, opt: Wrapped, averaged: list[torch.Tensor], request: RoundRequest) -> None:
+        assert self.outer is not None
+        indices = self.fragment_at(request.epoch)
+        for i, d in zip(indices, averaged):
+            o = self.outer_params[i]
+            o.grad = d.to(dtype=o.dtype).reshape(o.shape).clone()
+        self.outer.step()   # SGD skips parameters without a gradient: the other fragments and their momentum stay
+        for i in indices:
+            self.outer_params[i].grad = None
+        start: list[torch.Tensor] | None = request.payload
+        for k, i in enumerate(indices):
+            p, o = opt.params[i], self.outer_params[i]
+            if start is None:
+                p.copy_(o)
+            else:
+                drift = p.detach().float().cpu() - start[k]
+                p.copy_(o + drift if bool(torch.isfinite(drift).all()) else o)
+        self.inner_steps = 0
+
+
+def layers_of(model: torch.nn.Module) -> list[int]:
+    """A layer id per trainable parameter of `model` (in `model.parameters()` order): parameters of one module share it."""
+    ids: dict[str, int] = {}
+    return [ids.setdefault(name.rpartition(".")[0], len(ids)) for name, p in model.named_parameters() if p.requires_grad]
+
+
+def strided_fragments(layers: list[int], fragments: int, count: int) -> list[list[int]]:
+    """Parameter indices per fragment: the distinct layers, in order of first appearance, go to fragment j mod F."""
+    if len(layers) != count:
+        raise ConfigError(f"layers names {len(layers)} parameters, the optimizer has {count}")
+    order: dict[int, int] = {}
+    for layer in layers:
+        order.setdefault(layer, len(order))
+    if fragments > len(order):
+        raise ConfigError(f"{fragments} fragments but only {len(order)} layers: use at most {len(order)} fragments")
+    split: list[list[int]] = [[] for _ in range(fragments)]
+    for i, layer in enumerate(layers):
+        split[order[layer] % fragments].append(i)
+    return split
+
+
 def make_run_mode(mode: str, overlap: bool = False, **mode_options: Any) -> RunMode:
-    """The strategy of `mode` ("sync" or "diloco"); `mode_options` are DiLoCo's outer_lr, outer_momentum, nesterov."""
+    """The strategy of `mode` ("sync", "diloco" or "streaming-diloco"); `mode_options` are DiLoCo's outer_lr,
+    outer_momentum, nesterov (and streaming DiLoCo's fragments, layers)."""
     if mode == "sync":
         if mode_options:
             raise ConfigError(f"sync mode takes no {', '.join(sorted(mode_options))} (those are DiLoCo's outer optimizer's)")
         return GradientAveraging(overlap)
     if mode == "diloco":
         return DiLoCo(overlap, **mode_options)
-    raise ConfigError(f"unknown mode {mode!r}: sync or diloco")
+    if mode == "streaming-diloco":
+        return StreamingDiLoCo(overlap, **mode_options)
+    raise ConfigError(f"unknown mode {mode!r}: sync, diloco or streaming-diloco")

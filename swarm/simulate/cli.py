@@ -61,7 +61,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, help="allreduce: rounds")
     p.add_argument("--compression", help="codec: none, fp16, uniform8bit, quantile8bit")
     p.add_argument("--duration", type=float, help="training: seconds")
-    p.add_argument("--mode", choices=["sync", "diloco"], help="training: the run mode (default: the workload's)")
+    p.add_argument("--mode", choices=["sync", "diloco", "streaming-diloco"], help="training: the run mode (default: the workload's)")
     p.add_argument("--overlap", action="store_true", default=None, help="training: average in the background (one step late)")
     p.add_argument("--inner-steps", type=int, help="training, diloco: H, local steps of every trainer per outer step")
     p.add_argument("--inner-lr", type=float, help="training, diloco: the inner AdamW's lr")

@@ -105,7 +105,7 @@ class AllreduceWorkload(_Model):
 class TrainingWorkload(_Model):
     """Collaborative training of a task plug-in for `duration` seconds, in one of the run modes of swarm.config:
 
-        mode: diloco          # sync (default) or diloco
+        mode: diloco          # sync (default), diloco or streaming-diloco
         overlap: true         # average in the background: updates land one step (DiLoCo: one outer step) late
         diloco: {inner_steps: 10, inner_lr: 0.001}   # swarm.config.DiLoCoConfig; an outer step is inner_steps
                                                      # local steps of every trainer (target_batch_size is sync's)
@@ -125,7 +125,7 @@ class TrainingWorkload(_Model):
     duration: float = Field(120.0, gt=0)
     lr: float = Field(0.002, gt=0, description="the task optimizer's lr (sync; DiLoCo's inner lr unless diloco.inner_lr)")
     compression: str = "fp16"
-    mode: Literal["sync", "diloco"] = RunConfig.model_fields["mode"]
+    mode: Literal["sync", "diloco", "streaming-diloco"] = RunConfig.model_fields["mode"]
     overlap: bool = RunConfig.model_fields["overlap"]
     diloco: DiLoCoConfig = Field(default_factory=DiLoCoConfig)
     gradient_params: int | None = Field(None, description="values averaged per step, for the model (the emulator builds the task)")
@@ -143,8 +143,8 @@ class TrainingWorkload(_Model):
     def target_for(self, trainers: int) -> int:
         """Samples per global step for `trainers` peers that bring samples: target_batch_size in sync mode, and in
         DiLoCo inner_steps local steps of every trainer (swarm.config.DiLoCoConfig.target_batch_size)."""
-        if self.mode == "diloco":
-            return self.diloco.target_batch_size(max(1, trainers) * self.micro_batch_size)
+        if self.mode in ("diloco", "streaming-diloco"):   # streaming: a fragment's share per round
+            return self.diloco.target_batch_size(max(1, trainers) * self.micro_batch_size, streaming=self.mode == "streaming-diloco")
         return self.target_batch_size
 
     def run_config(self, engine: dict[str, Any] | None = None, trainers: int = 1) -> RunConfig:

@@ -124,7 +124,8 @@ def main() -> None:
     parser.add_argument("--averaging-timeout", type=float, default=15)
     parser.add_argument("--chunk-elements", type=int, default=2**17)
     parser.add_argument("--wait-timeout", type=float, default=120, help="seconds --wait-peers waits at most (a peer can take a minute to start on a busy 2-core box)")
-    parser.add_argument("--mode", default="sync", choices=["sync", "diloco"], help="diloco: AdamW inner steps, Nesterov outer steps")
+    parser.add_argument("--mode", default="sync", choices=["sync", "diloco", "streaming-diloco"],
+                        help="diloco: AdamW inner steps, Nesterov outer steps; streaming-diloco: of one layer per round, in turn")
     parser.add_argument("--overlap", action="store_true", help="average in the background (updates one step late)")
     parser.add_argument("--inner-lr", type=float, default=0.01)
     parser.add_argument("--outer-lr", type=float, default=0.7)
@@ -179,7 +180,12 @@ def main() -> None:
     print("CHILDREN", *descendants(os.getpid()), flush=True)
     out = open(args.out, "a")
     try:
-        if args.mode == "diloco":
+        if args.mode == "streaming-diloco":   # the toy model's 2 layers are its 2 fragments
+            from swarm.optim.strategies import StreamingDiLoCo, layers_of
+
+            mode = StreamingDiLoCo(True, outer_lr=args.outer_lr, outer_momentum=0.9, fragments=2, layers=layers_of(model))
+            opt = collab.optimizer(model.parameters(), torch.optim.AdamW, lr=args.inner_lr, mode=mode)
+        elif args.mode == "diloco":
             opt = collab.optimizer(model.parameters(), torch.optim.AdamW, lr=args.inner_lr, mode="diloco", overlap=args.overlap,
                                    outer_lr=args.outer_lr, outer_momentum=0.9)
         else:

@@ -113,3 +113,35 @@ def test_training_configs_and_cli():
     proc = subprocess.run([sys.executable, "-m", "benchmarks.training", "--scenario", "hybrid", "--configs", "sync-fp64",
                            "--json", "/dev/null"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "sync-fp64" in proc.stderr, proc.stderr
+
+
+def test_issue_19_configurations_are_valid_runs_on_loopback_and_emulated():
+    """streaming-diloco(-4bit) and sparseloco: valid RunConfigs (loopback) and training workloads (emulated) whose
+    rounds average a fragment's share of H = 50 local steps, or top-k 2% with 2-bit values and no outer momentum."""
+    from benchmarks.modes import BASE, CONFIGS as MODES
+    from swarm.config import RunConfig
+    from swarm.simulate.scenario import load_scenario
+
+    for name in ("streaming-diloco", "streaming-diloco-4bit", "sparseloco"):
+        config = RunConfig.model_validate({**BASE, **MODES[name]})
+        system, changes = training.CONFIGS[name]
+        workload = load_scenario("dedloc-albert").with_workload("training", **changes).workload
+        assert system == "swarm" and workload.mode == config.mode and workload.diloco == config.diloco
+    streaming = RunConfig.model_validate({**BASE, **MODES["streaming-diloco-4bit"]})
+    assert streaming.codec() == "uniform4bit" and streaming.outer_target_batch_size(3 * 8) == 50 * 3 * 8 // 4
+    sparse = RunConfig.model_validate({**BASE, **MODES["sparseloco"]})
+    assert sparse.codec() == "topk" and sparse.diloco.outer_momentum == 0 and sparse.engine.topk_value_bits == 2
+    assert 0.02 <= sparse.engine.topk_fraction <= 0.03
+
+
+def test_outer_codecs_runs_streaming_diloco_through_the_real_mode_with_smaller_rounds():
+    """benchmarks.outer_codecs drives StreamingDiLoCo and FragmentedRoundCodec: fragments=1 is DiLoCo; with F = 3 each
+    round carries one module's tensors (the run asserts identical outer parameters on every peer) and the loss stays finite."""
+    from benchmarks.outer_codecs import train
+
+    plain = train("none", peers=2, outer_steps=2, inner_steps=3, batch=8)
+    streaming = train("none", peers=2, outer_steps=2, inner_steps=3, batch=8, fragments=3, delayed=True)
+    assert plain["samples"] == streaming["samples"] and len(streaming["losses"]) == 2
+    assert streaming["max_round_bytes"] < 0.8 * plain["max_round_bytes"]   # the largest fragment: the 256x256 layer
+    assert abs(streaming["sent_bytes_per_value"] - plain["sent_bytes_per_value"]) < 0.01   # the same bytes per sample
+    assert streaming["loss"] == streaming["loss"] and streaming["loss"] < 10 * plain["loss"]

@@ -37,6 +37,7 @@ def test_sync_hyperparameters_are_unchanged_by_the_new_fields():
     ("engine:\n  topk_value_bits: 4", "topk_value_bits"),
     ("mode: diloco\ndiloco:\n  outer_codec: int3", "diloco.outer_codec: Value error, unknown codec 'int3'"),
     ("overlap: maybe", "overlap"),
+    ("mode: streaming-diloco\ndiloco:\n  fragments: 1", "diloco.fragments"),
 ])
 def test_bad_mode_settings_are_one_clear_line(tmp_path, text, needle):
     p = tmp_path / "bad.yaml"
@@ -66,3 +67,14 @@ def test_outer_codec_is_per_mode_and_part_of_the_run_s_hyperparameters(tmp_path)
     assert sync.codec() == "uniform8bit" and "diloco_outer_codec" not in sync.hyperparameters()
     plain = load_run_config(None, {"mode": "diloco"})
     assert plain.codec() == "fp16" and "diloco_outer_codec" not in plain.hyperparameters()
+
+
+def test_streaming_diloco_shares_the_diloco_section_and_peers_must_agree_on_fragments(tmp_path):
+    p = tmp_path / "e.yaml"
+    p.write_text("mode: streaming-diloco\ndiloco:\n  inner_steps: 40\n  outer_codec: uniform4bit\n")
+    cfg = load_run_config(p, {"fragments": 8})
+    assert cfg.uses_diloco and cfg.codec() == "uniform4bit" and cfg.diloco.fragments == 8
+    hp = cfg.hyperparameters()
+    assert (hp["mode"], hp["diloco_fragments"], hp["diloco_outer_codec"]) == ("streaming-diloco", 8, "uniform4bit")
+    assert hp != load_run_config(p, {"fragments": 4}).hyperparameters()
+    assert "diloco_fragments" not in load_run_config(p, {"mode": "diloco"}).hyperparameters()

@@ -59,3 +59,21 @@ def test_diloco_pseudo_gradients_travel_with_the_outer_codec():
 def test_outer_batch_is_h_local_steps_of_every_peer():
     assert DiLoCoConfig(inner_steps=50).target_batch_size(3 * 8) == 1200
     assert DiLoCoConfig(inner_steps=1).target_batch_size(4) == 4
+
+
+def test_streaming_diloco_builds_its_fragments_over_the_model_s_modules_with_the_outer_codec():
+    from swarm.optim.strategies import StreamingDiLoCo
+
+    model, collab = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3), torch.nn.Linear(3, 2)), RecordingCollab()
+    config = RunConfig(mode="streaming-diloco", diloco={"fragments": 3, "outer_lr": 0.5, "outer_codec": "uniform4bit"})
+    mode_optimizer(collab, model, _task_optimizer, config)
+    mode = collab.mode
+    assert isinstance(mode, StreamingDiLoCo) and mode.overlap and mode.num_fragments == 3 and mode.outer_lr == 0.5
+    assert mode.layers == [0, 0, 1, 1, 2, 2] and collab.kwargs["codec"] == "uniform4bit"
+    assert isinstance(collab.built, torch.optim.AdamW)
+
+
+def test_a_streaming_round_is_a_fragment_s_share_of_the_outer_batch():
+    assert DiLoCoConfig(inner_steps=50, fragments=4).target_batch_size(3 * 8, streaming=True) == 300
+    assert RunConfig(mode="streaming-diloco", diloco={"inner_steps": 50, "fragments": 5}).outer_target_batch_size(24) == 240
+    assert RunConfig(mode="diloco", diloco={"inner_steps": 50, "fragments": 5}).outer_target_batch_size(24) == 1200
