@@ -22,15 +22,18 @@ Guarantees:
 - Bad input: a chunk of the wrong size, undecodable or non-finite is a protocol error from
   that sender, which is then excluded like a dead one.
 
-The reduction itself is pluggable (`Reduction`): the weighted mean today, a robust
-aggregator (e.g. centered clipping per part) when peers cannot be trusted.
+The reduction itself is pluggable (`Reduction`): the weighted mean, or CenteredClip
+(swarm.averaging.robust) when peers cannot be trusted. Each contribution reaches the
+reduction with its sender's index; a reduction that reports how much of each sender's
+pull it cut (`clipped_share`) has it summed per sender over this member's part
+(`stats.clipped_share`), and senders named in `excluded` are ignored from the start.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator, Collection, Sequence
 
 import torch
 from hivemind.p2p import P2P, PeerID
@@ -79,7 +82,9 @@ class AllReduceRound:
         sender_timeout: float = 10.0,
         reduction: type[Reduction] = Reduction,
         authorizer: SwarmAuthorizer | None = None,
+        excluded: Collection[str] = (),
     ):
+        """`excluded`: peer ids whose contributions my part ignores (senders struck out by a robust reducer)."""
         self.p2p, self.group, self.layout = p2p, group, layout
         self.authorizer = authorizer  # invite-only runs: the first chunk of each stream is signed
         self.local = list(local) if local is not None else None
@@ -94,7 +99,9 @@ class AllReduceRound:
         # reducer state for my own part
         my_chunks = self.parts[me]
         self._expected = {i for i in range(len(group.peer_ids)) if group.brings(i) and i != me}
-        self._failed: set[int] = set()
+        self._failed: set[int] = {i for i in self._expected if group.peer_ids[i] in excluded}
+        self.stats.excluded.extend(group.peer_ids[i] for i in sorted(self._failed))
+        self._clip_totals: dict[int, list[float]] = {}  # sender -> [sum of clipped share x chunk length, length]
         self._arrived: list[set[int]] = [set() for _ in my_chunks]
         self._reductions = [reduction(c.length) for c in my_chunks]
         self._outputs: list[bytes | None] = [None] * len(my_chunks)
@@ -108,7 +115,7 @@ class AllReduceRound:
         self.stats.t0 = self._start
         if self.local is not None:
             for k, chunk in enumerate(my_chunks):
-                self._reductions[k].add(self._slice(chunk), group.weights[me])
+                self._reductions[k].add(self._slice(chunk), group.weights[me], sender=me)
 
     # -- helpers ---------------------------------------------------------------------------------------
 
@@ -141,8 +148,16 @@ class AllReduceRound:
                 self._outputs[k] = data
                 # what the others decode from these bytes; the lossless codec gives back `averaged` bit for bit
                 self._store_result(chunk, averaged if codec.name == "none" else codec.decode(data))
+            self._count_clipping(getattr(self._reductions[k], "clipped_share", {}), chunk.length)
             self._reductions[k] = None  # type: ignore[call-overload]  # free memory
             self._output_ready[k].set()
+
+    def _count_clipping(self, shares: dict[int, float], length: int) -> None:
+        for sender, share in shares.items():
+            totals = self._clip_totals.setdefault(sender, [0.0, 0.0])
+            totals[0] += share * length
+            totals[1] += length
+        self.stats.clipped_share = {self.group.peer_ids[i]: total / length_ for i, (total, length_) in self._clip_totals.items() if length_}
 
     def _exclude(self, sender: int, why: str) -> None:
         if sender in self._failed:
@@ -285,7 +300,7 @@ class AllReduceRound:
                 self.stats.receive_log.append((time.monotonic() - self._start, len(message.data)))
                 values = decode_checked(self.layout.codecs[chunk.bucket], message.data, chunk.length)
                 if sender not in self._failed and sender not in self._arrived[expected_k] and self._reductions[expected_k] is not None:
-                    self._reductions[expected_k].add(values, weight)
+                    self._reductions[expected_k].add(values, weight, sender=sender)
                     self._arrived[expected_k].add(sender)
                     self._try_finalize()
                 expected_k += 1

@@ -28,16 +28,27 @@ With every contribution honest and close together, nothing is clipped and the re
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["bound_weights", "centered_clip", "ClipResult", "CenteredClipReduction"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["bound_weights", "centered_clip", "ClipResult", "CenteredClipReduction", "StrikeBook", "HARD_CLIP", "STRIKES_TO_EXCLUDE"]
 
 DEFAULT_TAU_SCALE = 1.0
 DEFAULT_MAX_WEIGHT_RATIO = 1.5
 DEFAULT_ITERATIONS = 20
 DEFAULT_TOLERANCE = 1e-6
+# A contribution whose pull was cut by at least this much (it lay 4x tau or more from the centre) is a strike against
+# its sender. Honest contributions lie near tau from the centre by construction (tau is their median distance):
+# measured in tests/integration/test_robust_rounds.py, at most 0.01 for honest senders, 0.80-1.0 for the attacks
+# (sign flip 0.84, a sign flip with inflated weight 0.80, 10x noise 0.97, 1e30 1.0). An honest peer whose gradient
+# noise is 4x the others' (a batch 1/16 of theirs) would reach it too: keep micro-batches within that range.
+HARD_CLIP = 0.75
+# Strikes after which a reducer ignores a sender: two hard-clipped rounds exclude it from the third on.
+STRIKES_TO_EXCLUDE = 2
 
 
 def bound_weights(weights: torch.Tensor, max_weight_ratio: float = DEFAULT_MAX_WEIGHT_RATIO) -> torch.Tensor:
@@ -142,3 +153,33 @@ class CenteredClipReduction:
                              tau_scale=self.tau_scale, max_weight_ratio=self.max_weight_ratio)
         self.clipped_share = {s: float(c) for s, c in zip(self.senders, clip.clipped_share) if s is not None}
         return clip.value
+
+
+class StrikeBook:
+    """Per-peer strikes a peer keeps as a reducer: a round in which a sender's contributions to my part were clipped
+    hard (mean clipped share >= HARD_CLIP) is a strike; past STRIKES_TO_EXCLUDE strikes its contributions are
+    ignored (`excluded`) in every later round this peer reduces.
+
+    Local to each reducer, which keeps the round consistent: every part is reduced by one reducer and sent as the
+    same bytes to all members, so reducers with different books still give every member the same average.
+    """
+
+    def __init__(self, hard_clip: float = HARD_CLIP, strikes_to_exclude: int = STRIKES_TO_EXCLUDE):
+        self.hard_clip, self.strikes_to_exclude = hard_clip, strikes_to_exclude
+        self.strikes: dict[str, int] = {}
+
+    def record(self, clipped_share: dict[str, float], round_name: str = "") -> list[str]:
+        """Count one round's clipped shares (peer id -> mean share over my part); returns the peers newly excluded."""
+        newly = []
+        for peer, share in clipped_share.items():
+            if share >= self.hard_clip:
+                self.strikes[peer] = self.strikes.get(peer, 0) + 1
+                logger.warning("round %s: %s clipped hard (%.2f of its pull cut): strike %d", round_name, peer[-8:],
+                               share, self.strikes[peer])
+                if self.strikes[peer] == self.strikes_to_exclude:
+                    logger.warning("%s excluded from the parts this peer reduces after %d strikes", peer[-8:], self.strikes[peer])
+                    newly.append(peer)
+        return newly
+
+    def excluded(self) -> frozenset[str]:
+        return frozenset(p for p, n in self.strikes.items() if n >= self.strikes_to_exclude)
