@@ -1,0 +1,82 @@
+"""Byzantine volunteers: real peers whose round contribution is corrupted (issue 16's attacks).
+
+A byzantine peer runs the normal daemon; its Collaboration's `round_class` becomes a subclass of the round that
+corrupts what it sends to the other reducers (`_outgoing`), and for inflated_weight its matchmaker claims more
+samples than it has. Nothing else in it changes: it trains, steps and is followed like an honest peer.
+
+Kinds (`KINDS`):
+- sign_flip: sends -g.
+- gaussian: sends noise of 10x the norm of g.
+- huge: sends finite 1e30 everywhere (the issue's measured poisoning).
+- alie ("a little is enough", Baruch et al. 2019): sends g - z * s, s the per-coordinate spread of honest
+  gradients, estimated as |g - the last average this peer received| (one honest sample's deviation); small per
+  coordinate, it hides inside the honest spread and biases every coordinate the same way.
+- inflated_weight: claims INFLATION x its samples and sends -g (so the inflated weight matters).
+"""
+from __future__ import annotations
+
+import torch
+
+KINDS = ("sign_flip", "gaussian", "huge", "alie", "inflated_weight")
+HUGE = 1e30
+GAUSSIAN_NORM_RATIO = 10.0
+ALIE_Z = 1.0
+INFLATION = 1000.0
+
+
+def corrupt(kind: str, values: torch.Tensor, last_average: torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
+    """What a byzantine peer of `kind` sends instead of `values` (one chunk); `last_average`: the same chunk of the
+    last average it received (alie's estimate of the honest spread), None before its first round."""
+    if kind in ("sign_flip", "inflated_weight"):
+        return -values
+    if kind == "huge":
+        return torch.full_like(values, HUGE)
+    if kind == "gaussian":
+        scale = GAUSSIAN_NORM_RATIO * float(values.norm()) / max(values.numel(), 1) ** 0.5
+        return scale * torch.randn(values.shape, generator=torch.Generator().manual_seed(seed))
+    if kind == "alie":
+        spread = (values - last_average).abs() if last_average is not None else 0.1 * values.abs()
+        return values - ALIE_Z * spread * torch.sign(values)
+    raise ValueError(f"unknown byzantine kind {kind!r}: one of {', '.join(KINDS)}")
+
+
+def byzantine_round_class(kind: str, base: type):
+    """A subclass of the round class `base` that sends `corrupt(kind, ...)` for every chunk of another's part."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown byzantine kind {kind!r}: one of {', '.join(KINDS)}")
+    memory: dict[tuple[int, int, int], torch.Tensor] = {}   # (bucket, start, length) -> that chunk of the last average
+
+    class ByzantineRound(base):
+        _sent = 0
+
+        def _outgoing(self, chunk):
+            values = super()._outgoing(chunk)
+            self._sent += 1
+            return corrupt(kind, values, memory.get((chunk.bucket, chunk.start, chunk.length)), seed=self._sent)
+
+        def _store_result(self, chunk, values):
+            super()._store_result(chunk, values)
+            if kind == "alie":
+                memory[(chunk.bucket, chunk.start, chunk.length)] = values.detach().clone()
+
+    ByzantineRound.__name__ = f"Byzantine_{kind}"
+    return ByzantineRound
+
+
+def inflating_matchmaker(matchmaker) -> None:
+    """Make a started matchmaker claim INFLATION x its samples in every join request (inflated_weight)."""
+    base = type(matchmaker)
+
+    class Inflating(base):
+        async def form_group(self, request, deadline):
+            request.weight *= INFLATION
+            return await super().form_group(request, deadline)
+
+    matchmaker.__class__ = Inflating
+
+
+def install(collab, kind: str) -> None:
+    """Turn `collab` (a started Collaboration) into a byzantine peer of `kind`."""
+    collab.round_class = byzantine_round_class(kind, collab.round_class)
+    if kind == "inflated_weight":
+        inflating_matchmaker(collab.matchmaker)
