@@ -88,8 +88,25 @@ def _run_phase(args: argparse.Namespace, config, label: str, kind: str, count: i
     finally:
         h.close()
     rows = [[r for i in h.instances if i.slot == inst.slot for r in i.rows] for inst in honest]
+    byzantine_ids = {r["peer_id"] for i in h.instances if i.slot.startswith("b") for r in i.rows if r.get("peer_id")}
+    logs = [i.log.read_text(errors="replace") for i in h.instances if i.slot.startswith("p")]
     return {"label": label, "kind": kind, "attackers": count, "robust": robust, "reached_epochs": reached,
-            "seconds": round(time.monotonic() - started, 1), "rows": rows, "run_dir": str(run_dir)}
+            "seconds": round(time.monotonic() - started, 1), "rows": rows, "run_dir": str(run_dir),
+            **strike_figures(logs, byzantine_ids)}
+
+
+def strike_figures(honest_logs: list[str], byzantine_ids: set[str]) -> dict:
+    """Strikes and exclusions the honest peers logged (swarm.averaging.robust.StrikeBook), split by who was hit."""
+    strikes = {"byzantine": 0, "honest": 0}
+    excluded = {"byzantine": 0, "honest": 0}
+    suffixes = {p[-8:] for p in byzantine_ids}
+    for text in honest_logs:
+        for line in text.splitlines():
+            for marker, counts in (("clipped hard", strikes), ("excluded from the parts", excluded)):
+                if marker in line:
+                    hit = any(s in line for s in suffixes)
+                    counts["byzantine" if hit else "honest"] += 1
+    return {"strikes": strikes, "exclusions": excluded}
 
 
 def cmd_byzantine(args: argparse.Namespace) -> dict:

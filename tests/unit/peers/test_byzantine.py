@@ -63,3 +63,13 @@ def test_phase_figures_compare_loss_at_one_epoch_and_catch_nan_and_divergence():
     peer_b[2] = {**peer_b[2], "params_hash": "other", "loss": math.nan}
     fig = phase_figures([peer_a, peer_b], epoch=5)
     assert fig["nan"] and not fig["identical_params"] and fig["divergent_epochs"] == [3]
+
+
+def test_strikes_are_split_between_byzantine_and_honest_peers():
+    from peers.attack.byzantine_run import strike_figures
+
+    logs = ["16:03:39 W swarm.averaging.robust: round 111ecedf: gt45iSb4 clipped hard (1.00 of its pull cut): strike 1\n"
+            "16:03:43 W swarm.averaging.robust: gt45iSb4 excluded from the parts this peer reduces after 2 strikes\n"
+            "16:03:44 W swarm.averaging.robust: round 2: HoNeSt01 clipped hard (0.80 of its pull cut): strike 1\n"]
+    fig = strike_figures(logs, {"12D3KooWxxxxgt45iSb4"})
+    assert fig == {"strikes": {"byzantine": 1, "honest": 1}, "exclusions": {"byzantine": 1, "honest": 0}}
