@@ -31,6 +31,7 @@ pull it cut (`clipped_share`) has it summed per sender over this member's part
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from typing import AsyncIterator, Collection, Sequence
@@ -101,6 +102,7 @@ class AllReduceRound:
         self._expected = {i for i in range(len(group.peer_ids)) if group.brings(i) and i != me}
         self._failed: set[int] = {i for i in self._expected if group.peer_ids[i] in excluded}
         self.stats.excluded.extend(group.peer_ids[i] for i in sorted(self._failed))
+        self._part_hashers: dict[int, "hashlib._Hash"] = {}   # part -> sha256 of its averaged bytes as received, in order
         self._clip_totals: dict[int, list[float]] = {}  # sender -> [sum of clipped share x chunk length, length]
         self._arrived: list[set[int]] = [set() for _ in my_chunks]
         self._reductions = [reduction(c.length) for c in my_chunks]
@@ -402,6 +404,7 @@ class AllReduceRound:
                     if attempt == 0 and received < len(sizes):  # the average of chunk k proves our chunk k arrived
                         self.stats.ack_log.append((now, sizes[received]))
                     self._store_result(chunk, decode_checked(self.layout.codecs[chunk.bucket], reply.data, chunk.length))
+                    self._part_hashers.setdefault(j, hashlib.sha256()).update(reply.data)
                     received += 1
                 if not resend_from.done():
                     resend_from.set_result(None)  # nothing to send again: end the request stream
@@ -465,6 +468,7 @@ class AllReduceRound:
             own.cancel()
             meter.stop()
             self.stats.finish(time.monotonic() - self._start, meter.rates(self.stats.bytes_sent, self.stats.bytes_received))
+        self._record_part_hashes()
         if any(out == b"" for out in self._outputs):
             self.stats.missing_parts.append(me)
             self._lost.setdefault(me, "my part has no contributions")
@@ -472,6 +476,18 @@ class AllReduceRound:
             missing = sorted(set(self.stats.missing_parts))
             raise RoundFailed(f"missing parts {missing}: " + "; ".join(f"{j}: {self._lost.get(j, '?')}" for j in missing))
         return self.result
+
+    def _record_part_hashes(self) -> None:
+        """What this member received for each part, as sha256 of its averaged bytes (my own part: what I sent): members
+        that compare them catch a reducer that sent different results to different members
+        (swarm.averaging.result_hashes)."""
+        hashes = {j: h.hexdigest() for j, h in self._part_hashers.items()}
+        if self.parts[self.group.my_index] and all(self._outputs):
+            own = hashlib.sha256()
+            for data in self._outputs:
+                own.update(data)  # type: ignore[arg-type]
+            hashes[self.group.my_index] = own.hexdigest()
+        self.stats.part_hashes = {self.group.peer_ids[j]: h for j, h in sorted(hashes.items())}
 
     def retire(self) -> None:
         """The round is over for this member: keep only what late fetches need (my part's averaged bytes)."""

@@ -173,3 +173,44 @@ def test_a_struck_out_sender_is_ignored_from_the_start():
 class _Classes(list):
     """run_round indexes round_class per member unless it is a type: partials are callables, not types."""
 
+
+
+class Equivocates(AllReduceRound):
+    """A reducer that sends members of odd index a different averaged part (+1 everywhere) than the others."""
+
+    async def serve(self, first, requests, remote):
+        from swarm.compression.codecs import decode_checked
+        from swarm.proto import swarm_pb2
+
+        odd = self.group.peer_ids.index(str(remote)) % 2 == 1 if str(remote) in self.group.peer_ids else False
+        async for reply in super().serve(first, requests, remote):
+            if reply.data and odd:
+                chunk = self.parts[self.group.my_index][reply.chunk]
+                codec = self.layout.codecs[chunk.bucket]
+                values = decode_checked(codec, reply.data, chunk.length) + 1.0
+                reply = swarm_pb2.PartChunk(part=reply.part, chunk=reply.chunk, data=codec.encode(values))
+            yield reply
+
+
+@pytest.mark.parametrize("equivocating", [False, True])
+def test_members_part_hashes_name_a_reducer_that_sends_different_results(equivocating):
+    from swarm.averaging.result_hashes import equivocating_reducers
+
+    async def main():
+        members, services = await start_members(4)
+        try:
+            layout = make_layout("fp16")
+            values = correlated_values(4, seed=7)
+            classes = [Equivocates if equivocating else AllReduceRound] + [AllReduceRound] * 3
+            rounds, results = await run_round(members, services, ROLES, [1.0] * 4, SHARES, values, layout, round_class=classes)
+            assert not any(isinstance(r, BaseException) for r in results), results
+            reported = {str(m.peer_id): r.stats.part_hashes for m, r in zip(members, rounds)}
+            reducers = {str(members[j].peer_id) for j, share in enumerate(SHARES) if share > 0}
+            assert all(set(h) == reducers for h in reported.values()), reported   # every member hashed every part
+            accused = equivocating_reducers(reported)
+            assert set(accused) == ({str(members[0].peer_id)} if equivocating else set())
+            same = all(torch.equal(a, b) for a, b in zip(results[1], results[2]))   # an odd and an even member
+            assert same is (not equivocating)
+        finally:
+            await shutdown(members)
+    asyncio.run(main())
