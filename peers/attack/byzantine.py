@@ -12,12 +12,23 @@ Kinds (`KINDS`):
   gradients, estimated as |g - the last average this peer received| (one honest sample's deviation); small per
   coordinate, it hides inside the honest spread and biases every coordinate the same way.
 - inflated_weight: claims INFLATION x its samples and sends -g (so the inflated weight matters).
+- lying_reducer: sends g honestly, but adds noise (REDUCER_NOISE x its norm) to the part it averages, and
+  sends that to every member: consistent, so only validators recomputing its work could catch it.
+- equivocating_reducer: averages honestly but sends members of odd index its part plus that noise: the members'
+  part hashes differ (swarm.averaging.result_hashes).
 """
 from __future__ import annotations
 
 import torch
 
-KINDS = ("sign_flip", "gaussian", "huge", "alie", "inflated_weight")
+from swarm.averaging.reduction import Reduction
+from swarm.compression.codecs import decode_checked
+from swarm.proto import swarm_pb2
+
+SENDER_KINDS = ("sign_flip", "gaussian", "huge", "alie", "inflated_weight")
+REDUCER_KINDS = ("lying_reducer", "equivocating_reducer")
+KINDS = SENDER_KINDS + REDUCER_KINDS
+REDUCER_NOISE = 1.0
 HUGE = 1e30
 GAUSSIAN_NORM_RATIO = 10.0
 ALIE_Z = 1.0
@@ -37,7 +48,24 @@ def corrupt(kind: str, values: torch.Tensor, last_average: torch.Tensor | None =
     if kind == "alie":
         spread = (values - last_average).abs() if last_average is not None else 0.1 * values.abs()
         return values - ALIE_Z * spread * torch.sign(values)
-    raise ValueError(f"unknown byzantine kind {kind!r}: one of {', '.join(KINDS)}")
+    raise ValueError(f"unknown byzantine kind {kind!r}: one of {', '.join(SENDER_KINDS)}")
+
+
+def noisy(values: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """`values` plus gaussian noise of REDUCER_NOISE times their norm (a lying reducer's part)."""
+    scale = REDUCER_NOISE * float(values.norm()) / max(values.numel(), 1) ** 0.5
+    return values + scale * torch.randn(values.shape, generator=torch.Generator().manual_seed(seed))
+
+
+def lying_reduction(base: type) -> type:
+    """A reduction whose result carries noise (lying_reducer)."""
+
+    class Lying(base):
+        def result(self):
+            value = super().result()
+            return None if value is None else noisy(value, seed=value.numel())
+
+    return Lying
 
 
 def byzantine_round_class(kind: str, base: type):
@@ -49,10 +77,27 @@ def byzantine_round_class(kind: str, base: type):
     class ByzantineRound(base):
         _sent = 0
 
+        def __init__(self, *args, **kwargs):
+            if kind == "lying_reducer":
+                kwargs["reduction"] = lying_reduction(kwargs.get("reduction") or Reduction)
+            super().__init__(*args, **kwargs)
+
         def _outgoing(self, chunk):
             values = super()._outgoing(chunk)
+            if kind in REDUCER_KINDS:
+                return values
             self._sent += 1
             return corrupt(kind, values, memory.get((chunk.bucket, chunk.start, chunk.length)), seed=self._sent)
+
+        async def serve(self, first, requests, remote):
+            odd = str(remote) in self.group.peer_ids and self.group.peer_ids.index(str(remote)) % 2 == 1
+            async for reply in super().serve(first, requests, remote):
+                if kind == "equivocating_reducer" and odd and reply.data:
+                    chunk = self.parts[self.group.my_index][reply.chunk]
+                    codec = self.layout.codecs[chunk.bucket]
+                    values = noisy(decode_checked(codec, reply.data, chunk.length), seed=reply.chunk)
+                    reply = swarm_pb2.PartChunk(part=reply.part, chunk=reply.chunk, data=codec.encode(values))
+                yield reply
 
         def _store_result(self, chunk, values):
             super()._store_result(chunk, values)

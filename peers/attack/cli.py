@@ -48,7 +48,8 @@ def register_attack(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", type=Path, default=Path("runs"), help="logs and metrics go to RUN_DIR/RUN_ID/")
     p.add_argument("--warmup-timeout", type=float, default=600.0, help="give up if no global epoch by then")
     p.add_argument("--byzantine", metavar="KIND:COUNT[,...]", help="instead of hostile input: runs with COUNT byzantine "
-                   "trainers of KIND (sign_flip, gaussian, huge, alie, inflated_weight) each, against an honest run "
+                   "trainers of KIND (sign_flip, gaussian, huge, alie, inflated_weight, lying_reducer, equivocating_reducer) each, "
+                   "against an honest run "
                    "(peers.attack.byzantine_run)")
     p.add_argument("--epochs", type=int, default=8, help="--byzantine: global epochs each run trains")
     p.add_argument("--phase-timeout", type=float, default=900.0, help="--byzantine: seconds one run may take")

@@ -13,6 +13,7 @@ import functools
 import pytest
 import torch
 
+from peers.attack.byzantine import byzantine_round_class
 from swarm.averaging.allreduce import AllReduceRound
 from swarm.averaging.robust import HARD_CLIP, CenteredClipReduction, StrikeBook
 from tests.integration.test_allreduce import SHAPES, make_layout, run_round, shutdown, start_members
@@ -175,23 +176,6 @@ class _Classes(list):
 
 
 
-class Equivocates(AllReduceRound):
-    """A reducer that sends members of odd index a different averaged part (+1 everywhere) than the others."""
-
-    async def serve(self, first, requests, remote):
-        from swarm.compression.codecs import decode_checked
-        from swarm.proto import swarm_pb2
-
-        odd = self.group.peer_ids.index(str(remote)) % 2 == 1 if str(remote) in self.group.peer_ids else False
-        async for reply in super().serve(first, requests, remote):
-            if reply.data and odd:
-                chunk = self.parts[self.group.my_index][reply.chunk]
-                codec = self.layout.codecs[chunk.bucket]
-                values = decode_checked(codec, reply.data, chunk.length) + 1.0
-                reply = swarm_pb2.PartChunk(part=reply.part, chunk=reply.chunk, data=codec.encode(values))
-            yield reply
-
-
 @pytest.mark.parametrize("equivocating", [False, True])
 def test_members_part_hashes_name_a_reducer_that_sends_different_results(equivocating):
     from swarm.averaging.result_hashes import equivocating_reducers
@@ -201,7 +185,8 @@ def test_members_part_hashes_name_a_reducer_that_sends_different_results(equivoc
         try:
             layout = make_layout("fp16")
             values = correlated_values(4, seed=7)
-            classes = [Equivocates if equivocating else AllReduceRound] + [AllReduceRound] * 3
+            equivocates = byzantine_round_class("equivocating_reducer", AllReduceRound)   # odd members get another part
+            classes = [equivocates if equivocating else AllReduceRound] + [AllReduceRound] * 3
             rounds, results = await run_round(members, services, ROLES, [1.0] * 4, SHARES, values, layout, round_class=classes)
             assert not any(isinstance(r, BaseException) for r in results), results
             reported = {str(m.peer_id): r.stats.part_hashes for m, r in zip(members, rounds)}

@@ -73,3 +73,17 @@ def test_strikes_are_split_between_byzantine_and_honest_peers():
             "16:03:44 W swarm.averaging.robust: round 2: HoNeSt01 clipped hard (0.80 of its pull cut): strike 1\n"]
     fig = strike_figures(logs, {"12D3KooWxxxxgt45iSb4"})
     assert fig == {"strikes": {"byzantine": 1, "honest": 1}, "exclusions": {"byzantine": 1, "honest": 0}}
+
+
+def test_a_lying_reducer_adds_noise_to_what_it_averages_and_sends_its_own_values_honestly():
+    from peers.attack.byzantine import lying_reduction
+    from swarm.averaging.reduction import Reduction
+
+    honest, lying = Reduction(100), lying_reduction(Reduction)(100)
+    for r in (honest, lying):
+        r.add(torch.ones(100), 1.0, sender=0)
+        r.add(3 * torch.ones(100), 1.0, sender=1)
+    assert torch.equal(honest.result(), 2 * torch.ones(100))
+    assert 0.5 < float((lying.result() - honest.result()).norm() / honest.result().norm()) < 1.5
+    with pytest.raises(ValueError):
+        corrupt("lying_reducer", torch.zeros(3))   # not a sender-side corruption
