@@ -15,8 +15,6 @@ import statistics
 import time
 from pathlib import Path
 
-import yaml
-
 from swarm.errors import ConfigError
 
 LOSS_WINDOW = 3   # epochs whose loss rows are averaged (one peer's loss of one mini-batch is noisy)
@@ -65,17 +63,13 @@ def phase_figures(honest_rows: list[list[dict]], epoch: int) -> dict:
 
 
 def _run_phase(args: argparse.Namespace, config, label: str, kind: str, count: int, robust: str) -> dict:
+    from ..chaos.cli import write_run_folder
     from ..chaos.harness import ChaosSwarm
 
     phase = config.model_copy(deep=True)
     phase.run_id = f"{config.run_id}-{label}"
     phase.engine.robust = robust
-    run_dir = args.run_dir / phase.run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for old in [*run_dir.glob("*.jsonl"), *run_dir.glob("*.log")]:
-        old.unlink()
-    config_path = run_dir / "experiment.yaml"
-    config_path.write_text(yaml.safe_dump(phase.model_dump(), sort_keys=False))
+    run_dir, config_path = write_run_folder(args.run_dir, phase)
     h = ChaosSwarm(config_path, args.run_dir, run_dir, restart_after=10.0)
     started = time.monotonic()
     try:
