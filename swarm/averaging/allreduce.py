@@ -481,7 +481,7 @@ class AllReduceRound:
         """What this member received for each part, as sha256 of its averaged bytes (my own part: what I sent): members
         that compare them catch a reducer that sent different results to different members
         (swarm.averaging.result_hashes)."""
-        hashes = {j: h.hexdigest() for j, h in self._part_hashers.items()}
+        hashes = {j: h.hexdigest() for j, h in self._part_hashers.items() if j not in self.stats.missing_parts}  # whole parts only
         if self.parts[self.group.my_index] and all(self._outputs):
             own = hashlib.sha256()
             for data in self._outputs:
