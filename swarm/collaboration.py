@@ -32,6 +32,8 @@ from swarm.averaging.service import AggregateService
 from swarm.averaging.allreduce import AllReduceRound
 from swarm.averaging.group import GroupView
 from swarm.averaging.phase_stats import PhaseStats
+from swarm.averaging.reduction import Reduction
+from swarm.averaging.robust import CenteredClipReduction, StrikeBook
 from swarm.averaging.layout import TensorLayout
 from swarm.averaging.balancing import BandwidthEstimator, MemberLink
 from swarm.averaging.deadlines import MAX_LIMIT, round_limits
@@ -92,6 +94,7 @@ class GroupPhases:
         round_ = collab.round_class(
             collab.node.p2p, dataclasses.replace(self.group, round_id=round_id), layout, local,
             chunk_elements=cfg.chunk_elements, sender_timeout=limits.silence,
+            reduction=CenteredClipReduction if collab.robust else Reduction, excluded=collab.strikes.excluded(),
         )
         self.stats.append(round_.stats)
         collab.aggregate.open(round_)
@@ -102,6 +105,7 @@ class GroupPhases:
             raise
         finally:
             collab.aggregate.close(round_id)
+            collab.strikes.record(round_.stats.clipped_share, round_id.hex()[:8])
 
 
 class Collaboration:
@@ -151,6 +155,7 @@ class Collaboration:
         self.matchmaker: Matchmaker | None = None
         self.rounds: list[RoundReport] = []
         self.round_class: type[AllReduceRound] = AllReduceRound  # tests inject faults by subclassing it
+        self.strikes = StrikeBook()   # senders my reducers clipped hard; past a threshold their contributions are ignored
         self._snapshot: Callable[[], TrainingState | None] = lambda: None
         self._failed_donors: dict[str, float] = {}   # donor -> until when it is not asked again (monotonic)
         self.download_progress: Callable[[int, int], None] | None = None   # (received, total) bytes of a state download
@@ -228,6 +233,11 @@ class Collaboration:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+    @property
+    def robust(self) -> bool:
+        """Whether this peer's reducers aggregate with CenteredClip (engine.robust; auto: on unless invite-only)."""
+        return self.config.robust == "on" or (self.config.robust == "auto" and self.authorizer is None)
 
     @property
     def peer_id(self) -> str:

@@ -47,6 +47,12 @@ def register_attack(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", type=Path, help="write the JSON report here")
     p.add_argument("--run-dir", type=Path, default=Path("runs"), help="logs and metrics go to RUN_DIR/RUN_ID/")
     p.add_argument("--warmup-timeout", type=float, default=600.0, help="give up if no global epoch by then")
+    p.add_argument("--byzantine", metavar="KIND:COUNT[,...]", help="instead of hostile input: runs with COUNT byzantine "
+                   "trainers of KIND (sign_flip, gaussian, huge, alie, inflated_weight, lying_reducer, equivocating_reducer) each, "
+                   "against an honest run "
+                   "(peers.attack.byzantine_run)")
+    p.add_argument("--epochs", type=int, default=8, help="--byzantine: global epochs each run trains")
+    p.add_argument("--phase-timeout", type=float, default=900.0, help="--byzantine: seconds one run may take")
     p.set_defaults(func=cmd_attack)
 
 
@@ -168,6 +174,13 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from ..chaos.harness import ChaosSwarm
     from .report import build_report
 
+    if args.byzantine:
+        from .byzantine_run import cmd_byzantine, write_report
+
+        report = cmd_byzantine(args)
+        write_report(report, args.report)
+        attacked = [p for p in report["phases"] if p["robust"] == "on"]
+        return 1 if any(p["nan"] or not p["identical_params"] for p in attacked) else 0
     if args.peers < 2:
         raise ConfigError("--peers must be at least 2 (parameters are compared across honest peers)")
     kinds = _kinds(args.attacks)

@@ -69,6 +69,17 @@ def _order(kinds: list[str], rng: random.Random):
         yield from batch
 
 
+def write_run_folder(runs_dir: Path, config) -> tuple[Path, Path]:
+    """RUN_DIR/RUN_ID/ cleared of an earlier run's logs and metrics, holding `config` as experiment.yaml."""
+    run_dir = runs_dir / config.run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for old in [*run_dir.glob("*.jsonl"), *run_dir.glob("*.log")]:
+        old.unlink()
+    config_path = run_dir / "experiment.yaml"
+    config_path.write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
+    return run_dir, config_path
+
+
 def prepare_loopback_run(args: argparse.Namespace, default_run_id: str):
     """The demo config from the flags, a clean RUN_DIR/RUN_ID/ holding it as experiment.yaml, and the task's caches
     built once here (not by every peer at once): (config, run folder, config path)."""
@@ -77,12 +88,7 @@ def prepare_loopback_run(args: argparse.Namespace, default_run_id: str):
 
     args.run_id = args.run_id or default_run_id
     config = demo_config(args)
-    run_dir = args.run_dir / config.run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for old in [*run_dir.glob("*.jsonl"), *run_dir.glob("*.log")]:
-        old.unlink()
-    config_path = run_dir / "experiment.yaml"
-    config_path.write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
+    run_dir, config_path = write_run_folder(args.run_dir, config)
     print(f"preparing task {config.task} (its data caches; the first run builds them)...", flush=True)
     get_task(config.task, TaskSettings(data_path=config.data_path, micro_batch_size=config.micro_batch_size, seed=config.seed,
                                        options=dict(config.task_options))).fingerprint()

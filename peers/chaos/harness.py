@@ -126,9 +126,10 @@ class ChaosSwarm:
         self._remember(self.coordinator)
         return self.coordinator
 
-    def spawn(self, slot: str, *, base: bool, worker_seed: int, clock_skew_minutes: float = 0.0, standby: bool = False) -> Instance:
+    def spawn(self, slot: str, *, base: bool, worker_seed: int, clock_skew_minutes: float = 0.0, standby: bool = False,
+              byzantine: str = "") -> Instance:
         """Start a peer in `slot` (a new life of it); base slots are restarted when they die. A standby imports
-        everything and waits for `join()`."""
+        everything and waits for `join()`. `byzantine`: a peer of that kind (peers.attack.byzantine)."""
         gen = self._gen(slot)
         log = self.run_dir / f"{slot}-{gen}.log"
         metrics = self.run_dir / f"{slot}-{gen}.jsonl"
@@ -136,6 +137,8 @@ class ChaosSwarm:
         wrapper = ["-m", "peers.chaos.peer", "--chaos-dir", str(self.chaos_dir), "--slot", slot]
         if clock_skew_minutes:
             wrapper += ["--clock-skew-minutes", f"{clock_skew_minutes:g}"]
+        if byzantine:
+            wrapper += ["--byzantine", byzantine]
         go_file = self.chaos_dir / "go" / f"{slot}-{gen}" if standby else None
         if go_file is not None:
             go_file.parent.mkdir(exist_ok=True)

@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slot", required=True)
     p.add_argument("--clock-skew-minutes", type=float, default=0.0)
     p.add_argument("--wait-file", type=Path, help="a standby: import everything, then wait until this file exists to join")
+    p.add_argument("--byzantine", help="a byzantine peer of this kind (peers.attack.byzantine.KINDS)")
     own = p.parse_args(argv[:split])
     if own.clock_skew_minutes:
         skew_clock(own.clock_skew_minutes)   # before swarm (and hivemind) are imported
@@ -187,7 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose, args.quiet)
     armed = ArmedFaults(own.chaos_dir, own.slot)
     try:
-        return int(cmd_join(args, on_collaboration=lambda collab: install(collab, armed)) or 0)
+        def on_collaboration(collab) -> None:
+            install(collab, armed)
+            if own.byzantine:
+                from ..attack import byzantine
+
+                byzantine.install(collab, own.byzantine)
+
+        return int(cmd_join(args, on_collaboration=on_collaboration) or 0)
     except SwarmError as e:
         print(f"swarm: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -23,15 +23,19 @@ Guarantees:
 - Bad input: a chunk of the wrong size, undecodable or non-finite is a protocol error from
   that sender, which is then excluded like a dead one.
 
-The reduction itself is pluggable (`Reduction`): the weighted mean today, a robust
-aggregator (e.g. centered clipping per part) when peers cannot be trusted.
+The reduction itself is pluggable (`Reduction`): the weighted mean, or CenteredClip
+(swarm.averaging.robust) when peers cannot be trusted. Each contribution reaches the
+reduction with its sender's index; a reduction that reports how much of each sender's
+pull it cut (`clipped_share`) has it summed per sender over this member's part
+(`stats.clipped_share`), and senders named in `excluded` are ignored from the start.
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator, Collection, Sequence
 
 import torch
 from hivemind.p2p import P2P, PeerID
@@ -83,7 +87,9 @@ class AllReduceRound:
         sender_timeout: float = 10.0,
         reduction: type[Reduction] = Reduction,
         authorizer: SwarmAuthorizer | None = None,
+        excluded: Collection[str] = (),
     ):
+        """`excluded`: peer ids whose contributions my part ignores (senders struck out by a robust reducer)."""
         self.p2p, self.group, self.layout = p2p, group, layout
         self.authorizer = authorizer  # invite-only runs: the first chunk of each stream is signed
         self.local = list(local) if local is not None else None
@@ -98,7 +104,10 @@ class AllReduceRound:
         # reducer state for my own part
         my_chunks = self.parts[me]
         self._expected = {i for i in range(len(group.peer_ids)) if group.brings(i) and i != me}
-        self._failed: set[int] = set()
+        self._failed: set[int] = {i for i in self._expected if group.peer_ids[i] in excluded}
+        self.stats.excluded.extend(group.peer_ids[i] for i in sorted(self._failed))
+        self._part_hashers: dict[int, "hashlib._Hash"] = {}   # part -> sha256 of its averaged bytes as received, in order
+        self._clip_totals: dict[int, list[float]] = {}  # sender -> [sum of clipped share x chunk length, length]
         self._arrived: list[set[int]] = [set() for _ in my_chunks]
         self._reductions = [reduction(c.length) for c in my_chunks]
         self._outputs: list[bytes | None] = [None] * len(my_chunks)
@@ -113,7 +122,7 @@ class AllReduceRound:
         self.stats.t0 = self._start
         if self.local is not None:
             for k, chunk in enumerate(my_chunks):
-                self._reductions[k].add(self._slice(chunk), group.weights[me])
+                self._reductions[k].add(self._slice(chunk), group.weights[me], sender=me)
 
     # -- helpers ---------------------------------------------------------------------------------------
 
@@ -146,8 +155,16 @@ class AllReduceRound:
                 self._outputs[k] = data
                 # what the others decode from these bytes; the lossless codec gives back `averaged` bit for bit
                 self._store_result(chunk, averaged if codec.name == "none" else codec.decode(data))
+            self._count_clipping(getattr(self._reductions[k], "clipped_share", {}), chunk.length)
             self._reductions[k] = None  # type: ignore[call-overload]  # free memory
             self._output_ready[k].set()
+
+    def _count_clipping(self, shares: dict[int, float], length: int) -> None:
+        for sender, share in shares.items():
+            totals = self._clip_totals.setdefault(sender, [0.0, 0.0])
+            totals[0] += share * length
+            totals[1] += length
+        self.stats.clipped_share = {self.group.peer_ids[i]: total / length_ for i, (total, length_) in self._clip_totals.items() if length_}
 
     def _exclude(self, sender: int, why: str) -> None:
         if sender in self._failed:
@@ -304,7 +321,7 @@ class AllReduceRound:
                 self.stats.receive_log.append((time.monotonic() - self._start, len(message.data)))
                 values = decode_checked(self.layout.codecs[chunk.bucket], message.data, chunk.length)
                 if sender not in self._failed and sender not in self._arrived[expected_k] and self._reductions[expected_k] is not None:
-                    self._reductions[expected_k].add(values, weight)
+                    self._reductions[expected_k].add(values, weight, sender=sender)
                     self._arrived[expected_k].add(sender)
                     self._try_finalize()
                 expected_k += 1
@@ -406,6 +423,7 @@ class AllReduceRound:
                     if attempt == 0 and received < len(sizes):  # the average of chunk k proves our chunk k arrived
                         self.stats.ack_log.append((now, sizes[received]))
                     self._store_result(chunk, decode_checked(self.layout.codecs[chunk.bucket], reply.data, chunk.length))
+                    self._part_hashers.setdefault(j, hashlib.sha256()).update(reply.data)
                     received += 1
                 if not resend_from.done():
                     resend_from.set_result(None)  # nothing to send again: end the request stream
@@ -473,6 +491,7 @@ class AllReduceRound:
             await asyncio.gather(*started, return_exceptions=True)
             await meter.stop()
             self.stats.finish(time.monotonic() - self._start, meter.rates(self.stats.bytes_sent, self.stats.bytes_received))
+        self._record_part_hashes()
         if any(out == b"" for out in self._outputs):
             self.stats.missing_parts.append(me)
             self._lost.setdefault(me, "my part has no contributions")
@@ -480,6 +499,18 @@ class AllReduceRound:
             missing = sorted(set(self.stats.missing_parts))
             raise RoundFailed(f"missing parts {missing}: " + "; ".join(f"{j}: {self._lost.get(j, '?')}" for j in missing))
         return self.result
+
+    def _record_part_hashes(self) -> None:
+        """What this member received for each part, as sha256 of its averaged bytes (my own part: what I sent): members
+        that compare them catch a reducer that sent different results to different members
+        (swarm.averaging.result_hashes)."""
+        hashes = {j: h.hexdigest() for j, h in self._part_hashers.items() if j not in self.stats.missing_parts}  # whole parts only
+        if self.parts[self.group.my_index] and all(self._outputs):
+            own = hashlib.sha256()
+            for data in self._outputs:
+                own.update(data)  # type: ignore[arg-type]
+            hashes[self.group.my_index] = own.hexdigest()
+        self.stats.part_hashes = {self.group.peer_ids[j]: h for j, h in sorted(hashes.items())}
 
     def retire(self) -> None:
         """The round is over for this member: keep only what late fetches need (my part's averaged bytes). Streams

@@ -40,6 +40,8 @@ class PhaseStats:
     send_seconds: float = 0.0
     receive_seconds: float = 0.0
     excluded: list[str] = field(default_factory=list)
+    part_hashes: dict[str, str] = field(default_factory=dict)          # reducer -> sha256 of its averaged part as received
+    clipped_share: dict[str, float] = field(default_factory=dict)       # sender -> mean share of its pull a robust reduction of my part cut
     missing_parts: list[int] = field(default_factory=list)
     streams: int = 0                                                    # streams this member opened to reducers
     own_bytes: int = 0                                                  # bytes of its chunks it sent on them

@@ -14,7 +14,8 @@ class Reduction:
         self.total: torch.Tensor | None = None  # allocated by the first contribution: no zero-filled pass per chunk
         self.weight = 0.0
 
-    def add(self, values: torch.Tensor, weight: float) -> None:
+    def add(self, values: torch.Tensor, weight: float, sender: int | None = None) -> None:
+        """`sender`: the member index the values came from (the mean does not need it; a robust reduction does)."""
         if weight > 0:
             if self.total is None:
                 self.total = values.to(torch.float32).mul(weight)

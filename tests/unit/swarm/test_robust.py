@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from swarm.averaging.robust import CenteredClipReduction, bound_weights, centered_clip
+from swarm.averaging.robust import HARD_CLIP, CenteredClipReduction, StrikeBook, bound_weights, centered_clip
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -75,3 +75,21 @@ def test_the_reduction_streams_chunks_and_reports_each_senders_clipped_share():
     assert set(reduction.clipped_share) == {0, 1, 2, 3, 4, 9}
     assert reduction.clipped_share[9] > 0.99 and max(reduction.clipped_share[i] for i in range(5)) < 0.1
     assert CenteredClipReduction(D).result() is None
+
+
+def test_strikes_count_only_hard_clipping():
+    book = StrikeBook()
+    assert book.record({"a": 0.5, "b": HARD_CLIP}) == []
+    assert book.record({"a": 0.7, "b": 0.95}) == ["b"]
+    assert book.excluded() == {"b"} and book.strikes == {"b": 2}
+
+
+@pytest.mark.parametrize("setting, invite_only, robust", [
+    ("auto", False, True), ("auto", True, False), ("on", True, True), ("off", False, False),
+])
+def test_robust_mode_is_on_in_open_runs_unless_turned_off(setting, invite_only, robust):
+    from swarm.collaboration import Collaboration
+    from swarm.config import EngineConfig
+
+    collab = Collaboration("run", config=EngineConfig(robust=setting), authorizer=object() if invite_only else None, start=False)  # type: ignore[arg-type]
+    assert collab.robust is robust
