@@ -112,7 +112,8 @@ class ProgressTracker:
         self.serves_state = serves_state
         self.local = LocalProgress()
         self.peer_id = str(node.peer_id)
-        self.view = SwarmView(epoch=0, peers=(), fetched_at=time.monotonic())
+        self._view = SwarmView(epoch=0, peers=(), fetched_at=time.monotonic())
+        self.fetched = False   # whether a view of the swarm came from the DHT yet (an empty one is not "alone")
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -176,8 +177,20 @@ class ProgressTracker:
         rate = self.view.rate_at(epoch, exclude=self.peer_id, trusted=self.trusted()) + (self.local.samples_per_second if self.local.epoch == epoch else 0)
         return missing / rate if rate > 0 else float("inf")
 
+    @property
+    def view(self) -> SwarmView:
+        return self._view
+
+    @view.setter
+    def view(self, view: SwarmView) -> None:
+        self._view = view
+        self.fetched = True
+
     def ready(self, epoch: int) -> bool:
-        return self.estimated_samples(epoch) >= self.target_batch_size
+        """Whether the swarm has the epoch's batch. Never before the first fetch of the swarm's records: a peer
+        (re)joining a running swarm would otherwise see nobody, take its own samples for the batch and step alone
+        from epoch 0 before it learns where the swarm is."""
+        return self.fetched and self.estimated_samples(epoch) >= self.target_batch_size
 
     # -- engine loop --------------------------------------------------------------------------------------
 
