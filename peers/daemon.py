@@ -184,7 +184,8 @@ def run_peer(config: RunConfig, options: PeerOptions, stop: StopFlag | None = No
             collab.publish_config(mine)
         elif runs:
             check_config_any(runs, mine)
-        logger.debug("peer %s joined run %s as %s; visible at %s", collab.peer_id[-8:], config.run_id, options.role, collab.visible_maddrs()[:1])
+        # swarm chaos reads this line for the address its restarted peers bootstrap from (peers.chaos.harness VISIBLE)
+        logger.info("peer %s joined run %s as %s; visible at %s", collab.peer_id[-8:], config.run_id, options.role, collab.visible_maddrs()[:1])
         say(f"joined run {config.run_id} as {options.role}, peer {collab.peer_id}")
         schedule = warmup_linear_decay(config.warmup_epochs, config.total_epochs) if config.warmup_epochs < config.total_epochs else None
         opt = make_optimizer(collab, model, task, config, schedule)

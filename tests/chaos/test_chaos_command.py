@@ -17,8 +17,6 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 
-@pytest.mark.xfail(strict=False, reason="known regression of this session, see its note: a peer the harness restarts "
-                   "while the swarm is at its first epochs trains alone from epoch 0 (divergent commits)")
 def test_chaos_command_report_holds_the_invariants(tmp_path):
     report_path = tmp_path / "report.json"
     cmd = [
