@@ -145,13 +145,10 @@ class Matchmaker:
     def _expected(self, epoch: int) -> set[str]:
         """Who the leader waits for: peers at the epoch, and peers whose record still shows the epoch
         before (most have just stepped and not yet republished; one that really lags costs gather_timeout).
-        Once we have averaged with peers, only those (swarm.averaging.progress `vouch`): a record of a peer that never
-        joined a group with us (a ghost, or a newcomer whose samples do not count yet) would hold up every round."""
+        Newcomers included: a leader that waited only for peers it had averaged with never let a newcomer in, and the
+        newcomer chased the swarm by state downloads (a ghost record costs a round gather_timeout instead)."""
         view = self.tracker.view
         ids = {p.peer_id for p in view.training_at(epoch) + view.training_at(epoch - 1)} - self._failed.get(epoch, set())
-        trusted = self.tracker.trusted()
-        if trusted:
-            ids &= set(trusted)
         return ids | {self.peer_id}
 
     def _gathering(self, epoch: int) -> _Gathering:

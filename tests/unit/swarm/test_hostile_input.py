@@ -173,9 +173,8 @@ def test_a_leaders_group_with_an_infinite_weight_is_unusable():
     assert group_problem(info) == ""
 
 
-def test_a_leader_does_not_wait_for_a_ghost_it_never_averaged_with():
+def test_a_leader_waits_for_a_newcomer_it_never_averaged_with():
     mm = matchmaker()
-    mm.tracker.view = SwarmView(epoch=4, peers=(rec("a", 4), rec("ghost", 4)), fetched_at=time.monotonic())
-    assert mm._expected(4) == {"a", "ghost", "me"}     # no round yet: everyone at the epoch is waited for
+    mm.tracker.view = SwarmView(epoch=4, peers=(rec("a", 4), rec("new", 4)), fetched_at=time.monotonic())
     mm.tracker.vouch(["a", "me"])
-    assert mm._expected(4) == {"a", "me"}              # before: the ghost cost every round gather_timeout
+    assert mm._expected(4) == {"a", "new", "me"}   # waiting only for "a" kept a newcomer out of every group
