@@ -22,14 +22,14 @@ import time
 
 import torch
 
-from swarm.averaging.group import GroupView
 from swarm.averaging.balancing import MemberLink
+from swarm.averaging.group import GroupView
+from swarm.averaging.rounds import RoundRequest
 from swarm.compression.codecs import CompressionPolicy, decode_checked
+from swarm.compression.fragments import FragmentedRoundCodec
 from swarm.compression.policy import FixedRoundCodec
 from swarm.compression.round_codec import RoundCodec, RoundContext
-from swarm.compression.fragments import FragmentedRoundCodec
 from swarm.compression.topk import TopKRoundCodec
-from swarm.averaging.rounds import RoundRequest
 from swarm.optim.strategies import StreamingDiLoCo, layers_of
 
 CONFIGS = ("none", "fp16", "uniform8bit", "uniform4bit", "uniform2bit", "topk-1%", "topk-2%", "topk-3%")

@@ -31,6 +31,7 @@ from typing import Awaitable, Callable
 from hivemind.p2p import P2PContext
 from hivemind.utils.crypto import RSAPrivateKey, RSAPublicKey
 
+from swarm.errors import AuthError, describe
 from swarm.net import clock, records
 from swarm.net.auth import (
     ISSUE_HANDLER,
@@ -40,7 +41,6 @@ from swarm.net.auth import (
     issue_token,
     token_request_bytes,
 )
-from swarm.errors import AuthError
 from swarm.net.invite import Invite
 from swarm.net.invite_link import FETCH_HANDLER, parse_link, secret_of
 from swarm.net.node import Node
@@ -181,5 +181,5 @@ class AccessControl:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                logger.warning("revocations not published: %s", e or type(e).__name__)
+                logger.warning("revocations not published: %s", describe(e))
             await asyncio.sleep(period)

@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from swarm.errors import DataError
 from swarm.averaging.state_sync import TrainingState
+from swarm.errors import DataError
 
 FORMAT = "swarm-checkpoint/1"
 STATE_FILE = "state.safetensors"

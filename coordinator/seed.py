@@ -24,10 +24,10 @@ from __future__ import annotations
 import logging
 import time
 
+from swarm.averaging.state_sync import StateServer, TrainingState, params_digest
 from swarm.net import records
 from swarm.net.node import Node
 from swarm.net.records import ProgressRecord
-from swarm.averaging.state_sync import StateServer, TrainingState, params_digest
 
 logger = logging.getLogger(__name__)
 

@@ -34,15 +34,15 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import yaml
 
-from swarm.net import records
+from swarm.averaging.state_sync import TrainingState, download_from_any
 from swarm.config import RunConfig
 from swarm.errors import ConfigError, NetworkError, SwarmError
+from swarm.net import records
+from swarm.net.contacts import keep_in_touch
 from swarm.net.invite_link import make_link
-from swarm.averaging.state_sync import TrainingState, download_from_any
 
 from .access import AccessControl
 from .checkpoints import CheckpointError, list_checkpoints, load_checkpoint, prune, write_checkpoint
-from swarm.net.contacts import keep_in_touch
 from .history import History
 from .identity import load_or_create_rsa_key
 from .metrics import CoordinatorMetrics

@@ -44,9 +44,15 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     from datasets import load_dataset
-    from transformers import AutoConfig, AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer, TrainingArguments
+    from transformers import (
+        AutoConfig,
+        AutoModelForMaskedLM,
+        DataCollatorForLanguageModeling,
+        Trainer,
+        TrainingArguments,
+    )
 
-    from peers.data.tokenizer import train_tokenizer, to_hf_tokenizer
+    from peers.data.tokenizer import to_hf_tokenizer, train_tokenizer
 
     collab = swarm.join(run_id=args.run_id, initial_peers=args.initial_peers,
                         config=swarm.EngineConfig(target_batch_size=args.target_batch_size))

@@ -139,8 +139,8 @@ def cmd_join(args: argparse.Namespace, on_collaboration=None) -> int:
 
     access = None
     if invite is not None:
-        from swarm.net.auth import InviteAccess
         from swarm.errors import ConfigError
+        from swarm.net.auth import InviteAccess
         from swarm.net.invite_link import is_link, resolve_invite
 
         if is_link(invite):

@@ -24,16 +24,16 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from swarm.net import records
-from swarm.net.auth import InviteAccess
 from swarm.collaboration import Collaboration
 from swarm.config import RunConfig
 from swarm.errors import AuthError, ConfigError
 from swarm.modes import mode_optimizer
+from swarm.net import records
+from swarm.net.auth import InviteAccess
 from swarm.optim.schedule import warmup_linear_decay
 
-from .startup import DownloadBar, StageLog
 from .precision import MixedPrecision
+from .startup import DownloadBar, StageLog
 from .tasks import TaskSettings, get_task
 
 logger = logging.getLogger(__name__)

@@ -26,30 +26,31 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from swarm.net import records
-from swarm.net.auth import SwarmAuthorizer
-from swarm.averaging.service import AggregateService
 from swarm.averaging.allreduce import AllReduceRound
-from swarm.averaging.group import GroupView
-from swarm.averaging.phase_stats import PhaseStats
-from swarm.averaging.reduction import Reduction
-from swarm.averaging.robust import CenteredClipReduction, StrikeBook
-from swarm.averaging.layout import TensorLayout
 from swarm.averaging.balancing import BandwidthEstimator, MemberLink
 from swarm.averaging.deadlines import MAX_LIMIT, round_limits
-from .config import EngineConfig, RunConfig
-from .errors import ConfigError, LateForGroup, NetworkError, RoundFailed
-from swarm.process.lifecycle import Reaper
+from swarm.averaging.group import GroupView
+from swarm.averaging.late import fetch_group_result
+from swarm.averaging.layout import TensorLayout
 from swarm.averaging.matchmaking import Matchmaker
-from swarm.net.node import Node, NodeOptions
+from swarm.averaging.phase_stats import PhaseStats
 from swarm.averaging.progress import ProgressTracker
-from .proto import swarm_pb2
+from swarm.averaging.reduction import Reduction
+from swarm.averaging.robust import CenteredClipReduction, StrikeBook
+from swarm.averaging.rounds import RoundReport, RoundRequest
+from swarm.averaging.service import AggregateService
+from swarm.averaging.state_sync import StateServer, TrainingState, download_from_any
 from swarm.compression.policy import FixedRoundCodec
 from swarm.compression.round_codec import RoundCodec, RoundContext
-from swarm.averaging.late import fetch_group_result
-from swarm.averaging.rounds import RoundReport, RoundRequest
+from swarm.net import records
+from swarm.net.auth import SwarmAuthorizer
+from swarm.net.node import Node, NodeOptions
+from swarm.process.lifecycle import Reaper
 from swarm.process.runtime import EngineLoop
-from swarm.averaging.state_sync import StateServer, TrainingState, download_from_any
+
+from .config import EngineConfig, RunConfig
+from .errors import ConfigError, LateForGroup, NetworkError, RoundFailed
+from .proto import swarm_pb2
 
 logger = logging.getLogger(__name__)
 

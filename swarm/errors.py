@@ -48,3 +48,10 @@ class LateForGroup(RoundFailed):
     def __init__(self, message: str, group: object):
         super().__init__(message)
         self.group = group
+
+
+def describe(e: BaseException) -> str:
+    """One line for a log or a message: the error's last line of text, or its type when it has none (a timeout, a
+    stream that closed; `e or type(e).__name__` does not do this, since every exception is truthy)."""
+    text = str(e).strip()
+    return text.splitlines()[-1] if text else type(e).__name__

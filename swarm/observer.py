@@ -11,13 +11,13 @@ from typing import Sequence
 from hivemind.utils.crypto import RSAPrivateKey
 
 from swarm.net import records
-from .errors import NetworkError
 from swarm.net.auth import InviteAccess, SwarmAuthorizer
-from .config import RunConfig
-from .errors import ConfigError
-from swarm.process.lifecycle import Reaper
 from swarm.net.node import Node, NodeOptions
+from swarm.process.lifecycle import Reaper
 from swarm.process.runtime import EngineLoop
+
+from .config import RunConfig
+from .errors import ConfigError, NetworkError
 
 logger = logging.getLogger(__name__)
 

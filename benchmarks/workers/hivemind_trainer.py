@@ -41,8 +41,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=f"%(asctime)s [hivemind-train:{args.index}] %(name)s: %(message)s")
     torch.set_num_threads(1)
-    from swarm.process.lifecycle import Reaper
     from swarm.averaging.linkmeter import read_counters
+    from swarm.process.lifecycle import Reaper
     from swarm.simulate.worker import net_sent
 
     reaper = Reaper().start()

@@ -48,9 +48,8 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _settings(args: argparse.Namespace, meta: dict[str, Any]):
-    from swarm.config import load_run_config
-
     from peers.tasks import TaskSettings
+    from swarm.config import load_run_config
 
     config = load_run_config(args.config) if args.config else None
     task = args.task or (config.task if config else None) or meta.get("task")

@@ -48,11 +48,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from pathlib import Path
 import math
 import re
 from collections.abc import Iterator
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import torch

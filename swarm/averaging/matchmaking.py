@@ -34,9 +34,9 @@ from swarm.averaging.balancing import MemberLink, optimal_shares, uniform_shares
 from swarm.averaging.deadlines import round_limits
 from swarm.averaging.progress import ProgressTracker
 from swarm.errors import LateForGroup, RoundFailed
+from swarm.net import records
 from swarm.net.auth import SwarmAuthorizer
 from swarm.proto import swarm_pb2
-from swarm.net import records
 
 logger = logging.getLogger(__name__)
 

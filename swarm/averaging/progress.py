@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Collection
 
+from swarm.errors import describe
 from swarm.net import clock, records
 from swarm.net.contacts import keep_in_touch
 from swarm.net.node import Node
@@ -296,7 +297,7 @@ class ProgressTracker:
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:
-                    logger.warning("progress refresh failed: %s", e or type(e).__name__)
+                    logger.warning("progress refresh failed: %s", describe(e))
                 if touching is None or touching.done():
                     touching = asyncio.create_task(self._keep_in_touch(), name="progress-keep-in-touch")
                 self._wake.clear()

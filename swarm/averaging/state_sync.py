@@ -26,7 +26,7 @@ import torch
 from hivemind.p2p import P2P, P2PContext, PeerID
 
 from swarm.averaging.deadlines import MAX_LIMIT, transfer_limit
-from swarm.errors import NetworkError, ProtocolError
+from swarm.errors import NetworkError, ProtocolError, describe
 from swarm.net.auth import SwarmAuthorizer
 from swarm.proto import swarm_pb2
 
@@ -197,8 +197,8 @@ async def download_from_any(p2p: P2P, run_id: str, donors: list[str], min_epoch:
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            logger.warning("state download from %s failed: %s", donor[-8:], e or type(e).__name__)
-            errors.append(f"{donor[-8:]}: {e or type(e).__name__}")
+            logger.warning("state download from %s failed: %s", donor[-8:], describe(e))
+            errors.append(f"{donor[-8:]}: {describe(e)}")
             if failed is not None:
                 failed(donor)
     raise NetworkError("could not download the state: " + ("; ".join(errors) or "no donors"))

@@ -43,7 +43,7 @@ from hivemind.utils.auth import TokenAuthorizerBase
 from hivemind.utils.crypto import RSAPrivateKey, RSAPublicKey
 from hivemind.utils.timed_storage import TimedStorage
 
-from swarm.errors import AuthError, NetworkError
+from swarm.errors import AuthError, NetworkError, describe
 from swarm.net import clock
 from swarm.net.invite import Invite
 from swarm.proto import swarm_pb2
@@ -350,7 +350,7 @@ async def keep_access(authorizer: SwarmAuthorizer, fetch_revoked: Callable[[], A
                 logger.error("access token not renewed: %s", e)
                 next_renewal = time.monotonic() + retry
             except Exception as e:
-                logger.warning("access token not renewed yet (%s); the current one expires at %s", e or type(e).__name__,
+                logger.warning("access token not renewed yet (%s); the current one expires at %s", describe(e),
                                authorizer.token.expiration_time if authorizer.token else "-")
                 next_renewal = time.monotonic() + retry
         try:

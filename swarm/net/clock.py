@@ -31,6 +31,8 @@ from hivemind.p2p import P2P, P2PContext, PeerID
 from hivemind.proto import dht_pb2
 from hivemind.utils import timed_storage
 
+from swarm.errors import describe
+
 logger = logging.getLogger(__name__)
 
 CLOCK_HANDLER = "swarm.net.clock"
@@ -86,7 +88,7 @@ async def measure(p2p: P2P, peers: Sequence[PeerID], timeout: float = 5.0) -> li
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            logger.debug("no clock sample from %s: %s", str(peer)[-8:], e or type(e).__name__)
+            logger.debug("no clock sample from %s: %s", str(peer)[-8:], describe(e))
             return None
         if not reply.dht_time:
             return None

@@ -28,7 +28,7 @@ from typing import Sequence
 import msgpack
 from hivemind.utils.crypto import RSAPrivateKey, RSAPublicKey
 
-from swarm.errors import AuthError
+from swarm.errors import AuthError, describe
 
 SCHEME = "swarm://"
 VERSION = 1
@@ -115,7 +115,7 @@ class Invite:
                 max_uses=_typed(data["uses"], int), invite_only=_typed(data["only"], bool), signature=_typed(data["sig"], bytes),
             )
         except (binascii.Error, ValueError, KeyError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
-            raise AuthError(f"this invite is damaged or truncated ({e or type(e).__name__}): copy it in full") from None
+            raise AuthError(f"this invite is damaged or truncated ({describe(e)}): copy it in full") from None
         if not invite.run_id or not invite.initial_peers:
             raise AuthError("this invite names no run or no initial peers")
         return invite

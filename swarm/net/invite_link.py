@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from swarm.errors import AuthError, NetworkError
+from swarm.errors import AuthError, NetworkError, describe
 from swarm.net.invite import SCHEME, Invite
 
 FETCH_HANDLER = "swarm.net.invite.fetch"
@@ -117,7 +117,7 @@ async def fetch_invite(p2p, link: InviteLink, timeout: float = 15.0) -> Invite:
     except asyncio.CancelledError:
         raise
     except Exception as e:
-        raise NetworkError(f"the run's coordinator at {link.address} did not hand out the invite: {e or type(e).__name__}") from None
+        raise NetworkError(f"the run's coordinator at {link.address} did not hand out the invite: {describe(e)}") from None
     if reply.error:
         raise AuthError(f"this run refused the invite: {reply.error}")
     try:

@@ -19,7 +19,7 @@ from hivemind.p2p import P2P, PeerID
 from hivemind.utils.crypto import RSAPrivateKey
 from hivemind.utils.multiaddr import Multiaddr
 
-from swarm.errors import AuthError, NetworkError
+from swarm.errors import AuthError, NetworkError, describe
 from swarm.net import clock, records, wire
 from swarm.net.auth import ISSUE_HANDLER, SwarmAuthorizer, coordinator_ids, keep_access
 from swarm.proto import swarm_pb2
@@ -101,7 +101,7 @@ class Node:
             if refusal:
                 raise AuthError(f"this run refused this peer: {refusal}") from None
             where = ", ".join(options.initial_peers) or "(none)"
-            raise NetworkError(f"could not join the swarm through initial peers {where}: {e or type(e).__name__}") from e
+            raise NetworkError(f"could not join the swarm through initial peers {where}: {describe(e)}") from e
         node = cls(run_id, p2p, dht, signer, options.client_mode, authorizer)
         if authorizer is not None:
             node._access = asyncio.create_task(keep_access(authorizer, node._fetch_revoked), name="swarm-access")
@@ -154,7 +154,7 @@ class Node:
                     force_reachability="private" if options.client_mode else None,
                 )
             except Exception as e:
-                text = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+                text = describe(e)
                 if "bootstrap" in text and attempt < attempts:
                     logger.warning("no initial peer answered (%s); retrying in %.0fs (%d more attempts)",
                                    ", ".join(options.initial_peers), 1.0 * attempt, attempts - attempt)

@@ -40,13 +40,14 @@ import msgpack
 import torch
 
 from swarm.averaging.layout import TensorLayout
+from swarm.averaging.rounds import RoundReport, RoundRequest
+from swarm.averaging.state_sync import TrainingState, params_digest
 from swarm.compression.codecs import CompressionPolicy
 from swarm.compression.fragments import FragmentedRoundCodec
 from swarm.compression.policy import FixedRoundCodec, make_round_codec
-from ..errors import ConfigError, NetworkError, RoundFailed, SwarmError
 from swarm.compression.round_codec import Averaged, RoundCodec
-from swarm.averaging.rounds import RoundReport, RoundRequest
-from swarm.averaging.state_sync import TrainingState, params_digest
+
+from ..errors import ConfigError, NetworkError, RoundFailed, SwarmError
 from .grads import closure_loss
 from .strategies import RunMode, make_run_mode
 

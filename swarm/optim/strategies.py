@@ -26,9 +26,10 @@ from typing import Any, Protocol
 
 import torch
 
-from ..errors import ConfigError
 from swarm.averaging.rounds import RoundRequest
 from swarm.compression.fragments import fragment_of_epoch
+
+from ..errors import ConfigError
 
 __all__ = ["RunMode", "GradientAveraging", "DiLoCo", "StreamingDiLoCo", "make_run_mode", "strided_fragments", "layers_of", "Wrapped"]
 

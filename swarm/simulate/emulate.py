@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from swarm.averaging.balancing import round_seconds, uniform_shares
-from ..errors import NetworkError
 from swarm.process.lifecycle import set_parent_death_signal
+
+from ..errors import NetworkError
 from .network import ROUTER_ADDRESS, EmulatedNetwork, LinkSpec
 from .scenario import AllreduceWorkload, PeerInstance, Scenario, TrainingWorkload
 

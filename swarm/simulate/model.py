@@ -40,8 +40,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from swarm.averaging.layout import DEFAULT_CHUNK_ELEMENTS, MIN_CHUNK_ELEMENTS, PIPELINE_DEPTH
-from swarm.averaging.phase_stats import TRANSPORT_BUFFER_BYTES
 from swarm.averaging.balancing import (
     BandwidthEstimator,
     MemberLink,
@@ -51,6 +49,9 @@ from swarm.averaging.balancing import (
     sustained_rate,
     uniform_shares,
 )
+from swarm.averaging.layout import DEFAULT_CHUNK_ELEMENTS, MIN_CHUNK_ELEMENTS, PIPELINE_DEPTH
+from swarm.averaging.phase_stats import TRANSPORT_BUFFER_BYTES
+
 from .model_report import role_rows
 from .scenario import MBIT, AllreduceWorkload, PeerInstance, Scenario, TrainingWorkload
 

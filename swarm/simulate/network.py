@@ -30,8 +30,9 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..errors import ConfigError, NetworkError
 from swarm.process.lifecycle import pids_alive
+
+from ..errors import ConfigError, NetworkError
 
 logger = logging.getLogger(__name__)
 

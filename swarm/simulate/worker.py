@@ -121,10 +121,10 @@ def _wait_for_view(collab, epoch: int, expected: int, timeout: float) -> int:
 
 def run_allreduce(args: argparse.Namespace) -> None:
     from swarm.averaging.layout import TensorLayout
+    from swarm.averaging.rounds import RoundRequest
     from swarm.compression.codecs import get_codec
     from swarm.compression.policy import FixedRoundCodec
     from swarm.errors import RoundFailed
-    from swarm.averaging.rounds import RoundRequest
 
     engine = json.loads(args.engine)
     collab = _join(args, engine)

@@ -25,7 +25,6 @@ from swarm.simulate.network import EmulatedNetwork, LinkSpec, namespaces
 from tests.helpers.netns import netns_unusable
 from tests.helpers.procs import PeerProcess, read_jsonl, wait_until
 
-
 _REASON = netns_unusable()
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180), pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
 

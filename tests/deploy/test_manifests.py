@@ -20,7 +20,19 @@ import pytest
 import yaml
 
 from tests.deploy.deploy_files import (
-    COMPOSE, DASHBOARD, DEPLOY, EXPERIMENT, HEALTHCHECK, PROMETHEUS_CONFIG, REPO, SAMPLE_PEER_ID, compose, load_yaml, parse_swarm, script_swarm_argv, tool,
+    COMPOSE,
+    DASHBOARD,
+    DEPLOY,
+    EXPERIMENT,
+    HEALTHCHECK,
+    PROMETHEUS_CONFIG,
+    REPO,
+    SAMPLE_PEER_ID,
+    compose,
+    load_yaml,
+    parse_swarm,
+    script_swarm_argv,
+    tool,
 )
 
 pytestmark = pytest.mark.timeout(120)

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import time
 
-from swarm.net.contacts import keep_in_touch
 from swarm.net import records
-from swarm.observer import Observer
+from swarm.net.contacts import keep_in_touch
 from swarm.net.records import ProgressRecord
+from swarm.observer import Observer
 
 
 def record(peer_id: str, epoch: int) -> ProgressRecord:

@@ -16,14 +16,14 @@ from typing import Any, Callable
 
 import torch
 
+from swarm.averaging.balancing import MemberLink
 from swarm.averaging.group import GroupView
 from swarm.averaging.layout import TensorLayout
-from swarm.averaging.balancing import MemberLink
+from swarm.averaging.progress import LocalProgress, SwarmView
+from swarm.averaging.rounds import RoundReport, RoundRequest
 from swarm.compression.round_codec import RoundCodec, RoundContext
 from swarm.config import EngineConfig
 from swarm.errors import NetworkError, RoundFailed
-from swarm.averaging.progress import LocalProgress, SwarmView
-from swarm.averaging.rounds import RoundReport, RoundRequest
 
 
 class FakeTracker:

@@ -30,11 +30,11 @@ import torch
 
 import swarm
 from swarm.averaging.allreduce import AllReduceRound
+from swarm.averaging.matchmaking import Matchmaker
+from swarm.averaging.state_sync import StateServer
 from swarm.collaboration import Collaboration
 from swarm.config import EngineConfig
 from swarm.process.lifecycle import descendants
-from swarm.averaging.matchmaking import Matchmaker
-from swarm.averaging.state_sync import StateServer
 
 
 def make_faulty_round(die_epoch: int, die_phase: str, garbage_epoch: int, current_epoch, hold_epoch: int = -1, hold_seconds: float = 0.0):

@@ -14,11 +14,11 @@ import pytest
 import torch
 from hivemind.p2p import P2P
 
-from swarm.averaging.streams import AGGREGATE_HANDLER
-from swarm.averaging.service import AggregateService
 from swarm.averaging.allreduce import AllReduceRound
 from swarm.averaging.group import GroupView
 from swarm.averaging.layout import TensorLayout
+from swarm.averaging.service import AggregateService
+from swarm.averaging.streams import AGGREGATE_HANDLER
 from swarm.compression.codecs import CompressionPolicy
 from swarm.errors import RoundFailed
 from swarm.proto import swarm_pb2

@@ -10,9 +10,9 @@ import pytest
 from hivemind.utils.crypto import RSAPrivateKey
 
 from peers.daemon import config_record
-from swarm.net import records
 from swarm.config import RunConfig
 from swarm.errors import ConfigError
+from swarm.net import records
 from swarm.net.node import Node, NodeOptions
 from swarm.observer import read_run_config
 

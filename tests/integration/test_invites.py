@@ -18,8 +18,8 @@ from hivemind.p2p import P2P, PeerID
 from hivemind.utils.crypto import RSAPrivateKey
 from hivemind.utils.multiaddr import Multiaddr
 
-from swarm.net.auth import InviteAccess, SwarmAuthorizer, request_token
 from swarm.errors import AuthError
+from swarm.net.auth import InviteAccess, SwarmAuthorizer, request_token
 from swarm.net.invite import Invite
 from swarm.net.invite_link import is_link, parse_link, resolve_invite
 from swarm.proto import swarm_pb2

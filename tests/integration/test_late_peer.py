@@ -79,8 +79,8 @@ def test_a_late_collaboration_steps_with_the_group_result_through_its_codec():
     from types import SimpleNamespace
 
     from swarm.collaboration import Collaboration
-    from swarm.config import EngineConfig
     from swarm.compression.policy import FixedRoundCodec
+    from swarm.config import EngineConfig
     from swarm.errors import LateForGroup
 
     async def main():

@@ -7,8 +7,13 @@ import pytest
 import torch
 from hivemind.p2p import P2P
 
+from swarm.averaging.state_sync import (
+    StateServer,
+    TrainingState,
+    download_from_any,
+    download_state,
+)
 from swarm.errors import NetworkError, ProtocolError
-from swarm.averaging.state_sync import StateServer, TrainingState, download_from_any, download_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

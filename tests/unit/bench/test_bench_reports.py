@@ -118,7 +118,8 @@ def test_training_configs_and_cli():
 def test_issue_19_configurations_are_valid_runs_on_loopback_and_emulated():
     """streaming-diloco(-4bit) and sparseloco: valid RunConfigs (loopback) and training workloads (emulated) whose
     rounds average a fragment's share of H = 50 local steps, or top-k 2% with 2-bit values and no outer momentum."""
-    from benchmarks.modes import BASE, CONFIGS as MODES
+    from benchmarks.modes import BASE
+    from benchmarks.modes import CONFIGS as MODES
     from swarm.config import RunConfig
     from swarm.simulate.scenario import load_scenario
 

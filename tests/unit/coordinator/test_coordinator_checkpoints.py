@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from coordinator.checkpoints import (
-    CheckpointError, list_checkpoints, load_checkpoint, prune, resolve_checkpoint, write_checkpoint,
+    CheckpointError,
+    list_checkpoints,
+    load_checkpoint,
+    prune,
+    resolve_checkpoint,
+    write_checkpoint,
 )
 from swarm.averaging.state_sync import TrainingState
 

@@ -8,8 +8,8 @@ from coordinator.checkpoints import CheckpointError, write_checkpoint
 from coordinator.export import export_checkpoint
 from coordinator.identity import load_or_create_rsa_key
 from peers.tasks import TaskSettings, get_task
-from swarm.errors import ConfigError
 from swarm.averaging.state_sync import TrainingState
+from swarm.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from coordinator.access import INVITE_ONLY_HINT, AccessControl
 from coordinator.invite_cli import parse_duration
 from coordinator.invites import InviteStore
 from coordinator.run_folder import RunFolder
-from swarm.net.auth import token_problem, token_request_bytes
 from swarm.errors import ConfigError
+from swarm.net.auth import token_problem, token_request_bytes
 from swarm.net.invite import Invite
 from swarm.proto import swarm_pb2
 

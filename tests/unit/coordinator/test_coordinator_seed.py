@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import torch
 
 from coordinator.seed import StateSeed
-from swarm.net.records import ProgressRecord
 from swarm.averaging.state_sync import TrainingState, params_digest
+from swarm.net.records import ProgressRecord
 
 
 def record(pid: str, epoch: int, params_hash: str = "", role: str = "trainer", leaving: bool = False) -> ProgressRecord:

@@ -6,7 +6,6 @@ import math
 import time
 
 import pytest
-
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 

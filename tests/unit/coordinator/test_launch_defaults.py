@@ -1,7 +1,6 @@
 """`swarm launch` and `swarm invite list`: what the organizer sees first."""
 from __future__ import annotations
 
-
 from coordinator.cli import launch_config
 from coordinator.identity import load_or_create_rsa_key
 from coordinator.invite_cli import cmd_list

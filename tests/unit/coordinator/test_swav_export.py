@@ -12,8 +12,8 @@ import torch
 from coordinator.checkpoints import write_checkpoint
 from coordinator.export import export_checkpoint
 from peers.models.resnet_export import load_resnet
-from swarm.errors import ConfigError, DataError
 from swarm.averaging.state_sync import TrainingState
+from swarm.errors import ConfigError, DataError
 from tests.unit.peers.test_swav_task import data_dir, make_task  # noqa: F401  (data_dir is a fixture)
 
 pytestmark = pytest.mark.timeout(120)

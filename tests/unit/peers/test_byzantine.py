@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from peers.attack.byzantine import HUGE, INFLATION, corrupt, byzantine_round_class
+from peers.attack.byzantine import HUGE, INFLATION, byzantine_round_class, corrupt
 from peers.attack.byzantine_run import parse_specs, phase_figures
 from swarm.averaging.allreduce import AllReduceRound
 from swarm.errors import ConfigError

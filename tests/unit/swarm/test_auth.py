@@ -10,8 +10,8 @@ from hivemind.p2p import PeerID
 from hivemind.proto import dht_pb2
 from hivemind.utils.crypto import RSAPrivateKey
 
-from swarm.net.auth import OrganizerTokens, SwarmAuthorizer, issue_token, token_problem
 from swarm.errors import AuthError
+from swarm.net.auth import OrganizerTokens, SwarmAuthorizer, issue_token, token_problem
 from swarm.net.invite import Invite
 from swarm.proto import swarm_pb2
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from swarm.averaging.group import GroupView
 from swarm.averaging.balancing import MemberLink
+from swarm.averaging.group import GroupView
+from swarm.averaging.rounds import RoundRequest
 from swarm.compression.policy import AutoRoundCodec, FixedRoundCodec, RoundContext, make_round_codec
 from swarm.errors import ConfigError
-from swarm.averaging.rounds import RoundRequest
 from tests.helpers.fake_swarm import FakeSwarm
 
 pytestmark = pytest.mark.timeout(120)

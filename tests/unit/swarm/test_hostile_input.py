@@ -11,9 +11,9 @@ import pytest
 from hivemind.dht.routing import DHTID
 from hivemind.dht.validation import DHTRecord
 
-from swarm.net import records
 from swarm.averaging.matchmaking import Matchmaker, group_problem
 from swarm.averaging.progress import ProgressTracker, SwarmView, swarm_epoch
+from swarm.net import records
 from swarm.proto import swarm_pb2
 
 pytestmark = pytest.mark.timeout(30)

@@ -10,10 +10,10 @@ import pytest
 import torch
 from hivemind.p2p import P2P
 
-from swarm.net import wire
-from swarm.errors import ProtocolError
-from swarm.proto import swarm_pb2
 from swarm.averaging.state_sync import StateServer, TrainingState, download_state
+from swarm.errors import ProtocolError
+from swarm.net import wire
+from swarm.proto import swarm_pb2
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -14,8 +14,8 @@ import pytest
 
 from swarm.averaging.matchmaking import Matchmaker, Status
 from swarm.averaging.progress import SwarmView
-from swarm.proto import swarm_pb2
 from swarm.net.records import ProgressRecord
+from swarm.proto import swarm_pb2
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from swarm.averaging.state_sync import state_digest
 from swarm.config import EngineConfig
 from swarm.optim import Lamb
 from swarm.optim.core import CollaborativeOptimizer
-from swarm.averaging.state_sync import state_digest
 
 pytestmark = pytest.mark.timeout(30)
 

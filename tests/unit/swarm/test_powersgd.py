@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from swarm.compression.powersgd import PowerSGDRoundCodec, low_rank_round, orthogonalize
 from swarm.averaging.rounds import RoundRequest
+from swarm.compression.powersgd import PowerSGDRoundCodec, low_rank_round, orthogonalize
 from tests.helpers.fake_swarm import FakeSwarm
 
 pytestmark = pytest.mark.timeout(120)

@@ -7,8 +7,8 @@ to serve).
 """
 from __future__ import annotations
 
-from swarm.averaging.phase_stats import TRANSPORT_BUFFER_BYTES, PhaseStats
 from swarm.averaging.balancing import sustained_rate
+from swarm.averaging.phase_stats import TRANSPORT_BUFFER_BYTES, PhaseStats
 
 CHUNK = 256 * 1024
 RATE = 2.5e6  # bytes/s: 20 Mbit/s

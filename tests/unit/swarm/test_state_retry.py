@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from swarm import collaboration as collaboration_module
+from swarm.averaging.progress import LocalProgress, SwarmView
 from swarm.collaboration import Collaboration
 from swarm.config import EngineConfig
 from swarm.errors import NetworkError
-from swarm.optim.core import CollaborativeOptimizer
-from swarm.averaging.progress import LocalProgress, SwarmView
 from swarm.net.records import ProgressRecord
+from swarm.optim.core import CollaborativeOptimizer
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -6,10 +6,10 @@ import copy
 import pytest
 import torch
 
+from swarm.averaging.layout import TensorLayout
+from swarm.compression.codecs import CompressionPolicy
 from swarm.compression.fragments import FragmentedRoundCodec
 from swarm.compression.policy import FixedRoundCodec
-from swarm.compression.codecs import CompressionPolicy
-from swarm.averaging.layout import TensorLayout
 from swarm.errors import ConfigError
 from swarm.optim.core import CollaborativeOptimizer
 from swarm.optim.strategies import StreamingDiLoCo, layers_of, strided_fragments

@@ -8,14 +8,14 @@ import copy
 import pytest
 import torch
 
-from benchmarks.outer_codecs import wire_round     # every member's buckets encoded, one reducer, one reply
+from benchmarks.outer_codecs import wire_round  # every member's buckets encoded, one reducer, one reply
+from swarm.averaging.rounds import RoundRequest
 from swarm.compression.codecs import get_codec
 from swarm.compression.policy import make_round_codec
-from swarm.averaging.rounds import RoundRequest
-from swarm.config import EngineConfig
-from swarm.optim.core import CollaborativeOptimizer
-from swarm.errors import RoundFailed
 from swarm.compression.topk import TopKRoundCodec, select_topk
+from swarm.config import EngineConfig
+from swarm.errors import RoundFailed
+from swarm.optim.core import CollaborativeOptimizer
 from tests.helpers.fake_swarm import FakeSwarm
 
 pytestmark = pytest.mark.timeout(120)
