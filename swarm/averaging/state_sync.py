@@ -37,6 +37,7 @@ CHUNK_BYTES = 1 << 20
 STATE_SILENCE_FLOOR = 10.0   # seconds a donor may go without delivering a chunk, whatever the rate estimate says
 Progress = Callable[[int, int], None]   # (bytes received, bytes announced)
 REQUEST_IDLE_TIMEOUT = 10.0   # seconds a requester may take to send its request on an open stream
+STREAM_RETRY_PAUSE = 0.25   # seconds before asking again a donor whose stream closed before answering
 
 
 @dataclass
@@ -126,6 +127,10 @@ def _nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
     return int(np.prod(shape, dtype=object)) * torch.empty(0, dtype=dtype).element_size()
 
 
+class StreamClosed(NetworkError):
+    """The donor's stream ended (or broke) before its first answer: a transport hiccup, not a refusal."""
+
+
 async def download_state(p2p: P2P, run_id: str, donor: str, min_epoch: int, timeout: float,
                          authorizer: SwarmAuthorizer | None = None, progress: Progress | None = None,
                          rate_bps: float | None = None) -> TrainingState:
@@ -143,7 +148,10 @@ async def download_state(p2p: P2P, run_id: str, donor: str, min_epoch: int, time
     started = loop.time()
     async with asyncio.timeout(timeout) as scope:
         stream = await p2p.iterate_protobuf_handler(PeerID.from_base58(donor), STATE_HANDLER, request, swarm_pb2.StateChunk)
-        first = await anext(stream)
+        try:
+            first = await anext(stream)
+        except (StopAsyncIteration, OSError, asyncio.IncompleteReadError) as e:
+            raise StreamClosed(f"donor {donor[-8:]} closed the stream before answering ({describe(e)})") from e
         if first.error:
             raise NetworkError(f"donor {donor[-8:]} refused: {first.error}")
         try:
@@ -193,7 +201,14 @@ async def download_from_any(p2p: P2P, run_id: str, donors: list[str], min_epoch:
     errors = []
     for donor in order[:attempts]:
         try:
-            return await download_state(p2p, run_id, donor, min_epoch, timeout, authorizer, progress, rate_bps), donor
+            try:
+                return await download_state(p2p, run_id, donor, min_epoch, timeout, authorizer, progress, rate_bps), donor
+            except StreamClosed as e:
+                # A stream reset on first contact (a fresh connection to the donor replaced by a simultaneous one)
+                # says nothing about the donor: ask it once more before counting it as failed.
+                logger.info("%s; asking it again", e)
+                await asyncio.sleep(STREAM_RETRY_PAUSE)
+                return await download_state(p2p, run_id, donor, min_epoch, timeout, authorizer, progress, rate_bps), donor
         except asyncio.CancelledError:
             raise
         except Exception as e:

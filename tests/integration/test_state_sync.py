@@ -87,6 +87,36 @@ def test_donor_behind_or_wrong_run_is_refused_and_the_next_donor_is_tried():
     asyncio.run(main())
 
 
+class HangsUpOnceServer(StateServer):
+    """Closes its first stream without a word (as a connection replaced on first contact does), then serves."""
+
+    hung_up = 0
+
+    async def _handle(self, request, context):
+        if not self.hung_up:
+            self.hung_up += 1
+            return
+        async for msg in super()._handle(request, context):
+            yield msg
+
+
+def test_a_donor_whose_stream_closes_before_answering_is_asked_again_not_dropped():
+    async def main():
+        a, b, server = await pair(server_cls=HangsUpOnceServer)
+        failed = []
+        try:
+            with pytest.raises(NetworkError, match="closed the stream before answering"):
+                await download_state(b, "run", str(a.peer_id), min_epoch=0, timeout=10)
+            server.hung_up = 0
+            got, donor = await download_from_any(b, "run", [str(a.peer_id)], min_epoch=0, timeout=10, attempts=1,
+                                                 failed=failed.append)
+            assert donor == str(a.peer_id) and got.digest() == state().digest()
+            assert failed == [] and server.hung_up == 1 and server.served == 1
+        finally:
+            await b.shutdown(); await a.shutdown()
+    asyncio.run(main())
+
+
 def big_state() -> TrainingState:
     return TrainingState(epoch=7, tensors={"param.0": torch.randn(4 * 2**18, generator=torch.Generator().manual_seed(1))}, extra={})
 
