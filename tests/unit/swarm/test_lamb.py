@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from swarm.optim import Lamb
+from tests.helpers.optim_checks import assert_deterministic_and_resumable
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -107,25 +108,7 @@ def test_layerwise_trust_ratio_and_skips_params_without_grad():
 
 
 def test_deterministic_and_state_dict_round_trip():
-    torch.manual_seed(0)
-    grads = [torch.randn(10, 10) for _ in range(4)]
-
-    def train(steps, opt_state=None, start=None):
-        p = torch.nn.Parameter(torch.randn(10, 10, generator=torch.Generator().manual_seed(1)) if start is None else start)
-        opt = Lamb([p], lr=0.01, weight_decay=0.01)
-        if opt_state is not None:
-            opt.load_state_dict(opt_state)
-        for g in steps:
-            p.grad = g.clone()
-            opt.step()
-        return p.detach().clone(), opt.state_dict()
-
-    full, _ = train(grads)
-    again, _ = train(grads)
-    assert torch.equal(full, again)
-    half, state = train(grads[:2])
-    resumed, _ = train(grads[2:], opt_state=state, start=half.clone())
-    assert torch.equal(resumed, full)
+    assert_deterministic_and_resumable(lambda ps: Lamb(ps, lr=0.01, weight_decay=0.01), (10, 10))
 
 
 def test_closure_returns_loss():

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from swarm.optim import Lars, lars_param_groups
+from tests.helpers.optim_checks import assert_deterministic_and_resumable
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -118,24 +119,7 @@ def test_zero_weight_or_gradient_uses_local_lr_one():
 
 
 def test_deterministic_and_state_dict_round_trip():
-    grads = [torch.randn(6, 6, generator=torch.Generator().manual_seed(i)) for i in range(4)]
-
-    def train(steps, opt_state=None, start=None):
-        p = torch.nn.Parameter(torch.randn(6, 6, generator=torch.Generator().manual_seed(9)) if start is None else start)
-        opt = Lars([p], lr=0.5, trust_coefficient=0.02)
-        if opt_state is not None:
-            opt.load_state_dict(opt_state)
-        for g in steps:
-            p.grad = g.clone()
-            opt.step()
-        return p.detach().clone(), opt.state_dict()
-
-    full, _ = train(grads)
-    again, _ = train(grads)
-    assert torch.equal(full, again)
-    half, state = train(grads[:2])
-    resumed, _ = train(grads[2:], opt_state=state, start=half.clone())
-    assert torch.equal(resumed, full)
+    assert_deterministic_and_resumable(lambda ps: Lars(ps, lr=0.5, trust_coefficient=0.02), (6, 6), seed=9)
 
 
 def test_skips_params_without_grad():
