@@ -172,6 +172,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
     from ..chaos.cli import prepare_loopback_run
     from ..chaos.harness import ChaosSwarm
+    from ..chaos.report import publish
     from .report import build_report
 
     if args.byzantine:
@@ -216,17 +217,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     report = build_report(h, events, baseline=baseline, target_batch_size=config.engine.target_batch_size,
                           wall_s=time.monotonic() - wall, summary={"task": config.task, "run_id": config.run_id, "peers": args.peers,
                                                                    "seconds_per_attack": args.seconds, "run_dir": str(run_dir)})
-    text = json.dumps(report, indent=2)
-    if args.report:
-        args.report.write_text(text + "\n")
-        print(f"report written to {args.report}")
-    print(json.dumps({k: report[k] for k in report if k not in ("attacks", "timeline")}, indent=2))
-    broken = [k for k, ok in report["invariants"].items() if not ok]
-    if broken:
-        print(f"invariants broken: {', '.join(broken)} (see {run_dir}/)", file=sys.stderr)
-        return 1
-    print("all invariants held")
-    return 0
+    return publish(report, args.report, {k: report[k] for k in report if k not in ("attacks", "timeline")}, run_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,10 +11,8 @@ seeded random order that covers every kind before repeating one, restarting kill
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -100,7 +98,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
 
     from .faults import FAULTS, FaultContext
     from .harness import ChaosSwarm
-    from .report import build_report
+    from .report import build_report, publish
 
     if args.peers < 3:
         raise ConfigError("--peers must be at least 3 (faults kill one peer while two keep training)")
@@ -154,16 +152,6 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     summary = {"task": config.task, "run_id": config.run_id, "peers": args.peers, "seed": args.seed, "run_dir": str(run_dir)}
     report = build_report(h, events, history=ctx.history, deadline_s=config.engine.averaging_timeout, window=window,
                           wall_s=time.monotonic() - wall, config_summary=summary, kinds=kinds)
-    text = json.dumps(report, indent=2)
-    if args.report:
-        args.report.write_text(text + "\n")
-        print(f"report written to {args.report}")
     keys = ("duration_s", "faults", "rounds_completed", "rounds_failed", "round_seconds_max", "deadline_s", "divergent_commits",
             "orphan_processes", "history_lost", "longest_stall_s")
-    print(json.dumps({k: report[k] for k in keys}, indent=2))
-    broken = [k for k, ok in report["invariants"].items() if not ok]
-    if broken:
-        print(f"invariants broken: {', '.join(broken)} (see {run_dir}/)", file=sys.stderr)
-        return 1
-    print("all invariants held")
-    return 0
+    return publish(report, args.report, {k: report[k] for k in keys}, run_dir)

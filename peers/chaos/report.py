@@ -95,3 +95,20 @@ def invariants(report: dict) -> dict[str, bool]:
         "epochs_increased": report["epochs"]["new_during_faults"] > 0,
         "sigint_within_5s": all(e.get("ok", True) for e in report["events"] if e["kind"] == "sigint"),
     }
+
+
+def publish(report: dict, path, shown: dict, run_dir) -> int:
+    """Write the report to `path` (if any), print `shown`, and say whether its invariants held: the exit status."""
+    import json
+    import sys
+
+    if path:
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"report written to {path}")
+    print(json.dumps(shown, indent=2))
+    broken = [k for k, ok in report["invariants"].items() if not ok]
+    if broken:
+        print(f"invariants broken: {', '.join(broken)} (see {run_dir}/)", file=sys.stderr)
+        return 1
+    print("all invariants held")
+    return 0
