@@ -41,7 +41,6 @@ from swarm.proto import swarm_pb2
 logger = logging.getLogger(__name__)
 
 JOIN_HANDLER = "swarm.join"
-Status = swarm_pb2.GroupInfo
 
 
 MAX_WEIGHT = float(records.MAX_COUNT)   # a member's weight is its sample count: finite, never above 2**53
@@ -210,7 +209,7 @@ class Matchmaker:
                 logger.info("epoch %d: leader candidate %s unreachable (%s), trying the next", epoch, leader[-8:], type(e).__name__)
                 self._failed.setdefault(epoch, set()).add(leader)
                 continue
-            if reply.status == Status.ACCEPTED:
+            if reply.status == swarm_pb2.GroupInfo.ACCEPTED:
                 problem = group_problem(reply)
                 if problem:
                     logger.warning("epoch %d: leader %s sent a bad group (%s), trying the next", epoch, leader[-8:], problem)
@@ -218,7 +217,7 @@ class Matchmaker:
                     continue
                 self.tracker.vouch([m.peer_id for m in reply.members])
                 return reply
-            if reply.status == Status.NOT_LEADER:
+            if reply.status == swarm_pb2.GroupInfo.NOT_LEADER:
                 if reply.leader and reply.leader != leader and reply.leader not in self._failed.get(epoch, set()):
                     self._hints.setdefault(epoch, set()).add(reply.leader)  # it stepped aside for a peer we may not see yet
                 # the candidate is alive but not leading (yet): it may be finishing its previous step.
@@ -228,9 +227,9 @@ class Matchmaker:
                     self._failed.setdefault(epoch, set()).add(leader)
                 await asyncio.sleep(0.1)
                 continue
-            if reply.status == Status.TOO_LATE and reply.round_id and not group_problem(reply):
+            if reply.status == swarm_pb2.GroupInfo.TOO_LATE and reply.round_id and not group_problem(reply):
                 raise LateForGroup(f"the group of epoch {epoch} formed without this peer", reply)
-            raise RoundFailed(f"leader {leader[-8:]} refused: {Status.Status.Name(reply.status)} {reply.reason}")
+            raise RoundFailed(f"leader {leader[-8:]} refused: {swarm_pb2.GroupInfo.Status.Name(reply.status)} {reply.reason}")
         raise RoundFailed(f"no group formed for epoch {epoch} before the deadline")
 
     def _signed(self, request: swarm_pb2.JoinRequest) -> swarm_pb2.JoinRequest:
@@ -259,7 +258,7 @@ class Matchmaker:
         while time.monotonic() < gather_end and not self._expected(request.epoch) <= set(g.requests):
             await asyncio.sleep(0.05)
         if self.tracker.view.epoch > request.epoch:
-            g.formed.set_result(swarm_pb2.GroupInfo(status=Status.TOO_LATE, epoch=g.epoch, reason="the swarm moved on", leader=self.peer_id))
+            g.formed.set_result(swarm_pb2.GroupInfo(status=swarm_pb2.GroupInfo.TOO_LATE, epoch=g.epoch, reason="the swarm moved on", leader=self.peer_id))
             raise RoundFailed(f"the swarm moved past epoch {request.epoch} while the group gathered")
         if time.monotonic() - self.tracker.view.fetched_at > 0.5:
             try:  # records of peers that joined while we gathered (see _step_aside)
@@ -281,7 +280,7 @@ class Matchmaker:
         if lower is None:
             return False
         logger.info("epoch %d: %s leads (lower id, seen while gathering); following it", g.epoch, lower[-8:])
-        g.formed.set_result(swarm_pb2.GroupInfo(status=Status.NOT_LEADER, epoch=g.epoch, reason="a lower peer leads", leader=lower))
+        g.formed.set_result(swarm_pb2.GroupInfo(status=swarm_pb2.GroupInfo.NOT_LEADER, epoch=g.epoch, reason="a lower peer leads", leader=lower))
         if self._gatherings.get(g.epoch) is g:
             self._gatherings.pop(g.epoch)
         self._hints.setdefault(g.epoch, set()).add(lower)
@@ -301,17 +300,17 @@ class Matchmaker:
         ]
         try:
             if self.balance:
-                shares, predicted = optimal_shares(self.vector_bytes(), links)
+                shares, _ = optimal_shares(self.vector_bytes(), links)
             else:
-                shares, predicted = uniform_shares(links), float("nan")
+                shares = uniform_shares(links)
         except ValueError as e:  # nobody can reduce, or nobody brings values
             logger.warning("epoch %d: cannot form a group: %s", g.epoch, e)
-            shares, predicted = [0.0] * len(reqs), float("nan")
+            shares = [0.0] * len(reqs)
         limits = round_limits(self.vector_bytes(), links, shares, chunk_bytes=self.chunk_bytes(),
                               floor_silence=self.sender_timeout, floor_averaging=self.allreduce_timeout)
         g.timeout = limits.averaging
         info = swarm_pb2.GroupInfo(
-            status=Status.ACCEPTED,
+            status=swarm_pb2.GroupInfo.ACCEPTED,
             round_id=secrets.token_bytes(16),
             epoch=g.epoch,
             shares=[float(s) for s in shares],
@@ -334,32 +333,32 @@ class Matchmaker:
             problem = self.authorizer.check_message(request, context.remote_id)
             if problem is not None:
                 logger.info("refused a join request from %s: %s", str(context.remote_id)[-8:], problem)
-                return refuse(Status.REJECTED, f"unauthorized: {problem}")
+                return refuse(swarm_pb2.GroupInfo.REJECTED, f"unauthorized: {problem}")
         if request.run_id != self.run_id:
-            return refuse(Status.REJECTED, "wrong run")
+            return refuse(swarm_pb2.GroupInfo.REJECTED, "wrong run")
         if request.peer_id != str(context.remote_id):
-            return refuse(Status.REJECTED, "peer id does not match the connection")
+            return refuse(swarm_pb2.GroupInfo.REJECTED, "peer id does not match the connection")
         # the fields' bounds first: they hold whatever state this peer is in
         if request.role not in ("trainer", "client", "aux") or not valid_weight(request.weight):
-            return refuse(Status.REJECTED, "bad role or weight")
+            return refuse(swarm_pb2.GroupInfo.REJECTED, "bad role or weight")
         if not all(math.isfinite(b) and 0 <= b <= records.MAX_BPS for b in (request.upload_bps, request.download_bps)):
-            return refuse(Status.REJECTED, "bad bandwidth")
+            return refuse(swarm_pb2.GroupInfo.REJECTED, "bad bandwidth")
         if self.schema_hash is None:
-            return refuse(Status.NOT_LEADER, "not training yet")
+            return refuse(swarm_pb2.GroupInfo.NOT_LEADER, "not training yet")
         if request.schema_hash != self.schema_hash:
-            return refuse(Status.REJECTED, "tensor schema differs from this run's")
+            return refuse(swarm_pb2.GroupInfo.REJECTED, "tensor schema differs from this run's")
         my_epoch = self.tracker.local.epoch
         if request.epoch < my_epoch:
-            return self._formed_without(request.epoch) or refuse(Status.TOO_LATE, f"swarm is at epoch {my_epoch}")
+            return self._formed_without(request.epoch) or refuse(swarm_pb2.GroupInfo.TOO_LATE, f"swarm is at epoch {my_epoch}")
         if request.epoch > my_epoch:
-            return refuse(Status.NOT_LEADER, "leader is behind")
+            return refuse(swarm_pb2.GroupInfo.NOT_LEADER, "leader is behind")
         g = self._gathering(request.epoch)
         if g.formed.done():
-            return self._formed_without(request.epoch) or refuse(Status.TOO_LATE, "group already formed")
+            return self._formed_without(request.epoch) or refuse(swarm_pb2.GroupInfo.TOO_LATE, "group already formed")
         if not g.leading:
             candidates = self._candidates(request.epoch)
             if not candidates or candidates[0] != self.peer_id:
-                refusal = refuse(Status.NOT_LEADER)
+                refusal = refuse(swarm_pb2.GroupInfo.NOT_LEADER)
                 if candidates:
                     refusal.leader = candidates[0]  # whom we follow: the asker may not see that peer yet
                 return refusal
@@ -377,11 +376,11 @@ class Matchmaker:
         if g is None or not g.formed.done() or g.formed.cancelled():
             return None
         formed = g.formed.result()
-        if formed.status != Status.ACCEPTED:
+        if formed.status != swarm_pb2.GroupInfo.ACCEPTED:
             return None
         late = swarm_pb2.GroupInfo()
         late.CopyFrom(formed)
-        late.status, late.reason = Status.TOO_LATE, "group already formed"
+        late.status, late.reason = swarm_pb2.GroupInfo.TOO_LATE, "group already formed"
         return late
 
     async def _close_after_timeout(self, g: _Gathering) -> None:
@@ -395,12 +394,12 @@ class Matchmaker:
             if self.tracker.view.epoch > g.epoch or self.tracker.local.epoch > g.epoch:
                 # the swarm (or this peer, by a state download) moved on while the group gathered: a group formed
                 # now would commit the epoch a second time, to different parameters (seen by swarm chaos)
-                g.formed.set_result(swarm_pb2.GroupInfo(status=Status.TOO_LATE, epoch=g.epoch, reason="the swarm moved on", leader=self.peer_id))
+                g.formed.set_result(swarm_pb2.GroupInfo(status=swarm_pb2.GroupInfo.TOO_LATE, epoch=g.epoch, reason="the swarm moved on", leader=self.peer_id))
                 return
             if len(g.requests) < 2:
                 # one follower is no group: it would step alone, and this gathering, formed without our trainer, would
                 # refuse the epoch to both until it expires. Gather anew: the follower asks again, our trainer joins.
-                g.formed.set_result(swarm_pb2.GroupInfo(status=Status.NOT_LEADER, epoch=g.epoch, reason="gathering again", leader=self.peer_id))
+                g.formed.set_result(swarm_pb2.GroupInfo(status=swarm_pb2.GroupInfo.NOT_LEADER, epoch=g.epoch, reason="gathering again", leader=self.peer_id))
                 if self._gatherings.get(g.epoch) is g:
                     self._gatherings.pop(g.epoch)
                 return

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from swarm.averaging.matchmaking import Status
 from swarm.proto import swarm_pb2
 from tests.unit.swarm.test_matchmaking_step_aside import HIGH, ME, FakeTracker, join_request, matchmaker
 
@@ -17,7 +16,7 @@ pytestmark = pytest.mark.timeout(30)
 
 
 def formed_group(epoch: int) -> swarm_pb2.GroupInfo:
-    info = swarm_pb2.GroupInfo(status=Status.ACCEPTED, epoch=epoch, round_id=secrets.token_bytes(16), shares=[1.0], timeout=42.0, leader=ME)
+    info = swarm_pb2.GroupInfo(status=swarm_pb2.GroupInfo.ACCEPTED, epoch=epoch, round_id=secrets.token_bytes(16), shares=[1.0], timeout=42.0, leader=ME)
     info.members.add(peer_id=ME, role="trainer", weight=3.0, upload_bps=1e6, download_bps=1e6)
     return info
 
@@ -34,7 +33,7 @@ def test_too_late_names_the_formed_group(local_epoch):
         return group, await mm._handle_join(join_request(HIGH, 5), SimpleNamespace(remote_id=HIGH))
 
     group, reply = asyncio.run(scenario())
-    assert reply.status == Status.TOO_LATE
+    assert reply.status == swarm_pb2.GroupInfo.TOO_LATE
     assert reply.round_id == group.round_id and list(reply.shares) == [1.0] and reply.timeout == 42.0
     assert [m.peer_id for m in reply.members] == [ME]
 
@@ -47,4 +46,4 @@ def test_too_late_without_a_formed_group_names_none():
         return await mm._handle_join(join_request(HIGH, 5), SimpleNamespace(remote_id=HIGH))
 
     reply = asyncio.run(scenario())
-    assert reply.status == Status.TOO_LATE and not reply.round_id and not reply.members
+    assert reply.status == swarm_pb2.GroupInfo.TOO_LATE and not reply.round_id and not reply.members

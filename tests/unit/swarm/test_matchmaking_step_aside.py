@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from swarm.averaging.matchmaking import Matchmaker, Status
+from swarm.averaging.matchmaking import Matchmaker
 from swarm.averaging.progress import SwarmView
 from swarm.net.records import ProgressRecord
 from swarm.proto import swarm_pb2
@@ -75,7 +75,7 @@ def test_a_leader_that_sees_a_lower_trainer_before_forming_hands_over():
 
     mm, led, reply = asyncio.run(scenario())
     assert led is None, "the leader must not form a group once a lower trainer is at the epoch"
-    assert reply.status == Status.NOT_LEADER and reply.leader == LOW, "followers are told whom to follow"
+    assert reply.status == swarm_pb2.GroupInfo.NOT_LEADER and reply.leader == LOW, "followers are told whom to follow"
     assert mm._candidates(5)[0] == LOW
 
 
@@ -89,7 +89,7 @@ def test_the_lowest_trainer_forms_the_group():
         return led, await asyncio.wait_for(follower, 5)
 
     led, reply = asyncio.run(scenario())
-    assert led is not None and led.status == Status.ACCEPTED
+    assert led is not None and led.status == swarm_pb2.GroupInfo.ACCEPTED
     assert [m.peer_id for m in led.members] == [ME, HIGH]
     assert reply.round_id == led.round_id
 
@@ -104,8 +104,8 @@ def test_a_refusal_naming_another_leader_makes_it_a_candidate():
     async def call(peer, handler, request, reply_type):
         calls.append(str(peer))
         if str(peer) == ME:
-            return swarm_pb2.GroupInfo(status=Status.NOT_LEADER, epoch=5, leader=LOW)
-        info = swarm_pb2.GroupInfo(status=Status.ACCEPTED, epoch=5, leader=LOW, shares=[1.0, 0.0], timeout=5.0)
+            return swarm_pb2.GroupInfo(status=swarm_pb2.GroupInfo.NOT_LEADER, epoch=5, leader=LOW)
+        info = swarm_pb2.GroupInfo(status=swarm_pb2.GroupInfo.ACCEPTED, epoch=5, leader=LOW, shares=[1.0, 0.0], timeout=5.0)
         info.members.add(peer_id=LOW, role="trainer", weight=1.0)
         info.members.add(peer_id=ME, role="trainer", weight=1.0)
         return info
@@ -119,4 +119,4 @@ def test_a_refusal_naming_another_leader_makes_it_a_candidate():
     finally:
         module.PeerID = original
     assert calls[:2] == [ME, LOW]
-    assert reply.status == Status.ACCEPTED and reply.leader == LOW
+    assert reply.status == swarm_pb2.GroupInfo.ACCEPTED and reply.leader == LOW
