@@ -128,7 +128,16 @@ def _nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
 
 
 class StreamClosed(NetworkError):
-    """The donor's stream ended (or broke) before its first answer: a transport hiccup, not a refusal."""
+    """The donor's stream ended or broke before the whole state came: a transport hiccup, not a refusal."""
+
+
+async def _until_closed(stream: AsyncIterator[swarm_pb2.StateChunk], donor: str) -> AsyncIterator[swarm_pb2.StateChunk]:
+    """The stream's chunks; a transport failure mid-way (reset, broken pipe) becomes StreamClosed."""
+    try:
+        async for chunk in stream:
+            yield chunk
+    except (OSError, asyncio.IncompleteReadError) as e:
+        raise StreamClosed(f"donor {donor[-8:]}'s stream broke ({describe(e)})") from e
 
 
 async def download_state(p2p: P2P, run_id: str, donor: str, min_epoch: int, timeout: float,
@@ -162,14 +171,14 @@ async def download_state(p2p: P2P, run_id: str, donor: str, min_epoch: int, time
             raise ProtocolError(f"donor {donor[-8:]} sent bad metadata: {e}") from e
         sizes = [_nbytes(dtype, shape) for _, dtype, shape in specs]
         buffers = [bytearray() for _ in specs]
-        total = sum(int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size() for _, dtype, shape in specs)
+        total = sum(sizes)
         received = 0
         if progress is not None:
             progress(0, total)
         if rate_bps is not None:
             silence = transfer_limit(CHUNK_BYTES, rate_bps, min(timeout, STATE_SILENCE_FLOOR))
             scope.reschedule(min(started + MAX_LIMIT, loop.time() + silence))
-        async for chunk in stream:
+        async for chunk in _until_closed(stream, donor):
             if rate_bps is not None:   # it delivered: the next chunk gets its own time, within MAX_LIMIT of the start
                 scope.reschedule(min(started + MAX_LIMIT, loop.time() + silence))
             if chunk.error:
@@ -182,6 +191,8 @@ async def download_state(p2p: P2P, run_id: str, donor: str, min_epoch: int, time
             received += len(chunk.data)
             if progress is not None:
                 progress(received, total)
+    if received < total:
+        raise StreamClosed(f"donor {donor[-8:]}'s stream ended after {received} of {total} bytes")
     tensors = {}
     for (name, dtype, shape), buf, expected in zip(specs, buffers, sizes):
         if len(buf) != expected:
@@ -204,8 +215,9 @@ async def download_from_any(p2p: P2P, run_id: str, donors: list[str], min_epoch:
             try:
                 return await download_state(p2p, run_id, donor, min_epoch, timeout, authorizer, progress, rate_bps), donor
             except StreamClosed as e:
-                # A stream reset on first contact (a fresh connection to the donor replaced by a simultaneous one)
-                # says nothing about the donor: ask it once more before counting it as failed.
+                # A stream cut by the transport (seen on loopback when several newcomers connect at once: the stream
+                # ends early, with no error from the donor) says nothing about the donor: ask it once more before
+                # counting it as failed.
                 logger.info("%s; asking it again", e)
                 await asyncio.sleep(STREAM_RETRY_PAUSE)
                 return await download_state(p2p, run_id, donor, min_epoch, timeout, authorizer, progress, rate_bps), donor

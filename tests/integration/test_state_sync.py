@@ -88,24 +88,30 @@ def test_donor_behind_or_wrong_run_is_refused_and_the_next_donor_is_tried():
 
 
 class HangsUpOnceServer(StateServer):
-    """Closes its first stream without a word (as a connection replaced on first contact does), then serves."""
+    """Closes its first stream without a word after `after` messages (as a stream cut by the transport ends), then
+    serves in full."""
 
     hung_up = 0
+    after = 0
 
     async def _handle(self, request, context):
-        if not self.hung_up:
-            self.hung_up += 1
-            return
+        sent = 0
         async for msg in super()._handle(request, context):
+            if not self.hung_up and sent == self.after:
+                self.hung_up += 1
+                return
+            sent += 1
             yield msg
 
 
-def test_a_donor_whose_stream_closes_before_answering_is_asked_again_not_dropped():
+@pytest.mark.parametrize("after, error", [(0, "closed the stream before answering"), (3, "stream ended after")])
+def test_a_donor_whose_stream_is_cut_is_asked_again_not_dropped(after, error):
     async def main():
         a, b, server = await pair(server_cls=HangsUpOnceServer)
+        server.after = after
         failed = []
         try:
-            with pytest.raises(NetworkError, match="closed the stream before answering"):
+            with pytest.raises(NetworkError, match=error):
                 await download_state(b, "run", str(a.peer_id), min_epoch=0, timeout=10)
             server.hung_up = 0
             got, donor = await download_from_any(b, "run", [str(a.peer_id)], min_epoch=0, timeout=10, attempts=1,
