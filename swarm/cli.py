@@ -10,7 +10,8 @@ import gc
 import logging
 import os
 import sys
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 
 from .errors import SwarmError
 
@@ -20,9 +21,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for ep in sorted(entry_points(group="swarm.commands"), key=lambda e: e.name):
+    for ep in sorted(command_entry_points(), key=lambda e: e.name):
         ep.load()(sub)
     return parser
+
+
+def command_entry_points() -> list[EntryPoint]:
+    """The installed `swarm.commands` plug-ins; from a source checkout that was never pip-installed (PYTHONPATH only),
+    the ones its pyproject.toml declares, so `python -m swarm.cli join` works there too."""
+    found = list(entry_points(group="swarm.commands"))
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    if found or not pyproject.is_file():
+        return found
+    import tomllib
+
+    declared = tomllib.loads(pyproject.read_text()).get("project", {}).get("entry-points", {}).get("swarm.commands", {})
+    return [EntryPoint(name, value, "swarm.commands") for name, value in declared.items()]
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
