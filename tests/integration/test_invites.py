@@ -152,7 +152,7 @@ def test_peer_handlers_refuse_missing_replayed_and_foreign_requests(swarm):
             assert (await asyncio.wait_for(anext(stream), 20)).error == "unauthorized: no token"
 
             # with a token: accepted by auth (refused later for having no model: a different reason) ...
-            authorizer = await member(p2p, swarm.net.invite)
+            authorizer = await member(p2p, swarm.invite)
             captured = swarm_pb2.JoinRequest(run_id=RUN, epoch=0, peer_id=str(p2p.peer_id), role="trainer", weight=8.0)
             authorizer.sign_message(captured, p2p.peer_id)
             reply = await join(p2p, target, request=captured)
@@ -210,7 +210,7 @@ def test_expired_revoked_forged_and_used_up_invites_are_refused(swarm):
     revoked = create_invite(swarm, "create-revoked", "--label", "to revoke")
     rc, lines = cli(swarm, "revoke", "invite", "revoke", parse_link(revoked).invite_id, "--run-dir", str(swarm.run_dir), timeout=180)
     assert rc == 0 and "revoked invite" in lines[-1], lines
-    genuine = Invite.parse(swarm.net.invite)
+    genuine = Invite.parse(swarm.invite)
     forged = Invite.create(RSAPrivateKey(), run_id=RUN, initial_peers=genuine.initial_peers, expires_at=time.time() + 3600).encode()
     once = create_invite(swarm, "create-once", "--max-uses", "1")
 
@@ -258,8 +258,8 @@ def test_invites_survive_a_coordinator_kill_9(swarm):
     async def tokens():
         p2p = await client(swarm.bootstrap)
         try:
-            token = await request_token(p2p, Invite.parse(swarm.net.invite), RSAPrivateKey())
-            assert token.username.endswith(Invite.parse(swarm.net.invite).invite_id)
+            token = await request_token(p2p, Invite.parse(swarm.invite), RSAPrivateKey())
+            assert token.username.endswith(Invite.parse(swarm.invite).invite_id)
             with pytest.raises(AuthError, match="refused the invite: revoked"):
                 await request_token(p2p, Invite.parse(revoked["invite"]), RSAPrivateKey())
         finally:
