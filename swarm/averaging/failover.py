@@ -36,18 +36,44 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import Any, AsyncIterator, Protocol
 
-from hivemind.p2p import PeerID
+import torch
+from hivemind.p2p import P2P, PeerID
 
 from swarm.averaging.deadlines import reply_timeout
+from swarm.averaging.group import GroupView
+from swarm.averaging.layout import Chunk, TensorLayout
+from swarm.averaging.phase_stats import PhaseStats
 from swarm.averaging.streams import AGGREGATE_HANDLER, close_quietly, drain
 from swarm.compression.codecs import decode_checked
 from swarm.errors import ProtocolError, RoundFailed
 from swarm.proto import swarm_pb2
 
-if TYPE_CHECKING:
-    from swarm.averaging.allreduce import AllReduceRound
+
+class RoundSide(Protocol):
+    """What the failover uses of one member's round (swarm.averaging.allreduce.AllReduceRound, which owns it)."""
+
+    p2p: P2P
+    group: GroupView
+    layout: TensorLayout
+    parts: list[list[Chunk]]
+    sender_timeout: float
+    stats: PhaseStats
+    _held: dict[int, list[bytes]]           # part -> its averaged bytes received so far, in order
+    _settled: list[asyncio.Event]           # part -> my exchange of it is over
+    _retired: asyncio.Event
+    _outputs: list[bytes | None]            # my part's averaged chunks
+    _part_hashers: dict[int, Any]           # part -> sha256 of its averaged bytes as received
+
+    def _store_result(self, chunk: Chunk, values: torch.Tensor) -> None: ...
+    def _sign(self, msg: swarm_pb2.PartChunk) -> None: ...
+    def backup_round(self, j: int, backup: int, silence: float, timeout: float) -> "RoundSide": ...
+    async def _exchange(self, j: int, fetch_first: bool = False) -> None: ...
+    def _serve_fetch(self, first: swarm_pb2.PartChunk, requests: AsyncIterator[swarm_pb2.PartChunk],
+                     sender: int) -> AsyncIterator[swarm_pb2.PartChunk]: ...
+    async def run(self) -> list[torch.Tensor] | None: ...
+    def retire(self) -> None: ...
 
 __all__ = ["HOLDINGS", "PartFailover", "backups", "failover_limit"]
 
@@ -67,7 +93,7 @@ def backups(roles: tuple[str, ...], j: int) -> list[int]:
     return [i for i, role in enumerate(roles) if i != j and role != "client"]
 
 
-def _ended(task: asyncio.Task, sub: AllReduceRound) -> None:
+def _ended(task: asyncio.Task, sub: RoundSide) -> None:
     if not task.cancelled() and task.exception() is not None:   # retrieved here: a member that waits reads it itself
         logger.info("a backup round ended without its part: %s", task.exception())
     sub.retire()
@@ -76,10 +102,10 @@ def _ended(task: asyncio.Task, sub: AllReduceRound) -> None:
 class PartFailover:
     """One member's failover of one round: recovering its lost parts, and serving as a holder or a backup."""
 
-    def __init__(self, round_: AllReduceRound):
+    def __init__(self, round_: RoundSide):
         self.round = round_
         self._decisions: dict[int, asyncio.Task] = {}   # part -> this backup's decision (None: serve the held bytes)
-        self._subs: dict[int, AllReduceRound] = {}      # part -> this backup's round averaging it again
+        self._subs: dict[int, RoundSide] = {}      # part -> this backup's round averaging it again
         self._tasks: list[asyncio.Task] = []             # decisions and backup rounds started by run()'s recovery
 
     @property
@@ -157,7 +183,7 @@ class PartFailover:
                 self._tasks.append(self._decisions[j])
         return self._decisions[j]
 
-    async def _decide(self, j: int) -> AllReduceRound | None:
+    async def _decide(self, j: int) -> RoundSide | None:
         """How this backup finishes part j: None to serve the reducer's bytes (held or relayed), else its round."""
         r = self.round
         try:
