@@ -226,13 +226,17 @@ class PartFailover:
         for i, count in zip(others, counts):
             if count != [total]:
                 continue
+            mine = len(r._held.setdefault(j, []))
             try:
-                await self._ask(i, j, len(r._held.setdefault(j, [])))
+                await self._ask(i, j, mine)
                 if self._held_whole(j):
                     logger.info("round %s: part %d: relayed from %s, who holds it whole", group.round_id.hex()[:8], j, group.peer_ids[i][-8:])
                     return
+                why = "it sent less than it claimed"
             except (RoundFailed, ProtocolError) as e:
-                logger.info("round %s: part %d: relay from %s failed: %s", group.round_id.hex()[:8], j, group.peer_ids[i][-8:], e)
+                why = str(e)
+            del r._held[j][mine:]   # a holder that failed its relay is not trusted with any of it
+            logger.info("round %s: part %d: relay from %s failed: %s", group.round_id.hex()[:8], j, group.peer_ids[i][-8:], why)
 
     async def _ask(self, i: int, j: int, start: int) -> list[int] | None:
         """A relay request to member i for part j: HOLDINGS gives [its count]; a chunk index appends its held chunks
@@ -288,7 +292,7 @@ class PartFailover:
         the part's backup."""
         r = self.round
         group, me, j = r.group, r.group.my_index, first.part
-        if not 0 <= j < len(group.peer_ids) or j == me or not r.parts[j] or not group.needs(sender):
+        if not 0 <= j < len(group.peer_ids) or j in (me, sender) or not r.parts[j] or not group.needs(sender):
             yield swarm_pb2.PartChunk(error="bad fetch")
         elif first.resend:
             async for reply in self._serve_held(first):

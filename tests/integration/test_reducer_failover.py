@@ -18,8 +18,10 @@ import pytest
 import torch
 
 from swarm.averaging.allreduce import AllReduceRound
-from swarm.averaging.failover import backups
+from swarm.averaging.failover import HOLDINGS, backups
 from swarm.averaging.group import GroupView
+from swarm.averaging.streams import AGGREGATE_HANDLER
+from swarm.proto import swarm_pb2
 from tests.integration.test_allreduce import expected_mean, make_layout, random_values, shutdown, start_members
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -57,8 +59,10 @@ class DiesMidAllGather(AllReduceRound):
         await self._retired.wait()   # silent until killed
 
 
-async def failover_round(n: int, dead: int, *, mid_all_gather: bool, whole_to: int | None = None, seed: int = 0):
-    """Run a round of n trainers in which member `dead` dies; returns (survivors' rounds, their results, values, layout)."""
+async def failover_round(n: int, dead: int, *, mid_all_gather: bool, whole_to: int | None = None, seed: int = 0,
+                         classes: dict[int, type[AllReduceRound]] | None = None):
+    """Run a round of n trainers in which member `dead` dies; returns (survivors' rounds, their results, values, layout,
+    weights). `classes`: other members' round classes (default AllReduceRound)."""
     members, services = await start_members(n)
     try:
         layout = make_layout("fp16")
@@ -73,7 +77,7 @@ async def failover_round(n: int, dead: int, *, mid_all_gather: bool, whole_to: i
         for i, p in enumerate(members):
             if i == dead and not mid_all_gather:
                 continue
-            cls = DiesMidAllGather if i == dead else AllReduceRound
+            cls = DiesMidAllGather if i == dead else (classes or {}).get(i, AllReduceRound)
             group = GroupView(round_id=round_id, peer_ids=ids, roles=("trainer",) * n, weights=weights, shares=shares, my_index=i, timeout=40.0)
             r = cls(p, group, layout, layout.flatten(values[i]), chunk_elements=500, sender_timeout=3.0)
             if i == dead:
@@ -104,9 +108,10 @@ def part_range(round_: AllReduceRound, j: int):
     return [(c.bucket, c.start, c.length) for c in round_.parts[j]]
 
 
-def check_survivors_agree(rounds, results, values, layout, weights, dead, *, in_own_part: bool, in_others: bool):
+def check_survivors_agree(rounds, results, values, layout, weights, dead, *, in_own_part: bool, in_others: bool, left_out=()):
     """Every survivor holds bitwise the same result; each part is the weighted mean with or without the dead member's
-    contribution (`in_own_part`: in its own part, relayed; `in_others`: in the other parts, sent before it died)."""
+    contribution (`in_own_part`: in its own part, relayed; `in_others`: in the other parts, sent before it died).
+    `left_out`: members whose contributions the backup's average of the dead reducer's part does not have either."""
     assert not any(isinstance(r, BaseException) for r in results.values()), results
     outs = list(results.values())
     for other in outs[1:]:
@@ -114,13 +119,15 @@ def check_survivors_agree(rounds, results, values, layout, weights, dead, *, in_
     n = len(values)
     roles = ["trainer"] * n
     everyone = [t.reshape(-1) for t in layout.flatten(expected_mean(values, weights, roles))]
-    survivors = [i for i in range(n) if i != dead]
-    without = [t.reshape(-1) for t in layout.flatten(expected_mean([values[i] for i in survivors], [weights[i] for i in survivors], roles[:-1]))]
+    others = [i for i in range(n) if i != dead]
+    without = [t.reshape(-1) for t in layout.flatten(expected_mean([values[i] for i in others], [weights[i] for i in others], roles))]
+    kept = [i for i in others if i not in left_out]
+    backup_mean = [t.reshape(-1) for t in layout.flatten(expected_mean([values[i] for i in kept], [weights[i] for i in kept], roles))]
     some = next(iter(rounds.values()))
     dead_chunks = set(part_range(some, dead))
     for j in range(n):
         for bucket, start, length in part_range(some, j):
-            want = everyone if (in_own_part if j == dead else in_others) else without
+            want = (everyone if in_own_part else backup_mean) if j == dead else (everyone if in_others else without)
             got = outs[0][bucket][start : start + length]
             assert torch.allclose(got, want[bucket][start : start + length], atol=2e-3), f"part {j} chunk at {start}"
     assert dead_chunks, "the dead reducer had a part"
@@ -164,3 +171,77 @@ def test_a_reducer_dead_before_its_reduce_is_replaced_by_a_backup_and_the_others
             assert r.stats.recovered_parts == [dead]
     asyncio.run(main())
 
+
+
+class RelaysGarbage(AllReduceRound):
+    """A member that holds the dead reducer's part whole but relays a chunk of the wrong size."""
+
+    async def _exchange_settled(self, j):
+        await super()._exchange_settled(j)
+        if self._held.get(j) and len(self._held[j]) == len(self.parts[j]):
+            self._held[j][-1] = b"\x00" * 6
+
+
+def test_a_holder_that_relays_a_wrong_chunk_is_not_trusted_and_the_backup_averages_the_part_again():
+    async def main():
+        n, dead, liar = 4, 1, 3
+        # the liar is the member the dying reducer sends its whole part to
+        rounds, results, values, layout, weights = await failover_round(n, dead, mid_all_gather=True, whole_to=liar, seed=40,
+                                                                        classes={liar: RelaysGarbage})
+        honest = {i: results[i] for i in rounds if i != liar}
+        # the liar got the part from the reducer, so it never sent its contribution to the backup: left out of it
+        check_survivors_agree({i: rounds[i] for i in honest}, honest, values, layout, weights, dead, in_own_part=False, in_others=True,
+                              left_out=(liar,))
+        for i in honest:
+            assert rounds[i].stats.recovered_parts == [dead]
+    asyncio.run(main())
+
+
+def test_failover_requests_out_of_bounds_are_refused():
+    """Part and chunk indices a member names are checked against the round's plan before anything is served."""
+    async def main():
+        members, services = await start_members(3)
+        try:
+            layout = make_layout("none")
+            values = random_values(3, seed=50)
+            ids = tuple(str(p.peer_id) for p in members)
+            round_id = secrets.token_bytes(16)
+            rounds = []
+            for i, p in enumerate(members):
+                group = GroupView(round_id=round_id, peer_ids=ids, roles=("trainer", "trainer", "client"), weights=(1.0,) * 3,
+                                  shares=(0.5, 0.5, 0.0), my_index=i, timeout=20.0)
+                rounds.append(AllReduceRound(p, group, layout, layout.flatten(values[i]), chunk_elements=500, sender_timeout=3.0))
+                services[i].open(rounds[-1])
+            results = await asyncio.gather(*(r.run() for r in rounds))
+            count = len(rounds[0].parts[0])
+
+            async def ask(to, part, chunk, relay):
+                async def request():
+                    yield swarm_pb2.PartChunk(round_id=round_id, part=part, chunk=chunk, sender=ids[2], fetch=True, resend=relay)
+
+                stream = await members[2].iterate_protobuf_handler(members[to].peer_id, AGGREGATE_HANDLER, request(), swarm_pb2.PartChunk)
+                return await asyncio.wait_for(collect(stream), 20)
+
+            async def collect(stream):
+                return [reply async for reply in stream]
+
+            assert [r.error for r in await ask(1, 7, 0, False)] == ["bad fetch"]         # no such part
+            assert [r.error for r in await ask(1, 0, count, False)] == ["bad fetch"]     # no such chunk
+            assert [r.error for r in await ask(1, 0, count, True)] == ["bad fetch"]      # a relay from past the part
+            assert [r.error for r in await ask(1, 0, -2, True)] == ["bad fetch"]
+            assert [r.chunk for r in await ask(1, 0, HOLDINGS, True)] == [count]         # member 1 holds part 0 whole
+            relayed = await ask(1, 0, 1, True)
+            assert [r.chunk for r in relayed] == list(range(1, count))
+            for reply, chunk in zip(relayed, rounds[0].parts[0][1:]):
+                assert torch.equal(layout.codecs[chunk.bucket].decode(reply.data), results[2][chunk.bucket][chunk.start : chunk.start + chunk.length])
+            # member 2 is client-mode: nobody's backup
+            async def as_member0():
+                yield swarm_pb2.PartChunk(round_id=round_id, part=1, chunk=0, sender=ids[0], fetch=True)
+
+            stream = await members[0].iterate_protobuf_handler(members[2].peer_id, AGGREGATE_HANDLER, as_member0(), swarm_pb2.PartChunk)
+            assert [r.error for r in await asyncio.wait_for(collect(stream), 20)] == ["bad fetch"]
+        finally:
+            for s in services:
+                s.stop()
+            await shutdown(members)
+    asyncio.run(main())
