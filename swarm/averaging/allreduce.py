@@ -14,8 +14,12 @@ Guarantees:
 - Bounded time: the round ends by its deadline. Both limits follow the work
   (swarm.averaging.deadlines): a sender whose stream delivers no chunk for `sender_timeout` (the
   silence limit, from the chunk size and the group's measured links) is excluded from the chunks
-  not yet averaged (the weights renormalise); a slow sender that keeps delivering stays; a reducer that fails leaves its part missing, and the round raises RoundFailed for the
-  members that miss it (they do not step), naming each missing part and why.
+  not yet averaged (the weights renormalise); a slow sender that keeps delivering stays.
+- A lost reducer costs its part's delay, not the round (swarm.averaging.failover): the members that lack its
+  part take it from a backup, which relays the reducer's bytes when some member holds them whole and else
+  averages the part again from the members' contributions; every member that asked takes the backup's bytes.
+  A part that cannot be had even so makes the round raise RoundFailed for the members that miss it (they do
+  not step), naming each missing part and why.
 - A broken reply stream costs nothing: a member whose stream to a live reducer ends, resets
   or goes silent before its averaged part is back opens another and fetches the chunks it
   lacks (`fetch`); reducers keep a finished round's part FINISHED_GRACE seconds for this.
