@@ -549,7 +549,7 @@ class AllReduceRound:
             # gather has cancelled the unfinished exchanges by now: list every part that did not arrive
             pending = [j for j, task in tasks.items() if not task.done() or task.cancelled() or task.exception() is not None]
             detail = "; ".join(f"part {j} from {group.peer_ids[j][-8:]}" + (f" ({self._lost[j]})" if j in self._lost else "") for j in pending)
-            raise RoundFailed(f"round did not finish within {group.timeout:.1f}s" + (f": still waiting for {detail}" if detail else "")) from None
+            raise RoundFailed(f"round did not finish within {time.monotonic() - self._start:.1f}s" + (f": still waiting for {detail}" if detail else "")) from None
         finally:
             # every task this round started ends with it (a pending task nobody awaits is destroyed by the GC)
             started = [watcher, own, *tasks.values()]
