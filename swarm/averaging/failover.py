@@ -105,8 +105,8 @@ class PartFailover:
     def __init__(self, round_: RoundSide):
         self.round = round_
         self._decisions: dict[int, asyncio.Task] = {}   # part -> this backup's decision (None: serve the held bytes)
-        self._subs: dict[int, RoundSide] = {}      # part -> this backup's round averaging it again
-        self._tasks: list[asyncio.Task] = []             # decisions and backup rounds started by run()'s recovery
+        self._subs: dict[int, RoundSide] = {}           # part -> this backup's round averaging it again
+        self._tasks: list[asyncio.Task] = []             # decisions my own recovery started, and the backup rounds
 
     @property
     def _reply(self) -> float:
@@ -179,6 +179,8 @@ class PartFailover:
     def _decide_task(self, j: int, owned: bool = False) -> asyncio.Task:
         if j not in self._decisions:
             self._decisions[j] = asyncio.create_task(self._decide(j), name=f"decide-{j}")
+            # its failure is read by whoever waits for it; one whose asker gave up is retrieved here, not logged as lost
+            self._decisions[j].add_done_callback(lambda task: task.cancelled() or task.exception())
             if owned:
                 self._tasks.append(self._decisions[j])
         return self._decisions[j]
