@@ -14,8 +14,12 @@ Guarantees:
 - Bounded time: the round ends by its deadline. Both limits follow the work
   (swarm.averaging.deadlines): a sender whose stream delivers no chunk for `sender_timeout` (the
   silence limit, from the chunk size and the group's measured links) is excluded from the chunks
-  not yet averaged (the weights renormalise); a slow sender that keeps delivering stays; a reducer that fails leaves its part missing, and the round raises RoundFailed for the
-  members that miss it (they do not step), naming each missing part and why.
+  not yet averaged (the weights renormalise); a slow sender that keeps delivering stays.
+- A lost reducer costs its part's delay, not the round (swarm.averaging.failover): the members that lack its
+  part take it from a backup, which relays the reducer's bytes when some member holds them whole and else
+  averages the part again from the members' contributions; every member that asked takes the backup's bytes.
+  A part that cannot be had even so makes the round raise RoundFailed for the members that miss it (they do
+  not step), naming each missing part and why.
 - A broken reply stream costs nothing: a member whose stream to a live reducer ends, resets
   or goes silent before its averaged part is back opens another and fetches the chunks it
   lacks (`fetch`); reducers keep a finished round's part FINISHED_GRACE seconds for this.
@@ -32,6 +36,7 @@ pull it cut (`clipped_share`) has it summed per sender over this member's part
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
@@ -41,6 +46,7 @@ import torch
 from hivemind.p2p import P2P, PeerID
 
 from swarm.averaging.deadlines import reply_timeout
+from swarm.averaging.failover import PartFailover, failover_limit
 from swarm.averaging.group import GroupView
 from swarm.averaging.layout import (
     DEFAULT_CHUNK_ELEMENTS,
@@ -88,19 +94,30 @@ class AllReduceRound:
         reduction: type[Reduction] = Reduction,
         authorizer: SwarmAuthorizer | None = None,
         excluded: Collection[str] = (),
+        parts: list[list[Chunk]] | None = None,
+        part_labels: dict[int, int] | None = None,
+        result: list[torch.Tensor] | None = None,
     ):
-        """`excluded`: peer ids whose contributions my part ignores (senders struck out by a robust reducer)."""
+        """`excluded`: peer ids whose contributions my part ignores (senders struck out by a robust reducer).
+
+        A backup's round of one dead reducer's part (swarm.averaging.failover) passes `parts` (that part's chunks as
+        the backup's), `part_labels` (member -> the part number its part goes by on the wire) and `result` (the
+        member's round result, which the part's averaged values fill)."""
         self.p2p, self.group, self.layout = p2p, group, layout
         self.authorizer = authorizer  # invite-only runs: the first chunk of each stream is signed
         self.local = list(local) if local is not None else None
         me = group.my_index
         if group.brings(me) != (self.local is not None):
             raise ValueError("a member brings values exactly when its role is not aux")
-        self.parts = plan_parts(layout, group.shares, chunk_elements)
+        self.parts = parts if parts is not None else plan_parts(layout, group.shares, chunk_elements)
+        self.part_labels = dict(part_labels or {})
+        self.chunk_elements = chunk_elements
         self.sender_timeout = sender_timeout
         self.reduction = reduction
         self.stats = PhaseStats()
-        self.result = [torch.empty(size, dtype=torch.float32) for size in layout.bucket_sizes] if group.needs(me) else None
+        if result is None and group.needs(me):
+            result = [torch.empty(size, dtype=torch.float32) for size in layout.bucket_sizes]
+        self.result = result if group.needs(me) else None
         # reducer state for my own part
         my_chunks = self.parts[me]
         self._expected = {i for i in range(len(group.peer_ids)) if group.brings(i) and i != me}
@@ -118,6 +135,15 @@ class AllReduceRound:
         self._last_heard: dict[int, float] = {}
         self._latecomer_fetches = 0
         self._stream_of: dict[int, int] = {}  # sender -> number of its newest stream: only that one may exclude it
+        # the averaged bytes received of each other part, in order (a prefix): a backup relays them if the reducer dies
+        self._held: dict[int, list[bytes]] = {}
+        # part -> set once my exchange of it is over, won or lost (at once for a member that sends nothing)
+        self._settled = [asyncio.Event() for _ in group.peer_ids]
+        if not group.brings(me):
+            for settled in self._settled:
+                settled.set()
+        self.failover = PartFailover(self) if parts is None else None   # a backup's round does not fail over again
+        self._excluded_ids = tuple(excluded)
         self._start = time.monotonic()
         self.stats.t0 = self._start
         if self.local is not None:
@@ -125,6 +151,10 @@ class AllReduceRound:
                 self._reductions[k].add(self._slice(chunk), group.weights[me], sender=me)
 
     # -- helpers ---------------------------------------------------------------------------------------
+
+    def label(self, i: int) -> int:
+        """The part number member i's part goes by on the wire (its index, but for a backup's part: the dead reducer's)."""
+        return self.part_labels.get(i, i)
 
     def _slice(self, chunk: Chunk) -> torch.Tensor:
         assert self.local is not None
@@ -188,11 +218,16 @@ class AllReduceRound:
                 return
             yield swarm_pb2.PartChunk(error="not a member of this round")
             return
+        if first.fetch and first.part != self.label(group.my_index) and self.failover is not None:
+            # another member's part: a backup asks what I hold of it, or a member asks me, its backup, to finish it
+            async for reply in self.failover.serve(first, requests, sender):
+                yield reply
+            return
         if first.fetch:
             async for reply in self._serve_fetch(first, requests, sender):
                 yield reply
             return
-        if first.part != group.my_index or sender not in self._expected:
+        if first.part != self.label(group.my_index) or sender not in self._expected:
             yield swarm_pb2.PartChunk(error="wrong part or role")
             return
         stream = self._new_stream(sender)
@@ -207,7 +242,7 @@ class AllReduceRound:
                     return
                 if group.needs(sender):
                     self.stats.bytes_sent += len(data)
-                    yield swarm_pb2.PartChunk(part=group.my_index, chunk=k, data=data)
+                    yield swarm_pb2.PartChunk(part=self.label(group.my_index), chunk=k, data=data)
                     self.stats.taken(self.stats.output_log, carried, len(data))
                     carried += len(data)
             # Read the sender's end-of-stream before closing: closing a stream with unread input
@@ -247,7 +282,7 @@ class AllReduceRound:
         """
         group = self.group
         count = len(self.parts[group.my_index])
-        if first.part != group.my_index or not group.needs(sender) or not 0 <= first.chunk < count:
+        if first.part != self.label(group.my_index) or not group.needs(sender) or not 0 <= first.chunk < count:
             yield swarm_pb2.PartChunk(error="bad fetch")
             return
         lacking = self._lacks(sender)
@@ -261,7 +296,7 @@ class AllReduceRound:
         stream = self._new_stream(sender)
         consumer = asyncio.create_task(self._consume(sender, None, requests, stream, start=lacking))
         try:
-            yield swarm_pb2.PartChunk(part=group.my_index, chunk=lacking, resend=True)
+            yield swarm_pb2.PartChunk(part=self.label(group.my_index), chunk=lacking, resend=True)
             async for reply in self._replay(first.chunk, count):
                 yield reply
                 if reply.error:
@@ -295,7 +330,7 @@ class AllReduceRound:
                 yield swarm_pb2.PartChunk(error="part not averaged")
                 return
             self.stats.bytes_sent += len(data)
-            yield swarm_pb2.PartChunk(part=group.my_index, chunk=k, data=data)
+            yield swarm_pb2.PartChunk(part=self.label(group.my_index), chunk=k, data=data)
 
     async def _consume(self, sender: int, first: swarm_pb2.PartChunk | None, requests: AsyncIterator[swarm_pb2.PartChunk],
                        stream: int, start: int = 0) -> None:
@@ -351,12 +386,19 @@ class AllReduceRound:
 
     # -- sender side: one stream per other reducer ------------------------------------------------------
 
-    async def _exchange(self, j: int) -> None:
+    async def _exchange_settled(self, j: int) -> None:
+        try:
+            await self._exchange(j)
+        finally:
+            self._settled[j].set()
+
+    async def _exchange(self, j: int, fetch_first: bool = False) -> None:
         """Send my chunks of part j to reducer j and receive the averaged part back.
 
         When the reply stream breaks before the whole part is back, ask reducer j for the rest (FETCH_RETRIES) on a
         new stream, and send again the chunks it says it lacks (`resend`). Raises when the part cannot be had;
-        `_lost[j]` says why.
+        `_lost[j]` says why. `fetch_first`: open with a fetch (a backup asks for my chunks with `resend` if it needs
+        them, swarm.averaging.failover).
         """
         chunks = self.parts[j]
         if not chunks:
@@ -374,7 +416,7 @@ class AllReduceRound:
                 sizes.append(len(data))
                 self.stats.bytes_sent += len(data)
                 self.stats.own_bytes += len(data)
-                msg = swarm_pb2.PartChunk(part=j, chunk=k, data=data)
+                msg = swarm_pb2.PartChunk(part=self.label(j), chunk=k, data=data)
                 if k == 0:
                     msg.round_id, msg.weight, msg.sender = group.round_id, group.weights[me], group.peer_ids[me]
                     self._sign(msg)
@@ -383,7 +425,7 @@ class AllReduceRound:
                 carried += len(data)
 
         async def _fetch(start: int, resend_from: asyncio.Future[int | None]) -> AsyncIterator[swarm_pb2.PartChunk]:
-            msg = swarm_pb2.PartChunk(round_id=group.round_id, part=j, chunk=start, sender=group.peer_ids[me], fetch=True)
+            msg = swarm_pb2.PartChunk(round_id=group.round_id, part=self.label(j), chunk=start, sender=group.peer_ids[me], fetch=True)
             self._sign(msg)
             yield msg
             lacking = await resend_from  # the reducer's `resend`, or None once the part is back without one
@@ -391,14 +433,16 @@ class AllReduceRound:
                 data = self.layout.codecs[chunks[k].bucket].encode(self._outgoing(chunks[k]))
                 self.stats.bytes_sent += len(data)
                 self.stats.resent_chunks += 1
-                yield swarm_pb2.PartChunk(part=j, chunk=k, data=data)
+                yield swarm_pb2.PartChunk(part=self.label(j), chunk=k, data=data)
 
         received = 0
+        held = self._held.setdefault(j, [])
         for attempt in range(FETCH_RETRIES + 1):
             stream = None
             resend_from: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
             try:
-                opening = self.p2p.iterate_protobuf_handler(peer, AGGREGATE_HANDLER, _requests() if attempt == 0 else _fetch(received, resend_from), swarm_pb2.PartChunk)
+                opening = self.p2p.iterate_protobuf_handler(peer, AGGREGATE_HANDLER, _requests() if attempt == 0 and not fetch_first
+                                                            else _fetch(received, resend_from), swarm_pb2.PartChunk)
                 stream = await asyncio.wait_for(opening, reply_timeout(self.sender_timeout))
                 while received < len(chunks):
                     reply = await asyncio.wait_for(anext(stream), reply_timeout(self.sender_timeout))
@@ -406,7 +450,7 @@ class AllReduceRound:
                         self._lost[j] = f"reducer {group.peer_ids[j][-8:]}: {reply.error}"
                         raise RoundFailed(self._lost[j])
                     if reply.resend:
-                        if attempt == 0 or resend_from.done() or not 0 <= reply.chunk < len(chunks):
+                        if (attempt == 0 and not fetch_first) or resend_from.done() or not 0 <= reply.chunk < len(chunks):
                             self._lost[j] = f"reducer {group.peer_ids[j][-8:]} sent an unexpected resend of chunk {reply.chunk}"
                             raise ProtocolError(self._lost[j])
                         logger.info("round %s: part %d: the reducer lacks my chunks from %d on; sending them again",
@@ -424,6 +468,7 @@ class AllReduceRound:
                         self.stats.ack_log.append((now, sizes[received]))
                     self._store_result(chunk, decode_checked(self.layout.codecs[chunk.bucket], reply.data, chunk.length))
                     self._part_hashers.setdefault(j, hashlib.sha256()).update(reply.data)
+                    held.append(reply.data)
                     received += 1
                 if not resend_from.done():
                     resend_from.set_result(None)  # nothing to send again: end the request stream
@@ -451,6 +496,17 @@ class AllReduceRound:
                     await close_quietly(stream)
         raise RoundFailed(self._lost[j])
 
+    def backup_round(self, j: int, backup: int, silence: float, timeout: float) -> "AllReduceRound":
+        """This member's side of the round in which `backup` averages part j again (its reducer was lost): the same
+        group and weights, part j's chunks as the backup's only part (named j on the wire), reducer j's contribution
+        ignored, the averaged values written into this member's result."""
+        parts: list[list[Chunk]] = [[] for _ in self.group.peer_ids]
+        parts[backup] = self.parts[j]
+        return AllReduceRound(
+            self.p2p, dataclasses.replace(self.group, timeout=timeout), self.layout, self.local,
+            chunk_elements=self.chunk_elements, sender_timeout=silence, reduction=self.reduction, authorizer=self.authorizer,
+            excluded={*self._excluded_ids, self.group.peer_ids[j]}, parts=parts, part_labels={backup: j}, result=self.result)
+
     def _sign(self, msg: swarm_pb2.PartChunk) -> None:
         if self.authorizer is not None:
             self.authorizer.sign_message(msg, self.p2p.peer_id)
@@ -463,16 +519,27 @@ class AllReduceRound:
         meter = LinkMeter()
         meter.start()
         try:
-            async with asyncio.timeout(group.timeout):
+            async with asyncio.timeout(group.timeout) as scope:
                 self._try_finalize()  # a part with no other senders is ready at once
                 if group.brings(me):
-                    tasks = {j: asyncio.create_task(self._exchange(j)) for j in range(len(group.peer_ids)) if j != me}
+                    tasks = {j: asyncio.create_task(self._exchange_settled(j)) for j in range(len(group.peer_ids)) if j != me}
                 results = await asyncio.gather(*tasks.values(), return_exceptions=True)
+                lost = []
                 for j, outcome in zip(tasks, results):
                     if isinstance(outcome, BaseException):
                         self._lost.setdefault(j, str(outcome) or type(outcome).__name__)
-                        logger.warning("round %s: part %d missing: %s", group.round_id.hex()[:8], j, self._lost[j])
-                        self.stats.missing_parts.append(j)
+                        lost.append(j)
+                if lost and self.failover is not None:
+                    # a lost part costs its delay, not the round: a backup finishes it (the failover's own limit)
+                    scope.reschedule(max(scope.when() or 0.0, asyncio.get_running_loop().time() + failover_limit(self.sender_timeout)))
+                    failed = await self.failover.recover(lost)
+                    self.stats.recovered_parts.extend(j for j in lost if j not in failed)
+                    for j, why in failed.items():
+                        self._lost[j] = f"{self._lost[j]}; failover: {why}"
+                    lost = sorted(failed)
+                for j in lost:
+                    logger.warning("round %s: part %d missing: %s", group.round_id.hex()[:8], j, self._lost[j])
+                    self.stats.missing_parts.append(j)
                 await own  # my own part is averaged (the streams deliver it to the others)
                 await self._drain_outputs()
         except TimeoutError:
@@ -482,10 +549,12 @@ class AllReduceRound:
             # gather has cancelled the unfinished exchanges by now: list every part that did not arrive
             pending = [j for j, task in tasks.items() if not task.done() or task.cancelled() or task.exception() is not None]
             detail = "; ".join(f"part {j} from {group.peer_ids[j][-8:]}" + (f" ({self._lost[j]})" if j in self._lost else "") for j in pending)
-            raise RoundFailed(f"round did not finish within {group.timeout:.1f}s" + (f": still waiting for {detail}" if detail else "")) from None
+            raise RoundFailed(f"round did not finish within {time.monotonic() - self._start:.1f}s" + (f": still waiting for {detail}" if detail else "")) from None
         finally:
             # every task this round started ends with it (a pending task nobody awaits is destroyed by the GC)
             started = [watcher, own, *tasks.values()]
+            if self.failover is not None:
+                started += self.failover.tasks_of_mine()
             for task in started:
                 task.cancel()
             await asyncio.gather(*started, return_exceptions=True)
@@ -518,6 +587,8 @@ class AllReduceRound:
         self._retired.set()
         for ready in self._output_ready:
             ready.set()
+        if self.failover is not None:
+            self.failover.retire()
         self.local, self.result = None, None
         self._reductions = [None] * len(self._reductions)  # type: ignore[list-item]
 

@@ -53,7 +53,7 @@ def started_by(task: asyncio.Task, round_: AllReduceRound) -> bool:
     frame = getattr(coro, "cr_frame", None)
     owner = frame.f_locals.get("self") if frame is not None else None
     name = getattr(coro, "__qualname__", "")
-    return (owner is round_ and name in ("AllReduceRound._watch_absent_senders", "AllReduceRound._exchange")) or (
+    return (owner is round_ and name in ("AllReduceRound._watch_absent_senders", "AllReduceRound._exchange", "AllReduceRound._exchange_settled")) or (
         name == "Event.wait" and any(owner is event for event in round_._output_ready)) or name == "LinkMeter._sample"
 
 

@@ -40,7 +40,7 @@ def test_three_peers_end_bitwise_identical(peers, tmp_path):
     assert len({f["hash"] for f in finals}) == 1
 
 
-@pytest.mark.parametrize("phase", ["send", "reduce"])
+@pytest.mark.parametrize("phase", ["send", "reduce", "gather"])
 def test_peer_killed_mid_round_leaves_survivors_identical(peers, tmp_path, phase):
     timeout = 8.0
     common_args = ["--duration", "60", "--steps", "7", "--target", "192", "--chunk-elements", "1024", "--averaging-timeout", str(timeout), "--wait-peers", "3"]
@@ -66,6 +66,8 @@ def test_peer_killed_mid_round_leaves_survivors_identical(peers, tmp_path, phase
         assert a[epoch]["hash"] == b[epoch]["hash"], f"survivors differ at epoch {epoch}"
         assert a[epoch]["seconds"] <= timeout + 1
     assert min(a[e]["group"] for e in a if e > 4) == 2  # the dead peer is gone from later groups
+    if phase == "gather":   # it died reducing: a backup finished its part, so the round of its death committed without it
+        assert any(log.get(4, {}).get("group") == 3 for log in (a, b)), "the round whose reducer died did not commit"
 
 
 def test_late_joiner_downloads_state_then_matches(peers, tmp_path):

@@ -1,0 +1,247 @@
+"""A reducer lost mid-round costs its part's delay, not the round (swarm.averaging.failover).
+
+Real P2P members on loopback. A reducer is killed (its P2P shut down) during its all-gather or before its
+reduce; the others still commit, with bitwise-identical results:
+- killed mid-all-gather with no member holding its whole part: the backup averages the part again from the
+  survivors' contributions (the dead reducer's left out), and everyone takes the backup's bytes;
+- killed mid-all-gather after one member got the whole part: the backup relays that member's copy of the
+  reducer's bytes (the dead reducer's contribution stays in);
+- dead before its reduce: the backup averages the part from the survivors.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+
+import pytest
+import torch
+
+from swarm.averaging.allreduce import AllReduceRound
+from swarm.averaging.failover import HOLDINGS, backups
+from swarm.averaging.group import GroupView
+from swarm.averaging.streams import AGGREGATE_HANDLER
+from swarm.proto import swarm_pb2
+from tests.integration.test_allreduce import expected_mean, make_layout, random_values, shutdown, start_members
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+class DiesMidAllGather(AllReduceRound):
+    """A reducer that sends `stop_after` averaged chunks of its part to each member (all of them to member `whole_to`,
+    if set), then sends nothing more and sets `died`: the test then kills it."""
+
+    stop_after = 2
+    whole_to: int | None = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.died = asyncio.Event()
+        self._done_streams: set[str] = set()
+
+    async def serve(self, first, requests, remote):
+        me = self.group.my_index
+        if first.fetch or first.part != me:   # a member's retry after the kill: the reducer is gone
+            await self._retired.wait()
+            return
+        whole = self.whole_to is not None and str(remote) == self.group.peer_ids[self.whole_to]
+        limit = len(self.parts[me]) if whole else self.stop_after
+        sent = 0
+        async with contextlib.aclosing(super().serve(first, requests, remote)) as replies:
+            async for reply in replies:
+                if sent == limit:
+                    break
+                yield reply
+                sent += 1
+        self._done_streams.add(str(remote))
+        if len(self._done_streams) == sum(1 for i in range(len(self.group.peer_ids)) if i != me and self.group.needs(i)):
+            self.died.set()
+        await self._retired.wait()   # silent until killed
+
+
+async def failover_round(n: int, dead: int, *, mid_all_gather: bool, whole_to: int | None = None, seed: int = 0,
+                         classes: dict[int, type[AllReduceRound]] | None = None):
+    """Run a round of n trainers in which member `dead` dies; returns (survivors' rounds, their results, values, layout,
+    weights). `classes`: other members' round classes (default AllReduceRound)."""
+    members, services = await start_members(n)
+    try:
+        layout = make_layout("fp16")
+        values = random_values(n, seed=seed)
+        ids = tuple(str(p.peer_id) for p in members)
+        round_id = secrets.token_bytes(16)
+        weights = tuple(float(i + 1) for i in range(n))
+        shares = tuple([1.0 / n] * n)
+        if not mid_all_gather:   # dead before the round: it never reduces nor sends anything
+            await members[dead].shutdown()
+        rounds: dict[int, AllReduceRound] = {}
+        for i, p in enumerate(members):
+            if i == dead and not mid_all_gather:
+                continue
+            cls = DiesMidAllGather if i == dead else (classes or {}).get(i, AllReduceRound)
+            group = GroupView(round_id=round_id, peer_ids=ids, roles=("trainer",) * n, weights=weights, shares=shares, my_index=i, timeout=40.0)
+            r = cls(p, group, layout, layout.flatten(values[i]), chunk_elements=500, sender_timeout=3.0)
+            if i == dead:
+                r.whole_to = whole_to
+            services[i].open(r)
+            rounds[i] = r
+        tasks = {i: asyncio.create_task(r.run()) for i, r in rounds.items()}
+        if mid_all_gather:
+            await asyncio.wait_for(rounds[dead].died.wait(), 30)
+            # its contributions to the other parts are in (their averages came back): only its own part is at stake
+            await asyncio.wait_for(asyncio.gather(*(rounds[dead]._settled[j].wait() for j in range(n) if j != dead)), 30)
+            tasks[dead].cancel()
+            await asyncio.gather(tasks.pop(dead), return_exceptions=True)
+            await members[dead].shutdown()
+            services[dead].stop()
+            rounds.pop(dead)
+        results = dict(zip(tasks, await asyncio.gather(*tasks.values(), return_exceptions=True)))
+        for i in rounds:
+            services[i].close(round_id)
+        return rounds, results, values, layout, weights
+    finally:
+        for s in services:
+            s.stop()
+        await shutdown([p for i, p in enumerate(members) if mid_all_gather or i != dead])
+
+
+def part_range(round_: AllReduceRound, j: int):
+    return [(c.bucket, c.start, c.length) for c in round_.parts[j]]
+
+
+def check_survivors_agree(rounds, results, values, layout, weights, dead, *, in_own_part: bool, in_others: bool, left_out=()):
+    """Every survivor holds bitwise the same result; each part is the weighted mean with or without the dead member's
+    contribution (`in_own_part`: in its own part, relayed; `in_others`: in the other parts, sent before it died).
+    `left_out`: members whose contributions the backup's average of the dead reducer's part does not have either."""
+    assert not any(isinstance(r, BaseException) for r in results.values()), results
+    outs = list(results.values())
+    for other in outs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(outs[0], other)), "survivors must hold bitwise-identical results"
+    n = len(values)
+    roles = ["trainer"] * n
+    everyone = [t.reshape(-1) for t in layout.flatten(expected_mean(values, weights, roles))]
+    others = [i for i in range(n) if i != dead]
+    without = [t.reshape(-1) for t in layout.flatten(expected_mean([values[i] for i in others], [weights[i] for i in others], roles))]
+    kept = [i for i in others if i not in left_out]
+    backup_mean = [t.reshape(-1) for t in layout.flatten(expected_mean([values[i] for i in kept], [weights[i] for i in kept], roles))]
+    some = next(iter(rounds.values()))
+    dead_chunks = set(part_range(some, dead))
+    for j in range(n):
+        for bucket, start, length in part_range(some, j):
+            want = (everyone if in_own_part else backup_mean) if j == dead else (everyone if in_others else without)
+            got = outs[0][bucket][start : start + length]
+            assert torch.allclose(got, want[bucket][start : start + length], atol=2e-3), f"part {j} chunk at {start}"
+    assert dead_chunks, "the dead reducer had a part"
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_a_reducer_killed_mid_all_gather_is_replaced_by_a_backup_and_the_others_commit(n):
+    async def main():
+        dead = 1
+        rounds, results, values, layout, weights = await failover_round(n, dead, mid_all_gather=True, seed=n)
+        check_survivors_agree(rounds, results, values, layout, weights, dead, in_own_part=False, in_others=True)
+        for r in rounds.values():
+            assert r.stats.recovered_parts == [dead] and r.stats.missing_parts == []
+        backup = backups(("trainer",) * n, dead)[0]
+        assert len({tuple(r.stats.part_hashes.items()) for r in rounds.values()}) == 1, "every survivor holds the same part bytes"
+        assert backup == 0
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_a_dead_reducers_part_held_whole_by_one_member_is_relayed_to_the_others(n):
+    async def main():
+        dead, whole_to = 1, n - 1
+        rounds, results, values, layout, weights = await failover_round(n, dead, mid_all_gather=True, whole_to=whole_to, seed=10 + n)
+        check_survivors_agree(rounds, results, values, layout, weights, dead, in_own_part=True, in_others=True)
+        assert rounds[whole_to].stats.recovered_parts == []   # it got the part from the reducer itself
+        for i, r in rounds.items():
+            if i != whole_to:
+                assert r.stats.recovered_parts == [dead]
+        assert len({tuple(r.stats.part_hashes.items()) for r in rounds.values()}) == 1
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_a_reducer_dead_before_its_reduce_is_replaced_by_a_backup_and_the_others_commit(n):
+    async def main():
+        dead = 1
+        rounds, results, values, layout, weights = await failover_round(n, dead, mid_all_gather=False, seed=20 + n)
+        check_survivors_agree(rounds, results, values, layout, weights, dead, in_own_part=False, in_others=False)
+        for r in rounds.values():
+            assert r.stats.recovered_parts == [dead]
+    asyncio.run(main())
+
+
+
+class RelaysGarbage(AllReduceRound):
+    """A member that holds the dead reducer's part whole but relays a chunk of the wrong size."""
+
+    async def _exchange_settled(self, j):
+        await super()._exchange_settled(j)
+        if self._held.get(j) and len(self._held[j]) == len(self.parts[j]):
+            self._held[j][-1] = b"\x00" * 6
+
+
+def test_a_holder_that_relays_a_wrong_chunk_is_not_trusted_and_the_backup_averages_the_part_again():
+    async def main():
+        n, dead, liar = 4, 1, 3
+        # the liar is the member the dying reducer sends its whole part to
+        rounds, results, values, layout, weights = await failover_round(n, dead, mid_all_gather=True, whole_to=liar, seed=40,
+                                                                        classes={liar: RelaysGarbage})
+        honest = {i: results[i] for i in rounds if i != liar}
+        # the liar got the part from the reducer, so it never sent its contribution to the backup: left out of it
+        check_survivors_agree({i: rounds[i] for i in honest}, honest, values, layout, weights, dead, in_own_part=False, in_others=True,
+                              left_out=(liar,))
+        for i in honest:
+            assert rounds[i].stats.recovered_parts == [dead]
+    asyncio.run(main())
+
+
+def test_failover_requests_out_of_bounds_are_refused():
+    """Part and chunk indices a member names are checked against the round's plan before anything is served."""
+    async def main():
+        members, services = await start_members(3)
+        try:
+            layout = make_layout("none")
+            values = random_values(3, seed=50)
+            ids = tuple(str(p.peer_id) for p in members)
+            round_id = secrets.token_bytes(16)
+            rounds = []
+            for i, p in enumerate(members):
+                group = GroupView(round_id=round_id, peer_ids=ids, roles=("trainer", "trainer", "client"), weights=(1.0,) * 3,
+                                  shares=(0.5, 0.5, 0.0), my_index=i, timeout=20.0)
+                rounds.append(AllReduceRound(p, group, layout, layout.flatten(values[i]), chunk_elements=500, sender_timeout=3.0))
+                services[i].open(rounds[-1])
+            results = await asyncio.gather(*(r.run() for r in rounds))
+            count = len(rounds[0].parts[0])
+
+            async def ask(to, part, chunk, relay):
+                async def request():
+                    yield swarm_pb2.PartChunk(round_id=round_id, part=part, chunk=chunk, sender=ids[2], fetch=True, resend=relay)
+
+                stream = await members[2].iterate_protobuf_handler(members[to].peer_id, AGGREGATE_HANDLER, request(), swarm_pb2.PartChunk)
+                return await asyncio.wait_for(collect(stream), 20)
+
+            async def collect(stream):
+                return [reply async for reply in stream]
+
+            assert [r.error for r in await ask(1, 7, 0, False)] == ["bad fetch"]         # no such part
+            assert [r.error for r in await ask(1, 0, count, False)] == ["bad fetch"]     # no such chunk
+            assert [r.error for r in await ask(1, 0, count, True)] == ["bad fetch"]      # a relay from past the part
+            assert [r.error for r in await ask(1, 0, -2, True)] == ["bad fetch"]
+            assert [r.chunk for r in await ask(1, 0, HOLDINGS, True)] == [count]         # member 1 holds part 0 whole
+            relayed = await ask(1, 0, 1, True)
+            assert [r.chunk for r in relayed] == list(range(1, count))
+            for reply, chunk in zip(relayed, rounds[0].parts[0][1:]):
+                assert torch.equal(layout.codecs[chunk.bucket].decode(reply.data), results[2][chunk.bucket][chunk.start : chunk.start + chunk.length])
+            # member 2 is client-mode: nobody's backup
+            async def as_member0():
+                yield swarm_pb2.PartChunk(round_id=round_id, part=1, chunk=0, sender=ids[0], fetch=True)
+
+            stream = await members[0].iterate_protobuf_handler(members[2].peer_id, AGGREGATE_HANDLER, as_member0(), swarm_pb2.PartChunk)
+            assert [r.error for r in await asyncio.wait_for(collect(stream), 20)] == ["bad fetch"]
+        finally:
+            for s in services:
+                s.stop()
+            await shutdown(members)
+    asyncio.run(main())
