@@ -34,13 +34,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from swarm.averaging.reduction import Reduction
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["bound_weights", "centered_clip", "ClipResult", "CenteredClipReduction", "StrikeBook", "HARD_CLIP", "STRIKES_TO_EXCLUDE"]
 
 DEFAULT_TAU_SCALE = 1.0
 DEFAULT_MAX_WEIGHT_RATIO = 1.5
-DEFAULT_ITERATIONS = 20
+DEFAULT_ITERATIONS = 100   # each costs O(n^2) on the coefficients, not a pass over the values
 DEFAULT_TOLERANCE = 1e-6
 # Largest distance float32 computes safely (its squares stay far below float32's 3.4e38).
 FLOAT32_NORM_LIMIT = 1e17
@@ -63,13 +65,18 @@ def bound_weights(weights: torch.Tensor, max_weight_ratio: float = DEFAULT_MAX_W
     return w.clamp(max=float(positive.median()) * max_weight_ratio)
 
 
-def _weighted_median(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Coordinate-wise weighted median of rows `values` [n, d] (the lower one where the weights split evenly)."""
-    sorted_values, order = values.sort(dim=0)
-    cumulative = weights[order].cumsum(dim=0)
-    half = weights.sum() / 2
-    index = (cumulative < half).sum(dim=0, keepdim=True).clamp(max=values.shape[0] - 1)
-    return sorted_values.gather(0, index).squeeze(0)
+def _weighted_median(values: torch.Tensor, weights: torch.Tensor) -> float:
+    """Weighted median of `values` [m] (the lower one where the weights split evenly)."""
+    order = values.argsort()
+    cumulative = weights[order].cumsum(0)
+    index = min(int((cumulative < weights.sum() / 2).sum()), values.numel() - 1)
+    return float(values[order[index]])
+
+
+def _squared_distances(gram: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+    """||y_i - v||^2 for every row y_i, where v = sum_k a_k y_k (sum a = 1), from the rows' Gram matrix."""
+    g_a = gram @ coefficients
+    return (gram.diagonal() - 2 * g_a + coefficients @ g_a).clamp(min=0)
 
 
 @dataclass
@@ -77,8 +84,88 @@ class ClipResult:
     value: torch.Tensor                 # the aggregate, float32 [d]
     tau: float                          # the clipping radius used
     clipped_share: torch.Tensor         # per sender, in [0, 1]: how much of its pull was cut at the last iteration
-    iterations: int = 0
+    iterations: int = 0                 # 0: the weighted mean clipped nobody and is the result, exactly
     weights: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # the bounded weights used
+
+
+@dataclass
+class _Solution:
+    """CenteredClip solved on the rows' Gram matrix: the result is sum_k coefficients_k x_k (sum 1)."""
+    coefficients: torch.Tensor          # float64 [n]; the bounded weights over their sum when `mean`
+    mean: bool                          # nothing was clipped at the weighted mean: it is the result
+    tau: float
+    clipped_share: torch.Tensor
+    iterations: int
+    weights: torch.Tensor
+
+
+def _start_and_radius(pairwise: torch.Tensor, w: torch.Tensor, keep: torch.Tensor) -> tuple[int, float]:
+    """The weighted medoid (the row whose weighted median distance to the other rows is smallest) and the radius:
+    its weighted median distance to the others over sqrt(2).
+
+    Why a medoid: the rows within its median distance hold half of the other rows' weight; with an honest majority
+    of the (bounded) weight one of them is honest, so the start lies within one honest row's median distance of an
+    honest row, whatever the attackers send; and it is a row, so the iteration stays in the rows' span. Why over
+    sqrt(2): two honest rows lie about sqrt(2) times as far apart as each from their mean, so the radius is about
+    one honest row's distance from the honest mean, the scale CenteredClip needs.
+    """
+    candidates = keep.nonzero().flatten().tolist()
+    if len(candidates) == 1:
+        return candidates[0], 0.0
+    best, radius = candidates[0], math.inf
+    for i in candidates:
+        others = [j for j in candidates if j != i]
+        median = _weighted_median(pairwise[i, others], w[others])
+        if median < radius:
+            best, radius = i, median
+    return best, radius / math.sqrt(2)
+
+
+def _solve(gram: torch.Tensor, weights: torch.Tensor, tau_scale: float, max_weight_ratio: float,
+           iterations: int, tolerance: float) -> _Solution:
+    """CenteredClip on the coefficients of the rows (see the module docstring).
+
+    Every iterate is an affine combination of the rows (the start is a row, each step a combination of offsets
+    from rows), and every distance it needs follows from the rows' Gram matrix (float64 [n, n], of the rows
+    centred on any one point): the iterations cost O(n^2) each, not a pass over the values.
+    """
+    n = gram.shape[0]
+    w = bound_weights(weights, max_weight_ratio)
+    if n == 0 or float(w.sum()) <= 0:
+        raise ValueError("no contribution with a positive weight")
+    keep = w > 0
+    diagonal = gram.diagonal()
+    pairwise = (diagonal.unsqueeze(0) + diagonal.unsqueeze(1) - 2 * gram).clamp(min=0).sqrt()
+    start, tau = _start_and_radius(pairwise, w, keep)
+    tau *= tau_scale
+    total = w.sum()
+    mean = w / total
+    if bool((_squared_distances(gram, mean).sqrt()[keep] <= tau).all()):
+        # Nothing is clipped at the weighted mean: it is a fixed point of the iteration, and its limit (the iteration
+        # minimises sum_i w_i huber_tau(||x_i - v||), convex, and strictly so near the mean, where it is quadratic).
+        return _Solution(mean, True, tau, torch.zeros(n), 0, w)
+    a = torch.zeros(n, dtype=torch.float64)
+    a[start] = 1.0
+    scale = torch.ones(n, dtype=torch.float64)
+    done = 0
+    for done in range(1, iterations + 1):
+        distances = _squared_distances(gram, a).sqrt()
+        if tau == 0:
+            scale = torch.where(distances > 0, torch.zeros_like(distances), torch.ones_like(distances))
+        else:
+            scale = torch.where(distances > tau, tau / distances.clamp(min=1e-300), torch.ones_like(distances))
+        pull = w * scale / total
+        step = pull - a * pull.sum()                 # sum_i pull_i (x_i - v), as coefficients of the rows
+        a = a + step
+        # the step's length: its coefficients sum to 0, so the Gram matrix of the centred rows measures it
+        if float((step @ gram @ step).clamp(min=0).sqrt()) <= tolerance * tau:
+            break
+    clipped = torch.where(keep, 1 - scale, torch.zeros_like(scale))
+    return _Solution(a, False, tau, clipped.to(torch.float32), done, w)
+
+
+def _safe_for_float32(gram: torch.Tensor) -> bool:
+    return bool(torch.isfinite(gram).all()) and float(gram.diagonal().max()) <= FLOAT32_NORM_LIMIT**2
 
 
 def centered_clip(
@@ -91,75 +178,104 @@ def centered_clip(
 ) -> ClipResult:
     """CenteredClip of rows `values` [n, d] with `weights` [n] (see the module docstring).
 
-    Computed in float32 when no distance can overflow it, else in float64 (a contribution of 1e30 must not
-    overflow the distances that clip it): the float32 path halves the passes' memory traffic in honest rounds.
+    The rows are centred on the first one before their Gram matrix: its entries are then on the scale of the
+    distances, not of the rows (honest gradients 1e-3 of their norm apart keep 3 digits in float32 products).
+    Float32 unless a distance could overflow it, else float64 (a contribution of 1e30 must not overflow the
+    distances that clip it).
     """
     if values.dim() != 2 or weights.shape != (values.shape[0],):
         raise ValueError(f"values [n, d] and weights [n] expected, got {tuple(values.shape)} and {tuple(weights.shape)}")
-    n = values.shape[0]
-    w = bound_weights(weights, max_weight_ratio)
-    if n == 0 or float(w.sum()) <= 0:
-        raise ValueError("no contribution with a positive weight")
     x = values.to(torch.float32)
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        x = torch.where(finite, x, torch.zeros_like(x))  # a codec never lets one through; be safe anyway
-    if x.numel() and float(x.abs().max()) * math.sqrt(x.shape[1]) > FLOAT32_NORM_LIMIT:
-        x = x.to(torch.float64)
-    v = _weighted_median(x, w)
-    distances = (x - v).norm(dim=1)
-    keep = w > 0
-    tau = tau_scale * float(_weighted_median(distances[keep].unsqueeze(1), w[keep]).squeeze())
-    total = w.sum()
-    scale = torch.ones(n, dtype=torch.float64)
-    done = 0
-    for done in range(1, iterations + 1):
-        offsets = x - v
-        distances = offsets.norm(dim=1).to(torch.float64)
-        scale = torch.where(distances > tau, tau / distances.clamp(min=1e-300), torch.ones_like(distances))
-        if tau == 0:
-            scale = torch.where(distances > 0, torch.zeros_like(distances), torch.ones_like(distances))
-        step = (w * scale / total).to(x.dtype) @ offsets
-        v = v + step
-        if float(step.norm()) <= tolerance * max(float(v.norm()), 1e-12):
-            break
-    clipped = torch.where(w > 0, 1 - scale, torch.zeros_like(scale))
-    return ClipResult(value=v.to(torch.float32), tau=tau, clipped_share=clipped.to(torch.float32), iterations=done, weights=w)
+    if x.shape[0]:
+        y = x - x[0]
+        gram = (y @ y.T).to(torch.float64)
+        if not _safe_for_float32(gram):
+            x = values.to(torch.float64)
+            x = torch.where(torch.isfinite(x), x, torch.zeros_like(x))  # a codec never lets one through; be safe anyway
+            y = x - x[0]
+            gram = y @ y.T
+    else:
+        y, gram = x, torch.empty(0, 0, dtype=torch.float64)
+    solution = _solve(gram, weights, tau_scale, max_weight_ratio, iterations, tolerance)
+    value = x[0] + solution.coefficients.to(y.dtype) @ y
+    return ClipResult(value=value.to(torch.float32), tau=solution.tau, clipped_share=solution.clipped_share,
+                      iterations=solution.iterations, weights=solution.weights)
 
 
 class CenteredClipReduction:
-    """A reducer's aggregation of one chunk by CenteredClip: keeps every sender's copy, aggregates at `result()`.
+    """A reducer's aggregation of one chunk by CenteredClip, built as the senders' copies arrive.
 
     The same interface as the weighted mean (`add(values, weight)`, `result()`), plus `sender` so that the clipped
-    share of each sender is known after `result()` (`clipped_share`). Memory: one copy of the chunk per sender.
+    share of each sender is known after `result()` (`clipped_share`). Each `add` keeps the copy's offset from the
+    first copy, extends the Gram matrix of those offsets by one row (k dot products), and adds the copy to the
+    streaming weighted mean (swarm.averaging.reduction.Reduction); `result()` then solves CenteredClip on the
+    Gram matrix alone. When nothing is clipped at the weighted mean (an honest group), the result is the
+    streaming mean itself, bit for bit what the plain reduction gives, at the cost of the Gram matrix; otherwise
+    one pass combines the offsets. Memory: one copy of the chunk per sender.
     """
 
     def __init__(self, length: int, tau_scale: float = DEFAULT_TAU_SCALE, max_weight_ratio: float = DEFAULT_MAX_WEIGHT_RATIO):
         self.length = length
         self.tau_scale = tau_scale
         self.max_weight_ratio = max_weight_ratio
-        self.rows: list[torch.Tensor] = []
+        self.reference: torch.Tensor | None = None    # the first copy: every offset is from it
+        self._buffer = torch.empty(0, length)          # offsets from the reference, one row per copy (grown by doubling)
+        self.gram: list[list[float]] = []
         self.weights: list[float] = []
         self.senders: list[int | None] = []
         self.clipped_share: dict[int, float] = {}
         self.weight = 0.0
+        self.iterations = 0
+        self._mean = Reduction(length)
+        self._wide = False   # an offset too large for float32 products: the Gram matrix is recomputed in float64
+
+    @property
+    def offsets(self) -> torch.Tensor:
+        return self._buffer[: len(self.weights)]
 
     def add(self, values: torch.Tensor, weight: float, sender: int | None = None) -> None:
         if weight > 0:
             if values.numel() != self.length:
                 raise ValueError(f"a chunk of {self.length} values expected, got {values.numel()}")
-            self.rows.append(values.detach().to(torch.float32).reshape(-1))
+            row = values.detach().to(torch.float32).reshape(-1)
+            k = len(self.weights)
+            if self.reference is None:
+                self.reference = row.clone()
+            if k == self._buffer.shape[0]:   # untouched rows of torch.empty cost no memory until written
+                grown = torch.empty(max(2 * k, 8), self.length, dtype=torch.float32)
+                grown[:k] = self._buffer
+                self._buffer = grown
+            offset = torch.sub(row, self.reference, out=self._buffer[k])
+            products = (self._buffer[: k + 1] @ offset).tolist()   # one pass over the earlier offsets
+            if not all(math.isfinite(p) and abs(p) <= FLOAT32_NORM_LIMIT**2 for p in products):
+                self._wide = True
+            for j, product in enumerate(products[:-1]):
+                self.gram[j].append(product)
+            self.gram.append(products)
             self.weights.append(float(weight))
             self.senders.append(sender)
             self.weight += weight
+            self._mean.add(row, weight)
+
+    def _gram(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self._wide:
+            return torch.tensor(self.gram, dtype=torch.float64), self.offsets
+        wide = self.offsets.to(torch.float64)   # an attack's values: speed no longer matters
+        return wide @ wide.T, wide
 
     def result(self) -> torch.Tensor | None:
-        if not self.rows:
+        if not self.weights:
             return None
-        clip = centered_clip(torch.stack(self.rows), torch.tensor(self.weights, dtype=torch.float64),
-                             tau_scale=self.tau_scale, max_weight_ratio=self.max_weight_ratio)
-        self.clipped_share = {s: float(c) for s, c in zip(self.senders, clip.clipped_share) if s is not None}
-        return clip.value
+        assert self.reference is not None
+        gram, offsets = self._gram()
+        weights = torch.tensor(self.weights, dtype=torch.float64)
+        solution = _solve(gram, weights, self.tau_scale, self.max_weight_ratio, DEFAULT_ITERATIONS, DEFAULT_TOLERANCE)
+        self.clipped_share = {s: float(c) for s, c in zip(self.senders, solution.clipped_share) if s is not None}
+        self.iterations = solution.iterations
+        if solution.mean and torch.equal(solution.weights, weights):
+            return self._mean.result()
+        value = self.reference.to(offsets.dtype) + solution.coefficients.to(offsets.dtype) @ offsets
+        return value.to(torch.float32)
 
 
 class StrikeBook:
