@@ -1,15 +1,15 @@
 """Robust mode's cost in an honest round: the same all-reduce round with CenteredClip at every reducer and with the
 weighted mean, side by side.
 
-    python -m benchmarks.robust_round [--members 4] [--sizes-mb 1,4,40] [--repeats 5] [--json results/robust-round.json]
+    python -m benchmarks.robust_round [--members 4] [--sizes-mb 1,4,40] [--repeats 5] [--threads 1] [--json results/robust-round.json]
 
 Members are real P2P peers on loopback in one process (tests/integration/test_allreduce.py's harness), each a trainer
 reducing an equal share; their values are honest gradients of one model (a common direction plus per-member noise,
 unequal weights within bound_weights' ratio, so the mean is not reweighted). For each vector size the two modes
 alternate, in an order reversed every other repeat, so that a busy machine slows them alike. Reported per size:
 the median round time of each mode and `overhead`, the median over repeats of (robust / mean) - 1. Every robust
-round's result is checked to equal the mean round's bit for bit (the honest fast path), so a faster but different
-result cannot pass unnoticed.
+round's result is checked against the mean round's (equal up to the order in which senders arrived, which differs
+from round to round), so a faster but different result cannot pass unnoticed.
 """
 from __future__ import annotations
 
@@ -89,8 +89,9 @@ async def measure(members: int, sizes_mb: list[float], repeats: int, codec: str)
                     times[name].append(seconds)
                     got[name] = result
                 for a, b in zip(got["mean"], got["robust"]):
-                    if not torch.equal(a, b):
-                        raise AssertionError("an honest robust round must give the weighted mean bit for bit")
+                    # senders arrive in another order each round, so two rounds' sums differ in the last bits
+                    if float((a - b).abs().max()) > 1e-3 * float(a.abs().max()):
+                        raise AssertionError("an honest robust round must give the weighted mean")
                 ratios.append(times["robust"][-1] / times["mean"][-1])
             row = {"size_mb": size_mb, "members": members, "codec": codec, "repeats": repeats,
                    "mean_round_s": statistics.median(times["mean"]), "robust_round_s": statistics.median(times["robust"]),
@@ -112,8 +113,10 @@ def main() -> None:
     parser.add_argument("--sizes-mb", default="1,4,40")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--codec", default="fp16")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (a peer's default, peers/cli.py)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     rows = asyncio.run(measure(args.members, [float(s) for s in args.sizes_mb.split(",")], args.repeats, args.codec))
     if args.json:
         report = {"benchmark": "robust_round", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
