@@ -7,7 +7,9 @@ Members are real P2P peers on loopback in one process (tests/integration/test_al
 reducing an equal share; their values are honest gradients of one model (a common direction plus per-member noise,
 unequal weights within bound_weights' ratio, so the mean is not reweighted). For each vector size the two modes
 alternate, in an order reversed every other repeat, so that a busy machine slows them alike. Reported per size:
-the median round time of each mode and `overhead`, the median over repeats of (robust / mean) - 1. Every robust
+the median round time of each mode and `overhead`, the median over repeats of (robust / mean) - 1; the same in
+CPU seconds of this process (`cpu_overhead`: every member's Python side, the reducers' arithmetic included, not
+the p2pd daemons), which other processes on a busy machine disturb less than wall time. Every robust
 round's result is checked against the mean round's (equal up to the order in which senders arrived, which differs
 from round to round), so a faster but different result cannot pass unnoticed.
 """
@@ -42,7 +44,8 @@ def honest_values(members: int, elements: int, seed: int = 0) -> list[torch.Tens
     return [base + 0.3 * torch.randn(elements, generator=g) for _ in range(members)]
 
 
-async def one_round(peers, services, layout, values, weights, reduction) -> tuple[float, list[torch.Tensor]]:
+async def one_round(peers, services, layout, values, weights, reduction) -> tuple[float, float, list[torch.Tensor]]:
+    """(wall seconds, CPU seconds of this process, member 0's result) of one round of every member."""
     ids = tuple(str(p.peer_id) for p in peers)
     round_id = secrets.token_bytes(16)
     n = len(peers)
@@ -53,9 +56,9 @@ async def one_round(peers, services, layout, values, weights, reduction) -> tupl
         r = AllReduceRound(p, group, layout, [values[i]], reduction=reduction, sender_timeout=60.0)
         services[i].open(r)
         rounds.append(r)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     results = await asyncio.gather(*(r.run() for r in rounds))
-    return time.perf_counter() - start, [res[0] for res in results]
+    return time.perf_counter() - start, time.process_time() - cpu, results[0]
 
 
 async def measure(members: int, sizes_mb: list[float], repeats: int, codec: str) -> list[dict]:
@@ -78,26 +81,31 @@ async def measure(members: int, sizes_mb: list[float], repeats: int, codec: str)
             values = honest_values(members, elements)
             await one_round(peers, services, layout, values, weights, Reduction)   # warm-up: streams, allocator
             times: dict[str, list[float]] = {"mean": [], "robust": []}
-            ratios = []
+            cpu: dict[str, list[float]] = {"mean": [], "robust": []}
+            ratios, cpu_ratios = [], []
             for rep in range(repeats):
                 order = [("mean", Reduction), ("robust", CenteredClipReduction)]
                 if rep % 2:
                     order.reverse()
                 got = {}
                 for name, reduction in order:
-                    seconds, result = await one_round(peers, services, layout, values, weights, reduction)
+                    seconds, cpu_seconds, result = await one_round(peers, services, layout, values, weights, reduction)
                     times[name].append(seconds)
+                    cpu[name].append(cpu_seconds)
                     got[name] = result
                 for a, b in zip(got["mean"], got["robust"]):
                     # senders arrive in another order each round, so two rounds' sums differ in the last bits
                     if float((a - b).abs().max()) > 1e-3 * float(a.abs().max()):
                         raise AssertionError("an honest robust round must give the weighted mean")
                 ratios.append(times["robust"][-1] / times["mean"][-1])
+                cpu_ratios.append(cpu["robust"][-1] / cpu["mean"][-1])
             row = {"size_mb": size_mb, "members": members, "codec": codec, "repeats": repeats,
                    "mean_round_s": statistics.median(times["mean"]), "robust_round_s": statistics.median(times["robust"]),
-                   "overhead": statistics.median(ratios) - 1, "times": times, "load": os.getloadavg()}
+                   "overhead": statistics.median(ratios) - 1, "cpu_overhead": statistics.median(cpu_ratios) - 1,
+                   "times": times, "cpu": cpu, "load": os.getloadavg()}
             print(f"{size_mb:g} MB: mean {row['mean_round_s']:.3f} s, robust {row['robust_round_s']:.3f} s, "
-                  f"overhead {100 * row['overhead']:+.1f}% (load {row['load'][0]:.1f})", flush=True)
+                  f"overhead {100 * row['overhead']:+.1f}%, in CPU seconds {100 * row['cpu_overhead']:+.1f}% "
+                  f"(load {row['load'][0]:.1f})", flush=True)
             rows.append(row)
         return rows
     finally:

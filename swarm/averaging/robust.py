@@ -63,21 +63,18 @@ HARD_CLIP = 0.75
 STRIKES_TO_EXCLUDE = 2
 
 
+def _bounded(weights: list[float], max_weight_ratio: float) -> list[float]:
+    w = [max(x, 0.0) if math.isfinite(x) else 0.0 for x in weights]
+    positive = sorted(x for x in w if x > 0)
+    if not positive:
+        return w
+    cap = positive[(len(positive) - 1) // 2] * max_weight_ratio   # the lower median, as torch.median
+    return [min(x, cap) for x in w]
+
+
 def bound_weights(weights: torch.Tensor, max_weight_ratio: float = DEFAULT_MAX_WEIGHT_RATIO) -> torch.Tensor:
     """Weights clipped to [0, max_weight_ratio * the (lower) median of the positive ones]; non-finite ones become 0."""
-    w = torch.where(torch.isfinite(weights), weights, torch.zeros_like(weights)).clamp(min=0).to(torch.float64)
-    positive = w[w > 0]
-    if positive.numel() == 0:
-        return w
-    return w.clamp(max=float(positive.median()) * max_weight_ratio)
-
-
-def _weighted_median(values: torch.Tensor, weights: torch.Tensor) -> float:
-    """Weighted median of `values` [m] (the lower one where the weights split evenly)."""
-    order = values.argsort()
-    cumulative = weights[order].cumsum(0)
-    index = min(int((cumulative < weights.sum() / 2).sum()), values.numel() - 1)
-    return float(values[order[index]])
+    return torch.tensor(_bounded([float(x) for x in weights.tolist()], max_weight_ratio), dtype=torch.float64)
 
 
 def _squared_distances(gram: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
@@ -106,7 +103,7 @@ class _Solution:
     weights: torch.Tensor
 
 
-def _start_and_radius(pairwise: torch.Tensor, w: torch.Tensor, keep: torch.Tensor) -> tuple[int, float]:
+def _start_and_radius(distance: list[list[float]], weight: list[float]) -> tuple[int, float]:
     """The weighted medoid (the row whose weighted median distance to the other rows is smallest) and the radius:
     its weighted median distance to the others over sqrt(2).
 
@@ -116,41 +113,59 @@ def _start_and_radius(pairwise: torch.Tensor, w: torch.Tensor, keep: torch.Tenso
     sqrt(2): two honest rows lie about sqrt(2) times as far apart as each from their mean, so the radius is about
     one honest row's distance from the honest mean, the scale CenteredClip needs.
     """
-    candidates = keep.nonzero().flatten().tolist()
+    candidates = [i for i, w in enumerate(weight) if w > 0]
     if len(candidates) == 1:
         return candidates[0], 0.0
     best, radius = candidates[0], math.inf
     for i in candidates:
-        others = [j for j in candidates if j != i]
-        median = _weighted_median(pairwise[i, others], w[others])
+        others = sorted((distance[i][j], weight[j]) for j in candidates if j != i)
+        half, cumulative = sum(wj for _, wj in others) / 2, 0.0
+        median = others[-1][0]
+        for d, wj in others:   # the lower weighted median: the first distance at which half the weight is reached
+            cumulative += wj
+            if cumulative >= half:
+                median = d
+                break
         if median < radius:
             best, radius = i, median
     return best, radius / math.sqrt(2)
 
 
-def _solve(gram: torch.Tensor, weights: torch.Tensor, tau_scale: float, max_weight_ratio: float,
+def _solve(gram: list[list[float]], weights: list[float], tau_scale: float, max_weight_ratio: float,
            iterations: int, tolerance: float) -> _Solution:
     """CenteredClip on the coefficients of the rows (see the module docstring).
 
     Every iterate is an affine combination of the rows (the start is a row, each step a combination of offsets
-    from rows), and every distance it needs follows from the rows' Gram matrix (float64 [n, n], of the rows
-    centred on any one point): the iterations cost O(n^2) each, not a pass over the values.
+    from rows), and every distance it needs follows from the rows' Gram matrix (of the rows centred on any one
+    point): the iterations cost O(n^2) each, not a pass over the values. Up to the test of the weighted mean (an
+    honest group's whole cost) it runs on plain floats: n is a group's size, and tensor operations on a few
+    numbers cost more than arithmetic on them.
     """
-    n = gram.shape[0]
-    w = bound_weights(weights, max_weight_ratio)
-    if n == 0 or float(w.sum()) <= 0:
+    n = len(gram)
+    w = _bounded(weights, max_weight_ratio)
+    total = sum(w)
+    if n == 0 or total <= 0:
         raise ValueError("no contribution with a positive weight")
-    keep = w > 0
-    diagonal = gram.diagonal()
-    pairwise = (diagonal.unsqueeze(0) + diagonal.unsqueeze(1) - 2 * gram).clamp(min=0).sqrt()
-    start, tau = _start_and_radius(pairwise, w, keep)
+    pairwise = [[math.sqrt(max(gram[i][i] + gram[j][j] - 2 * gram[i][j], 0.0)) for j in range(n)] for i in range(n)]
+    start, tau = _start_and_radius(pairwise, w)
     tau *= tau_scale
-    total = w.sum()
-    mean = w / total
-    if bool((_squared_distances(gram, mean).sqrt()[keep] <= tau).all()):
+    mean = [x / total for x in w]
+    g_mean = [sum(g * m for g, m in zip(row, mean)) for row in gram]
+    spread = sum(m * g for m, g in zip(mean, g_mean))
+    if all(gram[i][i] - 2 * g_mean[i] + spread <= tau * tau for i in range(n) if w[i] > 0):
         # Nothing is clipped at the weighted mean: it is a fixed point of the iteration, and its limit (the iteration
         # minimises sum_i w_i huber_tau(||x_i - v||), convex, and strictly so near the mean, where it is quadratic).
-        return _Solution(mean, True, tau, torch.zeros(n), 0, w)
+        return _Solution(torch.tensor(mean, dtype=torch.float64), True, tau, torch.zeros(n), 0,
+                         torch.tensor(w, dtype=torch.float64))
+    gram_t, w_t = torch.tensor(gram, dtype=torch.float64), torch.tensor(w, dtype=torch.float64)
+    keep = w_t > 0
+    return _iterate(gram_t, w_t, keep, start, tau, iterations, tolerance)
+
+
+def _iterate(gram: torch.Tensor, w: torch.Tensor, keep: torch.Tensor, start: int, tau: float, iterations: int,
+             tolerance: float) -> _Solution:
+    """The iteration from row `start`, on the coefficients a of v = sum_k a_k x_k (see _solve)."""
+    n, total = gram.shape[0], w.sum()
     a = torch.zeros(n, dtype=torch.float64)
     a[start] = 1.0
     scale = torch.ones(n, dtype=torch.float64)
@@ -203,29 +218,37 @@ def centered_clip(
             gram = y @ y.T
     else:
         y, gram = x, torch.empty(0, 0, dtype=torch.float64)
-    solution = _solve(gram, weights, tau_scale, max_weight_ratio, iterations, tolerance)
+    solution = _solve(gram.tolist(), [float(v) for v in weights.tolist()], tau_scale, max_weight_ratio, iterations, tolerance)
     value = x[0] + solution.coefficients.to(y.dtype) @ y
     return ClipResult(value=value.to(torch.float32), tau=solution.tau, clipped_share=solution.clipped_share,
                       iterations=solution.iterations, weights=solution.weights)
+
+
+# Products of raw copies give their distances only where the distances are not lost in the products' rounding:
+# float32 dot products of n values err by up to ~1e-4 of the squared norms in practice, so a pair of copies whose squared
+# distance is below this share of their squared norms is measured again, from offsets (exact, one copy per sender).
+RAW_GRAM_MIN_SPREAD = 0.05
 
 
 class CenteredClipReduction:
     """A reducer's aggregation of one chunk by CenteredClip, built as the senders' copies arrive.
 
     The same interface as the weighted mean (`add(values, weight)`, `result()`), plus `sender` so that the clipped
-    share of each sender is known after `result()` (`clipped_share`). Each `add` keeps the copy's offset from the
-    first copy and adds the copy to the streaming weighted mean (swarm.averaging.reduction.Reduction); `result()`
-    takes the offsets' Gram matrix and solves CenteredClip on it alone. When nothing is clipped at the weighted mean (an honest group), the result is the
-    streaming mean itself, bit for bit what the plain reduction gives, at the cost of the Gram matrix; otherwise
-    one pass combines the offsets. Memory: one copy of the chunk per sender.
+    share of each sender is known after `result()` (`clipped_share`). Each `add` keeps the copy (a reference, no
+    copy made), takes its dot products with the earlier copies and adds it to the streaming weighted mean
+    (swarm.averaging.reduction.Reduction); `result()` solves CenteredClip on the Gram matrix alone. When nothing is
+    clipped at the weighted mean (an honest group), the result is the streaming mean itself, bit for bit what the
+    plain reduction gives; otherwise one pass combines the copies. The Gram matrix of the raw copies is exact enough
+    when their distances are not small next to their norms (RAW_GRAM_MIN_SPREAD: gradients of different batches);
+    otherwise, or when a product could overflow float32, it is recomputed from offsets, in float64 if needed.
     """
 
     def __init__(self, length: int, tau_scale: float = DEFAULT_TAU_SCALE, max_weight_ratio: float = DEFAULT_MAX_WEIGHT_RATIO):
         self.length = length
         self.tau_scale = tau_scale
         self.max_weight_ratio = max_weight_ratio
-        self.reference: torch.Tensor | None = None    # the first copy: every offset is from it
-        self._buffer = torch.empty(0, length)          # offsets from the reference, one row per copy (grown by doubling)
+        self.rows: list[torch.Tensor] = []
+        self.products: list[list[float]] = []       # products[i][j]: rows i and j's dot product (j <= i)
         self.weights: list[float] = []
         self.senders: list[int | None] = []
         self.clipped_share: dict[int, float] = {}
@@ -233,52 +256,61 @@ class CenteredClipReduction:
         self.iterations = 0
         self._mean = Reduction(length)
 
-    @property
-    def offsets(self) -> torch.Tensor:
-        return self._buffer[: len(self.weights)]
-
     def add(self, values: torch.Tensor, weight: float, sender: int | None = None) -> None:
         if weight > 0:
             if values.numel() != self.length:
                 raise ValueError(f"a chunk of {self.length} values expected, got {values.numel()}")
             row = values.detach().to(torch.float32).reshape(-1)
-            k = len(self.weights)
-            if self.reference is None:
-                self.reference = row.clone()
-            if k == self._buffer.shape[0]:   # untouched rows of torch.empty cost no memory until written
-                grown = torch.empty(max(2 * k, 4), self.length, dtype=torch.float32)
-                grown[:k] = self._buffer
-                self._buffer = grown
-            torch.sub(row, self.reference, out=self._buffer[k])
+            self.products.append([float(torch.dot(row, other)) for other in self.rows] + [float(torch.dot(row, row))])
+            self.rows.append(row)
             self.weights.append(float(weight))
             self.senders.append(sender)
             self.weight += weight
             self._mean.add(row, weight)
 
-    def _gram(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The offsets' Gram matrix in one matrix product (it reads each offset about once, where a product per
-        arriving copy reads the earlier ones again), and the offsets it belongs to: float64 ones when a distance
-        could overflow float32 (an attack's values: speed no longer matters)."""
-        offsets = self.offsets
+    def _raw_gram(self) -> list[list[float]] | None:
+        """The Gram matrix of the copies centred on the first, from their raw products; None where not exact enough."""
+        n = len(self.rows)
+        raw = [[self.products[max(i, j)][min(i, j)] for j in range(n)] for i in range(n)]
+        if not all(math.isfinite(raw[i][i]) and raw[i][i] <= FLOAT32_NORM_LIMIT**2 for i in range(n)):
+            return None
+        for i in range(n):
+            for j in range(i):
+                norms = raw[i][i] + raw[j][j]
+                if norms - 2 * raw[i][j] < RAW_GRAM_MIN_SPREAD * norms:
+                    return None
+        return [[raw[i][j] - raw[i][0] - raw[0][j] + raw[0][0] for j in range(n)] for i in range(n)]
+
+    def _exact_gram(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Gram matrix of the offsets from the first copy, the offsets): float32 products unless they could
+        overflow it, else float64 (an attack's values: speed no longer matters)."""
+        offsets = torch.stack(self.rows) - self.rows[0]
         gram = (offsets @ offsets.T).to(torch.float64)
         if _safe_for_float32(gram):
             return gram, offsets
-        wide = offsets.to(torch.float64)
+        wide = torch.stack(self.rows).to(torch.float64)
+        wide = torch.where(torch.isfinite(wide), wide, torch.zeros_like(wide)) - wide[0]
         return wide @ wide.T, wide
 
     def result(self) -> torch.Tensor | None:
-        if not self.weights:
+        if not self.rows:
             return None
-        assert self.reference is not None
-        gram, offsets = self._gram()
-        weights = torch.tensor(self.weights, dtype=torch.float64)
-        solution = _solve(gram, weights, self.tau_scale, self.max_weight_ratio, DEFAULT_ITERATIONS, DEFAULT_TOLERANCE)
+        gram, offsets = self._raw_gram(), None
+        if gram is None:
+            exact, offsets = self._exact_gram()
+            gram = exact.tolist()
+        solution = _solve(gram, self.weights, self.tau_scale, self.max_weight_ratio, DEFAULT_ITERATIONS, DEFAULT_TOLERANCE)
         self.clipped_share = {s: float(c) for s, c in zip(self.senders, solution.clipped_share) if s is not None}
         self.iterations = solution.iterations
-        if solution.mean and torch.equal(solution.weights, weights):
+        if solution.mean and solution.weights.tolist() == self.weights:
             return self._mean.result()
-        value = self.reference.to(offsets.dtype) + solution.coefficients.to(offsets.dtype) @ offsets
-        return value.to(torch.float32)
+        if offsets is not None:
+            return (self.rows[0].to(offsets.dtype) + solution.coefficients.to(offsets.dtype) @ offsets).to(torch.float32)
+        value = torch.zeros(self.length, dtype=torch.float32)
+        for coefficient, row in zip(solution.coefficients.tolist(), self.rows):   # a convex combination
+            if coefficient:
+                value.add_(row, alpha=coefficient)
+        return value
 
 
 class StrikeBook:
