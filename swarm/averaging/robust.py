@@ -16,9 +16,9 @@ Choices, and why:
   (gradients of a 10M-parameter model and of a tiny one differ by orders of magnitude), and the median distance
   is what an honest majority makes it.
 - Cost: every iterate is an affine combination of the contributions, so the iteration runs on n coefficients
-  and the contributions' Gram matrix (one matrix product over the values); the result is one more pass. First
-  the weighted mean is tried: when it clips nobody (an honest group) it is the iteration's limit exactly, and the
-  result. A coordinate-wise median start cost a sort across senders, 40 ms per 512 KB chunk, 100x the mean.
+  and the contributions' Gram matrix (their dot products, taken as they arrive); the result is one more pass.
+  First the weighted mean is tried: when it clips nobody (an honest group) it is the iteration's limit exactly,
+  and the result. A coordinate-wise median start cost a sort across senders, 40 ms per 512 KB chunk, 100x the mean.
 - Weights are bounded before anything else (`bound_weights`): a sender cannot buy influence by claiming samples.
   No weight exceeds `max_weight_ratio` times the median weight: k attackers among n then hold at most
   1.5k / (1.5k + n - k) of the weight (2 of 8: 33%), a minority CenteredClip bounds. Weighting honest peers more
@@ -54,9 +54,9 @@ DEFAULT_TOLERANCE = 1e-6
 # Largest distance float32 computes safely (its squares stay far below float32's 3.4e38).
 FLOAT32_NORM_LIMIT = 1e17
 # A contribution whose pull was cut by at least this much (it lay 4x tau or more from the centre) is a strike against
-# its sender. Honest contributions lie near tau from the centre by construction (tau is their median distance):
-# measured in tests/integration/test_robust_rounds.py, at most 0.01 for honest senders, 0.80-1.0 for the attacks
-# (sign flip 0.84, a sign flip with inflated weight 0.80, 10x noise 0.97, 1e30 1.0). An honest peer whose gradient
+# its sender. Honest contributions lie near tau from the centre by construction (tau is about their distance from
+# their mean): measured in tests/integration/test_robust_rounds.py, at most 0.001 for honest senders, 0.84-1.0 for
+# the attacks (sign flip 0.85, a sign flip with inflated weight 0.84, 10x noise 0.97, 1e30 1.0). An honest peer whose gradient
 # noise is 4x the others' (a batch 1/16 of theirs) would reach it too: keep micro-batches within that range.
 HARD_CLIP = 0.75
 # Strikes after which a reducer ignores a sender: two hard-clipped rounds exclude it from the third on.
