@@ -41,11 +41,12 @@ class EngineConfig(BaseModel):
     load_balancing: bool = Field(True, description="LP shares from measured bandwidth; False: uniform shares")
     record_ttl: float = Field(8.0, gt=1)
     state_timeout: float = Field(60.0, gt=0, description="deadline of one state download")
-    # default off for now: its round-time overhead on loopback (+125-206%) is far above the 15% goal (benchmarks/README.md)
+    # default off for now: its round-time overhead (benchmarks/README.md, "Robust mode's cost") is still above the 15% goal
+    # for large parts
     robust: Literal["auto", "on", "off"] = Field("off", description="reducers aggregate each chunk with CenteredClip "
                                                   "and strike out senders clipped hard (swarm.averaging.robust); auto: on in "
-                                                  "open runs, off in invite-only ones. Costs a copy of its part per sender "
-                                                  "at each reducer and ~20 passes over it; off trusts every member")
+                                                  "open runs, off in invite-only ones. Costs each reducer its part's copies "
+                                                  "until all arrive and their dot products; off trusts every member")
 
     @field_validator("compression")
     @classmethod

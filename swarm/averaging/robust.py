@@ -1,7 +1,8 @@
 """Robust aggregation for a reducer that cannot trust its senders: CenteredClip with bounded weights.
 
 CenteredClip (Karimireddy, He and Jaggi 2021; per part in BTARD-SGD, Gorbunov et al. 2022). Given contributions
-x_1..x_n with weights w_1..w_n, start from a robust centre v (the weighted coordinate-wise median) and iterate
+x_1..x_n with weights w_1..w_n, start from a robust centre v (the weighted medoid: the contribution whose weighted
+median distance to the others is smallest) and iterate
 
     v <- v + sum_i w_i * (x_i - v) * min(1, tau / ||x_i - v||) / sum_i w_i
 
@@ -10,17 +11,23 @@ with honest contributions around their mean and a minority of arbitrary ones (si
 the result stays within O(tau * attackers' weight share) of the honest mean, whatever the attackers send.
 
 Choices, and why:
-- `tau` follows the group: `tau_scale` times the weighted median distance to the starting centre. A fixed tau is
-  wrong at every scale but one (gradients of a 10M-parameter model and of a tiny one differ by orders of
-  magnitude), and the median distance is what an honest majority makes it.
+- `tau` follows the group: `tau_scale` times the medoid's weighted median distance to the others, over sqrt(2)
+  (about one honest contribution's distance from the honest mean). A fixed tau is wrong at every scale but one
+  (gradients of a 10M-parameter model and of a tiny one differ by orders of magnitude), and the median distance
+  is what an honest majority makes it.
+- Cost: every iterate is an affine combination of the contributions, so the iteration runs on n coefficients
+  and the contributions' Gram matrix (their dot products, taken as they arrive); the result is one more pass.
+  First the weighted mean is tried: when it clips nobody (an honest group) it is the iteration's limit exactly,
+  and the result. A coordinate-wise median start cost a sort across senders, 40 ms per 512 KB chunk, 100x the mean.
 - Weights are bounded before anything else (`bound_weights`): a sender cannot buy influence by claiming samples.
   No weight exceeds `max_weight_ratio` times the median weight: k attackers among n then hold at most
   1.5k / (1.5k + n - k) of the weight (2 of 8: 33%), a minority CenteredClip bounds. Weighting honest peers more
   evenly changes the variance of their average, not its expectation.
 - Measured on 8 contributions of 4096 values (tests/unit/swarm/test_robust.py's data): the distance of the result
-  from the honest mean, in units of one honest contribution's distance from it, is 0.15 with one attacker (huge,
-  sign flip, noise or 1e12 claimed samples) and 0.26-0.64 with two, against 0.36-0.79 with tau_scale 2 and 40 for
-  two weight-inflating attackers with max_weight_ratio 4; honest-only input stays within 1% of that distance of its weighted mean.
+  from the honest mean, in units of one honest contribution's distance from it, is 0.15-0.23 with one attacker
+  (huge, sign flip, noise or 1e12 claimed samples) and 0.26-0.58 with two (0.26-0.64 from the coordinate-wise
+  median start, 0.36-0.79 with tau_scale 2, 40 for two weight-inflating attackers with max_weight_ratio 4);
+  honest-only input gives its weighted mean.
 - Each sender's clipped share (how much of its pull was cut) is reported, so a sender whose contributions are
   always far outside the group's can be counted against it and, past a threshold, excluded.
 
@@ -34,42 +41,46 @@ from dataclasses import dataclass, field
 
 import torch
 
+from swarm.averaging.reduction import Reduction
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["bound_weights", "centered_clip", "ClipResult", "CenteredClipReduction", "StrikeBook", "HARD_CLIP", "STRIKES_TO_EXCLUDE"]
 
 DEFAULT_TAU_SCALE = 1.0
 DEFAULT_MAX_WEIGHT_RATIO = 1.5
-DEFAULT_ITERATIONS = 20
+DEFAULT_ITERATIONS = 100   # each costs O(n^2) on the coefficients, not a pass over the values
 DEFAULT_TOLERANCE = 1e-6
 # Largest distance float32 computes safely (its squares stay far below float32's 3.4e38).
 FLOAT32_NORM_LIMIT = 1e17
 # A contribution whose pull was cut by at least this much (it lay 4x tau or more from the centre) is a strike against
-# its sender. Honest contributions lie near tau from the centre by construction (tau is their median distance):
-# measured in tests/integration/test_robust_rounds.py, at most 0.01 for honest senders, 0.80-1.0 for the attacks
-# (sign flip 0.84, a sign flip with inflated weight 0.80, 10x noise 0.97, 1e30 1.0). An honest peer whose gradient
+# its sender. Honest contributions lie near tau from the centre by construction (tau is about their distance from
+# their mean): measured in tests/integration/test_robust_rounds.py, at most 0.001 for honest senders, 0.84-1.0 for
+# the attacks (sign flip 0.85, a sign flip with inflated weight 0.84, 10x noise 0.97, 1e30 1.0). An honest peer whose gradient
 # noise is 4x the others' (a batch 1/16 of theirs) would reach it too: keep micro-batches within that range.
 HARD_CLIP = 0.75
 # Strikes after which a reducer ignores a sender: two hard-clipped rounds exclude it from the third on.
 STRIKES_TO_EXCLUDE = 2
 
 
+def _bounded(weights: list[float], max_weight_ratio: float) -> list[float]:
+    w = [max(x, 0.0) if math.isfinite(x) else 0.0 for x in weights]
+    positive = sorted(x for x in w if x > 0)
+    if not positive:
+        return w
+    cap = positive[(len(positive) - 1) // 2] * max_weight_ratio   # the lower median, as torch.median
+    return [min(x, cap) for x in w]
+
+
 def bound_weights(weights: torch.Tensor, max_weight_ratio: float = DEFAULT_MAX_WEIGHT_RATIO) -> torch.Tensor:
     """Weights clipped to [0, max_weight_ratio * the (lower) median of the positive ones]; non-finite ones become 0."""
-    w = torch.where(torch.isfinite(weights), weights, torch.zeros_like(weights)).clamp(min=0).to(torch.float64)
-    positive = w[w > 0]
-    if positive.numel() == 0:
-        return w
-    return w.clamp(max=float(positive.median()) * max_weight_ratio)
+    return torch.tensor(_bounded([float(x) for x in weights.tolist()], max_weight_ratio), dtype=torch.float64)
 
 
-def _weighted_median(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Coordinate-wise weighted median of rows `values` [n, d] (the lower one where the weights split evenly)."""
-    sorted_values, order = values.sort(dim=0)
-    cumulative = weights[order].cumsum(dim=0)
-    half = weights.sum() / 2
-    index = (cumulative < half).sum(dim=0, keepdim=True).clamp(max=values.shape[0] - 1)
-    return sorted_values.gather(0, index).squeeze(0)
+def _squared_distances(gram: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+    """||y_i - v||^2 for every row y_i, where v = sum_k a_k y_k (sum a = 1), from the rows' Gram matrix."""
+    g_a = gram @ coefficients
+    return (gram.diagonal() - 2 * g_a + coefficients @ g_a).clamp(min=0)
 
 
 @dataclass
@@ -77,8 +88,106 @@ class ClipResult:
     value: torch.Tensor                 # the aggregate, float32 [d]
     tau: float                          # the clipping radius used
     clipped_share: torch.Tensor         # per sender, in [0, 1]: how much of its pull was cut at the last iteration
-    iterations: int = 0
+    iterations: int = 0                 # 0: the weighted mean clipped nobody and is the result, exactly
     weights: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # the bounded weights used
+
+
+@dataclass
+class _Solution:
+    """CenteredClip solved on the rows' Gram matrix: the result is sum_k coefficients_k x_k (sum 1)."""
+    coefficients: torch.Tensor          # float64 [n]; the bounded weights over their sum when `mean`
+    mean: bool                          # nothing was clipped at the weighted mean: it is the result
+    tau: float
+    clipped_share: torch.Tensor
+    iterations: int
+    weights: torch.Tensor
+
+
+def _start_and_radius(distance: list[list[float]], weight: list[float]) -> tuple[int, float]:
+    """The weighted medoid (the row whose weighted median distance to the other rows is smallest) and the radius:
+    its weighted median distance to the others over sqrt(2).
+
+    Why a medoid: the rows within its median distance hold half of the other rows' weight; with an honest majority
+    of the (bounded) weight one of them is honest, so the start lies within one honest row's median distance of an
+    honest row, whatever the attackers send; and it is a row, so the iteration stays in the rows' span. Why over
+    sqrt(2): two honest rows lie about sqrt(2) times as far apart as each from their mean, so the radius is about
+    one honest row's distance from the honest mean, the scale CenteredClip needs.
+    """
+    candidates = [i for i, w in enumerate(weight) if w > 0]
+    if len(candidates) == 1:
+        return candidates[0], 0.0
+    best, radius = candidates[0], math.inf
+    for i in candidates:
+        others = sorted((distance[i][j], weight[j]) for j in candidates if j != i)
+        half, cumulative = sum(wj for _, wj in others) / 2, 0.0
+        median = others[-1][0]
+        for d, wj in others:   # the lower weighted median: the first distance at which half the weight is reached
+            cumulative += wj
+            if cumulative >= half:
+                median = d
+                break
+        if median < radius:
+            best, radius = i, median
+    return best, radius / math.sqrt(2)
+
+
+def _solve(gram: list[list[float]], weights: list[float], tau_scale: float, max_weight_ratio: float,
+           iterations: int, tolerance: float) -> _Solution:
+    """CenteredClip on the coefficients of the rows (see the module docstring).
+
+    Every iterate is an affine combination of the rows (the start is a row, each step a combination of offsets
+    from rows), and every distance it needs follows from the rows' Gram matrix (of the rows centred on any one
+    point): the iterations cost O(n^2) each, not a pass over the values. Up to the test of the weighted mean (an
+    honest group's whole cost) it runs on plain floats: n is a group's size, and tensor operations on a few
+    numbers cost more than arithmetic on them.
+    """
+    n = len(gram)
+    w = _bounded(weights, max_weight_ratio)
+    total = sum(w)
+    if n == 0 or total <= 0:
+        raise ValueError("no contribution with a positive weight")
+    pairwise = [[math.sqrt(max(gram[i][i] + gram[j][j] - 2 * gram[i][j], 0.0)) for j in range(n)] for i in range(n)]
+    start, tau = _start_and_radius(pairwise, w)
+    tau *= tau_scale
+    mean = [x / total for x in w]
+    g_mean = [sum(g * m for g, m in zip(row, mean)) for row in gram]
+    spread = sum(m * g for m, g in zip(mean, g_mean))
+    if all(gram[i][i] - 2 * g_mean[i] + spread <= tau * tau for i in range(n) if w[i] > 0):
+        # Nothing is clipped at the weighted mean: it is a fixed point of the iteration, and its limit (the iteration
+        # minimises sum_i w_i huber_tau(||x_i - v||), convex, and strictly so near the mean, where it is quadratic).
+        return _Solution(torch.tensor(mean, dtype=torch.float64), True, tau, torch.zeros(n), 0,
+                         torch.tensor(w, dtype=torch.float64))
+    gram_t, w_t = torch.tensor(gram, dtype=torch.float64), torch.tensor(w, dtype=torch.float64)
+    keep = w_t > 0
+    return _iterate(gram_t, w_t, keep, start, tau, iterations, tolerance)
+
+
+def _iterate(gram: torch.Tensor, w: torch.Tensor, keep: torch.Tensor, start: int, tau: float, iterations: int,
+             tolerance: float) -> _Solution:
+    """The iteration from row `start`, on the coefficients a of v = sum_k a_k x_k (see _solve)."""
+    n, total = gram.shape[0], w.sum()
+    a = torch.zeros(n, dtype=torch.float64)
+    a[start] = 1.0
+    scale = torch.ones(n, dtype=torch.float64)
+    done = 0
+    for done in range(1, iterations + 1):
+        distances = _squared_distances(gram, a).sqrt()
+        if tau == 0:
+            scale = torch.where(distances > 0, torch.zeros_like(distances), torch.ones_like(distances))
+        else:
+            scale = torch.where(distances > tau, tau / distances.clamp(min=1e-300), torch.ones_like(distances))
+        pull = w * scale / total
+        step = pull - a * pull.sum()                 # sum_i pull_i (x_i - v), as coefficients of the rows
+        a = a + step
+        # the step's length: its coefficients sum to 0, so the Gram matrix of the centred rows measures it
+        if float((step @ gram @ step).clamp(min=0).sqrt()) <= tolerance * tau:
+            break
+    clipped = torch.where(keep, 1 - scale, torch.zeros_like(scale))
+    return _Solution(a, False, tau, clipped.to(torch.float32), done, w)
+
+
+def _safe_for_float32(gram: torch.Tensor) -> bool:
+    return bool(torch.isfinite(gram).all()) and float(gram.diagonal().max()) <= FLOAT32_NORM_LIMIT**2
 
 
 def centered_clip(
@@ -91,47 +200,47 @@ def centered_clip(
 ) -> ClipResult:
     """CenteredClip of rows `values` [n, d] with `weights` [n] (see the module docstring).
 
-    Computed in float32 when no distance can overflow it, else in float64 (a contribution of 1e30 must not
-    overflow the distances that clip it): the float32 path halves the passes' memory traffic in honest rounds.
+    The rows are centred on the first one before their Gram matrix: its entries are then on the scale of the
+    distances, not of the rows (honest gradients 1e-3 of their norm apart keep 3 digits in float32 products).
+    Float32 unless a distance could overflow it, else float64 (a contribution of 1e30 must not overflow the
+    distances that clip it).
     """
     if values.dim() != 2 or weights.shape != (values.shape[0],):
         raise ValueError(f"values [n, d] and weights [n] expected, got {tuple(values.shape)} and {tuple(weights.shape)}")
-    n = values.shape[0]
-    w = bound_weights(weights, max_weight_ratio)
-    if n == 0 or float(w.sum()) <= 0:
-        raise ValueError("no contribution with a positive weight")
     x = values.to(torch.float32)
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        x = torch.where(finite, x, torch.zeros_like(x))  # a codec never lets one through; be safe anyway
-    if x.numel() and float(x.abs().max()) * math.sqrt(x.shape[1]) > FLOAT32_NORM_LIMIT:
-        x = x.to(torch.float64)
-    v = _weighted_median(x, w)
-    distances = (x - v).norm(dim=1)
-    keep = w > 0
-    tau = tau_scale * float(_weighted_median(distances[keep].unsqueeze(1), w[keep]).squeeze())
-    total = w.sum()
-    scale = torch.ones(n, dtype=torch.float64)
-    done = 0
-    for done in range(1, iterations + 1):
-        offsets = x - v
-        distances = offsets.norm(dim=1).to(torch.float64)
-        scale = torch.where(distances > tau, tau / distances.clamp(min=1e-300), torch.ones_like(distances))
-        if tau == 0:
-            scale = torch.where(distances > 0, torch.zeros_like(distances), torch.ones_like(distances))
-        step = (w * scale / total).to(x.dtype) @ offsets
-        v = v + step
-        if float(step.norm()) <= tolerance * max(float(v.norm()), 1e-12):
-            break
-    clipped = torch.where(w > 0, 1 - scale, torch.zeros_like(scale))
-    return ClipResult(value=v.to(torch.float32), tau=tau, clipped_share=clipped.to(torch.float32), iterations=done, weights=w)
+    if x.shape[0]:
+        y = x - x[0]
+        gram = (y @ y.T).to(torch.float64)
+        if not _safe_for_float32(gram):
+            x = values.to(torch.float64)
+            x = torch.where(torch.isfinite(x), x, torch.zeros_like(x))  # a codec never lets one through; be safe anyway
+            y = x - x[0]
+            gram = y @ y.T
+    else:
+        y, gram = x, torch.empty(0, 0, dtype=torch.float64)
+    solution = _solve(gram.tolist(), [float(v) for v in weights.tolist()], tau_scale, max_weight_ratio, iterations, tolerance)
+    value = x[0] + solution.coefficients.to(y.dtype) @ y
+    return ClipResult(value=value.to(torch.float32), tau=solution.tau, clipped_share=solution.clipped_share,
+                      iterations=solution.iterations, weights=solution.weights)
+
+
+# Products of raw copies give their distances only where the distances are not lost in the products' rounding:
+# float32 dot products of n values err by up to ~1e-4 of the squared norms in practice, so a pair of copies whose squared
+# distance is below this share of their squared norms is measured again, from offsets (exact, one copy per sender).
+RAW_GRAM_MIN_SPREAD = 0.05
 
 
 class CenteredClipReduction:
-    """A reducer's aggregation of one chunk by CenteredClip: keeps every sender's copy, aggregates at `result()`.
+    """A reducer's aggregation of one chunk by CenteredClip, built as the senders' copies arrive.
 
     The same interface as the weighted mean (`add(values, weight)`, `result()`), plus `sender` so that the clipped
-    share of each sender is known after `result()` (`clipped_share`). Memory: one copy of the chunk per sender.
+    share of each sender is known after `result()` (`clipped_share`). Each `add` keeps the copy (a reference, no
+    copy made), takes its dot products with the earlier copies and adds it to the streaming weighted mean
+    (swarm.averaging.reduction.Reduction); `result()` solves CenteredClip on the Gram matrix alone. When nothing is
+    clipped at the weighted mean (an honest group), the result is the streaming mean itself, bit for bit what the
+    plain reduction gives; otherwise one pass combines the copies. The Gram matrix of the raw copies is exact enough
+    when their distances are not small next to their norms (RAW_GRAM_MIN_SPREAD: gradients of different batches);
+    otherwise, or when a product could overflow float32, it is recomputed from offsets, in float64 if needed.
     """
 
     def __init__(self, length: int, tau_scale: float = DEFAULT_TAU_SCALE, max_weight_ratio: float = DEFAULT_MAX_WEIGHT_RATIO):
@@ -139,27 +248,69 @@ class CenteredClipReduction:
         self.tau_scale = tau_scale
         self.max_weight_ratio = max_weight_ratio
         self.rows: list[torch.Tensor] = []
+        self.products: list[list[float]] = []       # products[i][j]: rows i and j's dot product (j <= i)
         self.weights: list[float] = []
         self.senders: list[int | None] = []
         self.clipped_share: dict[int, float] = {}
         self.weight = 0.0
+        self.iterations = 0
+        self._mean = Reduction(length)
 
     def add(self, values: torch.Tensor, weight: float, sender: int | None = None) -> None:
         if weight > 0:
             if values.numel() != self.length:
                 raise ValueError(f"a chunk of {self.length} values expected, got {values.numel()}")
-            self.rows.append(values.detach().to(torch.float32).reshape(-1))
+            row = values.detach().to(torch.float32).reshape(-1)
+            self.products.append([float(torch.dot(row, other)) for other in self.rows] + [float(torch.dot(row, row))])
+            self.rows.append(row)
             self.weights.append(float(weight))
             self.senders.append(sender)
             self.weight += weight
+            self._mean.add(row, weight)
+
+    def _raw_gram(self) -> list[list[float]] | None:
+        """The Gram matrix of the copies centred on the first, from their raw products; None where not exact enough."""
+        n = len(self.rows)
+        raw = [[self.products[max(i, j)][min(i, j)] for j in range(n)] for i in range(n)]
+        if not all(math.isfinite(raw[i][i]) and raw[i][i] <= FLOAT32_NORM_LIMIT**2 for i in range(n)):
+            return None
+        for i in range(n):
+            for j in range(i):
+                norms = raw[i][i] + raw[j][j]
+                if norms - 2 * raw[i][j] < RAW_GRAM_MIN_SPREAD * norms:
+                    return None
+        return [[raw[i][j] - raw[i][0] - raw[0][j] + raw[0][0] for j in range(n)] for i in range(n)]
+
+    def _exact_gram(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Gram matrix of the offsets from the first copy, the offsets): float32 products unless they could
+        overflow it, else float64 (an attack's values: speed no longer matters)."""
+        offsets = torch.stack(self.rows) - self.rows[0]
+        gram = (offsets @ offsets.T).to(torch.float64)
+        if _safe_for_float32(gram):
+            return gram, offsets
+        wide = torch.stack(self.rows).to(torch.float64)
+        wide = torch.where(torch.isfinite(wide), wide, torch.zeros_like(wide)) - wide[0]
+        return wide @ wide.T, wide
 
     def result(self) -> torch.Tensor | None:
         if not self.rows:
             return None
-        clip = centered_clip(torch.stack(self.rows), torch.tensor(self.weights, dtype=torch.float64),
-                             tau_scale=self.tau_scale, max_weight_ratio=self.max_weight_ratio)
-        self.clipped_share = {s: float(c) for s, c in zip(self.senders, clip.clipped_share) if s is not None}
-        return clip.value
+        gram, offsets = self._raw_gram(), None
+        if gram is None:
+            exact, offsets = self._exact_gram()
+            gram = exact.tolist()
+        solution = _solve(gram, self.weights, self.tau_scale, self.max_weight_ratio, DEFAULT_ITERATIONS, DEFAULT_TOLERANCE)
+        self.clipped_share = {s: float(c) for s, c in zip(self.senders, solution.clipped_share) if s is not None}
+        self.iterations = solution.iterations
+        if solution.mean and solution.weights.tolist() == self.weights:
+            return self._mean.result()
+        if offsets is not None:
+            return (self.rows[0].to(offsets.dtype) + solution.coefficients.to(offsets.dtype) @ offsets).to(torch.float32)
+        value = torch.zeros(self.length, dtype=torch.float32)
+        for coefficient, row in zip(solution.coefficients.tolist(), self.rows):   # a convex combination
+            if coefficient:
+                value.add_(row, alpha=coefficient)
+        return value
 
 
 class StrikeBook:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from swarm.averaging.reduction import Reduction
 from swarm.averaging.robust import HARD_CLIP, CenteredClipReduction, StrikeBook, bound_weights, centered_clip
 
 pytestmark = pytest.mark.timeout(60)
@@ -93,3 +94,73 @@ def test_robust_mode_is_on_in_open_runs_unless_turned_off(setting, invite_only, 
 
     collab = Collaboration("run", config=EngineConfig(robust=setting), authorizer=object() if invite_only else None, start=False)  # type: ignore[arg-type]
     assert collab.robust is robust
+
+
+def _vector_space_clip(rows: torch.Tensor, weights: torch.Tensor, tau: float, steps: int = 500) -> torch.Tensor:
+    """The textbook iteration on the values themselves (float64), from the weighted medoid: the slow path."""
+    x, w = rows.to(torch.float64), bound_weights(weights)
+    pairwise = torch.cdist(x, x)
+    n = len(x)
+
+    def median_to_others(i: int) -> float:
+        others = [j for j in range(n) if j != i]
+        d, order = pairwise[i, others].sort()
+        cumulative = w[others][order].cumsum(0)
+        return float(d[min(int((cumulative < w[others].sum() / 2).sum()), len(others) - 1)])
+
+    v = x[min(range(n), key=median_to_others)].clone()
+    for _ in range(steps):
+        distances = (x - v).norm(dim=1)
+        scale = torch.where(distances > tau, tau / distances, torch.ones_like(distances))
+        v = v + (w * scale / w.sum()) @ (x - v)
+    return v
+
+
+def test_an_honest_group_takes_the_fast_path_and_it_is_the_slow_paths_limit():
+    rows, weights = honest(8, seed=4), torch.tensor([1.0, 1.4, 0.8, 1, 1.2, 1, 0.9, 1.1])
+    clip = centered_clip(rows, weights)
+    assert clip.iterations == 0 and float(clip.clipped_share.max()) == 0.0   # the mean clipped nobody
+    mean = (rows.to(torch.float64) * (weights / weights.sum()).unsqueeze(1).to(torch.float64)).sum(0)
+    slow = _vector_space_clip(rows, weights, clip.tau)
+    assert float((slow - mean).norm()) < 1e-6 * float(mean.norm())   # the iteration converges to the mean
+    assert float((clip.value - mean).norm()) < 1e-6 * float(mean.norm())   # float32 rounding only
+
+
+def test_the_reduction_of_an_honest_group_is_the_plain_mean_bit_for_bit():
+    rows, weights = honest(6, seed=2), [1.0, 1.3, 0.9, 1.0, 1.2, 0.8]
+    robust, plain = CenteredClipReduction(D), Reduction(D)
+    for i, (row, weight) in enumerate(zip(rows, weights)):
+        robust.add(row, weight, sender=i)
+        plain.add(row, weight, sender=i)
+    assert torch.equal(robust.result(), plain.result())
+    assert robust.iterations == 0 and max(robust.clipped_share.values()) == 0.0
+
+
+def test_gradients_close_together_are_not_clipped_by_rounding():
+    """Rows 1e-4 of their norm apart: a Gram matrix of the raw rows would lose their distances in float32."""
+    g = torch.Generator().manual_seed(1)
+    base = 100 * torch.randn(D, generator=g)
+    rows = base + 1e-2 * torch.randn(6, D, generator=g)
+    clip = centered_clip(rows, torch.ones(6))
+    assert clip.iterations == 0 and float(clip.clipped_share.max()) == 0.0
+    assert 0.5 < clip.tau / spread(rows) < 2   # the radius is one honest spread, not rounding noise
+
+
+@pytest.mark.parametrize("attack", ["sign_flip", "huge", "far"])
+def test_an_outlier_still_triggers_clipping_and_the_gram_iteration_matches_the_slow_path(attack):
+    good = honest(7, seed=5)
+    bad = {"sign_flip": -good.mean(0, keepdim=True), "huge": torch.full((1, D), 1e30),
+           "far": good[:1] + 3 * spread(good) * torch.randn(1, D, generator=torch.Generator().manual_seed(2)) / D**0.5}[attack]
+    rows, weights = torch.cat([good, bad]), torch.ones(8)
+    clip = centered_clip(rows, weights)
+    assert clip.iterations > 0 and float(clip.clipped_share[-1]) > 0.5
+    plain = rows.to(torch.float64).mean(0)
+    assert float((clip.value - good.mean(0)).norm()) < float((plain - good.mean(0)).norm())
+    reduction = CenteredClipReduction(D)
+    for i, row in enumerate(rows):
+        reduction.add(row, 1.0, sender=i)
+    streamed = reduction.result()
+    assert torch.allclose(streamed, clip.value, rtol=0, atol=1e-4 * spread(good))   # the streaming build, same result
+    if attack != "huge":   # the slow path's float64 distances to 1e30 rows are exact enough only for finite sizes
+        slow = _vector_space_clip(rows, weights, clip.tau)
+        assert float((clip.value.to(torch.float64) - slow).norm()) < 1e-3 * spread(good)
