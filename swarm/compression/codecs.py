@@ -38,10 +38,12 @@ from hivemind.proto import runtime_pb2
 
 from swarm.compression import blockquant, sparse
 from swarm.errors import ConfigError, ProtocolError
+from swarm.net.protowire import bytes_field, read_varint
 
 __all__ = ["Codec", "BlockQuantCodec", "SparseCodec", "CODECS", "get_codec", "CompressionPolicy", "decode_checked"]
 
 _CT = runtime_pb2.CompressionType
+_BUFFER_TAG = bytes_field(1, 1)[0]  # a serialized Tensor starts with its buffer, field 1
 _DTYPE = "float32"
 _FP16_MIN, _FP16_MAX = torch.finfo(torch.float16).min, torch.finfo(torch.float16).max
 
@@ -108,36 +110,24 @@ class Codec:
         return self.compression_type in (_CT.UNIFORM_8BIT, _CT.QUANTILE_8BIT)
 
 
-# A serialized runtime_pb2.Tensor is its fields in number order; `buffer` (field 1, length-delimited) comes first.
-_BUFFER_TAG = 0x0A
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _tensor_message(payload: np.ndarray, numel: int, compression: int) -> bytes:
     """The bytes `runtime_pb2.Tensor(buffer=payload, size=[numel], dtype="float32", compression=...)` serializes to,
     with the payload copied once (protobuf would copy it three times: tobytes, the message, its serialization)."""
     rest = runtime_pb2.Tensor(size=[numel], dtype=_DTYPE, compression=compression).SerializeToString(deterministic=True)
-    if payload.nbytes == 0:
-        return rest  # proto3 leaves an empty bytes field out
-    return b"".join((bytes((_BUFFER_TAG,)), _varint(payload.nbytes), memoryview(payload).cast("B"), rest))
+    return b"".join((bytes_field(1, payload.nbytes), memoryview(payload).cast("B"), rest))  # the buffer is field 1
 
 
 def _parse_tensor_message(name: str, data: bytes) -> tuple[runtime_pb2.Tensor, memoryview]:
-    """A runtime_pb2.Tensor message and a view of its buffer. When the buffer is the first field (as hivemind and
+    """A runtime_pb2.Tensor message and a view of its buffer (field 1). When the buffer is the first field (as hivemind and
     `_tensor_message` write it) it is not copied: only the small fields after it go through protobuf."""
     view = memoryview(data)
     message = runtime_pb2.Tensor()
     try:
         if len(view) >= 2 and view[0] == _BUFFER_TAG:
-            length, start = _read_varint(name, view, 1)
+            header = read_varint(view, 1)
+            if header is None:
+                raise ProtocolError(f"{name}: malformed length in tensor message")
+            length, start = header
             end = start + length
             if end > len(view):
                 raise ProtocolError(f"{name}: buffer of {length} bytes overruns a {len(view)}-byte message")
@@ -149,19 +139,6 @@ def _parse_tensor_message(name: str, data: bytes) -> tuple[runtime_pb2.Tensor, m
     except (DecodeError, ValueError, TypeError) as e:
         raise ProtocolError(f"{name}: undecodable tensor message ({e})") from None
     return message, memoryview(message.buffer)
-
-
-def _read_varint(name: str, view: memoryview, pos: int) -> tuple[int, int]:
-    """The varint at `pos` and the position after it; at most 10 bytes, as protobuf allows."""
-    value = 0
-    for i in range(10):
-        if pos + i >= len(view):
-            break
-        byte = view[pos + i]
-        value |= (byte & 0x7F) << (7 * i)
-        if not byte & 0x80:
-            return value, pos + i + 1
-    raise ProtocolError(f"{name}: malformed length in tensor message")
 
 
 def _extract_8bit(name: str, buffer: bytes, numel: int) -> torch.Tensor:
