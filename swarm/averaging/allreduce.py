@@ -51,7 +51,7 @@ from swarm.averaging.layout import (
 from swarm.averaging.linkmeter import LinkMeter
 from swarm.averaging.phase_stats import PhaseStats
 from swarm.averaging.reduction import Reduction
-from swarm.averaging.streams import AGGREGATE_HANDLER, close_quietly, drain
+from swarm.averaging.streams import AGGREGATE_HANDLER, ChunkMessage, close_quietly, drain
 from swarm.compression.codecs import decode_checked
 from swarm.errors import ProtocolError, RoundFailed
 from swarm.net.auth import SwarmAuthorizer
@@ -110,7 +110,8 @@ class AllReduceRound:
         self._clip_totals: dict[int, list[float]] = {}  # sender -> [sum of clipped share x chunk length, length]
         self._arrived: list[set[int]] = [set() for _ in my_chunks]
         self._reductions = [reduction(c.length) for c in my_chunks]
-        self._outputs: list[bytes | None] = [None] * len(my_chunks)
+        self._outputs: list[bytes | memoryview | None] = [None] * len(my_chunks)  # averaged bytes (views into _frames)
+        self._frames: list[ChunkMessage | None] = [None] * len(my_chunks)  # their messages, serialized once for all
         self._output_ready = [asyncio.Event() for _ in my_chunks]
         self._progress = asyncio.Event()
         self._retired = asyncio.Event()  # set once the round is over: fetches of chunks never averaged give up
@@ -152,9 +153,10 @@ class AllReduceRound:
             else:
                 codec = self.layout.codecs[chunk.bucket]
                 data = codec.encode(averaged)
-                self._outputs[k] = data
                 # what the others decode from these bytes; the lossless codec gives back `averaged` bit for bit
                 self._store_result(chunk, averaged if codec.name == "none" else codec.decode(data))
+                self._frames[k] = ChunkMessage(self.group.my_index, k, data)
+                self._outputs[k] = self._frames[k].data  # a view: no second copy kept
             self._count_clipping(getattr(self._reductions[k], "clipped_share", {}), chunk.length)
             self._reductions[k] = None  # type: ignore[call-overload]  # free memory
             self._output_ready[k].set()
@@ -207,7 +209,7 @@ class AllReduceRound:
                     return
                 if group.needs(sender):
                     self.stats.bytes_sent += len(data)
-                    yield swarm_pb2.PartChunk(part=group.my_index, chunk=k, data=data)
+                    yield self._frames[k]
                     self.stats.taken(self.stats.output_log, carried, len(data))
                     carried += len(data)
             # Read the sender's end-of-stream before closing: closing a stream with unread input
@@ -287,7 +289,6 @@ class AllReduceRound:
         await drain(requests, self.sender_timeout)  # its end-of-stream (see serve), after an error too (see drain)
 
     async def _replay(self, start: int, count: int) -> AsyncIterator[swarm_pb2.PartChunk]:
-        group = self.group
         for k in range(start, count):
             await self._output_ready[k].wait()   # set by _try_finalize, or by retire() when the round is over
             data = self._outputs[k]
@@ -295,7 +296,7 @@ class AllReduceRound:
                 yield swarm_pb2.PartChunk(error="part not averaged")
                 return
             self.stats.bytes_sent += len(data)
-            yield swarm_pb2.PartChunk(part=group.my_index, chunk=k, data=data)
+            yield self._frames[k]
 
     async def _consume(self, sender: int, first: swarm_pb2.PartChunk | None, requests: AsyncIterator[swarm_pb2.PartChunk],
                        stream: int, start: int = 0) -> None:
@@ -317,9 +318,10 @@ class AllReduceRound:
                 if message.chunk != expected_k:
                     raise ProtocolError(f"chunk {message.chunk} out of order (expected {expected_k})")
                 chunk = chunks[expected_k]
-                self.stats.bytes_received += len(message.data)
-                self.stats.receive_log.append((time.monotonic() - self._start, len(message.data)))
-                values = decode_checked(self.layout.codecs[chunk.bucket], message.data, chunk.length)
+                data = message.data  # protobuf copies a bytes field at each access
+                self.stats.bytes_received += len(data)
+                self.stats.receive_log.append((time.monotonic() - self._start, len(data)))
+                values = decode_checked(self.layout.codecs[chunk.bucket], data, chunk.length)
                 if sender not in self._failed and sender not in self._arrived[expected_k] and self._reductions[expected_k] is not None:
                     self._reductions[expected_k].add(values, weight, sender=sender)
                     self._arrived[expected_k].add(sender)
@@ -374,11 +376,12 @@ class AllReduceRound:
                 sizes.append(len(data))
                 self.stats.bytes_sent += len(data)
                 self.stats.own_bytes += len(data)
-                msg = swarm_pb2.PartChunk(part=j, chunk=k, data=data)
                 if k == 0:
-                    msg.round_id, msg.weight, msg.sender = group.round_id, group.weights[me], group.peer_ids[me]
+                    msg = swarm_pb2.PartChunk(part=j, chunk=k, data=data, round_id=group.round_id, weight=group.weights[me], sender=group.peer_ids[me])
                     self._sign(msg)
-                yield msg
+                    yield msg
+                else:
+                    yield ChunkMessage(j, k, data)
                 self.stats.taken(self.stats.send_log, carried, len(data))
                 carried += len(data)
 
@@ -391,7 +394,7 @@ class AllReduceRound:
                 data = self.layout.codecs[chunks[k].bucket].encode(self._outgoing(chunks[k]))
                 self.stats.bytes_sent += len(data)
                 self.stats.resent_chunks += 1
-                yield swarm_pb2.PartChunk(part=j, chunk=k, data=data)
+                yield ChunkMessage(j, k, data)
 
         received = 0
         for attempt in range(FETCH_RETRIES + 1):
@@ -417,13 +420,14 @@ class AllReduceRound:
                         self._lost[j] = f"reducer {group.peer_ids[j][-8:]} sent chunk {reply.chunk}, expected {received}"
                         raise ProtocolError(self._lost[j])
                     chunk = chunks[received]
-                    self.stats.bytes_received += len(reply.data)
+                    data = reply.data  # protobuf copies a bytes field at each access
+                    self.stats.bytes_received += len(data)
                     now = time.monotonic() - self._start
-                    self.stats.receive_log.append((now, len(reply.data)))
+                    self.stats.receive_log.append((now, len(data)))
                     if attempt == 0 and received < len(sizes):  # the average of chunk k proves our chunk k arrived
                         self.stats.ack_log.append((now, sizes[received]))
-                    self._store_result(chunk, decode_checked(self.layout.codecs[chunk.bucket], reply.data, chunk.length))
-                    self._part_hashers.setdefault(j, hashlib.sha256()).update(reply.data)
+                    self._store_result(chunk, decode_checked(self.layout.codecs[chunk.bucket], data, chunk.length))
+                    self._part_hashers.setdefault(j, hashlib.sha256()).update(data)
                     received += 1
                 if not resend_from.done():
                     resend_from.set_result(None)  # nothing to send again: end the request stream

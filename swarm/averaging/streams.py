@@ -11,10 +11,18 @@ from swarm.proto import swarm_pb2
 AGGREGATE_HANDLER = "swarm.aggregate"
 
 
-def chunk_message(part: int, chunk: int, data: bytes) -> PreSerialized:
+class ChunkMessage(PreSerialized):
     """`PartChunk(part=part, chunk=chunk, data=data)` as protobuf serializes it, with `data` copied in once (protobuf
-    copies it into the message and again into its serialization). A reducer sends one such message to every member."""
-    return PreSerialized((int_field(2, part), int_field(3, chunk), bytes_field(4, len(data)), data))
+    copies it into the message and again into its serialization). A reducer sends one such message to every member.
+    It reads like the PartChunk it stands for (`data` is a view into the serialized bytes)."""
+
+    __slots__ = ("part", "chunk", "data")
+    error = ""
+
+    def __init__(self, part: int, chunk: int, data: bytes):
+        super().__init__((int_field(2, part), int_field(3, chunk), bytes_field(4, len(data)), data))
+        self.part, self.chunk = part, chunk
+        self.data = memoryview(self.payload)[len(self.payload) - len(data):]
 
 
 async def drain(requests: AsyncIterator[swarm_pb2.PartChunk], timeout: float) -> None:
