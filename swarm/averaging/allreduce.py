@@ -51,7 +51,7 @@ from swarm.averaging.layout import (
 from swarm.averaging.linkmeter import LinkMeter
 from swarm.averaging.phase_stats import PhaseStats
 from swarm.averaging.reduction import Reduction
-from swarm.averaging.streams import AGGREGATE_HANDLER, ChunkMessage, close_quietly, drain
+from swarm.averaging.streams import AGGREGATE_HANDLER, close_quietly, drain
 from swarm.compression.codecs import decode_checked
 from swarm.errors import ProtocolError, RoundFailed
 from swarm.net.auth import SwarmAuthorizer
@@ -110,8 +110,7 @@ class AllReduceRound:
         self._clip_totals: dict[int, list[float]] = {}  # sender -> [sum of clipped share x chunk length, length]
         self._arrived: list[set[int]] = [set() for _ in my_chunks]
         self._reductions = [reduction(c.length) for c in my_chunks]
-        self._outputs: list[bytes | memoryview | None] = [None] * len(my_chunks)  # averaged bytes (views into _frames)
-        self._frames: list[ChunkMessage | None] = [None] * len(my_chunks)  # their messages, serialized once for all
+        self._outputs: list[bytes | None] = [None] * len(my_chunks)
         self._output_ready = [asyncio.Event() for _ in my_chunks]
         self._progress = asyncio.Event()
         self._retired = asyncio.Event()  # set once the round is over: fetches of chunks never averaged give up
@@ -153,10 +152,9 @@ class AllReduceRound:
             else:
                 codec = self.layout.codecs[chunk.bucket]
                 data = codec.encode(averaged)
+                self._outputs[k] = data
                 # what the others decode from these bytes; the lossless codec gives back `averaged` bit for bit
                 self._store_result(chunk, averaged if codec.name == "none" else codec.decode(data))
-                self._frames[k] = ChunkMessage(self.group.my_index, k, data)
-                self._outputs[k] = self._frames[k].data  # a view: no second copy kept
             self._count_clipping(getattr(self._reductions[k], "clipped_share", {}), chunk.length)
             self._reductions[k] = None  # type: ignore[call-overload]  # free memory
             self._output_ready[k].set()
@@ -209,7 +207,7 @@ class AllReduceRound:
                     return
                 if group.needs(sender):
                     self.stats.bytes_sent += len(data)
-                    yield self._frames[k]
+                    yield swarm_pb2.PartChunk(part=group.my_index, chunk=k, data=data)
                     self.stats.taken(self.stats.output_log, carried, len(data))
                     carried += len(data)
             # Read the sender's end-of-stream before closing: closing a stream with unread input
@@ -289,6 +287,7 @@ class AllReduceRound:
         await drain(requests, self.sender_timeout)  # its end-of-stream (see serve), after an error too (see drain)
 
     async def _replay(self, start: int, count: int) -> AsyncIterator[swarm_pb2.PartChunk]:
+        group = self.group
         for k in range(start, count):
             await self._output_ready[k].wait()   # set by _try_finalize, or by retire() when the round is over
             data = self._outputs[k]
@@ -296,7 +295,7 @@ class AllReduceRound:
                 yield swarm_pb2.PartChunk(error="part not averaged")
                 return
             self.stats.bytes_sent += len(data)
-            yield self._frames[k]
+            yield swarm_pb2.PartChunk(part=group.my_index, chunk=k, data=data)
 
     async def _consume(self, sender: int, first: swarm_pb2.PartChunk | None, requests: AsyncIterator[swarm_pb2.PartChunk],
                        stream: int, start: int = 0) -> None:
@@ -376,12 +375,11 @@ class AllReduceRound:
                 sizes.append(len(data))
                 self.stats.bytes_sent += len(data)
                 self.stats.own_bytes += len(data)
+                msg = swarm_pb2.PartChunk(part=j, chunk=k, data=data)
                 if k == 0:
-                    msg = swarm_pb2.PartChunk(part=j, chunk=k, data=data, round_id=group.round_id, weight=group.weights[me], sender=group.peer_ids[me])
+                    msg.round_id, msg.weight, msg.sender = group.round_id, group.weights[me], group.peer_ids[me]
                     self._sign(msg)
-                    yield msg
-                else:
-                    yield ChunkMessage(j, k, data)
+                yield msg
                 self.stats.taken(self.stats.send_log, carried, len(data))
                 carried += len(data)
 
@@ -394,7 +392,7 @@ class AllReduceRound:
                 data = self.layout.codecs[chunks[k].bucket].encode(self._outgoing(chunks[k]))
                 self.stats.bytes_sent += len(data)
                 self.stats.resent_chunks += 1
-                yield ChunkMessage(j, k, data)
+                yield swarm_pb2.PartChunk(part=j, chunk=k, data=data)
 
         received = 0
         for attempt in range(FETCH_RETRIES + 1):

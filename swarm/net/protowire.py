@@ -1,14 +1,8 @@
-"""Pieces of protobuf's wire format written by hand, for the hot path of the all-reduce: a chunk's bytes are copied
-into its message once, and that message is sent as it is.
-
-hivemind's stream writer sends whatever `SerializeToString()` returns, so a `PreSerialized` message (the bytes
-protobuf would make, built ahead) passes through it unchanged; the receiver parses it as the ordinary message.
-"""
+"""Pieces of protobuf's wire format written by hand, for the all-reduce's hot path: the tensor codecs copy a chunk's
+values into its message once and read them back in place (swarm.compression.codecs)."""
 from __future__ import annotations
 
-from typing import Iterable
-
-__all__ = ["varint", "read_varint", "PreSerialized", "bytes_field", "int_field"]
+__all__ = ["varint", "read_varint", "bytes_field"]
 
 
 def varint(value: int) -> bytes:
@@ -36,23 +30,7 @@ def read_varint(view: memoryview, pos: int) -> tuple[int, int] | None:
     return None
 
 
-def int_field(number: int, value: int) -> bytes:
-    """A non-negative integer field (int32, uint32, bool, enum); proto3 leaves a zero out."""
-    return bytes((number << 3,)) + varint(value) if value else b""
-
-
 def bytes_field(number: int, length: int) -> bytes:
     """The tag and length of a bytes field of `length` bytes (its bytes follow); proto3 leaves an empty one out."""
     return bytes((number << 3 | 2,)) + varint(length) if length else b""
 
-
-class PreSerialized:
-    """A message serialized ahead from its pieces (copied together once): what hivemind's writer sends."""
-
-    __slots__ = ("payload",)
-
-    def __init__(self, pieces: Iterable[bytes | memoryview]):
-        self.payload = b"".join(pieces)
-
-    def SerializeToString(self, deterministic: bool = False) -> bytes:  # noqa: N802 (protobuf's name)
-        return self.payload
