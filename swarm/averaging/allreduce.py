@@ -352,9 +352,10 @@ class AllReduceRound:
                 if message.chunk != expected_k:
                     raise ProtocolError(f"chunk {message.chunk} out of order (expected {expected_k})")
                 chunk = chunks[expected_k]
-                self.stats.bytes_received += len(message.data)
-                self.stats.receive_log.append((time.monotonic() - self._start, len(message.data)))
-                values = decode_checked(self.layout.codecs[chunk.bucket], message.data, chunk.length)
+                data = message.data  # protobuf copies a bytes field at each access
+                self.stats.bytes_received += len(data)
+                self.stats.receive_log.append((time.monotonic() - self._start, len(data)))
+                values = decode_checked(self.layout.codecs[chunk.bucket], data, chunk.length)
                 if sender not in self._failed and sender not in self._arrived[expected_k] and self._reductions[expected_k] is not None:
                     self._reductions[expected_k].add(values, weight, sender=sender)
                     self._arrived[expected_k].add(sender)
@@ -461,14 +462,15 @@ class AllReduceRound:
                         self._lost[j] = f"reducer {group.peer_ids[j][-8:]} sent chunk {reply.chunk}, expected {received}"
                         raise ProtocolError(self._lost[j])
                     chunk = chunks[received]
-                    self.stats.bytes_received += len(reply.data)
+                    data = reply.data  # protobuf copies a bytes field at each access
+                    self.stats.bytes_received += len(data)
                     now = time.monotonic() - self._start
-                    self.stats.receive_log.append((now, len(reply.data)))
+                    self.stats.receive_log.append((now, len(data)))
                     if attempt == 0 and received < len(sizes):  # the average of chunk k proves our chunk k arrived
                         self.stats.ack_log.append((now, sizes[received]))
-                    self._store_result(chunk, decode_checked(self.layout.codecs[chunk.bucket], reply.data, chunk.length))
-                    self._part_hashers.setdefault(j, hashlib.sha256()).update(reply.data)
-                    held.append(reply.data)
+                    self._store_result(chunk, decode_checked(self.layout.codecs[chunk.bucket], data, chunk.length))
+                    self._part_hashers.setdefault(j, hashlib.sha256()).update(data)
+                    held.append(data)
                     received += 1
                 if not resend_from.done():
                     resend_from.set_result(None)  # nothing to send again: end the request stream

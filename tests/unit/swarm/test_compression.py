@@ -239,3 +239,34 @@ def test_compression_policy():
                    dict(small_tensor_threshold=-1)):
         with pytest.raises(ConfigError):
             CompressionPolicy(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["none", "fp16"])
+def test_decode_reads_the_buffer_in_place_and_refuses_tampered_framing(name):
+    """decode takes the buffer out of the message without protobuf's copy; the framing it reads by hand is checked."""
+    codec = get_codec(name)
+    x = gaussian(1000)
+    good = codec.encode(x)
+    assert good[0] == 0x0A  # the buffer comes first, as hivemind writes it
+    assert torch.equal(decode_checked(codec, good, 1000), codec.decode(good))
+    length = 1000 * (2 if name == "fp16" else 4)
+    header = b"\x0a" + bytes((length & 0x7F | 0x80, length >> 7))
+    rest = good[len(header) + length:]
+    for bad, why in (
+        (b"\x0a" + b"\xff" * 11, "malformed length"),  # a varint longer than protobuf allows
+        (b"\x0a\xff\xff\xff\x7f" + good[3:], "overruns"),  # a length past the message's end
+        (header + good[len(header):len(header) + length] + rest + b"\x0a\x01\x00", "two buffers"),
+    ):
+        with pytest.raises(ProtocolError, match=why):
+            decode_checked(codec, bad, 1000)
+
+
+def test_decode_checked_finds_non_finite_values_after_an_overflowing_sum():
+    """Finite values whose sum overflows float32 are accepted; the finiteness check does not stop at the sum."""
+    codec = get_codec("none")
+    x = torch.full((1000,), 3e38)
+    assert not torch.isfinite(x.sum())
+    assert torch.equal(decode_checked(codec, codec.encode(x), 1000), x)
+    x[500] = float("nan")
+    with pytest.raises(ProtocolError, match="non-finite"):
+        decode_checked(codec, codec.encode(x), 1000)
