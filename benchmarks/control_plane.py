@@ -122,6 +122,10 @@ def measure(n: int, phase: str, *, duration: float, warmup: float, target: int, 
     }
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--peers", default="4,8,16")
@@ -138,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         print("benchmarks.control_plane needs root (a network namespace per swarm)", file=sys.stderr)
         return 2
     # SIGTERM unwinds like Ctrl-C, so that every peer is stopped and every namespace deleted
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
     log_dir = Path(tempfile.mkdtemp(prefix="control-plane-"))
     runs = []
     for n in [int(x) for x in args.peers.split(",")]:
