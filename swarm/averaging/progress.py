@@ -109,7 +109,7 @@ class ProgressTracker:
         min_refresh: float = 0.2,
         max_refresh: float = 2.0,
         min_read: float = 0.5,
-        max_read: float = 4.0,
+        max_read: float = 2.0,
         record_ttl: float = 8.0,
         serves_state: bool = True,
     ):

@@ -29,12 +29,6 @@ from swarm.proto import swarm_pb2
 
 logger = logging.getLogger(__name__)
 
-# Records are stored on the DHT's num_replicas (5) nodes nearest to their key. A read asks the nearest
-# READ_REPLICAS of them (hivemind's latest=True otherwise asks every node of a bucket, 20, and gets every
-# record from each replica), with as many workers (hivemind's 4 would ask a fourth node): two replicas may miss
-# a store and every record is still read.
-READ_REPLICAS = 3
-
 
 @dataclass
 class NodeOptions:
@@ -202,7 +196,9 @@ class Node:
     async def fetch_records(self, key: str, model: type[records._Record], *, owner: bytes | None = None) -> list[records._Record]:
         """All valid, unexpired records under a key (one per owner); malformed ones are dropped.
         `owner`: only the record of this RSA public key (OpenSSH bytes), e.g. the organizer's."""
-        found = await self.dht.get(key, latest=True, beam_size=READ_REPLICAS, num_workers=READ_REPLICAS)
+        # every node of a bucket, not only the key's nearest: a peer's direct stores (swarm.net.direct_store) reach
+        # the replicas its routing table knows, and a node that just joined holds nothing yet
+        found = await self.dht.get(key, latest=True)
         if found is None or not isinstance(found.value, dict):
             return []
         out = []

@@ -1,5 +1,5 @@
 """Over a real DHT of 6 nodes: a record stored straight on the replicas a read met (swarm.net.direct_store) is
-sent without a single FIND and every node reads it; a read asks only the key's nearest replica holders."""
+sent without a single FIND and every node reads it."""
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +8,7 @@ import time
 import pytest
 
 from swarm.net import records
-from swarm.net.node import READ_REPLICAS, Node, NodeOptions
+from swarm.net.node import Node, NodeOptions
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -49,10 +49,6 @@ def test_a_direct_store_sends_no_find_and_every_node_reads_the_record():
             for node in nodes:
                 found = await node.fetch_records(key, records.ProgressRecord)
                 assert [(r.peer_id, r.epoch) for r in found] == [("w", 2)]
-            reader = nodes[1]
-            finds = count_finds(reader)
-            await reader.fetch_records(key, records.ProgressRecord)
-            assert 1 <= len(finds) <= READ_REPLICAS      # the nearest replica holders, not all 5 others
         finally:
             for node in reversed(nodes):
                 await node.shutdown()
