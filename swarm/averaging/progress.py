@@ -108,7 +108,7 @@ class ProgressTracker:
         *,
         min_refresh: float = 0.2,
         max_refresh: float = 2.0,
-        min_read: float = 0.5,
+        min_read: float = 0.2,
         max_read: float = 2.0,
         record_ttl: float = 8.0,
         serves_state: bool = True,
