@@ -19,6 +19,12 @@ bandwidth) and reads everyone's. No single record decides anything:
 
 The global batch is ready when that estimate reaches `target_batch_size`. The refresh period
 adapts: it is a fraction of the estimated time to the target, within [min_refresh, max_refresh].
+Our record is published every period (a reader's estimate lags by the age of the record it read).
+The records are read at a third of the estimated time to the target too, but within [min_read,
+max_read] unless poked: between reads the estimate is extrapolated from the rates, so reading more
+often only shows a joining or leaving peer sooner (matchmaking reads on its own before it forms a
+group), and far from the target nothing waits on the view. A read costs every record (about 1 KB
+each) from each replica asked, a publish one record per replica: reads are the control plane's bulk.
 """
 from __future__ import annotations
 
@@ -102,6 +108,8 @@ class ProgressTracker:
         *,
         min_refresh: float = 0.2,
         max_refresh: float = 2.0,
+        min_read: float = 0.2,
+        max_read: float = 2.0,
         record_ttl: float = 8.0,
         serves_state: bool = True,
     ):
@@ -110,6 +118,7 @@ class ProgressTracker:
         self.role = role
         self.bandwidth = bandwidth
         self.min_refresh, self.max_refresh, self.record_ttl = min_refresh, max_refresh, record_ttl
+        self.min_read, self.max_read = min_read, max_read
         self.serves_state = serves_state
         self.local = LocalProgress()
         self.peer_id = str(node.peer_id)
@@ -243,7 +252,10 @@ class ProgressTracker:
                 leaving=self.local.leaving,
                 training=self.local.training,
             )
-        await self.node.store_record(records.progress_key(self.node.run_id), record, self.record_ttl)
+        # Once we read the records, our reads keep the key's replica holders in the routing table: store there
+        # directly (swarm.net.direct_store). Withdrawing takes the full path: it must reach every replica.
+        direct = self.fetched and not record.leaving
+        await self.node.store_record(records.progress_key(self.node.run_id), record, self.record_ttl, direct=direct)
 
     async def refresh(self) -> SwarmView:
         found = await self.node.fetch_records(records.progress_key(self.node.run_id), ProgressRecord)
@@ -285,26 +297,33 @@ class ProgressTracker:
         eta = self.eta(self.global_epoch())
         return min(self.max_refresh, max(self.min_refresh, eta / 3))
 
+    def _read_period(self) -> float:
+        eta = self.eta(self.global_epoch())
+        return min(self.max_read, max(self.min_read, eta / 3))
+
     async def _run(self) -> None:
         # Pings wait up to their timeout on a peer that is unreachable (its link cut): they run beside the loop, so that
         # they never delay our publish and refresh past the records' lifetime (the rest of the swarm would lose us).
         touching: asyncio.Task | None = None
+        poked = True
         try:
             while not self._stopping:
+                self._wake.clear()   # before the work: a poke that comes during it gets a turn of its own
                 try:
                     await asyncio.wait_for(self.publish(), 5)
-                    await asyncio.wait_for(self.refresh(), 5)
+                    if poked or not self.fetched or time.monotonic() - self.view.fetched_at >= self._read_period():
+                        await asyncio.wait_for(self.refresh(), 5)
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:
                     logger.warning("progress refresh failed: %s", describe(e))
                 if touching is None or touching.done():
                     touching = asyncio.create_task(self._keep_in_touch(), name="progress-keep-in-touch")
-                self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), self._period())
                 except asyncio.TimeoutError:
                     pass
+                poked = self._wake.is_set()   # not the wait's outcome: a poke can land as the wait times out
         finally:
             if touching is not None:
                 touching.cancel()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -22,6 +24,7 @@ from hivemind.utils.multiaddr import Multiaddr
 from swarm.errors import AuthError, NetworkError, describe
 from swarm.net import clock, records, wire
 from swarm.net.auth import ISSUE_HANDLER, SwarmAuthorizer, coordinator_ids, keep_access
+from swarm.net.direct_store import store_near
 from swarm.proto import swarm_pb2
 
 logger = logging.getLogger(__name__)
@@ -49,6 +52,7 @@ class Node:
         self.client_mode = client_mode
         self.authorizer = authorizer
         self._access: asyncio.Task | None = None
+        self._traversed: dict[str, float] = {}   # key -> when a store of ours last traversed the DHT to its replicas
 
     @classmethod
     async def create(cls, run_id: str, options: NodeOptions, private_key: RSAPrivateKey | None = None,
@@ -175,14 +179,25 @@ class Node:
 
     # --- signed records -------------------------------------------------------------------------------
 
-    async def store_record(self, key: str, record: records._Record, ttl: float) -> bool:
-        return await self.dht.store(
-            key, records.encode(record), clock.now() + ttl, subkey=self.signer.local_public_key
-        )
+    async def store_record(self, key: str, record: records._Record, ttl: float, *, direct: bool = False) -> bool:
+        """Store our record under `key` for `ttl` seconds. `direct`: the caller has just read `key`, so the nodes
+        nearest to it are in the routing table: store on them without a traversal (swarm.net.direct_store), except
+        once per half `ttl`, when the store traverses as usual so that a replica the table lacks still gets it."""
+        expiration = clock.now() + ttl
+        now = time.monotonic()
+        if direct and now - self._traversed.get(key, -math.inf) < ttl / 2:
+            return await store_near(self.dht, key, self.signer.local_public_key, records.encode(record), expiration, timeout=ttl / 2) > 0
+        stored = await self.dht.store(key, records.encode(record), expiration, subkey=self.signer.local_public_key,
+                                      beam_size=self.dht.num_replicas)   # the replicas alone: every FIND answers with all records
+        if stored:
+            self._traversed[key] = now
+        return stored
 
     async def fetch_records(self, key: str, model: type[records._Record], *, owner: bytes | None = None) -> list[records._Record]:
         """All valid, unexpired records under a key (one per owner); malformed ones are dropped.
         `owner`: only the record of this RSA public key (OpenSSH bytes), e.g. the organizer's."""
+        # every node of a bucket, not only the key's nearest: a peer's direct stores (swarm.net.direct_store) reach
+        # the replicas its routing table knows, and a node that just joined holds nothing yet
         found = await self.dht.get(key, latest=True)
         if found is None or not isinstance(found.value, dict):
             return []

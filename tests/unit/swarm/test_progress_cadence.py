@@ -1,0 +1,71 @@
+"""How often the progress tracker publishes and reads: reads (every record from each replica) are the control
+plane's bulk, so they follow the time to the target within [min_read, max_read], while our own record is still
+published every (shorter) refresh period; a poke reads at once; stores go straight to the replicas once read."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from swarm.averaging.progress import ProgressTracker
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class CountingNode:
+    """The two Node calls the tracker makes, counted (keep_in_touch's pings fail on it and are only logged)."""
+
+    run_id = "run"
+    peer_id = "me"
+
+    def __init__(self):
+        self.stores: list[bool] = []   # the `direct` flag of each store
+        self.reads = 0
+
+    async def store_record(self, key, record, ttl, *, direct=False):
+        self.stores.append(direct)
+        return True
+
+    async def fetch_records(self, key, model):
+        self.reads += 1
+        return []
+
+
+async def _until(predicate, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+def test_reads_follow_the_time_to_the_target_within_their_bounds_and_publishes_keep_the_refresh_period():
+    t = ProgressTracker(CountingNode(), 10**6, "trainer", lambda: (1.0, 1.0), min_refresh=0.2, max_refresh=2.0,
+                        min_read=0.5, max_read=4.0)
+    t.report(epoch=0, samples=0, samples_per_second=10.0)       # 10**5 s from the target
+    assert t._read_period() == 4.0 and t._period() == 2.0
+    t.target_batch_size = 1000
+    t.report(samples=999)                                        # 0.1 s from it
+    assert t._read_period() == 0.5 and t._period() == 0.2
+    t.report(samples=970)                                        # 3 s from it: a third of that for both
+    assert t._read_period() == pytest.approx(1.0) and t._period() == pytest.approx(1.0)
+
+
+def test_the_loop_publishes_every_period_reads_at_its_own_pace_and_reads_at_once_when_poked():
+    async def main():
+        node = CountingNode()
+        t = ProgressTracker(node, 10**6, "trainer", lambda: (1.0, 1.0), min_refresh=0.01, max_refresh=0.01,
+                            min_read=60.0, max_read=60.0)
+        t.start()
+        try:
+            await _until(lambda: len(node.stores) >= 10)
+            assert node.reads == 1                      # the first read only: the next is a minute away
+            assert node.stores[0] is False              # nothing read yet: the first store traverses the DHT
+            assert all(node.stores[1:])                 # then straight to the replicas the reads met
+            t.poke()
+            await _until(lambda: node.reads >= 2)
+            assert node.reads == 2, node.reads
+        finally:
+            await t.stop()
+        assert node.stores[-1] is False                 # the withdrawal takes the full path
+    asyncio.run(main())
