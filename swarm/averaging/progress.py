@@ -112,6 +112,7 @@ class ProgressTracker:
         max_read: float = 2.0,
         record_ttl: float = 8.0,
         serves_state: bool = True,
+        direct_stores: bool = False,
     ):
         self.node = node
         self.target_batch_size = target_batch_size
@@ -119,6 +120,7 @@ class ProgressTracker:
         self.bandwidth = bandwidth
         self.min_refresh, self.max_refresh, self.record_ttl = min_refresh, max_refresh, record_ttl
         self.min_read, self.max_read = min_read, max_read
+        self.direct_stores = direct_stores   # off: with them, newcomers of the join-storm test saw one donor (see below)
         self.serves_state = serves_state
         self.local = LocalProgress()
         self.peer_id = str(node.peer_id)
@@ -252,9 +254,11 @@ class ProgressTracker:
                 leaving=self.local.leaving,
                 training=self.local.training,
             )
-        # Once we read the records, our reads keep the key's replica holders in the routing table: store there
-        # directly (swarm.net.direct_store). Withdrawing takes the full path: it must reach every replica.
-        direct = self.fetched and not record.leaving
+        # Once we read the records, our reads keep the key's replica holders in the routing table: a direct store
+        # (swarm.net.direct_store) skips the traversal whose FINDs read every record again. Off by default: with it,
+        # the join-storm test's newcomers sometimes saw one up-to-date donor only (2 runs of 17): the nodes our
+        # routing table names are not always the ones a newcomer's read asks. Withdrawing always takes the full path.
+        direct = self.direct_stores and self.fetched and not record.leaving
         await self.node.store_record(records.progress_key(self.node.run_id), record, self.record_ttl, direct=direct)
 
     async def refresh(self) -> SwarmView:

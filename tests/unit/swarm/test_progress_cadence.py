@@ -55,7 +55,7 @@ def test_the_loop_publishes_every_period_reads_at_its_own_pace_and_reads_at_once
     async def main():
         node = CountingNode()
         t = ProgressTracker(node, 10**6, "trainer", lambda: (1.0, 1.0), min_refresh=0.01, max_refresh=0.01,
-                            min_read=60.0, max_read=60.0)
+                            min_read=60.0, max_read=60.0, direct_stores=True)
         t.start()
         try:
             await _until(lambda: len(node.stores) >= 10)
@@ -68,4 +68,17 @@ def test_the_loop_publishes_every_period_reads_at_its_own_pace_and_reads_at_once
         finally:
             await t.stop()
         assert node.stores[-1] is False                 # the withdrawal takes the full path
+    asyncio.run(main())
+
+
+def test_stores_traverse_the_dht_unless_direct_stores_are_asked_for():
+    async def main():
+        node = CountingNode()
+        t = ProgressTracker(node, 10**6, "trainer", lambda: (1.0, 1.0), min_refresh=0.01, max_refresh=0.01)
+        t.start()
+        try:
+            await _until(lambda: len(node.stores) >= 5)
+        finally:
+            await t.stop()
+        assert not any(node.stores)
     asyncio.run(main())
