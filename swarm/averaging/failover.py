@@ -28,7 +28,7 @@ for its held chunks from `chunk` on; `resend` unset asks the receiver, a backup 
 the backup answers as a reducer answers a fetch: `resend` from the chunk it lacks, then the averaged chunks).
 
 Bounded: each wait has the reply limit of the round's silence limit (swarm.averaging.deadlines); the whole
-failover has `failover_limit`, by which the round extends its deadline. Hostile input: part and chunk indices and
+failover has `failover_limit` for its own steps, and it runs within the round's deadline (never past it). Hostile input: part and chunk indices and
 claimed counts are checked against the plan, relayed chunks are size-checked and decoded before use.
 """
 from __future__ import annotations
