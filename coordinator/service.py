@@ -95,6 +95,7 @@ class Coordinator:
         self.checkpoint_error: str | None = None
         self._last_checkpoint_epoch = -1
         self._checkpoint_retry_at = 0.0
+        self._maddrs_known: set[str] = set()   # peers whose multiaddrs the history holds (a restart dials them)
         self._orphaned_since: float | None = None     # since when no peer holds the newest checkpoint's epoch
         self._folder_state: FolderState | None = None
         self.access: AccessControl | None = None      # invites and tokens (coordinator.access)
@@ -277,9 +278,10 @@ class Coordinator:
                     await self._engine(self.seed.tick(self.progress))
                 else:
                     await self._maybe_reseed(progress)  # type: ignore[arg-type]
-                if time.monotonic() >= next_maddrs:
-                    next_maddrs = time.monotonic() + MADDRS_EVERY
-                    await self._remember_maddrs({p.id for p in figures.peers})
+                live = {p.id for p in figures.peers}
+                if time.monotonic() >= next_maddrs or live - self._maddrs_known:   # a newcomer's at once: a restart
+                    next_maddrs = time.monotonic() + MADDRS_EVERY                  # soon after it must find it again
+                    await self._remember_maddrs(live)
                 recent = self.history.recent_peers(KEEP_IN_TOUCH_WITHIN)
                 await self._engine(keep_in_touch(node, recent, recent), timeout=15)
                 await self._maybe_checkpoint(figures.epoch)
@@ -293,8 +295,9 @@ class Coordinator:
         infos = await self._engine(self.observer.node.p2p.list_peers(), timeout=5)
         for info in infos:
             pid = str(info.peer_id)
-            if pid in live:
+            if pid in live and info.addrs:
                 self.history.set_maddrs(pid, [f"{a}/p2p/{pid}" for a in info.addrs])
+                self._maddrs_known.add(pid)
 
     # -- checkpoints -------------------------------------------------------------------------------------
 

@@ -291,7 +291,8 @@ class ProgressTracker:
         self._last_touch = now
         self._recent = {p: t for p, t in self._recent.items() if now - t < forget_after and p != self.peer_id}
         try:
-            await asyncio.wait_for(keep_in_touch(self.node, list(self._recent)), 10)
+            contacts = getattr(self.node, "initial_contacts", {})
+            await asyncio.wait_for(keep_in_touch(self.node, [*self._recent, *contacts], contacts), 10)
         except asyncio.CancelledError:
             raise
         except Exception as e:

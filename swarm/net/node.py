@@ -40,6 +40,15 @@ class NodeOptions:
     startup_timeout: float = 20.0
 
 
+def initial_contacts(initial_peers: Sequence[str]) -> dict[str, list[str]]:
+    """peer id -> its multiaddrs, for the initial peers that name their id (`.../p2p/<id>`)."""
+    contacts: dict[str, list[str]] = {}
+    for m in initial_peers:
+        if "/p2p/" in m:
+            contacts.setdefault(m.rsplit("/p2p/", 1)[1], []).append(m)
+    return contacts
+
+
 class Node:
     """P2P + DHT for one run. Create with `await Node.create(run_id, options)` on the engine loop."""
 
@@ -53,6 +62,9 @@ class Node:
         self.authorizer = authorizer
         self._access: asyncio.Task | None = None
         self._traversed: dict[str, float] = {}   # key -> when a store of ours last traversed the DHT to its replicas
+        # peer id -> the multiaddrs we joined through: kept in touch for the node's lifetime, so that a bootstrap peer
+        # restarted at the same address (a coordinator after a crash) is dialled again; nobody else would dial it
+        self.initial_contacts: dict[str, list[str]] = {}
 
     @classmethod
     async def create(cls, run_id: str, options: NodeOptions, private_key: RSAPrivateKey | None = None,
@@ -107,6 +119,7 @@ class Node:
             where = ", ".join(options.initial_peers) or "(none)"
             raise NetworkError(f"could not join the swarm through initial peers {where}: {describe(e)}") from e
         node = cls(run_id, p2p, dht, signer, options.client_mode, authorizer)
+        node.initial_contacts = initial_contacts(options.initial_peers)
         if authorizer is not None:
             node._access = asyncio.create_task(keep_access(authorizer, node._fetch_revoked), name="swarm-access")
         return node

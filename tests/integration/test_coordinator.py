@@ -157,9 +157,6 @@ def test_checkpoints_are_kept_and_export_to_transformers(swarm, tmp_path):
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(strict=False, reason="known bug (session 6 note): a coordinator restarted with its peer id and port "
-                   "does not see the peers again within 180 s (its routing table stays empty of them); fails the same at "
-                   "6dc33e4, so it predates this session's changes")
 def test_kill_9_and_restart_keeps_everything(swarm):
     before = swarm.wait_status(training, timeout=120, what="training")
     history_before = swarm.api("/api/history?metric=epoch&points=5000")["points"]
