@@ -137,7 +137,8 @@ def summary_line(report: dict) -> str:
     """The report in one line, for the terminal (the file has every figure)."""
     loss = report.get("loss_first"), report.get("loss_last")
     losses = f", loss {loss[0]:.3f} -> {loss[1]:.3f}" if None not in loss else ""
-    same = {True: ", every peer's parameters identical", False: ", PEERS' PARAMETERS DIFFER"}.get(report.get("params_identical"), "")
+    same = {True: ", every peer's parameters identical", False: ", PEERS' PARAMETERS DIFFER",
+            None: ", no epoch common to every peer"}.get(report.get("params_identical"), "")
     return (f"{report.get('epochs', 0)} epochs, {report.get('samples_per_second', 0.0):.1f} samples/s{losses}, "
             f"{report.get('rounds_completed', 0)} rounds ({report.get('rounds_failed', 0)} failed){same}")
 
@@ -172,7 +173,7 @@ def build_report(config: RunConfig, run_dir: Path, n: int, duration: float) -> d
     hashes = [{r["epoch"]: r["params_hash"] for r in rows} for rows in steps]
     common = set.intersection(*(set(h) for h in hashes)) if hashes and all(hashes) else set()
     last_common = max(common) if common else None
-    identical = last_common is not None and len({h[last_common] for h in hashes}) == 1
+    identical = None if last_common is None else len({h[last_common] for h in hashes}) == 1   # None: nothing to compare
     samples = sum(per_epoch[e][0]["samples"] for e in epochs)
     round_seconds = [r["round_seconds"] for rows in steps for r in rows]
     return {

@@ -106,3 +106,10 @@ def test_demo_prints_a_summary_not_the_report_it_wrote():
     line = summary_line({"epochs": 9, "samples_per_second": 51.25, "loss_first": 9.5, "loss_last": 6.25, "rounds_completed": 9,
                          "rounds_failed": 1, "params_identical": True, "peers_detail": [{"x": 1}]})
     assert line == "9 epochs, 51.2 samples/s, loss 9.500 -> 6.250, 9 rounds (1 failed), every peer's parameters identical"
+
+
+def test_demo_without_a_common_epoch_does_not_claim_the_parameters_differ():
+    from peers.demo import summary_line
+
+    line = summary_line({"epochs": 0, "samples_per_second": 0.0, "rounds_completed": 0, "rounds_failed": 0, "params_identical": None})
+    assert line == "0 epochs, 0.0 samples/s, 0 rounds (0 failed), no epoch common to every peer"
