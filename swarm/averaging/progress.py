@@ -76,13 +76,23 @@ class SwarmView:
     def _counted(self, epoch: int, exclude: str, trusted: Collection[str] | None) -> list[ProgressRecord]:
         return [p for p in self.at_epoch(epoch) if p.peer_id != exclude and (trusted is None or p.peer_id in trusted)]
 
-    def samples_at(self, epoch: int, now: float, exclude: str = "", trusted: Collection[str] | None = None) -> float:
-        """Samples the peers at `epoch` (only those in `trusted`, if given) have accumulated by `now`, extrapolated by their rates."""
+    def samples_at(self, epoch: int, now: float, exclude: str = "", trusted: Collection[str] | None = None,
+                   stranger_cap: float = 0.0) -> float:
+        """Samples the peers at `epoch` have accumulated by `now`, extrapolated by their rates: in full for those in
+        `trusted` (everyone if None), at most `stranger_cap` each for the others."""
         elapsed = max(0.0, now - self.fetched_at)
-        return sum(p.samples + p.samples_per_second * elapsed for p in self._counted(epoch, exclude, trusted))
+        return self._bounded_sum(epoch, exclude, trusted, stranger_cap, lambda p: p.samples + p.samples_per_second * elapsed)
 
-    def rate_at(self, epoch: int, exclude: str = "", trusted: Collection[str] | None = None) -> float:
-        return sum(p.samples_per_second for p in self._counted(epoch, exclude, trusted))
+    def rate_at(self, epoch: int, exclude: str = "", trusted: Collection[str] | None = None, stranger_cap: float = 0.0) -> float:
+        return self._bounded_sum(epoch, exclude, trusted, stranger_cap, lambda p: p.samples_per_second)
+
+    def _bounded_sum(self, epoch: int, exclude: str, trusted: Collection[str] | None, cap: float,
+                     value: Callable[[ProgressRecord], float]) -> float:
+        total = 0.0
+        for p in self.at_epoch(epoch):
+            if p.peer_id != exclude:
+                total += value(p) if trusted is None or p.peer_id in trusted else min(value(p), cap)
+        return total
 
 
 @dataclass
@@ -135,6 +145,7 @@ class ProgressTracker:
         self._last_touch = 0.0
         self._company_at: float | None = None      # when a view last showed another training peer (monotonic)
         self._vouched: dict[str, float] = {}       # peer id -> until when its samples count (it averaged with us)
+        self._last_vouch: float | None = None      # when a group last formed with us (monotonic)
         self._distrusted: dict[str, float] = {}    # peer id -> until when its epoch claim is ignored
 
     # -- called from the training thread (thread-safe) ------------------------------------------------
@@ -155,8 +166,13 @@ class ProgressTracker:
         return float("inf") if self._company_at is None else time.monotonic() - self._company_at
 
     def vouch(self, peer_ids: Collection[str]) -> None:
-        """These peers formed a group with us: their progress counts towards the global batch from now on."""
-        until = time.monotonic() + VOUCH_FOR
+        """These peers formed a group with us: their progress counts towards the global batch from now on, for
+        VOUCH_FOR seconds or three of the run's gaps between groups, whichever is longer (a real model's epochs can
+        take longer than VOUCH_FOR)."""
+        now = time.monotonic()
+        gap = now - self._last_vouch if self._last_vouch is not None else 0.0
+        self._last_vouch = now
+        until = now + max(VOUCH_FOR, 3 * gap)
         for pid in peer_ids:
             self._vouched[pid] = until
 
@@ -179,14 +195,25 @@ class ProgressTracker:
     def estimated_samples(self, epoch: int, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now
         own = self.local.samples if self.local.epoch == epoch else 0
-        return own + self.view.samples_at(epoch, now, exclude=self.peer_id, trusted=self.trusted())
+        trusted = self.trusted()
+        return own + self.view.samples_at(epoch, now, exclude=self.peer_id, trusted=trusted, stranger_cap=self._stranger_cap(trusted, own))
+
+    @staticmethod
+    def _stranger_cap(trusted: Collection[str] | None, own: float) -> float:
+        """What one stranger's claim (a peer that never averaged with us) may count for. Before anybody is vouched for
+        (a fresh run, a lone newcomer) at most our own figure: the first peers reach the batch together, not each one
+        alone, and a false claim brings the first round forward by one share at most. Afterwards nothing: the batch
+        is never a stranger's claim (a newcomer counts once it has averaged with us)."""
+        return own if trusted is not None and not trusted else 0.0
 
     def eta(self, epoch: int) -> float:
         """Seconds until the swarm at `epoch` reaches the target batch (0 when it has)."""
         missing = self.target_batch_size - self.estimated_samples(epoch)
         if missing <= 0:
             return 0.0
-        rate = self.view.rate_at(epoch, exclude=self.peer_id, trusted=self.trusted()) + (self.local.samples_per_second if self.local.epoch == epoch else 0)
+        own = self.local.samples_per_second if self.local.epoch == epoch else 0.0
+        trusted = self.trusted()
+        rate = self.view.rate_at(epoch, exclude=self.peer_id, trusted=trusted, stranger_cap=self._stranger_cap(trusted, own)) + own
         return missing / rate if rate > 0 else float("inf")
 
     @property

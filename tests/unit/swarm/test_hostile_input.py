@@ -128,7 +128,9 @@ def test_inflated_samples_of_a_stranger_do_not_make_the_batch_ready():
     t.view = SwarmView(epoch=0, peers=(rec("forged", 0, samples=records.MAX_COUNT, rate=records.MAX_RATE),), fetched_at=time.monotonic())
     t.report(samples=10, samples_per_second=1.0)
     assert not t.ready(0)                              # before: ready with 10 real samples of 64
-    assert t.estimated_samples(0) == 10
+    assert t.estimated_samples(0) == 20                # before any round a stranger counts for at most our own samples
+    t.vouch(["honest"])
+    assert t.estimated_samples(0) == 10                # once a group formed with others, strangers count for nothing
     t.vouch(["forged"])                                # once it has averaged with us, its progress counts
     assert t.ready(0)
 

@@ -65,3 +65,34 @@ def test_global_epoch_is_the_highest_live_epoch():
     t.view = SwarmView(epoch=5, peers=(rec("a", 5, 0, 1.0),), fetched_at=time.monotonic())
     t.report(epoch=3)
     assert t.global_epoch() == 5
+
+
+def test_strangers_of_a_fresh_run_reach_the_batch_together():
+    """Before any round nobody is vouched for: three peers with a third of the batch each are ready together,
+    not each one only once it has the whole batch alone."""
+    t = tracker(target=90)
+    now = time.monotonic()
+    t.view = SwarmView(epoch=0, peers=(rec("a", 0, 30, 1.0), rec("b", 0, 30, 1.0)), fetched_at=now)
+    t.report(samples=20, samples_per_second=1.0)
+    assert t.estimated_samples(0, now) == 60        # strangers count up to our own 20 each
+    assert not t.ready(0)
+    t.report(samples=30)
+    assert t.ready(0)
+
+
+def test_a_strangers_rate_counts_up_to_ours():
+    t = tracker(target=1000)
+    now = time.monotonic()
+    t.view = SwarmView(epoch=0, peers=(rec("fast", 0, 0, 500.0),), fetched_at=now)
+    t.report(samples=0, samples_per_second=2.0)
+    assert t.eta(0) == pytest.approx(1000 / 4.0, rel=0.01)
+    t.vouch(["fast"])
+    assert t.eta(0) == pytest.approx(1000 / 502.0, rel=0.01)
+
+
+def test_vouches_outlast_slow_epochs():
+    t = tracker(target=10)
+    t.vouch(["a"])
+    t._last_vouch -= 1000.0                           # the next group formed 1000 s later (a slow model's epoch)
+    t.vouch(["a"])
+    assert t._vouched["a"] - time.monotonic() > 2900
