@@ -105,6 +105,7 @@ class Matchmaker:
         self._gatherings: dict[int, _Gathering] = {}
         self._failed: dict[int, set[str]] = {}
         self._hints: dict[int, set[str]] = {}   # leaders named by a candidate that stepped aside for them
+        self._joined: dict[int, swarm_pb2.GroupInfo] = {}   # epoch -> the group we joined as a follower (late askers get it)
         self._closers: set[asyncio.Task] = set()  # _close_after_timeout tasks: owned here, ended by stop()
 
     async def start(self) -> None:
@@ -125,14 +126,23 @@ class Matchmaker:
     # -- candidates ---------------------------------------------------------------------------------------
 
     def _candidates(self, epoch: int) -> list[str]:
-        """Possible leaders, lowest id first: reachable peers at the epoch or (stale record) just before it."""
+        """Possible leaders, lowest id first: reachable peers at the epoch or (stale record) just before it. Before
+        them, peers we averaged with that are one epoch ahead: the epoch's group formed without us (a micro-batch
+        of a large model outlasts the gathering), and any of its members names it for the late path."""
         failed = self._failed.get(epoch, set())
         view = self.tracker.view
         ids = {p.peer_id for p in view.training_at(epoch) + view.training_at(epoch - 1) if p.role != "client"}
         ids |= self._hints.get(epoch, set())
         if self.tracker.role != "client":
             ids.add(self.peer_id)
-        return sorted(ids - failed)
+        return self._ahead(epoch) + sorted(ids - failed)
+
+    def _ahead(self, epoch: int) -> list[str]:
+        """Peers we averaged with (a stranger's epoch claim is not enough) whose records show the next epoch."""
+        failed = self._failed.get(epoch, set())
+        trusted = self.tracker.trusted()
+        return sorted(p.peer_id for p in self.tracker.view.training_at(epoch + 1)
+                      if p.peer_id != self.peer_id and p.peer_id not in failed and (trusted is None or p.peer_id in trusted))
 
     def _lower_leader(self, epoch: int) -> str | None:
         """A reachable trainer at the epoch with a lower id than ours, in our view: the leader we should follow."""
@@ -216,6 +226,9 @@ class Matchmaker:
                     self._failed.setdefault(epoch, set()).add(leader)
                     continue
                 self.tracker.vouch([m.peer_id for m in reply.members])
+                self._joined[epoch] = reply
+                for old in [e for e in self._joined if e < epoch - 2]:
+                    self._joined.pop(old)
                 return reply
             if reply.status == swarm_pb2.GroupInfo.NOT_LEADER:
                 if reply.leader and reply.leader != leader and reply.leader not in self._failed.get(epoch, set()):
@@ -229,6 +242,9 @@ class Matchmaker:
                 continue
             if reply.status == swarm_pb2.GroupInfo.TOO_LATE and reply.round_id and not group_problem(reply):
                 raise LateForGroup(f"the group of epoch {epoch} formed without this peer", reply)
+            if reply.status == swarm_pb2.GroupInfo.TOO_LATE and leader in self._ahead(epoch):
+                self._failed.setdefault(epoch, set()).add(leader)   # it stepped without knowing the group: ask the next
+                continue
             raise RoundFailed(f"leader {leader[-8:]} refused: {swarm_pb2.GroupInfo.Status.Name(reply.status)} {reply.reason}")
         raise RoundFailed(f"no group formed for epoch {epoch} before the deadline")
 
@@ -373,10 +389,11 @@ class Matchmaker:
         """TOO_LATE naming the epoch's formed group, so that a late peer can fetch the group's averaged result from its
         reducers (`LateForGroup`) instead of failing its round; None when no group of that epoch formed here."""
         g = self._gatherings.get(epoch)
-        if g is None or not g.formed.done() or g.formed.cancelled():
-            return None
-        formed = g.formed.result()
-        if formed.status != swarm_pb2.GroupInfo.ACCEPTED:
+        if g is not None and g.formed.done() and not g.formed.cancelled():
+            formed = g.formed.result()
+        else:
+            formed = self._joined.get(epoch)   # we followed: the leader's group, as it sent it to us
+        if formed is None or formed.status != swarm_pb2.GroupInfo.ACCEPTED:
             return None
         late = swarm_pb2.GroupInfo()
         late.CopyFrom(formed)
