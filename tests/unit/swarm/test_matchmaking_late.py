@@ -1,119 +1,49 @@
-"""A peer whose micro-batch outlasted the epoch's gathering finds the group that formed without it.
-
-With a real model a micro-batch can take 20 s: the others gather, average and step to the next epoch meanwhile.
-The late peer then no longer sees them as candidates of its epoch; it used to lead a group of one ("alone"), fail the
-round and download the whole state. Now it asks the peers it averaged with that are one epoch ahead first, and any
-member of the formed group (not only its leader) names the group, so the late peer takes its result from the reducers.
-No network here: fake tracker and transport, as in test_matchmaking_step_aside.
-"""
+"""A peer that reaches the leader after the epoch's group formed is told which group (TOO_LATE naming its members,
+shares, round id and deadline), so that it can take the group's result from the reducers (swarm.averaging.late)
+instead of failing its round. No network: the join handler is called directly."""
 from __future__ import annotations
 
 import asyncio
-import time
+import secrets
 from types import SimpleNamespace
 
 import pytest
 
-import swarm.averaging.matchmaking as module
-from swarm.averaging.matchmaking import LateForGroup, Matchmaker
-from swarm.averaging.progress import SwarmView
-from swarm.errors import RoundFailed
 from swarm.proto import swarm_pb2
-from tests.unit.swarm.test_matchmaking_step_aside import FakeTracker, join_request, record
+from tests.unit.swarm.test_matchmaking_step_aside import HIGH, ME, FakeTracker, join_request, matchmaker
 
 pytestmark = pytest.mark.timeout(30)
 
-LOW, ME, HIGH = "Qm-a-low", "Qm-m-me", "Qm-z-high"
 
-
-class TrustingTracker(FakeTracker):
-    def __init__(self, epoch: int, records, trusted):
-        self.local = SimpleNamespace(epoch=epoch)
-        self.view = SwarmView(epoch=max(r.epoch for r in records), peers=tuple(records), fetched_at=time.monotonic())
-        self._trusted = set(trusted)
-
-    def trusted(self):
-        return self._trusted
-
-
-def formed_group() -> swarm_pb2.GroupInfo:
-    info = swarm_pb2.GroupInfo(status=swarm_pb2.GroupInfo.ACCEPTED, epoch=5, leader=LOW, shares=[0.5, 0.5], timeout=5.0,
-                               round_id=b"r" * 16)
-    info.members.add(peer_id=LOW, role="trainer", weight=1.0)
-    info.members.add(peer_id=HIGH, role="trainer", weight=1.0)
+def formed_group(epoch: int) -> swarm_pb2.GroupInfo:
+    info = swarm_pb2.GroupInfo(status=swarm_pb2.GroupInfo.ACCEPTED, epoch=epoch, round_id=secrets.token_bytes(16), shares=[1.0], timeout=42.0, leader=ME)
+    info.members.add(peer_id=ME, role="trainer", weight=3.0, upload_bps=1e6, download_bps=1e6)
     return info
 
 
-def run_form_group(mm: Matchmaker, call) -> tuple[list[str], object]:
-    calls: list[str] = []
 
-    async def recording(peer, handler, request, reply_type):
-        calls.append(str(peer))
-        return await call(str(peer), request)
-
-    mm.p2p = SimpleNamespace(peer_id=mm.peer_id, call_protobuf_handler=recording)
-    original = module.PeerID
-    module.PeerID = SimpleNamespace(from_base58=lambda s: s)
-    try:
-        try:
-            outcome = asyncio.run(mm.form_group(join_request(mm.peer_id, 5), deadline=time.monotonic() + 3))
-        except (LateForGroup, RoundFailed) as e:
-            outcome = e
-    finally:
-        module.PeerID = original
-    return calls, outcome
-
-
-def late_peer(trusted) -> Matchmaker:
-    tracker = TrustingTracker(5, [record(LOW, 6), record(HIGH, 6), record(ME, 5)], trusted)
-    mm = Matchmaker(SimpleNamespace(peer_id=ME), "run", tracker, schema_hash=b"s", gather_timeout=0.2)
-    mm.peer_id = ME
-    return mm
-
-
-def test_a_late_peer_asks_the_peers_ahead_and_takes_the_formed_group():
-    mm = late_peer(trusted={LOW, HIGH})
-    assert mm._candidates(5)[:2] == [LOW, HIGH], "peers one epoch ahead that averaged with us come first"
-
-    async def answer(peer, request):   # the leader forgot the gathering; the follower HIGH kept the group it joined
-        if peer == LOW:
-            return swarm_pb2.GroupInfo(status=swarm_pb2.GroupInfo.TOO_LATE, epoch=5, reason="swarm is at epoch 6")
-        late = formed_group()
-        late.status = swarm_pb2.GroupInfo.TOO_LATE
-        return late
-
-    calls, outcome = run_form_group(mm, answer)
-    assert calls == [LOW, HIGH]
-    assert isinstance(outcome, LateForGroup) and outcome.group.round_id == b"r" * 16
-
-
-def test_strangers_ahead_are_not_asked_first():
-    """An epoch claim of a peer that never averaged with us puts nobody in front of the epoch's own candidates."""
-    mm = late_peer(trusted=set())
-    assert mm._ahead(5) == []
-    assert mm._candidates(5) == [ME]
-
-
-def test_a_follower_names_the_group_it_joined_to_a_late_asker():
+@pytest.mark.parametrize("local_epoch", [5, 6], ids=["same epoch", "leader stepped since"])
+def test_too_late_names_the_formed_group(local_epoch):
     async def scenario():
-        tracker = FakeTracker(epoch=5, peers=[LOW, ME])
-        mm = Matchmaker(SimpleNamespace(peer_id=ME), "run", tracker, schema_hash=b"s", gather_timeout=0.2)
-        mm.peer_id = ME
+        tracker = FakeTracker(epoch=5, peers=[ME, HIGH])
+        mm = matchmaker(tracker)
+        group = formed_group(5)
+        mm._gathering(5).formed.set_result(group)
+        tracker.local.epoch = local_epoch
+        return group, await mm._handle_join(join_request(HIGH, 5), SimpleNamespace(remote_id=HIGH))
 
-        async def call(peer, handler, request, reply_type):
-            return formed_group()
+    group, reply = asyncio.run(scenario())
+    assert reply.status == swarm_pb2.GroupInfo.TOO_LATE
+    assert reply.round_id == group.round_id and list(reply.shares) == [1.0] and reply.timeout == 42.0
+    assert [m.peer_id for m in reply.members] == [ME]
 
-        mm.p2p = SimpleNamespace(peer_id=ME, call_protobuf_handler=call)
-        original = module.PeerID
-        module.PeerID = SimpleNamespace(from_base58=lambda s: s)
-        try:
-            joined = await mm.form_group(join_request(ME, 5), deadline=time.monotonic() + 3)
-        finally:
-            module.PeerID = original
-        tracker.local.epoch = 6   # we stepped
-        return joined, await mm._handle_join(join_request(HIGH, 5), SimpleNamespace(remote_id=HIGH))
 
-    joined, reply = asyncio.run(scenario())
-    assert joined.status == swarm_pb2.GroupInfo.ACCEPTED
-    assert reply.status == swarm_pb2.GroupInfo.TOO_LATE and reply.round_id == b"r" * 16
-    assert [m.peer_id for m in reply.members] == [LOW, HIGH]
+def test_too_late_without_a_formed_group_names_none():
+    async def scenario():
+        tracker = FakeTracker(epoch=5, peers=[ME, HIGH])
+        mm = matchmaker(tracker)
+        tracker.local.epoch = 6   # moved on by a state download: no group of epoch 5 formed here
+        return await mm._handle_join(join_request(HIGH, 5), SimpleNamespace(remote_id=HIGH))
+
+    reply = asyncio.run(scenario())
+    assert reply.status == swarm_pb2.GroupInfo.TOO_LATE and not reply.round_id and not reply.members
