@@ -134,6 +134,7 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
         self._rate = 0.0
         self._last_step_time: float | None = None
         self._retry_after = 0.0
+        self._late_tried = -1   # the epoch whose formed group we last asked for its result (one try per epoch)
         self._oldest: int | None = None   # parameter version of the oldest local work not yet averaged
         self._schema_fixed = True
         if lr_schedule is not None:
@@ -292,6 +293,11 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
         stepped = self._settle(wait=False)
         tracker = self.collab.tracker
         tracker.report(samples=self._reported_samples(), samples_per_second=self._rate)
+        if self.pending is None and self._one_epoch_late():
+            self._submit()   # matchmaking asks the peers ahead first (swarm.averaging.matchmaking): the late path
+            if not self.strategy.overlap:
+                stepped = self._settle(wait=True) or stepped
+            return stepped
         if self.pending is not None or self._maybe_resync():
             return stepped
         if time.monotonic() < self._retry_after or not tracker.ready(self.epoch):
@@ -343,9 +349,14 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
         self.local_samples += request.samples
         oldest = request.oldest if request.oldest is not None else request.epoch
         self._oldest = min(oldest, self._oldest if self._oldest is not None else oldest)
-        self.rounds_failed += 1
         self._retry_after = time.monotonic() + RETRY_PAUSE_SECONDS
-        logger.warning("epoch %d: round failed (%s); keeping %d samples of local work", request.epoch, error, self.local_samples)
+        if request.epoch == self._late_tried and self.collab.tracker.view.epoch > request.epoch:
+            # asking a formed group for its result is no round of ours: the state download comes next
+            logger.info("epoch %d: the group's result was not available (%s); keeping %d samples of local work",
+                        request.epoch, error, self.local_samples)
+        else:
+            self.rounds_failed += 1
+            logger.warning("epoch %d: round failed (%s); keeping %d samples of local work", request.epoch, error, self.local_samples)
         self.collab.tracker.poke()
 
     def _apply(self, request: RoundRequest, averaged: Averaged, report: RoundReport) -> None:
@@ -366,6 +377,16 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
             callback(report)
 
     # -- state ----------------------------------------------------------------------------------------------------
+
+    def _one_epoch_late(self) -> bool:
+        """The swarm stepped one epoch past us, once per epoch: its group formed while our micro-batch ran (a large
+        model's micro-batch can outlast the gathering). Its result, fetched from the reducers, costs one averaged vector
+        instead of the whole state (parameters and optimizer). If that fails, the next micro-batch downloads the state."""
+        if self.collab.tracker.view.epoch != self.epoch + 1 or self._late_tried == self.epoch or time.monotonic() < self._retry_after:
+            return False
+        self._late_tried = self.epoch
+        logger.info("epoch %d: the swarm stepped without us; asking its group for the result", self.epoch)
+        return True
 
     def _maybe_resync(self) -> bool:
         """Download the state when the swarm is ahead of us, or when our parameters disagree with our epoch's majority."""
