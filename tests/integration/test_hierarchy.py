@@ -2,7 +2,8 @@
 
 A group of 7 with max_group_size 3 splits into 3 subgroups: every member ends with bitwise-identical results equal
 to the flat weighted mean, and opens streams only to the reducers of its subgroup and the rest of its column. A
-dead column member costs its own subgroup the round; the other subgroups still commit identical results.
+dead column member costs its own subgroup the round; the other subgroups still commit identical results. A late
+peer takes the group's result from the subgroups' reducers.
 """
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ import secrets
 import pytest
 import torch
 
+from swarm.averaging.balancing import MemberLink
 from swarm.averaging.group import GroupView
 from swarm.averaging.hierarchy import ColumnRound, HierarchicalRound, SubgroupRound
+from swarm.averaging.late import fetch_group_result
 from swarm.averaging.layout import plan_parts
 from swarm.averaging.subgroups import plan_hierarchy
 from swarm.errors import RoundFailed
+from swarm.proto import swarm_pb2
 from tests.integration.test_allreduce import SHAPES, expected_mean, make_layout, random_values, shutdown, start_members
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -160,4 +164,29 @@ def test_a_dead_column_member_costs_its_subgroup_the_round_and_the_others_commit
             for s in services:
                 s.stop()
             await shutdown(alive)
+    asyncio.run(main())
+
+
+def test_a_late_peer_takes_the_hierarchical_groups_result_bitwise():
+    """A peer late for the group fetches each part from one subgroup's reducer of it (swarm.averaging.late)."""
+    async def main():
+        n = 7
+        roles = ["trainer"] * n
+        members, services = await start_members(n + 1)
+        try:
+            layout = make_layout("fp16")
+            values = random_values(n, seed=3)
+            weights = [1.0 + i for i in range(n)]
+            shares = [1.0 / n] * n
+            plan, rounds, results = await hierarchical_round(members[:n], services[:n], roles, weights, shares, values, layout)
+            assert not any(isinstance(r, BaseException) for r in results), results
+            info = swarm_pb2.GroupInfo(status=swarm_pb2.GroupInfo.ACCEPTED, round_id=rounds[0].group.round_id, shares=shares,
+                                       timeout=30.0, max_group_size=3)
+            for p, w in zip(members[:n], weights):
+                info.members.add(peer_id=str(p.peer_id), role="trainer", weight=w, upload_bps=1e7, download_bps=1e7)
+            links = [MemberLink(upload_bps=1e7, download_bps=1e7) for _ in range(n)]
+            late = await fetch_group_result(members[n], info, layout, links, chunk_elements=500, floor_silence=3.0)
+            assert all(torch.equal(a, b) for a, b in zip(late, results[0])), "the late peer holds the group's result bitwise"
+        finally:
+            await shutdown(members)
     asyncio.run(main())
