@@ -85,6 +85,7 @@ class GroupPhases:
     def __init__(self, collab: "Collaboration", group: GroupView, epoch: int, links: Sequence[MemberLink]):
         self.collab, self.group, self.epoch, self.links = collab, group, epoch, list(links)
         self.stats: list[PhaseStats] = []
+        self.subgroups = 0   # subgroups the last phase averaged in (0: flat)
 
     async def run(self, layout: TensorLayout, local: list[torch.Tensor] | None) -> list[torch.Tensor] | None:
         collab, cfg = self.collab, self.collab.config
@@ -98,6 +99,7 @@ class GroupPhases:
         reduction = CenteredClipReduction if collab.robust else Reduction
         plan = plan_hierarchy(group.roles, group.shares, group.max_group_size) if group.max_group_size else None
         round_: AllReduceRound | HierarchicalRound
+        self.subgroups = len(plan.subgroups) if plan is not None else 0
         if plan is None:
             round_ = collab.round_class(collab.node.p2p, group, layout, local, chunk_elements=cfg.chunk_elements, sender_timeout=limits.silence,
                                         reduction=reduction, excluded=collab.strikes.excluded())
@@ -369,7 +371,7 @@ class Collaboration:
             bytes_sent=sum(st.bytes_sent for st in phases.stats), bytes_received=sum(st.bytes_received for st in phases.stats),
             samples=int(sum(phases.group.weights)), round_id=phases.group.round_id.hex(),
             excluded=sorted({p for st in phases.stats for p in st.excluded}),
-            codec=result.codec, predicted_seconds=result.predicted_seconds,
+            codec=result.codec, predicted_seconds=result.predicted_seconds, subgroups=phases.subgroups,
         )
         self.rounds.append(report)
         logger.debug(   # the peer's own line per epoch (peers.daemon) says what a volunteer needs; this is the detail
