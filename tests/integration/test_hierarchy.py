@@ -13,6 +13,7 @@ import secrets
 import pytest
 import torch
 
+from benchmarks.scale import count_streams
 from swarm.averaging.balancing import MemberLink
 from swarm.averaging.group import GroupView
 from swarm.averaging.hierarchy import ColumnRound, HierarchicalRound, SubgroupRound
@@ -24,19 +25,6 @@ from swarm.proto import swarm_pb2
 from tests.integration.test_allreduce import SHAPES, expected_mean, make_layout, random_values, shutdown, start_members
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
-
-
-def count_streams(p2p) -> list[str]:
-    """Record the peer of every stream this P2P opens (the instance's method is wrapped)."""
-    opened: list[str] = []
-    original = p2p.iterate_protobuf_handler
-
-    def counting(peer_id, *args, **kwargs):
-        opened.append(str(peer_id))
-        return original(peer_id, *args, **kwargs)
-
-    p2p.iterate_protobuf_handler = counting
-    return opened
 
 
 async def hierarchical_round(members, services, roles, weights, shares, values, layout, max_group_size=3,
