@@ -10,6 +10,7 @@ AllReduceRound. Per N it reports: rounds attempted and committed (every member g
 committed, whether the committers' results were bitwise identical in every round, the median round time (the
 slowest member's), streams per peer per round (max and mean, counted as the streams each member's P2P opened;
 the issue's goal is at most 2 sqrt(N)), and this process's peak RSS (the p2pd daemons not included).
+`--compare-flat` runs each round again right after as one flat group, so that both see the same load.
 
 Not measured yet (issue 15): --churn, control-plane bytes, the LP bound of the structure, one process per peer.
 On a shared 2-core machine keep N <= 16; 32 and 64 need a machine of their own.
@@ -104,21 +105,26 @@ async def _one_round(members: list[P2P], services: list[AggregateService], layou
             "errors": sorted({f"{type(o).__name__}: {o}"[:200] for o in outcomes if isinstance(o, BaseException)})}
 
 
-async def bench(n: int, rounds: int, params: int, max_group_size: int, timeout: float) -> dict[str, Any]:
+async def bench(n: int, rounds: int, params: int, max_group_size: int, timeout: float, compare_flat: bool = False) -> dict[str, Any]:
     members, services = await _start(n)
     try:
         opened = [count_streams(p) for p in members]
         layout = TensorLayout.build([(params,)], lambda i, numel: get_codec("fp16"))
         generator = torch.Generator().manual_seed(n)
         values = [layout.flatten([torch.randn(params, generator=generator)]) for _ in range(n)]
-        results, streams = [], []
+        results, streams, flat = [], [], []
         for _ in range(rounds):
             before = [len(o) for o in opened]
             results.append(await _one_round(members, services, layout, values, max_group_size, timeout))
             streams.append([len(o) - b for o, b in zip(opened, before)])
+            if compare_flat:   # the same members right after, so that both see the machine's load of the moment
+                flat.append(await _one_round(members, services, layout, values, n, timeout))
         committed = [r for r in results if r["committed"] == n]
         per_peer = [s for rnd in streams for s in rnd]
+        flat_committed = [r["seconds"] for r in flat if r["committed"] == n]
         return {
+            **({"flat_median_round_s": statistics.median(flat_committed) if flat_committed else float("nan"),
+                "flat_rounds_committed": len(flat_committed)} if compare_flat else {}),
             "peers": n, "max_group_size": max_group_size, "subgroups": results[0]["subgroups"], "params": params,
             "rounds_attempted": rounds, "rounds_committed": len(committed),
             "peer_rounds_committed": sum(r["committed"] for r in results), "peer_rounds": n * rounds,
@@ -142,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--params", type=int, default=1_000_000, help="values per vector")
     parser.add_argument("--timeout", type=float, default=120.0, help="each round's deadline")
+    parser.add_argument("--compare-flat", action="store_true", help="after each round, the same round flat (one group)")
     parser.add_argument("--churn", type=float, default=0.0, help="kills per minute (not implemented yet)")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -152,12 +159,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("need N >= 2, --max-group-size >= 2 and --rounds >= 1")
     rows = []
     for n in peers:
-        row = asyncio.run(bench(n, args.rounds, args.params, args.max_group_size, args.timeout))
+        row = asyncio.run(bench(n, args.rounds, args.params, args.max_group_size, args.timeout, args.compare_flat))
         row["peak_rss_mib_process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         rows.append(row)
         print(f"N={n}: {row['subgroups']} subgroups, {row['rounds_committed']}/{row['rounds_attempted']} rounds committed, "
               f"identical={row['identical_in_every_round']}, median {row['median_round_s']:.2f}s, "
-              f"streams/peer/round max {row['streams_per_peer_per_round_max']} (2 sqrt N = {row['streams_goal_2sqrtN']:.1f}, flat {n - 1})")
+              f"streams/peer/round max {row['streams_per_peer_per_round_max']} (2 sqrt N = {row['streams_goal_2sqrtN']:.1f}, flat {n - 1})"
+              + (f"; flat round median {row['flat_median_round_s']:.2f}s" if args.compare_flat else ""))
     report = {"benchmark": "scale", "python": sys.version.split()[0], "machine": platform.machine(), "rows": rows,
               "load_avg": list(os.getloadavg())}
     args.json.parent.mkdir(parents=True, exist_ok=True)
