@@ -193,7 +193,8 @@ class HierarchicalRound:
         assert column is not None
         try:
             await sub.partial_ready.wait()
-            if sub.no_contributions:
+            if sub.no_contributions and column.group.weights[column.group.my_index] > 0:
+                # its senders failed: zeros with the subgroup's weight would bias the part (with weight 0 they count for nothing)
                 raise RoundFailed("my part has no contributions in my subgroup")
             column.contribute()
             remaining = self._deadline - asyncio.get_running_loop().time()

@@ -178,3 +178,28 @@ def test_a_late_peer_takes_the_hierarchical_groups_result_bitwise():
         finally:
             await shutdown(members)
     asyncio.run(main())
+
+
+def test_a_subgroup_that_brings_no_weight_still_receives_the_others_average():
+    async def main():
+        n = 6
+        roles = ["trainer"] * n
+        members, services = await start_members(n)
+        try:
+            layout = make_layout("fp16")
+            values = random_values(n, seed=5)
+            shares = [1.0 / n] * n
+            plan = plan_hierarchy(roles, shares, 3)
+            idle = plan.subgroups[2]   # its members bring weight 0 (samples of nothing this round)
+            weights = [0.0 if i in idle else 1.0 + i for i in range(n)]
+            _, rounds, results = await hierarchical_round(members, services, roles, weights, shares, values, layout)
+            assert not any(isinstance(r, BaseException) for r in results), results
+            outs = [layout.unflatten(r) for r in results]
+            for other in outs[1:]:
+                assert all(torch.equal(a, b) for a, b in zip(outs[0], other))
+            expected = expected_mean(values, weights, roles)
+            for t in range(len(SHAPES)):
+                assert torch.allclose(outs[0][t], expected[t], atol=4e-3), f"tensor {t}"
+        finally:
+            await shutdown(members)
+    asyncio.run(main())
