@@ -27,8 +27,11 @@ Guarantees:
   A subgroup's weight in its column is its members' nominal weight: if one of its senders was excluded, that
   subgroup's partial mean (of its survivors) stands for the whole subgroup's weight.
 - Bounded time: the round keeps the group's deadline, which the leader computes for the hierarchy
-  (`hierarchy_seconds`: the flat round's limit plus the column stage's); a subgroup member waits for a
-  reducer's reply the column stage longer, a column member waits for the slowest subgroup's stage 1 longer.
+  (swarm.averaging.subgroups.hierarchy_seconds: the flat round's limit plus the column stage's). A subgroup
+  member waits for a reducer's reply the column stage's limit longer; a column member waits as much longer for
+  the other column members (their subgroups' stage 1 may end later than mine) before it drops a silent one.
+- Subgroup, column and member weights are the leader's; a part's column waits for the whole part reduced in
+  its subgroup before it starts (store and forward: pipelining it chunk by chunk is not done).
 - Failures: a member that is not a reducer and dies is excluded from its subgroup's parts, as in a flat
   round. A subgroup reducer that dies costs its subgroup that part: the subgroup's failover is off (a backup
   could only average the part inside the subgroup, which would differ from the others' global part), so its
@@ -227,7 +230,3 @@ class HierarchicalRound:
                 await asyncio.gather(stage, return_exceptions=True)
             for round_ in rounds:
                 self.service.close(round_.group.round_id)
-
-    def streams_opened(self) -> int:
-        """Streams this member opened to reducers in its subgroup and its column."""
-        return self.stats.streams
