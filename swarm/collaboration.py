@@ -30,6 +30,7 @@ from swarm.averaging.allreduce import AllReduceRound
 from swarm.averaging.balancing import BandwidthEstimator, MemberLink
 from swarm.averaging.deadlines import MAX_LIMIT, round_limits
 from swarm.averaging.group import GroupView
+from swarm.averaging.hierarchy import HierarchicalRound
 from swarm.averaging.late import fetch_group_result
 from swarm.averaging.layout import TensorLayout
 from swarm.averaging.matchmaking import Matchmaker
@@ -40,6 +41,7 @@ from swarm.averaging.robust import CenteredClipReduction, StrikeBook
 from swarm.averaging.rounds import RoundReport, RoundRequest
 from swarm.averaging.service import AggregateService
 from swarm.averaging.state_sync import StateServer, TrainingState, download_from_any
+from swarm.averaging.subgroups import column_limits, plan_hierarchy
 from swarm.compression.policy import FixedRoundCodec
 from swarm.compression.round_codec import RoundCodec, RoundContext
 from swarm.net import records
@@ -83,6 +85,7 @@ class GroupPhases:
     def __init__(self, collab: "Collaboration", group: GroupView, epoch: int, links: Sequence[MemberLink]):
         self.collab, self.group, self.epoch, self.links = collab, group, epoch, list(links)
         self.stats: list[PhaseStats] = []
+        self.subgroups = 0   # subgroups the last phase averaged in (0: flat)
 
     async def run(self, layout: TensorLayout, local: list[torch.Tensor] | None) -> list[torch.Tensor] | None:
         collab, cfg = self.collab, self.collab.config
@@ -92,20 +95,30 @@ class GroupPhases:
         # this phase's silence limit from its own vector (a low-rank phase sends far less than the full one)
         limits = round_limits(layout.wire_bytes(), self.links, self.group.shares, chunk_bytes=layout.chunk_bytes(cfg.chunk_elements),
                               floor_silence=cfg.sender_timeout, floor_averaging=cfg.averaging_timeout)
-        round_ = collab.round_class(
-            collab.node.p2p, dataclasses.replace(self.group, round_id=round_id), layout, local,
-            chunk_elements=cfg.chunk_elements, sender_timeout=limits.silence,
-            reduction=CenteredClipReduction if collab.robust else Reduction, excluded=collab.strikes.excluded(),
-        )
+        group = dataclasses.replace(self.group, round_id=round_id)
+        reduction = CenteredClipReduction if collab.robust else Reduction
+        plan = plan_hierarchy(group.roles, group.shares, group.max_group_size) if group.max_group_size else None
+        round_: AllReduceRound | HierarchicalRound
+        self.subgroups = len(plan.subgroups) if plan is not None else 0
+        if plan is None:
+            round_ = collab.round_class(collab.node.p2p, group, layout, local, chunk_elements=cfg.chunk_elements, sender_timeout=limits.silence,
+                                        reduction=reduction, excluded=collab.strikes.excluded())
+            collab.aggregate.open(round_)
+        else:   # the leader's group is larger than its bound: subgroups, then each part across them (the round opens its own)
+            column = column_limits(plan, self.links, layout.wire_bytes(), chunk_bytes=layout.chunk_bytes(cfg.chunk_elements),
+                                   floor_silence=cfg.sender_timeout, floor_averaging=cfg.averaging_timeout)
+            round_ = HierarchicalRound(collab.node.p2p, group, layout, local, plan, service=collab.aggregate, chunk_elements=cfg.chunk_elements,
+                                       sender_timeout=limits.silence, column_silence=column.silence, column_seconds=column.averaging,
+                                       reduction=reduction, excluded=collab.strikes.excluded())
         self.stats.append(round_.stats)
-        collab.aggregate.open(round_)
         try:
             return await round_.run()
         except RoundFailed:
             collab.matchmaker.round_failed(self.epoch)
             raise
         finally:
-            collab.aggregate.close(round_id)
+            if plan is None:
+                collab.aggregate.close(round_id)
             collab.strikes.record(round_.stats.clipped_share, round_id.hex()[:8])
 
 
@@ -199,6 +212,7 @@ class Collaboration:
         self.matchmaker = self.matchmaker_class(
             self.node.p2p, self.run_id, self.tracker, gather_timeout=cfg.gather_timeout,
             allreduce_timeout=cfg.averaging_timeout, sender_timeout=cfg.sender_timeout, balance=cfg.load_balancing, authorizer=self.authorizer,
+            max_group_size=cfg.max_group_size,
         )
         await self.matchmaker.start()
         self.tracker.start()
@@ -357,7 +371,7 @@ class Collaboration:
             bytes_sent=sum(st.bytes_sent for st in phases.stats), bytes_received=sum(st.bytes_received for st in phases.stats),
             samples=int(sum(phases.group.weights)), round_id=phases.group.round_id.hex(),
             excluded=sorted({p for st in phases.stats for p in st.excluded}),
-            codec=result.codec, predicted_seconds=result.predicted_seconds,
+            codec=result.codec, predicted_seconds=result.predicted_seconds, subgroups=phases.subgroups,
         )
         self.rounds.append(report)
         logger.debug(   # the peer's own line per epoch (peers.daemon) says what a volunteer needs; this is the detail

@@ -36,6 +36,12 @@ class EngineConfig(BaseModel):
                                             "SparseLoCo; 16: fp16)")
     compression_budget: float = Field(0.25, gt=0, description="compression auto: the most precise codec whose predicted round "
                                       "time is at most this fraction of the swarm's compute time per epoch")
+    # The hierarchy costs a stage: each part's column waits for its whole part (store and forward), a lossy codec
+    # quantizes each part once more, and a dead reducer costs its subgroup the round where a flat round fails its part
+    # over. 16 keeps every group of the existing runs, tests and scenarios (at most 8-12 peers) on the flat round, whose
+    # 15 streams per member p2pd has carried (18 peers). Not yet measured against other values.
+    max_group_size: int = Field(16, ge=2, le=1024, description="groups larger than this average hierarchically "
+                                "(subgroups of at most this size, then each part across subgroups: swarm.averaging.hierarchy)")
     chunk_elements: int = Field(2**17, ge=1024, le=2**20)   # le: a chunk fits swarm.net.wire.MAX_MESSAGE_BYTES
     bandwidth_mbps: float = Field(100.0, gt=0, description="prior for both directions until measured (Mbit/s)")
     load_balancing: bool = Field(True, description="LP shares from measured bandwidth; False: uniform shares")

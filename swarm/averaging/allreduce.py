@@ -82,6 +82,8 @@ MAX_LATECOMER_FETCHES = 16
 class AllReduceRound:
     """One member's side of one round. `await run()` returns the averaged buckets (None for aux)."""
 
+    reply_slack = 0.0   # seconds a reducer may spend past its senders' last chunk before answering (see _reply_limit)
+
     def __init__(
         self,
         p2p: P2P,
@@ -146,15 +148,24 @@ class AllReduceRound:
         self._excluded_ids = tuple(excluded)
         self._start = time.monotonic()
         self.stats.t0 = self._start
+        self._add_own()
+
+    def _add_own(self) -> None:
+        """My own values go into my part's reductions (a column round, swarm.averaging.hierarchy, adds them later)."""
+        me = self.group.my_index
         if self.local is not None:
-            for k, chunk in enumerate(my_chunks):
-                self._reductions[k].add(self._slice(chunk), group.weights[me], sender=me)
+            for k, chunk in enumerate(self.parts[me]):
+                self._reductions[k].add(self._slice(chunk), self.group.weights[me], sender=me)
 
     # -- helpers ---------------------------------------------------------------------------------------
 
     def label(self, i: int) -> int:
         """The part number member i's part goes by on the wire (its index, but for a backup's part: the dead reducer's)."""
         return self.part_labels.get(i, i)
+
+    def _reply_limit(self) -> float:
+        """How long to wait for a reducer's next averaged chunk (a hierarchical stage adds the stage it waits on)."""
+        return reply_timeout(self.sender_timeout) + self.reply_slack
 
     def _slice(self, chunk: Chunk) -> torch.Tensor:
         assert self.local is not None
@@ -444,9 +455,9 @@ class AllReduceRound:
             try:
                 opening = self.p2p.iterate_protobuf_handler(peer, AGGREGATE_HANDLER, _requests() if attempt == 0 and not fetch_first
                                                             else _fetch(received, resend_from), swarm_pb2.PartChunk)
-                stream = await asyncio.wait_for(opening, reply_timeout(self.sender_timeout))
+                stream = await asyncio.wait_for(opening, self._reply_limit())
                 while received < len(chunks):
-                    reply = await asyncio.wait_for(anext(stream), reply_timeout(self.sender_timeout))
+                    reply = await asyncio.wait_for(anext(stream), self._reply_limit())
                     if reply.error:
                         self._lost[j] = f"reducer {group.peer_ids[j][-8:]}: {reply.error}"
                         raise RoundFailed(self._lost[j])
@@ -485,7 +496,7 @@ class AllReduceRound:
                 raise
             except Exception as e:  # a broken, reset or silent stream
                 why = "stream ended early" if isinstance(e, StopAsyncIteration) else (
-                    f"no reply for {reply_timeout(self.sender_timeout):.1f}s" if isinstance(e, asyncio.TimeoutError) else f"{type(e).__name__}: {e}")
+                    f"no reply for {self._reply_limit():.1f}s" if isinstance(e, asyncio.TimeoutError) else f"{type(e).__name__}: {e}")
                 self._lost[j] = f"reducer {group.peer_ids[j][-8:]}: {why} after {received}/{len(chunks)} chunks" + (
                     f" ({attempt} fetches)" if attempt else "")
                 if attempt < FETCH_RETRIES:

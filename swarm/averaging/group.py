@@ -19,6 +19,7 @@ class GroupView:
     shares: tuple[float, ...]
     my_index: int
     timeout: float
+    max_group_size: int = 0   # above it the round is hierarchical (swarm.averaging.hierarchy); 0: flat
 
     @classmethod
     def from_info(cls, info: swarm_pb2.GroupInfo, my_peer_id: str) -> "GroupView":
@@ -33,6 +34,7 @@ class GroupView:
             shares=tuple(info.shares),
             my_index=ids.index(my_peer_id),
             timeout=info.timeout,
+            max_group_size=info.max_group_size,
         )
 
     @classmethod
@@ -46,6 +48,7 @@ class GroupView:
             shares=tuple(info.shares),
             my_index=-1,
             timeout=info.timeout,
+            max_group_size=info.max_group_size,
         )
 
     def brings(self, i: int) -> bool:

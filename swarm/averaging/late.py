@@ -5,7 +5,8 @@ A peer that reaches matchmaking after the epoch's group formed gets TOO_LATE nam
 reducer of the group for its averaged part (a fetch stream, as members use after a broken reply
 stream; the reducer serves peers outside the group at most MAX_LATECOMER_FETCHES times a round).
 The bytes are the ones every member decodes, so the late peer steps to bitwise the same
-parameters as the group. Its own values are not in the average (it came too late for that).
+parameters as the group. From a hierarchical group (swarm.averaging.hierarchy) it takes each part
+from that part's reducer in one subgroup (chosen by its peer id, so late peers spread over them). Its own values are not in the average (it came too late for that).
 
 Bounded time: the whole fetch ends within the group's deadline; a reducer that delivers nothing
 for the group's silence limit, refuses, or sends a wrong chunk fails the fetch (RoundFailed,
@@ -14,6 +15,7 @@ naming the part); the peer then falls back to what a failed round does.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Sequence
 
 import torch
@@ -23,6 +25,7 @@ from swarm.averaging.balancing import MemberLink
 from swarm.averaging.deadlines import reply_timeout, round_limits
 from swarm.averaging.layout import TensorLayout, plan_parts
 from swarm.averaging.streams import AGGREGATE_HANDLER, close_quietly
+from swarm.averaging.subgroups import derived_id, plan_hierarchy
 from swarm.compression.codecs import decode_checked
 from swarm.errors import ProtocolError, RoundFailed
 from swarm.net.auth import SwarmAuthorizer
@@ -39,6 +42,14 @@ async def fetch_group_result(p2p: P2P, info: swarm_pb2.GroupInfo, layout: Tensor
     `round_id`: the phase's id (default the group's); `links`: the members' links, for the silence limit."""
     round_id = round_id or info.round_id
     parts = plan_parts(layout, list(info.shares), chunk_elements)
+    # part j: (its reducer, the part number it goes by on the wire, the round id it is served under)
+    sources = [(m.peer_id, j, round_id) for j, m in enumerate(info.members)]
+    plan = plan_hierarchy([m.role for m in info.members], list(info.shares), info.max_group_size) if info.max_group_size else None
+    if plan is not None:   # a hierarchical group: any subgroup's reducer of a part serves it; spread late peers over them
+        parts = plan_parts(layout, list(plan.part_shares), chunk_elements)
+        s = int.from_bytes(hashlib.sha256(str(p2p.peer_id).encode()).digest()[:4], "big") % len(plan.subgroups)
+        subgroup = plan.subgroups[s]
+        sources = [(info.members[column[s]].peer_id, subgroup.index(column[s]), derived_id(round_id, b"subgroup", s)) for column in plan.columns]
     silence = round_limits(layout.wire_bytes(), links, list(info.shares), chunk_bytes=layout.chunk_bytes(chunk_elements),
                            floor_silence=floor_silence, floor_averaging=info.timeout).silence
     result = [torch.empty(size, dtype=torch.float32) for size in layout.bucket_sizes]
@@ -46,10 +57,10 @@ async def fetch_group_result(p2p: P2P, info: swarm_pb2.GroupInfo, layout: Tensor
 
     async def fetch_part(j: int) -> None:
         chunks = parts[j]
-        reducer = info.members[j].peer_id
+        reducer, label, source_round = sources[j]
 
         async def request():
-            msg = swarm_pb2.PartChunk(round_id=round_id, part=j, chunk=0, sender=str(p2p.peer_id), fetch=True)
+            msg = swarm_pb2.PartChunk(round_id=source_round, part=label, chunk=0, sender=str(p2p.peer_id), fetch=True)
             if authorizer is not None:
                 authorizer.sign_message(msg, p2p.peer_id)
             yield msg
@@ -63,8 +74,8 @@ async def fetch_group_result(p2p: P2P, info: swarm_pb2.GroupInfo, layout: Tensor
                 reply = await asyncio.wait_for(anext(stream), reply_timeout(silence))
                 if reply.error:
                     raise RoundFailed(f"part {j}: reducer {reducer[-8:]}: {reply.error}")
-                if reply.chunk != k or reply.part != j:
-                    raise ProtocolError(f"part {j}: reducer {reducer[-8:]} sent chunk {reply.part}/{reply.chunk}, expected {j}/{k}")
+                if reply.chunk != k or reply.part != label:
+                    raise ProtocolError(f"part {j}: reducer {reducer[-8:]} sent chunk {reply.part}/{reply.chunk}, expected {label}/{k}")
                 values = decode_checked(layout.codecs[chunk.bucket], reply.data, chunk.length)
                 result[chunk.bucket][chunk.start : chunk.start + chunk.length] = values
             waiting.discard(j)
@@ -92,6 +103,6 @@ async def fetch_group_result(p2p: P2P, info: swarm_pb2.GroupInfo, layout: Tensor
                 raise RoundFailed("late for the group, and its result could not be fetched: "
                                   + "; ".join(str(e) for e in failed.exceptions)) from None
     except TimeoutError:
-        detail = ", ".join(f"part {j} from {info.members[j].peer_id[-8:]}" for j in sorted(waiting))
+        detail = ", ".join(f"part {j} from {sources[j][0][-8:]}" for j in sorted(waiting))
         raise RoundFailed(f"late for the group, and its result was not fetched within {info.timeout:.1f}s: still waiting for {detail}") from None
     return result

@@ -33,6 +33,7 @@ from hivemind.p2p import P2P, P2PContext, PeerID
 from swarm.averaging.balancing import MemberLink, optimal_shares, uniform_shares
 from swarm.averaging.deadlines import round_limits
 from swarm.averaging.progress import ProgressTracker
+from swarm.averaging.subgroups import DEFAULT_MAX_GROUP_SIZE, hierarchy_seconds, plan_hierarchy
 from swarm.errors import LateForGroup, RoundFailed
 from swarm.net import records
 from swarm.net.auth import SwarmAuthorizer
@@ -64,6 +65,8 @@ def group_problem(info: swarm_pb2.GroupInfo) -> str:
         return "bad shares"
     if not (math.isfinite(info.timeout) and 0 < info.timeout <= records.MAX_SECONDS):
         return f"timeout {info.timeout}"
+    if info.max_group_size == 1 or info.max_group_size > records.MAX_MEMBERS:
+        return f"max group size {info.max_group_size}"
     return ""
 
 
@@ -92,6 +95,7 @@ class Matchmaker:
         sender_timeout: float = 5.0,
         balance: bool = True,
         authorizer: SwarmAuthorizer | None = None,
+        max_group_size: int = DEFAULT_MAX_GROUP_SIZE,
     ):
         self.p2p, self.run_id, self.tracker = p2p, run_id, tracker
         self.authorizer = authorizer  # invite-only runs: requests are signed, and unauthorized ones refused
@@ -101,6 +105,7 @@ class Matchmaker:
         self.sender_timeout = sender_timeout   # floors of the group's limits (swarm.averaging.deadlines)
         self.chunk_bytes: Callable[[], int] = lambda: 0
         self.balance = balance
+        self.max_group_size = max_group_size   # above it, groups average hierarchically (swarm.averaging.hierarchy)
         self.peer_id = str(p2p.peer_id)
         self._gatherings: dict[int, _Gathering] = {}
         self._failed: dict[int, set[str]] = {}
@@ -324,19 +329,22 @@ class Matchmaker:
             shares = [0.0] * len(reqs)
         limits = round_limits(self.vector_bytes(), links, shares, chunk_bytes=self.chunk_bytes(),
                               floor_silence=self.sender_timeout, floor_averaging=self.allreduce_timeout)
-        g.timeout = limits.averaging
+        plan = plan_hierarchy([r.role for r in reqs], shares, self.max_group_size) if any(shares) else None
+        g.timeout = hierarchy_seconds(limits, plan, links, self.vector_bytes(), chunk_bytes=self.chunk_bytes(),
+                                      floor_silence=self.sender_timeout, floor_averaging=self.allreduce_timeout)
         info = swarm_pb2.GroupInfo(
             status=swarm_pb2.GroupInfo.ACCEPTED,
             round_id=secrets.token_bytes(16),
             epoch=g.epoch,
             shares=[float(s) for s in shares],
-            timeout=limits.averaging,
+            timeout=g.timeout,
             leader=self.peer_id,
+            max_group_size=self.max_group_size if plan is not None else 0,
         )
         for r in reqs:
             info.members.add(peer_id=r.peer_id, role=r.role, weight=r.weight, upload_bps=r.upload_bps, download_bps=r.download_bps)
-        logger.debug("epoch %d: formed group of %d (predicted %.2fs, deadline %.1fs, silence %.1fs)", g.epoch, len(reqs),
-                     limits.predicted, limits.averaging, limits.silence)
+        logger.debug("epoch %d: formed group of %d (predicted %.2fs, deadline %.1fs, silence %.1fs%s)", g.epoch, len(reqs),
+                     limits.predicted, g.timeout, limits.silence, f", {len(plan.subgroups)} subgroups" if plan else "")
         return info
 
     # -- handler ----------------------------------------------------------------------------------------------

@@ -78,4 +78,5 @@ class RoundReport:
     predicted_seconds: float = float("nan")   # the round's LP bound with the group's measured links
     params_hash: str = ""
     staleness: int = 0              # steps between the oldest gradient in this update and the update (overlap: <= 1)
+    subgroups: int = 0              # subgroups the group averaged in (swarm.averaging.hierarchy); 0: one flat group
     time: float = field(default_factory=time.time)

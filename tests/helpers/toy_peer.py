@@ -123,6 +123,7 @@ def main() -> None:
     parser.add_argument("--compression", default="fp16")
     parser.add_argument("--averaging-timeout", type=float, default=15)
     parser.add_argument("--chunk-elements", type=int, default=2**17)
+    parser.add_argument("--max-group-size", type=int, default=EngineConfig().max_group_size, help="above it, groups average hierarchically")
     parser.add_argument("--wait-timeout", type=float, default=120, help="seconds --wait-peers waits at most (a peer can take a minute to start on a busy 2-core box)")
     parser.add_argument("--mode", default="sync", choices=["sync", "diloco", "streaming-diloco"],
                         help="diloco: AdamW inner steps, Nesterov outer steps; streaming-diloco: of one layer per round, in turn")
@@ -160,7 +161,8 @@ def main() -> None:
     torch.manual_seed(1234)  # identical initial parameters on every peer
     model = torch.nn.Sequential(torch.nn.Linear(32, args.hidden), torch.nn.ReLU(), torch.nn.Linear(args.hidden, 1))
     cfg = EngineConfig(target_batch_size=args.target, compression=args.compression, averaging_timeout=args.averaging_timeout,
-                       sender_timeout=3.0, matchmaking_timeout=10.0, gather_timeout=1.5, chunk_elements=max(1024, args.chunk_elements))
+                       sender_timeout=3.0, matchmaking_timeout=10.0, gather_timeout=1.5, chunk_elements=max(1024, args.chunk_elements),
+                       max_group_size=args.max_group_size)
     if args.die_serving_state >= 0:
         Collaboration.state_server_class = make_dying_state_server(args.die_serving_state)
     if args.die_leading_at_epoch >= 0:
@@ -206,7 +208,7 @@ def main() -> None:
 
         def log_step(r) -> None:
             out.write(json.dumps({"epoch": r.epoch, "hash": r.params_hash, "group": r.group_size, "seconds": r.round_seconds, "time": r.time,
-                                  "staleness": r.staleness, "codec": r.codec, "samples": r.samples,
+                                  "staleness": r.staleness, "codec": r.codec, "samples": r.samples, "subgroups": r.subgroups,
                                   "seen": len(collab.tracker.view.peers)}) + "\n")
             out.flush()
 

@@ -40,6 +40,25 @@ def test_three_peers_end_bitwise_identical(peers, tmp_path):
     assert len({f["hash"] for f in finals}) == 1
 
 
+def test_four_peers_averaging_in_subgroups_of_two_end_bitwise_identical(peers, tmp_path):
+    """max_group_size 2: each group of 4 averages hierarchically (swarm.averaging.hierarchy), end to end."""
+    args = ["--duration", "50", "--steps", "6", "--target", "256", "--wait-peers", "4", "--max-group-size", "2"]
+    first = peers("p0", "--seed", "0", *args)
+    addr = first.maddr
+    others = [peers(f"p{i}", "--seed", str(i), "--initial-peers", addr, *args) for i in (1, 2, 3)]
+    for p in [first, *others]:
+        p.proc.wait(150)
+    logs = [steps(tmp_path / f"p{i}.jsonl") for i in range(4)]
+    common = set.intersection(*(set(log) for log in logs))
+    whole = [e for e in common if e >= 3 and all(log[e]["group"] == 4 for log in logs)]
+    assert whole, f"no epoch averaged by all 4 peers: {[sorted(log) for log in logs]}"
+    assert all(log[e]["subgroups"] == 2 for log in logs for e in whole), "groups of 4 average in 2 subgroups of 2"
+    for epoch in common:
+        if epoch >= 3:   # see test_three_peers_end_bitwise_identical
+            assert len({log[epoch]["hash"] for log in logs}) == 1, f"parameters differ at epoch {epoch}"
+    assert all(final(tmp_path / f"p{i}.jsonl") is not None for i in range(4))
+
+
 @pytest.mark.parametrize("phase", ["send", "reduce", "gather"])
 def test_peer_killed_mid_round_leaves_survivors_identical(peers, tmp_path, phase):
     timeout = 8.0
