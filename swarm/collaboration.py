@@ -28,6 +28,7 @@ import torch
 
 from swarm.averaging.allreduce import AllReduceRound
 from swarm.averaging.balancing import BandwidthEstimator, MemberLink
+from swarm.averaging.bans import BanList
 from swarm.averaging.deadlines import MAX_LIMIT, round_limits
 from swarm.averaging.group import GroupView
 from swarm.averaging.late import fetch_group_result
@@ -49,7 +50,7 @@ from swarm.process.lifecycle import Reaper
 from swarm.process.runtime import EngineLoop
 
 from .config import EngineConfig, RunConfig
-from .errors import ConfigError, LateForGroup, NetworkError, RoundFailed
+from .errors import ConfigError, LateForGroup, NetworkError, RoundFailed, describe
 from .proto import swarm_pb2
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ MBIT = 1e6 / 8
 SOLO_AFTER_TTLS = 3
 # What a round's waiter allows past the round budget, for the engine loop to deliver the result.
 ROUND_GRACE_SECONDS = 10.0
+# Seconds a read or store of the run's ban records may take (swarm.averaging.bans).
+BAN_IO_TIMEOUT = 3.0
 
 
 def member_links(info: swarm_pb2.GroupInfo) -> list[MemberLink]:
@@ -95,7 +98,8 @@ class GroupPhases:
         round_ = collab.round_class(
             collab.node.p2p, dataclasses.replace(self.group, round_id=round_id), layout, local,
             chunk_elements=cfg.chunk_elements, sender_timeout=limits.silence,
-            reduction=CenteredClipReduction if collab.robust else Reduction, excluded=collab.strikes.excluded(),
+            reduction=CenteredClipReduction if collab.robust else Reduction, excluded=collab.strikes.excluded() | collab.bans.banned,
+            signer=collab.node.private_key if collab.robust else None,
         )
         self.stats.append(round_.stats)
         collab.aggregate.open(round_)
@@ -107,6 +111,8 @@ class GroupPhases:
         finally:
             collab.aggregate.close(round_id)
             collab.strikes.record(round_.stats.clipped_share, round_id.hex()[:8])
+            if round_.stats.proofs and collab.bans.accuse(round_.stats.proofs):
+                await collab.publish_bans()
 
 
 class Collaboration:
@@ -157,6 +163,7 @@ class Collaboration:
         self.rounds: list[RoundReport] = []
         self.round_class: type[AllReduceRound] = AllReduceRound  # tests inject faults by subclassing it
         self.strikes = StrikeBook()   # senders my reducers clipped hard; past a threshold their contributions are ignored
+        self.bans = BanList()         # peers proven to equivocate (swarm.averaging.bans): refused at matchmaking
         self._snapshot: Callable[[], TrainingState | None] = lambda: None
         self._failed_donors: dict[str, float] = {}   # donor -> until when it is not asked again (monotonic)
         self.download_progress: Callable[[int, int], None] | None = None   # (received, total) bytes of a state download
@@ -200,6 +207,7 @@ class Collaboration:
             self.node.p2p, self.run_id, self.tracker, gather_timeout=cfg.gather_timeout,
             allreduce_timeout=cfg.averaging_timeout, sender_timeout=cfg.sender_timeout, balance=cfg.load_balancing, authorizer=self.authorizer,
         )
+        self.matchmaker.banned = self.bans.banned
         await self.matchmaker.start()
         self.tracker.start()
         await self.tracker.wait_refresh(3.0)
@@ -234,6 +242,22 @@ class Collaboration:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+    async def publish_bans(self) -> None:
+        """Put my proofs in the DHT for the other peers to verify (a failed store is retried with the next proof)."""
+        assert self.node is not None
+        try:
+            await asyncio.wait_for(self.bans.publish(self.node), BAN_IO_TIMEOUT)
+        except Exception as e:
+            logger.warning("could not publish a ban's proof: %s", describe(e))
+
+    async def refresh_bans(self) -> None:
+        """Ban the peers whose proofs others published (each verified here), at most every few seconds."""
+        assert self.node is not None
+        try:
+            await asyncio.wait_for(self.bans.refresh(self.node), BAN_IO_TIMEOUT)
+        except Exception as e:
+            logger.debug("could not read the run's bans: %s", describe(e))
 
     @property
     def robust(self) -> bool:
@@ -328,6 +352,8 @@ class Collaboration:
             upload_bps=self.upload.value, download_bps=self.download.value, schema_hash=codec.schema.schema_hash(),
         )
         started = time.monotonic()
+        if self.robust:
+            await self.refresh_bans()
         try:
             info = await self.matchmaker.form_group(request, started + cfg.matchmaking_timeout)
         except LateForGroup as late:

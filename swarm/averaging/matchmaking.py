@@ -106,6 +106,7 @@ class Matchmaker:
         self._failed: dict[int, set[str]] = {}
         self._hints: dict[int, set[str]] = {}   # leaders named by a candidate that stepped aside for them
         self._closers: set[asyncio.Task] = set()  # _close_after_timeout tasks: owned here, ended by stop()
+        self.banned: set[str] = set()   # peers proven to break the protocol (swarm.averaging.bans): never in a group
 
     async def start(self) -> None:
         await self.p2p.add_protobuf_handler(JOIN_HANDLER, self._handle_join, swarm_pb2.JoinRequest)
@@ -132,13 +133,13 @@ class Matchmaker:
         ids |= self._hints.get(epoch, set())
         if self.tracker.role != "client":
             ids.add(self.peer_id)
-        return sorted(ids - failed)
+        return sorted(ids - failed - self.banned)
 
     def _lower_leader(self, epoch: int) -> str | None:
         """A reachable trainer at the epoch with a lower id than ours, in our view: the leader we should follow."""
         failed = self._failed.get(epoch, set())
         lower = sorted(p.peer_id for p in self.tracker.view.training_at(epoch)
-                       if p.role != "client" and p.peer_id < self.peer_id and p.peer_id not in failed)
+                       if p.role != "client" and p.peer_id < self.peer_id and p.peer_id not in failed and p.peer_id not in self.banned)
         return lower[0] if lower else None
 
     def _expected(self, epoch: int) -> set[str]:
@@ -147,7 +148,7 @@ class Matchmaker:
         Newcomers included: a leader that waited only for peers it had averaged with never let a newcomer in, and the
         newcomer chased the swarm by state downloads (a ghost record costs a round gather_timeout instead)."""
         view = self.tracker.view
-        ids = {p.peer_id for p in view.training_at(epoch) + view.training_at(epoch - 1)} - self._failed.get(epoch, set())
+        ids = {p.peer_id for p in view.training_at(epoch) + view.training_at(epoch - 1)} - self._failed.get(epoch, set()) - self.banned
         return ids | {self.peer_id}
 
     def _gathering(self, epoch: int) -> _Gathering:
@@ -338,6 +339,8 @@ class Matchmaker:
             return refuse(swarm_pb2.GroupInfo.REJECTED, "wrong run")
         if request.peer_id != str(context.remote_id):
             return refuse(swarm_pb2.GroupInfo.REJECTED, "peer id does not match the connection")
+        if request.peer_id in self.banned:
+            return refuse(swarm_pb2.GroupInfo.REJECTED, "banned: it signed two different results for one part")
         # the fields' bounds first: they hold whatever state this peer is in
         if request.role not in ("trainer", "client", "aux") or not valid_weight(request.weight):
             return refuse(swarm_pb2.GroupInfo.REJECTED, "bad role or weight")
