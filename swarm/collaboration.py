@@ -111,6 +111,7 @@ class GroupPhases:
         finally:
             collab.aggregate.close(round_id)
             collab.strikes.record(round_.stats.clipped_share, round_id.hex()[:8])
+            collab.bans.observe(collab.strikes.banned())
             if round_.stats.proofs and collab.bans.accuse(round_.stats.proofs):
                 await collab.publish_bans()
 

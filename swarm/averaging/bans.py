@@ -11,7 +11,9 @@ anything, while a proof needs the accused peer's own key; an accuser with forged
 another key, or a tampered one) bans nobody. The rule is the same on every peer, so the bans are too, up to the
 DHT's delay. A ban holds for this process's life.
 
-Banned peers are refused at matchmaking (swarm.averaging.matchmaking reads `banned`).
+A peer also bans, on its own observation, a sender whose contributions to its part were absurd in repeated rounds
+(`observe`; swarm.averaging.robust.StrikeBook says why that needs no record). Banned peers are refused at
+matchmaking (swarm.averaging.matchmaking reads `banned`), and their contributions are ignored.
 """
 from __future__ import annotations
 
@@ -55,6 +57,14 @@ class BanList:
             logger.warning("banning %s: it signed two different results for one part of one round", accused[-8:])
             self.banned.add(accused)
         return accused
+
+    def observe(self, peers: Iterable[str]) -> list[str]:
+        """Ban peers this peer saw send absurd contributions itself (swarm.averaging.robust.StrikeBook.banned)."""
+        new = sorted(set(peers) - self.banned)
+        for peer in new:
+            logger.warning("banning %s: its contributions were absurd in repeated rounds", peer[-8:])
+        self.banned.update(new)
+        return new
 
     def accuse(self, proofs: Iterable[tuple[bytes, bytes]]) -> list[str]:
         """My own round's proofs: the reducers they ban (each proof kept for publishing)."""

@@ -8,6 +8,7 @@ Each member's p2p identity is its signing key (swarm.net.identity), as in a Node
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from hivemind.utils.crypto import RSAPrivateKey
 from peers.attack.byzantine import byzantine_round_class
 from swarm.averaging.allreduce import AllReduceRound
 from swarm.averaging.bans import BanList
-from swarm.averaging.robust import CenteredClipReduction
+from swarm.averaging.robust import CenteredClipReduction, StrikeBook
 from swarm.averaging.service import AggregateService
 from swarm.errors import RoundFailed
 from swarm.net.identity import identity_file
@@ -103,3 +104,44 @@ def test_an_equivocating_reducer_is_proven_and_banned_by_every_honest_member_in_
         finally:
             await shutdown(members)
     asyncio.run(main())
+
+
+def test_a_huge_sender_is_banned_by_every_honest_reducer_within_three_rounds_and_nobody_honest_is():
+    """Each honest reducer bans, on its own observation, a sender whose contributions were absurd in two rounds
+    (swarm.averaging.robust.StrikeBook.banned), as Collaboration does after each round; a sign flip is struck
+    and excluded, never banned."""
+    from tests.integration.test_robust_rounds import _class_for
+
+    async def main():
+        keys, members, services = await start_signing_members(5)
+        try:
+            layout = make_layout("none")   # 1e30 reaches the reducers
+            ids = [str(m.peer_id) for m in members]
+            huge, flip = ids[1], ids[4]
+            books, bans = [StrikeBook() for _ in members], [BanList() for _ in members]
+            banned_in = {}
+            for round_no in range(1, 4):
+                classes = []
+                for i, key in enumerate(keys):
+                    base = _class_for("huge" if i == 1 else "sign_flip") if i in (1, 4) else AllReduceRound
+                    classes.append(functools.partial(signing(base, key), excluded=books[i].excluded() | bans[i].banned))
+                rounds, results = await run_round(members, services, ["trainer"] * 5, [1.0] * 5, [0.3, 0.0, 0.4, 0.3, 0.0],
+                                             correlated_values(5, seed=round_no), layout, round_class=_Classes(classes))
+                for i in (0, 2, 3):
+                    assert not isinstance(results[i], BaseException), results[i]
+                    assert torch.isfinite(torch.cat([t.reshape(-1) for t in results[i]])).all()
+                for i, (r, book) in enumerate(zip(rounds, books)):
+                    book.record(r.stats.clipped_share)
+                    for peer in bans[i].observe(book.banned()):
+                        banned_in.setdefault(i, {})[peer] = round_no
+            for i in (0, 2, 3):   # the honest reducers
+                assert bans[i].banned == {huge}, (i, bans[i].banned)
+                assert banned_in[i][huge] <= 3
+                assert flip in books[i].excluded()
+        finally:
+            await shutdown(members)
+    asyncio.run(main())
+
+
+class _Classes(list):
+    """run_round indexes round_class per member unless it is a type: partials are callables, not types."""
