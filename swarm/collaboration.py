@@ -110,7 +110,7 @@ class GroupPhases:
             raise
         finally:
             collab.aggregate.close(round_id)
-            collab.strikes.record(round_.stats.clipped_share, round_id.hex()[:8])
+            collab.strikes.record(round_.stats.clipped_share, round_id.hex()[:8], round_.stats.bad_data)
             collab.bans.observe(collab.strikes.banned())
             if round_.stats.proofs and collab.bans.accuse(round_.stats.proofs):
                 await collab.publish_bans()

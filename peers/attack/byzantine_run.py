@@ -98,7 +98,8 @@ def strike_figures(honest_logs: list[str], byzantine_ids: set[str]) -> dict:
     suffixes = {p[-8:] for p in byzantine_ids}
     for text in honest_logs:
         for line in text.splitlines():
-            for marker, counts in (("clipped hard", strikes), ("excluded from the parts", excluded), ("banning ", bans)):
+            for marker, counts in (("clipped hard", strikes), ("sent bad data", strikes), ("excluded from the parts", excluded),
+                                   ("banning ", bans)):
                 if marker in line:
                     hit = any(s in line for s in suffixes)
                     counts["byzantine" if hit else "honest"] += 1

@@ -419,6 +419,8 @@ class AllReduceRound:
             exclude(f"no data for {self.sender_timeout:.1f}s")
         except ProtocolError as e:
             exclude(f"bad data: {e}")
+            if self.group.peer_ids[sender] not in self.stats.bad_data:
+                self.stats.bad_data.append(self.group.peer_ids[sender])   # an honest peer's code never sends it
         except asyncio.CancelledError:
             raise
         except Exception as e:

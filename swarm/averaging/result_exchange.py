@@ -103,22 +103,26 @@ class ResultCheck:
         self.reports[member] = statements
 
     def verdict(self) -> Verdict:
+        """Proofs of every equivocating reducer, and the parts I drop. A reducer's own report of its part is no vote:
+        what it holds says nothing of what the members got (its statements still count as proof)."""
         verdict = Verdict()
-        holders: dict[int, dict[bytes, list[ResultStatement]]] = {}
-        for part, statement in self.held.items():
-            holders.setdefault(part, {}).setdefault(statement.digest, []).append(statement)
-        for statements in self.reports.values():
-            for part, statement in statements.items():
-                holders.setdefault(part, {}).setdefault(statement.digest, []).append(statement)
+        holders: dict[int, dict[bytes, list[str]]] = {}     # part -> digest -> members holding it (reducer included)
+        statements: dict[int, dict[bytes, ResultStatement]] = {}
+        reports = [(self.members[self.me], self.held), *self.reports.items()]
+        for member, held in reports:
+            for part, statement in held.items():
+                holders.setdefault(part, {}).setdefault(statement.digest, []).append(member)
+                statements.setdefault(part, {}).setdefault(statement.digest, statement)
         for part, by_digest in sorted(holders.items()):
             if len(by_digest) < 2:
                 continue
-            digests = sorted(by_digest, key=lambda d: (-len(by_digest[d]), d))
-            verdict.proofs.append((by_digest[digests[0]][0], by_digest[digests[1]][0]))
+            votes = {d: sum(m != self.members[part] for m in members) for d, members in by_digest.items()}
+            digests = sorted(by_digest, key=lambda d: (-votes[d], d))
+            verdict.proofs.append((statements[part][digests[0]], statements[part][digests[1]]))
             mine = self.held.get(part)
-            if mine is not None and mine.digest != digests[0]:
+            if mine is not None and mine.digest != digests[0] and self.me != part:
                 verdict.dropped[part] = (f"reducer {self.members[part][-8:]} equivocated: {len(by_digest)} signed results, "
-                                         f"mine held by {len(by_digest[mine.digest])} of {sum(map(len, by_digest.values()))} members")
+                                         f"mine held by {votes[mine.digest]} of {sum(votes.values())} members")
         return verdict
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import torch
 
@@ -340,16 +341,19 @@ class StrikeBook:
         self.strikes: dict[str, int] = {}
         self.absurd: dict[str, int] = {}
 
-    def record(self, clipped_share: dict[str, float], round_name: str = "") -> list[str]:
-        """Count one round's clipped shares (peer id -> mean share over my part); returns the peers newly excluded."""
+    def record(self, clipped_share: dict[str, float], round_name: str = "", bad_data: Iterable[str] = ()) -> list[str]:
+        """Count one round's clipped shares (peer id -> mean share over my part) and the senders whose chunks broke the
+        protocol (non-finite, undecodable: no honest peer's code sends them; they count as absurd); returns the peers
+        newly excluded."""
         newly = []
-        for peer, share in clipped_share.items():
+        bad = set(bad_data)
+        for peer, share in {**clipped_share, **{p: 1.0 for p in bad}}.items():
             if share >= ABSURD_CLIP:
                 self.absurd[peer] = self.absurd.get(peer, 0) + 1
             if share >= self.hard_clip:
                 self.strikes[peer] = self.strikes.get(peer, 0) + 1
-                logger.warning("round %s: %s clipped hard (%.2f of its pull cut): strike %d", round_name, peer[-8:],
-                               share, self.strikes[peer])
+                why = "sent bad data" if peer in bad else f"clipped hard ({share:.2f} of its pull cut)"
+                logger.warning("round %s: %s %s: strike %d", round_name, peer[-8:], why, self.strikes[peer])
                 if self.strikes[peer] == self.strikes_to_exclude:
                     logger.warning("%s excluded from the parts this peer reduces after %d strikes", peer[-8:], self.strikes[peer])
                     newly.append(peer)

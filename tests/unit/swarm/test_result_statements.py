@@ -99,6 +99,18 @@ def test_members_holding_the_minoritys_bytes_of_an_equivocating_reducers_part_dr
     assert majority.verdict().dropped == {} and len(majority.verdict().proofs) == 1
 
 
+def test_the_equivocating_reducers_own_report_is_no_vote(keys):
+    check, members = _check(keys, me=1)
+    a, b = sorted((sign_statement(keys[0], ROUND, 0, members[0], digest(x)) for x in "xy"), key=lambda st: st.digest, reverse=True)
+    assert b.digest < a.digest   # a tie would go to b
+    check.hold(0, a)
+    check.offer(members[3], ROUND, [a.pack()])
+    check.offer(members[2], ROUND, [b.pack()])
+    check.offer(members[0], ROUND, [b.pack()])   # the reducer backs the bytes member 2 got: 2 against 1 still
+    verdict = check.verdict()
+    assert verdict.dropped == {} and len(verdict.proofs) == 1
+
+
 def test_reports_that_prove_nothing_change_nothing(keys):
     check, members = _check(keys, me=1)
     mine = sign_statement(keys[0], ROUND, 0, members[0], digest("a"))

@@ -91,6 +91,10 @@ def test_only_absurd_contributions_in_two_rounds_ban_their_sender():
         book.record({"huge": 1.0, "noise": 0.97, "flip": 0.85, "honest": 0.001})
         assert book.banned() <= {"huge"}
     assert book.banned() == {"huge"} and book.excluded() == {"huge", "noise", "flip"}
+    bad = StrikeBook()   # non-finite or undecodable chunks: absurd as well
+    bad.record({}, bad_data=["nan"])
+    bad.record({"nan": 0.0}, bad_data=["nan", "nan"])
+    assert bad.banned() == {"nan"} and bad.strikes == {"nan": 2}
     once = StrikeBook()
     once.record({"x": 1.0})
     once.record({"x": 0.5})
