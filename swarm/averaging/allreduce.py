@@ -25,7 +25,10 @@ Guarantees:
   lacks (`fetch`); reducers keep a finished round's part FINISHED_GRACE seconds for this.
   The fetched bytes are the ones every member gets, so consistency holds.
 - Bad input: a chunk of the wrong size, undecodable or non-finite is a protocol error from
-  that sender, which is then excluded like a dead one.
+  that sender, which is then excluded like a dead one (and named in `stats.bad_data`).
+- Checked results (with `signer`, robust mode): a reducer signs each part it sends; members swap the
+  signed statements after the all-gather, and a member holding a minority's bytes of a part whose reducer
+  signed two results does not step (swarm.averaging.result_exchange); the proof goes to `stats.proofs`.
 
 The reduction itself is pluggable (`Reduction`): the weighted mean, or CenteredClip
 (swarm.averaging.robust) when peers cannot be trusted. Each contribution reaches the
