@@ -113,7 +113,7 @@ class GroupPhases:
             collab.strikes.record(round_.stats.clipped_share, round_id.hex()[:8], round_.stats.bad_data)
             collab.bans.observe(collab.strikes.banned())
             if round_.stats.proofs and collab.bans.accuse(round_.stats.proofs):
-                await collab.publish_bans()
+                await collab.bans_io(publish=True)
 
 
 class Collaboration:
@@ -244,21 +244,15 @@ class Collaboration:
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
 
-    async def publish_bans(self) -> None:
-        """Put my proofs in the DHT for the other peers to verify (a failed store is retried with the next proof)."""
+    async def bans_io(self, publish: bool) -> None:
+        """Publish my proofs to the DHT for the other peers to verify (`publish`; a failed store is retried with the next
+        proof), or ban the peers whose proofs others published, each verified here (at most every few seconds)."""
         assert self.node is not None
         try:
-            await asyncio.wait_for(self.bans.publish(self.node), BAN_IO_TIMEOUT)
+            await asyncio.wait_for((self.bans.publish if publish else self.bans.refresh)(self.node), BAN_IO_TIMEOUT)
         except Exception as e:
-            logger.warning("could not publish a ban's proof: %s", describe(e))
-
-    async def refresh_bans(self) -> None:
-        """Ban the peers whose proofs others published (each verified here), at most every few seconds."""
-        assert self.node is not None
-        try:
-            await asyncio.wait_for(self.bans.refresh(self.node), BAN_IO_TIMEOUT)
-        except Exception as e:
-            logger.debug("could not read the run's bans: %s", describe(e))
+            logger.log(logging.WARNING if publish else logging.DEBUG, "ban records: could not %s: %s",
+                       "publish" if publish else "read", describe(e))
 
     @property
     def robust(self) -> bool:
@@ -354,7 +348,7 @@ class Collaboration:
         )
         started = time.monotonic()
         if self.robust:
-            await self.refresh_bans()
+            await self.bans_io(publish=False)
         try:
             info = await self.matchmaker.form_group(request, started + cfg.matchmaking_timeout)
         except LateForGroup as late:
