@@ -641,7 +641,9 @@ class AllReduceRound:
         if self.parts[me] and all(self._outputs):
             self.results.hold(me, self._own_statement())
         self.results.ready.set()
-        peers = [p for i, p in enumerate(group.peer_ids) if i != me and group.needs(i)]
+        # not the reducers whose part I had to take from a backup or lost: they are likely gone, and would cost the timeout
+        gone = set(self.stats.missing_parts) | set(self.stats.recovered_parts)
+        peers = [p for i, p in enumerate(group.peer_ids) if i != me and group.needs(i) and i not in gone]
         await exchange_statements(self.p2p, self.results, peers, RESULT_EXCHANGE_TIMEOUT)
         verdict = self.results.verdict()
         self.stats.proofs.extend((a.pack(), b.pack()) for a, b in verdict.proofs)

@@ -18,6 +18,7 @@ from hivemind.utils.crypto import RSAPrivateKey
 from peers.attack.byzantine import byzantine_round_class
 from swarm.averaging.allreduce import AllReduceRound
 from swarm.averaging.bans import BanList
+from swarm.averaging.group import GroupView
 from swarm.averaging.robust import CenteredClipReduction, StrikeBook
 from swarm.averaging.service import AggregateService
 from swarm.errors import RoundFailed
@@ -140,6 +141,41 @@ def test_a_huge_sender_is_banned_by_every_honest_reducer_within_three_rounds_and
                 assert flip in books[i].excluded()
         finally:
             await shutdown(members)
+    asyncio.run(main())
+
+
+def test_a_round_that_checks_results_survives_a_reducer_killed_mid_all_gather():
+    from tests.integration.test_reducer_failover import DiesMidAllGather
+
+    async def main():
+        keys, members, services = await start_signing_members(3)
+        try:
+            layout = make_layout("fp16")
+            classes = [signing(AllReduceRound, keys[0]), signing(DiesMidAllGather, keys[1]), signing(AllReduceRound, keys[2])]
+            ids = tuple(str(p.peer_id) for p in members)
+            round_id, values = bytes(range(16)), correlated_values(3, seed=11)
+            rounds = []
+            for i, (p, cls) in enumerate(zip(members, classes)):
+                group = GroupView(round_id=round_id, peer_ids=ids, roles=("trainer",) * 3, weights=(1.0,) * 3,
+                                  shares=(1 / 3,) * 3, my_index=i, timeout=40.0)
+                r = cls(p, group, layout, layout.flatten(values[i]), chunk_elements=500, sender_timeout=3.0)
+                services[i].open(r)
+                rounds.append(r)
+            tasks = [asyncio.create_task(r.run()) for r in rounds]
+            await asyncio.wait_for(rounds[1].died.wait(), 30)
+            await asyncio.wait_for(asyncio.gather(*(rounds[1]._settled[j].wait() for j in (0, 2))), 30)
+            tasks[1].cancel()
+            await asyncio.gather(tasks[1], return_exceptions=True)
+            services[1].stop()
+            await members.pop(1).shutdown()
+            results = await asyncio.gather(tasks[0], tasks[2], return_exceptions=True)
+            assert not any(isinstance(r, BaseException) for r in results), results
+            assert all(torch.equal(a, b) for a, b in zip(*results))
+            for r in (rounds[0], rounds[2]):
+                assert r.stats.recovered_parts == [1] and r.stats.proofs == []
+                assert sorted(r.results.held) == [0, 2]   # the backup's part carries no statement
+        finally:
+            await shutdown(members)   # the killed member was taken out of the list once shut down
     asyncio.run(main())
 
 
