@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from types import SimpleNamespace
 
 import msgpack
 import pytest
@@ -179,3 +180,21 @@ def test_every_peer_bans_from_published_proofs_after_checking_them_itself(keys):
     for bans in others:
         asyncio.run(bans.refresh(node))
         assert bans.banned == {liar}
+
+
+def test_the_results_handler_answers_garbage_and_unknown_rounds_with_nothing_at_once():
+    from google.protobuf.wrappers_pb2 import BytesValue
+
+    from swarm.averaging.service import AggregateService
+
+    async def scenario():
+        service = AggregateService(p2p=None, wait_for_round=0.2)
+        context = SimpleNamespace(remote_id="QmSomebody")
+        replies = [await asyncio.wait_for(service._handle_results(BytesValue(value=data), context), 2.0) for data in (
+            b"", b"\xc1" * 100, b"x" * (1 << 21), msgpack.packb({"r": b"short", "s": []}),
+            msgpack.packb({"r": bytes(16), "s": []}))]   # a well-formed report for a round nobody opened
+        return replies, len(service._rounds)
+
+    replies, slots = asyncio.run(scenario())
+    assert all(reply.value == b"" for reply in replies)
+    assert slots <= 1   # the unknown round's slot waits for it like a stream's would (bounded at 64)
