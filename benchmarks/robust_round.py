@@ -1,7 +1,8 @@
 """Robust mode's cost in an honest round: the same all-reduce round with CenteredClip at every reducer and with the
 weighted mean, side by side.
 
-    python -m benchmarks.robust_round [--members 4] [--sizes-mb 1,4,40] [--repeats 5] [--threads 1] [--json results/robust-round.json]
+    python -m benchmarks.robust_round [--members 4] [--sizes-mb 1,4,40] [--repeats 5] [--threads 1] [--no-check-results]
+                                      [--json results/robust-round.json]
 
 Members are real P2P peers on loopback in one process (tests/integration/test_allreduce.py's harness), each a trainer
 reducing an equal share; their values are honest gradients of one model (a common direction plus per-member noise,
@@ -11,7 +12,8 @@ the median round time of each mode and `overhead`, the median over repeats of (r
 CPU seconds of this process (`cpu_overhead`: every member's Python side, the reducers' arithmetic included, not
 the p2pd daemons), which other processes on a busy machine disturb less than wall time. Every robust
 round's result is checked against the mean round's (equal up to the order in which senders arrived, which differs
-from round to round), so a faster but different result cannot pass unnoticed.
+from round to round), so a faster but different result cannot pass unnoticed. Robust rounds check results as robust
+mode does (reducers sign each part, members swap the statements after the all-gather) unless --no-check-results.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import torch
 from hivemind.p2p import P2P
+from hivemind.utils.crypto import RSAPrivateKey
 
 from swarm.averaging.allreduce import AllReduceRound
 from swarm.averaging.group import GroupView
@@ -36,6 +39,7 @@ from swarm.averaging.reduction import Reduction
 from swarm.averaging.robust import CenteredClipReduction
 from swarm.averaging.service import AggregateService
 from swarm.compression.policy import CompressionPolicy
+from swarm.net.identity import identity_file
 
 
 def honest_values(members: int, elements: int, seed: int = 0) -> list[torch.Tensor]:
@@ -44,8 +48,9 @@ def honest_values(members: int, elements: int, seed: int = 0) -> list[torch.Tens
     return [base + 0.3 * torch.randn(elements, generator=g) for _ in range(members)]
 
 
-async def one_round(peers, services, layout, values, weights, reduction) -> tuple[float, float, list[torch.Tensor]]:
-    """(wall seconds, CPU seconds of this process, member 0's result) of one round of every member."""
+async def one_round(peers, services, layout, values, weights, reduction, keys=None) -> tuple[float, float, list[torch.Tensor]]:
+    """(wall seconds, CPU seconds of this process, member 0's result) of one round of every member; `keys`: the
+    members' identity keys, to check results as robust mode does (signed statements, swapped after the all-gather)."""
     ids = tuple(str(p.peer_id) for p in peers)
     round_id = secrets.token_bytes(16)
     n = len(peers)
@@ -53,7 +58,8 @@ async def one_round(peers, services, layout, values, weights, reduction) -> tupl
     for i, p in enumerate(peers):
         group = GroupView(round_id=round_id, peer_ids=ids, roles=("trainer",) * n, weights=tuple(weights),
                           shares=(1 / n,) * n, my_index=i, timeout=120.0)
-        r = AllReduceRound(p, group, layout, [values[i]], reduction=reduction, sender_timeout=60.0)
+        r = AllReduceRound(p, group, layout, [values[i]], reduction=reduction, sender_timeout=60.0,
+                           signer=keys[i] if keys is not None else None)
         services[i].open(r)
         rounds.append(r)
     start, cpu = time.perf_counter(), time.process_time()
@@ -61,13 +67,15 @@ async def one_round(peers, services, layout, values, weights, reduction) -> tupl
     return time.perf_counter() - start, time.process_time() - cpu, results[0]
 
 
-async def measure(members: int, sizes_mb: list[float], repeats: int, codec: str) -> list[dict]:
-    peers = [await P2P.create()]
+async def measure(members: int, sizes_mb: list[float], repeats: int, codec: str, check_results: bool = True) -> list[dict]:
+    keys = [RSAPrivateKey() for _ in range(members)]
+    peers = []
     services = []
     try:
-        maddrs = await peers[0].get_visible_maddrs()
-        for _ in range(members - 1):
-            peers.append(await P2P.create(initial_peers=maddrs))
+        for key in keys:   # each identity is its signing key, as a Node's (swarm.net.identity)
+            with identity_file(key) as path:
+                initial = await peers[0].get_visible_maddrs() if peers else []
+                peers.append(await P2P.create(initial_peers=initial, identity_path=path, check_if_identity_free=False))
         for p in peers:
             s = AggregateService(p)
             await s.start()
@@ -89,7 +97,8 @@ async def measure(members: int, sizes_mb: list[float], repeats: int, codec: str)
                     order.reverse()
                 got = {}
                 for name, reduction in order:
-                    seconds, cpu_seconds, result = await one_round(peers, services, layout, values, weights, reduction)
+                    signers = keys if check_results and name == "robust" else None
+                    seconds, cpu_seconds, result = await one_round(peers, services, layout, values, weights, reduction, signers)
                     times[name].append(seconds)
                     cpu[name].append(cpu_seconds)
                     got[name] = result
@@ -99,7 +108,7 @@ async def measure(members: int, sizes_mb: list[float], repeats: int, codec: str)
                         raise AssertionError("an honest robust round must give the weighted mean")
                 ratios.append(times["robust"][-1] / times["mean"][-1])
                 cpu_ratios.append(cpu["robust"][-1] / cpu["mean"][-1])
-            row = {"size_mb": size_mb, "members": members, "codec": codec, "repeats": repeats,
+            row = {"size_mb": size_mb, "members": members, "codec": codec, "repeats": repeats, "check_results": check_results,
                    "mean_round_s": statistics.median(times["mean"]), "robust_round_s": statistics.median(times["robust"]),
                    "overhead": statistics.median(ratios) - 1, "cpu_overhead": statistics.median(cpu_ratios) - 1,
                    "times": times, "cpu": cpu, "load": os.getloadavg()}
@@ -122,10 +131,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--codec", default="fp16")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (a peer's default, peers/cli.py)")
+    parser.add_argument("--no-check-results", action="store_true",
+                        help="robust rounds without signed result statements (robust mode checks them)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rows = asyncio.run(measure(args.members, [float(s) for s in args.sizes_mb.split(",")], args.repeats, args.codec))
+    rows = asyncio.run(measure(args.members, [float(s) for s in args.sizes_mb.split(",")], args.repeats, args.codec,
+                                not args.no_check_results))
     if args.json:
         report = {"benchmark": "robust_round", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   "machine": f"{platform.node()} ({os.cpu_count()} cpus, torch threads {torch.get_num_threads()})",

@@ -28,6 +28,7 @@ import torch
 
 from swarm.averaging.allreduce import AllReduceRound
 from swarm.averaging.balancing import BandwidthEstimator, MemberLink
+from swarm.averaging.bans import BanList
 from swarm.averaging.deadlines import MAX_LIMIT, round_limits
 from swarm.averaging.group import GroupView
 from swarm.averaging.hierarchy import HierarchicalRound
@@ -51,7 +52,7 @@ from swarm.process.lifecycle import Reaper
 from swarm.process.runtime import EngineLoop
 
 from .config import EngineConfig, RunConfig
-from .errors import ConfigError, LateForGroup, NetworkError, RoundFailed
+from .errors import ConfigError, LateForGroup, NetworkError, RoundFailed, describe
 from .proto import swarm_pb2
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ MBIT = 1e6 / 8
 SOLO_AFTER_TTLS = 3
 # What a round's waiter allows past the round budget, for the engine loop to deliver the result.
 ROUND_GRACE_SECONDS = 10.0
+# Seconds a read or store of the run's ban records may take (swarm.averaging.bans).
+BAN_IO_TIMEOUT = 3.0
 
 
 def member_links(info: swarm_pb2.GroupInfo) -> list[MemberLink]:
@@ -102,14 +105,15 @@ class GroupPhases:
         self.subgroups = len(plan.subgroups) if plan is not None else 0
         if plan is None:
             round_ = collab.round_class(collab.node.p2p, group, layout, local, chunk_elements=cfg.chunk_elements, sender_timeout=limits.silence,
-                                        reduction=reduction, excluded=collab.strikes.excluded())
+                                        reduction=reduction, excluded=collab.strikes.excluded() | collab.bans.banned,
+                                        signer=collab.node.private_key if collab.robust else None)
             collab.aggregate.open(round_)
         else:   # the leader's group is larger than its bound: subgroups, then each part across them (the round opens its own)
             column = column_limits(plan, self.links, layout.wire_bytes(), chunk_bytes=layout.chunk_bytes(cfg.chunk_elements),
                                    floor_silence=cfg.sender_timeout, floor_averaging=cfg.averaging_timeout)
             round_ = HierarchicalRound(collab.node.p2p, group, layout, local, plan, service=collab.aggregate, chunk_elements=cfg.chunk_elements,
                                        sender_timeout=limits.silence, column_silence=column.silence, column_seconds=column.averaging,
-                                       reduction=reduction, excluded=collab.strikes.excluded())
+                                       reduction=reduction, excluded=collab.strikes.excluded() | collab.bans.banned)
         self.stats.append(round_.stats)
         try:
             return await round_.run()
@@ -119,7 +123,10 @@ class GroupPhases:
         finally:
             if plan is None:
                 collab.aggregate.close(round_id)
-            collab.strikes.record(round_.stats.clipped_share, round_id.hex()[:8])
+            collab.strikes.record(round_.stats.clipped_share, round_id.hex()[:8], round_.stats.bad_data)
+            collab.bans.observe(collab.strikes.banned())
+            if round_.stats.proofs and collab.bans.accuse(round_.stats.proofs):
+                await collab.bans_io(publish=True)
 
 
 class Collaboration:
@@ -170,6 +177,7 @@ class Collaboration:
         self.rounds: list[RoundReport] = []
         self.round_class: type[AllReduceRound] = AllReduceRound  # tests inject faults by subclassing it
         self.strikes = StrikeBook()   # senders my reducers clipped hard; past a threshold their contributions are ignored
+        self.bans = BanList()         # peers proven to equivocate (swarm.averaging.bans): refused at matchmaking
         self._snapshot: Callable[[], TrainingState | None] = lambda: None
         self._failed_donors: dict[str, float] = {}   # donor -> until when it is not asked again (monotonic)
         self.download_progress: Callable[[int, int], None] | None = None   # (received, total) bytes of a state download
@@ -214,6 +222,7 @@ class Collaboration:
             allreduce_timeout=cfg.averaging_timeout, sender_timeout=cfg.sender_timeout, balance=cfg.load_balancing, authorizer=self.authorizer,
             max_group_size=cfg.max_group_size,
         )
+        self.matchmaker.banned = self.bans.banned
         await self.matchmaker.start()
         self.tracker.start()
         await self.tracker.wait_refresh(3.0)
@@ -248,6 +257,16 @@ class Collaboration:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+    async def bans_io(self, publish: bool) -> None:
+        """Publish my proofs to the DHT for the other peers to verify (`publish`; a failed store is retried with the next
+        proof), or ban the peers whose proofs others published, each verified here (at most every few seconds)."""
+        assert self.node is not None
+        try:
+            await asyncio.wait_for((self.bans.publish if publish else self.bans.refresh)(self.node), BAN_IO_TIMEOUT)
+        except Exception as e:
+            logger.log(logging.WARNING if publish else logging.DEBUG, "ban records: could not %s: %s",
+                       "publish" if publish else "read", describe(e))
 
     @property
     def robust(self) -> bool:
@@ -342,6 +361,8 @@ class Collaboration:
             upload_bps=self.upload.value, download_bps=self.download.value, schema_hash=codec.schema.schema_hash(),
         )
         started = time.monotonic()
+        if self.robust:
+            await self.bans_io(publish=False)
         try:
             info = await self.matchmaker.form_group(request, started + cfg.matchmaking_timeout)
         except LateForGroup as late:

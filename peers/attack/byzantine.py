@@ -14,14 +14,18 @@ Kinds (`KINDS`):
 - inflated_weight: claims INFLATION x its samples and sends -g (so the inflated weight matters).
 - lying_reducer: sends g honestly, but adds noise (REDUCER_NOISE x its norm) to the part it averages, and
   sends that to every member: consistent, so only validators recomputing its work could catch it.
-- equivocating_reducer: averages honestly but sends members of odd index its part plus that noise: the members'
-  part hashes differ (swarm.averaging.result_hashes).
+- equivocating_reducer: averages honestly but sends members of odd index its part plus that noise, and in a round
+  that checks results signs what each member got: the members' part hashes differ, and two of its statements
+  prove it (swarm.averaging.result_statements).
 """
 from __future__ import annotations
+
+import hashlib
 
 import torch
 
 from swarm.averaging.reduction import Reduction
+from swarm.averaging.result_statements import sign_statement
 from swarm.compression.codecs import decode_checked
 from swarm.proto import swarm_pb2
 
@@ -91,12 +95,19 @@ def byzantine_round_class(kind: str, base: type):
 
         async def serve(self, first, requests, remote):
             odd = str(remote) in self.group.peer_ids and self.group.peer_ids.index(str(remote)) % 2 == 1
+            mine = self.parts[self.group.my_index]
+            sent = hashlib.sha256()   # what this member gets: in a round that checks results, the statement signs it
             async for reply in super().serve(first, requests, remote):
-                if kind == "equivocating_reducer" and odd and reply.data:
-                    chunk = self.parts[self.group.my_index][reply.chunk]
-                    codec = self.layout.codecs[chunk.bucket]
-                    values = noisy(decode_checked(codec, reply.data, chunk.length), seed=reply.chunk)
-                    reply = swarm_pb2.PartChunk(part=reply.part, chunk=reply.chunk, data=codec.encode(values))
+                if kind == "equivocating_reducer" and odd and reply.data and not first.fetch:
+                    if reply.chunk < len(mine):
+                        chunk = mine[reply.chunk]
+                        codec = self.layout.codecs[chunk.bucket]
+                        values = noisy(decode_checked(codec, reply.data, chunk.length), seed=reply.chunk)
+                        reply = swarm_pb2.PartChunk(part=reply.part, chunk=reply.chunk, data=codec.encode(values))
+                        sent.update(reply.data)
+                    elif self.signer is not None:   # the statement after the last chunk: sign the bytes sent
+                        own = self._own_statement()
+                        reply = self._statement_message(sign_statement(self.signer, own.round_id, own.part, own.reducer, sent.digest()))
                 yield reply
 
         def _store_result(self, chunk, values):

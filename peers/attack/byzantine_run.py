@@ -90,17 +90,20 @@ def _run_phase(args: argparse.Namespace, config, label: str, kind: str, count: i
 
 
 def strike_figures(honest_logs: list[str], byzantine_ids: set[str]) -> dict:
-    """Strikes and exclusions the honest peers logged (swarm.averaging.robust.StrikeBook), split by who was hit."""
+    """Strikes, exclusions (swarm.averaging.robust.StrikeBook) and bans (swarm.averaging.bans) the honest peers logged,
+    split by who was hit."""
     strikes = {"byzantine": 0, "honest": 0}
     excluded = {"byzantine": 0, "honest": 0}
+    bans = {"byzantine": 0, "honest": 0}
     suffixes = {p[-8:] for p in byzantine_ids}
     for text in honest_logs:
         for line in text.splitlines():
-            for marker, counts in (("clipped hard", strikes), ("excluded from the parts", excluded)):
+            for marker, counts in (("clipped hard", strikes), ("sent bad data", strikes), ("excluded from the parts", excluded),
+                                   ("banning ", bans)):
                 if marker in line:
                     hit = any(s in line for s in suffixes)
                     counts["byzantine" if hit else "honest"] += 1
-    return {"strikes": strikes, "exclusions": excluded}
+    return {"strikes": strikes, "exclusions": excluded, "bans": bans}
 
 
 def cmd_byzantine(args: argparse.Namespace) -> dict:

@@ -25,7 +25,10 @@ Guarantees:
   lacks (`fetch`); reducers keep a finished round's part FINISHED_GRACE seconds for this.
   The fetched bytes are the ones every member gets, so consistency holds.
 - Bad input: a chunk of the wrong size, undecodable or non-finite is a protocol error from
-  that sender, which is then excluded like a dead one.
+  that sender, which is then excluded like a dead one (and named in `stats.bad_data`).
+- Checked results (with `signer`, robust mode): a reducer signs each part it sends; members swap the
+  signed statements after the all-gather, and a member holding a minority's bytes of a part whose reducer
+  signed two results does not step (swarm.averaging.result_exchange); the proof goes to `stats.proofs`.
 
 The reduction itself is pluggable (`Reduction`): the weighted mean, or CenteredClip
 (swarm.averaging.robust) when peers cannot be trusted. Each contribution reaches the
@@ -44,6 +47,7 @@ from typing import AsyncIterator, Collection, Sequence
 
 import torch
 from hivemind.p2p import P2P, PeerID
+from hivemind.utils.crypto import RSAPrivateKey
 
 from swarm.averaging.deadlines import reply_timeout
 from swarm.averaging.failover import PartFailover
@@ -57,6 +61,8 @@ from swarm.averaging.layout import (
 from swarm.averaging.linkmeter import LinkMeter
 from swarm.averaging.phase_stats import PhaseStats
 from swarm.averaging.reduction import Reduction
+from swarm.averaging.result_exchange import ResultCheck, exchange_statements
+from swarm.averaging.result_statements import ResultStatement, sign_statement
 from swarm.averaging.streams import AGGREGATE_HANDLER, close_quietly, drain
 from swarm.compression.codecs import decode_checked
 from swarm.errors import ProtocolError, RoundFailed
@@ -71,6 +77,8 @@ logger = logging.getLogger(__name__)
 # round's averaged part FINISHED_GRACE seconds for such late fetches.
 FETCH_RETRIES = 2
 FINISHED_GRACE = 30.0
+# Seconds the members' swap of result statements may take (within the round's deadline as well).
+RESULT_EXCHANGE_TIMEOUT = 5.0
 # Peers outside the group that may fetch one reducer's averaged part of one round (late peers, swarm.averaging.late).
 MAX_LATECOMER_FETCHES = 16
 
@@ -99,12 +107,17 @@ class AllReduceRound:
         parts: list[list[Chunk]] | None = None,
         part_labels: dict[int, int] | None = None,
         result: list[torch.Tensor] | None = None,
+        signer: RSAPrivateKey | None = None,
     ):
         """`excluded`: peer ids whose contributions my part ignores (senders struck out by a robust reducer).
 
         A backup's round of one dead reducer's part (swarm.averaging.failover) passes `parts` (that part's chunks as
         the backup's), `part_labels` (member -> the part number its part goes by on the wire) and `result` (the
-        member's round result, which the part's averaged values fill)."""
+        member's round result, which the part's averaged values fill).
+
+        `signer`: this peer's identity key (swarm.net.identity); with it the round checks results: as a reducer it
+        signs each member's copy of its part, as a member it requires its reducers' signatures and compares them
+        with the other members' after the all-gather (swarm.averaging.result_exchange)."""
         self.p2p, self.group, self.layout = p2p, group, layout
         self.authorizer = authorizer  # invite-only runs: the first chunk of each stream is signed
         self.local = list(local) if local is not None else None
@@ -145,6 +158,9 @@ class AllReduceRound:
             for settled in self._settled:
                 settled.set()
         self.failover = PartFailover(self) if parts is None else None   # a backup's round does not fail over again
+        self.signer = signer if parts is None else None   # a backup's part is checked by nobody (its reducer is gone)
+        self.results = ResultCheck(group.round_id, group.peer_ids, me) if self.signer is not None and group.needs(me) else None
+        self._statement: ResultStatement | None = None
         self._excluded_ids = tuple(excluded)
         self._start = time.monotonic()
         self.stats.t0 = self._start
@@ -256,6 +272,8 @@ class AllReduceRound:
                     yield swarm_pb2.PartChunk(part=self.label(group.my_index), chunk=k, data=data)
                     self.stats.taken(self.stats.output_log, carried, len(data))
                     carried += len(data)
+            if self.signer is not None and group.needs(sender):
+                yield self._statement_message(self._own_statement())
             # Read the sender's end-of-stream before closing: closing a stream with unread input
             # resets it, which can destroy the last averaged chunk still in flight to the sender.
             await asyncio.wait_for(asyncio.shield(consumer), self.sender_timeout)
@@ -263,6 +281,37 @@ class AllReduceRound:
             pass
         finally:
             await self._end_stream(sender, stream, consumer)
+
+    def _own_statement(self) -> ResultStatement:
+        """My signed statement of my part's averaged bytes (signed once: every member gets the same bytes)."""
+        if self._statement is None:
+            digest = hashlib.sha256()
+            for data in self._outputs:
+                digest.update(data or b"")
+            assert self.signer is not None
+            self._statement = sign_statement(self.signer, self.group.round_id, self.label(self.group.my_index),
+                                             self.group.peer_ids[self.group.my_index], digest.digest())
+        return self._statement
+
+    def _statement_message(self, statement: ResultStatement) -> swarm_pb2.PartChunk:
+        """The message after a part's last chunk that carries its reducer's statement (chunk = the part's length)."""
+        return swarm_pb2.PartChunk(part=self.label(self.group.my_index), chunk=len(self.parts[self.group.my_index]),
+                                   data=statement.pack())
+
+    def _check_statement(self, j: int, reply: swarm_pb2.PartChunk) -> str | None:
+        """Keep reducer j's statement of the part I received (ResultCheck.hold); else say what is wrong with it."""
+        assert self.results is not None
+        if reply.error or reply.chunk != len(self.parts[j]):
+            return "sent no result statement"
+        statement = ResultStatement.unpack(reply.data)
+        if statement is None or not statement.valid():
+            return "sent a malformed or unsigned result statement"
+        digest = self._part_hashers[j].digest() if j in self._part_hashers else b""
+        if (statement.round_id, statement.part, statement.reducer, statement.digest) != (
+                self.group.round_id, self.label(j), self.group.peer_ids[j], digest):
+            return "signed a result other than the bytes it sent"
+        self.results.hold(j, statement)
+        return None
 
     def _new_stream(self, sender: int) -> int:
         self._stream_of[sender] = self._stream_of.get(sender, 0) + 1
@@ -384,6 +433,8 @@ class AllReduceRound:
             exclude(f"no data for {self.sender_timeout:.1f}s")
         except ProtocolError as e:
             exclude(f"bad data: {e}")
+            if self.group.peer_ids[sender] not in self.stats.bad_data:
+                self.stats.bad_data.append(self.group.peer_ids[sender])   # an honest peer's code never sends it
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -485,6 +536,13 @@ class AllReduceRound:
                     received += 1
                 if not resend_from.done():
                     resend_from.set_result(None)  # nothing to send again: end the request stream
+                if self.results is not None and attempt == 0 and not fetch_first:
+                    # the whole part came on the first stream: its reducer's signed statement follows the last chunk
+                    statement = await asyncio.wait_for(anext(stream), reply_timeout(self.sender_timeout))
+                    problem = self._check_statement(j, statement)
+                    if problem is not None:
+                        self._lost[j] = f"reducer {group.peer_ids[j][-8:]} {problem}"
+                        raise ProtocolError(self._lost[j])
                 try:  # let the reducer close first, so neither side resets a stream with data in flight
                     await asyncio.wait_for(anext(stream), 1.0)
                 except (StopAsyncIteration, asyncio.TimeoutError, Exception):
@@ -554,6 +612,8 @@ class AllReduceRound:
                     logger.warning("round %s: part %d missing: %s", group.round_id.hex()[:8], j, self._lost[j])
                     self.stats.missing_parts.append(j)
                 await own  # my own part is averaged (the streams deliver it to the others)
+                if self.results is not None:
+                    await self._compare_results()
                 await self._drain_outputs()
         except TimeoutError:
             for task in tasks.values():
@@ -565,6 +625,8 @@ class AllReduceRound:
             raise RoundFailed(f"round did not finish within {time.monotonic() - self._start:.1f}s" + (f": still waiting for {detail}" if detail else "")) from None
         finally:
             # every task this round started ends with it (a pending task nobody awaits is destroyed by the GC)
+            if self.results is not None:
+                self.results.ready.set()   # members asking for my statements get what I hold
             started = [watcher, own, *tasks.values()]
             if self.failover is not None:
                 started += self.failover.tasks_of_mine()
@@ -581,6 +643,25 @@ class AllReduceRound:
             missing = sorted(set(self.stats.missing_parts))
             raise RoundFailed(f"missing parts {missing}: " + "; ".join(f"{j}: {self._lost.get(j, '?')}" for j in missing))
         return self.result
+
+    async def _compare_results(self) -> None:
+        """Swap statements with the other members that take the result, within the round's deadline (the caller's
+        timeout scope); a part whose reducer equivocated and of which I hold a minority's bytes is lost to me."""
+        assert self.results is not None and self.signer is not None
+        group, me = self.group, self.group.my_index
+        if self.parts[me] and all(self._outputs):
+            self.results.hold(me, self._own_statement())
+        self.results.ready.set()
+        # not the reducers whose part I had to take from a backup or lost: they are likely gone, and would cost the timeout
+        gone = set(self.stats.missing_parts) | set(self.stats.recovered_parts)
+        peers = [p for i, p in enumerate(group.peer_ids) if i != me and group.needs(i) and i not in gone]
+        await exchange_statements(self.p2p, self.results, peers, RESULT_EXCHANGE_TIMEOUT)
+        verdict = self.results.verdict()
+        self.stats.proofs.extend((a.pack(), b.pack()) for a, b in verdict.proofs)
+        for j, why in verdict.dropped.items():
+            logger.warning("round %s: part %d dropped: %s", group.round_id.hex()[:8], j, why)
+            self._lost[j] = why
+            self.stats.missing_parts.append(j)
 
     def _record_part_hashes(self) -> None:
         """What this member received for each part, as sha256 of its averaged bytes (my own part: what I sent): members

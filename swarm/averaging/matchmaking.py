@@ -112,6 +112,7 @@ class Matchmaker:
         self._hints: dict[int, set[str]] = {}   # leaders named by a candidate that stepped aside for them
         self._joined: dict[int, swarm_pb2.GroupInfo] = {}   # epoch -> the group we joined as a follower (late askers get it)
         self._closers: set[asyncio.Task] = set()  # _close_after_timeout tasks: owned here, ended by stop()
+        self.banned: set[str] = set()   # peers proven to break the protocol (swarm.averaging.bans): never in a group
 
     async def start(self) -> None:
         await self.p2p.add_protobuf_handler(JOIN_HANDLER, self._handle_join, swarm_pb2.JoinRequest)
@@ -140,20 +141,21 @@ class Matchmaker:
         ids |= self._hints.get(epoch, set())
         if self.tracker.role != "client":
             ids.add(self.peer_id)
-        return self._ahead(epoch) + sorted(ids - failed)
+        return self._ahead(epoch) + sorted(ids - failed - self.banned)
 
     def _ahead(self, epoch: int) -> list[str]:
         """Peers we averaged with (a stranger's epoch claim is not enough) whose records show the next epoch."""
         failed = self._failed.get(epoch, set())
         trusted = self.tracker.trusted()
         return sorted(p.peer_id for p in self.tracker.view.training_at(epoch + 1)
-                      if p.peer_id != self.peer_id and p.peer_id not in failed and (trusted is None or p.peer_id in trusted))
+                      if p.peer_id != self.peer_id and p.peer_id not in failed | self.banned
+                      and (trusted is None or p.peer_id in trusted))
 
     def _lower_leader(self, epoch: int) -> str | None:
         """A reachable trainer at the epoch with a lower id than ours, in our view: the leader we should follow."""
         failed = self._failed.get(epoch, set())
         lower = sorted(p.peer_id for p in self.tracker.view.training_at(epoch)
-                       if p.role != "client" and p.peer_id < self.peer_id and p.peer_id not in failed)
+                       if p.role != "client" and p.peer_id < self.peer_id and p.peer_id not in failed and p.peer_id not in self.banned)
         return lower[0] if lower else None
 
     def _expected(self, epoch: int) -> set[str]:
@@ -162,7 +164,7 @@ class Matchmaker:
         Newcomers included: a leader that waited only for peers it had averaged with never let a newcomer in, and the
         newcomer chased the swarm by state downloads (a ghost record costs a round gather_timeout instead)."""
         view = self.tracker.view
-        ids = {p.peer_id for p in view.training_at(epoch) + view.training_at(epoch - 1)} - self._failed.get(epoch, set())
+        ids = {p.peer_id for p in view.training_at(epoch) + view.training_at(epoch - 1)} - self._failed.get(epoch, set()) - self.banned
         return ids | {self.peer_id}
 
     def _gathering(self, epoch: int) -> _Gathering:
@@ -362,6 +364,8 @@ class Matchmaker:
             return refuse(swarm_pb2.GroupInfo.REJECTED, "wrong run")
         if request.peer_id != str(context.remote_id):
             return refuse(swarm_pb2.GroupInfo.REJECTED, "peer id does not match the connection")
+        if request.peer_id in self.banned:
+            return refuse(swarm_pb2.GroupInfo.REJECTED, "banned: it signed two different results for one part")
         # the fields' bounds first: they hold whatever state this peer is in
         if request.role not in ("trainer", "client", "aux") or not valid_weight(request.weight):
             return refuse(swarm_pb2.GroupInfo.REJECTED, "bad role or weight")

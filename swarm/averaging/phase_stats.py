@@ -47,6 +47,8 @@ class PhaseStats:
     own_bytes: int = 0                                                  # bytes of its chunks it sent on them
     refetches: int = 0                                                  # broken reply streams asked again
     recovered_parts: list[int] = field(default_factory=list)            # parts a backup finished after their reducer was lost
+    bad_data: list[str] = field(default_factory=list)                   # senders whose chunks to my part broke the protocol
+    proofs: list[tuple[bytes, bytes]] = field(default_factory=list)    # packed statement pairs proving a reducer equivocated
     resent_chunks: int = 0                                              # its chunks a reducer lacked and got again
     send_log: list[tuple[float, int]] = field(default_factory=list)     # its chunks, taken by the transport*
     output_log: list[tuple[float, int]] = field(default_factory=list)   # averaged chunks of its part, taken*

@@ -6,8 +6,8 @@ bytes to everyone, so all members that received its whole part hold one hash for
 part can only come from its reducer (the streams are authenticated end to end by libp2p, so nobody else could have
 changed them). A missing part has no hash and accuses nobody.
 
-What is here is the comparison; members learn each other's hashes through something all of them see (their
-progress records, or the next round's request): that exchange is not wired yet.
+This is the unsigned comparison (a diagnostic: it proves nothing to a third party). Rounds that check results
+compare the reducers' signed statements instead (swarm.averaging.result_statements, result_exchange).
 """
 from __future__ import annotations
 

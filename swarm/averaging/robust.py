@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import torch
 
@@ -45,7 +46,8 @@ from swarm.averaging.reduction import Reduction
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["bound_weights", "centered_clip", "ClipResult", "CenteredClipReduction", "StrikeBook", "HARD_CLIP", "STRIKES_TO_EXCLUDE"]
+__all__ = ["bound_weights", "centered_clip", "ClipResult", "CenteredClipReduction", "StrikeBook", "HARD_CLIP", "STRIKES_TO_EXCLUDE",
+           "ABSURD_CLIP", "ABSURD_STRIKES_TO_BAN"]
 
 DEFAULT_TAU_SCALE = 1.0
 DEFAULT_MAX_WEIGHT_RATIO = 1.5
@@ -61,6 +63,11 @@ FLOAT32_NORM_LIMIT = 1e17
 HARD_CLIP = 0.75
 # Strikes after which a reducer ignores a sender: two hard-clipped rounds exclude it from the third on.
 STRIKES_TO_EXCLUDE = 2
+# A contribution whose pull was cut by this much lay 1000x tau or more from the centre: its norm is absurd (finite
+# 1e30 gives 1.0, 10x noise 0.97, a sign flip 0.85). An honest sender would need gradient noise 1000x the others'.
+# Rounds with such a contribution after which the reducer's peer bans the sender (swarm.averaging.bans.BanList.observe).
+ABSURD_CLIP = 0.999
+ABSURD_STRIKES_TO_BAN = 2
 
 
 def _bounded(weights: list[float], max_weight_ratio: float) -> list[float]:
@@ -316,7 +323,14 @@ class CenteredClipReduction:
 class StrikeBook:
     """Per-peer strikes a peer keeps as a reducer: a round in which a sender's contributions to my part were clipped
     hard (mean clipped share >= HARD_CLIP) is a strike; past STRIKES_TO_EXCLUDE strikes its contributions are
-    ignored (`excluded`) in every later round this peer reduces.
+    ignored (`excluded`) in every later round this peer reduces. A round in which they were absurd (>= ABSURD_CLIP)
+    counts towards `banned`: ABSURD_STRIKES_TO_BAN such rounds and this peer refuses the sender at matchmaking.
+
+    Why a ban on one's own observation, with no evidence record: the values that prove an absurd norm are a part's
+    worth of bytes, too large for a DHT record, and every honest reducer receives the sender's contributions itself,
+    so each sees the same absurd norms and bans in the same round. Nobody can make a reducer see an honest
+    sender's contribution as absurd (the stream is authenticated, and the centre is robust), so no accuser can ban
+    an honest peer.
 
     Local to each reducer, which keeps the round consistent: every part is reduced by one reducer and sent as the
     same bytes to all members, so reducers with different books still give every member the same average.
@@ -325,15 +339,21 @@ class StrikeBook:
     def __init__(self, hard_clip: float = HARD_CLIP, strikes_to_exclude: int = STRIKES_TO_EXCLUDE):
         self.hard_clip, self.strikes_to_exclude = hard_clip, strikes_to_exclude
         self.strikes: dict[str, int] = {}
+        self.absurd: dict[str, int] = {}
 
-    def record(self, clipped_share: dict[str, float], round_name: str = "") -> list[str]:
-        """Count one round's clipped shares (peer id -> mean share over my part); returns the peers newly excluded."""
+    def record(self, clipped_share: dict[str, float], round_name: str = "", bad_data: Iterable[str] = ()) -> list[str]:
+        """Count one round's clipped shares (peer id -> mean share over my part) and the senders whose chunks broke the
+        protocol (non-finite, undecodable: no honest peer's code sends them; they count as absurd); returns the peers
+        newly excluded."""
         newly = []
-        for peer, share in clipped_share.items():
+        bad = set(bad_data)
+        for peer, share in {**clipped_share, **{p: 1.0 for p in bad}}.items():
+            if share >= ABSURD_CLIP:
+                self.absurd[peer] = self.absurd.get(peer, 0) + 1
             if share >= self.hard_clip:
                 self.strikes[peer] = self.strikes.get(peer, 0) + 1
-                logger.warning("round %s: %s clipped hard (%.2f of its pull cut): strike %d", round_name, peer[-8:],
-                               share, self.strikes[peer])
+                why = "sent bad data" if peer in bad else f"clipped hard ({share:.2f} of its pull cut)"
+                logger.warning("round %s: %s %s: strike %d", round_name, peer[-8:], why, self.strikes[peer])
                 if self.strikes[peer] == self.strikes_to_exclude:
                     logger.warning("%s excluded from the parts this peer reduces after %d strikes", peer[-8:], self.strikes[peer])
                     newly.append(peer)
@@ -341,3 +361,7 @@ class StrikeBook:
 
     def excluded(self) -> frozenset[str]:
         return frozenset(p for p, n in self.strikes.items() if n >= self.strikes_to_exclude)
+
+    def banned(self) -> frozenset[str]:
+        """Senders whose contributions were absurd in ABSURD_STRIKES_TO_BAN rounds."""
+        return frozenset(p for p, n in self.absurd.items() if n >= ABSURD_STRIKES_TO_BAN)

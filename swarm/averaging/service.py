@@ -7,9 +7,11 @@ import logging
 import time
 from typing import AsyncIterator
 
+from google.protobuf.wrappers_pb2 import BytesValue
 from hivemind.p2p import P2P, P2PContext
 
 from swarm.averaging.allreduce import FINISHED_GRACE, AllReduceRound
+from swarm.averaging.result_exchange import RESULTS_HANDLER, unpack_report
 from swarm.averaging.streams import AGGREGATE_HANDLER, drain
 from swarm.net.auth import SwarmAuthorizer
 from swarm.proto import swarm_pb2
@@ -28,6 +30,7 @@ class AggregateService:
 
     async def start(self) -> None:
         await self.p2p.add_protobuf_handler(AGGREGATE_HANDLER, self._handle, swarm_pb2.PartChunk, stream_input=True, stream_output=True)
+        await self.p2p.add_protobuf_handler(RESULTS_HANDLER, self._handle_results, BytesValue)
 
     def _slot(self, round_id: bytes) -> asyncio.Future[AllReduceRound]:
         if round_id not in self._rounds:
@@ -68,6 +71,28 @@ class AggregateService:
         for round_, _ in self._finished.values():
             round_.retire()
         self._finished.clear()
+
+    async def _handle_results(self, request: BytesValue, context: P2PContext) -> BytesValue:
+        """A member's result statements for a round (swarm.averaging.result_exchange): kept, and answered with mine once
+        my parts are in (at most wait_for_round seconds); an empty answer for a round I do not know or do not check."""
+        report = unpack_report(request.value)
+        if report is None or len(report[0]) != 16:
+            return BytesValue()
+        round_id, statements = report
+        finished = self._finished.get(round_id)
+        try:
+            round_ = finished[0] if finished is not None else await asyncio.wait_for(asyncio.shield(self._slot(round_id)), self.wait_for_round)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            return BytesValue()
+        check = round_.results
+        if check is None:
+            return BytesValue()
+        check.offer(str(context.remote_id), round_id, statements)
+        try:
+            await asyncio.wait_for(check.ready.wait(), self.wait_for_round)
+        except asyncio.TimeoutError:
+            pass
+        return BytesValue(value=check.report())
 
     async def _handle(self, requests: AsyncIterator[swarm_pb2.PartChunk], context: P2PContext) -> AsyncIterator[swarm_pb2.PartChunk]:
         try:

@@ -8,8 +8,10 @@ before joining the DHT, and every DHT request and response is signed and checked
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -25,6 +27,7 @@ from swarm.errors import AuthError, NetworkError, describe
 from swarm.net import clock, records, wire
 from swarm.net.auth import ISSUE_HANDLER, SwarmAuthorizer, coordinator_ids, keep_access
 from swarm.net.direct_store import store_near
+from swarm.net.identity import identity_bytes, identity_file, key_from_identity
 from swarm.proto import swarm_pb2
 
 logger = logging.getLogger(__name__)
@@ -72,13 +75,20 @@ class Node:
         """`authorizer`: an invite-only run's (swarm.net.auth); None for an open run. With one, the node gets its
         access token before it joins the DHT (AuthError when the coordinator refuses the invite), every DHT
         RPC is signed and checked, and the node keeps its token fresh and follows revocations."""
+        # A peer's own key (an invite's, its identity file's, or a fresh one) is also its p2p identity; a key passed in
+        # (the coordinator's organizer key) signs records only, and the p2p identity stays the identity file's.
+        bind = private_key is None
         if authorizer is not None:
             private_key = private_key or authorizer.private_key
-        signer = RSASignatureValidator(private_key or RSAPrivateKey())
+        if private_key is None and options.identity_path is not None and os.path.isfile(options.identity_path):
+            with open(options.identity_path, "rb") as f:
+                private_key = key_from_identity(f.read())   # a stable peer id keeps its record key too
+        private_key = private_key or RSAPrivateKey()
+        signer = RSASignatureValidator(private_key)
         validator = CompositeValidator([signer, records.SchemaValidator(run_id)])
         initial = [Multiaddr(m) for m in options.initial_peers]
         wire.cap_message_sizes()   # before any stream opens: no message is read in full before its size is checked
-        p2p = await cls._start_p2p(options, initial)
+        p2p = await cls._start_p2p(options, initial, private_key if bind else None)
         await clock.serve(p2p)
         if initial:  # before the DHT: hivemind's bootstrap refuses a peer more than 3 s off (see swarm.net.clock)
             await clock.synchronize(p2p, cls._peer_ids(initial))
@@ -157,19 +167,29 @@ class Node:
         return frozenset(found[0].invite_ids) if found else None  # type: ignore[attr-defined]
 
     @staticmethod
-    async def _start_p2p(options: NodeOptions, initial: list[Multiaddr], attempts: int = 4) -> P2P:
-        """Start p2pd; retry when it cannot reach the initial peers (an overloaded or restarting bootstrap)."""
+    async def _start_p2p(options: NodeOptions, initial: list[Multiaddr], key: RSAPrivateKey | None, attempts: int = 4) -> P2P:
+        """Start p2pd with `key` as its identity (swarm.net.identity: the peer id then names the records' signer), or
+        the given identity file's (None: hivemind's own, generated if missing); retry when it cannot reach the initial
+        peers (an overloaded or restarting bootstrap)."""
+        if key is not None and options.identity_path is not None and not os.path.exists(options.identity_path):
+            fd = os.open(options.identity_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+            with os.fdopen(fd, "wb") as f:
+                f.write(identity_bytes(key))
         for attempt in range(1, attempts + 1):
             try:
-                return await P2P.create(
-                    initial_peers=initial,
-                    host_maddrs=list(options.host_maddrs),
-                    announce_maddrs=options.announce_maddrs,
-                    identity_path=options.identity_path,
-                    startup_timeout=options.startup_timeout,
-                    dht_mode="client" if options.client_mode else "server",
-                    force_reachability="private" if options.client_mode else None,
-                )
+                with contextlib.ExitStack() as stack:
+                    path = options.identity_path or (stack.enter_context(identity_file(key)) if key is not None else None)
+                    return await P2P.create(
+                        initial_peers=initial,
+                        host_maddrs=list(options.host_maddrs),
+                        announce_maddrs=options.announce_maddrs,
+                        identity_path=path,
+                        # a fresh key is nobody's; a given file is checked as before
+                        check_if_identity_free=options.identity_path is not None or key is None,
+                        startup_timeout=options.startup_timeout,
+                        dht_mode="client" if options.client_mode else "server",
+                        force_reachability="private" if options.client_mode else None,
+                    )
             except Exception as e:
                 text = describe(e)
                 if "bootstrap" in text and attempt < attempts:
@@ -186,6 +206,11 @@ class Node:
     @property
     def peer_id(self) -> PeerID:
         return self.p2p.peer_id
+
+    @property
+    def private_key(self) -> RSAPrivateKey:
+        """The key that signs this node's records and, unless an invite's key differs, is its p2p identity."""
+        return self.signer._private_key
 
     async def visible_maddrs(self) -> list[str]:
         return [str(m) for m in await self.p2p.get_visible_maddrs()]

@@ -100,6 +100,19 @@ class RevocationRecord(_Record):
     time: Timestamp
 
 
+MAX_PROOFS = 16
+MAX_PROOF_BYTES = 4096
+
+
+class BanRecord(_Record):
+    """An accuser's proofs that peers broke the protocol (swarm.averaging.bans): each a pair of packed statements that
+    every peer verifies itself before it bans anybody; the record's owner proves nothing by publishing it."""
+
+    proofs: list[Annotated[list[Annotated[bytes, Field(max_length=MAX_PROOF_BYTES)]], Field(min_length=2, max_length=2)]] = Field(
+        max_length=MAX_PROOFS)
+    time: Timestamp
+
+
 def bounded(value: float, upper: float) -> float:
     """`value` clamped into [0, upper], 0 when not finite: what an honest publisher puts in a bounded field."""
     value = float(value)
@@ -120,6 +133,10 @@ def metrics_key(run_id: str) -> str:
 
 def revocations_key(run_id: str) -> str:
     return f"{run_id}_revoked"
+
+
+def bans_key(run_id: str) -> str:
+    return f"{run_id}_bans"
 
 
 def owner_subkey(public_key: bytes) -> bytes:
@@ -151,6 +168,7 @@ class SchemaValidator(RecordValidatorBase):
             DHTID.generate(source=progress_key(run_id)).to_bytes(): ProgressRecord,
             DHTID.generate(source=metrics_key(run_id)).to_bytes(): MetricsRecord,
             DHTID.generate(source=revocations_key(run_id)).to_bytes(): RevocationRecord,
+            DHTID.generate(source=bans_key(run_id)).to_bytes(): BanRecord,
         }
 
     def validate(self, record: DHTRecord) -> bool:

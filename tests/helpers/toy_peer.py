@@ -141,6 +141,8 @@ def main() -> None:
     parser.add_argument("--stop-at-epoch", type=int, default=-1, metavar="E", help="SIGSTOP itself in the all-reduce of epoch E")
     parser.add_argument("--hold-at-epoch", type=int, default=-1)
     parser.add_argument("--hold-seconds", type=float, default=1.0)
+    parser.add_argument("--robust", default="off", choices=["on", "off", "auto"], help="engine.robust")
+    parser.add_argument("--byzantine", help="a byzantine peer of this kind (peers.attack.byzantine.KINDS)")
     parser.add_argument("--host", help="listen on this IPv4 address (default: loopback)")
     parser.add_argument("--invite", help="join with this invite (swarm://...): run id, peers and access token come from it")
     parser.add_argument("--run-config", action="store_true", help="with --invite: the engine settings are the run's (its config record)")
@@ -162,7 +164,7 @@ def main() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(32, args.hidden), torch.nn.ReLU(), torch.nn.Linear(args.hidden, 1))
     cfg = EngineConfig(target_batch_size=args.target, compression=args.compression, averaging_timeout=args.averaging_timeout,
                        sender_timeout=3.0, matchmaking_timeout=10.0, gather_timeout=1.5, chunk_elements=max(1024, args.chunk_elements),
-                       max_group_size=args.max_group_size)
+                       max_group_size=args.max_group_size, robust=args.robust)
     if args.die_serving_state >= 0:
         Collaboration.state_server_class = make_dying_state_server(args.die_serving_state)
     if args.die_leading_at_epoch >= 0:
@@ -196,6 +198,10 @@ def main() -> None:
                                                args.hold_at_epoch, args.hold_seconds)
         if args.stop_at_epoch >= 0:
             collab.round_class = make_stopping_round(collab.round_class, args.stop_at_epoch, lambda: opt.epoch)
+        if args.byzantine:
+            from peers.attack.byzantine import install
+
+            install(collab, args.byzantine)
         if args.role == "aux":
             collab.run_auxiliary(opt.codec, lambda: stop["flag"])
             return

@@ -43,3 +43,34 @@ def test_forged_foreign_and_malformed_records_are_rejected():
             await b.shutdown()
             await a.shutdown()
     asyncio.run(main())
+
+
+def test_a_nodes_peer_id_names_its_record_key_and_ban_proofs_reach_other_nodes(tmp_path):
+    from swarm.averaging.bans import BanList
+    from swarm.averaging.result_statements import sign_statement
+    from swarm.net.identity import peer_id_of
+
+    async def main():
+        path = str(tmp_path / "identity.key")
+        a = await Node.create("run", NodeOptions(identity_path=path))   # the file is written from the record key
+        b = await Node.create("run", NodeOptions(initial_peers=await a.visible_maddrs()))
+        try:
+            for node in (a, b):
+                assert peer_id_of(node.signer.local_public_key[len(b"[owner:"):-1]) == str(node.peer_id)
+            liar = BanList()
+            proof = tuple(sign_statement(a.private_key, bytes(16), 0, str(a.peer_id), bytes([x]) * 32).pack() for x in (1, 2))
+            assert liar.accuse([proof]) == [str(a.peer_id)]
+            assert await liar.publish(b)
+            seen = BanList()
+            await seen.refresh(a)
+            assert seen.banned == {str(a.peer_id)}
+            first_id, first_key = str(a.peer_id), a.signer.local_public_key
+        finally:
+            await b.shutdown()
+            await a.shutdown()
+        again = await Node.create("run", NodeOptions(identity_path=path))   # a stable identity keeps its record key
+        try:
+            assert (str(again.peer_id), again.signer.local_public_key) == (first_id, first_key)
+        finally:
+            await again.shutdown()
+    asyncio.run(main())

@@ -70,9 +70,11 @@ def test_strikes_are_split_between_byzantine_and_honest_peers():
 
     logs = ["16:03:39 W swarm.averaging.robust: round 111ecedf: gt45iSb4 clipped hard (1.00 of its pull cut): strike 1\n"
             "16:03:43 W swarm.averaging.robust: gt45iSb4 excluded from the parts this peer reduces after 2 strikes\n"
-            "16:03:44 W swarm.averaging.robust: round 2: HoNeSt01 clipped hard (0.80 of its pull cut): strike 1\n"]
+            "16:03:44 W swarm.averaging.robust: round 2: HoNeSt01 clipped hard (0.80 of its pull cut): strike 1\n"
+            "16:03:45 W swarm.averaging.bans: banning gt45iSb4: its contributions were absurd in repeated rounds\n"]
     fig = strike_figures(logs, {"12D3KooWxxxxgt45iSb4"})
-    assert fig == {"strikes": {"byzantine": 1, "honest": 1}, "exclusions": {"byzantine": 1, "honest": 0}}
+    assert fig == {"strikes": {"byzantine": 1, "honest": 1}, "exclusions": {"byzantine": 1, "honest": 0},
+                   "bans": {"byzantine": 1, "honest": 0}}
 
 
 def test_a_lying_reducer_adds_noise_to_what_it_averages_and_sends_its_own_values_honestly():

@@ -85,6 +85,22 @@ def test_strikes_count_only_hard_clipping():
     assert book.excluded() == {"b"} and book.strikes == {"b": 2}
 
 
+def test_only_absurd_contributions_in_two_rounds_ban_their_sender():
+    book = StrikeBook()
+    for _ in range(3):   # 1e30 (1.0), 10x noise (0.97) and a sign flip (0.85): all struck, only the absurd one banned
+        book.record({"huge": 1.0, "noise": 0.97, "flip": 0.85, "honest": 0.001})
+        assert book.banned() <= {"huge"}
+    assert book.banned() == {"huge"} and book.excluded() == {"huge", "noise", "flip"}
+    bad = StrikeBook()   # non-finite or undecodable chunks: absurd as well
+    bad.record({}, bad_data=["nan"])
+    bad.record({"nan": 0.0}, bad_data=["nan", "nan"])
+    assert bad.banned() == {"nan"} and bad.strikes == {"nan": 2}
+    once = StrikeBook()
+    once.record({"x": 1.0})
+    once.record({"x": 0.5})
+    assert once.banned() == frozenset()
+
+
 @pytest.mark.parametrize("setting, invite_only, robust", [
     ("auto", False, True), ("auto", True, False), ("on", True, True), ("off", False, False),
 ])

@@ -1,0 +1,95 @@
+"""Bans that every honest peer applies alike: only on a proof each peer checks itself.
+
+A proof is a pair of result statements signed by one reducer for one part of one round with different digests
+(swarm.averaging.result_statements.contradiction): the reducer sent different bytes to different members. A
+member that finds one in a round (swarm.averaging.result_exchange) bans the reducer at once and publishes the
+proof in the DHT (`BanRecord` under the run's bans key, signed by the accuser). Every peer reads the run's ban
+records now and then (`refresh`) and bans the reducers of the proofs that verify, whoever published them.
+
+Why this rule and not a quorum of accusers: an open run's accusers can be Sybils, so no count of them proves
+anything, while a proof needs the accused peer's own key; an accuser with forged evidence (a statement signed by
+another key, or a tampered one) bans nobody. The rule is the same on every peer, so the bans are too, up to the
+DHT's delay. A ban holds for this process's life.
+
+A peer also bans, on its own observation, a sender whose contributions to its part were absurd in repeated rounds
+(`observe`; swarm.averaging.robust.StrikeBook says why that needs no record). Banned peers are refused at
+matchmaking (swarm.averaging.matchmaking reads `banned`), and their contributions are ignored.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Iterable
+
+from swarm.averaging.result_statements import ResultStatement, contradiction
+from swarm.net import records
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BanList", "BAN_TTL", "REFRESH_EVERY"]
+
+BAN_TTL = 6 * 3600.0          # seconds an accuser's record lives in the DHT
+REFRESH_EVERY = 10.0          # seconds between reads of the run's ban records
+MAX_CHECKED = 4096            # distinct proofs one peer verifies at most (each costs two RSA verifications)
+
+
+class BanList:
+    """The peers this peer bans, and the proofs it found itself (which it publishes)."""
+
+    def __init__(self) -> None:
+        self.banned: set[str] = set()
+        self.found: list[tuple[bytes, bytes]] = []          # my own proofs, newest last (the record keeps the newest)
+        self._checked: dict[tuple[bytes, bytes], str | None] = {}
+        self._last_refresh = -float("inf")
+
+    def consider(self, proof: tuple[bytes, bytes] | list[bytes]) -> str | None:
+        """Ban the reducer of a proof that verifies; returns it, or None when the proof proves nothing."""
+        if len(proof) != 2 or not all(isinstance(p, bytes) for p in proof):
+            return None
+        key = (proof[0], proof[1])
+        if key not in self._checked:
+            if len(self._checked) >= MAX_CHECKED:
+                return None
+            a, b = ResultStatement.unpack(proof[0]), ResultStatement.unpack(proof[1])
+            self._checked[key] = a.reducer if a is not None and b is not None and contradiction(a, b) else None
+        accused = self._checked[key]
+        if accused is not None and accused not in self.banned:
+            logger.warning("banning %s: it signed two different results for one part of one round", accused[-8:])
+            self.banned.add(accused)
+        return accused
+
+    def observe(self, peers: Iterable[str]) -> list[str]:
+        """Ban peers this peer saw send absurd contributions itself (swarm.averaging.robust.StrikeBook.banned)."""
+        new = sorted(set(peers) - self.banned)
+        for peer in new:
+            logger.warning("banning %s: its contributions were absurd in repeated rounds", peer[-8:])
+        self.banned.update(new)
+        return new
+
+    def accuse(self, proofs: Iterable[tuple[bytes, bytes]]) -> list[str]:
+        """My own round's proofs: the reducers they ban (each proof kept for publishing)."""
+        banned = []
+        for proof in proofs:
+            accused = self.consider(proof)
+            if accused is not None:
+                banned.append(accused)
+                if tuple(proof) not in self.found:
+                    self.found = (self.found + [tuple(proof)])[-records.MAX_PROOFS:]
+        return banned
+
+    def record(self) -> records.BanRecord:
+        return records.BanRecord(proofs=[list(p) for p in self.found], time=time.time())
+
+    async def publish(self, node) -> bool:
+        """Store my proofs under the run's bans key (my record replaces my earlier one)."""
+        return await node.store_record(records.bans_key(node.run_id), self.record(), BAN_TTL)
+
+    async def refresh(self, node, force: bool = False) -> None:
+        """Read the run's ban records (at most every REFRESH_EVERY s) and ban the reducers of the proofs that verify."""
+        now = time.monotonic()
+        if not force and now - self._last_refresh < REFRESH_EVERY:
+            return
+        self._last_refresh = now
+        for record in await node.fetch_records(records.bans_key(node.run_id), records.BanRecord):
+            for proof in record.proofs:
+                self.consider(proof)

@@ -1,0 +1,88 @@
+"""Reducers sign their results; two signed results that disagree prove that their reducer equivocated.
+
+A reducer in a round that checks results signs one statement per part it reduced: (round id, part number, its
+peer id, sha256 of the part's averaged bytes in chunk order). It sends the statement at the end of each member's
+reply stream, after the part's last chunk; the member checks that the statement is its reducer's (the signer's
+key is the peer id's identity, swarm.net.identity) and that the digest is that of the bytes it received, and
+otherwise treats the part as lost. An honest reducer sends every member the same bytes, so one statement.
+
+After the all-gather the members swap the statements they hold (swarm.averaging.result_exchange). Two valid
+statements of one reducer for one part of one round with different digests are a proof (`contradiction`):
+anyone can check it offline, and no member can make one up, because only the reducer's key signs statements
+naming it. So a proof can go into the DHT and be verified by each peer before it bans (swarm.averaging.bans).
+
+Bounds: a packed statement is at most MAX_STATEMENT_BYTES; every field is checked for type and size before use.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgpack
+from hivemind.utils.crypto import RSAPrivateKey, RSAPublicKey
+
+from swarm.net.identity import MAX_PUBLIC_KEY_BYTES, peer_id_of
+
+__all__ = ["ResultStatement", "sign_statement", "contradiction", "MAX_STATEMENT_BYTES"]
+
+_DOMAIN = b"swarm-result-v1\0"
+MAX_STATEMENT_BYTES = 4096
+MAX_PEER_ID_CHARS = 128
+MAX_SIGNATURE_BYTES = 1024   # base64 of an RSA signature: 344 bytes at 2048 bits
+MAX_PART = 1 << 20
+
+
+@dataclass(frozen=True)
+class ResultStatement:
+    round_id: bytes        # 16 bytes
+    part: int              # the part's number on the wire
+    reducer: str           # base58 peer id of the signer
+    digest: bytes          # sha256 of the part's averaged bytes
+    public_key: bytes      # the reducer's RSA key (OpenSSH bytes): its peer id must be `reducer`
+    signature: bytes
+
+    def signed_bytes(self) -> bytes:
+        return _DOMAIN + msgpack.packb([self.round_id, self.part, self.reducer, self.digest])
+
+    def valid(self) -> bool:
+        """The reducer named signed it: the key is the reducer's identity and the signature checks."""
+        if peer_id_of(self.public_key) != self.reducer:
+            return False
+        try:
+            return RSAPublicKey.from_bytes(self.public_key).verify(self.signed_bytes(), self.signature)
+        except Exception:   # a key the parser refuses: not the reducer's
+            return False
+
+    def pack(self) -> bytes:
+        return msgpack.packb([self.round_id, self.part, self.reducer, self.digest, self.public_key, self.signature])
+
+    @classmethod
+    def unpack(cls, data: object) -> "ResultStatement | None":
+        """A statement from untrusted bytes; None unless every field has its type and bounds (not yet verified)."""
+        if not isinstance(data, bytes) or len(data) > MAX_STATEMENT_BYTES:
+            return None
+        try:
+            fields = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=MAX_STATEMENT_BYTES,
+                                     max_str_len=MAX_PEER_ID_CHARS, max_array_len=6, max_map_len=0)
+        except Exception:
+            return None
+        if not isinstance(fields, list) or len(fields) != 6:
+            return None
+        round_id, part, reducer, digest, public_key, signature = fields
+        if not (isinstance(round_id, bytes) and len(round_id) == 16 and isinstance(part, int) and 0 <= part < MAX_PART
+                and isinstance(reducer, str) and 0 < len(reducer) <= MAX_PEER_ID_CHARS and isinstance(digest, bytes)
+                and len(digest) == 32 and isinstance(public_key, bytes) and 0 < len(public_key) <= MAX_PUBLIC_KEY_BYTES
+                and isinstance(signature, bytes) and 0 < len(signature) <= MAX_SIGNATURE_BYTES):
+            return None
+        return cls(round_id, part, reducer, digest, public_key, signature)
+
+
+def sign_statement(key: RSAPrivateKey, round_id: bytes, part: int, reducer: str, digest: bytes) -> ResultStatement:
+    """The reducer's statement that the averaged bytes of `part` hash to `digest` (`key`: its identity key)."""
+    unsigned = ResultStatement(round_id, part, reducer, digest, key.get_public_key().to_bytes(), b"")
+    return ResultStatement(round_id, part, reducer, digest, unsigned.public_key, key.sign(unsigned.signed_bytes()))
+
+
+def contradiction(a: ResultStatement, b: ResultStatement) -> bool:
+    """Whether `a` and `b` prove their reducer equivocated: both valid, same reducer, round and part, other digests."""
+    return (a.reducer == b.reducer and a.round_id == b.round_id and a.part == b.part and a.digest != b.digest
+            and a.valid() and b.valid())

@@ -1,0 +1,39 @@
+"""Real toy peers in robust mode with one byzantine peer: every honest peer bans it within 3 rounds of its first
+attack, nobody bans an honest peer, and the attacker no longer gets into the honest peers' groups.
+
+equivocating_reducer: its two signed results for one part are the proof (swarm.averaging.result_statements), each
+honest member of its first group finds it, bans it and publishes it (swarm.averaging.bans). huge (1e30, inf in
+the fp16 codec): every honest reducer refuses its chunks as bad data twice and bans it on its own observation
+(swarm.averaging.robust.StrikeBook.banned).
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.helpers.procs import read_jsonl
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+HONEST = 3
+
+
+@pytest.mark.parametrize("kind", ["equivocating_reducer", "huge"])
+def test_the_attacker_is_banned_by_every_honest_peer_within_three_rounds(peers, tmp_path, kind):
+    args = ["--duration", "90", "--steps", "8", "--target", "256", "--chunk-elements", "1024", "--wait-peers", "4", "--robust", "on"]
+    first = peers("p0", "--seed", "0", *args)
+    addr = first.maddr
+    honest = [first] + [peers(f"p{i}", "--seed", str(i), "--initial-peers", addr, *args) for i in range(1, HONEST)]
+    bad = peers("bad", "--seed", "9", "--initial-peers", addr, "--byzantine", kind, *args)
+    bad_id = bad.maddr.rsplit("/p2p/", 1)[1]
+    for p in honest:
+        p.proc.wait(180)
+    for i in range(HONEST):
+        log = (tmp_path / f"p{i}.log").read_text(errors="replace")
+        banned = set(re.findall(r"banning (\S+):", log))
+        assert banned == {bad_id[-8:]}, (i, banned)
+        rows = [r for r in read_jsonl(tmp_path / f"p{i}.jsonl") if "final" not in r]
+        with_attacker = [r["epoch"] for r in rows if r["group"] > HONEST]
+        assert len(with_attacker) <= 3, (i, [(r["epoch"], r["group"]) for r in rows])   # steps in a group with it
+        assert rows and max(r["epoch"] for r in rows) >= 6, (i, rows)                     # and training went on
