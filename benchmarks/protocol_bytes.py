@@ -9,7 +9,8 @@ under a category:
   download (`swarm.state`), clock (`swarm.net.clock`), access tokens and invites (`swarm.net.auth.*`,
   `swarm.net.invite.*`);
 - the DHT's RPCs by the key they carry: `progress.read` / `progress.write` (finds and stores of the
-  run's progress key, the requests we send and the answers we serve to others alike), `metrics.write`,
+  run's progress key, the requests we send and the answers we serve to others alike), `summary.read` /
+  `summary.write` (the same for the progress summaries, swarm.averaging.summaries), `metrics.write`,
   `config`, `revocations`, and `dht.maintenance` for the rest (pings, finds of routing-table ids,
   bootstrap).
 
@@ -42,6 +43,7 @@ class ProtocolBytes:
         self._lock = threading.Lock()
         self._keys = {
             DHTID.generate(source=records.progress_key(run_id)).to_bytes(): "progress",
+            DHTID.generate(source=records.progress_summary_key(run_id)).to_bytes(): "summary",
             DHTID.generate(source=records.metrics_key(run_id)).to_bytes(): "metrics",
             DHTID.generate(source=records.config_key(run_id)).to_bytes(): "config",
             DHTID.generate(source=records.revocations_key(run_id)).to_bytes(): "revocations",
@@ -64,7 +66,7 @@ class ProtocolBytes:
         if not labels:
             return "dht.maintenance"
         label = sorted(labels)[0] if len(labels) == 1 else "+".join(sorted(labels))
-        if label in ("progress", "metrics"):
+        if label in ("progress", "summary", "metrics"):
             return f"{label}.{'write' if rpc == 'rpc_store' else 'read'}"
         return label
 

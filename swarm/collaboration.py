@@ -190,7 +190,7 @@ class Collaboration:
         cfg = self.config
         self.tracker = ProgressTracker(
             self.node, cfg.target_batch_size, self.role, lambda: (self.upload.value, self.download.value),
-            record_ttl=cfg.record_ttl, serves_state=self.role != "client",
+            record_ttl=cfg.record_ttl, serves_state=self.role != "client", summaries=cfg.progress_summaries,
         )
         self.aggregate = AggregateService(self.node.p2p, authorizer=self.authorizer)
         await self.aggregate.start()

@@ -194,12 +194,18 @@ class Node:
             self._traversed[key] = now
         return stored
 
-    async def fetch_records(self, key: str, model: type[records._Record], *, owner: bytes | None = None) -> list[records._Record]:
+    async def fetch_records(self, key: str, model: type[records._Record], *, owner: bytes | None = None,
+                            latest: bool = True) -> list[records._Record]:
         """All valid, unexpired records under a key (one per owner); malformed ones are dropped.
-        `owner`: only the record of this RSA public key (OpenSSH bytes), e.g. the organizer's."""
-        # every node of a bucket, not only the key's nearest: a peer's direct stores (swarm.net.direct_store) reach
-        # the replicas its routing table knows, and a node that just joined holds nothing yet
-        found = await self.dht.get(key, latest=True)
+        `owner`: only the record of this RSA public key (OpenSSH bytes), e.g. the organizer's.
+        `latest=False`: the records of the first node that holds the key (asked one at a time), not of every node of
+        a bucket: a fraction of the bytes, for a key whose few records every replica should hold."""
+        if latest:
+            # every node of a bucket, not only the key's nearest: a peer's direct stores (swarm.net.direct_store) reach
+            # the replicas its routing table knows, and a node that just joined holds nothing yet
+            found = await self.dht.get(key, latest=True)
+        else:
+            found = await self.dht.get(key, latest=False, num_workers=1)
         if found is None or not isinstance(found.value, dict):
             return []
         out = []
