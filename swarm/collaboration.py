@@ -433,7 +433,8 @@ class Collaboration:
     def publish_metrics(self, record: records.MetricsRecord) -> None:
         """Publish a metrics record without blocking the training loop (failures are logged)."""
         assert self.node is not None
-        future = self.loop.submit(self.node.store_record(records.metrics_key(self.run_id), record, self.config.record_ttl * 4))
+        future = self.loop.submit(self.node.store_record(records.metrics_key(self.run_id), record, self.config.record_ttl * 4,
+                                                         blind=self.config.progress_summaries))
         future.add_done_callback(lambda f: f.cancelled() or f.exception() is None or logger.debug("metrics not published: %s", f.exception()))
 
     # -- auxiliary peers --------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from hivemind.utils.multiaddr import Multiaddr
 from swarm.errors import AuthError, NetworkError, describe
 from swarm.net import clock, records, wire
 from swarm.net.auth import ISSUE_HANDLER, SwarmAuthorizer, coordinator_ids, keep_access
-from swarm.net.direct_store import store_near
+from swarm.net.direct_store import store_blind, store_near
 from swarm.proto import swarm_pb2
 
 logger = logging.getLogger(__name__)
@@ -179,12 +179,16 @@ class Node:
 
     # --- signed records -------------------------------------------------------------------------------
 
-    async def store_record(self, key: str, record: records._Record, ttl: float, *, direct: bool = False) -> bool:
+    async def store_record(self, key: str, record: records._Record, ttl: float, *, direct: bool = False,
+                           blind: bool = False) -> bool:
         """Store our record under `key` for `ttl` seconds. `direct`: the caller has just read `key`, so the nodes
         nearest to it are in the routing table: store on them without a traversal (swarm.net.direct_store), except
-        once per half `ttl`, when the store traverses as usual so that a replica the table lacks still gets it."""
+        once per half `ttl`, when the store traverses as usual so that a replica the table lacks still gets it.
+        `blind`: traverse as usual, but without reading the key's records on the way (swarm.net.direct_store)."""
         expiration = clock.now() + ttl
         now = time.monotonic()
+        if blind:
+            return await store_blind(self.dht, key, self.signer.local_public_key, records.encode(record), expiration, timeout=ttl / 2) > 0
         if direct and now - self._traversed.get(key, -math.inf) < ttl / 2:
             return await store_near(self.dht, key, self.signer.local_public_key, records.encode(record), expiration, timeout=ttl / 2) > 0
         # hivemind's default beam: a beam of the replicas alone (every FIND answers with all records) left a restarted
