@@ -10,7 +10,8 @@ under a category:
   `swarm.net.invite.*`);
 - the DHT's RPCs by the key they carry: `progress.read` / `progress.write` (finds and stores of the
   run's progress key, the requests we send and the answers we serve to others alike), `summary.read` /
-  `summary.write` (the same for the progress summaries, swarm.averaging.summaries), `metrics.write`,
+  `summary.write` (the same for the progress summaries, swarm.averaging.summaries; a blind store's
+  FINDs of the key's id with its last bit flipped count as writes), `metrics.write`,
   `config`, `revocations`, and `dht.maintenance` for the rest (pings, finds of routing-table ids,
   bootstrap).
 
@@ -48,6 +49,8 @@ class ProtocolBytes:
             DHTID.generate(source=records.config_key(run_id)).to_bytes(): "config",
             DHTID.generate(source=records.revocations_key(run_id)).to_bytes(): "revocations",
         }
+        # a blind store's traversal (swarm.net.direct_store.store_blind) looks for the key's id with its last bit flipped
+        self._probes = {DHTID(DHTID.from_bytes(k) ^ 1).to_bytes(): label for k, label in self._keys.items()}
 
     # -- classification -------------------------------------------------------------------------------
 
@@ -61,6 +64,8 @@ class ProtocolBytes:
             return name
         rpc = name[len(_DHT_PREFIX):]
         keys = list(getattr(request, "keys", ()) or ()) if isinstance(request, (dht_pb2.FindRequest, dht_pb2.StoreRequest)) else []
+        if keys and all(k in self._probes for k in keys):
+            return "+".join(sorted({self._probes[k] for k in keys})) + ".write"
         labels = {self._keys.get(k, "") for k in keys}
         labels.discard("")
         if not labels:

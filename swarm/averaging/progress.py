@@ -121,6 +121,7 @@ class ProgressTracker:
         serves_state: bool = True,
         direct_stores: bool = False,
         summaries: bool = False,
+        summary_min_peers: int = summary.MIN_PEERS,
     ):
         self.node = node
         self.target_batch_size = target_batch_size
@@ -131,6 +132,7 @@ class ProgressTracker:
         self.direct_stores = direct_stores   # off: with them, newcomers of the join-storm test saw one donor (see below)
         self.serves_state = serves_state
         self.summaries = summaries   # read aggregators' summaries instead of every record (swarm.averaging.summaries)
+        self.summary_min_peers = summary_min_peers
         self.reads = {"full": 0, "summary": 0, "aggregated": 0}   # how each refresh read the swarm
         self.local = LocalProgress()
         self.peer_id = str(node.peer_id)
@@ -296,7 +298,7 @@ class ProgressTracker:
         """The swarm's records and their age in seconds: every record, or the merge of fresh summaries when summaries
         are on and the swarm is large enough (an aggregator of the window reads every record and publishes them)."""
         ids = {p.peer_id for p in self._view.peers if not p.leaving} | {self.peer_id}
-        if not self.summaries or len(ids) < summary.MIN_PEERS:
+        if not self.summaries or len(ids) < self.summary_min_peers:
             self.reads["full"] += 1
             return await self._read_all(), 0.0
         now = clock.now()
