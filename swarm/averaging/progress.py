@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 
 VOUCH_FOR = 600.0      # seconds a group member's samples count after its last round with us
+SUMMARY_READ_TIMEOUT = 1.5   # seconds a read of the progress summaries may take before we read every record
 QUORUM = 2             # distinct peers that must reach an epoch before it is the swarm's (minus the one-epoch lead)
 
 
@@ -141,6 +142,7 @@ class ProgressTracker:
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._summarizing: asyncio.Task | None = None   # an aggregator's summary being stored
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._recent: dict[str, float] = {}       # peer id -> when its record was last seen (monotonic)
@@ -224,6 +226,8 @@ class ProgressTracker:
 
     async def stop(self, withdraw: bool = True) -> None:
         self._stopping = True
+        if self._summarizing is not None:
+            self._summarizing.cancel()
         if self._task is not None:
             self._task.cancel()
             # hivemind's DHT calls can absorb a cancellation; never let that hold up leaving
@@ -305,11 +309,16 @@ class ProgressTracker:
         allowed = summary.chosen(self.node.run_id, now, ids)
         if self.peer_id in allowed:
             found = await self._read_all()
-            await self._publish_summary(found, allowed[self.peer_id])
+            if self._summarizing is None or self._summarizing.done():   # beside the refresh: it must not delay our view
+                self._summarizing = asyncio.create_task(self._publish_summary(found, allowed[self.peer_id]), name="progress-summary")
             self.reads["aggregated"] += 1
             return found, 0.0
         for latest in (False, True):   # the first replica that answers; then every node of a bucket
-            usable = await self._read_summaries(allowed, latest)
+            try:   # bounded, so that the full read still fits in the refresh's time
+                usable = await asyncio.wait_for(self._read_summaries(allowed, latest), SUMMARY_READ_TIMEOUT)
+            except asyncio.TimeoutError:
+                logger.debug("no progress summary within %.1f s: reading every record", SUMMARY_READ_TIMEOUT)
+                break
             if len(usable) >= summary.QUORUM:
                 merged = [p for p in summary.merge(usable) if p.peer_id != self.peer_id] + [self.own_record()]
                 self.reads["summary"] += 1

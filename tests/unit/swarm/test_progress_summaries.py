@@ -187,12 +187,34 @@ def test_an_aggregator_reads_every_record_and_publishes_them_as_its_summary():
     allowed = summary.chosen(RUN, clock.now(), [p.peer_id for p in everyone[:8]])
     me = sorted(allowed)[0]
     t, node = _tracker(me, everyone, [])
-    asyncio.run(t.refresh())
+
+    async def main():
+        await t.refresh()
+        await asyncio.wait_for(t._summarizing, 5)   # stored beside the refresh
+
+    asyncio.run(main())
     assert node.full_reads == 1 and t.reads["aggregated"] == 1
     [(key, published)] = node.stored
     assert key == records.progress_summary_key(RUN)
     assert published.aggregator == me and published.window == allowed[me]
     assert [p.peer_id for p in published.peers] == sorted(p.peer_id for p in everyone[:8])
+
+
+def test_a_reader_whose_summary_read_hangs_reads_every_record_in_time():
+    everyone = [rec(p) for p in IDS[:8]]
+    allowed = summary.chosen(RUN, clock.now(), [p.peer_id for p in everyone])
+    me = next(p for p in IDS[:8] if p not in allowed)
+    t, node = _tracker(me, everyone, [])
+    read_all = node.fetch_records
+
+    async def hanging(key, model, *, latest=True):
+        if key == records.progress_summary_key(RUN):
+            await asyncio.sleep(60)
+        return await read_all(key, model, latest=latest)
+
+    node.fetch_records = hanging
+    view = asyncio.run(asyncio.wait_for(t.refresh(), 5))
+    assert node.full_reads == 1 and t.reads["full"] == 1 and len(view.peers) == 8
 
 
 def test_a_small_swarm_or_summaries_off_reads_every_record():
