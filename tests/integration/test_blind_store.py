@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from swarm.net import records
+from swarm.net import clock, records
+from swarm.net.direct_store import store_blind
 from swarm.net.node import Node, NodeOptions
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -44,11 +45,19 @@ def test_a_blind_store_reads_no_record_on_its_way_and_every_node_reads_it():
                 assert await node.store_record(key, progress(f"p{i}", 1), 60.0)
             writer = nodes[-1]
             finds = answers_with_values(writer)
-            assert await writer.store_record(key, progress("w", 2), 60.0, blind=True)
-            assert finds and sum(finds) == 0                                          # it traversed, and read nothing
+            value = records.encode(progress("w", 2))
+            # a store just after joining can reach no replica (1 run in about 20, hivemind's own store then failed too):
+            # a few attempts, each of which must read nothing
+            for _ in range(3):
+                stored = await store_blind(writer.dht, key, writer.signer.local_public_key, value, clock.now() + 60.0, 10.0)
+                if stored:
+                    break
+                await asyncio.sleep(1.0)
+            assert stored >= 1
+            assert finds and sum(finds) == 0, finds                                   # it traversed, and read nothing
             for node in nodes:
                 found = {r.peer_id: r.epoch for r in await node.fetch_records(key, records.ProgressRecord)}
-                assert found.get("w") == 2 and len(found) == len(nodes)
+                assert found.get("w") == 2 and len(found) == len(nodes), found
         finally:
             for node in reversed(nodes):
                 await node.shutdown()
