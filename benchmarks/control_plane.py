@@ -1,6 +1,6 @@
 """What each peer sends beside the rounds, per protocol per second, at several swarm sizes.
 
-    python -m benchmarks.control_plane --peers 4,8,16 [--duration 60] [--phases idle,training] --json PATH
+    python -m benchmarks.control_plane --peers 4,8,16 [--duration 60] [--phases idle,training] [--summaries] --json PATH
 
 For each N and phase, N toy peers (benchmarks.workers.control_plane_peer) join one swarm on the loopback of
 a fresh network namespace (needs root), warm up `--warmup` seconds, then are measured for `--duration`:
@@ -64,7 +64,8 @@ def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
 
 
-def measure(n: int, phase: str, *, duration: float, warmup: float, target: int, step_sleep: float, log_dir: Path) -> dict[str, Any]:
+def measure(n: int, phase: str, *, duration: float, warmup: float, target: int, step_sleep: float, log_dir: Path,
+            summaries: bool = False) -> dict[str, Any]:
     """One swarm of `n` peers in one phase; the per-peer per-second figures."""
     run_id = f"cp{n}{phase[0]}"
     procs: list[PeerProcess] = []
@@ -73,7 +74,8 @@ def measure(n: int, phase: str, *, duration: float, warmup: float, target: int, 
             def spawn(i: int, initial: list[str]) -> PeerProcess:
                 argv = ["ip", "netns", "exec", ns.name, sys.executable, "-m", "benchmarks.workers.control_plane_peer",
                         "--run-id", run_id, "--target", str(target if phase == "training" else IDLE_TARGET),
-                        "--step-sleep", str(step_sleep), "--seed", str(i), "--initial-peers", *initial]
+                        "--step-sleep", str(step_sleep), "--seed", str(i), *(["--summaries"] if summaries else []),
+                        "--initial-peers", *initial]
                 proc = PeerProcess(f"peer{i}", argv, log_dir / f"{run_id}-peer{i}.log", env=dict(os.environ))
                 procs.append(proc)
                 return proc
@@ -118,6 +120,10 @@ def measure(n: int, phase: str, *, duration: float, warmup: float, target: int, 
         "counted_sent_Bps": counted, "wire_Bps": wire, "p2pd_own_Bps": wire - counted,
         "rounds": [e["rounds"] - s["rounds"] for s, e in zip(start, end)],
         "seen": [e["seen"] for e in end],
+        "summaries": summaries,
+        # how the peers' refreshes read the swarm in the window: every record, summaries, or as an aggregator
+        "reads": {k: sum(e.get("reads", {}).get(k, 0) - s.get("reads", {}).get(k, 0) for s, e in zip(start, end))
+                  for k in ("full", "summary", "aggregated")},
         "load": [round(load_before, 2), round(load_after, 2)],
     }
 
@@ -134,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=20)
     parser.add_argument("--target", type=int, default=256)
     parser.add_argument("--step-sleep", type=float, default=0.05)
+    parser.add_argument("--summaries", action="store_true", help="progress summaries on (EngineConfig.progress_summaries)")
     parser.add_argument("--label", default="", help="a name for this code version (e.g. before, after)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--append", action="store_true", help="add the runs to an existing --json")
@@ -148,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in [int(x) for x in args.peers.split(",")]:
         for phase in args.phases.split(","):
             result = measure(n, phase, duration=args.duration, warmup=args.warmup, target=args.target,
-                             step_sleep=args.step_sleep, log_dir=log_dir)
+                             step_sleep=args.step_sleep, log_dir=log_dir, summaries=args.summaries)
             result["label"] = args.label
             runs.append(result)
             top = ", ".join(f"{k} {v / 1000:.1f}" for k, v in list(result["sent_Bps"].items())[:5])

@@ -9,7 +9,9 @@ under a category:
   download (`swarm.state`), clock (`swarm.net.clock`), access tokens and invites (`swarm.net.auth.*`,
   `swarm.net.invite.*`);
 - the DHT's RPCs by the key they carry: `progress.read` / `progress.write` (finds and stores of the
-  run's progress key, the requests we send and the answers we serve to others alike), `metrics.write`,
+  run's progress key, the requests we send and the answers we serve to others alike), `summary.read` /
+  `summary.write` (the same for the progress summaries, swarm.averaging.summaries; a blind store's
+  FINDs of the key's id with its last bit flipped count as writes), `metrics.write`,
   `config`, `revocations`, and `dht.maintenance` for the rest (pings, finds of routing-table ids,
   bootstrap).
 
@@ -42,10 +44,13 @@ class ProtocolBytes:
         self._lock = threading.Lock()
         self._keys = {
             DHTID.generate(source=records.progress_key(run_id)).to_bytes(): "progress",
+            DHTID.generate(source=records.progress_summary_key(run_id)).to_bytes(): "summary",
             DHTID.generate(source=records.metrics_key(run_id)).to_bytes(): "metrics",
             DHTID.generate(source=records.config_key(run_id)).to_bytes(): "config",
             DHTID.generate(source=records.revocations_key(run_id)).to_bytes(): "revocations",
         }
+        # a blind store's traversal (swarm.net.direct_store.store_blind) looks for the key's id with its last bit flipped
+        self._probes = {DHTID(DHTID.from_bytes(k) ^ 1).to_bytes(): label for k, label in self._keys.items()}
 
     # -- classification -------------------------------------------------------------------------------
 
@@ -59,12 +64,14 @@ class ProtocolBytes:
             return name
         rpc = name[len(_DHT_PREFIX):]
         keys = list(getattr(request, "keys", ()) or ()) if isinstance(request, (dht_pb2.FindRequest, dht_pb2.StoreRequest)) else []
+        if keys and all(k in self._probes for k in keys):
+            return "+".join(sorted({self._probes[k] for k in keys})) + ".write"
         labels = {self._keys.get(k, "") for k in keys}
         labels.discard("")
         if not labels:
             return "dht.maintenance"
         label = sorted(labels)[0] if len(labels) == 1 else "+".join(sorted(labels))
-        if label in ("progress", "metrics"):
+        if label in ("progress", "summary", "metrics"):
             return f"{label}.{'write' if rpc == 'rpc_store' else 'read'}"
         return label
 

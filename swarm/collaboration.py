@@ -211,7 +211,7 @@ class Collaboration:
         cfg = self.config
         self.tracker = ProgressTracker(
             self.node, cfg.target_batch_size, self.role, lambda: (self.upload.value, self.download.value),
-            record_ttl=cfg.record_ttl, serves_state=self.role != "client",
+            record_ttl=cfg.record_ttl, serves_state=self.role != "client", summaries=cfg.progress_summaries,
         )
         self.aggregate = AggregateService(self.node.p2p, authorizer=self.authorizer)
         await self.aggregate.start()
@@ -468,7 +468,8 @@ class Collaboration:
     def publish_metrics(self, record: records.MetricsRecord) -> None:
         """Publish a metrics record without blocking the training loop (failures are logged)."""
         assert self.node is not None
-        future = self.loop.submit(self.node.store_record(records.metrics_key(self.run_id), record, self.config.record_ttl * 4))
+        future = self.loop.submit(self.node.store_record(records.metrics_key(self.run_id), record, self.config.record_ttl * 4,
+                                                         blind=self.config.progress_summaries))
         future.add_done_callback(lambda f: f.cancelled() or f.exception() is None or logger.debug("metrics not published: %s", f.exception()))
 
     # -- auxiliary peers --------------------------------------------------------------------------------------

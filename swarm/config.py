@@ -46,6 +46,9 @@ class EngineConfig(BaseModel):
     bandwidth_mbps: float = Field(100.0, gt=0, description="prior for both directions until measured (Mbit/s)")
     load_balancing: bool = Field(True, description="LP shares from measured bandwidth; False: uniform shares")
     record_ttl: float = Field(8.0, gt=1)
+    progress_summaries: bool = Field(False, description="in a swarm of 6 peers or more, only a few aggregators per minute "
+                                     "read every progress record; the others read the median of their summaries "
+                                     "(swarm.averaging.summaries). Off: every peer reads every record")
     state_timeout: float = Field(60.0, gt=0, description="deadline of one state download")
     # default off for now: its round-time overhead (benchmarks/README.md, "Robust mode's cost") is still above the 15% goal
     # for large parts

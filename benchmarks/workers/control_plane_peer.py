@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--target", type=int, default=10**9)
     parser.add_argument("--step-sleep", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--summaries", action="store_true", help="EngineConfig.progress_summaries on")
     args = parser.parse_args()
     torch.set_num_threads(1)
     counter = ProtocolBytes(args.run_id)
@@ -40,7 +41,7 @@ def main() -> None:
     torch.manual_seed(1234)
     model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
     cfg = EngineConfig(target_batch_size=args.target, compression="fp16", averaging_timeout=15, sender_timeout=3.0,
-                       matchmaking_timeout=10.0, gather_timeout=1.5)
+                       matchmaking_timeout=10.0, gather_timeout=1.5, progress_summaries=args.summaries)
     collab = swarm.join(run_id=args.run_id, initial_peers=args.initial_peers, config=cfg)
     opt = collab.optimizer(model.parameters(), torch.optim.SGD, lr=0.01)
     stop = threading.Event()
@@ -53,7 +54,7 @@ def main() -> None:
                 continue
             if cmd == "mark":
                 _emit("counts", time=time.monotonic(), bytes=counter.snapshot(), rounds=opt.rounds_completed, epoch=opt.epoch,
-                      seen=len(collab.tracker.view.peers))
+                      seen=len(collab.tracker.view.peers), reads=dict(collab.tracker.reads))
             elif cmd == "stop":
                 break
         stop.set()

@@ -25,6 +25,12 @@ max_read] unless poked: between reads the estimate is extrapolated from the rate
 often only shows a joining or leaving peer sooner (matchmaking reads on its own before it forms a
 group), and far from the target nothing waits on the view. A read costs every record (about 1 KB
 each) from each replica asked, a publish one record per replica: reads are the control plane's bulk.
+
+With `summaries` on (EngineConfig.progress_summaries, off by default), a swarm of at least
+`summaries.MIN_PEERS` peers reads a few aggregators' compact summaries instead (swarm.averaging.summaries):
+only the window's aggregators read every record; the view is the summaries' merge (a peer most list, each
+number's median) plus our own record, and every check above (quorum epoch, vouching) runs on it unchanged.
+With fewer than `summaries.QUORUM` fresh summaries a read falls back to every record.
 """
 from __future__ import annotations
 
@@ -35,16 +41,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Collection
 
+from swarm.averaging import summaries as summary
 from swarm.errors import describe
 from swarm.net import clock, records
 from swarm.net.contacts import keep_in_touch
 from swarm.net.node import Node
-from swarm.net.records import ProgressRecord
+from swarm.net.records import ProgressRecord, ProgressSummary
 
 logger = logging.getLogger(__name__)
 
 
 VOUCH_FOR = 600.0      # seconds a group member's samples count after its last round with us
+SUMMARY_READ_TIMEOUT = 1.5   # seconds a read of the progress summaries may take before we read every record
 QUORUM = 2             # distinct peers that must reach an epoch before it is the swarm's (minus the one-epoch lead)
 
 
@@ -123,6 +131,8 @@ class ProgressTracker:
         record_ttl: float = 8.0,
         serves_state: bool = True,
         direct_stores: bool = False,
+        summaries: bool = False,
+        summary_min_peers: int = summary.MIN_PEERS,
     ):
         self.node = node
         self.target_batch_size = target_batch_size
@@ -132,6 +142,9 @@ class ProgressTracker:
         self.min_read, self.max_read = min_read, max_read
         self.direct_stores = direct_stores   # off: with them, newcomers of the join-storm test saw one donor (see below)
         self.serves_state = serves_state
+        self.summaries = summaries   # read aggregators' summaries instead of every record (swarm.averaging.summaries)
+        self.summary_min_peers = summary_min_peers
+        self.reads = {"full": 0, "summary": 0, "aggregated": 0}   # how each refresh read the swarm
         self.local = LocalProgress()
         self.peer_id = str(node.peer_id)
         self._view = SwarmView(epoch=0, peers=(), fetched_at=time.monotonic())
@@ -139,6 +152,7 @@ class ProgressTracker:
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._summarizing: asyncio.Task | None = None   # an aggregator's summary being stored
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._recent: dict[str, float] = {}       # peer id -> when its record was last seen (monotonic)
@@ -239,6 +253,8 @@ class ProgressTracker:
 
     async def stop(self, withdraw: bool = True) -> None:
         self._stopping = True
+        if self._summarizing is not None:
+            self._summarizing.cancel()
         if self._task is not None:
             self._task.cancel()
             # hivemind's DHT calls can absorb a cancellation; never let that hold up leaving
@@ -264,10 +280,10 @@ class ProgressTracker:
         else:  # the training thread: asyncio events are not thread-safe
             loop.call_soon_threadsafe(self._wake.set)
 
-    async def publish(self) -> None:
+    def own_record(self) -> ProgressRecord:
         up, down = self.bandwidth()
         with self.local.lock:
-            record = ProgressRecord(
+            return ProgressRecord(
                 peer_id=self.peer_id,
                 epoch=self.local.epoch,
                 samples=int(records.bounded(self.local.samples, records.MAX_COUNT)),
@@ -281,20 +297,26 @@ class ProgressTracker:
                 leaving=self.local.leaving,
                 training=self.local.training,
             )
+
+    async def publish(self) -> None:
+        record = self.own_record()
         # Once we read the records, our reads keep the key's replica holders in the routing table: a direct store
         # (swarm.net.direct_store) skips the traversal whose FINDs read every record again. Off by default: with it,
         # the join-storm test's newcomers sometimes saw one up-to-date donor only (2 runs of 17): the nodes our
         # routing table names are not always the ones a newcomer's read asks. Withdrawing always takes the full path.
         direct = self.direct_stores and self.fetched and not record.leaving
-        await self.node.store_record(records.progress_key(self.node.run_id), record, self.record_ttl, direct=direct)
+        # With summaries on, a store's traversal reads no record (swarm.net.direct_store.store_blind): hivemind's store
+        # reads every record from each replica on its way, which made a publish cost as much as a read.
+        blind = self.summaries and not direct and not record.leaving
+        await self.node.store_record(records.progress_key(self.node.run_id), record, self.record_ttl, direct=direct, blind=blind)
 
     async def refresh(self) -> SwarmView:
-        found = await self.node.fetch_records(records.progress_key(self.node.run_id), ProgressRecord)
-        peers = tuple(p for p in found if not p.leaving)  # type: ignore[union-attr]
+        found, age = await self._read()
+        peers = tuple(p for p in found if not p.leaving)
         now = time.monotonic()
         self._distrusted = {pid: until for pid, until in self._distrusted.items() if until > now}
         epoch = swarm_epoch([p.epoch for p in peers if p.peer_id not in self._distrusted and p.peer_id != self.peer_id])
-        self.view = SwarmView(epoch=epoch, peers=peers, fetched_at=now)  # type: ignore[arg-type]
+        self.view = SwarmView(epoch=epoch, peers=peers, fetched_at=now - age)
         for p in peers:
             self._recent[p.peer_id] = now
             if p.training and p.peer_id != self.peer_id:
@@ -302,6 +324,57 @@ class ProgressTracker:
         self._changed.set()
         self._changed = asyncio.Event()
         return self.view
+
+    async def _read(self) -> tuple[list[ProgressRecord], float]:
+        """The swarm's records and their age in seconds: every record, or the merge of fresh summaries when summaries
+        are on and the swarm is large enough (an aggregator of the window reads every record and publishes them)."""
+        ids = {p.peer_id for p in self._view.peers if not p.leaving} | {self.peer_id}
+        if not self.summaries or len(ids) < self.summary_min_peers:
+            self.reads["full"] += 1
+            return await self._read_all(), 0.0
+        now = clock.now()
+        allowed = summary.chosen(self.node.run_id, now, ids)
+        if self.peer_id in allowed:
+            found = await self._read_all()
+            if self._summarizing is None or self._summarizing.done():   # beside the refresh: it must not delay our view
+                self._summarizing = asyncio.create_task(self._publish_summary(found, allowed[self.peer_id]), name="progress-summary")
+            self.reads["aggregated"] += 1
+            return found, 0.0
+        for latest in (False, True):   # the first replica that answers; then every node of a bucket
+            try:   # bounded, so that the full read still fits in the refresh's time
+                usable = await asyncio.wait_for(self._read_summaries(allowed, latest), SUMMARY_READ_TIMEOUT)
+            except asyncio.TimeoutError:
+                logger.debug("no progress summary within %.1f s: reading every record", SUMMARY_READ_TIMEOUT)
+                break
+            if len(usable) >= summary.QUORUM:
+                merged = [p for p in summary.merge(usable) if p.peer_id != self.peer_id] + [self.own_record()]
+                self.reads["summary"] += 1
+                return merged, max(0.0, clock.now() - summary.read_time(usable))
+        self.reads["full"] += 1
+        return await self._read_all(), 0.0
+
+    async def _read_all(self) -> list[ProgressRecord]:
+        return await self.node.fetch_records(records.progress_key(self.node.run_id), ProgressRecord)  # type: ignore[return-value]
+
+    async def _read_summaries(self, allowed: dict[str, int], latest: bool) -> list[ProgressSummary]:
+        found = await self.node.fetch_records(records.progress_summary_key(self.node.run_id), ProgressSummary, latest=latest)
+        usable, now = {}, clock.now()
+        for s in found:
+            try:
+                usable[s.aggregator] = summary.check(s, allowed, now, max_age=self.record_ttl)  # type: ignore[arg-type]
+            except summary.InvalidSummary as e:   # an aggregator of an earlier window is the usual case: not a warning
+                logger.debug("%s", e)
+        return list(usable.values())
+
+    async def _publish_summary(self, found: list[ProgressRecord], window: int) -> None:
+        peers = sorted((p for p in found if not p.leaving), key=lambda p: p.peer_id)[: records.MAX_SUMMARY_PEERS]
+        record = ProgressSummary(aggregator=self.peer_id, window=window, time=clock.now(), peers=peers)
+        try:
+            await self.node.store_record(records.progress_summary_key(self.node.run_id), record, self.record_ttl, blind=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:   # readers fall back to every record
+            logger.warning("could not publish the progress summary: %s", describe(e))
 
     async def wait_refresh(self, timeout: float) -> None:
         changed = self._changed

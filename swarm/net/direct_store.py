@@ -10,6 +10,13 @@ read), so its store can go straight to them: one STORE per replica, nothing read
 The routing table can miss a nearer node the read did not meet (a swarm that is still joining, or a
 table whose bucket for the key's region is full), so callers still do a full `DHTNode.store` now and
 then (swarm.net.node.Node.store_record) and stores hold by whatever replicas the readers reach.
+
+`store_blind` needs no earlier read: it traverses the DHT like `DHTNode.store` (same beam, so it finds
+the same nearest nodes a reader's traversal meets), but towards the key's id with its lowest bit
+flipped. Nobody holds a value under that id, so every FIND is answered with neighbours only, not with
+the key's records, and the nodes nearest to it are the nodes nearest to the key (the two ids differ in
+the last bit, so only a node at distance 0 or 1 from the key could be ordered differently). A store
+then costs a bounded traversal (at most a beam of FINDs, whatever N is) plus one STORE per replica.
 """
 from __future__ import annotations
 
@@ -26,18 +33,41 @@ async def store_near(dht: DHTNode, key: str, subkey: bytes, value: object, expir
     (itself included when it is one of them), signed like `DHTNode.store` signs it. Returns how many replicas took it."""
     protocol = dht.protocol
     key_id = DHTID.generate(source=key)
-    subkey_bytes = protocol.serializer.dumps(subkey)
-    record = DHTRecord(key_id.to_bytes(), subkey_bytes, protocol.serializer.dumps(value), expiration_time)
+    record = _signed(dht, key_id, subkey, value, expiration_time)
+    nearest = protocol.routing_table.get_nearest_neighbors(key_id, dht.num_replicas, exclude=dht.node_id)
+    if len(nearest) < dht.num_replicas or key_id.xor_distance(dht.node_id) < key_id.xor_distance(nearest[-1][0]):
+        nearest = nearest[: dht.num_replicas - 1] + [(dht.node_id, dht.peer_id)]
+    return await _store_on(dht, key_id, subkey, record, nearest, timeout)
+
+
+async def store_blind(dht: DHTNode, key: str, subkey: bytes, value: object, expiration_time: float, timeout: float) -> int:
+    """Store `value` under (`key`, `subkey`) on the `dht.num_replicas` nodes nearest to the key found by a traversal that
+    reads no record (see the module docstring), signed like `DHTNode.store` signs it. Returns how many replicas took it."""
+    key_id = DHTID.generate(source=key)
+    probe = DHTID(key_id ^ 1)
+    record = _signed(dht, key_id, subkey, value, expiration_time)
+    found = await asyncio.wait_for(dht.find_nearest_nodes([probe], k_nearest=dht.num_replicas), timeout)
+    return await _store_on(dht, key_id, subkey, record, list(found[probe].items()), timeout)
+
+
+def _signed(dht: DHTNode, key_id: DHTID, subkey: bytes, value: object, expiration_time: float) -> DHTRecord:
+    protocol = dht.protocol
+    record = DHTRecord(key_id.to_bytes(), protocol.serializer.dumps(subkey), protocol.serializer.dumps(value), expiration_time)
     if protocol.record_validator is not None:
         record = dataclasses.replace(record, value=protocol.record_validator.sign_value(record))
-    nearest = protocol.routing_table.get_nearest_neighbors(key_id, dht.num_replicas, exclude=dht.node_id)
+    return record
+
+
+async def _store_on(dht: DHTNode, key_id: DHTID, subkey: bytes, record: DHTRecord, nodes: list, timeout: float) -> int:
+    """Store the signed `record` on `nodes` ((node id, peer id) pairs; this node's own storage for its own id)."""
+    protocol = dht.protocol
+    expiration_time = record.expiration_time
     stored = 0
-    if len(nearest) < dht.num_replicas or key_id.xor_distance(dht.node_id) < key_id.xor_distance(nearest[-1][0]):
-        nearest = nearest[: dht.num_replicas - 1]
+    if any(node_id == dht.node_id for node_id, _ in nodes):
         if protocol.record_validator is None or protocol.record_validator.validate(record):
             stored += bool(protocol.storage.store(key_id, record.value, expiration_time, subkey=subkey))
     calls = [protocol.call_store(peer_id, keys=[key_id], values=[record.value], expiration_time=[expiration_time], subkeys=[subkey])
-             for _, peer_id in nearest]
+             for node_id, peer_id in nodes if node_id != dht.node_id]
     if calls:
         try:
             answers = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout)

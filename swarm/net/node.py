@@ -26,7 +26,7 @@ from hivemind.utils.multiaddr import Multiaddr
 from swarm.errors import AuthError, NetworkError, describe
 from swarm.net import clock, records, wire
 from swarm.net.auth import ISSUE_HANDLER, SwarmAuthorizer, coordinator_ids, keep_access
-from swarm.net.direct_store import store_near
+from swarm.net.direct_store import store_blind, store_near
 from swarm.net.identity import identity_bytes, identity_file, key_from_identity
 from swarm.proto import swarm_pb2
 
@@ -217,12 +217,20 @@ class Node:
 
     # --- signed records -------------------------------------------------------------------------------
 
-    async def store_record(self, key: str, record: records._Record, ttl: float, *, direct: bool = False) -> bool:
+    async def store_record(self, key: str, record: records._Record, ttl: float, *, direct: bool = False,
+                           blind: bool = False) -> bool:
         """Store our record under `key` for `ttl` seconds. `direct`: the caller has just read `key`, so the nodes
         nearest to it are in the routing table: store on them without a traversal (swarm.net.direct_store), except
-        once per half `ttl`, when the store traverses as usual so that a replica the table lacks still gets it."""
+        once per half `ttl`, when the store traverses as usual so that a replica the table lacks still gets it.
+        `blind`: traverse as usual, but without reading the key's records on the way (swarm.net.direct_store)."""
         expiration = clock.now() + ttl
         now = time.monotonic()
+        if blind:
+            if await store_blind(self.dht, key, self.signer.local_public_key, records.encode(record), expiration, timeout=ttl / 2):
+                return True
+            # no replica took it (1 blind store in about 20 in tests/integration/test_blind_store.py, cause not found):
+            # hivemind's store, which tries further nodes until one takes it
+            logger.debug("a blind store of %s reached no replica: storing through the DHT's own traversal", key)
         if direct and now - self._traversed.get(key, -math.inf) < ttl / 2:
             return await store_near(self.dht, key, self.signer.local_public_key, records.encode(record), expiration, timeout=ttl / 2) > 0
         # hivemind's default beam: a beam of the replicas alone (every FIND answers with all records) left a restarted
@@ -232,12 +240,18 @@ class Node:
             self._traversed[key] = now
         return stored
 
-    async def fetch_records(self, key: str, model: type[records._Record], *, owner: bytes | None = None) -> list[records._Record]:
+    async def fetch_records(self, key: str, model: type[records._Record], *, owner: bytes | None = None,
+                            latest: bool = True) -> list[records._Record]:
         """All valid, unexpired records under a key (one per owner); malformed ones are dropped.
-        `owner`: only the record of this RSA public key (OpenSSH bytes), e.g. the organizer's."""
-        # every node of a bucket, not only the key's nearest: a peer's direct stores (swarm.net.direct_store) reach
-        # the replicas its routing table knows, and a node that just joined holds nothing yet
-        found = await self.dht.get(key, latest=True)
+        `owner`: only the record of this RSA public key (OpenSSH bytes), e.g. the organizer's.
+        `latest=False`: the records of the first node that holds the key (asked one at a time), not of every node of
+        a bucket: a fraction of the bytes, for a key whose few records every replica should hold."""
+        if latest:
+            # every node of a bucket, not only the key's nearest: a peer's direct stores (swarm.net.direct_store) reach
+            # the replicas its routing table knows, and a node that just joined holds nothing yet
+            found = await self.dht.get(key, latest=True)
+        else:
+            found = await self.dht.get(key, latest=False, num_workers=1)
         if found is None or not isinstance(found.value, dict):
             return []
         out = []

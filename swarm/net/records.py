@@ -32,6 +32,8 @@ MAX_RATE = 1e9
 MAX_BPS = 1e15
 MAX_MEMBERS = 10**6
 MAX_SECONDS = 7 * 86400.0
+# Peers one progress summary lists (about 300 B each: a summary stays under 400 KB, a DHT value p2pd carries).
+MAX_SUMMARY_PEERS = 1024
 
 Epoch = Annotated[int, Field(ge=0, le=MAX_EPOCH)]
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
@@ -73,6 +75,16 @@ class ProgressRecord(_Record):
     serves_state: bool = True
     leaving: bool = False
     training: bool = False                   # its optimizer is attached: it can lead and join rounds
+
+
+class ProgressSummary(_Record):
+    """One aggregator's copy of the run's progress records, as it read them at `time` (swarm.averaging.summaries):
+    the peers that are not aggregators read a few of these instead of every record."""
+
+    aggregator: str = Field(min_length=1, max_length=128)    # its peer id: readers accept only the window's aggregators
+    window: int = Field(ge=0, le=2**40)                      # the aggregator window it was chosen for
+    time: Timestamp                                          # the aggregator's (synchronised) clock when it read the records
+    peers: list[ProgressRecord] = Field(max_length=MAX_SUMMARY_PEERS)
 
 
 class MetricsRecord(_Record):
@@ -127,6 +139,10 @@ def progress_key(run_id: str) -> str:
     return f"{run_id}_progress"
 
 
+def progress_summary_key(run_id: str) -> str:
+    return f"{run_id}_progress_summary"
+
+
 def metrics_key(run_id: str) -> str:
     return f"{run_id}_metrics"
 
@@ -166,6 +182,7 @@ class SchemaValidator(RecordValidatorBase):
         self._schemas: dict[bytes, type[_Record]] = {
             DHTID.generate(source=config_key(run_id)).to_bytes(): ConfigRecord,
             DHTID.generate(source=progress_key(run_id)).to_bytes(): ProgressRecord,
+            DHTID.generate(source=progress_summary_key(run_id)).to_bytes(): ProgressSummary,
             DHTID.generate(source=metrics_key(run_id)).to_bytes(): MetricsRecord,
             DHTID.generate(source=revocations_key(run_id)).to_bytes(): RevocationRecord,
             DHTID.generate(source=bans_key(run_id)).to_bytes(): BanRecord,

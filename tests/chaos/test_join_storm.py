@@ -20,6 +20,9 @@ from tests.helpers.procs import read_jsonl, wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 NEWCOMERS = int(os.environ.get("SWARM_CHAOS_NEWCOMERS", "3"))
+# SWARM_CHAOS_SUMMARIES=K: progress summaries on from K peers in a view (swarm.averaging.summaries; 3 makes every
+# peer of this test read summaries once the storm starts)
+SUMMARIES = os.environ.get("SWARM_CHAOS_SUMMARIES", "0")
 
 
 def steps(path):
@@ -34,7 +37,8 @@ def final(path):
 
 def test_newcomers_join_at_once_and_all_download_the_state(peers, tmp_path):
     test_started = time.monotonic()
-    args = ["--duration", "170", "--steps", "100000", "--target", "192", "--averaging-timeout", "10"]
+    args = ["--duration", "170", "--steps", "100000", "--target", "192", "--averaging-timeout", "10",
+            "--progress-summaries", SUMMARIES]
     first = peers("p0", "--seed", "0", "--wait-peers", "2", *args)
     addr = first.maddr
     second = peers("p1", "--seed", "1", "--initial-peers", addr, "--wait-peers", "2", *args)
@@ -72,3 +76,6 @@ def test_newcomers_join_at_once_and_all_download_the_state(peers, tmp_path):
     served = {name: len(re.findall(r"served state of epoch", log)) for name, log in logs.items()}
     assert sum(served.values()) >= NEWCOMERS
     assert sum(1 for n in served.values() if n) >= 2, f"one donor served every newcomer: {served}"
+    if SUMMARIES != "0":   # the summaries were read, not only the records
+        reads = [final(tmp_path / f"{name}.jsonl")["reads"] for name in ["p0", "p1", *names]]
+        assert sum(r["summary"] for r in reads) > 0 and sum(r["aggregated"] for r in reads) > 0, reads

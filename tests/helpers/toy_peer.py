@@ -139,6 +139,8 @@ def main() -> None:
     parser.add_argument("--die-serving-state", type=int, default=-1, metavar="E")
     parser.add_argument("--die-leading-at-epoch", type=int, default=-1, metavar="E")
     parser.add_argument("--stop-at-epoch", type=int, default=-1, metavar="E", help="SIGSTOP itself in the all-reduce of epoch E")
+    parser.add_argument("--progress-summaries", type=int, default=0, metavar="MIN_PEERS",
+                        help="progress summaries on from this many peers in a view (0: off)")
     parser.add_argument("--hold-at-epoch", type=int, default=-1)
     parser.add_argument("--hold-seconds", type=float, default=1.0)
     parser.add_argument("--robust", default="off", choices=["on", "off", "auto"], help="engine.robust")
@@ -164,7 +166,7 @@ def main() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(32, args.hidden), torch.nn.ReLU(), torch.nn.Linear(args.hidden, 1))
     cfg = EngineConfig(target_batch_size=args.target, compression=args.compression, averaging_timeout=args.averaging_timeout,
                        sender_timeout=3.0, matchmaking_timeout=10.0, gather_timeout=1.5, chunk_elements=max(1024, args.chunk_elements),
-                       max_group_size=args.max_group_size, robust=args.robust)
+                       max_group_size=args.max_group_size, robust=args.robust, progress_summaries=args.progress_summaries > 0)
     if args.die_serving_state >= 0:
         Collaboration.state_server_class = make_dying_state_server(args.die_serving_state)
     if args.die_leading_at_epoch >= 0:
@@ -179,6 +181,8 @@ def main() -> None:
         print("ERROR", e, flush=True)
         sys.exit(e.exit_code)
     interrupt["fn"] = collab.interrupt
+    if args.progress_summaries > 0:
+        collab.tracker.summary_min_peers = args.progress_summaries
     print("MADDR", collab.visible_maddrs()[0], flush=True)
     print("CONFIG", f"target_batch_size={collab.config.target_batch_size}", f"from_run={collab.run_config is not None}", flush=True)
     print("CHILDREN", *descendants(os.getpid()), flush=True)
@@ -233,7 +237,8 @@ def main() -> None:
         if not stop["flag"]:
             opt.finish()
         out.write(json.dumps({"final": True, "epoch": opt.epoch, "hash": opt.params_hash(), "failed": opt.rounds_failed,
-                              "downloads": opt.state_downloads, "completed": opt.rounds_completed}) + "\n")
+                              "downloads": opt.state_downloads, "completed": opt.rounds_completed,
+                              "reads": dict(collab.tracker.reads)}) + "\n")
     finally:
         out.close()
         collab.shutdown()

@@ -23,7 +23,7 @@ class CountingNode:
         self.stores: list[bool] = []   # the `direct` flag of each store
         self.reads = 0
 
-    async def store_record(self, key, record, ttl, *, direct=False):
+    async def store_record(self, key, record, ttl, *, direct=False, blind=False):
         self.stores.append(direct)
         return True
 
