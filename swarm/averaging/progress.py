@@ -188,7 +188,7 @@ class ProgressTracker:
         self._last_vouch = now
         until = now + max(VOUCH_FOR, 3 * gap)
         for pid in peer_ids:
-            self._vouched[pid] = until
+            self._vouched[pid] = max(until, self._vouched.get(pid, until))   # a quick retry shortens no vouch
 
     def distrust(self, peer_id: str, seconds: float) -> None:
         """Ignore this peer's epoch claim for `seconds` (it could not serve the state of the epoch it claims)."""

@@ -96,3 +96,13 @@ def test_vouches_outlast_slow_epochs():
     t._last_vouch -= 1000.0                           # the next group formed 1000 s later (a slow model's epoch)
     t.vouch(["a"])
     assert t._vouched["a"] - time.monotonic() > 2900
+
+
+def test_a_quick_second_group_shortens_no_vouch():
+    t = tracker(target=10)
+    t.vouch(["a"])
+    t._last_vouch -= 1000.0
+    t.vouch(["a"])
+    long_until = t._vouched["a"]
+    t.vouch(["a"])                                    # a retry moments later: the gap is short
+    assert t._vouched["a"] == long_until
