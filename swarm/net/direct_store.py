@@ -73,5 +73,5 @@ async def _store_on(dht: DHTNode, key_id: DHTID, subkey: bytes, record: DHTRecor
             answers = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout)
         except asyncio.TimeoutError:
             return stored
-        stored += sum(1 for a in answers if isinstance(a, list) and all(a))
+        stored += sum(1 for a in answers if a is not None and not isinstance(a, BaseException) and all(a))   # store_ok: a protobuf repeated field, not a list
     return stored

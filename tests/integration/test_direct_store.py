@@ -31,8 +31,6 @@ def count_finds(node: Node) -> list[int]:
     return calls
 
 
-@pytest.mark.xfail(strict=False, reason="direct stores are off by default (ProgressTracker(direct_stores=False)); in one CI "
-                   "run the second direct store reached no replica, cause not found (session 6 note)")
 def test_a_direct_store_sends_no_find_and_every_node_reads_the_record():
     async def main():
         first = await Node.create("run", NodeOptions())
