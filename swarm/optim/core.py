@@ -135,6 +135,7 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
         self._last_step_time: float | None = None
         self._retry_after = 0.0
         self._late_tried = -1   # the epoch whose formed group we last asked for its result (one try per epoch)
+        self._synced_at = -1    # the epoch at which our parameters are the swarm's (a committed round or a download)
         self._oldest: int | None = None   # parameter version of the oldest local work not yet averaged
         self._schema_fixed = True
         if lr_schedule is not None:
@@ -365,6 +366,7 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
             self.strategy.apply(self, averaged.tensors, request)
             averaged.commit()
             self.epoch += 1
+            self._synced_at = self.epoch
             self._schedulers_to_epoch()
             digest = self.params_hash()
         self.rounds_completed += 1
@@ -383,6 +385,8 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
         model's micro-batch can outlast the gathering). Its result, fetched from the reducers, costs one averaged vector
         instead of the whole state (parameters and optimizer). If that fails, the next micro-batch downloads the state."""
         if self.collab.tracker.view.epoch != self.epoch + 1 or self._late_tried == self.epoch or time.monotonic() < self._retry_after:
+            return False
+        if self._synced_at != self.epoch:   # a newcomer's own initial parameters: the group's result would not fit them
             return False
         self._late_tried = self.epoch
         logger.info("epoch %d: the swarm stepped without us; asking its group for the result", self.epoch)
@@ -498,6 +502,7 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
             optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
             self._share_inner_groups()
             self.epoch = state.epoch
+            self._synced_at = state.epoch
             self._schedulers_to_epoch(state.extra.get("schedulers"), after_load=True)
             self.local_samples = 0
             self._oldest = None
