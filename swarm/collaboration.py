@@ -216,6 +216,8 @@ class Collaboration:
         self.aggregate = AggregateService(self.node.p2p, authorizer=self.authorizer)
         await self.aggregate.start()
         self.state_server = self.state_server_class(self.node.p2p, self.run_id, lambda: self._snapshot(), authorizer=self.authorizer)
+        self.state_server.on_asked = self.tracker.poke                 # publish the new count at once
+        self.tracker.states_asked = lambda: self.state_server.asked if self.state_server is not None else 0
         await self.state_server.start()
         self.matchmaker = self.matchmaker_class(
             self.node.p2p, self.run_id, self.tracker, gather_timeout=cfg.gather_timeout,
@@ -450,11 +452,16 @@ class Collaboration:
             if self.download_progress is not None:
                 self.download_progress(got, total)
 
+        try:   # a fresh view: which donors other newcomers asked moments ago
+            self.loop.run(self.tracker.refresh(), timeout=3.0)   # type: ignore[union-attr]
+        except Exception as e:
+            logger.debug("refresh before the state download failed: %s", describe(e))
+        asked = {p.peer_id: p.states_asked for p in self.tracker.view.peers} if self.tracker is not None else {}
         started = time.monotonic()
         try:
             state, donor = self.loop.run(
                 download_from_any(self.node.p2p, self.run_id, usable, min_epoch, timeout, authorizer=self.authorizer, failed=failed,
-                                  progress=progress, rate_bps=self.download.value),
+                                  progress=progress, rate_bps=self.download.value, asked=asked),
                 # each of the 3 attempts bounds itself (a donor that keeps sending may take up to MAX_LIMIT)
                 timeout=3 * (MAX_LIMIT + timeout) + 5,
             )

@@ -146,6 +146,7 @@ class ProgressTracker:
         self.summary_min_peers = summary_min_peers
         self.reads = {"full": 0, "summary": 0, "aggregated": 0}   # how each refresh read the swarm
         self.local = LocalProgress()
+        self.states_asked: Callable[[], int] = lambda: 0   # the state server's count (set by the Collaboration)
         self.peer_id = str(node.peer_id)
         self._view = SwarmView(epoch=0, peers=(), fetched_at=time.monotonic())
         self.fetched = False   # whether a view of the swarm came from the DHT yet (an empty one is not "alone")
@@ -296,6 +297,7 @@ class ProgressTracker:
                 serves_state=self.serves_state,
                 leaving=self.local.leaving,
                 training=self.local.training,
+                states_asked=int(records.bounded(self.states_asked(), records.MAX_COUNT)),
             )
 
     async def publish(self) -> None:

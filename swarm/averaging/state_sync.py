@@ -79,6 +79,8 @@ class StateServer:
         self.authorizer = authorizer  # invite-only runs: unauthorized requests are refused
         self.idle_timeout = idle_timeout
         self.served = 0
+        self.asked = 0   # downloads begun: published in our progress record, so that newcomers spread over donors
+        self.on_asked: Callable[[], None] = lambda: None
 
     async def start(self) -> None:
         # stream_input: the handler itself awaits the request, with a timeout (hivemind's unary input waits forever)
@@ -106,6 +108,8 @@ class StateServer:
         if state is None or state.epoch < request.min_epoch:
             yield swarm_pb2.StateChunk(error="no state at that epoch here")
             return
+        self.asked += 1
+        self.on_asked()
         meta = {
             "epoch": state.epoch,
             "digest": state.digest(),
@@ -206,9 +210,11 @@ async def download_state(p2p: P2P, run_id: str, donor: str, min_epoch: int, time
 
 async def download_from_any(p2p: P2P, run_id: str, donors: list[str], min_epoch: int, timeout: float, attempts: int = 3,
                             authorizer: SwarmAuthorizer | None = None, failed: Callable[[str], None] | None = None,
-                            progress: Progress | None = None, rate_bps: float | None = None) -> tuple[TrainingState, str]:
-    """Try donors in random order (spreads load across the freshest peers); `failed(donor)` hears of each that failed."""
-    order = random.sample(donors, len(donors))
+                            progress: Progress | None = None, rate_bps: float | None = None,
+                            asked: dict[str, int] | None = None) -> tuple[TrainingState, str]:
+    """Try the donors least asked for the state first (`asked`: the counts in their progress records), in random order
+    among equals: a crowd of newcomers spreads its load. `failed(donor)` hears of each that failed."""
+    order = sorted(random.sample(donors, len(donors)), key=lambda d: (asked or {}).get(d, 0))
     errors = []
     for donor in order[:attempts]:
         try:

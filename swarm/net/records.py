@@ -75,6 +75,7 @@ class ProgressRecord(_Record):
     serves_state: bool = True
     leaving: bool = False
     training: bool = False                   # its optimizer is attached: it can lead and join rounds
+    states_asked: Count = 0                  # state downloads it has begun to serve: newcomers prefer the least asked
 
 
 class ProgressSummary(_Record):

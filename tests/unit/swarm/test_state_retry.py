@@ -77,10 +77,10 @@ def test_a_failed_download_is_retried_after_a_pause_not_at_every_micro_batch():
 
 
 def test_a_donor_that_failed_is_not_asked_again_for_a_record_lifetime(monkeypatch):
-    asked: list[list[str]] = []
+    calls: list[list[str]] = []
 
-    async def download_from_any(p2p, run_id, donors, min_epoch, timeout, attempts=3, authorizer=None, failed=None, progress=None, rate_bps=None):
-        asked.append(list(donors))
+    async def download_from_any(p2p, run_id, donors, min_epoch, timeout, attempts=3, authorizer=None, failed=None, progress=None, rate_bps=None, asked=None):
+        calls.append(list(donors))
         for donor in donors:
             failed(donor)
         raise NetworkError("could not download the state")
@@ -96,13 +96,13 @@ def test_a_donor_that_failed_is_not_asked_again_for_a_record_lifetime(monkeypatc
             collab.download_state(["dead"], 5)
         with pytest.raises(NetworkError, match="could not download"):
             collab.download_state(["dead", "alive"], 5)
-        assert asked == [["dead"], ["alive"]]
+        assert calls == [["dead"], ["alive"]]
         collab._failed_donors["dead"] = time.monotonic() - 1  # its quarantine is over
         with pytest.raises(NetworkError, match="every donor failed"):
             collab.download_state(["alive"], 5)
         with pytest.raises(NetworkError, match="could not download"):
             collab.download_state(["dead", "alive"], 5)
-        assert asked[-1] == ["dead"]
+        assert calls[-1] == ["dead"]
     finally:
         collab.node = None
         collab.loop.stop()
