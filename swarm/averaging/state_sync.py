@@ -8,8 +8,9 @@ metadata and the sha256 of the whole state before it uses any of it: a truncated
 tampered download is refused, and the next donor is tried. A donor that sends more bytes
 than a tensor's declared size is refused at the first byte too many, so a download never
 holds more than the state it declared. A request stream that stays silent for
-`REQUEST_IDLE_TIMEOUT` is closed (its file descriptor too), whoever opened it. Donors are chosen at random
-among the reachable peers at the newest epoch, so a crowd of newcomers spreads its load.
+`REQUEST_IDLE_TIMEOUT` is closed (its file descriptor too), whoever opened it. Donors are the reachable
+peers at the newest epoch, the least asked first (each publishes its count in its progress record) and in random order
+among equals, so a crowd of newcomers spreads its load.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Newcomers joining at once (issue 5): a small swarm trains, then several toy peers start simultaneously.
 
-Every newcomer downloads the state (from a donor chosen at random among the up-to-date peers, so the
-downloads spread), none is refused, none times out, and each then steps with the swarm holding the
+Every newcomer downloads the state (the up-to-date donor least asked so far first, random among equals, so
+the downloads spread), none is refused, none times out, and each then steps with the swarm holding the
 swarm's parameters. The issue asks for ten newcomers; a 2-core CI machine starts NEWCOMERS (3) of them
 within the test's bound (each is a Python process that imports torch and runs a p2pd: about 6 s of CPU
 to start). SWARM_CHAOS_NEWCOMERS=10 runs the issue's ten on a bigger machine; the assertions do not
