@@ -1,10 +1,11 @@
-"""Real toy peers in robust mode with one byzantine peer: every honest peer bans it within 3 rounds of its first
-attack, nobody bans an honest peer, and the attacker no longer gets into the honest peers' groups.
+"""Real toy peers in robust mode with one byzantine peer: it is banned within 3 rounds of its first attack and kept
+out of the honest peers' groups, and nobody bans an honest peer.
 
 equivocating_reducer: its two signed results for one part are the proof (swarm.averaging.result_statements), each
 honest member of its first group finds it, bans it and publishes it (swarm.averaging.bans). huge (1e30, inf in
-the fp16 codec): every honest reducer refuses its chunks as bad data twice and bans it on its own observation
-(swarm.averaging.robust.StrikeBook.banned).
+the fp16 codec): an honest reducer that refuses its chunks as bad data twice bans it on its own observation
+(swarm.averaging.robust.StrikeBook.banned; no proof to publish), so only the reducers that saw it twice ban it: once
+a banning peer leads, the attacker is out of the groups (at most 3 steps with it, checked for every honest peer).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ HONEST = 3
 
 
 @pytest.mark.parametrize("kind", ["equivocating_reducer", "huge"])
-def test_the_attacker_is_banned_by_every_honest_peer_within_three_rounds(peers, tmp_path, kind):
+def test_the_attacker_is_banned_and_kept_out_within_three_rounds(peers, tmp_path, kind):
     args = ["--duration", "90", "--steps", "8", "--target", "256", "--chunk-elements", "1024", "--wait-peers", "4", "--robust", "on"]
     first = peers("p0", "--seed", "0", *args)
     addr = first.maddr
@@ -29,10 +30,13 @@ def test_the_attacker_is_banned_by_every_honest_peer_within_three_rounds(peers, 
     bad_id = bad.maddr.rsplit("/p2p/", 1)[1]
     for p in honest:
         p.proc.wait(180)
+    bans = {i: set(re.findall(r"banning (\S+):", (tmp_path / f"p{i}.log").read_text(errors="replace"))) for i in range(HONEST)}
+    assert all(b <= {bad_id[-8:]} for b in bans.values()), bans            # no honest peer is ever banned
+    if kind == "equivocating_reducer":   # a published proof: every honest peer verifies it and bans
+        assert all(b == {bad_id[-8:]} for b in bans.values()), bans
+    else:   # an observation, not a proof: the reducers that saw it twice ban it, and a leader among them keeps it out
+        assert any(bans.values()), bans
     for i in range(HONEST):
-        log = (tmp_path / f"p{i}.log").read_text(errors="replace")
-        banned = set(re.findall(r"banning (\S+):", log))
-        assert banned == {bad_id[-8:]}, (i, banned)
         rows = [r for r in read_jsonl(tmp_path / f"p{i}.jsonl") if "final" not in r]
         with_attacker = [r["epoch"] for r in rows if r["group"] > HONEST]
         assert len(with_attacker) <= 3, (i, [(r["epoch"], r["group"]) for r in rows])   # steps in a group with it
