@@ -81,9 +81,6 @@ class SwarmView:
         """Peers at the epoch whose optimizer is attached (they can lead and join rounds)."""
         return [p for p in self.at_epoch(epoch) if p.training]
 
-    def _counted(self, epoch: int, exclude: str, trusted: Collection[str] | None) -> list[ProgressRecord]:
-        return [p for p in self.at_epoch(epoch) if p.peer_id != exclude and (trusted is None or p.peer_id in trusted)]
-
     def samples_at(self, epoch: int, now: float, exclude: str = "", trusted: Collection[str] | None = None,
                    stranger_cap: float = 0.0) -> float:
         """Samples the peers at `epoch` have accumulated by `now`, extrapolated by their rates: in full for those in

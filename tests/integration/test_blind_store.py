@@ -3,20 +3,15 @@ FIND answer that carries the key's records, and every node reads what it stored.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
 from swarm.net import clock, records
 from swarm.net.direct_store import store_blind
 from swarm.net.node import Node, NodeOptions
+from tests.integration.test_direct_store import progress
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
-
-
-def progress(peer: str, epoch: int) -> records.ProgressRecord:
-    return records.ProgressRecord(peer_id=peer, epoch=epoch, samples=1, samples_per_second=1.0, role="trainer",
-                                  upload_bps=1.0, download_bps=1.0, time=time.time())
 
 
 def answers_with_values(node: Node) -> list[int]:
