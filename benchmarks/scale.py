@@ -56,7 +56,9 @@ def count_streams(p2p: P2P) -> list[str]:
     return opened
 
 
-async def _start(n: int) -> tuple[list[P2P], list[AggregateService]]:
+async def start_members(n: int) -> tuple[list[P2P], list[AggregateService]]:
+    """n P2P daemons on loopback, each with an aggregate service, all bootstrapped from the first (also the
+    integration tests' members: tests/integration/test_allreduce.py)."""
     first = await P2P.create()
     members = [first]
     maddrs = await first.get_visible_maddrs()
@@ -106,7 +108,7 @@ async def _one_round(members: list[P2P], services: list[AggregateService], layou
 
 
 async def bench(n: int, rounds: int, params: int, max_group_size: int, timeout: float, compare_flat: bool = False) -> dict[str, Any]:
-    members, services = await _start(n)
+    members, services = await start_members(n)
     try:
         opened = [count_streams(p) for p in members]
         layout = TensorLayout.build([(params,)], lambda i, numel: get_codec("fp16"))

@@ -63,7 +63,7 @@ from swarm.averaging.phase_stats import PhaseStats
 from swarm.averaging.reduction import Reduction
 from swarm.averaging.result_exchange import ResultCheck, exchange_statements
 from swarm.averaging.result_statements import ResultStatement, sign_statement
-from swarm.averaging.streams import AGGREGATE_HANDLER, close_quietly, drain
+from swarm.averaging.streams import AGGREGATE_HANDLER, close_quietly, drain, heartbeat, is_heartbeat
 from swarm.compression.codecs import decode_checked
 from swarm.errors import ProtocolError, RoundFailed
 from swarm.net.auth import SwarmAuthorizer
@@ -82,6 +82,12 @@ FINISHED_GRACE = 30.0
 # takes the reducer for dead and hands the part to failover at once. Without this a reducer killed mid-all-gather
 # cost the round: its p2pd outlives it for a few seconds and a fetch to it hung until the round's deadline.
 FETCH_ACK_FLOOR = 3.0
+# While a member waits for an averaged chunk, its reducer sends a heartbeat (swarm.averaging.streams.heartbeat) every
+# third of the silence limit; a member that hears nothing for the silence limit plus HEARTBEAT_SLACK seconds (event
+# loops stall on a loaded machine) takes the reducer for dead or frozen and hands its part to failover at once,
+# without a fetch. Before heartbeats a frozen reducer (SIGSTOP) cost 2 silences + 2 s, then a fetch: 18 s of stall
+# in `swarm chaos`.
+HEARTBEAT_SLACK = 2.0
 # Seconds the members' swap of result statements may take (within the round's deadline as well).
 RESULT_EXCHANGE_TIMEOUT = 5.0
 # Peers outside the group that may fetch one reducer's averaged part of one round (late peers, swarm.averaging.late).
@@ -188,6 +194,19 @@ class AllReduceRound:
         """How long to wait for a reducer's next averaged chunk (a hierarchical stage adds the stage it waits on)."""
         return reply_timeout(self.sender_timeout) + self.reply_slack
 
+    def _alive_limit(self) -> float:
+        """How long a reducer that has answered on a stream may stay silent on it: it heartbeats while it waits."""
+        return min(self._reply_limit(), self.sender_timeout + HEARTBEAT_SLACK + self.reply_slack)
+
+    async def _until_ready(self, k: int) -> AsyncIterator[swarm_pb2.PartChunk]:
+        """Heartbeats while my averaged chunk k is not ready (see HEARTBEAT_SLACK)."""
+        every = max(0.5, self.sender_timeout / 3)
+        while not self._output_ready[k].is_set():
+            try:
+                await asyncio.wait_for(self._output_ready[k].wait(), every)
+            except asyncio.TimeoutError:
+                yield heartbeat(self.label(self.group.my_index), k)
+
     def _slice(self, chunk: Chunk) -> torch.Tensor:
         assert self.local is not None
         return self.local[chunk.bucket][chunk.start : chunk.start + chunk.length]
@@ -267,7 +286,10 @@ class AllReduceRound:
         carried = 0  # bytes this stream carried so far
         try:
             for k in range(len(self.parts[group.my_index])):
-                await self._output_ready[k].wait()   # set by _try_finalize, or by retire() when the round is over
+                # set by _try_finalize, or by retire() when the round is over
+                async for beat in self._until_ready(k):
+                    if group.needs(sender):
+                        yield beat
                 data = self._outputs[k]
                 if not data:
                     yield swarm_pb2.PartChunk(error="part has no contributions" if data == b"" else "part not averaged")
@@ -352,7 +374,7 @@ class AllReduceRound:
             return
         lacking = self._lacks(sender)
         if lacking is None:
-            yield swarm_pb2.PartChunk(part=self.label(group.my_index), chunk=first.chunk, fetch=True)  # I am alive (see FETCH_ACK_FLOOR)
+            yield heartbeat(self.label(group.my_index), first.chunk)  # I am alive (see FETCH_ACK_FLOOR)
             async for reply in self._replay(first.chunk, count):
                 yield reply
                 if reply.error:
@@ -381,16 +403,20 @@ class AllReduceRound:
             yield swarm_pb2.PartChunk(error="bad fetch")
             return
         self._latecomer_fetches += 1
-        async for reply in self._replay(first.chunk, count):
+        async for reply in self._replay(first.chunk, count, heartbeats=False):
             yield reply
             if reply.error:
                 break
         await drain(requests, self.sender_timeout)  # its end-of-stream (see serve), after an error too (see drain)
 
-    async def _replay(self, start: int, count: int) -> AsyncIterator[swarm_pb2.PartChunk]:
+    async def _replay(self, start: int, count: int, heartbeats: bool = True) -> AsyncIterator[swarm_pb2.PartChunk]:
+        """My averaged chunks from `start` on, each once ready; with heartbeats while one is not (a member's fetch;
+        a latecomer's reader, swarm.averaging.late, waits for chunks only)."""
         group = self.group
         for k in range(start, count):
-            await self._output_ready[k].wait()   # set by _try_finalize, or by retire() when the round is over
+            async for beat in self._until_ready(k):   # set by _try_finalize, or by retire() when the round is over
+                if heartbeats:
+                    yield beat
             data = self._outputs[k]
             if not data:  # never averaged (the round ended first) or nobody contributed
                 yield swarm_pb2.PartChunk(error="part not averaged")
@@ -512,15 +538,17 @@ class AllReduceRound:
             # a fetch after a broken stream goes to a reducer that may have died: it must answer at once (FETCH_ACK_FLOOR)
             answered = attempt == 0 or fetch_first
             first_limit = self._reply_limit() if answered else min(self._reply_limit(), max(FETCH_ACK_FLOOR, self.sender_timeout))
+            heard = False   # the reducer answered on this stream: from then on it heartbeats while it waits
+            limit = first_limit
             try:
                 opening = self.p2p.iterate_protobuf_handler(peer, AGGREGATE_HANDLER, _requests() if attempt == 0 and not fetch_first
                                                             else _fetch(received, resend_from), swarm_pb2.PartChunk)
                 stream = await asyncio.wait_for(opening, first_limit)
                 while received < len(chunks):
-                    reply = await asyncio.wait_for(anext(stream), self._reply_limit() if answered else first_limit)
-                    answered = True
-                    if reply.fetch and not (reply.data or reply.resend or reply.error):
-                        continue   # the reducer's acknowledgement of my fetch: it is alive, its chunks follow
+                    reply = await asyncio.wait_for(anext(stream), limit)
+                    answered, heard, limit = True, True, self._alive_limit()
+                    if is_heartbeat(reply):
+                        continue   # the reducer's acknowledgement of my fetch, or a heartbeat while it waits: it is alive
                     if reply.error:
                         self._lost[j] = f"reducer {group.peer_ids[j][-8:]}: {reply.error}"
                         raise RoundFailed(self._lost[j])
@@ -566,12 +594,13 @@ class AllReduceRound:
                 raise
             except Exception as e:  # a broken, reset or silent stream
                 why = "stream ended early" if isinstance(e, StopAsyncIteration) else (
-                    f"no reply for {self._reply_limit() if answered else first_limit:.1f}s" if isinstance(e, asyncio.TimeoutError)
-                    else f"{type(e).__name__}: {e}")
+                    f"no reply for {limit:.1f}s" if isinstance(e, asyncio.TimeoutError) else f"{type(e).__name__}: {e}")
                 self._lost[j] = f"reducer {group.peer_ids[j][-8:]}: {why} after {received}/{len(chunks)} chunks" + (
                     f" ({attempt} fetches)" if attempt else "")
-                if not answered:
-                    break   # it did not acknowledge a fetch: likely dead, so no more fetches: failover takes the part now
+                if not answered or (heard and isinstance(e, asyncio.TimeoutError)):
+                    # it did not acknowledge a fetch, or stopped its heartbeats: dead or frozen, so no more fetches:
+                    # failover takes the part now
+                    break
                 if attempt < FETCH_RETRIES:
                     logger.info("round %s: part %d: %s; asking for the rest", group.round_id.hex()[:8], j, self._lost[j])
                     self.stats.refetches += 1

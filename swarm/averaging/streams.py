@@ -1,5 +1,5 @@
-"""What both ends of an aggregate stream share: the handler's name, reading a peer's stream to its end within a
-timeout, and closing a stream whose peer is gone without raising."""
+"""What both ends of an aggregate stream share: the handler's name, the reducer's heartbeat, reading a peer's stream
+to its end within a timeout, and closing a stream whose peer is gone without raising."""
 from __future__ import annotations
 
 import asyncio
@@ -8,6 +8,17 @@ from typing import AsyncIterator
 from swarm.proto import swarm_pb2
 
 AGGREGATE_HANDLER = "swarm.aggregate"
+
+
+def heartbeat(part: int, chunk: int) -> swarm_pb2.PartChunk:
+    """A reducer's "alive, chunk `chunk` not averaged yet": sent at once to a fetch, and while a member waits for an
+    averaged chunk, so a member tells a reducer that is waiting (for a slow sender, a later stage) from one that is
+    dead or frozen within the silence limit, not the reply limit (swarm.averaging.allreduce.HEARTBEAT_SLACK)."""
+    return swarm_pb2.PartChunk(part=part, chunk=chunk, fetch=True)
+
+
+def is_heartbeat(reply: swarm_pb2.PartChunk) -> bool:
+    return reply.fetch and not (reply.data or reply.resend or reply.error)
 
 
 async def drain(requests: AsyncIterator[swarm_pb2.PartChunk], timeout: float) -> None:

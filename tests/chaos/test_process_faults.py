@@ -189,7 +189,10 @@ def test_sigstop_past_the_deadline_then_sigcont(swarm, tmp_path):
     woke_at = max(steps(tmp_path / "p0.jsonl"))
     assert wait_until(lambda: any(e > woke_at and r["group"] == 3 for e, r in steps(tmp_path / "sleeper.jsonl").items()), 90), \
         "the woken peer never stepped with the swarm again"
-    assert "downloading the state" in (tmp_path / "sleeper.log").read_text()
+    # it re-synced: by a state download, or, when the others are only one epoch ahead, by taking that epoch's
+    # result from its group's reducers (swarm.averaging.late); check_invariants below proves the parameters agree
+    log = (tmp_path / "sleeper.log").read_text()
+    assert "downloading the state" in log or "took its result from the reducers" in log
     assert wait_until(lambda: len(set(steps(tmp_path / "sleeper.jsonl")) - set(range(woke_at + 1))) >= 3, 60)
     check_invariants([tmp_path / "p0.jsonl", tmp_path / "p2.jsonl", tmp_path / "sleeper.jsonl"])
 

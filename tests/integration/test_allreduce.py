@@ -12,12 +12,11 @@ import secrets
 
 import pytest
 import torch
-from hivemind.p2p import P2P
 
+from benchmarks.scale import start_members
 from swarm.averaging.allreduce import AllReduceRound
 from swarm.averaging.group import GroupView
 from swarm.averaging.layout import TensorLayout
-from swarm.averaging.service import AggregateService
 from swarm.averaging.streams import AGGREGATE_HANDLER
 from swarm.compression.codecs import CompressionPolicy
 from swarm.errors import RoundFailed
@@ -31,20 +30,6 @@ SHAPES = [(300, 40), (40,), (1000,), (7, 3)]
 def make_layout(codec="fp16"):
     policy = CompressionPolicy(default=codec, small_tensor_threshold=64)
     return TensorLayout.build(SHAPES, lambda i, n: policy.codec_for(str(i), n))
-
-
-async def start_members(n: int):
-    first = await P2P.create()
-    members = [first]
-    maddrs = await first.get_visible_maddrs()
-    for _ in range(n - 1):
-        members.append(await P2P.create(initial_peers=maddrs))
-    services = []
-    for p in members:
-        s = AggregateService(p)
-        await s.start()
-        services.append(s)
-    return members, services
 
 
 async def run_round(members, services, roles, weights, shares, values, layout, round_class=AllReduceRound, timeout=20.0, chunk=500):
