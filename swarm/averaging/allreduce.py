@@ -536,8 +536,12 @@ class AllReduceRound:
             stream = None
             resend_from: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
             # a fetch after a broken stream goes to a reducer that may have died: it must answer at once (FETCH_ACK_FLOOR)
-            answered = attempt == 0 or fetch_first
-            first_limit = self._reply_limit() if answered else min(self._reply_limit(), max(FETCH_ACK_FLOOR, self.sender_timeout))
+            # my first stream of the part: the reducer's service answers at once (a heartbeat, AggregateService._handle);
+            # a fetch after a broken stream goes to a reducer that may have died: it must answer at once too
+            # (FETCH_ACK_FLOOR); a failover's fetch (fetch_first) waits for the backup's decision: the reply limit
+            fresh = attempt == 0 and not fetch_first
+            first_limit = (self._alive_limit() if fresh else self._reply_limit() if fetch_first
+                           else min(self._reply_limit(), max(FETCH_ACK_FLOOR, self.sender_timeout)))
             heard = False   # the reducer answered on this stream: from then on it heartbeats while it waits
             limit = first_limit
             try:
@@ -546,7 +550,7 @@ class AllReduceRound:
                 stream = await asyncio.wait_for(opening, first_limit)
                 while received < len(chunks):
                     reply = await asyncio.wait_for(anext(stream), limit)
-                    answered, heard, limit = True, True, self._alive_limit()
+                    heard, limit = True, self._alive_limit()
                     if is_heartbeat(reply):
                         continue   # the reducer's acknowledgement of my fetch, or a heartbeat while it waits: it is alive
                     if reply.error:
@@ -597,9 +601,9 @@ class AllReduceRound:
                     f"no reply for {limit:.1f}s" if isinstance(e, asyncio.TimeoutError) else f"{type(e).__name__}: {e}")
                 self._lost[j] = f"reducer {group.peer_ids[j][-8:]}: {why} after {received}/{len(chunks)} chunks" + (
                     f" ({attempt} fetches)" if attempt else "")
-                if not answered or (heard and isinstance(e, asyncio.TimeoutError)):
-                    # it did not acknowledge a fetch, or stopped its heartbeats: dead or frozen, so no more fetches:
-                    # failover takes the part now
+                if isinstance(e, asyncio.TimeoutError) and (heard or fresh) or not (heard or fresh or fetch_first):
+                    # it stopped its heartbeats, never answered my first stream, or did not acknowledge a fetch: dead or
+                    # frozen (a SIGSTOPped process's p2pd lives on, so nothing resets): no more fetches, failover now
                     break
                 if attempt < FETCH_RETRIES:
                     logger.info("round %s: part %d: %s; asking for the rest", group.round_id.hex()[:8], j, self._lost[j])
