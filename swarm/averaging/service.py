@@ -88,7 +88,9 @@ class AggregateService:
         except (asyncio.TimeoutError, asyncio.CancelledError):
             return BytesValue()
         check = round_.results
-        if check is None:
+        if check is None or str(context.remote_id) not in round_.group.peer_ids:
+            # only the round's members swap statements: they were admitted by matchmaking (invites checked there), so
+            # a stranger (an uninvited peer included) learns nothing and holds no handler open for wait_for_round
             return BytesValue()
         check.offer(str(context.remote_id), round_id, statements)
         try:

@@ -12,12 +12,14 @@ import functools
 
 import pytest
 import torch
+from google.protobuf.wrappers_pb2 import BytesValue
 from hivemind.p2p import P2P
 from hivemind.utils.crypto import RSAPrivateKey
 
 from peers.attack.byzantine import byzantine_round_class
 from swarm.averaging.allreduce import AllReduceRound
 from swarm.averaging.bans import BanList
+from swarm.averaging.result_exchange import RESULTS_HANDLER, unpack_report
 from swarm.averaging.group import GroupView
 from swarm.averaging.robust import CenteredClipReduction, StrikeBook
 from swarm.averaging.service import AggregateService
@@ -76,6 +78,33 @@ def test_an_honest_groups_members_agree_on_every_signed_part_and_lose_nothing():
                 assert all(torch.equal(a, b) for a, b in zip(results[0], other))
         finally:
             await shutdown(members)
+    asyncio.run(main())
+
+
+def test_a_stranger_gets_no_statements_and_leaves_none():
+    """The statement swap answers the round's members only: a peer outside the group (in an invite-only run, one
+    without an invite: it cannot be a member) that replays a member's report gets an empty answer at once, and
+    nothing is recorded in its name."""
+    async def main():
+        keys, members, services = await start_signing_members(4)
+        stranger = await P2P.create(initial_peers=await members[0].get_visible_maddrs())
+        try:
+            layout = make_layout("fp16")
+            classes = [signing(AllReduceRound, k) for k in keys]
+            rounds, results = await run_round(members, services, ROLES, [1.0] * 4, SHARES, correlated_values(4, seed=4), layout,
+                                              round_class=classes)
+            assert not any(isinstance(r, BaseException) for r in results), results
+            replayed = BytesValue(value=rounds[1].results.report())
+            start = asyncio.get_running_loop().time()
+            reply = await asyncio.wait_for(stranger.call_protobuf_handler(members[0].peer_id, RESULTS_HANDLER, replayed, BytesValue), 10)
+            assert reply.value == b"", "a stranger must not get the member's signed statements"
+            assert asyncio.get_running_loop().time() - start < 5.0
+            assert str(stranger.peer_id) not in rounds[0].results.reports
+            # a member asking the same gets them
+            reply = await asyncio.wait_for(members[1].call_protobuf_handler(members[0].peer_id, RESULTS_HANDLER, replayed, BytesValue), 10)
+            assert unpack_report(reply.value) is not None and unpack_report(reply.value)[1]
+        finally:
+            await shutdown([*members, stranger])
     asyncio.run(main())
 
 
