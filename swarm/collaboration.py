@@ -38,7 +38,7 @@ from swarm.averaging.matchmaking import Matchmaker
 from swarm.averaging.phase_stats import PhaseStats
 from swarm.averaging.progress import ProgressTracker
 from swarm.averaging.reduction import Reduction
-from swarm.averaging.robust import CenteredClipReduction, StrikeBook
+from swarm.averaging.robust import CenteredClipReduction, StrikeBook, counted_samples
 from swarm.averaging.rounds import RoundReport, RoundRequest
 from swarm.averaging.service import AggregateService
 from swarm.averaging.state_sync import StateServer, TrainingState, download_from_any
@@ -392,7 +392,7 @@ class Collaboration:
         report = RoundReport(
             epoch=epoch, group_size=len(phases.group.peer_ids), round_seconds=seconds,
             bytes_sent=sum(st.bytes_sent for st in phases.stats), bytes_received=sum(st.bytes_received for st in phases.stats),
-            samples=int(sum(phases.group.weights)), round_id=phases.group.round_id.hex(),
+            samples=counted_samples(phases.group.weights, self.robust), round_id=phases.group.round_id.hex(),
             excluded=sorted({p for st in phases.stats for p in st.excluded}),
             codec=result.codec, predicted_seconds=result.predicted_seconds, subgroups=phases.subgroups,
         )
@@ -422,7 +422,7 @@ class Collaboration:
         result = await codec.average(RoundContext(group=GroupView.observed(info), links=links, phase=phase, epoch=epoch), None)
         seconds = time.monotonic() - started
         report = RoundReport(epoch=epoch, group_size=len(info.members), round_seconds=seconds, bytes_sent=0,
-                             bytes_received=codec.schema.wire_bytes(), samples=int(sum(m.weight for m in info.members)),
+                             bytes_received=codec.schema.wire_bytes(), samples=counted_samples([m.weight for m in info.members], self.robust),
                              round_id=info.round_id.hex(), codec=result.codec, predicted_seconds=result.predicted_seconds)
         self.rounds.append(report)
         logger.info("epoch %d: late for the group of %d; took its result from the reducers in %.2fs", epoch, len(info.members), seconds)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -77,6 +78,12 @@ def _bounded(weights: list[float], max_weight_ratio: float) -> list[float]:
         return w
     cap = positive[(len(positive) - 1) // 2] * max_weight_ratio   # the lower median, as torch.median
     return [min(x, cap) for x in w]
+
+
+def counted_samples(weights: Sequence[float], robust: bool, max_weight_ratio: float = DEFAULT_MAX_WEIGHT_RATIO) -> int:
+    """The samples a round's average holds, for its report (logs, metrics, the dashboard): in a robust round the
+    weights as the reducers bound them, so a member claiming 2**53 samples counts for 1.5x the median, not 2**53."""
+    return int(sum(_bounded(list(weights), max_weight_ratio) if robust else weights))
 
 
 def bound_weights(weights: torch.Tensor, max_weight_ratio: float = DEFAULT_MAX_WEIGHT_RATIO) -> torch.Tensor:

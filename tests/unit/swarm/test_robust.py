@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from swarm.averaging.reduction import Reduction
-from swarm.averaging.robust import HARD_CLIP, CenteredClipReduction, StrikeBook, bound_weights, centered_clip
+from swarm.averaging.robust import HARD_CLIP, CenteredClipReduction, StrikeBook, bound_weights, centered_clip, counted_samples
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -180,3 +180,12 @@ def test_an_outlier_still_triggers_clipping_and_the_gram_iteration_matches_the_s
     if attack != "huge":   # the slow path's float64 distances to 1e30 rows are exact enough only for finite sizes
         slow = _vector_space_clip(rows, weights, clip.tau)
         assert float((clip.value.to(torch.float64) - slow).norm()) < 1e-3 * spread(good)
+
+
+def test_a_rounds_reported_samples_bound_a_claimed_weight_in_robust_rounds_only():
+    """A member claiming 2**53 samples (the largest weight matchmaking admits) makes a robust round's report count it
+    for 1.5x the median weight, as the reducers do; a plain round (invite-only, trusted) reports the weights as averaged."""
+    weights = [100.0, 120.0, 80.0, float(2**53)]
+    assert counted_samples(weights, robust=True) == 100 + 120 + 80 + 150
+    assert counted_samples(weights, robust=False) == int(sum(weights))
+    assert counted_samples([], robust=True) == 0
