@@ -145,7 +145,10 @@ def cmd_join(args: argparse.Namespace, on_collaboration=None) -> int:
 
         if is_link(invite):
             say("asking the run's coordinator for the full invite")
-        access = InviteAccess(resolve_invite(invite, reap=True))
+        from swarm.net.identity import read_identity
+
+        # a persistent peer id (--identity) asks for its token with its own key: the peer id names the token's key
+        access = InviteAccess(resolve_invite(invite, reap=True), private_key=read_identity(args.identity) if args.identity else None)
         if args.run_id and args.run_id != access.run_id:
             raise ConfigError(f"--run-id {args.run_id} differs from the invite's run {access.run_id}")
         initial_peers = [*access.invite.initial_peers, *initial_peers]

@@ -522,8 +522,10 @@ def join(run_id: str = "demo", initial_peers: Sequence[str] = (), **kwargs: Any)
     the config record signed by the invite's organizer key."""
     if run_id.startswith("swarm://"):
         from swarm.net.auth import InviteAccess
+        from swarm.net.identity import read_identity
 
-        access = InviteAccess(run_id)
+        identity = kwargs.get("identity_path")   # a persistent peer id asks for its token with its own key
+        access = InviteAccess(run_id, private_key=read_identity(identity) if identity else None)
         peers = [*access.invite.initial_peers, *initial_peers]
         return Collaboration(access.run_id, initial_peers=peers, authorizer=access.authorizer(),
                              organizer_key=access.invite.organizer_key, **kwargs)

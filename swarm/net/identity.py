@@ -22,9 +22,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hivemind.proto import crypto_pb2
 from hivemind.utils.crypto import RSAPrivateKey
 
-__all__ = ["identity_bytes", "key_from_identity", "peer_id_of", "identity_file"]
+__all__ = ["identity_bytes", "key_from_identity", "peer_id_of", "identity_file", "read_identity"]
 
 MAX_PUBLIC_KEY_BYTES = 2048   # an OpenSSH RSA key of 2048 bits is ~380 bytes; 8192 bits stay below this
+MAX_IDENTITY_BYTES = 16384    # an identity file of an RSA key of 8192 bits is ~4.8 KB
 
 
 def identity_bytes(key: RSAPrivateKey) -> bytes:
@@ -43,6 +44,33 @@ def key_from_identity(data: bytes) -> RSAPrivateKey | None:
     key = RSAPrivateKey.__new__(RSAPrivateKey)
     key._private_key = loaded
     return key
+
+
+def read_identity(path: str) -> RSAPrivateKey | None:
+    """The RSA key of the identity file at `path`; None when there is no such file. ConfigError when it is not a
+    p2pd identity file of an RSA key (a peer's key signs its records and statements: swarm.net.identity)."""
+    from swarm.errors import ConfigError
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_IDENTITY_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ConfigError(f"cannot read the identity file {path}: {e}") from e
+    key = None
+    if len(data) <= MAX_IDENTITY_BYTES:
+        try:
+            key = key_from_identity(data)
+        except Exception:   # protobuf's DecodeError, cryptography's ValueError: not an identity file
+            key = None
+    if key is None:
+        raise ConfigError(f"{path} is not a p2pd identity file of an RSA key: give another path (a new file is created)")
+    return key
+
+
+def same_key(a: RSAPrivateKey, b: RSAPrivateKey) -> bool:
+    return a.get_public_key().to_bytes() == b.get_public_key().to_bytes()
 
 
 def peer_id_of(public_key: bytes) -> str | None:

@@ -23,11 +23,11 @@ from hivemind.p2p import P2P, PeerID
 from hivemind.utils.crypto import RSAPrivateKey
 from hivemind.utils.multiaddr import Multiaddr
 
-from swarm.errors import AuthError, NetworkError, describe
+from swarm.errors import AuthError, ConfigError, NetworkError, describe
 from swarm.net import clock, records, wire
 from swarm.net.auth import ISSUE_HANDLER, SwarmAuthorizer, coordinator_ids, keep_access
 from swarm.net.direct_store import store_blind, store_near
-from swarm.net.identity import identity_bytes, identity_file, key_from_identity
+from swarm.net.identity import identity_bytes, identity_file, read_identity, same_key
 from swarm.proto import swarm_pb2
 
 logger = logging.getLogger(__name__)
@@ -78,11 +78,16 @@ class Node:
         # A peer's own key (an invite's, its identity file's, or a fresh one) is also its p2p identity; a key passed in
         # (the coordinator's organizer key) signs records only, and the p2p identity stays the identity file's.
         bind = private_key is None
+        stored = read_identity(options.identity_path) if options.identity_path is not None else None
         if authorizer is not None:
             private_key = private_key or authorizer.private_key
-        if private_key is None and options.identity_path is not None and os.path.isfile(options.identity_path):
-            with open(options.identity_path, "rb") as f:
-                private_key = key_from_identity(f.read())   # a stable peer id keeps its record key too
+            if bind and stored is not None and not same_key(stored, private_key):
+                # p2pd would take the file's key as the peer id while the token, records and statements carry the
+                # invite access's key: every signed statement would then name the wrong peer
+                raise ConfigError(f"the identity file {options.identity_path} holds another key than the one this run's "
+                                  "access token was issued for: join with that identity's key (swarm join --identity does) "
+                                  "or give another identity path")
+        private_key = private_key or stored   # a stable peer id keeps its record key too
         private_key = private_key or RSAPrivateKey()
         signer = RSASignatureValidator(private_key)
         validator = CompositeValidator([signer, records.SchemaValidator(run_id)])

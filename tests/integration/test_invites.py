@@ -269,12 +269,28 @@ def test_invites_survive_a_coordinator_kill_9(swarm):
 
 
 def test_join_with_invite_fetches_the_run_config(swarm):
-    """`swarm join INVITE`, no config file: the config comes from the organizer's record and the ALBERT peer joins."""
-    peer = Proc(swarm_cli("join", swarm.link, "--host-maddrs", "/ip4/127.0.0.1/tcp/0", "--duration", "30"), swarm.root / "albert.log")
+    """`swarm join INVITE`, no config file: the config comes from the organizer's record and the ALBERT peer joins.
+    With `--identity` naming an existing key, the peer asks for its token with that key and keeps its peer id (with
+    another key the token, records and statements would name another peer than p2pd's)."""
+    from swarm.net.identity import identity_bytes
+
+    key = RSAPrivateKey()
+    identity = swarm.root / "albert-identity.key"
+    identity.write_bytes(identity_bytes(key))
+    async def expected_id() -> str:   # the peer id of that key, as p2pd derives it
+        p2p = await P2P.create(identity_path=str(identity), check_if_identity_free=False, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+        try:
+            return str(p2p.peer_id)
+        finally:
+            await p2p.shutdown()
+    wanted = asyncio.run(expected_id())
+    peer = Proc(swarm_cli("join", swarm.link, "--host-maddrs", "/ip4/127.0.0.1/tcp/0", "--duration", "30", "--identity", str(identity)),
+                swarm.root / "albert.log")
     swarm.peers.append(peer)
     try:
         assert wait_until(lambda: f"joined run {RUN} as trainer" in peer.text() or peer.proc.poll() is not None, 240, 1.0)
         assert f"joined run {RUN} as trainer" in peer.text(), peer.text()[-2000:]
+        assert f"as trainer, peer {wanted}" in peer.text(), "the identity file's key is the peer's"
         stages = [line.split("] ", 1)[1] for line in peer.text().splitlines() if line.startswith("[") and "s] " in line]
         expected = [f"joining run {RUN} through its coordinator at", "asking the run's coordinator for the full invite",
                     f"reading run {RUN}'s config", f"run {RUN}: task albert", "preparing task albert", "model ready",
