@@ -535,7 +535,6 @@ class AllReduceRound:
         for attempt in range(FETCH_RETRIES + 1):
             stream = None
             resend_from: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-            # a fetch after a broken stream goes to a reducer that may have died: it must answer at once (FETCH_ACK_FLOOR)
             # my first stream of the part: the reducer's service answers at once (a heartbeat, AggregateService._handle);
             # a fetch after a broken stream goes to a reducer that may have died: it must answer at once too
             # (FETCH_ACK_FLOOR); a failover's fetch (fetch_first) waits for the backup's decision: the reply limit
@@ -545,8 +544,8 @@ class AllReduceRound:
             heard = False   # the reducer answered on this stream: from then on it heartbeats while it waits
             limit = first_limit
             try:
-                opening = self.p2p.iterate_protobuf_handler(peer, AGGREGATE_HANDLER, _requests() if attempt == 0 and not fetch_first
-                                                            else _fetch(received, resend_from), swarm_pb2.PartChunk)
+                opening = self.p2p.iterate_protobuf_handler(peer, AGGREGATE_HANDLER, _requests() if fresh else _fetch(received, resend_from),
+                                                            swarm_pb2.PartChunk)
                 stream = await asyncio.wait_for(opening, first_limit)
                 while received < len(chunks):
                     reply = await asyncio.wait_for(anext(stream), limit)
@@ -557,7 +556,7 @@ class AllReduceRound:
                         self._lost[j] = f"reducer {group.peer_ids[j][-8:]}: {reply.error}"
                         raise RoundFailed(self._lost[j])
                     if reply.resend:
-                        if (attempt == 0 and not fetch_first) or resend_from.done() or not 0 <= reply.chunk < len(chunks):
+                        if fresh or resend_from.done() or not 0 <= reply.chunk < len(chunks):
                             self._lost[j] = f"reducer {group.peer_ids[j][-8:]} sent an unexpected resend of chunk {reply.chunk}"
                             raise ProtocolError(self._lost[j])
                         logger.info("round %s: part %d: the reducer lacks my chunks from %d on; sending them again",

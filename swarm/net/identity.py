@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hivemind.proto import crypto_pb2
 from hivemind.utils.crypto import RSAPrivateKey
 
-__all__ = ["identity_bytes", "key_from_identity", "peer_id_of", "identity_file", "read_identity"]
+__all__ = ["identity_bytes", "key_from_identity", "peer_id_of", "identity_file", "read_identity", "same_key"]
 
 MAX_PUBLIC_KEY_BYTES = 2048   # an OpenSSH RSA key of 2048 bits is ~380 bytes; 8192 bits stay below this
 MAX_IDENTITY_BYTES = 16384    # an identity file of an RSA key of 8192 bits is ~4.8 KB

@@ -61,15 +61,20 @@ def signing(base: type, key: RSAPrivateKey) -> type:
     return Signing
 
 
+async def honest_signed_round(keys, members, services, seed: int):
+    """One round of honest members that sign their parts (fp16); every member must finish it."""
+    classes = [signing(AllReduceRound, k) for k in keys]
+    rounds, results = await run_round(members, services, ROLES, [1.0] * 4, SHARES, correlated_values(4, seed=seed), make_layout("fp16"),
+                                      round_class=classes)
+    assert not any(isinstance(r, BaseException) for r in results), results
+    return rounds, results
+
+
 def test_an_honest_groups_members_agree_on_every_signed_part_and_lose_nothing():
     async def main():
         keys, members, services = await start_signing_members(4)
         try:
-            layout = make_layout("fp16")
-            classes = [signing(AllReduceRound, k) for k in keys]
-            rounds, results = await run_round(members, services, ROLES, [1.0] * 4, SHARES, correlated_values(4, seed=3), layout,
-                                              round_class=classes)
-            assert not any(isinstance(r, BaseException) for r in results), results
+            rounds, results = await honest_signed_round(keys, members, services, seed=3)
             for r in rounds:
                 assert sorted(r.results.held) == [0, 1, 2, 3]      # every part came with its reducer's statement
                 assert sorted(r.results.reports) == sorted(str(m.peer_id) for m in members if m is not r.p2p)
@@ -89,11 +94,7 @@ def test_a_stranger_gets_no_statements_and_leaves_none():
         keys, members, services = await start_signing_members(4)
         stranger = await P2P.create(initial_peers=await members[0].get_visible_maddrs())
         try:
-            layout = make_layout("fp16")
-            classes = [signing(AllReduceRound, k) for k in keys]
-            rounds, results = await run_round(members, services, ROLES, [1.0] * 4, SHARES, correlated_values(4, seed=4), layout,
-                                              round_class=classes)
-            assert not any(isinstance(r, BaseException) for r in results), results
+            rounds, _ = await honest_signed_round(keys, members, services, seed=4)
             replayed = BytesValue(value=rounds[1].results.report())
             start = asyncio.get_running_loop().time()
             reply = await asyncio.wait_for(stranger.call_protobuf_handler(members[0].peer_id, RESULTS_HANDLER, replayed, BytesValue), 10)
