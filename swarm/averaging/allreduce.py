@@ -78,16 +78,18 @@ logger = logging.getLogger(__name__)
 FETCH_RETRIES = 2
 FINISHED_GRACE = 30.0
 # A reducer answers such a fetch at once (the `resend` it needs, or an empty acknowledgement), before any averaged
-# chunk: a member whose fetch is not answered within the stream's silence limit (at least FETCH_ACK_FLOOR seconds)
-# takes the reducer for dead and hands the part to failover at once. Without this a reducer killed mid-all-gather
+# chunk: a member whose stream the reducer's side ended (its p2pd does so when the process dies) and whose fetch is
+# then not answered within the silence limit (at least FETCH_ACK_FLOOR seconds) takes the reducer for dead and hands
+# the part to failover at once. Without this a reducer killed mid-all-gather
 # cost the round: its p2pd outlives it for a few seconds and a fetch to it hung until the round's deadline.
 FETCH_ACK_FLOOR = 3.0
 # While a member waits for an averaged chunk, its reducer sends a heartbeat (swarm.averaging.streams.heartbeat) every
-# third of the silence limit; a member that hears nothing for the silence limit plus HEARTBEAT_SLACK seconds (event
-# loops stall on a loaded machine) takes the reducer for dead or frozen and hands its part to failover at once,
-# without a fetch. Before heartbeats a frozen reducer (SIGSTOP) cost 2 silences + 2 s, then a fetch: 18 s of stall
-# in `swarm chaos`.
-HEARTBEAT_SLACK = 2.0
+# third of the silence limit, so a reducer that waits long (for a slow sender, a later stage) is never dropped for it;
+# a member that hears nothing for the reply limit after the reducer answered once takes it for dead or frozen and
+# hands its part to failover without a fetch. The limit is not shorter than before heartbeats: on a slow home link a
+# heartbeat can wait behind megabytes in the kernel's socket buffers, and a live reducer taken for dead while other
+# members still receive its part splits the group (the backup's bytes against the reducer's: emulated hybrid, 10M).
+
 # Seconds the members' swap of result statements may take (within the round's deadline as well).
 RESULT_EXCHANGE_TIMEOUT = 5.0
 # Peers outside the group that may fetch one reducer's averaged part of one round (late peers, swarm.averaging.late).
@@ -194,12 +196,8 @@ class AllReduceRound:
         """How long to wait for a reducer's next averaged chunk (a hierarchical stage adds the stage it waits on)."""
         return reply_timeout(self.sender_timeout) + self.reply_slack
 
-    def _alive_limit(self) -> float:
-        """How long a reducer that has answered on a stream may stay silent on it: it heartbeats while it waits."""
-        return min(self._reply_limit(), self.sender_timeout + HEARTBEAT_SLACK + self.reply_slack)
-
     async def _until_ready(self, k: int) -> AsyncIterator[swarm_pb2.PartChunk]:
-        """Heartbeats while my averaged chunk k is not ready (see HEARTBEAT_SLACK)."""
+        """Heartbeats while my averaged chunk k is not ready (see FETCH_RETRIES)."""
         every = max(0.5, self.sender_timeout / 3)
         while not self._output_ready[k].is_set():
             try:
@@ -532,15 +530,17 @@ class AllReduceRound:
 
         received = 0
         held = self._held.setdefault(j, [])
+        ended = False   # the last stream was ended by the reducer's side before the part was whole
         for attempt in range(FETCH_RETRIES + 1):
             stream = None
             resend_from: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-            # my first stream of the part: the reducer's service answers at once (a heartbeat, AggregateService._handle);
-            # a fetch after a broken stream goes to a reducer that may have died: it must answer at once too
-            # (FETCH_ACK_FLOOR); a failover's fetch (fetch_first) waits for the backup's decision: the reply limit
+            # a fetch after a stream the reducer's side ended goes to a reducer that has likely died (its p2pd ends the
+            # streams of a dead process): it must answer at once (FETCH_ACK_FLOOR). After a reset or a silence the
+            # reducer may be alive behind a congested link: its answer gets the reply limit, since failover of a live
+            # reducer's part while others still receive it splits the group (emulated hybrid, 10M, fp16)
             fresh = attempt == 0 and not fetch_first
-            first_limit = (self._alive_limit() if fresh else self._reply_limit() if fetch_first
-                           else min(self._reply_limit(), max(FETCH_ACK_FLOOR, self.sender_timeout)))
+            after_end = ended and not fresh
+            first_limit = min(self._reply_limit(), max(FETCH_ACK_FLOOR, self.sender_timeout)) if after_end else self._reply_limit()
             heard = False   # the reducer answered on this stream: from then on it heartbeats while it waits
             limit = first_limit
             try:
@@ -549,7 +549,7 @@ class AllReduceRound:
                 stream = await asyncio.wait_for(opening, first_limit)
                 while received < len(chunks):
                     reply = await asyncio.wait_for(anext(stream), limit)
-                    heard, limit = True, self._alive_limit()
+                    heard, limit = True, self._reply_limit()
                     if is_heartbeat(reply):
                         continue   # the reducer's acknowledgement of my fetch, or a heartbeat while it waits: it is alive
                     if reply.error:
@@ -596,13 +596,14 @@ class AllReduceRound:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a broken, reset or silent stream
-                why = "stream ended early" if isinstance(e, StopAsyncIteration) else (
+                ended = isinstance(e, StopAsyncIteration)
+                why = "stream ended early" if ended else (
                     f"no reply for {limit:.1f}s" if isinstance(e, asyncio.TimeoutError) else f"{type(e).__name__}: {e}")
                 self._lost[j] = f"reducer {group.peer_ids[j][-8:]}: {why} after {received}/{len(chunks)} chunks" + (
                     f" ({attempt} fetches)" if attempt else "")
-                if isinstance(e, asyncio.TimeoutError) and (heard or fresh) or not (heard or fresh or fetch_first):
-                    # it stopped its heartbeats, never answered my first stream, or did not acknowledge a fetch: dead or
-                    # frozen (a SIGSTOPped process's p2pd lives on, so nothing resets): no more fetches, failover now
+                if isinstance(e, asyncio.TimeoutError) and heard or after_end and not heard:
+                    # it stopped its heartbeats, or did not acknowledge a fetch after ending my stream: dead or frozen
+                    # (a SIGSTOPped process's p2pd lives on, so nothing resets): no more fetches, failover now
                     break
                 if attempt < FETCH_RETRIES:
                     logger.info("round %s: part %d: %s; asking for the rest", group.round_id.hex()[:8], j, self._lost[j])

@@ -11,9 +11,9 @@ AGGREGATE_HANDLER = "swarm.aggregate"
 
 
 def heartbeat(part: int, chunk: int) -> swarm_pb2.PartChunk:
-    """A reducer's "alive, chunk `chunk` not averaged yet": sent at once to a fetch, and while a member waits for an
-    averaged chunk, so a member tells a reducer that is waiting (for a slow sender, a later stage) from one that is
-    dead or frozen within the silence limit, not the reply limit (swarm.averaging.allreduce.HEARTBEAT_SLACK)."""
+    """A reducer's "alive, chunk `chunk` not averaged yet": sent at once to a fetch and to a member's first stream, and
+    while a member waits for an averaged chunk, so a reducer that waits (for a slow sender, a later stage) is never
+    dropped for it, and one that stops them is dead or frozen (see swarm.averaging.allreduce, FETCH_RETRIES)."""
     return swarm_pb2.PartChunk(part=part, chunk=chunk, fetch=True)
 
 
