@@ -63,7 +63,7 @@ from swarm.averaging.phase_stats import PhaseStats
 from swarm.averaging.reduction import Reduction
 from swarm.averaging.result_exchange import ResultCheck, exchange_statements
 from swarm.averaging.result_statements import ResultStatement, sign_statement
-from swarm.averaging.streams import AGGREGATE_HANDLER, close_quietly, drain, heartbeat, is_heartbeat
+from swarm.averaging.streams import AGGREGATE_HANDLER, close_quietly, drain
 from swarm.compression.codecs import decode_checked
 from swarm.errors import ProtocolError, RoundFailed
 from swarm.net.auth import SwarmAuthorizer
@@ -77,19 +77,6 @@ logger = logging.getLogger(__name__)
 # round's averaged part FINISHED_GRACE seconds for such late fetches.
 FETCH_RETRIES = 2
 FINISHED_GRACE = 30.0
-# A reducer answers such a fetch at once (the `resend` it needs, or an empty acknowledgement), before any averaged
-# chunk: a member whose stream the reducer's side ended (its p2pd does so when the process dies) and whose fetch is
-# then not answered within the silence limit (at least FETCH_ACK_FLOOR seconds) takes the reducer for dead and hands
-# the part to failover at once. Without this a reducer killed mid-all-gather
-# cost the round: its p2pd outlives it for a few seconds and a fetch to it hung until the round's deadline.
-FETCH_ACK_FLOOR = 3.0
-# While a member waits for an averaged chunk, its reducer sends a heartbeat (swarm.averaging.streams.heartbeat) every
-# third of the silence limit, so a reducer that waits long (for a slow sender, a later stage) is never dropped for it;
-# a member that hears nothing for the reply limit after the reducer answered once takes it for dead or frozen and
-# hands its part to failover without a fetch. The limit is not shorter than before heartbeats: on a slow home link a
-# heartbeat can wait behind megabytes in the kernel's socket buffers, and a live reducer taken for dead while other
-# members still receive its part splits the group (the backup's bytes against the reducer's: emulated hybrid, 10M).
-
 # Seconds the members' swap of result statements may take (within the round's deadline as well).
 RESULT_EXCHANGE_TIMEOUT = 5.0
 # Peers outside the group that may fetch one reducer's averaged part of one round (late peers, swarm.averaging.late).
@@ -196,15 +183,6 @@ class AllReduceRound:
         """How long to wait for a reducer's next averaged chunk (a hierarchical stage adds the stage it waits on)."""
         return reply_timeout(self.sender_timeout) + self.reply_slack
 
-    async def _until_ready(self, k: int) -> AsyncIterator[swarm_pb2.PartChunk]:
-        """Heartbeats while my averaged chunk k is not ready (see FETCH_RETRIES)."""
-        every = max(0.5, self.sender_timeout / 3)
-        while not self._output_ready[k].is_set():
-            try:
-                await asyncio.wait_for(self._output_ready[k].wait(), every)
-            except asyncio.TimeoutError:
-                yield heartbeat(self.label(self.group.my_index), k)
-
     def _slice(self, chunk: Chunk) -> torch.Tensor:
         assert self.local is not None
         return self.local[chunk.bucket][chunk.start : chunk.start + chunk.length]
@@ -284,10 +262,7 @@ class AllReduceRound:
         carried = 0  # bytes this stream carried so far
         try:
             for k in range(len(self.parts[group.my_index])):
-                # set by _try_finalize, or by retire() when the round is over
-                async for beat in self._until_ready(k):
-                    if group.needs(sender):
-                        yield beat
+                await self._output_ready[k].wait()   # set by _try_finalize, or by retire() when the round is over
                 data = self._outputs[k]
                 if not data:
                     yield swarm_pb2.PartChunk(error="part has no contributions" if data == b"" else "part not averaged")
@@ -372,7 +347,6 @@ class AllReduceRound:
             return
         lacking = self._lacks(sender)
         if lacking is None:
-            yield heartbeat(self.label(group.my_index), first.chunk)  # I am alive (see FETCH_ACK_FLOOR)
             async for reply in self._replay(first.chunk, count):
                 yield reply
                 if reply.error:
@@ -401,20 +375,16 @@ class AllReduceRound:
             yield swarm_pb2.PartChunk(error="bad fetch")
             return
         self._latecomer_fetches += 1
-        async for reply in self._replay(first.chunk, count, heartbeats=False):
+        async for reply in self._replay(first.chunk, count):
             yield reply
             if reply.error:
                 break
         await drain(requests, self.sender_timeout)  # its end-of-stream (see serve), after an error too (see drain)
 
-    async def _replay(self, start: int, count: int, heartbeats: bool = True) -> AsyncIterator[swarm_pb2.PartChunk]:
-        """My averaged chunks from `start` on, each once ready; with heartbeats while one is not (a member's fetch;
-        a latecomer's reader, swarm.averaging.late, waits for chunks only)."""
+    async def _replay(self, start: int, count: int) -> AsyncIterator[swarm_pb2.PartChunk]:
         group = self.group
         for k in range(start, count):
-            async for beat in self._until_ready(k):   # set by _try_finalize, or by retire() when the round is over
-                if heartbeats:
-                    yield beat
+            await self._output_ready[k].wait()   # set by _try_finalize, or by retire() when the round is over
             data = self._outputs[k]
             if not data:  # never averaged (the round ended first) or nobody contributed
                 yield swarm_pb2.PartChunk(error="part not averaged")
@@ -530,33 +500,20 @@ class AllReduceRound:
 
         received = 0
         held = self._held.setdefault(j, [])
-        ended = False   # the last stream was ended by the reducer's side before the part was whole
         for attempt in range(FETCH_RETRIES + 1):
             stream = None
             resend_from: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-            # a fetch after a stream the reducer's side ended goes to a reducer that has likely died (its p2pd ends the
-            # streams of a dead process): it must answer at once (FETCH_ACK_FLOOR). After a reset or a silence the
-            # reducer may be alive behind a congested link: its answer gets the reply limit, since failover of a live
-            # reducer's part while others still receive it splits the group (emulated hybrid, 10M, fp16)
-            fresh = attempt == 0 and not fetch_first
-            after_end = ended and not fresh
-            first_limit = min(self._reply_limit(), max(FETCH_ACK_FLOOR, self.sender_timeout)) if after_end else self._reply_limit()
-            heard = False   # the reducer answered on this stream: from then on it heartbeats while it waits
-            limit = first_limit
             try:
-                opening = self.p2p.iterate_protobuf_handler(peer, AGGREGATE_HANDLER, _requests() if fresh else _fetch(received, resend_from),
-                                                            swarm_pb2.PartChunk)
-                stream = await asyncio.wait_for(opening, first_limit)
+                opening = self.p2p.iterate_protobuf_handler(peer, AGGREGATE_HANDLER, _requests() if attempt == 0 and not fetch_first
+                                                            else _fetch(received, resend_from), swarm_pb2.PartChunk)
+                stream = await asyncio.wait_for(opening, self._reply_limit())
                 while received < len(chunks):
-                    reply = await asyncio.wait_for(anext(stream), limit)
-                    heard, limit = True, self._reply_limit()
-                    if is_heartbeat(reply):
-                        continue   # the reducer's acknowledgement of my fetch, or a heartbeat while it waits: it is alive
+                    reply = await asyncio.wait_for(anext(stream), self._reply_limit())
                     if reply.error:
                         self._lost[j] = f"reducer {group.peer_ids[j][-8:]}: {reply.error}"
                         raise RoundFailed(self._lost[j])
                     if reply.resend:
-                        if fresh or resend_from.done() or not 0 <= reply.chunk < len(chunks):
+                        if (attempt == 0 and not fetch_first) or resend_from.done() or not 0 <= reply.chunk < len(chunks):
                             self._lost[j] = f"reducer {group.peer_ids[j][-8:]} sent an unexpected resend of chunk {reply.chunk}"
                             raise ProtocolError(self._lost[j])
                         logger.info("round %s: part %d: the reducer lacks my chunks from %d on; sending them again",
@@ -596,15 +553,10 @@ class AllReduceRound:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a broken, reset or silent stream
-                ended = isinstance(e, StopAsyncIteration)
-                why = "stream ended early" if ended else (
-                    f"no reply for {limit:.1f}s" if isinstance(e, asyncio.TimeoutError) else f"{type(e).__name__}: {e}")
+                why = "stream ended early" if isinstance(e, StopAsyncIteration) else (
+                    f"no reply for {self._reply_limit():.1f}s" if isinstance(e, asyncio.TimeoutError) else f"{type(e).__name__}: {e}")
                 self._lost[j] = f"reducer {group.peer_ids[j][-8:]}: {why} after {received}/{len(chunks)} chunks" + (
                     f" ({attempt} fetches)" if attempt else "")
-                if isinstance(e, asyncio.TimeoutError) and heard or after_end and not heard:
-                    # it stopped its heartbeats, or did not acknowledge a fetch after ending my stream: dead or frozen
-                    # (a SIGSTOPped process's p2pd lives on, so nothing resets): no more fetches, failover now
-                    break
                 if attempt < FETCH_RETRIES:
                     logger.info("round %s: part %d: %s; asking for the rest", group.round_id.hex()[:8], j, self._lost[j])
                     self.stats.refetches += 1
