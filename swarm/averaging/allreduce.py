@@ -154,6 +154,8 @@ class AllReduceRound:
         self._held: dict[int, list[bytes]] = {}
         # part -> set once my exchange of it is over, won or lost (at once for a member that sends nothing)
         self._settled = [asyncio.Event() for _ in group.peer_ids]
+        self._exchanges: dict[int, asyncio.Task] = {}   # part -> my exchange of it (a backup may make me give it up)
+        self._handed_over = False   # a backup took my part over while I was still averaging it (swarm.averaging.failover)
         if not group.brings(me):
             for settled in self._settled:
                 settled.set()
@@ -197,7 +199,7 @@ class AllReduceRound:
 
     def _try_finalize(self) -> None:
         """Average every chunk of my part whose live senders have all arrived, in order."""
-        if self._retired.is_set():
+        if self._retired.is_set() or self._handed_over:
             return
         live = self._expected - self._failed
         for k, chunk in enumerate(self.parts[self.group.my_index]):
@@ -215,6 +217,14 @@ class AllReduceRound:
             self._count_clipping(getattr(self._reductions[k], "clipped_share", {}), chunk.length)
             self._reductions[k] = None  # type: ignore[call-overload]  # free memory
             self._output_ready[k].set()
+
+    def hand_over(self) -> None:
+        """A backup took me for dead while I was still averaging my part, and averages it again (swarm.averaging.failover):
+        I stop averaging and serving it (members still receiving it get an error and ask the backup), and take the
+        backup's result for it like every other member."""
+        self._handed_over = True
+        for ready in self._output_ready:
+            ready.set()
 
     def _count_clipping(self, shares: dict[int, float], length: int) -> None:
         for sender, share in shares.items():
@@ -245,8 +255,9 @@ class AllReduceRound:
                 return
             yield swarm_pb2.PartChunk(error="not a member of this round")
             return
-        if first.fetch and first.part != self.label(group.my_index) and self.failover is not None:
-            # another member's part: a backup asks what I hold of it, or a member asks me, its backup, to finish it
+        if first.fetch and self.failover is not None and (first.part != self.label(group.my_index) or first.resend):
+            # another member's part: a backup asks what I hold of it, or a member asks me, its backup, to finish it;
+            # or my own part: a backup that took me for dead asks what I averaged of it
             async for reply in self.failover.serve(first, requests, sender):
                 yield reply
             return
@@ -264,8 +275,9 @@ class AllReduceRound:
             for k in range(len(self.parts[group.my_index])):
                 await self._output_ready[k].wait()   # set by _try_finalize, or by retire() when the round is over
                 data = self._outputs[k]
-                if not data:
-                    yield swarm_pb2.PartChunk(error="part has no contributions" if data == b"" else "part not averaged")
+                if not data or self._handed_over:
+                    yield swarm_pb2.PartChunk(error="part has no contributions" if data == b"" else
+                                              "part handed to a backup" if self._handed_over else "part not averaged")
                     return
                 if group.needs(sender):
                     self.stats.bytes_sent += len(data)
@@ -386,7 +398,7 @@ class AllReduceRound:
         for k in range(start, count):
             await self._output_ready[k].wait()   # set by _try_finalize, or by retire() when the round is over
             data = self._outputs[k]
-            if not data:  # never averaged (the round ended first) or nobody contributed
+            if not data or self._handed_over:  # never averaged (the round ended first), nobody contributed, or a backup has it
                 yield swarm_pb2.PartChunk(error="part not averaged")
                 return
             self.stats.bytes_sent += len(data)
@@ -594,6 +606,7 @@ class AllReduceRound:
                 self._try_finalize()  # a part with no other senders is ready at once
                 if group.brings(me):
                     tasks = {j: asyncio.create_task(self._exchange_settled(j)) for j in range(len(group.peer_ids)) if j != me}
+                    self._exchanges = dict(tasks)
                 results = await asyncio.gather(*tasks.values(), return_exceptions=True)
                 lost = []
                 for j, outcome in zip(tasks, results):
@@ -612,6 +625,14 @@ class AllReduceRound:
                     logger.warning("round %s: part %d missing: %s", group.round_id.hex()[:8], j, self._lost[j])
                     self.stats.missing_parts.append(j)
                 await own  # my own part is averaged (the streams deliver it to the others)
+                if self._handed_over and self.failover is not None:
+                    # a backup took me for dead and took my part over: I take its result like every other member
+                    failed = await self.failover.recover([me])
+                    if failed:
+                        self._lost[me] = f"my part was handed to a backup; failover: {failed[me]}"
+                        self.stats.missing_parts.append(me)
+                    else:
+                        self.stats.recovered_parts.append(me)
                 if self.results is not None:
                     await self._compare_results()
                 await self._drain_outputs()
@@ -636,7 +657,7 @@ class AllReduceRound:
             await meter.stop()
             self.stats.finish(time.monotonic() - self._start, meter.rates(self.stats.bytes_sent, self.stats.bytes_received))
         self._record_part_hashes()
-        if any(out == b"" for out in self._outputs):
+        if any(out == b"" for out in self._outputs) and not self._handed_over:
             self.stats.missing_parts.append(me)
             self._lost.setdefault(me, "my part has no contributions")
         if self.stats.missing_parts:
@@ -649,7 +670,7 @@ class AllReduceRound:
         timeout scope); a part whose reducer equivocated and of which I hold a minority's bytes is lost to me."""
         assert self.results is not None and self.signer is not None
         group, me = self.group, self.group.my_index
-        if self.parts[me] and all(self._outputs):
+        if self.parts[me] and all(self._outputs) and not self._handed_over:
             self.results.hold(me, self._own_statement())
         self.results.ready.set()
         # not the reducers whose part I had to take from a backup or lost: they are likely gone, and would cost the timeout
@@ -668,7 +689,7 @@ class AllReduceRound:
         that compare them catch a reducer that sent different results to different members
         (swarm.averaging.result_hashes)."""
         hashes = {j: h.hexdigest() for j, h in self._part_hashers.items() if j not in self.stats.missing_parts}  # whole parts only
-        if self.parts[self.group.my_index] and all(self._outputs):
+        if self.parts[self.group.my_index] and all(self._outputs) and not self._handed_over:
             own = hashlib.sha256()
             for data in self._outputs:
                 own.update(data)  # type: ignore[arg-type]

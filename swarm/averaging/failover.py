@@ -5,12 +5,16 @@ limit), it asks the part's backup to finish it. The backups of part j are the me
 client-mode), other than j, in the group's order; every member walks that list in the same order, so all ask the
 same backup while it answers. The backup is the one place where the part is decided, once (`_decide`):
 
-1. It waits until its own exchange of part j is over (won or lost), then, if that did not bring it the whole
-   part, asks every other member that needs the result how many of the part's averaged chunks it holds (a prefix:
-   chunks arrive in order). A member answers once its own exchange of part j is over, so the answer is final.
-2. (a) If it or some member holds the whole part, the dead reducer's bytes are relayed: the backup fetches the
-   chunks it lacks from a holder and serves those bytes. An honest reducer sent the same bytes to everyone, so
-   members that got the part from the reducer and members served by the backup hold identical values.
+1. It waits a reply limit for its own exchange of part j to end; if it does not, it gives that exchange up. Then, if
+   it does not hold the whole part, it asks every other member that needs the result, and the reducer itself (it
+   may be alive: taken for dead behind a congested link), how many of the part's averaged chunks they hold (a
+   prefix: chunks arrive in order). Answers are final: a member still receiving the part from its reducer gives
+   that up when the part's backup asks, and takes the part through the backups like a lost one; a reducer that
+   has not averaged all of its part hands it over (AllReduceRound.hand_over: it stops averaging and serving it,
+   and takes the backup's result like the others).
+2. (a) If it or some member (or the reducer) holds the whole part, the reducer's bytes are relayed: the backup
+   fetches the chunks it lacks from a holder and serves those bytes. An honest reducer sent the same bytes to
+   everyone, so members that got the part from the reducer and members served by the backup hold identical values.
    (b) Otherwise nobody holds the whole part, so every member that needs it is asking the backup: it averages the
    part again from the members' contributions (a round of one part, `AllReduceRound.backup_round`; reducer j's
    contribution left out), and every asking member, holders of some of the old chunks included, takes the
@@ -18,14 +22,17 @@ same backup while it answers. The backup is the one place where the part is deci
    the part like any failed sender, and still receives it.
 
 A member that cannot obtain the part (every backup failed it) misses it and does not step (RoundFailed names the
-part), as before. Guarantee: members that step hold identical parameters as long as every member that holds the
-whole part can answer the backup; a member that holds it and that the backup cannot reach keeps the reducer's
-bytes while the others may take recomputed ones (the part hashes, swarm.averaging.result_hashes, then differ).
+part), as before. Guarantee: members that step hold identical parameters as long as every member (the reducer included) that the
+backup asks can answer it; one that it cannot reach keeps the reducer's bytes while the others may take recomputed
+ones (the part hashes, swarm.averaging.result_hashes, then differ). A backup that was asked for a part takes its own
+decision for it, not an earlier backup's; two backups that each decided (each unreachable to the other's askers)
+may still differ.
 
-Wire: the aggregate stream's PartChunk, with `fetch` set and `part` naming a part the receiver does not reduce:
-`resend` set asks a member what it holds of the part (`chunk` HOLDINGS: answered with the count as `chunk`) or
-for its held chunks from `chunk` on; `resend` unset asks the receiver, a backup of the part, to finish it (then
-the backup answers as a reducer answers a fetch: `resend` from the chunk it lacks, then the averaged chunks).
+Wire: the aggregate stream's PartChunk, with `fetch` set and `part` naming a part: `resend` set asks a member what
+it holds of the part (`chunk` HOLDINGS: answered with the count as `chunk`) or for its held chunks from `chunk` on
+(asked of the part's reducer, by one of its backups only, it is about the reducer's own averaged part); `resend`
+unset asks the receiver, a backup of the part, to finish it (then the backup answers as a reducer answers a
+fetch: `resend` from the chunk it lacks, then the averaged chunks).
 
 Bounded: each wait has the reply limit of the round's silence limit (swarm.averaging.deadlines); the whole
 failover has `failover_limit` for its own steps, and it runs within the round's deadline (never past it). Hostile input: part and chunk indices and
@@ -64,9 +71,12 @@ class RoundSide(Protocol):
     _settled: list[asyncio.Event]           # part -> my exchange of it is over
     _retired: asyncio.Event
     _outputs: list[bytes | None]            # my part's averaged chunks
+    _exchanges: dict[int, asyncio.Task]     # part -> my exchange of it
+    _lost: dict[int, str]                   # part -> why I did not get it from its reducer
     _part_hashers: dict[int, Any]           # part -> sha256 of its averaged bytes as received
 
     def _store_result(self, chunk: Chunk, values: torch.Tensor) -> None: ...
+    def hand_over(self) -> None: ...
     def _sign(self, msg: swarm_pb2.PartChunk) -> None: ...
     def backup_round(self, j: int, backup: int, silence: float, timeout: float) -> "RoundSide": ...
     async def _exchange(self, j: int, fetch_first: bool = False) -> None: ...
@@ -125,7 +135,11 @@ class PartFailover:
     async def _recover(self, j: int) -> None:
         group, me = self.round.group, self.round.group.my_index
         errors = []
-        for backup in backups(group.roles, j):
+        order = backups(group.roles, j)
+        if j in self._decisions and me in order:
+            # members already take my decision for this part: I take it too, not an earlier backup's (which may differ)
+            order = [me] + [b for b in order if b != me]
+        for backup in order:
             try:
                 if backup == me:
                     await self._finish_as_backup(j)
@@ -188,10 +202,7 @@ class PartFailover:
     async def _decide(self, j: int) -> RoundSide | None:
         """How this backup finishes part j: None to serve the reducer's bytes (held or relayed), else its round."""
         r = self.round
-        try:
-            await asyncio.wait_for(r._settled[j].wait(), self._reply)
-        except asyncio.TimeoutError:
-            raise RoundFailed("the backup is still receiving the part from its reducer") from None
+        await self._settle(j)
         if not self._held_whole(j):
             await self._relay_from_holders(j)
         if self._held_whole(j):
@@ -218,11 +229,42 @@ class PartFailover:
         self._tasks.append(task)
         return task
 
+    async def _settle(self, j: int) -> None:
+        """End my exchange of part j: wait a reply limit for it to end by itself, then give it up (what I hold of the
+        part stays, a prefix). A backup asked for part j decides from final holdings only; a member still receiving
+        the reducer's bytes could otherwise step with them while the others take the backup's."""
+        r = self.round
+        try:
+            await asyncio.wait_for(r._settled[j].wait(), self._reply)
+            return
+        except asyncio.TimeoutError:
+            pass
+        await self._give_up(j)
+
+    async def _give_up(self, j: int) -> None:
+        """Stop receiving part j from its reducer: my round then takes it through the backups (as a lost part)."""
+        r = self.round
+        task = r._exchanges.get(j)
+        if task is None:   # my exchanges have not started (or I send nothing): nothing of the part is held yet
+            if not r._settled[j].is_set():
+                raise RoundFailed("the part's exchange has not started")
+            return
+        if not task.done():
+            r._lost.setdefault(j, f"reducer {r.group.peer_ids[j][-8:]} taken for dead by a backup; its part handed over")
+            logger.info("round %s: part %d: a backup decides it; giving up its reducer's stream", r.group.round_id.hex()[:8], j)
+            task.cancel()
+        try:
+            await asyncio.wait_for(r._settled[j].wait(), self._reply)
+        except asyncio.TimeoutError:
+            raise RoundFailed("the part's exchange did not end") from None
+
     async def _relay_from_holders(self, j: int) -> None:
-        """Ask the other members what they hold of part j; fetch the rest of it from one that holds it whole."""
+        """Ask the other members (the reducer too: it may be alive, and hold the part whole) what they hold of part j;
+        fetch the rest of it from one that holds it whole. Asking makes every member that is still receiving the part
+        give that up (final answers only), and the reducer stop averaging a part it has not finished."""
         r = self.round
         group, me = r.group, r.group.my_index
-        others = [i for i in range(len(group.peer_ids)) if i not in (me, j) and group.needs(i)]
+        others = [i for i in range(len(group.peer_ids)) if i not in (me, j) and group.needs(i)] + [j]
         counts = await asyncio.gather(*(self._ask(i, j, HOLDINGS) for i in others), return_exceptions=True)
         total = len(r.parts[j])
         for i, count in zip(others, counts):
@@ -294,10 +336,14 @@ class PartFailover:
         the part's backup."""
         r = self.round
         group, me, j = r.group, r.group.my_index, first.part
-        if not 0 <= j < len(group.peer_ids) or j in (me, sender) or not r.parts[j] or not group.needs(sender):
+        if j == me and first.resend and r.parts[j] and sender in backups(group.roles, j):
+            async for reply in self._serve_own(first):
+                yield reply
+        elif not 0 <= j < len(group.peer_ids) or j == me or not r.parts[j] or not group.needs(sender) or (
+                j == sender and (first.resend or j not in self._decisions)):   # a reducer takes its part back only once handed over
             yield swarm_pb2.PartChunk(error="bad fetch")
         elif first.resend:
-            async for reply in self._serve_held(first):
+            async for reply in self._serve_held(first, sender):
                 yield reply
         elif me not in backups(group.roles, j) or not 0 <= first.chunk < len(r.parts[j]):
             yield swarm_pb2.PartChunk(error="bad fetch")
@@ -324,15 +370,43 @@ class PartFailover:
                     yield swarm_pb2.PartChunk(part=j, chunk=k, data=data)
         await drain(requests, r.sender_timeout)  # the asker's end-of-stream (see AllReduceRound.serve)
 
-    async def _serve_held(self, first: swarm_pb2.PartChunk) -> AsyncIterator[swarm_pb2.PartChunk]:
-        """Answer a backup: how many chunks of the part I hold (once my exchange of it is over), or those chunks."""
+    async def _serve_own(self, first: swarm_pb2.PartChunk) -> AsyncIterator[swarm_pb2.PartChunk]:
+        """Answer a backup that took me for dead: my part whole (then it relays my bytes), or, if I have not averaged
+        all of it, nothing: I hand it over (AllReduceRound.hand_over) and take the backup's result like the others."""
+        r = self.round
+        chunks = r.parts[r.group.my_index]
+        if not (first.chunk == HOLDINGS or 0 <= first.chunk < len(chunks)):
+            yield swarm_pb2.PartChunk(error="bad fetch")
+            return
+        whole = all(r._outputs) and not r._handed_over
+        if first.chunk == HOLDINGS:
+            if not whole and not r._retired.is_set():
+                logger.info("round %s: a backup took me for dead; handing my part over", r.group.round_id.hex()[:8])
+                r.hand_over()
+            yield swarm_pb2.PartChunk(part=first.part, chunk=len(chunks) if whole else 0)
+            return
+        if not whole:
+            yield swarm_pb2.PartChunk(error="part not averaged")
+            return
+        for k in range(first.chunk, len(chunks)):
+            data = r._outputs[k]
+            assert data is not None
+            r.stats.bytes_sent += len(data)
+            yield swarm_pb2.PartChunk(part=first.part, chunk=k, data=data)
+
+    async def _serve_held(self, first: swarm_pb2.PartChunk, sender: int) -> AsyncIterator[swarm_pb2.PartChunk]:
+        """Answer a backup: how many chunks of the part I hold, or those chunks. A member still receiving the part
+        from its reducer gives that up when the part's backup asks (see _settle), so its answer is final."""
         r, j = self.round, first.part
         if not (first.chunk == HOLDINGS or 0 <= first.chunk < len(r.parts[j])):
             yield swarm_pb2.PartChunk(error="bad fetch")
             return
         try:
-            await asyncio.wait_for(r._settled[j].wait(), self._reply)
-        except asyncio.TimeoutError:
+            if sender in backups(r.group.roles, j):
+                await self._give_up(j)   # the backup waited for its own exchange already: at once
+            else:
+                await asyncio.wait_for(r._settled[j].wait(), self._reply)
+        except (asyncio.TimeoutError, RoundFailed):
             yield swarm_pb2.PartChunk(error="still receiving the part")
             return
         held = r._held.get(j, [])

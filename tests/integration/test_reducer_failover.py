@@ -21,6 +21,7 @@ from swarm.averaging.allreduce import AllReduceRound
 from swarm.averaging.failover import HOLDINGS, backups
 from swarm.averaging.group import GroupView
 from swarm.averaging.streams import AGGREGATE_HANDLER
+from swarm.errors import RoundFailed
 from swarm.proto import swarm_pb2
 from tests.integration.test_allreduce import expected_mean, make_layout, random_values, shutdown, start_members
 
@@ -230,6 +231,8 @@ def test_failover_requests_out_of_bounds_are_refused():
             assert [r.error for r in await ask(1, 0, count, True)] == ["bad fetch"]      # a relay from past the part
             assert [r.error for r in await ask(1, 0, -2, True)] == ["bad fetch"]
             assert [r.chunk for r in await ask(1, 0, HOLDINGS, True)] == [count]         # member 1 holds part 0 whole
+            # only a backup of a part may ask its reducer what it averaged (the answer may hand the part over)
+            assert [r.error for r in await ask(0, 0, HOLDINGS, True)] == ["bad fetch"] and not rounds[0]._handed_over
             relayed = await ask(1, 0, 1, True)
             assert [r.chunk for r in relayed] == list(range(1, count))
             for reply, chunk in zip(relayed, rounds[0].parts[0][1:]):
@@ -244,4 +247,100 @@ def test_failover_requests_out_of_bounds_are_refused():
             for s in services:
                 s.stop()
             await shutdown(members)
+    asyncio.run(main())
+
+
+# -- a live reducer taken for dead --------------------------------------------------------------------------------
+
+
+class SlowAllGather(AllReduceRound):
+    """A reducer that is alive but slow to send its averaged part (a congested uplink): `delay` s before each chunk."""
+
+    delay = 0.5
+
+    async def serve(self, first, requests, remote):
+        async with contextlib.aclosing(super().serve(first, requests, remote)) as replies:
+            async for reply in replies:
+                if not first.fetch and not reply.error and reply.chunk < len(self.parts[self.group.my_index]):
+                    await asyncio.sleep(self.delay)
+                yield reply
+
+
+class AveragesNothing(AllReduceRound):
+    """A reducer that is alive but has not averaged any of its part (one sender's contribution still on its way)."""
+
+    def _try_finalize(self):
+        pass
+
+
+class LosesItsReducer(AllReduceRound):
+    """A member whose link to reducer `lost` breaks after it sent its chunks: its exchange of that part fails after
+    `after` s, while the reducer and the other members go on."""
+
+    lost, after = 1, 1.0
+
+    async def _exchange(self, j, fetch_first=False):
+        if j != self.lost or fetch_first:
+            return await super()._exchange(j, fetch_first)
+        try:
+            await asyncio.wait_for(super()._exchange(j), self.after)
+        except asyncio.TimeoutError:
+            self._lost[j] = "link to the reducer broken (test)"
+            raise RoundFailed(self._lost[j]) from None
+
+
+async def live_reducer_round(n: int, classes: dict[int, type[AllReduceRound]], seed: int):
+    """A round of n trainers in which nobody dies; returns (rounds, results, values, layout, weights)."""
+    members, services = await start_members(n)
+    try:
+        layout = make_layout("fp16")
+        values = random_values(n, seed=seed)
+        ids = tuple(str(p.peer_id) for p in members)
+        round_id = secrets.token_bytes(16)
+        weights = tuple(float(i + 1) for i in range(n))
+        rounds = {}
+        for i, p in enumerate(members):
+            group = GroupView(round_id=round_id, peer_ids=ids, roles=("trainer",) * n, weights=weights, shares=(1.0 / n,) * n,
+                              my_index=i, timeout=40.0)
+            rounds[i] = classes.get(i, AllReduceRound)(p, group, layout, layout.flatten(values[i]), chunk_elements=500, sender_timeout=3.0)
+            services[i].open(rounds[i])
+        results = dict(zip(rounds, await asyncio.gather(*(r.run() for r in rounds.values()), return_exceptions=True)))
+        return rounds, results, values, layout, weights
+    finally:
+        for s in services:
+            s.stop()
+        await shutdown(members)
+
+
+def test_a_live_reducer_taken_for_dead_with_its_part_averaged_is_relayed_and_every_member_holds_the_same_result():
+    """Members 0 (the backup) and 3 lose their links to reducer 1, which is alive, slow, and has averaged its part;
+    member 2 is still receiving it. The backup asks everyone what they hold: member 2 gives up its stream, the reducer
+    answers that it holds the part whole, and its bytes are relayed: all four members, the reducer included, step
+    with identical results, the part's mean over everyone."""
+    async def main():
+        n, reducer = 4, 1
+        rounds, results, values, layout, weights = await live_reducer_round(
+            n, {reducer: SlowAllGather, 0: LosesItsReducer, 3: LosesItsReducer}, seed=60)
+        assert len(rounds[reducer].parts[reducer]) >= 3, "the part must take several slow chunks"
+        check_survivors_agree(rounds, results, values, layout, weights, reducer, in_own_part=True, in_others=True)
+        for i in (0, 2, 3):
+            assert rounds[i].stats.recovered_parts == [reducer], (i, rounds[i].stats.recovered_parts)
+        assert rounds[reducer].stats.recovered_parts == [] and not rounds[reducer]._handed_over
+        assert len({tuple(r.stats.part_hashes.items()) for r in rounds.values()}) == 1
+    asyncio.run(main())
+
+
+def test_a_live_reducer_taken_for_dead_before_it_averaged_hands_its_part_over_and_every_member_holds_the_same_result():
+    """Member 3 loses its link to reducer 1, which is alive but has averaged nothing; the backup (member 0) waits out
+    its own stream, gives it up, and asks everyone: the reducer hands its part over, and all four members, the reducer
+    included, take the backup's average of the part (the reducer's contribution left out, as for a dead one)."""
+    async def main():
+        n, reducer = 4, 1
+        rounds, results, values, layout, weights = await live_reducer_round(n, {reducer: AveragesNothing, 3: LosesItsReducer}, seed=61)
+        check_survivors_agree(rounds, results, values, layout, weights, reducer, in_own_part=False, in_others=True,
+                              left_out=(reducer,))
+        assert rounds[reducer]._handed_over
+        for i in range(n):
+            assert rounds[i].stats.recovered_parts == [reducer], (i, rounds[i].stats.recovered_parts)
+        assert len({tuple(r.stats.part_hashes.items()) for r in rounds.values()}) == 1
     asyncio.run(main())
