@@ -63,6 +63,7 @@ from swarm.averaging.phase_stats import PhaseStats
 from swarm.averaging.reduction import Reduction
 from swarm.averaging.result_exchange import ResultCheck, exchange_statements
 from swarm.averaging.result_statements import ResultStatement, sign_statement
+from swarm.averaging.stall_watch import StallWatch
 from swarm.averaging.streams import AGGREGATE_HANDLER, close_quietly, drain
 from swarm.compression.codecs import decode_checked
 from swarm.errors import ProtocolError, RoundFailed
@@ -601,6 +602,8 @@ class AllReduceRound:
         own = asyncio.gather(*(e.wait() for e in self._output_ready))
         meter = LinkMeter()
         meter.start()
+        stalls = StallWatch()
+        stalls.start()
         try:
             async with asyncio.timeout(group.timeout):
                 self._try_finalize()  # a part with no other senders is ready at once
@@ -636,6 +639,11 @@ class AllReduceRound:
                 if self.results is not None:
                     await self._compare_results()
                 await self._drain_outputs()
+                stood = stalls.longest()
+                if stood >= self._reply_limit():
+                    # a backup may have asked me what I hold meanwhile, and decided without my answer (stall_watch)
+                    raise RoundFailed(f"this process stood still for {stood:.1f}s mid-round: what it holds may not be what "
+                                      "the others step with")
         except TimeoutError:
             for task in tasks.values():
                 task.cancel()
@@ -655,6 +663,7 @@ class AllReduceRound:
                 task.cancel()
             await asyncio.gather(*started, return_exceptions=True)
             await meter.stop()
+            await stalls.stop()
             self.stats.finish(time.monotonic() - self._start, meter.rates(self.stats.bytes_sent, self.stats.bytes_received))
         self._record_part_hashes()
         if any(out == b"" for out in self._outputs) and not self._handed_over:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
 
 import pytest
 import torch
@@ -343,4 +344,40 @@ def test_a_live_reducer_taken_for_dead_before_it_averaged_hands_its_part_over_an
         for i in range(n):
             assert rounds[i].stats.recovered_parts == [reducer], (i, rounds[i].stats.recovered_parts)
         assert len({tuple(r.stats.part_hashes.items()) for r in rounds.values()}) == 1
+    asyncio.run(main())
+
+
+class StandsStill(AllReduceRound):
+    """A member whose process stands still (as under SIGSTOP) for longer than a reply limit just before its round
+    would end: a backup may have asked it what it holds meanwhile and decided without it."""
+
+    async def _drain_outputs(self):
+        time.sleep(self._reply_limit() + 0.5)   # blocks the loop, as a stopped process does
+        await super()._drain_outputs()
+
+
+def test_a_member_that_stood_still_mid_round_does_not_step():
+    async def main():
+        members, services = await start_members(3)
+        try:
+            layout = make_layout("fp16")
+            values = random_values(3, seed=70)
+            ids = tuple(str(p.peer_id) for p in members)
+            round_id = secrets.token_bytes(16)
+            rounds = []
+            for i, p in enumerate(members):
+                group = GroupView(round_id=round_id, peer_ids=ids, roles=("trainer",) * 3, weights=(1.0,) * 3, shares=(1 / 3,) * 3,
+                                  my_index=i, timeout=30.0)
+                cls = StandsStill if i == 2 else AllReduceRound
+                rounds.append(cls(p, group, layout, layout.flatten(values[i]), chunk_elements=500, sender_timeout=1.0))
+                services[i].open(rounds[-1])
+            results = await asyncio.gather(*(r.run() for r in rounds), return_exceptions=True)
+        finally:
+            for s in services:
+                s.stop()
+            await shutdown(members)
+        assert isinstance(results[2], RoundFailed) and "stood still" in str(results[2]), results[2]
+        # the members share this test's event loop: one still in its round stood still too, and fails alike
+        for other in results[:2]:
+            assert not isinstance(other, BaseException) or "stood still" in str(other), other
     asyncio.run(main())
