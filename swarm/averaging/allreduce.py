@@ -78,6 +78,11 @@ logger = logging.getLogger(__name__)
 # round's averaged part FINISHED_GRACE seconds for such late fetches.
 FETCH_RETRIES = 2
 FINISHED_GRACE = 30.0
+# A reducer answers such a fetch at once (the `resend` it needs, or an empty acknowledgement), before any averaged
+# chunk: a member whose fetch is not answered within the stream's silence limit (at least FETCH_ACK_FLOOR seconds)
+# takes the reducer for dead and hands the part to failover at once. Without this a reducer killed mid-all-gather
+# cost the round: its p2pd outlives it for a few seconds and a fetch to it hung until the round's deadline.
+FETCH_ACK_FLOOR = 3.0
 # Seconds the members' swap of result statements may take (within the round's deadline as well).
 RESULT_EXCHANGE_TIMEOUT = 5.0
 # Peers outside the group that may fetch one reducer's averaged part of one round (late peers, swarm.averaging.late).
@@ -360,6 +365,7 @@ class AllReduceRound:
             return
         lacking = self._lacks(sender)
         if lacking is None:
+            yield swarm_pb2.PartChunk(part=self.label(group.my_index), chunk=first.chunk, fetch=True)  # I am alive (see FETCH_ACK_FLOOR)
             async for reply in self._replay(first.chunk, count):
                 yield reply
                 if reply.error:
@@ -516,12 +522,18 @@ class AllReduceRound:
         for attempt in range(FETCH_RETRIES + 1):
             stream = None
             resend_from: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+            # a fetch after a broken stream goes to a reducer that may have died: it must answer at once (FETCH_ACK_FLOOR)
+            answered = attempt == 0 or fetch_first
+            first_limit = self._reply_limit() if answered else min(self._reply_limit(), max(FETCH_ACK_FLOOR, self.sender_timeout))
             try:
                 opening = self.p2p.iterate_protobuf_handler(peer, AGGREGATE_HANDLER, _requests() if attempt == 0 and not fetch_first
                                                             else _fetch(received, resend_from), swarm_pb2.PartChunk)
-                stream = await asyncio.wait_for(opening, self._reply_limit())
+                stream = await asyncio.wait_for(opening, first_limit)
                 while received < len(chunks):
-                    reply = await asyncio.wait_for(anext(stream), self._reply_limit())
+                    reply = await asyncio.wait_for(anext(stream), self._reply_limit() if answered else first_limit)
+                    answered = True
+                    if reply.fetch and not (reply.data or reply.resend or reply.error):
+                        continue   # the reducer's acknowledgement of my fetch: it is alive, its chunks follow
                     if reply.error:
                         self._lost[j] = f"reducer {group.peer_ids[j][-8:]}: {reply.error}"
                         raise RoundFailed(self._lost[j])
@@ -567,9 +579,12 @@ class AllReduceRound:
                 raise
             except Exception as e:  # a broken, reset or silent stream
                 why = "stream ended early" if isinstance(e, StopAsyncIteration) else (
-                    f"no reply for {self._reply_limit():.1f}s" if isinstance(e, asyncio.TimeoutError) else f"{type(e).__name__}: {e}")
+                    f"no reply for {self._reply_limit() if answered else first_limit:.1f}s" if isinstance(e, asyncio.TimeoutError)
+                    else f"{type(e).__name__}: {e}")
                 self._lost[j] = f"reducer {group.peer_ids[j][-8:]}: {why} after {received}/{len(chunks)} chunks" + (
                     f" ({attempt} fetches)" if attempt else "")
+                if not answered:
+                    break   # it did not acknowledge a fetch: likely dead, so no more fetches: failover takes the part now
                 if attempt < FETCH_RETRIES:
                     logger.info("round %s: part %d: %s; asking for the rest", group.round_id.hex()[:8], j, self._lost[j])
                     self.stats.refetches += 1

@@ -106,9 +106,10 @@ def test_sigkill_during_all_gather(swarm, tmp_path):
         assert p.proc.wait(90) == 0
     a, b = steps(tmp_path / "p0.jsonl"), steps(tmp_path / "p2.jsonl")
     assert max(a) == 7 and max(b) == 7
-    assert max(steps(tmp_path / "victim.jsonl"), default=0) <= 3
+    death = max(steps(tmp_path / "victim.jsonl"), default=0) + 1   # it dies in its first round at epoch 3 or later
+    assert death >= 4
     check_invariants([tmp_path / "p0.jsonl", tmp_path / "p2.jsonl", tmp_path / "victim.jsonl"])
-    assert min(a[e]["group"] for e in a if e > 4) == 2  # the dead peer is gone from later groups
+    assert min(a[e]["group"] for e in a if e > death) == 2  # the dead peer is gone from later groups
 
 
 def test_donor_killed_during_state_download(swarm, tmp_path):

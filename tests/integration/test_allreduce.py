@@ -285,6 +285,8 @@ def test_a_finished_round_answers_fetches_for_a_grace_period_and_refuses_contrib
             round_id = rounds[1].group.round_id
             services[1].close(round_id)
             replies = await asyncio.wait_for(_fetch(members[0], members[1], round_id, 1, 1), 10)
+            ack, *replies = replies   # a live reducer acknowledges a fetch at once, before any chunk (FETCH_ACK_FLOOR)
+            assert ack.fetch and ack.chunk == 1 and not (ack.data or ack.error or ack.resend)
             chunks = rounds[1].parts[1]
             assert [r.chunk for r in replies] == list(range(1, len(chunks)))
             for reply, chunk in zip(replies, chunks[1:]):
@@ -317,7 +319,7 @@ def test_a_fetch_of_a_part_that_was_never_averaged_gets_a_clear_error():
             assert "part 1" in str(results[0]) and str(members[1].peer_id)[-8:] in str(results[0]), "the error names the part and its reducer"
             services[1].close(rounds[1].group.round_id)
             replies = await asyncio.wait_for(_fetch(members[0], members[1], rounds[1].group.round_id, 1, 0), 10)
-            assert [r.error for r in replies] == ["part not averaged"]
+            assert [r.error for r in replies] == ["", "part not averaged"]   # the acknowledgement, then the error
         finally:
             await shutdown(members)
     asyncio.run(main())

@@ -59,11 +59,7 @@ def test_four_peers_averaging_in_subgroups_of_two_end_bitwise_identical(peers, t
     assert all(final(tmp_path / f"p{i}.jsonl") is not None for i in range(4))
 
 
-GATHER_FLAKE = ("about 1 run in 4 (also at 15dd188): the survivors' new stream to the dead reducer hangs while its p2pd "
-                "outlives it (reaped within 5 s), so the failover starts only at the round's deadline; see the session 7 note")
-
-
-@pytest.mark.parametrize("phase", ["send", "reduce", pytest.param("gather", marks=pytest.mark.xfail(strict=False, reason=GATHER_FLAKE))])
+@pytest.mark.parametrize("phase", ["send", "reduce", "gather"])
 def test_peer_killed_mid_round_leaves_survivors_identical(peers, tmp_path, phase):
     timeout = 8.0
     common_args = ["--duration", "60", "--steps", "7", "--target", "192", "--chunk-elements", "1024", "--averaging-timeout", str(timeout), "--wait-peers", "3"]
@@ -88,9 +84,11 @@ def test_peer_killed_mid_round_leaves_survivors_identical(peers, tmp_path, phase
             continue  # see test_three_peers_end_bitwise_identical
         assert a[epoch]["hash"] == b[epoch]["hash"], f"survivors differ at epoch {epoch}"
         assert a[epoch]["seconds"] <= timeout + 1
-    assert min(a[e]["group"] for e in a if e > 4) == 2  # the dead peer is gone from later groups
+    death = max(steps(tmp_path / "p1.jsonl"), default=0) + 1   # the epoch its last round would have made
+    assert death >= 4
+    assert min(a[e]["group"] for e in a if e > death) == 2  # the dead peer is gone from later groups
     if phase == "gather":   # it died reducing: a backup finished its part, so the round of its death committed without it
-        assert any(log.get(4, {}).get("group") == 3 for log in (a, b)), "the round whose reducer died did not commit"
+        assert any(log.get(death, {}).get("group") == 3 for log in (a, b)), "the round whose reducer died did not commit"
 
 
 def test_late_joiner_downloads_state_then_matches(peers, tmp_path):
