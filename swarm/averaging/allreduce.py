@@ -155,6 +155,8 @@ class AllReduceRound:
         self._lost: dict[int, str] = {}  # part -> why this member did not get it
         self._last_heard: dict[int, float] = {}
         self._latecomer_fetches = 0
+        self._over = asyncio.Event()   # run() ended; `_stepped`: with my result (late peers take only such a round's)
+        self._stepped = False
         self._stream_of: dict[int, int] = {}  # sender -> number of its newest stream: only that one may exclude it
         # the averaged bytes received of each other part, in order (a prefix): a backup relays them if the reducer dies
         self._held: dict[int, list[bytes]] = {}
@@ -394,6 +396,16 @@ class AllReduceRound:
             yield swarm_pb2.PartChunk(error="bad fetch")
             return
         self._latecomer_fetches += 1
+        # only the result of a round I stepped with: one that failed here (past its deadline, say) may be one that no
+        # member steps with, and a late peer that took it would hold parameters nobody else has
+        try:
+            await asyncio.wait_for(self._over.wait(), self.group.timeout)
+        except asyncio.TimeoutError:
+            pass
+        if not self._stepped:
+            yield swarm_pb2.PartChunk(error="round failed here")
+            await drain(requests, self.sender_timeout)
+            return
         async for reply in self._replay(first.chunk, count):
             yield reply
             if reply.error:
@@ -679,6 +691,7 @@ class AllReduceRound:
             await asyncio.gather(*started, return_exceptions=True)
             await meter.stop()
             await stalls.stop()
+            self._over.set()   # late peers waiting on it run only once run() has returned: nothing below awaits
             self.stats.finish(time.monotonic() - self._start, meter.rates(self.stats.bytes_sent, self.stats.bytes_received))
         self._record_part_hashes()
         if any(out == b"" for out in self._outputs) and not self._handed_over:
@@ -687,6 +700,7 @@ class AllReduceRound:
         if self.stats.missing_parts:
             missing = sorted(set(self.stats.missing_parts))
             raise RoundFailed(f"missing parts {missing}: " + "; ".join(f"{j}: {self._lost.get(j, '?')}" for j in missing))
+        self._stepped = True
         return self.result
 
     async def _compare_results(self) -> None:

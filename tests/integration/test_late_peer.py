@@ -1,8 +1,8 @@
 """A peer late for the formed group takes the group's result from its reducers (swarm.averaging.late).
 
 Two members average; a third peer, not in the group, fetches every averaged part from its reducer while the round
-runs and holds bitwise what the members hold. A part that was never averaged fails the late peer's fetch with a
-RoundFailed that names it.
+runs and holds bitwise what the members hold. A part that was never averaged, or whose reducer's round failed,
+fails the late peer's fetch with a RoundFailed that names it.
 """
 from __future__ import annotations
 
@@ -72,6 +72,24 @@ def test_a_part_never_averaged_fails_the_late_peer_naming_it():
     async def main():
         results, got = await round_with_latecomer([AllReduceRound, DeadReducer, AllReduceRound], timeout=4.0)
         assert isinstance(got, RoundFailed) and "part 1" in str(got), got
+    asyncio.run(main())
+
+
+class FailsAfterAveraging(AllReduceRound):
+    """A reducer that averages and sends its part, then fails its round (past its deadline, say)."""
+
+    async def _drain_outputs(self):
+        raise RoundFailed("failed after averaging (test)")
+
+
+def test_a_late_peer_does_not_take_a_part_from_a_reducer_whose_round_failed():
+    """A reducer serves late peers only the result of a round it stepped with: one that failed there may be a round
+    that nobody steps with (chaos: a frozen reducer resumed past the deadline and served a late peer a result that
+    no member held)."""
+    async def main():
+        results, got = await round_with_latecomer([AllReduceRound, FailsAfterAveraging], timeout=20.0)
+        assert isinstance(results[1], RoundFailed), results[1]
+        assert isinstance(got, RoundFailed) and "part 1" in str(got) and "round failed here" in str(got), got
     asyncio.run(main())
 
 
