@@ -163,7 +163,8 @@ class AllReduceRound:
         # part -> set once my exchange of it is over, won or lost (at once for a member that sends nothing)
         self._settled = [asyncio.Event() for _ in group.peer_ids]
         self._exchanges: dict[int, asyncio.Task] = {}   # part -> my exchange of it (a backup may make me give it up)
-        self._handed_over = False   # a backup took my part over while I was still averaging it (swarm.averaging.failover)
+        self._handed_over = False   # a backup took my part over before I stepped (swarm.averaging.failover)
+        self._own_final = False     # I step with my part as I averaged it: too late to hand it over
         if not group.brings(me):
             for settled in self._settled:
                 settled.set()
@@ -227,9 +228,9 @@ class AllReduceRound:
             self._output_ready[k].set()
 
     def hand_over(self) -> None:
-        """A backup took me for dead while I was still averaging my part, and averages it again (swarm.averaging.failover):
-        I stop averaging and serving it (members still receiving it get an error and ask the backup), and take the
-        backup's result for it like every other member."""
+        """A backup took me for dead before I stepped, and decides my part (swarm.averaging.failover): I stop averaging
+        and serving it (members still receiving it get an error and ask the backup), and take the backup's result for
+        it like every other member, whether or not my answer reached the backup."""
         self._handed_over = True
         for ready in self._output_ready:
             ready.set()
@@ -655,6 +656,9 @@ class AllReduceRound:
                     logger.warning("round %s: part %d missing: %s", group.round_id.hex()[:8], j, self._lost[j])
                     self.stats.missing_parts.append(j)
                 await own  # my own part is averaged (the streams deliver it to the others)
+                if self.results is not None:
+                    await self._compare_results()
+                await self._drain_outputs()
                 if self._handed_over and self.failover is not None:
                     # a backup took me for dead and took my part over: I take its result like every other member
                     failed = await self.failover.recover([me])
@@ -663,9 +667,8 @@ class AllReduceRound:
                         self.stats.missing_parts.append(me)
                     else:
                         self.stats.recovered_parts.append(me)
-                if self.results is not None:
-                    await self._compare_results()
-                await self._drain_outputs()
+                # from here on I keep my part as I averaged it: a backup that asks now is told so (no await in between)
+                self._own_final = True
                 stood = stalls.longest()
                 if stood >= self._reply_limit():
                     # a backup may have asked me what I hold meanwhile, and decided without my answer (stall_watch)

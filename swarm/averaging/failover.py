@@ -9,9 +9,10 @@ same backup while it answers. The backup is the one place where the part is deci
    it does not hold the whole part, it asks every other member that needs the result, and the reducer itself (it
    may be alive: taken for dead behind a congested link), how many of the part's averaged chunks they hold (a
    prefix: chunks arrive in order). Answers are final: a member still receiving the part from its reducer gives
-   that up when the part's backup asks, and takes the part through the backups like a lost one; a reducer that
-   has not averaged all of its part hands it over (AllReduceRound.hand_over: it stops averaging and serving it,
-   and takes the backup's result like the others).
+   that up when the part's backup asks, and takes the part through the backups like a lost one; a reducer that has
+   not stepped yet answers how much of its part it averaged and hands the part over (AllReduceRound.hand_over: it
+   stops averaging and serving it, and takes the backup's result like the others, so what it steps with does not
+   depend on its answer reaching the backup).
 2. (a) If it or some member (or the reducer) holds the whole part, the reducer's bytes are relayed: the backup
    fetches the chunks it lacks from a holder and serves those bytes. An honest reducer sent the same bytes to
    everyone, so members that got the part from the reducer and members served by the backup hold identical values.
@@ -22,9 +23,11 @@ same backup while it answers. The backup is the one place where the part is deci
    the part like any failed sender, and still receives it.
 
 A member that cannot obtain the part (every backup failed it) misses it and does not step (RoundFailed names the
-part), as before. Guarantee: members that step hold identical parameters as long as every member (the reducer included) that the
-backup asks can answer it; one that it cannot reach keeps the reducer's bytes while the others may take recomputed
-ones (the part hashes, swarm.averaging.result_hashes, then differ). A backup that was asked for a part takes its own
+part), as before. Guarantee: members that step hold identical parameters as long as every member that the backup asks can answer
+it, and the reducer either had not stepped when asked or can answer too; one that it cannot reach keeps the
+reducer's bytes while the others may take recomputed ones (the part hashes, swarm.averaging.result_hashes, then
+differ). A member (or reducer) that stood still for a reply limit mid-round fails its round instead of stepping
+(swarm.averaging.stall_watch): a frozen process cannot answer, so it does not count on what it held. A backup that was asked for a part takes its own
 decision for it, not an earlier backup's; two backups that each decided (each unreachable to the other's askers)
 may still differ.
 
@@ -72,6 +75,8 @@ class RoundSide(Protocol):
     _retired: asyncio.Event
     _outputs: list[bytes | None]            # my part's averaged chunks
     _exchanges: dict[int, asyncio.Task]     # part -> my exchange of it
+    _handed_over: bool                      # a backup decides my own part
+    _own_final: bool                        # I step with my own part as I averaged it
     _lost: dict[int, str]                   # part -> why I did not get it from its reducer
     _part_hashers: dict[int, Any]           # part -> sha256 of its averaged bytes as received
 
@@ -117,6 +122,7 @@ class PartFailover:
         self._decisions: dict[int, asyncio.Task] = {}   # part -> this backup's decision (None: serve the held bytes)
         self._subs: dict[int, RoundSide] = {}           # part -> this backup's round averaging it again
         self._tasks: list[asyncio.Task] = []             # decisions my own recovery started, and the backup rounds
+        self._asked_by: int | None = None                # the backup I handed my own part to
 
     @property
     def _reply(self) -> float:
@@ -136,9 +142,10 @@ class PartFailover:
         group, me = self.round.group, self.round.group.my_index
         errors = []
         order = backups(group.roles, j)
-        if j in self._decisions and me in order:
-            # members already take my decision for this part: I take it too, not an earlier backup's (which may differ)
-            order = [me] + [b for b in order if b != me]
+        first = me if j in self._decisions else self._asked_by if j == me else None
+        if first in order:
+            # the backup that decides this part: mine (members already take it), or the one my own part went to
+            order = [first] + [b for b in order if b != first]
         for backup in order:
             try:
                 if backup == me:
@@ -337,7 +344,7 @@ class PartFailover:
         r = self.round
         group, me, j = r.group, r.group.my_index, first.part
         if j == me and first.resend and r.parts[j] and sender in backups(group.roles, j):
-            async for reply in self._serve_own(first):
+            async for reply in self._serve_own(first, sender):
                 yield reply
         elif not 0 <= j < len(group.peer_ids) or j == me or not r.parts[j] or not group.needs(sender) or (
                 j == sender and (first.resend or j not in self._decisions)):   # a reducer takes its part back only once handed over
@@ -370,18 +377,21 @@ class PartFailover:
                     yield swarm_pb2.PartChunk(part=j, chunk=k, data=data)
         await drain(requests, r.sender_timeout)  # the asker's end-of-stream (see AllReduceRound.serve)
 
-    async def _serve_own(self, first: swarm_pb2.PartChunk) -> AsyncIterator[swarm_pb2.PartChunk]:
-        """Answer a backup that took me for dead: my part whole (then it relays my bytes), or, if I have not averaged
-        all of it, nothing: I hand it over (AllReduceRound.hand_over) and take the backup's result like the others."""
+    async def _serve_own(self, first: swarm_pb2.PartChunk, sender: int) -> AsyncIterator[swarm_pb2.PartChunk]:
+        """Answer a backup that took me for dead: how many chunks of my part I averaged (all: it may relay my bytes),
+        or those chunks. Unless I already stepped with my part, I hand it over (AllReduceRound.hand_over) and take the
+        backup's result like the others, so what I step with does not depend on my answer reaching the backup."""
         r = self.round
         chunks = r.parts[r.group.my_index]
         if not (first.chunk == HOLDINGS or 0 <= first.chunk < len(chunks)):
             yield swarm_pb2.PartChunk(error="bad fetch")
             return
-        whole = all(r._outputs) and not r._handed_over
+        whole = all(r._outputs)
         if first.chunk == HOLDINGS:
-            if not whole and not r._retired.is_set():
-                logger.info("round %s: a backup took me for dead; handing my part over", r.group.round_id.hex()[:8])
+            if not r._own_final and not r._handed_over and not r._retired.is_set():
+                logger.info("round %s: backup %s took me for dead; handing my part over", r.group.round_id.hex()[:8],
+                            r.group.peer_ids[sender][-8:])
+                self._asked_by = sender
                 r.hand_over()
             yield swarm_pb2.PartChunk(part=first.part, chunk=len(chunks) if whole else 0)
             return

@@ -316,7 +316,7 @@ async def live_reducer_round(n: int, classes: dict[int, type[AllReduceRound]], s
 def test_a_live_reducer_taken_for_dead_with_its_part_averaged_is_relayed_and_every_member_holds_the_same_result():
     """Members 0 (the backup) and 3 lose their links to reducer 1, which is alive, slow, and has averaged its part;
     member 2 is still receiving it. The backup asks everyone what they hold: member 2 gives up its stream, the reducer
-    answers that it holds the part whole, and its bytes are relayed: all four members, the reducer included, step
+    answers that it averaged the part whole, and its bytes are relayed: all four members, the reducer included, step
     with identical results, the part's mean over everyone."""
     async def main():
         n, reducer = 4, 1
@@ -326,7 +326,8 @@ def test_a_live_reducer_taken_for_dead_with_its_part_averaged_is_relayed_and_eve
         check_survivors_agree(rounds, results, values, layout, weights, reducer, in_own_part=True, in_others=True)
         for i in (0, 2, 3):
             assert rounds[i].stats.recovered_parts == [reducer], (i, rounds[i].stats.recovered_parts)
-        assert rounds[reducer].stats.recovered_parts == [] and not rounds[reducer]._handed_over
+        # it either stepped before the backup asked (and keeps its bytes) or handed its part over and took it back relayed
+        assert rounds[reducer].stats.recovered_parts == ([reducer] if rounds[reducer]._handed_over else [])
         assert len({tuple(r.stats.part_hashes.items()) for r in rounds.values()}) == 1
     asyncio.run(main())
 
