@@ -23,13 +23,13 @@ same backup while it answers. The backup is the one place where the part is deci
    the part like any failed sender, and still receives it.
 
 A member that cannot obtain the part (every backup failed it) misses it and does not step (RoundFailed names the
-part), as before. Guarantee: members that step hold identical parameters as long as every member that the backup asks can answer
-it, and the reducer either had not stepped when asked or can answer too; one that it cannot reach keeps the
-reducer's bytes while the others may take recomputed ones (the part hashes, swarm.averaging.result_hashes, then
-differ). A member (or reducer) that stood still for a reply limit mid-round fails its round instead of stepping
-(swarm.averaging.stall_watch): a frozen process cannot answer, so it does not count on what it held. A backup that was asked for a part takes its own
-decision for it, not an earlier backup's; two backups that each decided (each unreachable to the other's askers)
-may still differ.
+part), as before. Guarantee: members that step hold identical parameters as long as every member that the backup
+asks can answer it, and the reducer either had not stepped when asked or can answer too; one that it cannot reach
+keeps the reducer's bytes while the others may take recomputed ones (the part hashes,
+swarm.averaging.result_hashes, then differ). A member (or reducer) that stood still for a reply limit mid-round
+fails its round instead of stepping (swarm.averaging.stall_watch): a frozen process cannot answer, so it does not
+count on what it held. A backup that was asked for a part takes its own decision for it, not an earlier backup's;
+two backups that each decided (each unreachable to the other's askers) may still differ.
 
 Wire: the aggregate stream's PartChunk, with `fetch` set and `part` naming a part: `resend` set asks a member what
 it holds of the part (`chunk` HOLDINGS: answered with the count as `chunk`) or for its held chunks from `chunk` on
