@@ -159,6 +159,8 @@ class AllReduceRound:
         self._lost: dict[int, str] = {}  # part -> why this member did not get it
         self._last_heard: dict[int, float] = {}
         self._latecomer_fetches = 0
+        self._meter: LinkMeter | None = None    # run()'s link meter and stall watch (tests check they end with it)
+        self._stalls: StallWatch | None = None
         self._over = asyncio.Event()   # run() ended; `_stepped`: with my result (late peers take only such a round's)
         self._stepped = False
         self._stream_of: dict[int, int] = {}  # sender -> number of its newest stream: only that one may exclude it
@@ -632,9 +634,9 @@ class AllReduceRound:
         tasks: dict[int, asyncio.Task] = {}
         watcher = asyncio.create_task(self._watch_absent_senders())
         own = asyncio.gather(*(e.wait() for e in self._output_ready))
-        meter = LinkMeter()
+        meter = self._meter = LinkMeter()
         meter.start()
-        stalls = StallWatch()
+        stalls = self._stalls = StallWatch()
         stalls.start()
         try:
             async with asyncio.timeout(group.timeout):

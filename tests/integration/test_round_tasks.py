@@ -48,13 +48,15 @@ class Destroyed(logging.Handler):
 
 
 def started_by(task: asyncio.Task, round_: AllReduceRound) -> bool:
-    """Whether `round_.run()` started this task: its watcher, its exchanges, the waits for its own part, its meter."""
+    """Whether `round_.run()` started this task: its watcher, its exchanges, the waits for its own part, its link
+    meter and its stall watch (not another member's: they share this test's loop)."""
     coro = task.get_coro()
     frame = getattr(coro, "cr_frame", None)
     owner = frame.f_locals.get("self") if frame is not None else None
     name = getattr(coro, "__qualname__", "")
     return (owner is round_ and name in ("AllReduceRound._watch_absent_senders", "AllReduceRound._exchange", "AllReduceRound._exchange_settled")) or (
-        name == "Event.wait" and any(owner is event for event in round_._output_ready)) or name == "LinkMeter._sample"
+        name == "Event.wait" and any(owner is event for event in round_._output_ready)) or (
+        name == "LinkMeter._sample" and owner is round_._meter) or (name == "StallWatch._tick" and owner is round_._stalls)
 
 
 async def run_owned(round_: AllReduceRound):
