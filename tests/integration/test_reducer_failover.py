@@ -290,7 +290,7 @@ class LosesItsReducer(AllReduceRound):
             raise RoundFailed(self._lost[j]) from None
 
 
-async def live_reducer_round(n: int, classes: dict[int, type[AllReduceRound]], seed: int):
+async def live_reducer_round(n: int, classes: dict[int, type[AllReduceRound]], seed: int, sender_timeout: float = 3.0):
     """A round of n trainers in which nobody dies; returns (rounds, results, values, layout, weights)."""
     members, services = await start_members(n)
     try:
@@ -303,7 +303,8 @@ async def live_reducer_round(n: int, classes: dict[int, type[AllReduceRound]], s
         for i, p in enumerate(members):
             group = GroupView(round_id=round_id, peer_ids=ids, roles=("trainer",) * n, weights=weights, shares=(1.0 / n,) * n,
                               my_index=i, timeout=40.0)
-            rounds[i] = classes.get(i, AllReduceRound)(p, group, layout, layout.flatten(values[i]), chunk_elements=500, sender_timeout=3.0)
+            rounds[i] = classes.get(i, AllReduceRound)(p, group, layout, layout.flatten(values[i]), chunk_elements=500,
+                                                                 sender_timeout=sender_timeout)
             services[i].open(rounds[i])
         results = dict(zip(rounds, await asyncio.gather(*(r.run() for r in rounds.values()), return_exceptions=True)))
         return rounds, results, values, layout, weights
@@ -359,26 +360,11 @@ class StandsStill(AllReduceRound):
 
 def test_a_member_that_stood_still_mid_round_does_not_step():
     async def main():
-        members, services = await start_members(3)
-        try:
-            layout = make_layout("fp16")
-            values = random_values(3, seed=70)
-            ids = tuple(str(p.peer_id) for p in members)
-            round_id = secrets.token_bytes(16)
-            rounds = []
-            for i, p in enumerate(members):
-                group = GroupView(round_id=round_id, peer_ids=ids, roles=("trainer",) * 3, weights=(1.0,) * 3, shares=(1 / 3,) * 3,
-                                  my_index=i, timeout=30.0)
-                cls = StandsStill if i == 2 else AllReduceRound
-                rounds.append(cls(p, group, layout, layout.flatten(values[i]), chunk_elements=500, sender_timeout=1.0))
-                services[i].open(rounds[-1])
-            results = await asyncio.gather(*(r.run() for r in rounds), return_exceptions=True)
-        finally:
-            for s in services:
-                s.stop()
-            await shutdown(members)
-        assert isinstance(results[2], RoundFailed) and "stood still" in str(results[2]), results[2]
-        # the members share this test's event loop: one still in its round stood still too, and fails alike
-        for other in results[:2]:
-            assert not isinstance(other, BaseException) or "stood still" in str(other), other
-    asyncio.run(main())
+        _, results, *_ = await live_reducer_round(3, {2: StandsStill}, seed=70, sender_timeout=1.0)
+        return results
+
+    results = asyncio.run(main())
+    assert isinstance(results[2], RoundFailed) and "stood still" in str(results[2]), results[2]
+    # the members share this test's event loop: one still in its round stood still too, and fails alike
+    for other in (results[0], results[1]):
+        assert not isinstance(other, BaseException) or "stood still" in str(other), other
