@@ -34,7 +34,7 @@ from swarm.averaging.group import GroupView
 from swarm.averaging.hierarchy import HierarchicalRound
 from swarm.averaging.late import fetch_group_result
 from swarm.averaging.layout import TensorLayout
-from swarm.averaging.matchmaking import Matchmaker
+from swarm.averaging.matchmaking import ROBUST_MIN_TRAINERS, Matchmaker, robust_group_problem
 from swarm.averaging.phase_stats import PhaseStats
 from swarm.averaging.progress import ProgressTracker
 from swarm.averaging.reduction import Reduction
@@ -225,6 +225,8 @@ class Collaboration:
             max_group_size=cfg.max_group_size,
         )
         self.matchmaker.banned = self.bans.banned
+        if self.robust:
+            self.matchmaker.min_trainers = ROBUST_MIN_TRAINERS
         await self.matchmaker.start()
         self.tracker.start()
         await self.tracker.wait_refresh(3.0)
@@ -368,8 +370,10 @@ class Collaboration:
         try:
             info = await self.matchmaker.form_group(request, started + cfg.matchmaking_timeout)
         except LateForGroup as late:
+            self._check_robust_group(epoch, late.group)
             extend(late.group.timeout)
             return await self._take_group_result(epoch, late, codec)
+        self._check_robust_group(epoch, info)
         alone = self.tracker.seconds_alone()  # type: ignore[union-attr]
         if len(info.members) == 1 and alone < SOLO_AFTER_TTLS * cfg.record_ttl:
             # Nobody joined although others trained with us moments ago: we are cut off (or they are). A solo step
@@ -403,6 +407,15 @@ class Collaboration:
             f" ({report.codec}" + (f", {len(phases.stats)} phases)" if len(phases.stats) > 1 else ")") if report.codec else "",
         )
         return result, report
+
+    def _check_robust_group(self, epoch: int, info: swarm_pb2.GroupInfo) -> None:
+        """Robust mode: refuse a group in which one bad member cannot be outvoted. Our own leader would not have formed
+        it, but the leader may be the bad member."""
+        problem = robust_group_problem([m.role for m in info.members]) if self.robust else ""
+        if problem:
+            assert self.matchmaker is not None
+            self.matchmaker.round_failed(epoch)
+            raise RoundFailed(f"epoch {epoch}: {problem} (leader {info.leader[-8:]}); not averaging")
 
     async def _take_group_result(self, epoch: int, late: LateForGroup, codec: RoundCodec):
         """Late for the epoch's group: step with its result, fetched from its reducers (swarm.averaging.late), instead

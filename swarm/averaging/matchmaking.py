@@ -70,6 +70,24 @@ def group_problem(info: swarm_pb2.GroupInfo) -> str:
     return ""
 
 
+# Robust mode's checks compare members: CenteredClip needs a majority of honest contributions to find their centre,
+# and a result hash tells a lying reducer apart only when a second honest member holds the same part. In a group of
+# two, a bad member reduces half the vector for both and nothing outvotes it (seen: tests/integration/
+# test_byzantine_bans, a first group of the attacker and one honest peer poisoned that peer). Three members that
+# bring gradients is the least group in which one bad member is outnumbered.
+ROBUST_MIN_TRAINERS = 3
+
+
+def robust_group_problem(roles: list[str], min_trainers: int = ROBUST_MIN_TRAINERS) -> str:
+    """Why robust mode must not average in a group of members with these roles ('' when it may): more than one
+    member, but too few that bring gradients for one bad member to be outvoted. A group of one steps solo (nobody
+    else's values in it)."""
+    trainers = sum(role != "aux" for role in roles)
+    if len(roles) > 1 and trainers < min_trainers:
+        return f"robust mode needs {min_trainers} trainers in a group to outvote a bad member, this group of {len(roles)} has {trainers}"
+    return ""
+
+
 @dataclass
 class _Gathering:
     epoch: int
@@ -113,6 +131,7 @@ class Matchmaker:
         self._joined: dict[int, swarm_pb2.GroupInfo] = {}   # epoch -> the group we joined as a follower (late askers get it)
         self._closers: set[asyncio.Task] = set()  # _close_after_timeout tasks: owned here, ended by stop()
         self.banned: set[str] = set()   # peers proven to break the protocol (swarm.averaging.bans): never in a group
+        self.min_trainers = 1   # robust mode: ROBUST_MIN_TRAINERS (a smaller group of several is refused, see _short)
 
     async def start(self) -> None:
         await self.p2p.add_protobuf_handler(JOIN_HANDLER, self._handle_join, swarm_pb2.JoinRequest)
@@ -278,8 +297,8 @@ class Matchmaker:
         g.requests[self.peer_id] = request
         logger.debug("epoch %d: leading matchmaking", request.epoch)
         gather_end = min(deadline, g.started + self.gather_timeout)
-        while time.monotonic() < gather_end and not self._expected(request.epoch) <= set(g.requests):
-            await asyncio.sleep(0.05)
+        while time.monotonic() < gather_end and (not self._expected(request.epoch) <= set(g.requests) or self._short(g)):
+            await asyncio.sleep(0.05)   # a short group waits the whole gathering: trainers still finishing may join
         if self.tracker.view.epoch > request.epoch:
             g.formed.set_result(swarm_pb2.GroupInfo(status=swarm_pb2.GroupInfo.TOO_LATE, epoch=g.epoch, reason="the swarm moved on", leader=self.peer_id))
             raise RoundFailed(f"the swarm moved past epoch {request.epoch} while the group gathered")
@@ -290,6 +309,11 @@ class Matchmaker:
                 logger.debug("refresh before forming the group failed: %s", e)
         if self._step_aside(g):
             return None
+        if self._short(g):
+            reason = robust_group_problem([r.role for r in g.requests.values()], self.min_trainers)
+            g.formed.set_result(swarm_pb2.GroupInfo(status=swarm_pb2.GroupInfo.REJECTED, epoch=g.epoch, reason=reason, leader=self.peer_id))
+            self.round_failed(g.epoch)
+            raise RoundFailed(f"epoch {g.epoch}: {reason}; not averaging")
         group = self._make_group(g)
         g.formed.set_result(group)
         return group
@@ -308,6 +332,10 @@ class Matchmaker:
             self._gatherings.pop(g.epoch)
         self._hints.setdefault(g.epoch, set()).add(lower)
         return True
+
+    def _short(self, g: _Gathering) -> bool:
+        """Whether the gathered requests make a group of several with fewer trainers than min_trainers."""
+        return self.min_trainers > 1 and bool(robust_group_problem([r.role for r in g.requests.values()], self.min_trainers))
 
     def _make_group(self, g: _Gathering) -> swarm_pb2.GroupInfo:
         reqs = [g.requests[k] for k in sorted(g.requests)]

@@ -31,12 +31,6 @@ def test_the_attacker_is_banned_and_kept_out_within_three_rounds(peers, tmp_path
     for p in honest:
         p.proc.wait(180)
     bans = {i: set(re.findall(r"banning (\S+):", (tmp_path / f"p{i}.log").read_text(errors="replace"))) for i in range(HONEST)}
-    pairs = {r["epoch"] for r in read_jsonl(tmp_path / "bad.jsonl") if "final" not in r and r["group"] == 2}
-    if not any(bans.values()) and pairs:
-        # a known limit, not this test's subject (issue 16): the first group sometimes forms with the attacker and one
-        # honest peer while the others still start; the attacker then reduces half the vector for both, nobody can
-        # compare its result, and the poisoned honest peer stops stepping (non-finite gradients) before any ban
-        pytest.xfail(f"the attacker averaged alone with one honest peer at epochs {sorted(pairs)}")
     assert all(b <= {bad_id[-8:]} for b in bans.values()), bans            # no honest peer is ever banned
     if kind == "equivocating_reducer":   # a published proof: every honest peer verifies it and bans
         assert all(b == {bad_id[-8:]} for b in bans.values()), bans
@@ -46,4 +40,7 @@ def test_the_attacker_is_banned_and_kept_out_within_three_rounds(peers, tmp_path
         rows = [r for r in read_jsonl(tmp_path / f"p{i}.jsonl") if "final" not in r]
         with_attacker = [r["epoch"] for r in rows if r["group"] > HONEST]
         assert len(with_attacker) <= 3, (i, [(r["epoch"], r["group"]) for r in rows])   # steps in a group with it
+        # robust mode refuses a group of two (swarm.averaging.matchmaking.robust_group_problem): the attacker would
+        # reduce half the vector for one honest peer with nobody to compare (before that rule, 1 run in 2 here)
+        assert all(r["group"] != 2 for r in rows), (i, [(r["epoch"], r["group"]) for r in rows])
         assert rows and max(r["epoch"] for r in rows) >= 6, (i, rows)                     # and training went on

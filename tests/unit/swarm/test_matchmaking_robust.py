@@ -1,0 +1,77 @@
+"""Robust mode never averages in a group of several where one bad member cannot be outvoted (fewer than three members
+that bring gradients): an honest leader keeps gathering and then refuses to form it, and a member that is handed such
+a group by a leader (who may be the bad member) refuses to average in it. No network: the join handler is called
+directly, as in test_matchmaking_step_aside."""
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from swarm.averaging.matchmaking import ROBUST_MIN_TRAINERS, robust_group_problem
+from swarm.collaboration import Collaboration
+from swarm.errors import RoundFailed
+from swarm.proto import swarm_pb2
+from tests.unit.swarm.test_matchmaking_step_aside import HIGH, ME, FakeTracker, join_request, matchmaker
+
+pytestmark = pytest.mark.timeout(30)
+
+OTHER = "Qm-z-other"
+
+
+def lead_with(followers: list[str], min_trainers: int):
+    """Lead epoch 5 with these followers' join requests held; the leader's outcome and each follower's reply."""
+    async def scenario():
+        mm = matchmaker(FakeTracker(epoch=5, peers=[ME, *followers]))
+        mm.min_trainers = min_trainers
+        joins = [asyncio.create_task(mm._handle_join(join_request(f, 5), SimpleNamespace(remote_id=f))) for f in followers]
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        try:
+            led: object = await mm._lead(join_request(ME, 5), deadline=time.monotonic() + 5)
+        except RoundFailed as e:
+            led = e
+        return led, [await asyncio.wait_for(j, 5) for j in joins], time.monotonic() - started
+
+    return asyncio.run(scenario())
+
+
+def test_a_robust_leader_refuses_a_group_of_two_and_tells_its_follower_why():
+    led, replies, seconds = lead_with([HIGH], ROBUST_MIN_TRAINERS)
+    assert isinstance(led, RoundFailed) and "robust mode needs 3 trainers" in str(led), led
+    assert replies[0].status == swarm_pb2.GroupInfo.REJECTED and "robust mode needs 3" in replies[0].reason, replies[0]
+    assert seconds >= 0.25, "a short group waits out the gathering (gather_timeout 0.3 s) for trainers still finishing"
+
+
+def test_a_robust_leader_forms_a_group_of_three_and_a_plain_one_a_group_of_two():
+    led, replies, _ = lead_with([HIGH, OTHER], ROBUST_MIN_TRAINERS)
+    assert led.status == swarm_pb2.GroupInfo.ACCEPTED and len(led.members) == 3
+    assert all(r.status == swarm_pb2.GroupInfo.ACCEPTED for r in replies)
+    led, replies, _ = lead_with([HIGH], 1)
+    assert led.status == swarm_pb2.GroupInfo.ACCEPTED and len(led.members) == 2, "robust off: two peers average"
+
+
+def test_which_groups_robust_mode_refuses():
+    assert robust_group_problem(["trainer", "trainer"])
+    assert robust_group_problem(["trainer", "trainer", "aux"]), "an auxiliary peer brings no gradient to compare"
+    assert robust_group_problem(["trainer", "trainer", "client"]) == "", "a client brings gradients"
+    assert robust_group_problem(["trainer"] * 3) == ""
+    assert robust_group_problem(["trainer"]) == "", "a group of one steps solo: nobody else's values in it"
+
+
+def group(*roles: str) -> swarm_pb2.GroupInfo:
+    info = swarm_pb2.GroupInfo(status=swarm_pb2.GroupInfo.ACCEPTED, epoch=5, leader="Qm-bad-leader", timeout=10.0)
+    for i, role in enumerate(roles):
+        info.members.add(peer_id=f"Qm-{i}", role=role, weight=1.0)
+    return info
+
+
+def test_a_robust_member_refuses_a_group_of_two_formed_by_another_leader():
+    mm = matchmaker(FakeTracker(epoch=5, peers=[ME, HIGH]))
+    robust = SimpleNamespace(robust=True, matchmaker=mm)
+    with pytest.raises(RoundFailed, match="robust mode needs 3 trainers.*leader d-leader"):
+        Collaboration._check_robust_group(robust, 5, group("trainer", "trainer"))
+    Collaboration._check_robust_group(robust, 5, group("trainer", "trainer", "trainer"))   # no error
+    Collaboration._check_robust_group(SimpleNamespace(robust=False, matchmaker=mm), 5, group("trainer", "trainer"))
