@@ -155,13 +155,20 @@ def list_checkpoints(folder: Path) -> list[Checkpoint]:
     return sorted(out, key=lambda c: c.epoch)
 
 
+def doomed_checkpoints(folder: Path, keep: int) -> list[Checkpoint]:
+    """The checkpoints that `prune(folder, keep)` deletes. The history marks them removed before they go: a kill -9
+    between the two then leaves a removed row whose folder the next prune deletes, never a kept row whose folder is
+    gone (the chaos suite's history check counted that as a lost checkpoint)."""
+    existing = list_checkpoints(Path(folder))
+    return existing[:-keep] if keep > 0 else existing
+
+
 def prune(folder: Path, keep: int) -> list[Checkpoint]:
     """Delete all but the newest `keep` checkpoints (and stale temporary folders); returns the deleted ones."""
     folder = Path(folder)
     for tmp in folder.glob(".epoch-*"):
         shutil.rmtree(tmp, ignore_errors=True)
-    existing = list_checkpoints(folder)
-    doomed = existing[:-keep] if keep > 0 else existing
+    doomed = doomed_checkpoints(folder, keep)
     for c in doomed:
         shutil.rmtree(c.path, ignore_errors=True)
     return doomed

@@ -42,7 +42,7 @@ from swarm.net.contacts import keep_in_touch
 from swarm.net.invite_link import make_link
 
 from .access import AccessControl
-from .checkpoints import CheckpointError, list_checkpoints, load_checkpoint, prune, write_checkpoint
+from .checkpoints import CheckpointError, doomed_checkpoints, list_checkpoints, load_checkpoint, prune, write_checkpoint
 from .history import History
 from .identity import load_or_create_rsa_key
 from .metrics import CoordinatorMetrics
@@ -367,8 +367,9 @@ class Coordinator:
         checkpoint = await asyncio.to_thread(write_checkpoint, self.folder.checkpoints, state, meta)
         self.history.add_checkpoint(checkpoint.epoch, t=time.time(), path=str(checkpoint.path), digest=checkpoint.digest,
                                     size=checkpoint.size, donor=donor)
-        for removed in await asyncio.to_thread(prune, self.folder.checkpoints, self.settings.keep_checkpoints):
-            self.history.mark_removed(removed.epoch)
+        for doomed in await asyncio.to_thread(doomed_checkpoints, self.folder.checkpoints, self.settings.keep_checkpoints):
+            self.history.mark_removed(doomed.epoch)   # first: see doomed_checkpoints
+        await asyncio.to_thread(prune, self.folder.checkpoints, self.settings.keep_checkpoints)
         self._last_checkpoint_epoch = checkpoint.epoch
         self.metrics.checkpoints.inc()
         self.metrics.last_checkpoint_epoch.set(checkpoint.epoch)

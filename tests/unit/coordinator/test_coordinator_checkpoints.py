@@ -10,6 +10,7 @@ from coordinator.checkpoints import (
     CheckpointError,
     list_checkpoints,
     load_checkpoint,
+    doomed_checkpoints,
     prune,
     resolve_checkpoint,
     write_checkpoint,
@@ -61,7 +62,10 @@ def test_prune_keeps_newest_and_ignores_partial(tmp_path):
     for epoch in (2, 4, 6, 8):
         write_checkpoint(tmp_path, state(epoch), {"task": "toy"})
     (tmp_path / ".epoch-00000010.abc").mkdir()            # a write interrupted by kill -9
+    doomed = doomed_checkpoints(tmp_path, keep=2)          # what the history marks removed before prune deletes
+    assert [c.epoch for c in doomed] == [2, 4] and all(c.path.exists() for c in doomed)
     removed = prune(tmp_path, keep=2)
+    assert [c.path for c in removed] == [c.path for c in doomed]
     assert [c.epoch for c in removed] == [2, 4]
     assert [c.epoch for c in list_checkpoints(tmp_path)] == [6, 8]
     assert not (tmp_path / ".epoch-00000010.abc").exists()
