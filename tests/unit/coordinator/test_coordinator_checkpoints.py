@@ -8,9 +8,9 @@ import torch
 
 from coordinator.checkpoints import (
     CheckpointError,
+    doomed_checkpoints,
     list_checkpoints,
     load_checkpoint,
-    doomed_checkpoints,
     prune,
     resolve_checkpoint,
     write_checkpoint,
