@@ -63,6 +63,8 @@ def group_problem(info: swarm_pb2.GroupInfo) -> str:
             return f"bandwidth of {m.peer_id[-8:]} is not finite"
     if len(info.shares) != len(info.members) or not all(math.isfinite(w) and -1e-6 <= w <= 1 + 1e-6 for w in info.shares):
         return "bad shares"
+    if not any(w > 0 for w in info.shares):
+        return "nobody reduces"
     if not (math.isfinite(info.timeout) and 0 < info.timeout <= records.MAX_SECONDS):
         return f"timeout {info.timeout}"
     if info.max_group_size == 1 or info.max_group_size > records.MAX_MEMBERS:
@@ -309,8 +311,13 @@ class Matchmaker:
                 logger.debug("refresh before forming the group failed: %s", e)
         if self._step_aside(g):
             return None
-        if self._short(g):
-            reason = robust_group_problem([r.role for r in g.requests.values()], self.min_trainers)
+        reason = robust_group_problem([r.role for r in g.requests.values()], self.min_trainers) if self._short(g) else ""
+        if not any(r.role != "aux" for r in g.requests.values()):
+            # auxiliary peers alone have nothing to average; such a group, once formed, answered the epoch's trainers
+            # "formed without you" until it expired, and a trainer that cannot take a late result (streaming DiLoCo)
+            # failed every attempt (seen on emulated dedloc-albert: the swarm stuck at one epoch)
+            reason = "no member brings gradients"
+        if reason:
             g.formed.set_result(swarm_pb2.GroupInfo(status=swarm_pb2.GroupInfo.REJECTED, epoch=g.epoch, reason=reason, leader=self.peer_id))
             self.round_failed(g.epoch)
             raise RoundFailed(f"epoch {g.epoch}: {reason}; not averaging")
