@@ -311,12 +311,7 @@ class Matchmaker:
                 logger.debug("refresh before forming the group failed: %s", e)
         if self._step_aside(g):
             return None
-        reason = robust_group_problem([r.role for r in g.requests.values()], self.min_trainers) if self._short(g) else ""
-        if not any(r.role != "aux" for r in g.requests.values()):
-            # auxiliary peers alone have nothing to average; such a group, once formed, answered the epoch's trainers
-            # "formed without you" until it expired, and a trainer that cannot take a late result (streaming DiLoCo)
-            # failed every attempt (seen on emulated dedloc-albert: the swarm stuck at one epoch)
-            reason = "no member brings gradients"
+        reason = self._unformable(g)
         if reason:
             g.formed.set_result(swarm_pb2.GroupInfo(status=swarm_pb2.GroupInfo.REJECTED, epoch=g.epoch, reason=reason, leader=self.peer_id))
             self.round_failed(g.epoch)
@@ -339,6 +334,15 @@ class Matchmaker:
             self._gatherings.pop(g.epoch)
         self._hints.setdefault(g.epoch, set()).add(lower)
         return True
+
+    def _unformable(self, g: _Gathering) -> str:
+        """Why the gathered requests must not form a group ('' if they may)."""
+        if not any(r.role != "aux" for r in g.requests.values()):
+            # auxiliary peers alone have nothing to average; such a group, once formed, answered the epoch's trainers
+            # "formed without you" until it expired, and a trainer that cannot take a late result (streaming DiLoCo)
+            # failed every attempt (seen on emulated dedloc-albert: the swarm stuck at one epoch for the whole run)
+            return "no member brings gradients"
+        return robust_group_problem([r.role for r in g.requests.values()], self.min_trainers) if self._short(g) else ""
 
     def _short(self, g: _Gathering) -> bool:
         """Whether the gathered requests make a group of several with fewer trainers than min_trainers."""
@@ -460,9 +464,10 @@ class Matchmaker:
                 # now would commit the epoch a second time, to different parameters (seen by swarm chaos)
                 g.formed.set_result(swarm_pb2.GroupInfo(status=swarm_pb2.GroupInfo.TOO_LATE, epoch=g.epoch, reason="the swarm moved on", leader=self.peer_id))
                 return
-            if len(g.requests) < 2:
+            if len(g.requests) < 2 or self._unformable(g):
                 # one follower is no group: it would step alone, and this gathering, formed without our trainer, would
-                # refuse the epoch to both until it expires. Gather anew: the follower asks again, our trainer joins.
+                # refuse the epoch to both until it expires; so would auxiliary peers alone, or too few trainers for
+                # robust mode. Gather anew: the followers ask again, our trainer joins.
                 g.formed.set_result(swarm_pb2.GroupInfo(status=swarm_pb2.GroupInfo.NOT_LEADER, epoch=g.epoch, reason="gathering again", leader=self.peer_id))
                 if self._gatherings.get(g.epoch) is g:
                     self._gatherings.pop(g.epoch)

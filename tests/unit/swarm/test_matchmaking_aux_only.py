@@ -15,6 +15,8 @@ from swarm.errors import RoundFailed
 from swarm.proto import swarm_pb2
 from tests.unit.swarm.test_matchmaking_step_aside import HIGH, ME, FakeTracker, join_request, matchmaker
 
+OTHER = "Qm-z-other"
+
 pytestmark = pytest.mark.timeout(30)
 
 
@@ -47,3 +49,18 @@ def test_a_group_in_which_nobody_reduces_is_refused_by_its_members():
     assert group_problem(info) == "nobody reduces"
     info.shares[0] = 1.0
     assert group_problem(info) == ""
+
+
+def test_a_leader_whose_trainer_is_not_ready_does_not_close_a_gathering_of_auxiliary_peers_alone():
+    """The leader's own trainer is still on its micro-batch; two auxiliary peers asked. When the gathering time is up
+    the leader gathers anew (NOT_LEADER, "gathering again") instead of forming a group in which nobody brings
+    gradients: such a group answered the trainers "already formed" for the rest of the epoch (emulated dedloc-albert,
+    streaming DiLoCo: one epoch in 150 s)."""
+    async def scenario():
+        mm = matchmaker(FakeTracker(epoch=5, peers=[ME, HIGH, OTHER]))
+        joins = [asyncio.create_task(mm._handle_join(aux_request(p, 5), SimpleNamespace(remote_id=p))) for p in (HIGH, OTHER)]
+        return await asyncio.wait_for(asyncio.gather(*joins), 5), mm
+
+    replies, mm = asyncio.run(scenario())
+    assert all(r.status == swarm_pb2.GroupInfo.NOT_LEADER and r.reason == "gathering again" for r in replies), replies
+    assert 5 not in mm._gatherings, "the epoch gathers anew"
