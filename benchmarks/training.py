@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         result["duration_s"] = scenario.workload.duration
         report["results"][name] = result
         report["configs"][name] = CONFIGS[name][1]
-        print(f"{name}: utilization {_pct(result.get('compute_utilization'))}, blocked {_pct(result.get('round_wait_share'))}, "
+        print(f"{name}: utilization {_pct(result.get('compute_utilization'))} (with the inner optimizer steps "
+              f"{_pct(result.get('training_utilization'))}), blocked {_pct(result.get('round_wait_share'))}, "
               f"{_num(result.get('bytes_sent_per_sample'))} B/sample in rounds, {_num(result.get('net_bytes_sent_per_sample'))} on the wire, "
               f"{result.get('epochs')} epochs, {result.get('failed_rounds')} failed peer-rounds, load {result['load_before']} -> {result['load_after']}"
               + (f", error {result['error']}" if "error" in result else ""), flush=True)

@@ -22,6 +22,7 @@ averages one fragment of the model per epoch, in turn, so each fragment has its 
 from __future__ import annotations
 
 import abc
+import time
 from typing import Any, Protocol
 
 import torch
@@ -172,6 +173,7 @@ class DiLoCo(RunMode):
         self.outer_params: list[torch.Tensor] = []
         self.outer: torch.optim.Optimizer | None = None
         self.inner_steps = 0            # since the last outer step
+        self.inner_step_seconds = 0.0   # in the inner optimizer's steps, in all (local training work, as forward/backward)
 
     def bind(self, opt: Wrapped) -> None:
         self.outer_params = [p.detach().float().cpu().clone() for p in opt.params]   # on the CPU, as DiLoCo keeps them
@@ -179,7 +181,9 @@ class DiLoCo(RunMode):
                                      nesterov=self.nesterov and self.outer_momentum > 0)
 
     def local_step(self, opt: Wrapped, samples: int) -> None:
+        started = time.perf_counter()
         opt.inner.step()
+        self.inner_step_seconds += time.perf_counter() - started
         self.inner_steps += 1
 
     def local_finite(self, opt: Wrapped) -> bool:

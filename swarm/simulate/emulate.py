@@ -356,12 +356,22 @@ def optimizer_share(trainers: Sequence[dict[str, Any]]) -> float | None:
     return sum(s["step_seconds"] - s.get("round_wait_seconds", 0.0) for s in trainers) / elapsed
 
 
+def training_utilization(trainers: Sequence[dict[str, Any]]) -> float | None:
+    """The trainers' forward/backward and inner optimizer seconds over their training wall time (None: not reported)."""
+    elapsed = sum(s.get("elapsed", 0.0) for s in trainers)
+    if not elapsed or any("compute_seconds" not in s or "inner_step_seconds" not in s for s in trainers):
+        return None
+    return sum(s["compute_seconds"] + s["inner_step_seconds"] for s in trainers) / elapsed
+
+
 def training_figures(brings: Sequence[bool], summaries: Sequence[dict[str, Any]], histories: Sequence[Sequence[dict[str, Any]]],
                      started: float, duration: float | None = None, bin_seconds: float = 15.0) -> dict[str, Any]:
     """The figures of a training run from its peers' `summary` events and event histories (swarm's emulated
     trainers and benchmarks' hivemind trainers report the same fields); `brings[i]`: peer i trains.
 
     - compute_utilization: the trainers' forward/backward seconds over their training wall time (summed);
+      training_utilization: forward/backward and the inner optimizer's steps (local-step modes: DiLoCo, streaming)
+      over the same, issue 19's "compute" (the rest, waiting, encoding, sending, applying outer updates, is overhead);
       round_wait_share: the share they were blocked on rounds (where reported), optimizer_share: the share in
       opt.step and zero_grad less the rounds' (with no round-wait figure, as hivemind's: rounds included);
     - bytes_sent_per_sample: bytes the rounds sent (all peers, aux included) over the samples the trainers
@@ -403,6 +413,7 @@ def training_figures(brings: Sequence[bool], summaries: Sequence[dict[str, Any]]
         curve.append([round(end, 2), round(sum(points[k]) / len(points[k]), 4), int(seen)])
     return {
         "samples": samples, "compute_utilization": share("compute_seconds"), "round_wait_share": share("round_wait_seconds"),
+        "training_utilization": training_utilization(trainers),
         "optimizer_share": optimizer_share(trainers), "bytes_sent_per_sample": per_sample("bytes_sent"),
         "net_bytes_sent_per_sample": per_sample("net_bytes_sent"),
         "rounds_completed": max((s.get("rounds_completed", 0) for s in trainers), default=0),

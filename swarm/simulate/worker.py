@@ -308,6 +308,7 @@ def run_training(args: argparse.Namespace) -> None:
         elapsed = time.monotonic() - started
         emit("summary", role=args.role, samples=samples, elapsed=elapsed, compute_seconds=compute_seconds,
              round_wait_seconds=opt.round_wait_seconds, step_seconds=opt_seconds,
+             inner_step_seconds=getattr(opt.strategy, "inner_step_seconds", 0.0),
              epoch=opt.epoch, rounds_completed=opt.rounds_completed, rounds_failed=opt.rounds_failed,
              hash=opt.params_hash()[:16], **sent, **net_sent(counters, read_counters()))
         if not stop.is_set():

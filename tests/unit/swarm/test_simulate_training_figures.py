@@ -31,6 +31,10 @@ def test_figures_of_two_trainers_and_an_aux_peer():
     assert figures["samples"] == 60
     assert figures["compute_utilization"] == pytest.approx(16 / 20)
     assert figures["round_wait_share"] == pytest.approx(3 / 20) and figures["optimizer_share"] == pytest.approx(0.6 / 20)
+    assert figures["training_utilization"] is None, "inner optimizer seconds not reported: no figure, not the fwd/bwd one"
+    summaries[0]["inner_step_seconds"], summaries[1]["inner_step_seconds"] = 0.5, 0.3
+    with_inner = training_figures([True, True, False], summaries, histories, started, bin_seconds=5.0)
+    assert with_inner["training_utilization"] == pytest.approx((16 + 0.8) / 20)   # the inner steps count as compute
     assert figures["bytes_sent_per_sample"] == pytest.approx(12000 / 60)
     assert figures["net_bytes_sent_per_sample"] == pytest.approx(14000 / 60)
     assert figures["failed_rounds"] == 1 and figures["rounds_completed"] == 2 and figures["nan_losses"] == 1
