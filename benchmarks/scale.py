@@ -46,13 +46,13 @@ from swarm.compression.codecs import get_codec
 def count_streams(p2p: P2P) -> list[str]:
     """Record the peer of every stream this P2P opens from now on (the instance's method is wrapped)."""
     opened: list[str] = []
-    original = p2p.iterate_protobuf_handler
+    original = p2p.call_binary_stream_handler   # under iterate_protobuf_handler and the members' ReplyStream alike
 
     def counting(peer_id, *args, **kwargs):
         opened.append(str(peer_id))
         return original(peer_id, *args, **kwargs)
 
-    p2p.iterate_protobuf_handler = counting  # type: ignore[method-assign]
+    p2p.call_binary_stream_handler = counting  # type: ignore[method-assign]
     return opened
 
 

@@ -43,6 +43,7 @@ pull it cut (`clipped_share`) has it summed per sender over this member's part
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -68,7 +69,7 @@ from swarm.averaging.reduction import Reduction
 from swarm.averaging.result_exchange import ResultCheck, exchange_statements
 from swarm.averaging.result_statements import ResultStatement, sign_statement
 from swarm.averaging.stall_watch import StallWatch
-from swarm.averaging.streams import AGGREGATE_HANDLER, close_quietly, drain
+from swarm.averaging.streams import AGGREGATE_HANDLER, ReplyStream, drain
 from swarm.compression.codecs import decode_checked
 from swarm.errors import ProtocolError, RoundFailed
 from swarm.net.auth import SwarmAuthorizer
@@ -87,6 +88,9 @@ FINISHED_GRACE = 30.0
 # takes the reducer for dead and hands the part to failover at once. Without this a reducer killed mid-all-gather
 # cost the round: its p2pd outlives it for a few seconds and a fetch to it hung until the round's deadline.
 FETCH_ACK_FLOOR = 3.0
+# A member that leaves a part (to a backup, or because its round ended) gives its last word this long to go out
+# before closing the stream (see AllReduceRound._await_deliveries)
+LAST_WORD_FLUSH = 1.0
 # Seconds the members' swap of result statements may take (within the round's deadline as well).
 RESULT_EXCHANGE_TIMEOUT = 5.0
 # Peers outside the group that may fetch one reducer's averaged part of one round (late peers, swarm.averaging.late).
@@ -170,6 +174,13 @@ class AllReduceRound:
         self._settled = [asyncio.Event() for _ in group.peer_ids]
         self._exchanges: dict[int, asyncio.Task] = {}   # part -> my exchange of it (a backup may make me give it up)
         self._handed_over = False   # a backup took my part over before I stepped (swarm.averaging.failover)
+        # delivery confirmation (see _await_deliveries): members that said they hold my whole part, or that take it
+        # through a backup; members with no stream open to me, since when; streams open per member
+        self._delivered: set[int] = set()
+        self._gave_up: set[int] = set()
+        self._gone: dict[int, float] = {}
+        self._open: dict[int, int] = {}
+        self._deliveries = asyncio.Event()   # set when any of the above changes
         self._own_final = False     # I step with my part as I averaged it: too late to hand it over
         if not group.brings(me):
             for settled in self._settled:
@@ -286,6 +297,7 @@ class AllReduceRound:
         stream = self._new_stream(sender)
         consumer = asyncio.create_task(self._consume(sender, first, requests, stream))
         carried = 0  # bytes this stream carried so far
+        self._opened(sender)
         try:
             for k in range(len(self.parts[group.my_index])):
                 await self._output_ready[k].wait()   # set by _try_finalize, or by retire() when the round is over
@@ -301,12 +313,13 @@ class AllReduceRound:
                     carried += len(data)
             if self.signer is not None and group.needs(sender):
                 yield self._statement_message(self._own_statement())
-            # Read the sender's end-of-stream before closing: closing a stream with unread input
-            # resets it, which can destroy the last averaged chunk still in flight to the sender.
-            await asyncio.wait_for(asyncio.shield(consumer), self.sender_timeout)
+            # Read the sender's last word (it holds the part, see _await_deliveries) and end-of-stream before closing:
+            # closing a stream with unread input resets it, which can destroy the last averaged chunk still in flight.
+            await asyncio.wait_for(asyncio.shield(consumer), self._reply_limit())
         except asyncio.TimeoutError:
             pass
         finally:
+            self._closed(sender)   # first: the handler's task may be cancelled while the consumer ends (a reset stream)
             await self._end_stream(sender, stream, consumer)
 
     def _own_statement(self) -> ResultStatement:
@@ -349,6 +362,11 @@ class AllReduceRound:
         if consumer.done():
             return
         consumer.cancel()
+        while not consumer.done():
+            # asyncio.wait_for (3.11) swallows a cancel when its read completes at the same moment: the consumer then
+            # went on to wait for the member's last word, and this stream's handler hung (seen in test_reducer_failover)
+            await asyncio.wait({consumer}, timeout=0.1)
+            consumer.cancel()
         await asyncio.gather(consumer, return_exceptions=True)
         # The stream closed under us (reset, or the sender gave it up): chunks it did not deliver will not come,
         # so average them without it instead of waiting for the round's deadline (unless it resumed on a newer one).
@@ -373,13 +391,24 @@ class AllReduceRound:
             yield swarm_pb2.PartChunk(error="bad fetch")
             return
         lacking = self._lacks(sender)
+        self._opened(sender)
         if lacking is None:
-            yield swarm_pb2.PartChunk(part=self.label(group.my_index), chunk=first.chunk, fetch=True)  # I am alive (see FETCH_ACK_FLOOR)
-            async for reply in self._replay(first.chunk, count):
-                yield reply
-                if reply.error:
-                    break
-            await drain(requests, self.sender_timeout)  # its end-of-stream (see serve), after an error too (see drain)
+            try:
+                yield swarm_pb2.PartChunk(part=self.label(group.my_index), chunk=first.chunk, fetch=True)  # I am alive (see FETCH_ACK_FLOOR)
+                failed = False
+                async for reply in self._replay(first.chunk, count):
+                    yield reply
+                    failed = bool(reply.error)
+                    if failed:
+                        break
+                if failed:
+                    await drain(requests, self.sender_timeout)  # its end-of-stream (see serve), after an error too (see drain)
+                else:
+                    await asyncio.wait_for(self._hear_last_word(sender, requests), self._reply_limit())
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                self._closed(sender)
             return
         stream = self._new_stream(sender)
         consumer = asyncio.create_task(self._consume(sender, None, requests, stream, start=lacking))
@@ -389,10 +418,11 @@ class AllReduceRound:
                 yield reply
                 if reply.error:
                     return
-            await asyncio.wait_for(asyncio.shield(consumer), self.sender_timeout)
+            await asyncio.wait_for(asyncio.shield(consumer), self._reply_limit())
         except asyncio.TimeoutError:
             pass
         finally:
+            self._closed(sender)   # first: the handler's task may be cancelled while the consumer ends (a reset stream)
             await self._end_stream(sender, stream, consumer)
 
     async def _serve_latecomer(self, first: swarm_pb2.PartChunk, requests: AsyncIterator[swarm_pb2.PartChunk]) -> AsyncIterator[swarm_pb2.PartChunk]:
@@ -447,6 +477,12 @@ class AllReduceRound:
             while expected_k < len(chunks):
                 if message is None:
                     message = await asyncio.wait_for(anext(requests), self.sender_timeout)
+                if message.received or message.gave_up:
+                    # its last word before all its chunks: it gave my part up, or it holds the average without its
+                    # remaining values (excluded as a sender): either way no more values come on this stream
+                    self._last_word(sender, message)
+                    exclude("stopped sending: " + ("gave the part up" if message.gave_up else "holds the part"))
+                    return
                 if message.chunk != expected_k:
                     raise ProtocolError(f"chunk {message.chunk} out of order (expected {expected_k})")
                 chunk = chunks[expected_k]
@@ -460,11 +496,6 @@ class AllReduceRound:
                     self._try_finalize()
                 expected_k += 1
                 message = None
-            try:  # drain the end-of-stream marker (see serve)
-                await asyncio.wait_for(anext(requests), self.sender_timeout)
-            except StopAsyncIteration:
-                pass
-            return
         except StopAsyncIteration:
             exclude("stream ended early")
         except asyncio.TimeoutError:
@@ -477,6 +508,9 @@ class AllReduceRound:
             raise
         except Exception as e:
             exclude(f"{type(e).__name__}: {e}")
+        else:
+            # all its chunks are in: then its last word once it holds my part (no time limit here: serve bounds it)
+            await self._hear_last_word(sender, requests)
 
     async def _watch_absent_senders(self) -> None:
         """Exclude senders that never opened their stream to me within sender_timeout."""
@@ -484,6 +518,73 @@ class AllReduceRound:
         for sender in self._expected - self._failed:
             if not any(sender in arrived for arrived in self._arrived) and self.parts[self.group.my_index]:
                 self._exclude(sender, "never connected")
+        for sender in self._expected:
+            if sender not in self._open and sender not in self._delivered | self._gave_up:
+                self._gone.setdefault(sender, time.monotonic() - self._gone_grace())   # cannot be receiving my part
+                self._deliveries.set()
+
+    # -- delivery confirmation: a reducer steps with its part once every member that needs it holds it ----------
+
+    def _gone_grace(self) -> float:
+        """How long a member whose streams to me all ended without its last word may take to open a new one: one
+        whose stream broke fetches at once (FETCH_ACK_FLOOR is its own patience)."""
+        return max(FETCH_ACK_FLOOR, self.sender_timeout)
+
+    def _opened(self, sender: int) -> None:
+        self._open[sender] = self._open.get(sender, 0) + 1
+        self._gone.pop(sender, None)
+
+    def _closed(self, sender: int) -> None:
+        self._open[sender] -= 1
+        if not self._open[sender]:
+            del self._open[sender]
+            self._note_gone(sender)
+
+    def _note_gone(self, sender: int) -> None:
+        if sender not in self._open and sender not in self._delivered | self._gave_up:
+            self._gone.setdefault(sender, time.monotonic())
+            self._deliveries.set()
+
+    async def _hear_last_word(self, sender: int, requests: AsyncIterator[swarm_pb2.PartChunk]) -> None:
+        """Read a member's stream to its end, noting its last word on my part."""
+        try:
+            async for message in requests:
+                self._last_word(sender, message)
+        except Exception:   # a broken stream says nothing: the member fetches again, or is gone (_closed)
+            pass
+
+    def _last_word(self, sender: int, message: swarm_pb2.PartChunk) -> None:
+        if message.received:
+            self._delivered.add(sender)
+        elif message.gave_up:
+            self._gave_up.add(sender)
+            if not self._own_final and not self._handed_over and not self._retired.is_set() and self.failover is not None:
+                # it takes my part through a backup: so do I, so that what I step with is what it steps with
+                logger.info("round %s: %s gave my part up for a backup; handing it over", self.group.round_id.hex()[:8],
+                            self.group.peer_ids[sender][-8:])
+                self.hand_over()
+        else:
+            return
+        self._deliveries.set()
+
+    def _undelivered(self) -> set[int]:
+        """Members that need my part and may still be receiving it (no last word, and not gone for the grace)."""
+        group, now = self.group, time.monotonic()
+        settled = self._delivered | self._gave_up | {i for i, t in self._gone.items() if now - t >= self._gone_grace()}
+        return {i for i in self._expected if group.needs(i)} - settled
+
+    async def _await_deliveries(self) -> None:
+        """Before I step with my part as I averaged it, wait until every member that needs it holds it (its last word
+        on its request stream), gave it up for a backup (then I hand it over: _last_word), or has no stream open to
+        me for the grace (dead, or its round ended). A reducer that stepped while a member was still receiving
+        could not follow if that member then took it for dead: a backup that cannot hear the reducer averages the
+        part again, and the reducer alone would hold other bytes. Within the round's deadline (the caller's scope)."""
+        while not self._handed_over and self._undelivered():
+            self._deliveries.clear()
+            try:
+                await asyncio.wait_for(self._deliveries.wait(), 0.25)
+            except asyncio.TimeoutError:
+                pass
 
     # -- sender side: one stream per other reducer ------------------------------------------------------
 
@@ -509,10 +610,20 @@ class AllReduceRound:
         peer = PeerID.from_base58(group.peer_ids[j])
         sizes: list[int] = []
         self.stats.streams += 1
+        # my last word on the part, the last message of the open request stream (see _await_deliveries): True once I
+        # hold it whole, False when I take it through a backup instead; `said` once it went out
+        verdict: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        said = asyncio.Event()
+
+        async def _last_word() -> swarm_pb2.PartChunk:
+            holds = await asyncio.shield(verdict)   # a closed stream's writer is cancelled: not the shared verdict
+            return swarm_pb2.PartChunk(part=self.label(j), chunk=len(chunks), received=holds, gave_up=not holds)
 
         async def _requests() -> AsyncIterator[swarm_pb2.PartChunk]:
             carried = 0
             for k, chunk in enumerate(chunks):
+                if verdict.done():
+                    break
                 data = self.layout.codecs[chunk.bucket].encode(self._outgoing(chunk))
                 sizes.append(len(data))
                 self.stats.bytes_sent += len(data)
@@ -524,6 +635,8 @@ class AllReduceRound:
                 yield msg
                 self.stats.taken(self.stats.send_log, carried, len(data))
                 carried += len(data)
+            yield await _last_word()
+            said.set()
 
         async def _fetch(start: int, resend_from: asyncio.Future[int | None]) -> AsyncIterator[swarm_pb2.PartChunk]:
             msg = swarm_pb2.PartChunk(round_id=group.round_id, part=self.label(j), chunk=start, sender=group.peer_ids[me], fetch=True)
@@ -535,21 +648,23 @@ class AllReduceRound:
                 self.stats.bytes_sent += len(data)
                 self.stats.resent_chunks += 1
                 yield swarm_pb2.PartChunk(part=self.label(j), chunk=k, data=data)
+            yield await _last_word()
+            said.set()
 
         received = 0
         held = self._held.setdefault(j, [])
         for attempt in range(FETCH_RETRIES + 1):
             stream = None
+            retrying = False   # this stream broke and a fetch follows: no last word on it
             resend_from: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
             # a fetch after a broken stream goes to a reducer that may have died: it must answer at once (FETCH_ACK_FLOOR)
             answered = attempt == 0 or fetch_first
             first_limit = self._reply_limit() if answered else min(self._reply_limit(), max(FETCH_ACK_FLOOR, self.sender_timeout))
             try:
-                opening = self.p2p.iterate_protobuf_handler(peer, AGGREGATE_HANDLER, _requests() if attempt == 0 and not fetch_first
-                                                            else _fetch(received, resend_from), swarm_pb2.PartChunk)
-                stream = await asyncio.wait_for(opening, first_limit)
+                requests = _requests() if attempt == 0 and not fetch_first else _fetch(received, resend_from)
+                stream = await asyncio.wait_for(ReplyStream.open(self.p2p, peer, requests), first_limit)
                 while received < len(chunks):
-                    reply = await asyncio.wait_for(anext(stream), self._reply_limit() if answered else first_limit)
+                    reply = await stream.next(self._reply_limit() if answered else first_limit)
                     answered = True
                     if reply.fetch and not (reply.data or reply.resend or reply.error):
                         continue   # the reducer's acknowledgement of my fetch: it is alive, its chunks follow
@@ -582,13 +697,14 @@ class AllReduceRound:
                     resend_from.set_result(None)  # nothing to send again: end the request stream
                 if self.results is not None and attempt == 0 and not fetch_first:
                     # the whole part came on the first stream: its reducer's signed statement follows the last chunk
-                    statement = await asyncio.wait_for(anext(stream), reply_timeout(self.sender_timeout))
+                    statement = await stream.next(reply_timeout(self.sender_timeout))
                     problem = self._check_statement(j, statement)
                     if problem is not None:
                         self._lost[j] = f"reducer {group.peer_ids[j][-8:]} {problem}"
                         raise ProtocolError(self._lost[j])
+                verdict.set_result(True)   # the reducer steps with its part once every member said so
                 try:  # let the reducer close first, so neither side resets a stream with data in flight
-                    await asyncio.wait_for(anext(stream), 1.0)
+                    await stream.next(1.0)
                 except (StopAsyncIteration, asyncio.TimeoutError, Exception):
                     pass
                 return
@@ -607,11 +723,19 @@ class AllReduceRound:
                 if attempt < FETCH_RETRIES:
                     logger.info("round %s: part %d: %s; asking for the rest", group.round_id.hex()[:8], j, self._lost[j])
                     self.stats.refetches += 1
+                    retrying = True
             finally:
                 if not resend_from.done():
                     resend_from.set_result(None)
                 if stream is not None:
-                    await close_quietly(stream)
+                    try:
+                        if not retrying and not verdict.done():
+                            # I leave the part (given up, failed or cancelled): the reducer hands it over (_last_word)
+                            verdict.set_result(False)
+                            with contextlib.suppress(asyncio.TimeoutError):
+                                await asyncio.wait_for(said.wait(), LAST_WORD_FLUSH)
+                    finally:
+                        await stream.close()
         raise RoundFailed(self._lost[j])
 
     def backup_round(self, j: int, backup: int, silence: float, timeout: float) -> "AllReduceRound":
@@ -665,6 +789,8 @@ class AllReduceRound:
                 if self.results is not None:
                     await self._compare_results()
                 await self._drain_outputs()
+                if self.failover is not None and self.parts[me]:
+                    await self._await_deliveries()
                 if self._handed_over and self.failover is not None:
                     # a backup took me for dead and took my part over: I take its result like every other member
                     failed = await self.failover.recover([me])

@@ -303,7 +303,11 @@ class PartFailover:
 
         stream = None
         try:
-            async with asyncio.timeout(self._reply + r.sender_timeout):  # the holder first waits out its own exchange
+            # a member first waits out its own exchange. The reducer answers at once; not hearing it soon is safe since
+            # delivery confirmation: a reducer that stepped with its part did so once every member held it (they answer
+            # whole), and one that had not stepped hands the part over when the question reaches it
+            # (AllReduceRound._await_deliveries), or fails its round if it stood still (stall_watch)
+            async with asyncio.timeout(r.sender_timeout if i == j else self._reply + r.sender_timeout):
                 stream = await r.p2p.iterate_protobuf_handler(PeerID.from_base58(group.peer_ids[i]), AGGREGATE_HANDLER, request(), swarm_pb2.PartChunk)
                 if start == HOLDINGS:
                     reply = await anext(stream)
@@ -346,8 +350,9 @@ class PartFailover:
         if j == me and first.resend and r.parts[j] and sender in backups(group.roles, j):
             async for reply in self._serve_own(first, sender):
                 yield reply
-        elif not 0 <= j < len(group.peer_ids) or j == me or not r.parts[j] or not group.needs(sender) or (
-                j == sender and (first.resend or j not in self._decisions)):   # a reducer takes its part back only once handed over
+        elif not 0 <= j < len(group.peer_ids) or j == me or not r.parts[j] or not group.needs(sender) or (j == sender and first.resend):
+            # a reducer that handed its part over asks for it like a member (its ask may come first: a member that
+            # gave the part up told the reducer at once, the backup hears of it from that member's own ask)
             yield swarm_pb2.PartChunk(error="bad fetch")
         elif first.resend:
             async for reply in self._serve_held(first, sender):

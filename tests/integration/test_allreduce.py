@@ -292,8 +292,12 @@ def test_a_finished_round_answers_fetches_for_a_grace_period_and_refuses_contrib
             for reply, chunk in zip(replies, chunks[1:]):
                 expected = results[0][chunk.bucket][chunk.start : chunk.start + chunk.length]
                 assert torch.equal(layout.codecs[chunk.bucket].decode(reply.data), expected)
-            # a fetch that names a part this member does not reduce, or a chunk out of range, is refused
-            assert [r.error for r in await asyncio.wait_for(_fetch(members[0], members[1], round_id, 0, 0), 10)] == ["bad fetch"]
+            # a fetch that names no part of the round, or a chunk out of range, is refused
+            assert [r.error for r in await asyncio.wait_for(_fetch(members[0], members[1], round_id, 7, 0), 10)] == ["bad fetch"]
+            # a reducer that handed its part over asks its backup for it like a member (swarm.averaging.failover): the
+            # backup, holding the part whole, serves the reducer's own bytes
+            own = await asyncio.wait_for(_fetch(members[0], members[1], round_id, 0, 0), 10)
+            assert [r.chunk for r in own if r.data] == list(range(len(rounds[0].parts[0]))) and not any(r.error for r in own)
             assert [r.error for r in await asyncio.wait_for(_fetch(members[0], members[1], round_id, 1, 999), 10)] == ["bad fetch"]
 
             async def contribution():

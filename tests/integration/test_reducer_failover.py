@@ -114,7 +114,7 @@ def check_survivors_agree(rounds, results, values, layout, weights, dead, *, in_
     """Every survivor holds bitwise the same result; each part is the weighted mean with or without the dead member's
     contribution (`in_own_part`: in its own part, relayed; `in_others`: in the other parts, sent before it died).
     `left_out`: members whose contributions the backup's average of the dead reducer's part does not have either."""
-    assert not any(isinstance(r, BaseException) for r in results.values()), results
+    assert not any(isinstance(r, BaseException) for r in results.values()), {i: r for i, r in results.items() if isinstance(r, BaseException)}
     outs = list(results.values())
     for other in outs[1:]:
         assert all(torch.equal(a, b) for a, b in zip(outs[0], other)), "survivors must hold bitwise-identical results"

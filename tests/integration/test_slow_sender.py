@@ -49,6 +49,30 @@ class PacedUplink:
                 yield message
         return self.p2p.iterate_protobuf_handler(peer, name, paced(), output_type)
 
+    async def call_binary_stream_handler(self, peer, name):   # a member's own streams (swarm.averaging.streams.ReplyStream)
+        info, reader, writer = await self.p2p.call_binary_stream_handler(peer, name)
+        return info, reader, PacedWriter(writer, self.pace)
+
+
+class PacedWriter:
+    """A stream writer that holds each message (hivemind writes one, then drains) for `pace` seconds before sending."""
+
+    def __init__(self, writer, pace: float):
+        self.writer, self.pace, self.held = writer, pace, []
+
+    def write(self, data) -> None:
+        self.held.append(bytes(data))
+
+    async def drain(self) -> None:
+        await asyncio.sleep(self.pace)
+        for data in self.held:
+            self.writer.write(data)
+        self.held.clear()
+        await self.writer.drain()
+
+    def close(self) -> None:
+        self.writer.close()
+
 
 def slow_member_links() -> list[MemberLink]:
     # what the slow member's estimator measured: two streams of one 2000-byte chunk per PACE seconds
