@@ -18,8 +18,11 @@ Guarantees:
 - A lost reducer costs its part's delay, not the round (swarm.averaging.failover): the members that lack its
   part take it from a backup, which relays the reducer's bytes when some member holds them whole and else
   averages the part again from the members' contributions; every member that asked takes the backup's bytes.
-  A reducer taken for dead while alive hands its part over if it has not stepped (`hand_over`); a member whose
-  process stood still for a reply limit does not step (swarm.averaging.stall_watch). A part that cannot be had
+  A reducer taken for dead while alive hands its part over if it has not stepped (`hand_over`), and it steps
+  with its part only once every member that needs it said it holds it, or is gone (delivery confirmation,
+  `_await_deliveries`: a member's last word on its request stream, `received` or `gave_up`, the latter making
+  the reducer hand over); a member whose process stood still for a reply limit does not step
+  (swarm.averaging.stall_watch). A part that cannot be had
   even so makes the round raise RoundFailed for the members that miss it (they do not step), naming each
   missing part and why.
 - Late peers (outside the group) take a reducer's part only once its round returned a result, so never a part
