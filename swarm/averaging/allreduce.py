@@ -18,8 +18,11 @@ Guarantees:
 - A lost reducer costs its part's delay, not the round (swarm.averaging.failover): the members that lack its
   part take it from a backup, which relays the reducer's bytes when some member holds them whole and else
   averages the part again from the members' contributions; every member that asked takes the backup's bytes.
-  A reducer taken for dead while alive hands its part over if it has not stepped (`hand_over`); a member whose
-  process stood still for a reply limit does not step (swarm.averaging.stall_watch). A part that cannot be had
+  A reducer taken for dead while alive hands its part over if it has not stepped (`hand_over`), and it steps
+  with its part only once every member that needs it said it holds it, or is gone (delivery confirmation,
+  `_await_deliveries`: a member's last word on its request stream, `received` or `gave_up`, the latter making
+  the reducer hand over); a member whose process stood still for a reply limit does not step
+  (swarm.averaging.stall_watch). A part that cannot be had
   even so makes the round raise RoundFailed for the members that miss it (they do not step), naming each
   missing part and why.
 - Late peers (outside the group) take a reducer's part only once its round returned a result, so never a part
@@ -91,6 +94,7 @@ FETCH_ACK_FLOOR = 3.0
 # A member that leaves a part (to a backup, or because its round ended) gives its last word this long to go out
 # before closing the stream (see AllReduceRound._await_deliveries)
 LAST_WORD_FLUSH = 1.0
+DELIVERY_POLL = 0.05   # seconds between a reducer's looks at its members' last words before it steps
 # Seconds the members' swap of result statements may take (within the round's deadline as well).
 RESULT_EXCHANGE_TIMEOUT = 5.0
 # Peers outside the group that may fetch one reducer's averaged part of one round (late peers, swarm.averaging.late).
@@ -180,7 +184,6 @@ class AllReduceRound:
         self._gave_up: set[int] = set()
         self._gone: dict[int, float] = {}
         self._open: dict[int, int] = {}
-        self._deliveries = asyncio.Event()   # set when any of the above changes
         self._own_final = False     # I step with my part as I averaged it: too late to hand it over
         if not group.brings(me):
             for settled in self._settled:
@@ -521,7 +524,6 @@ class AllReduceRound:
         for sender in self._expected:
             if sender not in self._open and sender not in self._delivered | self._gave_up:
                 self._gone.setdefault(sender, time.monotonic() - self._gone_grace())   # cannot be receiving my part
-                self._deliveries.set()
 
     # -- delivery confirmation: a reducer steps with its part once every member that needs it holds it ----------
 
@@ -543,7 +545,6 @@ class AllReduceRound:
     def _note_gone(self, sender: int) -> None:
         if sender not in self._open and sender not in self._delivered | self._gave_up:
             self._gone.setdefault(sender, time.monotonic())
-            self._deliveries.set()
 
     async def _hear_last_word(self, sender: int, requests: AsyncIterator[swarm_pb2.PartChunk]) -> None:
         """Read a member's stream to its end, noting its last word on my part."""
@@ -563,9 +564,6 @@ class AllReduceRound:
                 logger.info("round %s: %s gave my part up for a backup; handing it over", self.group.round_id.hex()[:8],
                             self.group.peer_ids[sender][-8:])
                 self.hand_over()
-        else:
-            return
-        self._deliveries.set()
 
     def _undelivered(self) -> set[int]:
         """Members that need my part and may still be receiving it (no last word, and not gone for the grace)."""
@@ -580,11 +578,9 @@ class AllReduceRound:
         could not follow if that member then took it for dead: a backup that cannot hear the reducer averages the
         part again, and the reducer alone would hold other bytes. Within the round's deadline (the caller's scope)."""
         while not self._handed_over and self._undelivered():
-            self._deliveries.clear()
-            try:
-                await asyncio.wait_for(self._deliveries.wait(), 0.25)
-            except asyncio.TimeoutError:
-                pass
+            # polled: a wait_for on an event here left pending tasks that the GC destroyed (asyncio's "Task was
+            # destroyed but it is pending!", 100-180 per peer in 5 minutes of emulated hybrid at 10M)
+            await asyncio.sleep(DELIVERY_POLL)
 
     # -- sender side: one stream per other reducer ------------------------------------------------------
 
