@@ -578,9 +578,7 @@ class AllReduceRound:
         could not follow if that member then took it for dead: a backup that cannot hear the reducer averages the
         part again, and the reducer alone would hold other bytes. Within the round's deadline (the caller's scope)."""
         while not self._handed_over and self._undelivered():
-            # polled: a wait_for on an event here left pending tasks that the GC destroyed (asyncio's "Task was
-            # destroyed but it is pending!", 100-180 per peer in 5 minutes of emulated hybrid at 10M)
-            await asyncio.sleep(DELIVERY_POLL)
+            await asyncio.sleep(DELIVERY_POLL)   # polled: no task per wait, and last words come at most once a member
 
     # -- sender side: one stream per other reducer ------------------------------------------------------
 
