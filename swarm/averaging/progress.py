@@ -151,8 +151,6 @@ class ProgressTracker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._summarizing: asyncio.Task | None = None   # an aggregator's summary being stored
-        self._refreshing: asyncio.Task | None = None    # the read under way, shared by every refresh() (see there)
-        self._publishing: asyncio.Task | None = None    # the loop's store under way
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._recent: dict[str, float] = {}       # peer id -> when its record was last seen (monotonic)
@@ -255,9 +253,6 @@ class ProgressTracker:
         self._stopping = True
         if self._summarizing is not None:
             self._summarizing.cancel()
-        for task in (self._refreshing, self._publishing):
-            if task is not None:
-                task.cancel()
         if self._task is not None:
             self._task.cancel()
             # hivemind's DHT calls can absorb a cancellation; never let that hold up leaving
@@ -315,17 +310,6 @@ class ProgressTracker:
         await self.node.store_record(records.progress_key(self.node.run_id), record, self.record_ttl, direct=direct, blind=blind)
 
     async def refresh(self) -> SwarmView:
-        """Read the swarm's records into `view`. One read at a time, shared by every caller; a caller that stops
-        waiting (its own timeout) leaves the read to finish. Cancelling a DHT read under way left hivemind's
-        traversal tasks pending (hivemind/dht/traverse.py), which the GC then destroyed: 30-180 "Task was destroyed
-        but it is pending!" lines per peer in 5 minutes of emulated hybrid, after each "progress refresh failed"."""
-        if self._refreshing is None or self._refreshing.done():
-            self._refreshing = asyncio.ensure_future(self._refresh())
-            # its failure is read by its callers; one that nobody waits for any more is retrieved here, not logged
-            self._refreshing.add_done_callback(lambda task: task.cancelled() or task.exception())
-        return await asyncio.shield(self._refreshing)
-
-    async def _refresh(self) -> SwarmView:
         found, age = await self._read()
         peers = tuple(p for p in found if not p.leaving)
         now = time.monotonic()
@@ -430,11 +414,7 @@ class ProgressTracker:
             while not self._stopping:
                 self._wake.clear()   # before the work: a poke that comes during it gets a turn of its own
                 try:
-                    # a store under way is not cancelled either (see refresh): the next turn waits on it again
-                    if self._publishing is None or self._publishing.done():
-                        self._publishing = asyncio.ensure_future(self.publish())
-                        self._publishing.add_done_callback(lambda task: task.cancelled() or task.exception())
-                    await asyncio.wait_for(asyncio.shield(self._publishing), 5)
+                    await asyncio.wait_for(self.publish(), 5)
                     if poked or not self.fetched or time.monotonic() - self.view.fetched_at >= self._read_period():
                         await asyncio.wait_for(self.refresh(), 5)
                 except asyncio.CancelledError:

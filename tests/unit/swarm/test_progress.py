@@ -106,28 +106,3 @@ def test_a_quick_second_group_shortens_no_vouch():
     long_until = t._vouched["a"]
     t.vouch(["a"])                                    # a retry moments later: the gap is short
     assert t._vouched["a"] == long_until
-
-
-def test_a_refresh_whose_caller_stops_waiting_finishes_and_is_shared():
-    """A caller's timeout does not cancel the read under way (a cancelled DHT read leaves hivemind's traversal tasks
-    pending), and callers meanwhile share that one read."""
-    import asyncio
-
-    async def scenario():
-        t = tracker()
-        reads = []
-
-        async def slow_read():
-            reads.append(1)
-            await asyncio.sleep(0.3)
-            return [rec("other", 3, 10, 1.0)], 0.0
-
-        t._read = slow_read
-        with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(t.refresh(), 0.05)   # this caller gives up...
-        view = await asyncio.wait_for(t.refresh(), 2)   # ...the next one gets the same read's result
-        return t, view, reads
-
-    t, view, reads = asyncio.run(scenario())
-    assert len(reads) == 1, "one read, shared"
-    assert [p.peer_id for p in view.peers] == ["other"] and t.view.epoch == 3
