@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from swarm.averaging import summaries as summary
 from swarm.errors import describe
 from swarm.net import clock, records
 from swarm.net.contacts import keep_in_touch
+from swarm.net.detached import DetachedCalls
 from swarm.net.node import Node
 from swarm.net.records import ProgressRecord, ProgressSummary
 
@@ -53,6 +55,9 @@ logger = logging.getLogger(__name__)
 
 VOUCH_FOR = 600.0      # seconds a group member's samples count after its last round with us
 SUMMARY_READ_TIMEOUT = 1.5   # seconds a read of the progress summaries may take before we read every record
+# A refresh joins a read of the records begun at most this many seconds before it, else starts one beside it
+# (swarm.net.detached). A store always starts anew: it carries our record as it is now (a step's new epoch, say).
+READ_JOIN_WITHIN = 2.0
 QUORUM = 2             # distinct peers that must reach an epoch before it is the swarm's (minus the one-epoch lead)
 
 
@@ -151,6 +156,10 @@ class ProgressTracker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._summarizing: asyncio.Task | None = None   # an aggregator's summary being stored
+        # reads and stores under way, not cancelled by their callers' timeouts (swarm.net.detached)
+        self._reads = DetachedCalls(self._refresh, join_within=READ_JOIN_WITHIN, name="progress-read")
+        self._stores = DetachedCalls(self.publish, join_within=0.0, name="progress-store")
+        self._applied_from = -math.inf   # when the read that gave our view began (monotonic): an older one is stale
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._recent: dict[str, float] = {}       # peer id -> when its record was last seen (monotonic)
@@ -253,6 +262,8 @@ class ProgressTracker:
         self._stopping = True
         if self._summarizing is not None:
             self._summarizing.cancel()
+        self._reads.cancel()
+        self._stores.cancel()
         if self._task is not None:
             self._task.cancel()
             # hivemind's DHT calls can absorb a cancellation; never let that hold up leaving
@@ -310,9 +321,18 @@ class ProgressTracker:
         await self.node.store_record(records.progress_key(self.node.run_id), record, self.record_ttl, direct=direct, blind=blind)
 
     async def refresh(self) -> SwarmView:
+        """Read the swarm's records into `view` (and return it). A caller that stops waiting leaves the read under way
+        (swarm.net.detached); a read that ends after a newer one did leaves the newer view in place."""
+        return await self._reads()
+
+    async def _refresh(self) -> SwarmView:
+        began = time.monotonic()
         found, age = await self._read()
-        peers = tuple(p for p in found if not p.leaving)
         now = time.monotonic()
+        if began < self._applied_from:
+            return self.view
+        self._applied_from = began
+        peers = tuple(p for p in found if not p.leaving)
         self._distrusted = {pid: until for pid, until in self._distrusted.items() if until > now}
         epoch = swarm_epoch([p.epoch for p in peers if p.peer_id not in self._distrusted and p.peer_id != self.peer_id])
         self.view = SwarmView(epoch=epoch, peers=peers, fetched_at=now - age)
@@ -414,7 +434,7 @@ class ProgressTracker:
             while not self._stopping:
                 self._wake.clear()   # before the work: a poke that comes during it gets a turn of its own
                 try:
-                    await asyncio.wait_for(self.publish(), 5)
+                    await asyncio.wait_for(self._stores(), 5)
                     if poked or not self.fetched or time.monotonic() - self.view.fetched_at >= self._read_period():
                         await asyncio.wait_for(self.refresh(), 5)
                 except asyncio.CancelledError:
