@@ -72,7 +72,7 @@ from swarm.averaging.reduction import Reduction
 from swarm.averaging.result_exchange import ResultCheck, exchange_statements
 from swarm.averaging.result_statements import ResultStatement, sign_statement
 from swarm.averaging.stall_watch import StallWatch
-from swarm.averaging.streams import AGGREGATE_HANDLER, ReplyStream, drain
+from swarm.averaging.streams import AGGREGATE_HANDLER, ReplyStream, drain, heartbeat, is_heartbeat
 from swarm.compression.codecs import decode_checked
 from swarm.errors import ProtocolError, RoundFailed
 from swarm.net.auth import SwarmAuthorizer
@@ -94,6 +94,14 @@ FETCH_ACK_FLOOR = 3.0
 # A member that leaves a part (to a backup, or because its round ended) gives its last word this long to go out
 # before closing the stream (see AllReduceRound._await_deliveries)
 LAST_WORD_FLUSH = 1.0
+# While a member waits for an averaged chunk, its reducer sends a heartbeat (swarm.averaging.streams.heartbeat) every
+# third of the silence limit (the aggregate service, every HEARTBEAT_EVERY seconds until the round opens there); a
+# member that hears nothing on a stream for the silence limit plus HEARTBEAT_SLACK seconds (event loops stall on a
+# loaded machine) takes the reducer for dead or frozen and hands its part to failover at once, without a fetch. Before
+# heartbeats a frozen reducer (SIGSTOP: its p2pd lives on, nothing resets) cost the reply limit (2 silences + 2 s),
+# then an unanswered fetch: 17 s of the longest stall in `swarm chaos`. Safe since delivery confirmation: a live
+# reducer taken for dead hands its part over (hand_over) instead of stepping with bytes a backup may not decide.
+HEARTBEAT_SLACK = 2.0
 DELIVERY_POLL = 0.05   # seconds between a reducer's looks at its members' last words before it steps
 # Seconds the members' swap of result statements may take (within the round's deadline as well).
 RESULT_EXCHANGE_TIMEOUT = 5.0
@@ -214,6 +222,19 @@ class AllReduceRound:
         """How long to wait for a reducer's next averaged chunk (a hierarchical stage adds the stage it waits on)."""
         return reply_timeout(self.sender_timeout) + self.reply_slack
 
+    def _alive_limit(self) -> float:
+        """How long a reducer may stay silent on a member's stream: it heartbeats while it waits (HEARTBEAT_SLACK)."""
+        return min(self._reply_limit(), self.sender_timeout + HEARTBEAT_SLACK + self.reply_slack)
+
+    async def _until_ready(self, k: int) -> AsyncIterator[swarm_pb2.PartChunk]:
+        """Heartbeats while my averaged chunk k is not ready (set by _try_finalize, or by retire() or hand_over())."""
+        every = max(0.5, self.sender_timeout / 3)
+        while not self._output_ready[k].is_set():
+            try:
+                await asyncio.wait_for(self._output_ready[k].wait(), every)
+            except asyncio.TimeoutError:
+                yield heartbeat(self.label(self.group.my_index), k)
+
     def _slice(self, chunk: Chunk) -> torch.Tensor:
         assert self.local is not None
         return self.local[chunk.bucket][chunk.start : chunk.start + chunk.length]
@@ -303,7 +324,9 @@ class AllReduceRound:
         self._opened(sender)
         try:
             for k in range(len(self.parts[group.my_index])):
-                await self._output_ready[k].wait()   # set by _try_finalize, or by retire() when the round is over
+                async for beat in self._until_ready(k):
+                    if group.needs(sender):
+                        yield beat
                 data = self._outputs[k]
                 if not data or self._handed_over:
                     yield swarm_pb2.PartChunk(error="part has no contributions" if data == b"" else
@@ -397,7 +420,7 @@ class AllReduceRound:
         self._opened(sender)
         if lacking is None:
             try:
-                yield swarm_pb2.PartChunk(part=self.label(group.my_index), chunk=first.chunk, fetch=True)  # I am alive (see FETCH_ACK_FLOOR)
+                yield heartbeat(self.label(group.my_index), first.chunk)  # I am alive (see FETCH_ACK_FLOOR)
                 failed = False
                 async for reply in self._replay(first.chunk, count):
                     yield reply
@@ -446,16 +469,20 @@ class AllReduceRound:
             yield swarm_pb2.PartChunk(error="round failed here")
             await drain(requests, self.sender_timeout)
             return
-        async for reply in self._replay(first.chunk, count):
+        async for reply in self._replay(first.chunk, count, heartbeats=False):
             yield reply
             if reply.error:
                 break
         await drain(requests, self.sender_timeout)  # its end-of-stream (see serve), after an error too (see drain)
 
-    async def _replay(self, start: int, count: int) -> AsyncIterator[swarm_pb2.PartChunk]:
+    async def _replay(self, start: int, count: int, heartbeats: bool = True) -> AsyncIterator[swarm_pb2.PartChunk]:
+        """My averaged chunks from `start` on, each once ready; heartbeats while one is not (a member's fetch; a
+        latecomer's reader, swarm.averaging.late, expects chunks only)."""
         group = self.group
         for k in range(start, count):
-            await self._output_ready[k].wait()   # set by _try_finalize, or by retire() when the round is over
+            async for beat in self._until_ready(k):
+                if heartbeats:
+                    yield beat
             data = self._outputs[k]
             if not data or self._handed_over:  # never averaged (the round ended first), nobody contributed, or a backup has it
                 yield swarm_pb2.PartChunk(error="part not averaged")
@@ -651,17 +678,23 @@ class AllReduceRound:
             stream = None
             retrying = False   # this stream broke and a fetch follows: no last word on it
             resend_from: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-            # a fetch after a broken stream goes to a reducer that may have died: it must answer at once (FETCH_ACK_FLOOR)
-            answered = attempt == 0 or fetch_first
-            first_limit = self._reply_limit() if answered else min(self._reply_limit(), max(FETCH_ACK_FLOOR, self.sender_timeout))
+            # My first stream of the part: the reducer's service answers at once with a heartbeat (AggregateService),
+            # and heartbeats go on while it waits (HEARTBEAT_SLACK). A fetch after a broken stream goes to a reducer
+            # that may have died: it must answer at once too (FETCH_ACK_FLOOR). A failover's fetch (fetch_first) waits
+            # for the backup's decision: the reply limit.
+            fresh = attempt == 0 and not fetch_first
+            first_limit = (self._alive_limit() if fresh else self._reply_limit() if fetch_first
+                           else min(self._reply_limit(), max(FETCH_ACK_FLOOR, self.sender_timeout)))
+            heard = False   # the reducer answered on this stream: from then on it heartbeats while it waits
+            limit = first_limit
             try:
-                requests = _requests() if attempt == 0 and not fetch_first else _fetch(received, resend_from)
+                requests = _requests() if fresh else _fetch(received, resend_from)
                 stream = await asyncio.wait_for(ReplyStream.open(self.p2p, peer, requests), first_limit)
                 while received < len(chunks):
-                    reply = await stream.next(self._reply_limit() if answered else first_limit)
-                    answered = True
-                    if reply.fetch and not (reply.data or reply.resend or reply.error):
-                        continue   # the reducer's acknowledgement of my fetch: it is alive, its chunks follow
+                    reply = await stream.next(limit)
+                    heard, limit = True, self._alive_limit()
+                    if is_heartbeat(reply):
+                        continue   # alive: an acknowledgement of my stream or fetch, or a heartbeat while it waits
                     if reply.error:
                         self._lost[j] = f"reducer {group.peer_ids[j][-8:]}: {reply.error}"
                         raise RoundFailed(self._lost[j])
@@ -708,12 +741,13 @@ class AllReduceRound:
                 raise
             except Exception as e:  # a broken, reset or silent stream
                 why = "stream ended early" if isinstance(e, StopAsyncIteration) else (
-                    f"no reply for {self._reply_limit() if answered else first_limit:.1f}s" if isinstance(e, asyncio.TimeoutError)
-                    else f"{type(e).__name__}: {e}")
+                    f"no reply for {limit:.1f}s" if isinstance(e, asyncio.TimeoutError) else f"{type(e).__name__}: {e}")
                 self._lost[j] = f"reducer {group.peer_ids[j][-8:]}: {why} after {received}/{len(chunks)} chunks" + (
                     f" ({attempt} fetches)" if attempt else "")
-                if not answered:
-                    break   # it did not acknowledge a fetch: likely dead, so no more fetches: failover takes the part now
+                if isinstance(e, asyncio.TimeoutError) and (heard or fresh) or not (heard or fresh or fetch_first):
+                    # it stopped its heartbeats, never answered my first stream, or did not acknowledge a fetch: dead or
+                    # frozen (a SIGSTOPped process's p2pd lives on, so nothing resets): no more fetches, failover now
+                    break
                 if attempt < FETCH_RETRIES:
                     logger.info("round %s: part %d: %s; asking for the rest", group.round_id.hex()[:8], j, self._lost[j])
                     self.stats.refetches += 1

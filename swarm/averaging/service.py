@@ -12,11 +12,13 @@ from hivemind.p2p import P2P, P2PContext
 
 from swarm.averaging.allreduce import FINISHED_GRACE, AllReduceRound
 from swarm.averaging.result_exchange import RESULTS_HANDLER, unpack_report
-from swarm.averaging.streams import AGGREGATE_HANDLER, drain
+from swarm.averaging.streams import AGGREGATE_HANDLER, drain, heartbeat
 from swarm.net.auth import SwarmAuthorizer
 from swarm.proto import swarm_pb2
 
 logger = logging.getLogger(__name__)
+
+HEARTBEAT_EVERY = 1.0   # seconds between heartbeats to a member whose round has not opened here yet (below any silence floor)
 
 class AggregateService:
     """Registers the aggregate handler once and dispatches each stream to its round by round id."""
@@ -111,6 +113,8 @@ class AggregateService:
             yield swarm_pb2.PartChunk(error="bad round id")
             await drain(requests, self.wait_for_round)
             return
+        if not first.fetch:   # a member's first stream of a round: alive, at once (allreduce.HEARTBEAT_SLACK)
+            yield heartbeat(first.part, first.chunk)
         finished = self._finished.get(first.round_id)
         if finished is not None and finished[1] > time.monotonic():
             if not first.fetch:
@@ -120,9 +124,19 @@ class AggregateService:
             async for reply in finished[0].serve(first, requests, context.remote_id):
                 yield reply
             return
-        try:
-            round_ = await asyncio.wait_for(asyncio.shield(self._slot(first.round_id)), self.wait_for_round)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
+        slot, waited = self._slot(first.round_id), 0.0
+        round_ = None
+        while round_ is None and waited < self.wait_for_round:   # the member may be ahead of me: wait, and heartbeat
+            step = min(HEARTBEAT_EVERY, self.wait_for_round - waited)
+            try:
+                round_ = await asyncio.wait_for(asyncio.shield(slot), step)
+            except asyncio.TimeoutError:
+                waited += step
+                if not first.fetch and waited < self.wait_for_round:
+                    yield heartbeat(first.part, first.chunk)
+            except asyncio.CancelledError:
+                break
+        if round_ is None:
             yield swarm_pb2.PartChunk(error="unknown or finished round")
             await drain(requests, self.wait_for_round)
             return

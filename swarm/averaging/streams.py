@@ -1,4 +1,4 @@
-"""What both ends of an aggregate stream share: the handler's name, reading a peer's stream to its end within a
+"""What both ends of an aggregate stream share: the handler's name, the reducer's heartbeat, reading a peer's stream to its end within a
 timeout, a member's own stream to a reducer with a time limit per reply (ReplyStream), and closing a stream whose
 peer is gone without raising."""
 from __future__ import annotations
@@ -11,6 +11,18 @@ from hivemind.p2p import P2P, P2PHandlerError, PeerID
 from swarm.proto import swarm_pb2
 
 AGGREGATE_HANDLER = "swarm.aggregate"
+
+
+def heartbeat(part: int, chunk: int) -> swarm_pb2.PartChunk:
+    """A reducer's "alive, chunk `chunk` not averaged yet": sent at once on a member's stream (first stream or fetch),
+    and while the member waits for an averaged chunk, so that the member tells a reducer that is waiting (for a slow
+    sender, a later stage) from one that is dead or frozen within the silence limit, not the reply limit
+    (swarm.averaging.allreduce.HEARTBEAT_SLACK)."""
+    return swarm_pb2.PartChunk(part=part, chunk=chunk, fetch=True)
+
+
+def is_heartbeat(reply: swarm_pb2.PartChunk) -> bool:
+    return reply.fetch and not (reply.data or reply.resend or reply.error)
 
 
 async def drain(requests: AsyncIterator[swarm_pb2.PartChunk], timeout: float) -> None:

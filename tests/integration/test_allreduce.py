@@ -17,7 +17,7 @@ from benchmarks.scale import start_members
 from swarm.averaging.allreduce import AllReduceRound
 from swarm.averaging.group import GroupView
 from swarm.averaging.layout import TensorLayout
-from swarm.averaging.streams import AGGREGATE_HANDLER
+from swarm.averaging.streams import AGGREGATE_HANDLER, is_heartbeat
 from swarm.compression.codecs import CompressionPolicy
 from swarm.errors import RoundFailed
 from swarm.proto import swarm_pb2
@@ -304,6 +304,8 @@ def test_a_finished_round_answers_fetches_for_a_grace_period_and_refuses_contrib
                 yield swarm_pb2.PartChunk(round_id=round_id, part=1, chunk=0, sender=str(members[0].peer_id), data=b"x")
 
             stream = await members[0].iterate_protobuf_handler(members[1].peer_id, AGGREGATE_HANDLER, contribution(), swarm_pb2.PartChunk)
+            alive = await asyncio.wait_for(anext(stream), 5)   # the service's heartbeat to a member's first stream
+            assert is_heartbeat(alive)
             refused = await asyncio.wait_for(anext(stream), 5)  # at once, not after the service's wait for the round
             assert refused.error == "unknown or finished round"
         finally:

@@ -62,9 +62,11 @@ class DiesMidAllGather(AllReduceRound):
 
 
 async def failover_round(n: int, dead: int, *, mid_all_gather: bool, whole_to: int | None = None, seed: int = 0,
-                         classes: dict[int, type[AllReduceRound]] | None = None):
+                         classes: dict[int, type[AllReduceRound]] | None = None, frozen: bool = False):
     """Run a round of n trainers in which member `dead` dies; returns (survivors' rounds, their results, values, layout,
-    weights). `classes`: other members' round classes (default AllReduceRound)."""
+    weights). `classes`: other members' round classes (default AllReduceRound). `frozen`: mid-all-gather, it is not
+    killed but stays silent on its members' streams, which stay open (a SIGSTOPped process whose p2pd lives on); the
+    survivors' rounds then record `frozen_for`, the seconds from its silence to their results."""
     members, services = await start_members(n)
     try:
         layout = make_layout("fp16")
@@ -87,6 +89,20 @@ async def failover_round(n: int, dead: int, *, mid_all_gather: bool, whole_to: i
             services[i].open(r)
             rounds[i] = r
         tasks = {i: asyncio.create_task(r.run()) for i, r in rounds.items()}
+        if frozen:
+            assert mid_all_gather
+            await asyncio.wait_for(rounds[dead].died.wait(), 30)
+            silent_since = time.monotonic()
+            frozen_task = tasks.pop(dead)
+            survivors = {i: r for i, r in rounds.items() if i != dead}
+            outcomes = await asyncio.gather(*tasks.values(), return_exceptions=True)
+            for r in survivors.values():
+                r.frozen_for = time.monotonic() - silent_since
+            frozen_task.cancel()
+            await asyncio.gather(frozen_task, return_exceptions=True)
+            for i in rounds:
+                services[i].close(round_id)
+            return survivors, dict(zip(tasks, outcomes)), values, layout, weights
         if mid_all_gather:
             await asyncio.wait_for(rounds[dead].died.wait(), 30)
             # its contributions to the other parts are in (their averages came back): only its own part is at stake
@@ -146,6 +162,21 @@ def test_a_reducer_killed_mid_all_gather_is_replaced_by_a_backup_and_the_others_
         backup = backups(("trainer",) * n, dead)[0]
         assert len({tuple(r.stats.part_hashes.items()) for r in rounds.values()}) == 1, "every survivor holds the same part bytes"
         assert backup == 0
+    asyncio.run(main())
+
+
+def test_a_frozen_reducer_is_replaced_within_the_silence_limit_not_the_reply_limit():
+    """A reducer that stops mid-all-gather with its streams open (SIGSTOP: its p2pd lives on, so nothing resets) sends
+    no more heartbeats: the members hand its part to the backup after the silence limit plus HEARTBEAT_SLACK (3 + 2 s
+    here), without a fetch; before heartbeats they waited the reply limit (2 x 3 + 2 s), then an unanswered fetch."""
+    async def main():
+        n, dead = 3, 1
+        rounds, results, values, layout, weights = await failover_round(n, dead, mid_all_gather=True, seed=7, frozen=True)
+        check_survivors_agree(rounds, results, values, layout, weights, dead, in_own_part=False, in_others=True)
+        some = next(iter(rounds.values()))
+        for r in rounds.values():
+            assert r.stats.recovered_parts == [dead] and r.stats.refetches == 0, "no fetch to a reducer that stopped its heartbeats"
+            assert r.frozen_for < some._reply_limit(), f"replaced after {r.frozen_for:.1f}s, not within the silence limit"
     asyncio.run(main())
 
 
