@@ -100,8 +100,11 @@ LAST_WORD_FLUSH = 1.0
 # loaded machine) takes the reducer for dead or frozen and hands its part to failover at once, without a fetch. Before
 # heartbeats a frozen reducer (SIGSTOP: its p2pd lives on, nothing resets) cost the reply limit (2 silences + 2 s),
 # then an unanswered fetch: 17 s of the longest stall in `swarm chaos`. Safe since delivery confirmation: a live
-# reducer taken for dead hands its part over (hand_over) instead of stepping with bytes a backup may not decide.
-HEARTBEAT_SLACK = 2.0
+# reducer taken for dead hands its part over (hand_over) instead of stepping with bytes a backup may not decide, so a
+# loop that stalls past the limit costs a failover of its part, not consistency. With 2 s of slack a frozen reducer
+# still cost 12 s of stall in `swarm chaos` (7 s here, 5 s for the backup's question to it); 1 s and
+# failover.OWN_ANSWER_LIMIT take that to about 9.
+HEARTBEAT_SLACK = 1.0
 DELIVERY_POLL = 0.05   # seconds between a reducer's looks at its members' last words before it steps
 # Seconds the members' swap of result statements may take (within the round's deadline as well).
 RESULT_EXCHANGE_TIMEOUT = 5.0

@@ -97,6 +97,12 @@ logger = logging.getLogger(__name__)
 HOLDINGS = -1   # a relay request for this chunk asks how many chunks of the part the member holds
 
 
+# Seconds a backup waits for the dead reducer's own answer (what it averaged of its part) when the silence limit is
+# longer: a live reducer's aggregate service answers at once, and not hearing it is safe (see FailoverSide._ask).
+# Every second of it is a second of the longest stall when a reducer freezes (`swarm chaos`).
+OWN_ANSWER_LIMIT = 3.0
+
+
 def failover_limit(silence: float) -> float:
     """Seconds one failover may take: the backup waits out its own exchange and the holders' answers (a reply limit
     each), then averages the part (one more, and the senders' silence limit), with one reply limit to spare."""
@@ -307,7 +313,7 @@ class PartFailover:
             # delivery confirmation: a reducer that stepped with its part did so once every member held it (they answer
             # whole), and one that had not stepped hands the part over when the question reaches it
             # (AllReduceRound._await_deliveries), or fails its round if it stood still (stall_watch)
-            async with asyncio.timeout(r.sender_timeout if i == j else self._reply + r.sender_timeout):
+            async with asyncio.timeout(min(r.sender_timeout, OWN_ANSWER_LIMIT) if i == j else self._reply + r.sender_timeout):
                 stream = await r.p2p.iterate_protobuf_handler(PeerID.from_base58(group.peer_ids[i]), AGGREGATE_HANDLER, request(), swarm_pb2.PartChunk)
                 if start == HOLDINGS:
                     reply = await anext(stream)

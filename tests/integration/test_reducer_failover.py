@@ -167,7 +167,7 @@ def test_a_reducer_killed_mid_all_gather_is_replaced_by_a_backup_and_the_others_
 
 def test_a_frozen_reducer_is_replaced_within_the_silence_limit_not_the_reply_limit():
     """A reducer that stops mid-all-gather with its streams open (SIGSTOP: its p2pd lives on, so nothing resets) sends
-    no more heartbeats: the members hand its part to the backup after the silence limit plus HEARTBEAT_SLACK (3 + 2 s
+    no more heartbeats: the members hand its part to the backup after the silence limit plus HEARTBEAT_SLACK (3 + 1 s
     here), without a fetch; before heartbeats they waited the reply limit (2 x 3 + 2 s), then an unanswered fetch."""
     async def main():
         n, dead = 3, 1
