@@ -80,6 +80,7 @@ def _in_peer(kind: str, target_any: bool = False) -> Callable[[ChaosSwarm, Fault
         event = {"kind": kind, "target": claim["slot"], "epoch": claim["epoch"], "t": ctx.at()}
         if inst is None:
             return {**event, "outcome": "claimed by an unknown process"}
+        h.fault_victims.add(inst.name)
         if kind == "stall_mid_round":
             h.wait_for(inst.stopped, 5.0, interval=0.05)
             h.sleep(ctx.deadline_s + 5.0)
@@ -116,7 +117,10 @@ def _visit(h: ChaosSwarm, ctx: FaultContext, event: dict, crowd: list[Instance],
                 log = inst.log.read_text(errors="replace")
                 seen[inst.name] = {"instance": inst.name, "committed": _committed(inst), "loaded_state": "loaded the state" in log,
                                    "download_failures": len(DOWNLOAD_FAILED.findall(log)),
-                                   "joined_s": round(now - joined, 1) if _committed(inst) else None, "exit_s": None}
+                                   "joined_s": round(now - joined, 1) if _committed(inst) else None, "exit_s": None,
+                                   # a newcomer that became the leader (say) and was killed by kill_leader before its
+                                   # first step: that fault's doing, not a failed join
+                                   "killed_by_fault": not inst.alive and inst.name in h.fault_victims}
                 if inst.alive:
                     sent[inst.name] = now
                     inst.proc.send_signal(signal.SIGINT)
@@ -129,11 +133,13 @@ def _visit(h: ChaosSwarm, ctx: FaultContext, event: dict, crowd: list[Instance],
                 seen[inst.name]["exit_s"] = round(inst.died_at - sent[inst.name], 2)
         visitors = [seen[i.name] for i in crowd]
         ok = sum(1 for v in visitors if v["committed"])
+        victims = sum(1 for v in visitors if v["killed_by_fault"] and not v["committed"])
         event["visitors"] = visitors
         event.pop("pending", None)
-        event["ok"] = event.get("ok", True) and ok == len(crowd)
+        event["ok"] = event.get("ok", True) and ok + victims == len(crowd)
         event["outcome"] = (event.get("outcome", "") + f"{ok}/{len(crowd)} newcomers committed a step, "
-                            f"{sum(v['download_failures'] for v in visitors)} download failures")
+                            + (f"{victims} killed by another fault first, " if victims else "")
+                            + f"{sum(v['download_failures'] for v in visitors)} download failures")
         print(f"[{ctx.at():7.1f}s] epoch {h.max_epoch:4d} | {event['kind']:20s} {event.get('target') or '-':14s} {event['outcome']}", flush=True)
         return True
 

@@ -105,6 +105,7 @@ class ChaosSwarm:
         self.closing = False
         self.closing_at: float | None = None
         self.followups: list = []               # callables polled by tick() until they return True (faults still playing out)
+        self.fault_victims: set[str] = set()    # instances an in-peer fault killed or stopped (a newcomer may be one)
         self._polling = False
         self._visitors = 0
 
