@@ -415,6 +415,7 @@ class Collaboration:
         if problem:
             assert self.matchmaker is not None
             self.matchmaker.round_failed(epoch)
+            self.matchmaker.pass_over(epoch, info.leader, problem)   # the trainers it lacks may follow another leader
             raise RoundFailed(f"epoch {epoch}: {problem} (leader {info.leader[-8:]}); not averaging")
 
     async def _take_group_result(self, epoch: int, late: LateForGroup, codec: RoundCodec):

@@ -92,13 +92,16 @@ def group_problem(info: swarm_pb2.GroupInfo) -> str:
 ROBUST_MIN_TRAINERS = 3
 
 
+ROBUST_SHORT = "robust mode needs"   # how robust_group_problem's reason begins (a follower recognises the refusal)
+
+
 def robust_group_problem(roles: list[str], min_trainers: int = ROBUST_MIN_TRAINERS) -> str:
     """Why robust mode must not average in a group of members with these roles ('' when it may): more than one
     member, but too few that bring gradients for one bad member to be outvoted. A group of one steps solo (nobody
     else's values in it)."""
     trainers = sum(role != "aux" for role in roles)
     if len(roles) > 1 and trainers < min_trainers:
-        return f"robust mode needs {min_trainers} trainers in a group to outvote a bad member, this group of {len(roles)} has {trainers}"
+        return f"{ROBUST_SHORT} {min_trainers} trainers in a group to outvote a bad member, this group of {len(roles)} has {trainers}"
     return ""
 
 
@@ -218,6 +221,11 @@ class Matchmaker:
         if g is not None and g.formed.done():
             self._gatherings.pop(epoch, None)
 
+    def pass_over(self, epoch: int, leader: str, why: str) -> None:
+        """Do not follow this leader again at this epoch (until `alone` forgets the epoch's failures)."""
+        logger.info("epoch %d: passing over leader %s: %s", epoch, leader[-8:], why)
+        self._failed.setdefault(epoch, set()).add(leader)
+
     def alone(self, epoch: int) -> None:
         """We formed (or were given) a group of one although other trainers were seen: forget the epoch's group and
         the candidates that failed us, so that the next attempt asks every candidate again (two peers that each
@@ -267,6 +275,12 @@ class Matchmaker:
                     continue
                 logger.info("epoch %d: leader candidate %s unreachable (%s), trying the next", epoch, leader[-8:], describe(e))
                 self._failed.setdefault(epoch, set()).add(leader)
+                continue
+            if reply.status == swarm_pb2.GroupInfo.REJECTED and reply.reason.startswith(ROBUST_SHORT):
+                # a robust leader with too few trainers: the trainers it lacks follow another leader (one that bans a
+                # peer this leader does not, or the other way round). Follow the next candidate, not this one again:
+                # two such halves each refusing a group of two stalled a run for good (test_byzantine_bans)
+                self.pass_over(epoch, leader, reply.reason)
                 continue
             if reply.status == swarm_pb2.GroupInfo.ACCEPTED:
                 problem = group_problem(reply)

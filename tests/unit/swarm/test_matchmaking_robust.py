@@ -75,3 +75,38 @@ def test_a_robust_member_refuses_a_group_of_two_formed_by_another_leader():
         Collaboration._check_robust_group(robust, 5, group("trainer", "trainer"))
     Collaboration._check_robust_group(robust, 5, group("trainer", "trainer", "trainer"))   # no error
     Collaboration._check_robust_group(SimpleNamespace(robust=False, matchmaker=mm), 5, group("trainer", "trainer"))
+
+
+def test_a_follower_refused_by_a_robust_short_leader_follows_the_next_candidate():
+    """Two halves that each refuse a group of two (one bans a peer the other does not) must not stall: the follower
+    refused for a robust-short group tries the next leader candidate, and joins its group of three."""
+    low, mid, me = "QmAAow", "QmBBid", "QmZZme"   # base58, sorted: low leads first, then mid
+    asked = []
+
+    class P2P:
+        peer_id = me
+
+        async def call_protobuf_handler(self, peer, handler, request, reply_type):
+            asked.append(peer.to_base58())
+            if peer.to_base58() == low:
+                return swarm_pb2.GroupInfo(status=swarm_pb2.GroupInfo.REJECTED, epoch=5, leader=low,
+                                           reason=robust_group_problem(["trainer", "trainer"]))
+            info = swarm_pb2.GroupInfo(status=swarm_pb2.GroupInfo.ACCEPTED, epoch=5, leader=mid, timeout=10.0,
+                                       round_id=b"r" * 16, shares=[1 / 3] * 3)
+            for pid in (mid, "QmCCther", me):
+                info.members.add(peer_id=pid, role="trainer", weight=1.0, upload_bps=1e6, download_bps=1e6)
+            return info
+
+    from swarm.averaging.matchmaking import Matchmaker
+    mm = Matchmaker(P2P(), "run", FakeTracker(epoch=5, peers=[low, mid, me]), schema_hash=b"s", gather_timeout=0.3)
+    mm.peer_id, mm.min_trainers = me, ROBUST_MIN_TRAINERS
+    group = asyncio.run(mm.form_group(join_request(me, 5), deadline=time.monotonic() + 5))
+    assert asked == [low, mid] and group.leader == mid and len(group.members) == 3
+    assert low in mm._failed[5], "not asked again at this epoch"
+
+
+def test_a_member_refusing_a_short_group_passes_its_leader_over():
+    mm = matchmaker(FakeTracker(epoch=5, peers=[ME, HIGH]))
+    with pytest.raises(RoundFailed):
+        Collaboration._check_robust_group(SimpleNamespace(robust=True, matchmaker=mm), 5, group("trainer", "trainer"))
+    assert "Qm-bad-leader" in mm._failed[5] and "Qm-bad-leader" not in mm._candidates(5)
