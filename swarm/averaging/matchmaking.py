@@ -244,8 +244,9 @@ class Matchmaker:
             logger.debug("refresh before matchmaking failed: %s", e)
         patience: dict[str, float] = {}
         unrouted: dict[str, bool] = {}   # candidates we had no address for (logged once)
+        detour: set[str] = set()   # leaders that refused us a short robust group in this attempt
         while time.monotonic() < deadline:
-            candidates = self._candidates(epoch)
+            candidates = [c for c in self._candidates(epoch) if c not in detour]
             if not candidates:
                 await self.tracker.wait_refresh(0.5)
                 continue
@@ -277,10 +278,12 @@ class Matchmaker:
                 self._failed.setdefault(epoch, set()).add(leader)
                 continue
             if reply.status == swarm_pb2.GroupInfo.REJECTED and reply.reason.startswith(ROBUST_SHORT):
-                # a robust leader with too few trainers: the trainers it lacks follow another leader (one that bans a
-                # peer this leader does not, or the other way round). Follow the next candidate, not this one again:
-                # two such halves each refusing a group of two stalled a run for good (test_byzantine_bans)
-                self.pass_over(epoch, leader, reply.reason)
+                # a robust leader with too few trainers: the trainers it lacks may follow another leader (one that bans
+                # a peer this leader does not: two such halves each refusing a group of two stalled a run for good in
+                # test_byzantine_bans). Try the next candidate in this attempt; the next attempt starts from the lowest
+                # again (remembered for the epoch, honest peers that were only late scattered over several leaders)
+                logger.info("epoch %d: leader %s refused a short group (%s); trying the next candidate", epoch, leader[-8:], reply.reason)
+                detour.add(leader)
                 continue
             if reply.status == swarm_pb2.GroupInfo.ACCEPTED:
                 problem = group_problem(reply)
