@@ -55,3 +55,14 @@ def test_unknown_attack_kind_is_one_clear_error():
     assert _kinds("far_epoch, idle_streams") == ["far_epoch", "idle_streams"]
     with pytest.raises(ConfigError, match="unknown attack"):
         _kinds("far_epoch,rm_rf")
+
+
+def test_a_refused_chunk_is_not_charged_with_the_peers_own_rss_swing_but_an_accepted_one_is():
+    epochs = [(float(t), t) for t in range(0, 40, 2)]
+    rows = [row(e, t) for t, e in epochs]
+    refused = event("huge_chunk", 10.0, 12.0, rss_before_mb=500.0, rss_peak_mb=572.0, attacker={"sent_bytes": 0})
+    taken = event("huge_chunk", 20.0, 22.0, rss_before_mb=500.0, rss_peak_mb=900.0, attacker={"sent_bytes": 400 * 2**20})
+    report = build_report(harness(rows, rows, epochs), [refused], baseline=(0.0, 10.0), target_batch_size=64, wall_s=40.0, summary={})
+    assert report["attacks"][0]["rss_growth_per_stream_mb"] == 0.0 and report["invariants"]["rss_per_stream_below_64mb"]
+    report = build_report(harness(rows, rows, epochs), [taken], baseline=(0.0, 10.0), target_batch_size=64, wall_s=40.0, summary={})
+    assert report["attacks"][0]["rss_growth_per_stream_mb"] == 400.0 and not report["invariants"]["rss_per_stream_below_64mb"]
