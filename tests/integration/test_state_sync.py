@@ -48,7 +48,9 @@ def test_download_matches_the_donor_bit_for_bit():
     async def main():
         a, b, server = await pair()
         try:
-            got = await download_state(b, "run", str(a.peer_id), min_epoch=7, timeout=20)
+            # through download_from_any, as peers download: a stream the transport closes before the first answer is
+            # asked again once (it happened once in CI on loopback, the donor's handler never saw the request)
+            got, _ = await download_from_any(b, "run", [str(a.peer_id)], min_epoch=7, timeout=20)
             want = state()
             assert got.epoch == 7 and got.extra == want.extra and got.digest() == want.digest()
             for name, t in want.tensors.items():
