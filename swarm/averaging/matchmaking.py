@@ -243,7 +243,7 @@ class Matchmaker:
         except Exception as e:
             logger.debug("refresh before matchmaking failed: %s", e)
         patience: dict[str, float] = {}
-        unrouted: dict[str, bool] = {}   # candidates we had no address for (logged once)
+        unrouted: set[str] = set()   # candidates we had no address for (logged once)
         detour: set[str] = set()   # leaders that refused us a short robust group in this attempt
         while time.monotonic() < deadline:
             candidates = [c for c in self._candidates(epoch) if c not in detour]
@@ -269,9 +269,9 @@ class Matchmaker:
                 if unroutable(e) and time.monotonic() - patience.setdefault(leader, time.monotonic()) < self.gather_timeout + ROUTE_PATIENCE:
                     # our p2pd knows no address of it yet (a peer behind NAT that has just joined: its libp2p DHT
                     # is still filling): ask again shortly, not the next candidate, which it cannot reach either
-                    if not unrouted.get(leader):
+                    if leader not in unrouted:
                         logger.info("epoch %d: no address of leader candidate %s yet: asking again", epoch, leader[-8:])
-                    unrouted[leader] = True
+                    unrouted.add(leader)
                     await asyncio.sleep(ROUTE_RETRY)
                     continue
                 logger.info("epoch %d: leader candidate %s unreachable (%s), trying the next", epoch, leader[-8:], describe(e))

@@ -1,6 +1,6 @@
-"""What both ends of an aggregate stream share: the handler's name, the reducer's heartbeat, reading a peer's stream to its end within a
-timeout, a member's own stream to a reducer with a time limit per reply (ReplyStream), and closing a stream whose
-peer is gone without raising."""
+"""What both ends of an aggregate stream share: the handler's name, the reducer's heartbeat, reading a peer's stream
+to its end within a timeout, a member's own stream to a reducer with a time limit per reply (ReplyStream), and
+closing a stream whose peer is gone without raising."""
 from __future__ import annotations
 
 import asyncio
