@@ -42,21 +42,9 @@ from swarm.proto import swarm_pb2
 logger = logging.getLogger(__name__)
 
 JOIN_HANDLER = "swarm.join"
-# A leader candidate whose address our p2pd does not know yet ("routing: not found", within a millisecond) is asked
-# again every ROUTE_RETRY seconds for gather_timeout + ROUTE_PATIENCE seconds before we try the next: a peer behind NAT
-# that has just joined knows the others' ids from the DHT records before its libp2p DHT finds their addresses, and in
-# emulated hybrid it marked every candidate failed within 15 ms and missed the first round (2 runs of 3). A dead
-# peer fails otherwise (its address is known: the dial is refused), and is passed over at once as before.
-ROUTE_RETRY = 0.5
-ROUTE_PATIENCE = 5.0
 
 
 MAX_WEIGHT = float(records.MAX_COUNT)   # a member's weight is its sample count: finite, never above 2**53
-
-
-def unroutable(e: BaseException) -> bool:
-    """Whether a call failed because our p2pd knows no address of the peer (not because the peer refused or died)."""
-    return "routing: not found" in str(e)
 
 
 def valid_weight(weight: float) -> bool:
@@ -243,7 +231,6 @@ class Matchmaker:
         except Exception as e:
             logger.debug("refresh before matchmaking failed: %s", e)
         patience: dict[str, float] = {}
-        unrouted: set[str] = set()   # candidates we had no address for (logged once)
         detour: set[str] = set()   # leaders that refused us a short robust group in this attempt
         while time.monotonic() < deadline:
             candidates = [c for c in self._candidates(epoch) if c not in detour]
@@ -266,14 +253,6 @@ class Matchmaker:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                if unroutable(e) and time.monotonic() - patience.setdefault(leader, time.monotonic()) < self.gather_timeout + ROUTE_PATIENCE:
-                    # our p2pd knows no address of it yet (a peer behind NAT that has just joined: its libp2p DHT
-                    # is still filling): ask again shortly, not the next candidate, which it cannot reach either
-                    if leader not in unrouted:
-                        logger.info("epoch %d: no address of leader candidate %s yet: asking again", epoch, leader[-8:])
-                    unrouted.add(leader)
-                    await asyncio.sleep(ROUTE_RETRY)
-                    continue
                 logger.info("epoch %d: leader candidate %s unreachable (%s), trying the next", epoch, leader[-8:], describe(e))
                 self._failed.setdefault(epoch, set()).add(leader)
                 continue
