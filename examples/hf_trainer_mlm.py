@@ -38,11 +38,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="this peer's data order")
     p.add_argument("--wait-peers", type=int, default=1, help="wait (up to 5 min) until this many peers train, then start")
     p.add_argument("--report", help="write {losses, swarm_epoch, params_hash} here as JSON")
+    p.add_argument("--log-swarm", action="store_true", help="log the swarm's rounds (INFO) to stderr")
     return p.parse_args()
 
 
 def main() -> None:
     args = parse_args()
+    if args.log_swarm:
+        from swarm.cli import setup_logging
+        setup_logging()
     from datasets import load_dataset
     from transformers import (
         AutoConfig,

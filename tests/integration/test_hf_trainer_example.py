@@ -27,7 +27,7 @@ def test_three_trainer_peers_train_and_loss_falls(tmp_path):
     data = tmp_path / "genesis.txt"
     kjv_genesis(data)
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    common = ["--data", str(data), "--max-steps", "60", "--target-batch-size", "48", "--batch-size", "8", "--wait-peers", "3"]
+    common = ["--data", str(data), "--max-steps", "60", "--target-batch-size", "48", "--batch-size", "8", "--wait-peers", "3", "--log-swarm"]
     started: list[PeerProcess] = []
 
     def start(i: int, *extra: str) -> PeerProcess:
@@ -48,8 +48,17 @@ def test_three_trainer_peers_train_and_loss_falls(tmp_path):
         for p in started:
             p.stop()
     reports = [json.loads((tmp_path / f"peer{i}.json").read_text()) for i in range(3)]
+    rounds = "\n".join(rounds_of(tmp_path / f"peer{i}.log", f"peer{i}") for i in range(3))
+    epochs = [r["swarm_epoch"] for r in reports]
     for report in reports:
         losses = report["losses"]
         assert len(losses) >= 8, losses
-        assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3, losses   # the masked-LM loss falls
-        assert report["swarm_epoch"] >= 5, report    # global steps were taken with the swarm
+        assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3, (losses, rounds)   # the masked-LM loss falls
+        assert report["swarm_epoch"] >= 5, (epochs, rounds)    # global steps were taken with the swarm
+
+
+def rounds_of(log, name: str, limit: int = 40) -> str:
+    """The swarm's lines of a peer's log (its first `limit`): what a failure message needs to be understood."""
+    keep = [line for line in log.read_text(errors="replace").splitlines()
+            if " swarm." in line and "MADDR" not in line]
+    return "\n".join(f"{name} {line}" for line in keep[:limit])
