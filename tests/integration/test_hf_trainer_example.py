@@ -27,7 +27,7 @@ def test_three_trainer_peers_train_and_loss_falls(tmp_path):
     data = tmp_path / "genesis.txt"
     kjv_genesis(data)
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    common = ["--data", str(data), "--max-steps", "60", "--target-batch-size", "48", "--batch-size", "8", "--wait-peers", "3", "--log-swarm"]
+    common = ["--data", str(data), "--max-steps", "90", "--target-batch-size", "48", "--batch-size", "8", "--wait-peers", "3", "--log-swarm"]
     started: list[PeerProcess] = []
 
     def start(i: int, *extra: str) -> PeerProcess:
