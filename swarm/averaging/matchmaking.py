@@ -42,9 +42,22 @@ from swarm.proto import swarm_pb2
 logger = logging.getLogger(__name__)
 
 JOIN_HANDLER = "swarm.join"
+# A newcomer behind NAT knows the others' ids from the DHT records before its libp2p DHT finds their addresses: every
+# candidate fails with "routing: not found" within a millisecond and it missed the first round (emulated hybrid, 2 runs
+# of 3). Until its first group with another peer it asks such a candidate again every ROUTE_RETRY seconds, for at most
+# gather_timeout + ROUTE_PATIENCE seconds in its whole life: a record of a peer id that exists nowhere (swarm attack's
+# inflated_samples) then costs an honest peer that once. Asked again at every epoch it cost 7 s per epoch (reverted
+# in 71797e0). A dead peer fails otherwise (its address is known: the dial is refused) and is passed over at once.
+ROUTE_RETRY = 0.5
+ROUTE_PATIENCE = 5.0
 
 
 MAX_WEIGHT = float(records.MAX_COUNT)   # a member's weight is its sample count: finite, never above 2**53
+
+
+def unroutable(e: BaseException) -> bool:
+    """Whether a call failed because our p2pd knows no address of the peer (not because the peer refused or died)."""
+    return "routing: not found" in str(e)
 
 
 def valid_weight(weight: float) -> bool:
@@ -133,6 +146,8 @@ class Matchmaker:
         self._gatherings: dict[int, _Gathering] = {}
         self._failed: dict[int, set[str]] = {}
         self._hints: dict[int, set[str]] = {}   # leaders named by a candidate that stepped aside for them
+        self._grouped = False   # once in a group with another peer, our p2pd can route to the swarm
+        self._unrouted_since: float | None = None   # the first unroutable candidate asked again (see ROUTE_PATIENCE)
         self._joined: dict[int, swarm_pb2.GroupInfo] = {}   # epoch -> the group we joined as a follower (late askers get it)
         self._closers: set[asyncio.Task] = set()  # _close_after_timeout tasks: owned here, ended by stop()
         self.banned: set[str] = set()   # peers proven to break the protocol (swarm.averaging.bans): never in a group
@@ -242,6 +257,7 @@ class Matchmaker:
                 group = await self._lead(request, deadline)
                 if group is not None:
                     self.tracker.vouch([m.peer_id for m in group.members])
+                    self._grouped = self._grouped or len(group.members) > 1
                     return group
                 continue  # stepped aside for a lower peer: follow it
             try:
@@ -253,6 +269,9 @@ class Matchmaker:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
+                if unroutable(e) and self._ask_again(epoch, leader):
+                    await asyncio.sleep(ROUTE_RETRY)
+                    continue
                 logger.info("epoch %d: leader candidate %s unreachable (%s), trying the next", epoch, leader[-8:], describe(e))
                 self._failed.setdefault(epoch, set()).add(leader)
                 continue
@@ -271,6 +290,7 @@ class Matchmaker:
                     self._failed.setdefault(epoch, set()).add(leader)
                     continue
                 self.tracker.vouch([m.peer_id for m in reply.members])
+                self._grouped = self._grouped or len(reply.members) > 1
                 self._joined[epoch] = reply
                 for old in [e for e in self._joined if e < epoch - 2]:
                     self._joined.pop(old)
@@ -292,6 +312,16 @@ class Matchmaker:
                 continue
             raise RoundFailed(f"leader {leader[-8:]} refused: {swarm_pb2.GroupInfo.Status.Name(reply.status)} {reply.reason}")
         raise RoundFailed(f"no group formed for epoch {epoch} before the deadline")
+
+    def _ask_again(self, epoch: int, leader: str) -> bool:
+        """Whether to ask a candidate our p2pd has no address for again (ROUTE_PATIENCE says when and why)."""
+        if self._grouped:
+            return False
+        now = time.monotonic()
+        if self._unrouted_since is None:
+            self._unrouted_since = now
+            logger.info("epoch %d: no address of leader candidate %s yet: asking again", epoch, leader[-8:])
+        return now - self._unrouted_since < self.gather_timeout + ROUTE_PATIENCE
 
     def _signed(self, request: swarm_pb2.JoinRequest) -> swarm_pb2.JoinRequest:
         """A copy with a fresh signature (each send needs its own nonce)."""
