@@ -822,8 +822,9 @@ class AllReduceRound:
                 await self._drain_outputs()
                 if self.failover is not None and self.parts[me]:
                     await self._await_deliveries()
-                if self._handed_over and self.failover is not None:
-                    # a backup took me for dead and took my part over: I take its result like every other member
+                if self._handed_over and self.failover is not None and group.needs(me):
+                    # a backup took me for dead and took my part over: I take its result like every other member (an
+                    # auxiliary peer steps with nothing, and backups serve results only to members that need them)
                     failed = await self.failover.recover([me])
                     if failed:
                         self._lost[me] = f"my part was handed to a backup; failover: {failed[me]}"

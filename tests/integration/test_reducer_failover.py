@@ -321,8 +321,9 @@ class LosesItsReducer(AllReduceRound):
             raise RoundFailed(self._lost[j]) from None
 
 
-async def live_reducer_round(n: int, classes: dict[int, type[AllReduceRound]], seed: int, sender_timeout: float = 3.0):
-    """A round of n trainers in which nobody dies; returns (rounds, results, values, layout, weights)."""
+async def live_reducer_round(n: int, classes: dict[int, type[AllReduceRound]], seed: int, sender_timeout: float = 3.0,
+                             roles: tuple[str, ...] | None = None):
+    """A round of n members (trainers unless `roles`) in which nobody dies; returns (rounds, results, values, layout, weights)."""
     members, services = await start_members(n)
     try:
         layout = make_layout("fp16")
@@ -332,9 +333,10 @@ async def live_reducer_round(n: int, classes: dict[int, type[AllReduceRound]], s
         weights = tuple(float(i + 1) for i in range(n))
         rounds = {}
         for i, p in enumerate(members):
-            group = GroupView(round_id=round_id, peer_ids=ids, roles=("trainer",) * n, weights=weights, shares=(1.0 / n,) * n,
-                              my_index=i, timeout=40.0)
-            rounds[i] = classes.get(i, AllReduceRound)(p, group, layout, layout.flatten(values[i]), chunk_elements=500,
+            group = GroupView(round_id=round_id, peer_ids=ids, roles=roles or ("trainer",) * n, weights=weights,
+                              shares=(1.0 / n,) * n, my_index=i, timeout=40.0)
+            local = layout.flatten(values[i]) if group.brings(i) else None
+            rounds[i] = classes.get(i, AllReduceRound)(p, group, layout, local, chunk_elements=500,
                                                                  sender_timeout=sender_timeout)
             services[i].open(rounds[i])
         results = dict(zip(rounds, await asyncio.gather(*(r.run() for r in rounds.values()), return_exceptions=True)))
@@ -377,6 +379,25 @@ def test_a_live_reducer_taken_for_dead_before_it_averaged_hands_its_part_over_an
         for i in range(n):
             assert rounds[i].stats.recovered_parts == [reducer], (i, rounds[i].stats.recovered_parts)
         assert len({tuple(r.stats.part_hashes.items()) for r in rounds.values()}) == 1
+    asyncio.run(main())
+
+
+def test_an_auxiliary_reducer_taken_for_dead_hands_its_part_over_and_its_round_still_succeeds():
+    """As above with the reducer an auxiliary peer (it averages, brings and needs no gradients). The backups serve the
+    part's result only to members that need it, so the auxiliary must not ask for it back: emulated hybrid's aux-1
+    did, was refused by every backup and failed a round the trainers had finished (11/12)."""
+    async def main():
+        n, reducer = 4, 1
+        roles = ("trainer", "aux", "trainer", "trainer")
+        rounds, results, values, layout, weights = await live_reducer_round(
+            n, {reducer: AveragesNothing, 3: LosesItsReducer}, seed=62, roles=roles)
+        assert rounds[reducer]._handed_over
+        for i in range(n):
+            assert not isinstance(results[i], BaseException), (i, results[i])
+        assert rounds[reducer].stats.missing_parts == []
+        for i in (0, 2, 3):
+            assert rounds[i].stats.recovered_parts == [reducer], (i, rounds[i].stats.recovered_parts)
+        assert len({tuple(rounds[i].stats.part_hashes.items()) for i in (0, 2, 3)}) == 1
     asyncio.run(main())
 
 
