@@ -256,8 +256,7 @@ class Matchmaker:
             if leader == self.peer_id:
                 group = await self._lead(request, deadline)
                 if group is not None:
-                    self.tracker.vouch([m.peer_id for m in group.members])
-                    self._grouped = self._grouped or len(group.members) > 1
+                    self._formed(group)
                     return group
                 continue  # stepped aside for a lower peer: follow it
             try:
@@ -289,8 +288,7 @@ class Matchmaker:
                     logger.warning("epoch %d: leader %s sent a bad group (%s), trying the next", epoch, leader[-8:], problem)
                     self._failed.setdefault(epoch, set()).add(leader)
                     continue
-                self.tracker.vouch([m.peer_id for m in reply.members])
-                self._grouped = self._grouped or len(reply.members) > 1
+                self._formed(reply)
                 self._joined[epoch] = reply
                 for old in [e for e in self._joined if e < epoch - 2]:
                     self._joined.pop(old)
@@ -312,6 +310,12 @@ class Matchmaker:
                 continue
             raise RoundFailed(f"leader {leader[-8:]} refused: {swarm_pb2.GroupInfo.Status.Name(reply.status)} {reply.reason}")
         raise RoundFailed(f"no group formed for epoch {epoch} before the deadline")
+
+    def _formed(self, group: swarm_pb2.GroupInfo) -> None:
+        """A group we lead or joined: its members' progress counts from now on, and with another peer in it our p2pd
+        can route to the swarm (no more patience for unroutable candidates)."""
+        self.tracker.vouch([m.peer_id for m in group.members])
+        self._grouped = self._grouped or len(group.members) > 1
 
     def _ask_again(self, epoch: int, leader: str) -> bool:
         """Whether to ask a candidate our p2pd has no address for again (ROUTE_PATIENCE says when and why)."""
