@@ -121,7 +121,7 @@ class AggregateService:
                 yield swarm_pb2.PartChunk(error="unknown or finished round")
                 await drain(requests, self.wait_for_round)
                 return
-            async for reply in finished[0].serve(first, requests, context.remote_id):
+            async for reply in self._served(finished[0], first, requests, context.remote_id):
                 yield reply
             return
         slot, waited = self._slot(first.round_id), 0.0
@@ -140,5 +140,17 @@ class AggregateService:
             yield swarm_pb2.PartChunk(error="unknown or finished round")
             await drain(requests, self.wait_for_round)
             return
-        async for reply in round_.serve(first, requests, context.remote_id):
+        async for reply in self._served(round_, first, requests, context.remote_id):
             yield reply
+
+    async def _served(self, round_: AllReduceRound, first: swarm_pb2.PartChunk, requests: AsyncIterator[swarm_pb2.PartChunk],
+                      remote) -> AsyncIterator[swarm_pb2.PartChunk]:
+        """The round's replies to one stream. A round that refuses a stream (an error as its last word) returns without
+        reading the sender's end-of-stream; closing the stream then resets it and can destroy the refusal in flight
+        (the sender reads a bare end, no reason: a "bad fetch" lost so failed a CI run), so drain it first."""
+        last = None
+        async for reply in round_.serve(first, requests, remote):
+            last = reply
+            yield reply
+        if last is not None and last.error:
+            await drain(requests, self.wait_for_round)

@@ -27,6 +27,7 @@ import torch
 from hivemind.p2p import P2P, P2PContext, PeerID
 
 from swarm.averaging.deadlines import MAX_LIMIT, transfer_limit
+from swarm.averaging.streams import drain
 from swarm.errors import NetworkError, ProtocolError, describe
 from swarm.net.auth import SwarmAuthorizer
 from swarm.proto import swarm_pb2
@@ -95,6 +96,9 @@ class StateServer:
             return
         async for chunk in self._handle(request, context):
             yield chunk
+        # read the requester's end-of-stream before the handler closes the stream: closing with input unread resets it,
+        # and a refusal (or the last chunk) in flight is lost (swarm.averaging.service._served)
+        await drain(requests, self.idle_timeout)
 
     async def _handle(self, request: swarm_pb2.StateRequest, context: P2PContext) -> AsyncIterator[swarm_pb2.StateChunk]:
         problem = self.authorizer.check_message(request, context.remote_id) if self.authorizer is not None else None

@@ -25,7 +25,7 @@ def is_heartbeat(reply: swarm_pb2.PartChunk) -> bool:
     return reply.fetch and not (reply.data or reply.resend or reply.error)
 
 
-async def drain(requests: AsyncIterator[swarm_pb2.PartChunk], timeout: float) -> None:
+async def drain(requests: AsyncIterator, timeout: float) -> None:
     """Read a refused sender's remaining chunks before closing the stream: closing it while the sender still
     writes breaks the sender's pipe, and its transport then drops our refusal unread (a BrokenPipeError
     instead of the reason)."""

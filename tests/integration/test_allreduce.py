@@ -313,6 +313,30 @@ def test_a_finished_round_answers_fetches_for_a_grace_period_and_refuses_contrib
     asyncio.run(main())
 
 
+def test_a_refusal_reaches_a_sender_that_keeps_writing():
+    """The service reads a refused stream's remaining input before closing it: closing with input unread resets the
+    stream, and the refusal in flight was lost (a bare end or a reset at the sender; a CI run lost a "bad fetch")."""
+    async def flood(member, reducer, round_id, extra):
+        async def request():
+            yield swarm_pb2.PartChunk(round_id=round_id, part=1, chunk=999, sender=str(member.peer_id), fetch=True)
+            for _ in range(extra):
+                yield swarm_pb2.PartChunk(round_id=round_id, part=1, chunk=999, data=b"x" * 65536)
+
+        stream = await member.iterate_protobuf_handler(reducer.peer_id, AGGREGATE_HANDLER, request(), swarm_pb2.PartChunk)
+        return [reply.error async for reply in stream]
+
+    async def main():
+        members, services = await start_members(2)
+        try:
+            rounds, results = await run_round(members, services, ["trainer"] * 2, [1.0] * 2, [0.5, 0.5], random_values(2, seed=5), make_layout("none"))
+            assert not any(isinstance(r, BaseException) for r in results), results
+            for extra in (1, 4, 16, 16, 64):   # before the drain: 16 extra chunks reset the stream every time
+                assert await asyncio.wait_for(flood(members[0], members[1], rounds[1].group.round_id, extra), 20) == ["bad fetch"]
+        finally:
+            await shutdown(members)
+    asyncio.run(main())
+
+
 def test_a_fetch_of_a_part_that_was_never_averaged_gets_a_clear_error():
     async def main():
         members, services = await start_members(3)
