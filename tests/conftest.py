@@ -11,6 +11,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     mark_tiers(items)
 
 
+_RERUNS: list[pytest.TestReport] = []   # first failures of tests that were run again (pytest-rerunfailures, make test)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.outcome == "rerun":
+        _RERUNS.append(report)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print how each rerun test failed the first time: a rerun that then passed is a flake to fix, not a pass to
+    forget, and CI's log is where the next engineer reads it."""
+    for report in _RERUNS:
+        terminalreporter.write_sep("-", f"first failure of {report.nodeid} (run again)")
+        terminalreporter.write_line(str(report.longrepr)[-4000:])
+        for name, content in report.sections:
+            if "stderr" in name or "log" in name:
+                terminalreporter.write_line(f"[{name}] " + content[-1500:])
+
+
 @pytest.fixture
 def peers(tmp_path):
     """A factory for toy peers: `peers(out_name, *args)`; every process is stopped after the test."""
