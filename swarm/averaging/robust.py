@@ -282,8 +282,15 @@ class CenteredClipReduction:
             self.weight += weight
             self._mean.add(row, weight)
 
-    def _raw_gram(self) -> list[list[float]] | None:
-        """The Gram matrix of the copies centred on the first, from their raw products; None where not exact enough."""
+    def _centre(self) -> int:
+        """The copy the Gram matrix is centred on: the one of smallest norm. Not the first to arrive: centred on a copy of
+        1e30 (an attacker's), the others' offsets from it lose their distances to each other in rounding, and the result
+        would depend on who arrived first (an auditor, swarm.averaging.audits, adds the copies in another order)."""
+        norms = [self.products[i][i] for i in range(len(self.rows))]
+        return min(range(len(norms)), key=lambda i: (norms[i] if math.isfinite(norms[i]) else math.inf, i))
+
+    def _raw_gram(self, c: int) -> list[list[float]] | None:
+        """The Gram matrix of the copies centred on copy c, from their raw products; None where not exact enough."""
         n = len(self.rows)
         raw = [[self.products[max(i, j)][min(i, j)] for j in range(n)] for i in range(n)]
         if not all(math.isfinite(raw[i][i]) and raw[i][i] <= FLOAT32_NORM_LIMIT**2 for i in range(n)):
@@ -293,25 +300,27 @@ class CenteredClipReduction:
                 norms = raw[i][i] + raw[j][j]
                 if norms - 2 * raw[i][j] < RAW_GRAM_MIN_SPREAD * norms:
                     return None
-        return [[raw[i][j] - raw[i][0] - raw[0][j] + raw[0][0] for j in range(n)] for i in range(n)]
+        return [[raw[i][j] - raw[i][c] - raw[c][j] + raw[c][c] for j in range(n)] for i in range(n)]
 
-    def _exact_gram(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Gram matrix of the offsets from the first copy, the offsets): float32 products unless they could
-        overflow it, else float64 (an attack's values: speed no longer matters)."""
-        offsets = torch.stack(self.rows) - self.rows[0]
+    def _exact_gram(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Gram matrix of the offsets from copy c, the offsets): float32 products unless they could overflow it, else
+        float64 (an attack's values: speed no longer matters)."""
+        offsets = torch.stack(self.rows) - self.rows[c]
         gram = (offsets @ offsets.T).to(torch.float64)
         if _safe_for_float32(gram):
             return gram, offsets
         wide = torch.stack(self.rows).to(torch.float64)
-        wide = torch.where(torch.isfinite(wide), wide, torch.zeros_like(wide)) - wide[0]
+        wide = torch.where(torch.isfinite(wide), wide, torch.zeros_like(wide))
+        wide = wide - wide[c]
         return wide @ wide.T, wide
 
     def result(self) -> torch.Tensor | None:
         if not self.rows:
             return None
-        gram, offsets = self._raw_gram(), None
+        c = self._centre()
+        gram, offsets = self._raw_gram(c), None
         if gram is None:
-            exact, offsets = self._exact_gram()
+            exact, offsets = self._exact_gram(c)
             gram = exact.tolist()
         solution = _solve(gram, self.weights, self.tau_scale, self.max_weight_ratio, DEFAULT_ITERATIONS, DEFAULT_TOLERANCE)
         self.clipped_share = {s: float(c) for s, c in zip(self.senders, solution.clipped_share) if s is not None}
@@ -319,7 +328,7 @@ class CenteredClipReduction:
         if solution.mean and solution.weights.tolist() == self.weights:
             return self._mean.result()
         if offsets is not None:
-            return (self.rows[0].to(offsets.dtype) + solution.coefficients.to(offsets.dtype) @ offsets).to(torch.float32)
+            return (self.rows[c].to(offsets.dtype) + solution.coefficients.to(offsets.dtype) @ offsets).to(torch.float32)
         value = torch.zeros(self.length, dtype=torch.float32)
         for coefficient, row in zip(solution.coefficients.tolist(), self.rows):   # a convex combination
             if coefficient:

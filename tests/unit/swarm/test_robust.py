@@ -189,3 +189,24 @@ def test_a_rounds_reported_samples_bound_a_claimed_weight_in_robust_rounds_only(
     assert counted_samples(weights, robust=True) == 100 + 120 + 80 + 150
     assert counted_samples(weights, robust=False) == int(sum(weights))
     assert counted_samples([], robust=True) == 0
+
+
+def test_the_reduction_does_not_depend_on_whether_a_huge_copy_arrived_first():
+    """Centred on the first copy to arrive, a copy of 1e30 drowned the honest copies' distances in rounding: an aux
+    reducer (no own copy first) that heard from the attacker first averaged garbage, and an auditor adding the copies
+    in another order (swarm.averaging.audits) recomputed another result. Now the centre is the copy of smallest norm."""
+    g = torch.Generator().manual_seed(7)
+    base = torch.randn(4096, generator=g)
+    honest = [base + 0.3 * torch.randn(4096, generator=g) for _ in range(4)]
+    huge = torch.full((4096,), 1e30)
+    results = []
+    for order in ([huge, *honest], [*honest, huge], [honest[2], huge, honest[0], honest[3], honest[1]]):
+        r = CenteredClipReduction(4096)
+        for row in order:
+            r.add(row, 1.0)
+        results.append(r.result())
+    mean = torch.stack(honest).mean(0)
+    spread = float((honest[0] - mean).norm())
+    for value in results:
+        assert float((value - mean).norm()) < 0.5 * spread
+        assert torch.allclose(value, results[0], rtol=1e-4, atol=1e-4)
