@@ -26,6 +26,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         import matplotlib.font_manager  # noqa: F401
     except ImportError:
         pass
+    # The default corpus is cached on first use by running `bible` (peers.data.text.load_kjv): the same kind of one-time
+    # set-up. Unit tests that build the ALBERT task (coordinator export) failed on a fresh machine when no earlier
+    # test had made the cache (`make unit` alone, or a unit test run before any integration test).
+    try:
+        from peers.data.text import load_kjv
+        from peers.tasks.base import TaskSettings
+        load_kjv(TaskSettings().cache_dir)
+    except Exception:   # no `bible` here: the tests that need it say so themselves
+        pass
 
 
 def _refuse(what: str):
