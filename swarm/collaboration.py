@@ -28,6 +28,7 @@ import torch
 
 from swarm.averaging.allreduce import AllReduceRound
 from swarm.averaging.balancing import BandwidthEstimator, MemberLink
+from swarm.averaging.auditor import Auditor
 from swarm.averaging.bans import BanList
 from swarm.averaging.deadlines import MAX_LIMIT, round_limits
 from swarm.averaging.group import GroupView
@@ -106,7 +107,8 @@ class GroupPhases:
         if plan is None:
             round_ = collab.round_class(collab.node.p2p, group, layout, local, chunk_elements=cfg.chunk_elements, sender_timeout=limits.silence,
                                         reduction=reduction, excluded=collab.strikes.excluded() | collab.bans.banned,
-                                        signer=collab.node.private_key if collab.robust else None)
+                                        signer=collab.node.private_key if collab.robust else None,
+                                        keep_contribution=collab.auditor.store.put_contribution if collab.auditor is not None else None)
             collab.aggregate.open(round_)
         else:   # the leader's group is larger than its bound: subgroups, then each part across them (the round opens its own)
             column = column_limits(plan, self.links, layout.wire_bytes(), chunk_bytes=layout.chunk_bytes(cfg.chunk_elements),
@@ -115,14 +117,19 @@ class GroupPhases:
                                        sender_timeout=limits.silence, column_silence=column.silence, column_seconds=column.averaging,
                                        reduction=reduction, excluded=collab.strikes.excluded() | collab.bans.banned)
         self.stats.append(round_.stats)
+        stepped = False
         try:
-            return await round_.run()
+            result = await round_.run()
+            stepped = True
+            return result
         except RoundFailed:
             collab.matchmaker.round_failed(self.epoch)
             raise
         finally:
             if plan is None:
                 collab.aggregate.close(round_id)
+                if collab.auditor is not None and isinstance(round_, AllReduceRound):
+                    collab.auditor.after_round(round_, stepped)   # swarm.averaging.audits
             collab.strikes.record(round_.stats.clipped_share, round_id.hex()[:8], round_.stats.bad_data)
             collab.bans.observe(collab.strikes.banned())
             if round_.stats.proofs and collab.bans.accuse(round_.stats.proofs):
@@ -172,6 +179,7 @@ class Collaboration:
         self.node: Node | None = None
         self.tracker: ProgressTracker | None = None  # type: ignore[assignment]
         self.aggregate: AggregateService | None = None
+        self.auditor: Auditor | None = None   # robust mode: serves my contributions to auditors, audits reducers
         self.state_server: StateServer | None = None
         self.matchmaker: Matchmaker | None = None
         self.rounds: list[RoundReport] = []
@@ -227,6 +235,8 @@ class Collaboration:
         self.matchmaker.banned = self.bans.banned
         if self.robust:
             self.matchmaker.min_trainers = ROBUST_MIN_TRAINERS
+            self.auditor = Auditor(self.node.p2p, self.bans, cfg.audits_per_part, publish=lambda: self.bans_io(publish=True))
+            await self.auditor.start()
         await self.matchmaker.start()
         self.tracker.start()
         await self.tracker.wait_refresh(3.0)
@@ -242,6 +252,8 @@ class Collaboration:
                         await self.matchmaker.stop()
                     if self.aggregate is not None:
                         self.aggregate.stop()
+                    if self.auditor is not None:
+                        self.auditor.stop()
                     await self.node.shutdown()  # type: ignore[union-attr]
                 try:
                     self.loop.run(_stop(), timeout=6)
@@ -367,6 +379,8 @@ class Collaboration:
         started = time.monotonic()
         if self.robust:
             await self.bans_io(publish=False)
+            if self.auditor is not None:
+                self.auditor.verify_pending()   # others' accusations, each audited here before it bans anybody
         try:
             info = await self.matchmaker.form_group(request, started + cfg.matchmaking_timeout)
         except LateForGroup as late:

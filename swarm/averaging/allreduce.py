@@ -36,6 +36,9 @@ Guarantees:
 - Checked results (with `signer`, robust mode): a reducer signs each part it sends; members swap the
   signed statements after the all-gather, and a member holding a minority's bytes of a part whose reducer
   signed two results does not step (swarm.averaging.result_exchange); the proof goes to `stats.proofs`.
+  Senders sign a commitment to their chunks before sending them (swarm.averaging.commitments), the reducer
+  refuses a chunk that differs from it, and its statement lists the commitments it reduced, so that a part can
+  be recomputed by an auditor from contributions anyone may hand over (swarm.averaging.audits).
 
 The reduction itself is pluggable (`Reduction`): the weighted mean, or CenteredClip
 (swarm.averaging.robust) when peers cannot be trusted. Each contribution reaches the
@@ -51,12 +54,14 @@ import dataclasses
 import hashlib
 import logging
 import time
-from typing import AsyncIterator, Collection, Sequence
+from typing import AsyncIterator, Callable, Collection, Sequence
 
+import msgpack
 import torch
 from hivemind.p2p import P2P, PeerID
 from hivemind.utils.crypto import RSAPrivateKey
 
+from swarm.averaging.commitments import Commitment, commit
 from swarm.averaging.deadlines import reply_timeout
 from swarm.averaging.failover import PartFailover
 from swarm.averaging.group import GroupView
@@ -70,7 +75,7 @@ from swarm.averaging.linkmeter import LinkMeter
 from swarm.averaging.phase_stats import PhaseStats
 from swarm.averaging.reduction import Reduction
 from swarm.averaging.result_exchange import ResultCheck, exchange_statements
-from swarm.averaging.result_statements import ResultStatement, sign_statement
+from swarm.averaging.result_statements import Input, ResultStatement, pack_inputs, sign_statement
 from swarm.averaging.stall_watch import StallWatch
 from swarm.averaging.streams import AGGREGATE_HANDLER, ReplyStream, drain, heartbeat, is_heartbeat
 from swarm.compression.codecs import decode_checked
@@ -112,6 +117,12 @@ RESULT_EXCHANGE_TIMEOUT = 5.0
 MAX_LATECOMER_FETCHES = 16
 
 
+def layout_digest(layout: TensorLayout, chunks: Sequence[Chunk]) -> bytes:
+    """sha256 of a part's chunk layout (each chunk's codec and length): a statement signs it, so an auditor recomputes
+    the part with the codecs and chunk sizes its reducer used (swarm.averaging.audits)."""
+    return hashlib.sha256(msgpack.packb([[layout.codecs[c.bucket].name, c.length] for c in chunks])).digest()
+
+
 # ---------------------------------------------------------------------------------------------------
 # One round
 
@@ -137,6 +148,7 @@ class AllReduceRound:
         part_labels: dict[int, int] | None = None,
         result: list[torch.Tensor] | None = None,
         signer: RSAPrivateKey | None = None,
+        keep_contribution: Callable[[Commitment, list[bytes]], None] | None = None,
     ):
         """`excluded`: peer ids whose contributions my part ignores (senders struck out by a robust reducer).
 
@@ -146,7 +158,8 @@ class AllReduceRound:
 
         `signer`: this peer's identity key (swarm.net.identity); with it the round checks results: as a reducer it
         signs each member's copy of its part, as a member it requires its reducers' signatures and compares them
-        with the other members' after the all-gather (swarm.averaging.result_exchange)."""
+        with the other members' after the all-gather (swarm.averaging.result_exchange); and contributions are committed
+        (swarm.averaging.commitments), each handed to `keep_contribution` as it is made."""
         self.p2p, self.group, self.layout = p2p, group, layout
         self.authorizer = authorizer  # invite-only runs: the first chunk of each stream is signed
         self.local = list(local) if local is not None else None
@@ -203,6 +216,12 @@ class AllReduceRound:
         self.signer = signer if parts is None else None   # a backup's part is checked by nobody (its reducer is gone)
         self.results = ResultCheck(group.round_id, group.peer_ids, me) if self.signer is not None and group.needs(me) else None
         self._statement: ResultStatement | None = None
+        # with a signer, contributions are committed (swarm.averaging.commitments): the senders' commitments to my part,
+        # and mine (part -> my commitment and encoded chunks, kept for auditors: swarm.averaging.audits)
+        self._commitments: dict[int, Commitment] = {}
+        self.contributions: dict[int, tuple[Commitment, list[bytes]]] = {}
+        # where my committed contributions go as they are made (an AuditStore: auditors may ask before my round ends)
+        self.keep_contribution = keep_contribution
         self._excluded_ids = tuple(excluded)
         self._start = time.monotonic()
         self.stats.t0 = self._start
@@ -211,9 +230,59 @@ class AllReduceRound:
     def _add_own(self) -> None:
         """My own values go into my part's reductions (a column round, swarm.averaging.hierarchy, adds them later)."""
         me = self.group.my_index
-        if self.local is not None:
+        if self.local is not None and self.signer is not None and self.parts[me]:
+            # committed like any sender's, and reduced as the others will decode it: an auditor recomputes my part from
+            # the encoded bytes of every input, mine included
+            _, encoded = self._contribution(me)
+            for k, chunk in enumerate(self.parts[me]):
+                self._reductions[k].add(decode_checked(self.layout.codecs[chunk.bucket], encoded[k], chunk.length),
+                                        self.group.weights[me], sender=me)
+        elif self.local is not None:
             for k, chunk in enumerate(self.parts[me]):
                 self._reductions[k].add(self._slice(chunk), self.group.weights[me], sender=me)
+
+    def _contribution(self, j: int) -> tuple[Commitment, list[bytes]]:
+        """My encoded chunks of part j and my signed commitment to them (rounds with a signer), made once: a resend
+        sends the same bytes."""
+        if j not in self.contributions:
+            assert self.signer is not None
+            chunks = self.parts[j]
+            outgoing = self._slice if j == self.group.my_index else self._outgoing
+            encoded = [self.layout.codecs[c.bucket].encode(outgoing(c)) for c in chunks]
+            me = self.group.my_index
+            self.contributions[j] = (commit(self.signer, self.group.round_id, self.label(j), self.group.peer_ids[me],
+                                            self.group.weights[me], encoded), encoded)
+            if self.keep_contribution is not None:   # auditors may ask for it as soon as its reducer has reduced it
+                self.keep_contribution(*self.contributions[j])
+        return self.contributions[j]
+
+    def _take_commitment(self, sender: int, message: swarm_pb2.PartChunk) -> None:
+        """Keep a sender's commitment to my part if it is its own, for this round and part, at its agreed weight, one
+        digest per chunk (its chunks are refused without one: _consume)."""
+        if self.signer is None or sender in self._commitments or not message.commitment:
+            return
+        c = Commitment.unpack(message.commitment)
+        group = self.group
+        if (c is not None and c.round_id == group.round_id and c.part == self.label(group.my_index)
+                and c.sender == group.peer_ids[sender] and c.weight == float(group.weights[sender])
+                and len(c.chunks) == len(self.parts[group.my_index]) and c.valid()):
+            self._commitments[sender] = c
+
+    def _inputs(self) -> bytes:
+        """What my statement lists as reduced (result_statements.pack_inputs): every sender whose values are in my part,
+        with the prefix of chunks that hold them, and the digest of my part's chunk layout. Empty (not auditable) if a
+        sender's chunks are not a prefix (never seen: a sender is excluded for good, and chunks arrive in order)."""
+        me, chunks = self.group.my_index, self.parts[self.group.my_index]
+        inputs = []
+        for s in sorted({s for arrived in self._arrived for s in arrived} | ({me} if self.local is not None else set())):
+            count = len(chunks) if s == me else sum(1 for arrived in self._arrived if s in arrived)
+            if s != me and not all(s in arrived for arrived in self._arrived[:count]):
+                return b""
+            commitment = self.contributions[me][0] if s == me else self._commitments.get(s)
+            if commitment is None:
+                return b""
+            inputs.append(Input(s, count, commitment.digest()))
+        return pack_inputs(layout_digest(self.layout, chunks), inputs)
 
     # -- helpers ---------------------------------------------------------------------------------------
 
@@ -321,6 +390,7 @@ class AllReduceRound:
         if first.part != self.label(group.my_index) or sender not in self._expected:
             yield swarm_pb2.PartChunk(error="wrong part or role")
             return
+        self._take_commitment(sender, first)
         stream = self._new_stream(sender)
         consumer = asyncio.create_task(self._consume(sender, first, requests, stream))
         carried = 0  # bytes this stream carried so far
@@ -359,7 +429,7 @@ class AllReduceRound:
                 digest.update(data or b"")
             assert self.signer is not None
             self._statement = sign_statement(self.signer, self.group.round_id, self.label(self.group.my_index),
-                                             self.group.peer_ids[self.group.my_index], digest.digest())
+                                             self.group.peer_ids[self.group.my_index], digest.digest(), self._inputs())
         return self._statement
 
     def _statement_message(self, statement: ResultStatement) -> swarm_pb2.PartChunk:
@@ -439,6 +509,7 @@ class AllReduceRound:
             finally:
                 self._closed(sender)
             return
+        self._take_commitment(sender, first)
         stream = self._new_stream(sender)
         consumer = asyncio.create_task(self._consume(sender, None, requests, stream, start=lacking))
         try:
@@ -522,6 +593,12 @@ class AllReduceRound:
                 data = message.data  # protobuf copies a bytes field at each access
                 self.stats.bytes_received += len(data)
                 self.stats.receive_log.append((time.monotonic() - self._start, len(data)))
+                if self.signer is not None:   # committed rounds: only the bytes its signed commitment names
+                    commitment = self._commitments.get(sender)
+                    if commitment is None:
+                        raise ProtocolError("no valid commitment to its values")
+                    if not commitment.holds(expected_k, data):
+                        raise ProtocolError(f"chunk {expected_k} differs from its commitment")
                 values = decode_checked(self.layout.codecs[chunk.bucket], data, chunk.length)
                 if sender not in self._failed and sender not in self._arrived[expected_k] and self._reductions[expected_k] is not None:
                     self._reductions[expected_k].add(values, weight, sender=sender)
@@ -643,18 +720,25 @@ class AllReduceRound:
             holds = await asyncio.shield(verdict)   # a closed stream's writer is cancelled: not the shared verdict
             return swarm_pb2.PartChunk(part=self.label(j), chunk=len(chunks), received=holds, gave_up=not holds)
 
+        committed = self._contribution(j) if self.signer is not None else None
+
+        def encoded(k: int) -> bytes:
+            return committed[1][k] if committed is not None else self.layout.codecs[chunks[k].bucket].encode(self._outgoing(chunks[k]))
+
         async def _requests() -> AsyncIterator[swarm_pb2.PartChunk]:
             carried = 0
             for k, chunk in enumerate(chunks):
                 if verdict.done():
                     break
-                data = self.layout.codecs[chunk.bucket].encode(self._outgoing(chunk))
+                data = encoded(k)
                 sizes.append(len(data))
                 self.stats.bytes_sent += len(data)
                 self.stats.own_bytes += len(data)
                 msg = swarm_pb2.PartChunk(part=self.label(j), chunk=k, data=data)
                 if k == 0:
                     msg.round_id, msg.weight, msg.sender = group.round_id, group.weights[me], group.peer_ids[me]
+                    if committed is not None:
+                        msg.commitment = committed[0].pack()
                     self._sign(msg)
                 yield msg
                 self.stats.taken(self.stats.send_log, carried, len(data))
@@ -664,11 +748,13 @@ class AllReduceRound:
 
         async def _fetch(start: int, resend_from: asyncio.Future[int | None]) -> AsyncIterator[swarm_pb2.PartChunk]:
             msg = swarm_pb2.PartChunk(round_id=group.round_id, part=self.label(j), chunk=start, sender=group.peer_ids[me], fetch=True)
+            if committed is not None:   # the reducer may have missed my first stream's (it asks a resend then)
+                msg.commitment = committed[0].pack()
             self._sign(msg)
             yield msg
             lacking = await resend_from  # the reducer's `resend`, or None once the part is back without one
             for k in range(lacking if lacking is not None else len(chunks), len(chunks)):
-                data = self.layout.codecs[chunks[k].bucket].encode(self._outgoing(chunks[k]))
+                data = encoded(k)
                 self.stats.bytes_sent += len(data)
                 self.stats.resent_chunks += 1
                 yield swarm_pb2.PartChunk(part=self.label(j), chunk=k, data=data)
@@ -900,6 +986,13 @@ class AllReduceRound:
                 own.update(data)  # type: ignore[arg-type]
             hashes[self.group.my_index] = own.hexdigest()
         self.stats.part_hashes = {self.group.peer_ids[j]: h for j, h in sorted(hashes.items())}
+
+    def part_bytes(self, j: int) -> list[bytes] | None:
+        """Part j's averaged chunks as I received them (my own: as I sent them), if I hold it whole (audits keep them)."""
+        if j == self.group.my_index:
+            return list(self._outputs) if self._outputs and all(self._outputs) and not self._handed_over else None  # type: ignore[arg-type]
+        held = self._held.get(j, [])
+        return list(held) if len(held) == len(self.parts[j]) and j not in self.stats.missing_parts else None
 
     def retire(self) -> None:
         """The round is over for this member: keep only what late fetches need (my part's averaged bytes). Streams

@@ -11,6 +11,13 @@ anything, while a proof needs the accused peer's own key; an accuser with forged
 another key, or a tampered one) bans nobody. The rule is the same on every peer, so the bans are too, up to the
 DHT's delay. A ban holds for this process's life.
 
+A reducer that lies consistently (the same wrong part to every member) leaves no such pair; an audit that recomputes
+its part from the inputs it listed finds it (swarm.averaging.audits). The auditor bans it and publishes an
+accusation (the reducer's signed statement, the part's chunk layout, where to fetch the inputs); every other peer
+that reads it runs the audit itself (`to_verify`, swarm.averaging.auditor) and bans only on its own recomputation.
+The evidence is self-certifying, so this is a proof in the same sense: no count of accusers matters, and an
+accusation against an honest reducer bans nobody.
+
 A peer also bans, on its own observation, a sender whose contributions to its part were absurd in repeated rounds
 (`observe`; swarm.averaging.robust.StrikeBook says why that needs no record). Banned peers are refused at
 matchmaking (swarm.averaging.matchmaking reads `banned`), and their contributions are ignored.
@@ -35,6 +42,7 @@ BAN_TTL = 6 * 3600.0          # seconds an accuser's record lives in the DHT
 # within 3 rounds. A read is one small DHT get (one record per accuser).
 REFRESH_EVERY = 3.0
 MAX_CHECKED = 4096            # distinct proofs one peer verifies at most (each costs two RSA verifications)
+MAX_ACCUSATIONS_CHECKED = 64  # distinct accusations one peer audits at most (each costs a part's inputs in bytes)
 
 
 class BanList:
@@ -45,6 +53,9 @@ class BanList:
         self.found: list[tuple[bytes, bytes]] = []          # my own proofs, newest last (the record keeps the newest)
         self._checked: dict[tuple[bytes, bytes], str | None] = {}
         self._last_refresh = -float("inf")
+        self.accused: list[bytes] = []                      # my audits' accusations, newest last (published)
+        self.to_verify: dict[bytes, None] = {}             # others' accusations not audited here yet, in order read
+        self._accusations_seen: set[bytes] = set()
 
     def consider(self, proof: tuple[bytes, bytes] | list[bytes]) -> str | None:
         """Ban the reducer of a proof that verifies; returns it, or None when the proof proves nothing."""
@@ -81,8 +92,21 @@ class BanList:
                     self.found = (self.found + [tuple(proof)])[-records.MAX_PROOFS:]
         return banned
 
+    def convict(self, reducer: str, accusation: bytes, why: str) -> bool:
+        """Ban a reducer whose part my own audit recomputed and found lying (swarm.averaging.audits); the accusation is
+        kept for publishing. Returns whether the accusation is new."""
+        if reducer not in self.banned:
+            logger.warning("banning %s: %s", reducer[-8:], why)
+            self.banned.add(reducer)
+        self._accusations_seen.add(accusation)
+        self.to_verify.pop(accusation, None)
+        if accusation in self.accused:
+            return False
+        self.accused = (self.accused + [accusation])[-records.MAX_ACCUSATIONS:]
+        return True
+
     def record(self) -> records.BanRecord:
-        return records.BanRecord(proofs=[list(p) for p in self.found], time=time.time())
+        return records.BanRecord(proofs=[list(p) for p in self.found], accusations=list(self.accused), time=time.time())
 
     async def publish(self, node) -> bool:
         """Store my proofs under the run's bans key (my record replaces my earlier one)."""
@@ -97,3 +121,7 @@ class BanList:
         for record in await node.fetch_records(records.bans_key(node.run_id), records.BanRecord):
             for proof in record.proofs:
                 self.consider(proof)
+            for accusation in record.accusations:   # audited by swarm.averaging.auditor, not trusted
+                if accusation not in self._accusations_seen and len(self._accusations_seen) < MAX_ACCUSATIONS_CHECKED:
+                    self._accusations_seen.add(accusation)
+                    self.to_verify[accusation] = None

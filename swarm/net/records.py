@@ -115,6 +115,8 @@ class RevocationRecord(_Record):
 
 MAX_PROOFS = 16
 MAX_PROOF_BYTES = 4096
+MAX_ACCUSATIONS = 4
+MAX_ACCUSATION_BYTES = 1 << 15
 
 
 class BanRecord(_Record):
@@ -123,6 +125,8 @@ class BanRecord(_Record):
 
     proofs: list[Annotated[list[Annotated[bytes, Field(max_length=MAX_PROOF_BYTES)]], Field(min_length=2, max_length=2)]] = Field(
         max_length=MAX_PROOFS)
+    # audits' findings (swarm.averaging.audits.pack_accusation): each peer recomputes the part before it bans its reducer
+    accusations: list[Annotated[bytes, Field(max_length=MAX_ACCUSATION_BYTES)]] = Field(default_factory=list, max_length=MAX_ACCUSATIONS)
     time: Timestamp
 
 

@@ -2,7 +2,9 @@
 out of the honest peers' groups, and nobody bans an honest peer.
 
 equivocating_reducer: its two signed results for one part are the proof (swarm.averaging.result_statements), each
-honest member of its first group finds it, bans it and publishes it (swarm.averaging.bans). huge (1e30, inf in
+honest member of its first group finds it, bans it and publishes it (swarm.averaging.bans). lying_reducer: the members
+that audit its part (swarm.averaging.audits) recompute it from its committed inputs, ban it and publish an accusation
+that every other honest peer audits itself before it bans. huge (1e30, inf in
 the fp16 codec): an honest reducer that refuses its chunks as bad data twice bans it on its own observation
 (swarm.averaging.robust.StrikeBook.banned; no proof to publish), so only the reducers that saw it twice ban it: once
 a banning peer leads, the attacker is out of the groups (at most 3 steps with it, checked for every honest peer).
@@ -20,7 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 HONEST = 3
 
 
-@pytest.mark.parametrize("kind", ["equivocating_reducer", "huge"])
+@pytest.mark.parametrize("kind", ["equivocating_reducer", "lying_reducer", "huge"])
 def test_the_attacker_is_banned_and_kept_out_within_three_rounds(peers, tmp_path, kind):
     args = ["--duration", "90", "--steps", "8", "--target", "256", "--chunk-elements", "1024", "--wait-peers", "4", "--robust", "on"]
     first = peers("p0", "--seed", "0", *args)
@@ -32,7 +34,7 @@ def test_the_attacker_is_banned_and_kept_out_within_three_rounds(peers, tmp_path
         p.proc.wait(180)
     bans = {i: set(re.findall(r"banning (\S+):", (tmp_path / f"p{i}.log").read_text(errors="replace"))) for i in range(HONEST)}
     assert all(b <= {bad_id[-8:]} for b in bans.values()), bans            # no honest peer is ever banned
-    if kind == "equivocating_reducer":   # a published proof: every honest peer verifies it and bans
+    if kind in ("equivocating_reducer", "lying_reducer"):   # a published proof or accusation: every honest peer checks it and bans
         assert all(b == {bad_id[-8:]} for b in bans.values()), bans
     else:   # an observation, not a proof: the reducers that saw it twice ban it, and a leader among them keeps it out
         assert any(bans.values()), bans

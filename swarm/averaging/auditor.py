@@ -1,0 +1,116 @@
+"""A peer's audits (swarm.averaging.audits) wired to its rounds and its ban list.
+
+After each round that checks results, `after_round` keeps what auditors may ask of it (my contributions, the parts I
+received, in the AuditStore its service serves) and draws the parts I audit; each audit runs in the background, at
+most MAX_RUNNING at once (more are skipped and counted: an audit is worth its bytes only while the round is fresh). A
+lie found bans the reducer and publishes the accusation; `verify_pending` audits the accusations other peers published
+(read with the ban records), fetching the inputs and the result from their holder, and bans only on its own finding.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+from hivemind.p2p import P2P
+
+from swarm.averaging.audits import AuditService, AuditStore, Finding, PartAudit, audit_part, draw, pack_accusation, unpack_accusation
+from swarm.averaging.bans import BanList
+
+if TYPE_CHECKING:
+    from swarm.averaging.allreduce import AllReduceRound
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Auditor", "MAX_RUNNING"]
+
+MAX_RUNNING = 4   # audits in flight at once; one drawn beyond that is skipped (counted): a round's audits are worth their bytes while it is fresh
+
+
+class Auditor:
+    def __init__(self, p2p: P2P, bans: BanList, audits_per_part: float = 1.0,
+                 publish: Callable[[], Awaitable[None]] | None = None):
+        self.p2p, self.bans, self.audits_per_part = p2p, bans, audits_per_part
+        self.publish = publish
+        self.store = AuditStore()
+        self.service = AuditService(p2p, self.store)
+        self.counts = {"honest": 0, "lied": 0, "inconclusive": 0, "skipped": 0, "verified": 0}
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        await self.service.start()
+
+    def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    def after_round(self, round_: "AllReduceRound", stepped: bool) -> None:
+        """Keep this round's material for auditors (my contributions even if the round failed here: the members that
+        stepped may audit parts they are in), and start the audits I draw if I stepped with its result (on the engine
+        loop, after the round)."""
+        group, me = round_.group, round_.group.my_index
+        for commitment, chunks in round_.contributions.values():   # already kept if the round was made with keep_contribution
+            self.store.put_contribution(commitment, chunks)
+        check = round_.results
+        if check is None or not stepped:
+            return
+        for j, statement in check.held.items():
+            chunks = round_.part_bytes(j)
+            if chunks is not None:
+                self.store.put_result(group.round_id, statement.part, statement.digest, chunks)
+        for j, statement in sorted(check.held.items()):
+            if j == me or not statement.inputs:
+                continue
+            others = sum(1 for i in range(len(group.peer_ids)) if i != j and group.needs(i))
+            if not draw(self.audits_per_part, others):
+                continue
+            chunks = round_.part_bytes(j)
+            if chunks is None:
+                continue
+            layout = [(round_.layout.codecs[c.bucket].name, c.length) for c in round_.parts[j]]
+            sources = {i: [group.peer_ids[i]] for i in range(len(group.peer_ids)) if i != me}
+            self._spawn(PartAudit(statement, layout, chunks, sources), verifying=False)
+
+    def verify_pending(self) -> None:
+        """Audit the accusations others published (BanList.to_verify), as many as there is room for."""
+        while self.bans.to_verify and len(self._tasks) < MAX_RUNNING:
+            accusation = next(iter(self.bans.to_verify))
+            del self.bans.to_verify[accusation]
+            unpacked = unpack_accusation(accusation)
+            if unpacked is None or unpacked[0].reducer in self.bans.banned or unpacked[0].reducer == str(self.p2p.peer_id):
+                continue
+            statement, layout, holder = unpacked
+            self._spawn(PartAudit(statement, layout, None, {}, fallback=[holder]), verifying=True)
+
+    def _spawn(self, case: PartAudit, verifying: bool) -> None:
+        if len(self._tasks) >= MAX_RUNNING:
+            self.counts["skipped"] += 1
+            return
+        task = asyncio.create_task(self._audit(case, verifying))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _audit(self, case: PartAudit, verifying: bool) -> None:
+        statement = case.statement
+        name = f"part {statement.part} of round {statement.round_id.hex()[:8]} (reducer {statement.reducer[-8:]})"
+        try:
+            finding: Finding = await audit_part(self.p2p, self.store, case)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:   # an audit's failure is its own: it bans nobody
+            logger.warning("audit of %s failed: %r", name, e)
+            self.counts["inconclusive"] += 1
+            return
+        self.counts[finding.verdict] += 1
+        if verifying:
+            self.counts["verified"] += 1
+        if finding.verdict == "lied":
+            self.store.pin(statement.round_id)   # others fetch the evidence from me to verify it
+            accusation = pack_accusation(statement, case.layout, str(self.p2p.peer_id))
+            why = f"audit of {name}: {finding.detail}" + (" (verifying another peer's accusation)" if verifying else "")
+            if self.bans.convict(statement.reducer, accusation, why) and self.publish is not None:
+                await self.publish()
+        elif finding.verdict == "inconclusive":
+            logger.info("audit of %s inconclusive: %s", name, finding.detail)
+        else:
+            logger.debug("audit of %s: %s", name, finding.detail)

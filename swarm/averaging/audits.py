@@ -1,0 +1,364 @@
+"""Audits: members recompute reducers' parts from their committed inputs, and a reducer whose result is not what its
+inputs reduce to is banned (issue 16's lying reducer).
+
+A lying reducer sends every member the same wrong part, so the members' comparison of signed results
+(swarm.averaging.result_exchange) sees nothing; only recomputing its work can. In a round that checks results every
+sender committed to its chunks (swarm.averaging.commitments) and each reducer signed, with its result's digest, which
+commitments it reduced and how many chunks of each (swarm.averaging.result_statements, `inputs`). After a round, each
+member audits each other reducer's part with probability `audits_per_part / (members - 1)`, drawn from its own private
+randomness: nobody, the reducer included, knows who will audit what, or can pick its auditors (an auditor chosen by a
+public seed could be ground by the reducer's choice of its own bytes). The auditor:
+
+1. takes every listed contribution from its sender (its own from memory) and checks it: the commitment is the one the
+   reducer listed (by digest), signed by its sender for this round and part, and every chunk it sends hashes to the
+   digest the commitment names. So a sender cannot show the auditor other bytes than the reducer accepted, and the
+   reducer cannot have made one up;
+2. reduces them again, chunk by chunk, with the reducer's codecs and chunk sizes (whose digest the reducer signed)
+   and robust mode's own reduction (swarm.averaging.robust.CenteredClipReduction), adding each sender's values to the
+   chunks the reducer said held them;
+3. compares each chunk with what the reducer sent, both as the codec decodes them: a relative distance above
+   AUDIT_TOLERANCE is a lie. The reduction's float sums depend on the order in which contributions are added, which
+   differs (arrival order at the reducer, member order here), by ~1e-7 of the norm; the codec's rounding of two
+   nearly equal values by at most one step of it (fp16: ~1e-3 of an element). The harness's lying reducer adds noise of
+   its part's norm (distance ~1).
+
+An audit that cannot complete (a sender gone, a commitment that does not match, bytes that do not) is inconclusive
+and bans nobody: an honest reducer is banned only on a recomputation from inputs its senders signed and it listed.
+
+A finding travels as an accusation (swarm.averaging.bans): the reducer's signed statement and the part's chunk layout,
+published in the DHT by the auditor, who keeps the part's inputs and result for others to fetch (`AuditStore.pin`).
+Every peer that reads it audits the part itself, asking the accuser for the inputs and the result, and bans the
+reducer only if its own recomputation finds the lie: the evidence is self-certifying (signed commitments, a signed
+statement, bytes checked against their digests), so the accuser's word counts for nothing and every honest peer that
+verifies reaches the same verdict.
+
+What it costs: an auditor downloads the part's inputs (members - 1 contributions of one part) and reduces them once;
+at the default of one audit per part per round, the round's bytes grow by about 1 / (members - 1) of a vector per
+member... see benchmarks/README.md for the measured figure.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Sequence
+
+import msgpack
+import torch
+from hivemind.p2p import P2P, P2PContext, PeerID
+
+from swarm.averaging.commitments import Commitment
+from swarm.averaging.robust import CenteredClipReduction
+from swarm.averaging.result_statements import Input, ResultStatement, unpack_inputs
+from swarm.averaging.streams import drain
+from swarm.compression.codecs import decode_checked, get_codec
+from swarm.errors import describe
+from swarm.net import records
+from swarm.proto import swarm_pb2
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AUDIT_HANDLER", "AUDIT_TOLERANCE", "AuditStore", "AuditService", "PartAudit", "Finding", "audit_part",
+           "recompute", "pack_layout", "unpack_layout", "pack_accusation", "unpack_accusation", "draw"]
+
+AUDIT_HANDLER = "swarm.averaging.audit"
+AUDIT_TOLERANCE = 0.01      # relative L2 distance between a chunk as sent and as recomputed (see the module docstring)
+KEEP_ROUNDS = 8             # rounds whose material a peer keeps for auditors
+MAX_PINNED = 16             # rounds kept beyond that as evidence of this peer's accusations
+MAX_SERVES = 64             # times one contribution or result is served
+REQUEST_TIMEOUT = 10.0      # seconds a requester has to send its request on an audit stream
+FETCH_TIMEOUT = 30.0        # seconds one contribution's or result's download may take
+MAX_LAYOUT_CHUNKS = 16384   # chunks of one part (swarm.averaging.commitments.MAX_CHUNKS)
+MAX_CODEC_NAME = 32
+MAX_ACCUSATION_BYTES = records.MAX_ACCUSATION_BYTES
+MAX_PEER_ID_CHARS = 128
+
+
+def pack_layout(layout: Sequence[tuple[str, int]]) -> bytes:
+    """A part's chunk layout (codec name, length per chunk) as its statement's digest covers it."""
+    return msgpack.packb([[name, length] for name, length in layout])
+
+
+def unpack_layout(data: bytes) -> list[tuple[str, int]] | None:
+    try:
+        fields = msgpack.unpackb(data, raw=False, max_str_len=MAX_CODEC_NAME, max_bin_len=0, max_array_len=MAX_LAYOUT_CHUNKS, max_map_len=0)
+    except Exception:
+        return None
+    if not (isinstance(fields, list) and 0 < len(fields) <= MAX_LAYOUT_CHUNKS):
+        return None
+    layout = []
+    for entry in fields:
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str) and isinstance(entry[1], int)
+                and not isinstance(entry[1], bool) and 0 < entry[1] <= 1 << 24):
+            return None
+        layout.append((entry[0], entry[1]))
+    return layout
+
+
+def pack_accusation(statement: ResultStatement, layout: Sequence[tuple[str, int]], holder: str) -> bytes:
+    """An accusation as published (swarm.averaging.bans): the reducer's signed statement, the part's chunk layout, and
+    the peer that holds the inputs and the result (the accuser: a hint where to fetch them, nothing more)."""
+    return msgpack.packb([statement.pack(), pack_layout(layout), holder])
+
+
+def unpack_accusation(data: object) -> tuple[ResultStatement, list[tuple[str, int]], str] | None:
+    if not isinstance(data, bytes) or len(data) > MAX_ACCUSATION_BYTES:
+        return None
+    try:
+        fields = msgpack.unpackb(data, raw=False, max_bin_len=MAX_ACCUSATION_BYTES, max_str_len=MAX_PEER_ID_CHARS,
+                                 max_array_len=3, max_map_len=0)
+    except Exception:
+        return None
+    if not (isinstance(fields, list) and len(fields) == 3 and isinstance(fields[0], bytes) and isinstance(fields[1], bytes)
+            and isinstance(fields[2], str) and 0 < len(fields[2]) <= MAX_PEER_ID_CHARS):
+        return None
+    statement, layout = ResultStatement.unpack(fields[0]), unpack_layout(fields[1])
+    if statement is None or layout is None:
+        return None
+    return statement, layout, fields[2]
+
+
+# ---------------------------------------------------------------------------------------------------
+# What a peer keeps for auditors, and serves
+
+
+@dataclass
+class Material:
+    """Chunks of one part of one round: a contribution (with its sender's commitment) or a reducer's result."""
+    chunks: list[bytes]
+    commitment: Commitment | None = None
+    served: int = 0
+
+
+class AuditStore:
+    """Contributions and results of this peer's last KEEP_ROUNDS rounds, by (round id, part, digest): a contribution
+    under its commitment's digest, a result under the digest its reducer signed. A round pinned as evidence is kept
+    beyond that (MAX_PINNED of them)."""
+
+    def __init__(self, keep_rounds: int = KEEP_ROUNDS):
+        self.keep_rounds = keep_rounds
+        self._rounds: OrderedDict[bytes, dict[tuple[int, bytes], Material]] = OrderedDict()
+        self._pinned: OrderedDict[bytes, None] = OrderedDict()
+
+    def _round(self, round_id: bytes) -> dict[tuple[int, bytes], Material]:
+        if round_id not in self._rounds:
+            self._rounds[round_id] = {}
+            unpinned = [r for r in self._rounds if r not in self._pinned]
+            for old in unpinned[: max(0, len(unpinned) - self.keep_rounds)]:
+                del self._rounds[old]
+        return self._rounds[round_id]
+
+    def put_contribution(self, commitment: Commitment, chunks: list[bytes]) -> None:
+        self._round(commitment.round_id)[(commitment.part, commitment.digest())] = Material(list(chunks), commitment)
+
+    def put_result(self, round_id: bytes, part: int, digest: bytes, chunks: list[bytes]) -> None:
+        self._round(round_id)[(part, digest)] = Material(list(chunks))
+
+    def get(self, round_id: bytes, part: int, digest: bytes) -> Material | None:
+        return self._rounds.get(round_id, {}).get((part, digest))
+
+    def pin(self, round_id: bytes) -> None:
+        """Keep this round's material as evidence (an accusation's inputs and result, which others fetch to verify it)."""
+        self._pinned[round_id] = None
+        while len(self._pinned) > MAX_PINNED:
+            old, _ = self._pinned.popitem(last=False)
+            self._rounds.pop(old, None)
+
+
+class AuditService:
+    """Serves the store: a request names (round id, part, digest) and gets the material's commitment (if any) on the
+    first message, then its chunks in order; an unknown item gets an error. Anyone may ask (verifiers of an
+    accusation are not members of the round); each item is served at most MAX_SERVES times."""
+
+    def __init__(self, p2p: P2P, store: AuditStore):
+        self.p2p, self.store = p2p, store
+
+    async def start(self) -> None:
+        await self.p2p.add_protobuf_handler(AUDIT_HANDLER, self._handle, swarm_pb2.PartChunk, stream_input=True, stream_output=True)
+
+    async def _handle(self, requests: AsyncIterator[swarm_pb2.PartChunk], context: P2PContext) -> AsyncIterator[swarm_pb2.PartChunk]:
+        try:
+            request = await asyncio.wait_for(anext(requests), REQUEST_TIMEOUT)
+        except (StopAsyncIteration, asyncio.TimeoutError):
+            return
+        item = self.store.get(request.round_id, request.part, request.data) if len(request.data) == 32 else None
+        if item is None or item.served >= MAX_SERVES:
+            yield swarm_pb2.PartChunk(error="not held here" if item is None else "served too often")
+        else:
+            item.served += 1
+            yield swarm_pb2.PartChunk(part=request.part, chunk=len(item.chunks),
+                                      commitment=item.commitment.pack() if item.commitment is not None else b"")
+            for k, data in enumerate(item.chunks):
+                yield swarm_pb2.PartChunk(part=request.part, chunk=k, data=data)
+        await drain(requests, REQUEST_TIMEOUT)   # read the end of its stream before closing (streams.drain says why)
+
+
+async def fetch_material(p2p: P2P, peer: str, round_id: bytes, part: int, digest: bytes, max_chunks: int,
+                         timeout: float = FETCH_TIMEOUT) -> Material:
+    """Download (round, part, digest) from `peer`; raises on refusal, a broken stream or more than `max_chunks` chunks.
+    What it returns is not checked yet (the caller checks it against the digests it trusts)."""
+
+    async def request() -> AsyncIterator[swarm_pb2.PartChunk]:
+        yield swarm_pb2.PartChunk(round_id=round_id, part=part, data=digest)
+
+    async with asyncio.timeout(timeout):
+        stream = await p2p.iterate_protobuf_handler(PeerID.from_base58(peer), AUDIT_HANDLER, request(), swarm_pb2.PartChunk)
+        head = await anext(stream)
+        if head.error:
+            raise LookupError(f"{peer[-8:]}: {head.error}")
+        if not 0 < head.chunk <= max_chunks:
+            raise ValueError(f"{peer[-8:]} announced {head.chunk} chunks, expected at most {max_chunks}")
+        commitment = Commitment.unpack(head.commitment) if head.commitment else None
+        chunks = []
+        async for message in stream:
+            if message.error or message.chunk != len(chunks):
+                raise ValueError(f"{peer[-8:]} sent chunk {message.chunk}, expected {len(chunks)}: {message.error}")
+            chunks.append(message.data)
+            if len(chunks) == head.chunk:
+                break
+        if len(chunks) != head.chunk:
+            raise ValueError(f"{peer[-8:]}'s stream ended after {len(chunks)} of {head.chunk} chunks")
+        return Material(chunks, commitment)
+
+
+# ---------------------------------------------------------------------------------------------------
+# One audit
+
+
+@dataclass
+class PartAudit:
+    """What an auditor checks: a reducer's statement, the part's chunk layout, the result as received (None: fetch it
+    from `sources`), and per listed sender index the peers to ask for its contribution, in order."""
+    statement: ResultStatement
+    layout: list[tuple[str, int]]
+    result: list[bytes] | None
+    sources: dict[int, list[str]]
+    fallback: list[str] = field(default_factory=list)   # peers asked for any input or result the others lack
+
+
+@dataclass
+class Finding:
+    verdict: str        # "honest", "lied" or "inconclusive"
+    detail: str
+    distance: float = 0.0   # the largest relative distance of a chunk from its recomputation
+
+
+def _checked_input(entry: Input, material: Material, statement: ResultStatement, chunks: int) -> str | None:
+    """Why `material` is not the contribution `entry` lists, or None when it is."""
+    c = material.commitment
+    if c is None or c.digest() != entry.commitment:
+        return "not the commitment the reducer listed"
+    if c.round_id != statement.round_id or c.part != statement.part or len(c.chunks) != chunks or not c.valid():
+        return "a commitment for another round or part, or not signed by its sender"
+    if len(material.chunks) < entry.chunks or not all(c.holds(k, material.chunks[k]) for k in range(entry.chunks)):
+        return "chunks that differ from their commitment"
+    return None
+
+
+def recompute(layout: Sequence[tuple[str, int]], inputs: Sequence[tuple[Input, Commitment, list[bytes]]], result: Sequence[bytes],
+              reduction: type = CenteredClipReduction) -> float:
+    """The largest relative distance between a result chunk and the same chunk reduced again from `inputs`, both as
+    the codec decodes them. Raises ValueError on bytes that do not decode."""
+    worst = 0.0
+    for k, (name, length) in enumerate(layout):
+        codec = get_codec(name)
+        red = reduction(length)
+        for entry, commitment, chunks in inputs:
+            if k < entry.chunks:
+                red.add(decode_checked(codec, chunks[k], length), commitment.weight, sender=entry.sender)
+        value = red.result()
+        if value is None:
+            if result[k] != b"":
+                return float("inf")
+            continue
+        if result[k] == b"":
+            return float("inf")
+        sent = decode_checked(codec, result[k], length)
+        mine = value if codec.name == "none" else codec.decode(codec.encode(value))
+        scale = max(float(mine.norm()), float(sent.norm()))
+        distance = float((sent - mine).norm())
+        worst = max(worst, distance / scale if scale > 0 else (0.0 if distance == 0 else float("inf")))
+    return worst
+
+
+async def audit_part(p2p: P2P, store: AuditStore, case: PartAudit, reduction: type = CenteredClipReduction,
+                     timeout: float = FETCH_TIMEOUT) -> Finding:
+    """Check one reducer's part (see the module docstring); the inputs and the result it fetched go into `store`."""
+    statement = case.statement
+    if not statement.valid():   # a statement made up in the reducer's name proves nothing about the reducer
+        return Finding("inconclusive", "the statement is not signed by its reducer")
+    parsed = unpack_inputs(statement.inputs) if statement.inputs else None
+    if parsed is None:
+        return Finding("inconclusive", "the statement lists no inputs")
+    layout_digest, inputs = parsed
+    if hashlib.sha256(pack_layout(case.layout)).digest() != layout_digest:
+        return Finding("inconclusive", "the part's chunk layout is not the one its reducer signed")
+    if not inputs:
+        return Finding("inconclusive", "no inputs listed")
+    if any(entry.chunks > len(case.layout) for entry in inputs):
+        return Finding("lied", "it lists more chunks of a sender than the part has", float("inf"))
+    result = case.result
+    if result is None:
+        result = await _fetch_result(p2p, store, statement, len(case.layout), case.fallback, timeout)
+        if result is None:
+            return Finding("inconclusive", "the result could not be had")
+    elif hashlib.sha256(b"".join(result)).digest() != statement.digest or len(result) != len(case.layout):
+        return Finding("inconclusive", "the result held is not the one its reducer signed")
+    gathered = []
+    for entry in inputs:
+        material = store.get(statement.round_id, statement.part, entry.commitment)
+        problem = "not asked" if material is None else _checked_input(entry, material, statement, len(case.layout))
+        for peer in ([] if problem is None else [*case.sources.get(entry.sender, []), *case.fallback]):
+            try:
+                material = await fetch_material(p2p, peer, statement.round_id, statement.part, entry.commitment, len(case.layout), timeout)
+            except Exception as e:
+                problem = f"{peer[-8:]}: {describe(e)}"
+                continue
+            problem = _checked_input(entry, material, statement, len(case.layout))
+            if problem is None:
+                assert material.commitment is not None
+                store.put_contribution(material.commitment, material.chunks)
+                break
+        if problem is not None or material is None:
+            return Finding("inconclusive", f"input of member {entry.sender}: {problem}")
+        assert material.commitment is not None
+        gathered.append((entry, material.commitment, material.chunks))
+    # the reducer's own contribution first, as it added it (allreduce._add_own): then the streaming mean sums in the
+    # reducer's order for its first term at least (the rest is rounding, far below AUDIT_TOLERANCE)
+    gathered.sort(key=lambda g: (g[1].sender != statement.reducer, g[0].sender))
+    loop = asyncio.get_running_loop()
+    try:   # a part's worth of decoding and reduction: off the engine loop, which keeps serving streams meanwhile
+        distance = await loop.run_in_executor(None, recompute, case.layout, gathered, result, reduction)
+    except ValueError as e:
+        return Finding("inconclusive", f"undecodable bytes: {e}")
+    if distance > AUDIT_TOLERANCE:
+        return Finding("lied", f"its result is {distance:.3g} of its norm away from what its {len(gathered)} inputs reduce to", distance)
+    return Finding("honest", f"within {distance:.2g} of its inputs' reduction", distance)
+
+
+async def _fetch_result(p2p: P2P, store: AuditStore, statement: ResultStatement, chunks: int, peers: Sequence[str],
+                        timeout: float) -> list[bytes] | None:
+    held = store.get(statement.round_id, statement.part, statement.digest)
+    if held is not None:
+        return held.chunks
+    for peer in peers:
+        try:
+            material = await fetch_material(p2p, peer, statement.round_id, statement.part, statement.digest, chunks, timeout)
+        except Exception as e:
+            logger.debug("audit: no result from %s: %s", peer[-8:], describe(e))
+            continue
+        if len(material.chunks) == chunks and hashlib.sha256(b"".join(material.chunks)).digest() == statement.digest:
+            store.put_result(statement.round_id, statement.part, statement.digest, material.chunks)
+            return material.chunks
+    return None
+
+
+def draw(rate: float, others: int) -> bool:
+    """Whether to audit one part: probability rate / others (others: the members besides its reducer), from this
+    process's private randomness."""
+    if others <= 0 or rate <= 0:
+        return False
+    return secrets.randbelow(1 << 30) < min(1.0, rate / others) * (1 << 30)

@@ -1,0 +1,174 @@
+"""Audits over real P2P streams (swarm.averaging.audits): members recompute a reducer's part from the contributions its
+senders committed to, fetched from the senders, and catch a lying reducer that sent every member the same noisy part
+(consistent, so the members' comparison of signed results cannot see it). An honest group's audits find nothing; an
+accusation is verified by a peer outside the round from the accuser's copies alone; a sender that shows an auditor
+other bytes than it committed to makes the audit inconclusive, never a ban; a reducer refuses a chunk that differs
+from its sender's commitment."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import pytest
+import torch
+from hivemind.p2p import P2P
+
+from peers.attack.byzantine import byzantine_round_class
+from swarm.averaging.allreduce import AllReduceRound
+from swarm.averaging.auditor import Auditor
+from swarm.averaging.audits import AuditService, AuditStore, PartAudit, audit_part, unpack_accusation
+from swarm.averaging.bans import BanList
+from tests.integration.test_allreduce import make_layout, run_round, shutdown
+from tests.integration.test_result_checks import ROLES, SHARES, signing, start_signing_members
+from tests.integration.test_robust_rounds import correlated_values
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
+
+
+def layout_of(round_: AllReduceRound, j: int) -> list[tuple[str, int]]:
+    return [(round_.layout.codecs[c.bucket].name, c.length) for c in round_.parts[j]]
+
+
+async def with_auditors(members, services, keys, liar: int | None, seed: int, rate: float = 0.0):
+    """One signed fp16 round of 4 members (member `liar` a lying reducer), each with an Auditor (its store and service);
+    the auditors draw no audits themselves (`rate` 0) unless asked: the tests call audit_part where they want one."""
+    auditors = []
+    for m in members:
+        a = Auditor(m, BanList(), audits_per_part=rate)
+        await a.start()
+        auditors.append(a)
+    classes = [signing(byzantine_round_class("lying_reducer", AllReduceRound) if i == liar else AllReduceRound, k)
+               for i, k in enumerate(keys)]
+    rounds, results = await run_round(members, services, ROLES, [1.0, 2.0, 1.0, 1.5], SHARES, correlated_values(4, seed=seed),
+                                      make_layout("fp16"), round_class=classes)
+    assert not any(isinstance(r, BaseException) for r in results), results
+    for a, r in zip(auditors, rounds):
+        a.after_round(r, stepped=True)
+    return auditors, rounds
+
+
+def case_for(rounds, auditor: int, j: int) -> PartAudit:
+    r = rounds[auditor]
+    ids = r.group.peer_ids
+    return PartAudit(r.results.held[j], layout_of(r, j), r.part_bytes(j), {i: [ids[i]] for i in range(len(ids)) if i != auditor})
+
+
+def test_a_lying_reducer_is_caught_by_any_member_that_audits_its_part_and_honest_ones_are_not():
+    async def main():
+        keys, members, services = await start_signing_members(4)
+        try:
+            auditors, rounds = await with_auditors(members, services, keys, liar=0, seed=21)
+            for auditor in (1, 2, 3):
+                for j in (0, 1, 2, 3):
+                    if j == auditor:
+                        continue
+                    finding = await audit_part(members[auditor], auditors[auditor].store, case_for(rounds, auditor, j))
+                    if j == 0:
+                        assert finding.verdict == "lied" and finding.distance > 0.3, finding
+                    else:
+                        assert finding.verdict == "honest" and finding.distance < 0.01, finding
+        finally:
+            await shutdown(members)
+    asyncio.run(main())
+
+
+def test_an_honest_groups_audits_drawn_by_the_auditors_find_nothing_and_ban_nobody():
+    async def main():
+        keys, members, services = await start_signing_members(4)
+        try:
+            auditors, _ = await with_auditors(members, services, keys, liar=None, seed=22, rate=8.0)   # every member audits every part
+            await asyncio.wait_for(asyncio.gather(*(t for a in auditors for t in list(a._tasks)), return_exceptions=True), 60)
+            for a in auditors:
+                assert a.counts["honest"] == 3 and a.counts["lied"] == 0 and a.counts["inconclusive"] == 0, a.counts
+                assert not a.bans.banned
+        finally:
+            await shutdown(members)
+    asyncio.run(main())
+
+
+def test_an_accusation_bans_the_liar_at_a_peer_outside_the_round_that_verifies_it_from_the_accusers_copies():
+    async def main():
+        keys, members, services = await start_signing_members(4)
+        outsider = await P2P.create(initial_peers=await members[0].get_visible_maddrs())
+        try:
+            auditors, rounds = await with_auditors(members, services, keys, liar=0, seed=23)
+            accuser = auditors[2]
+            await accuser._audit(case_for(rounds, 2, 0), verifying=False)
+            liar = str(members[0].peer_id)
+            assert accuser.bans.banned == {liar} and len(accuser.bans.accused) == 1
+            statement, layout, holder = unpack_accusation(accuser.bans.accused[0])
+            assert holder == str(members[2].peer_id)
+            # the senders are gone: only the accuser's pinned copies of the inputs and the result remain
+            for i in (1, 3):
+                auditors[i].store = AuditStore()
+                auditors[i].service.store = auditors[i].store
+            auditors[0].service.store = AuditStore()
+            verifier = Auditor(outsider, BanList())
+            verifier.bans.to_verify[accuser.bans.accused[0]] = None
+            verifier.verify_pending()
+            await asyncio.wait_for(asyncio.gather(*list(verifier._tasks)), 60)
+            assert verifier.bans.banned == {liar}, verifier.counts
+            assert verifier.counts["verified"] == 1 and verifier.counts["lied"] == 1
+        finally:
+            await shutdown([*members, outsider])
+    asyncio.run(main())
+
+
+def test_an_accusation_against_an_honest_reducer_bans_nobody():
+    """A made-up accusation: an honest reducer's real statement with a result that is not its own (the holder serves
+    other bytes under the statement's digest), or inputs that do not match their commitments: inconclusive."""
+    async def main():
+        keys, members, services = await start_signing_members(4)
+        outsider = await P2P.create(initial_peers=await members[0].get_visible_maddrs())
+        try:
+            auditors, rounds = await with_auditors(members, services, keys, liar=None, seed=24)
+            r = rounds[2]
+            statement = r.results.held[0]
+            # the forger (member 2) swaps one input's chunks in its store for noise: they no longer match the commitment
+            from swarm.averaging.result_statements import unpack_inputs
+            _, inputs = unpack_inputs(statement.inputs)
+            forged = auditors[2].store
+            held = forged.get(statement.round_id, statement.part, inputs[1].commitment)
+            if held is None:   # not mine: fetch it into my store first, as an auditor would
+                await audit_part(members[2], forged, case_for(rounds, 2, 0))
+                held = forged.get(statement.round_id, statement.part, inputs[1].commitment)
+            held.chunks[0] = bytes(len(held.chunks[0]))
+            for i in (0, 1, 3):   # nobody else holds anything
+                auditors[i].service.store = AuditStore()
+            from swarm.averaging.audits import pack_accusation
+            verifier = Auditor(outsider, BanList())
+            verifier.bans.to_verify[pack_accusation(statement, layout_of(r, 0), str(members[2].peer_id))] = None
+            verifier.verify_pending()
+            await asyncio.wait_for(asyncio.gather(*list(verifier._tasks)), 60)
+            assert not verifier.bans.banned and verifier.counts["inconclusive"] == 1, verifier.counts
+        finally:
+            await shutdown([*members, outsider])
+    asyncio.run(main())
+
+
+def test_a_reducer_refuses_a_chunk_that_differs_from_its_senders_commitment():
+    """A sender that commits to one set of chunks and sends another is excluded as a sender of bad data (its values
+    are not averaged); the others' round goes on."""
+    class Switching(AllReduceRound):
+        def _contribution(self, j):
+            commitment, encoded = super()._contribution(j)
+            if j == self.group.my_index:
+                return commitment, encoded
+            last = self.parts[j][-1]
+            switched = list(encoded)   # the commitment still names the original bytes
+            switched[-1] = self.layout.codecs[last.bucket].encode(-self._outgoing(last))
+            return commitment, switched
+
+    async def main():
+        keys, members, services = await start_signing_members(4)
+        try:
+            classes = [signing(Switching if i == 3 else AllReduceRound, k) for i, k in enumerate(keys)]
+            rounds, results = await run_round(members, services, ROLES, [1.0] * 4, SHARES, correlated_values(4, seed=25),
+                                              make_layout("fp16"), round_class=classes)
+            cheat = str(members[3].peer_id)
+            for i in (0, 1, 2):
+                assert cheat in rounds[i].stats.bad_data, (i, rounds[i].stats.bad_data)
+                assert not isinstance(results[i], BaseException), results[i]
+        finally:
+            await shutdown(members)
+    asyncio.run(main())

@@ -1,0 +1,123 @@
+"""Senders' commitments (swarm.averaging.commitments), a statement's list of inputs (swarm.averaging.result_statements),
+and an audit's recomputation (swarm.averaging.audits.recompute): what each accepts from untrusted bytes, and what it
+proves."""
+from __future__ import annotations
+
+import hashlib
+
+import msgpack
+import pytest
+import torch
+from hivemind.utils.crypto import RSAPrivateKey
+
+from swarm.averaging.audits import AUDIT_TOLERANCE, AuditStore, pack_accusation, pack_layout, recompute, unpack_accusation, unpack_layout
+from swarm.averaging.commitments import Commitment, commit
+from swarm.averaging.result_statements import Input, ResultStatement, pack_inputs, sign_statement, unpack_inputs
+from swarm.compression.codecs import get_codec
+from swarm.net.identity import peer_id_of
+
+pytestmark = pytest.mark.timeout(60)
+
+KEY = RSAPrivateKey()
+ME = peer_id_of(KEY.get_public_key().to_bytes())
+ROUND = bytes(range(16))
+
+
+def test_a_commitment_names_its_chunks_and_only_its_sender_can_sign_one():
+    c = commit(KEY, ROUND, 2, ME, 3.0, [b"a", b"bb"])
+    back = Commitment.unpack(c.pack())
+    assert back == c and back.valid()
+    assert back.holds(0, b"a") and back.holds(1, b"bb") and not back.holds(1, b"b") and not back.holds(2, b"")
+    other = RSAPrivateKey()
+    forged = commit(other, ROUND, 2, ME, 3.0, [b"a", b"bb"])          # signed by another key in my name
+    assert not forged.valid()
+    heavier = Commitment(c.round_id, c.part, c.sender, 30.0, c.chunks, c.public_key, c.signature)   # a weight changed
+    assert not heavier.valid()
+    assert c.digest() != commit(KEY, ROUND, 2, ME, 3.0, [b"a", b"bc"]).digest()
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"\xc1", msgpack.packb([1, 2, 3]), msgpack.packb({"a": 1}),
+    msgpack.packb([bytes(16), 0, "x", 1.0, [], b"k", b"s"]),                 # no chunks
+    msgpack.packb([bytes(15), 0, "x", 1.0, [bytes(32)], b"k", b"s"]),        # a short round id
+    msgpack.packb([bytes(16), 0, "x", float("nan"), [bytes(32)], b"k", b"s"]),   # a weight that is not a number
+    msgpack.packb([bytes(16), 0, "x", 1.0, [bytes(31)], b"k", b"s"]),        # a digest of the wrong size
+    msgpack.packb([bytes(16), -1, "x", 1.0, [bytes(32)], b"k", b"s"]),
+    b"\x00" * (1 << 21),
+])
+def test_malformed_commitments_are_refused_before_use(data):
+    assert Commitment.unpack(data) is None
+
+
+def test_a_statement_signs_its_inputs_and_old_statements_without_them_still_read():
+    inputs = pack_inputs(bytes(32), [Input(0, 3, bytes(32)), Input(2, 1, b"\x01" * 32)])
+    s = sign_statement(KEY, ROUND, 1, ME, b"\x02" * 32, inputs)
+    back = ResultStatement.unpack(s.pack())
+    assert back == s and back.valid()
+    assert unpack_inputs(back.inputs) == (bytes(32), [Input(0, 3, bytes(32)), Input(2, 1, b"\x01" * 32)])
+    swapped = ResultStatement(s.round_id, s.part, s.reducer, s.digest, s.public_key, s.signature,
+                              pack_inputs(bytes(32), [Input(0, 3, bytes(32))]))   # an input dropped after signing
+    assert not swapped.valid()
+    plain = sign_statement(KEY, ROUND, 1, ME, b"\x02" * 32)   # a statement of an older peer lists nothing
+    assert ResultStatement.unpack(plain.pack()).inputs == b"" and plain.valid()
+
+
+@pytest.mark.parametrize("entries", [
+    [[1, 1, bytes(32)], [0, 1, bytes(32)]],          # senders out of order
+    [[1, 1, bytes(32)], [1, 2, bytes(32)]],          # a sender twice
+    [[0, 0, bytes(32)]],                              # no chunk
+    [[0, 1, bytes(31)]],
+    [[True, 1, bytes(32)]],
+    [[0, 1, bytes(32)]] * 300,                        # more than MAX_INPUTS
+])
+def test_malformed_input_lists_are_refused(entries):
+    assert unpack_inputs(msgpack.packb([bytes(32), entries])) is None
+
+
+def test_layouts_and_accusations_round_trip_and_refuse_garbage():
+    layout = [("fp16", 500), ("none", 12)]
+    assert unpack_layout(pack_layout(layout)) == layout
+    assert unpack_layout(msgpack.packb([["fp16", 0]])) is None and unpack_layout(b"\xc1") is None
+    s = sign_statement(KEY, ROUND, 1, ME, b"\x02" * 32, pack_inputs(bytes(32), [Input(0, 1, bytes(32))]))
+    assert unpack_accusation(pack_accusation(s, layout, ME)) == (s, layout, ME)
+    assert unpack_accusation(msgpack.packb([s.pack(), b"\xc1", ME])) is None
+    assert unpack_accusation(b"\x00" * (1 << 16)) is None
+
+
+def _contribution(values: torch.Tensor, sender: int, codec: str = "fp16", chunk: int = 256):
+    c = get_codec(codec)
+    encoded = [c.encode(values[i:i + chunk]) for i in range(0, values.numel(), chunk)]
+    return Input(sender, len(encoded), bytes(32)), commit(KEY, ROUND, 0, ME, 1.0 + sender, encoded), encoded
+
+
+def test_a_recomputation_matches_an_honest_result_whatever_the_order_and_finds_noise():
+    from swarm.averaging.robust import CenteredClipReduction
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(1024, generator=g)
+    inputs = [_contribution(base + 0.3 * torch.randn(1024, generator=g), i) for i in range(4)]
+    layout = [("fp16", 256)] * 4
+    codec = get_codec("fp16")
+    honest = []
+    for k in range(4):   # the reducer's reduction, in another order than the auditor's
+        red = CenteredClipReduction(256)
+        for entry, commitment, chunks in reversed(inputs):
+            red.add(codec.decode(chunks[k]), commitment.weight, sender=entry.sender)
+        honest.append(codec.encode(red.result()))
+    assert recompute(layout, inputs, honest) < AUDIT_TOLERANCE / 10
+    noisy = [codec.encode(codec.decode(h) + codec.decode(h).norm() / 16 * torch.randn(256, generator=g)) for h in honest]
+    assert recompute(layout, inputs, noisy) > 0.5
+    # a sender excluded midway counts only in the chunks the statement says
+    partial = [(Input(e.sender, 2 if e.sender == 3 else e.chunks, e.commitment), c, ch) for e, c, ch in inputs]
+    assert recompute(layout, partial, honest) > AUDIT_TOLERANCE   # the reducer used sender 3 in all 4 chunks
+
+
+def test_the_store_keeps_recent_rounds_and_pinned_evidence():
+    store = AuditStore(keep_rounds=2)
+    c = commit(KEY, bytes(16), 0, ME, 1.0, [b"x"])
+    store.put_contribution(c, [b"x"])
+    store.pin(bytes(16))
+    for r in range(1, 5):
+        store.put_result(bytes([r]) * 16, 0, hashlib.sha256(b"y").digest(), [b"y"])
+    assert store.get(bytes(16), 0, c.digest()) is not None           # pinned: kept
+    assert store.get(bytes([1]) * 16, 0, hashlib.sha256(b"y").digest()) is None   # beyond the window
+    assert store.get(bytes([4]) * 16, 0, hashlib.sha256(b"y").digest()) is not None
