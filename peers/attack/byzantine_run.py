@@ -86,7 +86,17 @@ def _run_phase(args: argparse.Namespace, config, label: str, kind: str, count: i
     logs = [i.log.read_text(errors="replace") for i in h.instances if i.slot.startswith("p")]
     return {"label": label, "kind": kind, "attackers": count, "robust": robust, "reached_epochs": reached,
             "seconds": round(time.monotonic() - started, 1), "rows": rows, "run_dir": str(run_dir),
-            **strike_figures(logs, byzantine_ids)}
+            **strike_figures(logs, byzantine_ids), **ban_figures(logs, rows, byzantine_ids, args.peers)}
+
+
+def ban_figures(honest_logs: list[str], honest_rows: list[list[dict]], byzantine_ids: set[str], honest: int) -> dict:
+    """Whether every honest peer banned every attacker (issue 16: within 3 rounds of its first attack), and the most
+    steps an honest peer took in a group larger than the honest peers (so with an attacker in it: a lower bound)."""
+    suffixes = {p[-8:] for p in byzantine_ids}
+    banned = [{s for s in suffixes if any("banning " + s in line for line in text.splitlines())} for text in honest_logs]
+    with_attackers = [sum(1 for r in peer if not r.get("final") and r.get("group", 0) > honest) for peer in honest_rows]
+    return {"banned_by_every_honest_peer": bool(suffixes) and all(b == suffixes for b in banned),
+            "honest_peers_banning": sum(1 for b in banned if b), "steps_with_attackers_max": max(with_attackers, default=0)}
 
 
 def strike_figures(honest_logs: list[str], byzantine_ids: set[str]) -> dict:

@@ -89,3 +89,15 @@ def test_a_lying_reducer_adds_noise_to_what_it_averages_and_sends_its_own_values
     assert 0.5 < float((lying.result() - honest.result()).norm() / honest.result().norm()) < 1.5
     with pytest.raises(ValueError):
         corrupt("lying_reducer", torch.zeros(3))   # not a sender-side corruption
+
+
+def test_ban_figures_say_whether_every_honest_peer_banned_every_attacker():
+    from peers.attack.byzantine_run import ban_figures
+
+    attacker = "12D3KooWattackerXYZabcdefgh"
+    logs = [f"x swarm.averaging.bans: banning {attacker[-8:]}: audit of part 0", f"banning {attacker[-8:]}: two results", "nothing"]
+    rows = [[{"epoch": 1, "group": 4}, {"epoch": 2, "group": 3}], [{"epoch": 1, "group": 4}, {"epoch": 2, "group": 4}], []]
+    figures = ban_figures(logs, rows, {attacker}, honest=3)
+    assert figures == {"banned_by_every_honest_peer": False, "honest_peers_banning": 2, "steps_with_attackers_max": 2}
+    assert ban_figures(logs[:2], rows[:2], {attacker}, honest=3)["banned_by_every_honest_peer"]
+    assert not ban_figures(logs, rows, set(), honest=3)["banned_by_every_honest_peer"]
