@@ -94,7 +94,7 @@ def ban_figures(honest_logs: list[str], honest_rows: list[list[dict]], byzantine
     steps an honest peer took in a group larger than the honest peers (so with an attacker in it: a lower bound)."""
     suffixes = {p[-8:] for p in byzantine_ids}
     banned = [{s for s in suffixes if any("banning " + s in line for line in text.splitlines())} for text in honest_logs]
-    with_attackers = [sum(1 for r in peer if not r.get("final") and r.get("group", 0) > honest) for peer in honest_rows]
+    with_attackers = [sum(1 for r in peer if not r.get("final") and (r.get("group_size") or 0) > honest) for peer in honest_rows]
     return {"banned_by_every_honest_peer": bool(suffixes) and all(b == suffixes for b in banned),
             "honest_peers_banning": sum(1 for b in banned if b), "steps_with_attackers_max": max(with_attackers, default=0)}
 

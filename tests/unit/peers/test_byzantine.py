@@ -96,7 +96,7 @@ def test_ban_figures_say_whether_every_honest_peer_banned_every_attacker():
 
     attacker = "12D3KooWattackerXYZabcdefgh"
     logs = [f"x swarm.averaging.bans: banning {attacker[-8:]}: audit of part 0", f"banning {attacker[-8:]}: two results", "nothing"]
-    rows = [[{"epoch": 1, "group": 4}, {"epoch": 2, "group": 3}], [{"epoch": 1, "group": 4}, {"epoch": 2, "group": 4}], []]
+    rows = [[{"epoch": 1, "group_size": 4}, {"epoch": 2, "group_size": 3}], [{"epoch": 1, "group_size": 4}, {"epoch": 2, "group_size": 4}], []]
     figures = ban_figures(logs, rows, {attacker}, honest=3)
     assert figures == {"banned_by_every_honest_peer": False, "honest_peers_banning": 2, "steps_with_attackers_max": 2}
     assert ban_figures(logs[:2], rows[:2], {attacker}, honest=3)["banned_by_every_honest_peer"]
