@@ -148,7 +148,7 @@ class AllReduceRound:
         part_labels: dict[int, int] | None = None,
         result: list[torch.Tensor] | None = None,
         signer: RSAPrivateKey | None = None,
-        keep_contribution: Callable[[Commitment, list[bytes]], None] | None = None,
+        keep_contribution: Callable[[Commitment, int, list[bytes]], None] | None = None,
     ):
         """`excluded`: peer ids whose contributions my part ignores (senders struck out by a robust reducer).
 
@@ -242,18 +242,20 @@ class AllReduceRound:
                 self._reductions[k].add(self._slice(chunk), self.group.weights[me], sender=me)
 
     def _contribution(self, j: int) -> tuple[Commitment, list[bytes]]:
-        """My encoded chunks of part j and my signed commitment to them (rounds with a signer), made once: a resend
-        sends the same bytes."""
-        if j not in self.contributions:
+        """My encoded chunks of part j and my signed commitment (rounds with a signer). Every part is encoded and
+        committed at the first call, under one signature (swarm.averaging.commitments says why); a resend sends the
+        same bytes."""
+        if not self.contributions:
             assert self.signer is not None
-            chunks = self.parts[j]
-            outgoing = self._slice if j == self.group.my_index else self._outgoing
-            encoded = [self.layout.codecs[c.bucket].encode(outgoing(c)) for c in chunks]
             me = self.group.my_index
-            self.contributions[j] = (commit(self.signer, self.group.round_id, self.label(j), self.group.peer_ids[me],
-                                            self.group.weights[me], encoded), encoded)
-            if self.keep_contribution is not None:   # auditors may ask for it as soon as its reducer has reduced it
-                self.keep_contribution(*self.contributions[j])
+            encoded = {j: [self.layout.codecs[c.bucket].encode((self._slice if j == me else self._outgoing)(c)) for c in chunks]
+                       for j, chunks in enumerate(self.parts) if chunks}
+            commitment = commit(self.signer, self.group.round_id, self.group.peer_ids[me], self.group.weights[me],
+                                {self.label(j): chunks for j, chunks in encoded.items()})
+            for part, chunks in encoded.items():
+                self.contributions[part] = (commitment, chunks)
+                if self.keep_contribution is not None:   # auditors may ask for it as soon as its reducer has reduced it
+                    self.keep_contribution(commitment, self.label(part), chunks)
         return self.contributions[j]
 
     def _take_commitment(self, sender: int, message: swarm_pb2.PartChunk) -> None:
@@ -263,9 +265,10 @@ class AllReduceRound:
             return
         c = Commitment.unpack(message.commitment)
         group = self.group
-        if (c is not None and c.round_id == group.round_id and c.part == self.label(group.my_index)
-                and c.sender == group.peer_ids[sender] and c.weight == float(group.weights[sender])
-                and len(c.chunks) == len(self.parts[group.my_index]) and c.valid()):
+        mine = c.chunks_of(self.label(group.my_index)) if c is not None else None
+        if (c is not None and c.round_id == group.round_id and c.sender == group.peer_ids[sender]
+                and c.weight == float(group.weights[sender]) and mine is not None
+                and len(mine) == len(self.parts[group.my_index]) and c.valid()):
             self._commitments[sender] = c
 
     def _inputs(self) -> bytes:
@@ -597,7 +600,7 @@ class AllReduceRound:
                     commitment = self._commitments.get(sender)
                     if commitment is None:
                         raise ProtocolError("no valid commitment to its values")
-                    if not commitment.holds(expected_k, data):
+                    if not commitment.holds(self.label(self.group.my_index), expected_k, data):
                         raise ProtocolError(f"chunk {expected_k} differs from its commitment")
                 values = decode_checked(self.layout.codecs[chunk.bucket], data, chunk.length)
                 if sender not in self._failed and sender not in self._arrived[expected_k] and self._reductions[expected_k] is not None:

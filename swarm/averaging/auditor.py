@@ -49,8 +49,8 @@ class Auditor:
         stepped may audit parts they are in), and start the audits I draw if I stepped with its result (on the engine
         loop, after the round)."""
         group, me = round_.group, round_.group.my_index
-        for commitment, chunks in round_.contributions.values():   # already kept if the round was made with keep_contribution
-            self.store.put_contribution(commitment, chunks)
+        for j, (commitment, chunks) in round_.contributions.items():   # already kept if the round was made with keep_contribution
+            self.store.put_contribution(commitment, round_.label(j), chunks)
         check = round_.results
         if check is None or not stepped:
             return

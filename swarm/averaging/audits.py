@@ -151,8 +151,8 @@ class AuditStore:
                 del self._rounds[old]
         return self._rounds[round_id]
 
-    def put_contribution(self, commitment: Commitment, chunks: list[bytes]) -> None:
-        self._round(commitment.round_id)[(commitment.part, commitment.digest())] = Material(list(chunks), commitment)
+    def put_contribution(self, commitment: Commitment, part: int, chunks: list[bytes]) -> None:
+        self._round(commitment.round_id)[(part, commitment.digest())] = Material(list(chunks), commitment)
 
     def put_result(self, round_id: bytes, part: int, digest: bytes, chunks: list[bytes]) -> None:
         self._round(round_id)[(part, digest)] = Material(list(chunks))
@@ -251,9 +251,10 @@ def _checked_input(entry: Input, material: Material, statement: ResultStatement,
     c = material.commitment
     if c is None or c.digest() != entry.commitment:
         return "not the commitment the reducer listed"
-    if c.round_id != statement.round_id or c.part != statement.part or len(c.chunks) != chunks or not c.valid():
+    mine = c.chunks_of(statement.part)
+    if c.round_id != statement.round_id or mine is None or len(mine) != chunks or not c.valid():
         return "a commitment for another round or part, or not signed by its sender"
-    if len(material.chunks) < entry.chunks or not all(c.holds(k, material.chunks[k]) for k in range(entry.chunks)):
+    if len(material.chunks) < entry.chunks or not all(c.holds(statement.part, k, material.chunks[k]) for k in range(entry.chunks)):
         return "chunks that differ from their commitment"
     return None
 
@@ -320,7 +321,7 @@ async def audit_part(p2p: P2P, store: AuditStore, case: PartAudit, reduction: ty
             problem = _checked_input(entry, material, statement, len(case.layout))
             if problem is None:
                 assert material.commitment is not None
-                store.put_contribution(material.commitment, material.chunks)
+                store.put_contribution(material.commitment, statement.part, material.chunks)
                 break
         if problem is not None or material is None:
             return Finding("inconclusive", f"input of member {entry.sender}: {problem}")

@@ -23,26 +23,31 @@ ME = peer_id_of(KEY.get_public_key().to_bytes())
 ROUND = bytes(range(16))
 
 
-def test_a_commitment_names_its_chunks_and_only_its_sender_can_sign_one():
-    c = commit(KEY, ROUND, 2, ME, 3.0, [b"a", b"bb"])
+def test_a_commitment_names_each_parts_chunks_and_only_its_sender_can_sign_one():
+    c = commit(KEY, ROUND, ME, 3.0, {2: [b"a", b"bb"], 0: [b"z"], 1: []})
     back = Commitment.unpack(c.pack())
     assert back == c and back.valid()
-    assert back.holds(0, b"a") and back.holds(1, b"bb") and not back.holds(1, b"b") and not back.holds(2, b"")
+    assert [p for p, _ in back.parts] == [0, 2] and back.chunks_of(1) is None
+    assert back.holds(2, 0, b"a") and back.holds(2, 1, b"bb") and back.holds(0, 0, b"z")
+    assert not back.holds(2, 1, b"b") and not back.holds(2, 2, b"") and not back.holds(0, 0, b"a") and not back.holds(1, 0, b"z")
     other = RSAPrivateKey()
-    forged = commit(other, ROUND, 2, ME, 3.0, [b"a", b"bb"])          # signed by another key in my name
+    forged = commit(other, ROUND, ME, 3.0, {2: [b"a", b"bb"]})          # signed by another key in my name
     assert not forged.valid()
-    heavier = Commitment(c.round_id, c.part, c.sender, 30.0, c.chunks, c.public_key, c.signature)   # a weight changed
+    heavier = Commitment(c.round_id, c.sender, 30.0, c.parts, c.public_key, c.signature)   # a weight changed
     assert not heavier.valid()
-    assert c.digest() != commit(KEY, ROUND, 2, ME, 3.0, [b"a", b"bc"]).digest()
+    assert c.digest() != commit(KEY, ROUND, ME, 3.0, {2: [b"a", b"bc"], 0: [b"z"]}).digest()
 
 
 @pytest.mark.parametrize("data", [
     b"", b"\xc1", msgpack.packb([1, 2, 3]), msgpack.packb({"a": 1}),
-    msgpack.packb([bytes(16), 0, "x", 1.0, [], b"k", b"s"]),                 # no chunks
-    msgpack.packb([bytes(15), 0, "x", 1.0, [bytes(32)], b"k", b"s"]),        # a short round id
-    msgpack.packb([bytes(16), 0, "x", float("nan"), [bytes(32)], b"k", b"s"]),   # a weight that is not a number
-    msgpack.packb([bytes(16), 0, "x", 1.0, [bytes(31)], b"k", b"s"]),        # a digest of the wrong size
-    msgpack.packb([bytes(16), -1, "x", 1.0, [bytes(32)], b"k", b"s"]),
+    msgpack.packb([bytes(16), "x", 1.0, [], b"k", b"s"]),                          # no parts
+    msgpack.packb([bytes(16), "x", 1.0, [[0, []]], b"k", b"s"]),                   # a part without chunks
+    msgpack.packb([bytes(15), "x", 1.0, [[0, [bytes(32)]]], b"k", b"s"]),          # a short round id
+    msgpack.packb([bytes(16), "x", float("nan"), [[0, [bytes(32)]]], b"k", b"s"]),   # a weight that is not a number
+    msgpack.packb([bytes(16), "x", 1.0, [[0, [bytes(31)]]], b"k", b"s"]),          # a digest of the wrong size
+    msgpack.packb([bytes(16), "x", 1.0, [[-1, [bytes(32)]]], b"k", b"s"]),
+    msgpack.packb([bytes(16), "x", 1.0, [[1, [bytes(32)]], [1, [bytes(32)]]], b"k", b"s"]),   # a part twice
+    msgpack.packb([bytes(16), "x", 1.0, [[p, [bytes(32)] * 4000] for p in range(5)], b"k", b"s"]),   # too many chunks
     b"\x00" * (1 << 21),
 ])
 def test_malformed_commitments_are_refused_before_use(data):
@@ -87,7 +92,7 @@ def test_layouts_and_accusations_round_trip_and_refuse_garbage():
 def _contribution(values: torch.Tensor, sender: int, codec: str = "fp16", chunk: int = 256):
     c = get_codec(codec)
     encoded = [c.encode(values[i:i + chunk]) for i in range(0, values.numel(), chunk)]
-    return Input(sender, len(encoded), bytes(32)), commit(KEY, ROUND, 0, ME, 1.0 + sender, encoded), encoded
+    return Input(sender, len(encoded), bytes(32)), commit(KEY, ROUND, ME, 1.0 + sender, {0: encoded}), encoded
 
 
 def test_a_recomputation_matches_an_honest_result_whatever_the_order_and_finds_noise():
@@ -113,8 +118,8 @@ def test_a_recomputation_matches_an_honest_result_whatever_the_order_and_finds_n
 
 def test_the_store_keeps_recent_rounds_and_pinned_evidence():
     store = AuditStore(keep_rounds=2)
-    c = commit(KEY, bytes(16), 0, ME, 1.0, [b"x"])
-    store.put_contribution(c, [b"x"])
+    c = commit(KEY, bytes(16), ME, 1.0, {0: [b"x"]})
+    store.put_contribution(c, 0, [b"x"])
     store.pin(bytes(16))
     for r in range(1, 5):
         store.put_result(bytes([r]) * 16, 0, hashlib.sha256(b"y").digest(), [b"y"])
