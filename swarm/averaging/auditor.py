@@ -79,8 +79,8 @@ class Auditor:
             unpacked = unpack_accusation(accusation)
             if unpacked is None or unpacked[0].reducer in self.bans.banned or unpacked[0].reducer == str(self.p2p.peer_id):
                 continue
-            statement, layout, holder = unpacked
-            self._spawn(PartAudit(statement, layout, None, {}, fallback=[holder]), verifying=True)
+            statement, layout, holder, chunks = unpacked
+            self._spawn(PartAudit(statement, layout, None, {}, fallback=[holder], chunks=chunks), verifying=True)
 
     def _spawn(self, case: PartAudit, verifying: bool) -> None:
         if len(self._tasks) >= MAX_RUNNING:
@@ -106,7 +106,7 @@ class Auditor:
             self.counts["verified"] += 1
         if finding.verdict == "lied":
             self.store.pin(statement.round_id)   # others fetch the evidence from me to verify it
-            accusation = pack_accusation(statement, case.layout, str(self.p2p.peer_id))
+            accusation = pack_accusation(statement, case.layout, str(self.p2p.peer_id), finding.chunks)
             why = f"audit of {name}: {finding.detail}" + (" (verifying another peer's accusation)" if verifying else "")
             if self.bans.convict(statement.reducer, accusation, why) and self.publish is not None:
                 await self.publish()

@@ -73,6 +73,12 @@ REQUEST_TIMEOUT = 10.0      # seconds a requester has to send its request on an 
 FETCH_TIMEOUT = 30.0        # seconds one contribution's or result's download may take
 MAX_LAYOUT_CHUNKS = 16384   # chunks of one part (swarm.averaging.commitments.MAX_CHUNKS)
 MAX_CODEC_NAME = 32
+# Chunks of a part one audit recomputes, drawn at random (privately): each sender's commitment names every chunk's
+# digest, so a sample can be checked alone. A part of a 10M-value model's round has ~20 chunks of 2**17 values; four
+# cost an auditor a fifth of the inputs' bytes, and a reducer that lies in every chunk is caught as surely. One that
+# lies in a share f of its chunks is caught by one audit with probability 1 - (1 - f)**4.
+AUDIT_CHUNKS = 4
+MAX_SAMPLE = 64
 MAX_ACCUSATION_BYTES = records.MAX_ACCUSATION_BYTES
 MAX_PEER_ID_CHARS = 128
 
@@ -98,27 +104,29 @@ def unpack_layout(data: bytes) -> list[tuple[str, int]] | None:
     return layout
 
 
-def pack_accusation(statement: ResultStatement, layout: Sequence[tuple[str, int]], holder: str) -> bytes:
-    """An accusation as published (swarm.averaging.bans): the reducer's signed statement, the part's chunk layout, and
-    the peer that holds the inputs and the result (the accuser: a hint where to fetch them, nothing more)."""
-    return msgpack.packb([statement.pack(), pack_layout(layout), holder])
+def pack_accusation(statement: ResultStatement, layout: Sequence[tuple[str, int]], holder: str, chunks: Sequence[int]) -> bytes:
+    """An accusation as published (swarm.averaging.bans): the reducer's signed statement, the part's chunk layout, the
+    peer that holds the inputs and the result (the accuser: a hint where to fetch them, nothing more), and the chunks
+    found wrong (a verifier recomputes those)."""
+    return msgpack.packb([statement.pack(), pack_layout(layout), holder, list(chunks)])
 
 
-def unpack_accusation(data: object) -> tuple[ResultStatement, list[tuple[str, int]], str] | None:
+def unpack_accusation(data: object) -> tuple[ResultStatement, list[tuple[str, int]], str, list[int]] | None:
     if not isinstance(data, bytes) or len(data) > MAX_ACCUSATION_BYTES:
         return None
     try:
         fields = msgpack.unpackb(data, raw=False, max_bin_len=MAX_ACCUSATION_BYTES, max_str_len=MAX_PEER_ID_CHARS,
-                                 max_array_len=3, max_map_len=0)
+                                 max_array_len=max(4, MAX_SAMPLE), max_map_len=0)
     except Exception:
         return None
-    if not (isinstance(fields, list) and len(fields) == 3 and isinstance(fields[0], bytes) and isinstance(fields[1], bytes)
-            and isinstance(fields[2], str) and 0 < len(fields[2]) <= MAX_PEER_ID_CHARS):
+    if not (isinstance(fields, list) and len(fields) == 4 and isinstance(fields[0], bytes) and isinstance(fields[1], bytes)
+            and isinstance(fields[2], str) and 0 < len(fields[2]) <= MAX_PEER_ID_CHARS and isinstance(fields[3], list)
+            and 0 < len(fields[3]) <= MAX_SAMPLE and all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in fields[3])):
         return None
     statement, layout = ResultStatement.unpack(fields[0]), unpack_layout(fields[1])
-    if statement is None or layout is None:
+    if statement is None or layout is None or any(k >= len(layout) for k in fields[3]):
         return None
-    return statement, layout, fields[2]
+    return statement, layout, fields[2], list(fields[3])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -127,8 +135,9 @@ def unpack_accusation(data: object) -> tuple[ResultStatement, list[tuple[str, in
 
 @dataclass
 class Material:
-    """Chunks of one part of one round: a contribution (with its sender's commitment) or a reducer's result."""
-    chunks: list[bytes]
+    """Chunks of one part of one round, by index (all of them, or an audit's sample): a contribution (with its sender's
+    commitment) or a reducer's result."""
+    chunks: dict[int, bytes]
     commitment: Commitment | None = None
     served: int = 0
 
@@ -151,11 +160,18 @@ class AuditStore:
                 del self._rounds[old]
         return self._rounds[round_id]
 
-    def put_contribution(self, commitment: Commitment, part: int, chunks: list[bytes]) -> None:
-        self._round(commitment.round_id)[(part, commitment.digest())] = Material(list(chunks), commitment)
+    def put_contribution(self, commitment: Commitment, part: int, chunks: Sequence[bytes] | dict[int, bytes]) -> None:
+        """Keep a contribution (all its chunks, or some by index: an auditor's sample, merged with what is held)."""
+        key = (part, commitment.digest())
+        given = dict(chunks) if isinstance(chunks, dict) else dict(enumerate(chunks))
+        held = self._round(commitment.round_id).get(key)
+        if held is not None:
+            held.chunks.update(given)
+        else:
+            self._round(commitment.round_id)[key] = Material(given, commitment)
 
-    def put_result(self, round_id: bytes, part: int, digest: bytes, chunks: list[bytes]) -> None:
-        self._round(round_id)[(part, digest)] = Material(list(chunks))
+    def put_result(self, round_id: bytes, part: int, digest: bytes, chunks: Sequence[bytes]) -> None:
+        self._round(round_id)[(part, digest)] = Material(dict(enumerate(chunks)))
 
     def get(self, round_id: bytes, part: int, digest: bytes) -> Material | None:
         return self._rounds.get(round_id, {}).get((part, digest))
@@ -168,10 +184,23 @@ class AuditStore:
             self._rounds.pop(old, None)
 
 
+def _request_data(digest: bytes, indices: Sequence[int] | None) -> bytes:
+    """An audit request's `data`: the item's digest, then the chunk indices asked for (4-byte big-endian; none: all)."""
+    return digest + b"".join(int(k).to_bytes(4, "big") for k in (indices or ()))
+
+
+def _parse_request(data: bytes) -> tuple[bytes, list[int] | None] | None:
+    if len(data) < 32 or (len(data) - 32) % 4 or (len(data) - 32) // 4 > MAX_SAMPLE:
+        return None
+    indices = [int.from_bytes(data[i:i + 4], "big") for i in range(32, len(data), 4)]
+    return data[:32], indices or None
+
+
 class AuditService:
-    """Serves the store: a request names (round id, part, digest) and gets the material's commitment (if any) on the
-    first message, then its chunks in order; an unknown item gets an error. Anyone may ask (verifiers of an
-    accusation are not members of the round); each item is served at most MAX_SERVES times."""
+    """Serves the store: a request names (round id, part, digest, the chunks wanted or all) and gets the material's
+    commitment (if any) and the number of chunks that follow on the first message, then each chunk (its index in
+    `chunk`); an unknown item or chunk gets an error. Anyone may ask (verifiers of an accusation are not members of
+    the round); each item is served at most MAX_SERVES times."""
 
     def __init__(self, p2p: P2P, store: AuditStore):
         self.p2p, self.store = p2p, store
@@ -184,43 +213,49 @@ class AuditService:
             request = await asyncio.wait_for(anext(requests), REQUEST_TIMEOUT)
         except (StopAsyncIteration, asyncio.TimeoutError):
             return
-        item = self.store.get(request.round_id, request.part, request.data) if len(request.data) == 32 else None
-        if item is None or item.served >= MAX_SERVES:
-            yield swarm_pb2.PartChunk(error="not held here" if item is None else "served too often")
+        parsed = _parse_request(request.data)
+        item = self.store.get(request.round_id, request.part, parsed[0]) if parsed is not None else None
+        wanted = (parsed[1] if parsed[1] is not None else sorted(item.chunks)) if parsed is not None and item is not None else []
+        if item is None or item.served >= MAX_SERVES or not all(k in item.chunks for k in wanted):
+            yield swarm_pb2.PartChunk(error="bad request" if parsed is None else "not held here" if item is None or wanted
+                                      else "served too often")
         else:
             item.served += 1
-            yield swarm_pb2.PartChunk(part=request.part, chunk=len(item.chunks),
+            yield swarm_pb2.PartChunk(part=request.part, chunk=len(wanted),
                                       commitment=item.commitment.pack() if item.commitment is not None else b"")
-            for k, data in enumerate(item.chunks):
-                yield swarm_pb2.PartChunk(part=request.part, chunk=k, data=data)
+            for k in wanted:
+                yield swarm_pb2.PartChunk(part=request.part, chunk=k, data=item.chunks[k])
         await drain(requests, REQUEST_TIMEOUT)   # read the end of its stream before closing (streams.drain says why)
 
 
-async def fetch_material(p2p: P2P, peer: str, round_id: bytes, part: int, digest: bytes, max_chunks: int,
-                         timeout: float = FETCH_TIMEOUT) -> Material:
-    """Download (round, part, digest) from `peer`; raises on refusal, a broken stream or more than `max_chunks` chunks.
-    What it returns is not checked yet (the caller checks it against the digests it trusts)."""
+async def fetch_material(p2p: P2P, peer: str, round_id: bytes, part: int, digest: bytes, count: int,
+                         indices: Sequence[int] | None = None, timeout: float = FETCH_TIMEOUT) -> Material:
+    """Download chunks `indices` (None: all `count` of them) of (round, part, digest) from `peer`; raises on refusal,
+    a broken stream or other chunks than asked. What it returns is not checked yet (the caller checks it against the
+    digests it trusts)."""
+    wanted = list(indices) if indices is not None else list(range(count))
 
     async def request() -> AsyncIterator[swarm_pb2.PartChunk]:
-        yield swarm_pb2.PartChunk(round_id=round_id, part=part, data=digest)
+        yield swarm_pb2.PartChunk(round_id=round_id, part=part, data=_request_data(digest, indices))
 
     async with asyncio.timeout(timeout):
         stream = await p2p.iterate_protobuf_handler(PeerID.from_base58(peer), AUDIT_HANDLER, request(), swarm_pb2.PartChunk)
         head = await anext(stream)
         if head.error:
             raise LookupError(f"{peer[-8:]}: {head.error}")
-        if not 0 < head.chunk <= max_chunks:
-            raise ValueError(f"{peer[-8:]} announced {head.chunk} chunks, expected at most {max_chunks}")
+        if head.chunk != len(wanted):
+            raise ValueError(f"{peer[-8:]} announced {head.chunk} chunks, expected {len(wanted)}")
         commitment = Commitment.unpack(head.commitment) if head.commitment else None
-        chunks = []
+        chunks: dict[int, bytes] = {}
         async for message in stream:
-            if message.error or message.chunk != len(chunks):
-                raise ValueError(f"{peer[-8:]} sent chunk {message.chunk}, expected {len(chunks)}: {message.error}")
-            chunks.append(message.data)
-            if len(chunks) == head.chunk:
+            expected = wanted[len(chunks)]
+            if message.error or message.chunk != expected:
+                raise ValueError(f"{peer[-8:]} sent chunk {message.chunk}, expected {expected}: {message.error}")
+            chunks[expected] = message.data
+            if len(chunks) == len(wanted):
                 break
-        if len(chunks) != head.chunk:
-            raise ValueError(f"{peer[-8:]}'s stream ended after {len(chunks)} of {head.chunk} chunks")
+        if len(chunks) != len(wanted):
+            raise ValueError(f"{peer[-8:]}'s stream ended after {len(chunks)} of {len(wanted)} chunks")
         return Material(chunks, commitment)
 
 
@@ -237,6 +272,7 @@ class PartAudit:
     result: list[bytes] | None
     sources: dict[int, list[str]]
     fallback: list[str] = field(default_factory=list)   # peers asked for any input or result the others lack
+    chunks: list[int] | None = None    # the chunks to recompute (an accusation's); None: a sample of AUDIT_CHUNKS
 
 
 @dataclass
@@ -244,45 +280,52 @@ class Finding:
     verdict: str        # "honest", "lied" or "inconclusive"
     detail: str
     distance: float = 0.0   # the largest relative distance of a chunk from its recomputation
+    chunks: list[int] = field(default_factory=list)   # the chunks found wrong (a lie's evidence)
 
 
-def _checked_input(entry: Input, material: Material, statement: ResultStatement, chunks: int) -> str | None:
-    """Why `material` is not the contribution `entry` lists, or None when it is."""
+def _checked_input(entry: Input, material: Material, statement: ResultStatement, count: int, indices: Sequence[int]) -> str | None:
+    """Why `material` is not the contribution `entry` lists (for the chunks `indices`), or None when it is."""
     c = material.commitment
     if c is None or c.digest() != entry.commitment:
         return "not the commitment the reducer listed"
     mine = c.chunks_of(statement.part)
-    if c.round_id != statement.round_id or mine is None or len(mine) != chunks or not c.valid():
+    if c.round_id != statement.round_id or mine is None or len(mine) != count or not c.valid():
         return "a commitment for another round or part, or not signed by its sender"
-    if len(material.chunks) < entry.chunks or not all(c.holds(statement.part, k, material.chunks[k]) for k in range(entry.chunks)):
+    needed = [k for k in indices if k < entry.chunks]
+    if not all(k in material.chunks and c.holds(statement.part, k, material.chunks[k]) for k in needed):
         return "chunks that differ from their commitment"
     return None
 
 
-def recompute(layout: Sequence[tuple[str, int]], inputs: Sequence[tuple[Input, Commitment, list[bytes]]], result: Sequence[bytes],
-              reduction: type = CenteredClipReduction) -> float:
-    """The largest relative distance between a result chunk and the same chunk reduced again from `inputs`, both as
-    the codec decodes them. Raises ValueError on bytes that do not decode."""
-    worst = 0.0
-    for k, (name, length) in enumerate(layout):
+def sample(count: int, size: int) -> list[int]:
+    """`size` distinct chunk indices of `count` (all if fewer), from this process's private randomness, in order."""
+    return sorted(secrets.SystemRandom().sample(range(count), min(size, count)))
+
+
+def recompute(layout: Sequence[tuple[str, int]], inputs: Sequence[tuple[Input, Commitment, dict[int, bytes]]],
+              result: Sequence[bytes] | dict[int, bytes], reduction: type = CenteredClipReduction,
+              indices: Sequence[int] | None = None) -> dict[int, float]:
+    """Per chunk of `indices` (None: all), the relative distance between the result chunk and the same chunk reduced
+    again from `inputs`, both as the codec decodes them (inf where one is empty and the other not). Raises ValueError
+    on bytes that do not decode."""
+    distances: dict[int, float] = {}
+    for k in (indices if indices is not None else range(len(layout))):
+        name, length = layout[k]
         codec = get_codec(name)
         red = reduction(length)
         for entry, commitment, chunks in inputs:
             if k < entry.chunks:
                 red.add(decode_checked(codec, chunks[k], length), commitment.weight, sender=entry.sender)
         value = red.result()
-        if value is None:
-            if result[k] != b"":
-                return float("inf")
+        if value is None or result[k] == b"":
+            distances[k] = 0.0 if value is None and result[k] == b"" else float("inf")
             continue
-        if result[k] == b"":
-            return float("inf")
         sent = decode_checked(codec, result[k], length)
         mine = value if codec.name == "none" else codec.decode(codec.encode(value))
         scale = max(float(mine.norm()), float(sent.norm()))
         distance = float((sent - mine).norm())
-        worst = max(worst, distance / scale if scale > 0 else (0.0 if distance == 0 else float("inf")))
-    return worst
+        distances[k] = distance / scale if scale > 0 else (0.0 if distance == 0 else float("inf"))
+    return distances
 
 
 async def audit_part(p2p: P2P, store: AuditStore, case: PartAudit, reduction: type = CenteredClipReduction,
@@ -301,6 +344,9 @@ async def audit_part(p2p: P2P, store: AuditStore, case: PartAudit, reduction: ty
         return Finding("inconclusive", "no inputs listed")
     if any(entry.chunks > len(case.layout) for entry in inputs):
         return Finding("lied", "it lists more chunks of a sender than the part has", float("inf"))
+    indices = sorted(set(case.chunks)) if case.chunks is not None else sample(len(case.layout), AUDIT_CHUNKS)
+    if not indices or not all(0 <= k < len(case.layout) for k in indices) or len(indices) > MAX_SAMPLE:
+        return Finding("inconclusive", "no chunks to check")
     result = case.result
     if result is None:
         result = await _fetch_result(p2p, store, statement, len(case.layout), case.fallback, timeout)
@@ -311,14 +357,16 @@ async def audit_part(p2p: P2P, store: AuditStore, case: PartAudit, reduction: ty
     gathered = []
     for entry in inputs:
         material = store.get(statement.round_id, statement.part, entry.commitment)
-        problem = "not asked" if material is None else _checked_input(entry, material, statement, len(case.layout))
+        problem = "not asked" if material is None else _checked_input(entry, material, statement, len(case.layout), indices)
+        needed = [k for k in indices if k < entry.chunks]
         for peer in ([] if problem is None else [*case.sources.get(entry.sender, []), *case.fallback]):
             try:
-                material = await fetch_material(p2p, peer, statement.round_id, statement.part, entry.commitment, len(case.layout), timeout)
+                material = await fetch_material(p2p, peer, statement.round_id, statement.part, entry.commitment, len(case.layout),
+                                                needed, timeout=timeout)
             except Exception as e:
                 problem = f"{peer[-8:]}: {describe(e)}"
                 continue
-            problem = _checked_input(entry, material, statement, len(case.layout))
+            problem = _checked_input(entry, material, statement, len(case.layout), indices)
             if problem is None:
                 assert material.commitment is not None
                 store.put_contribution(material.commitment, statement.part, material.chunks)
@@ -331,29 +379,33 @@ async def audit_part(p2p: P2P, store: AuditStore, case: PartAudit, reduction: ty
     # reducer's order for its first term at least (the rest is rounding, far below AUDIT_TOLERANCE)
     gathered.sort(key=lambda g: (g[1].sender != statement.reducer, g[0].sender))
     loop = asyncio.get_running_loop()
-    try:   # a part's worth of decoding and reduction: off the engine loop, which keeps serving streams meanwhile
-        distance = await loop.run_in_executor(None, recompute, case.layout, gathered, result, reduction)
+    try:   # decoding and reducing the sampled chunks: off the engine loop, which keeps serving streams meanwhile
+        distances = await loop.run_in_executor(None, recompute, case.layout, gathered, result, reduction, indices)
     except ValueError as e:
         return Finding("inconclusive", f"undecodable bytes: {e}")
-    if distance > AUDIT_TOLERANCE:
-        return Finding("lied", f"its result is {distance:.3g} of its norm away from what its {len(gathered)} inputs reduce to", distance)
-    return Finding("honest", f"within {distance:.2g} of its inputs' reduction", distance)
+    worst = max(distances.values())
+    wrong = sorted(k for k, d in distances.items() if d > AUDIT_TOLERANCE)
+    if wrong:
+        return Finding("lied", f"its result is {worst:.3g} of its norm away from what its {len(gathered)} inputs reduce to "
+                               f"in {len(wrong)} of the {len(indices)} chunks checked", worst, wrong)
+    return Finding("honest", f"within {worst:.2g} of its inputs' reduction in the {len(indices)} chunks checked", worst)
 
 
 async def _fetch_result(p2p: P2P, store: AuditStore, statement: ResultStatement, chunks: int, peers: Sequence[str],
                         timeout: float) -> list[bytes] | None:
     held = store.get(statement.round_id, statement.part, statement.digest)
-    if held is not None:
-        return held.chunks
+    if held is not None and len(held.chunks) == chunks:
+        return [held.chunks[k] for k in range(chunks)]
     for peer in peers:
         try:
-            material = await fetch_material(p2p, peer, statement.round_id, statement.part, statement.digest, chunks, timeout)
+            material = await fetch_material(p2p, peer, statement.round_id, statement.part, statement.digest, chunks, timeout=timeout)
         except Exception as e:
             logger.debug("audit: no result from %s: %s", peer[-8:], describe(e))
             continue
-        if len(material.chunks) == chunks and hashlib.sha256(b"".join(material.chunks)).digest() == statement.digest:
-            store.put_result(statement.round_id, statement.part, statement.digest, material.chunks)
-            return material.chunks
+        ordered = [material.chunks[k] for k in range(chunks)]
+        if hashlib.sha256(b"".join(ordered)).digest() == statement.digest:
+            store.put_result(statement.round_id, statement.part, statement.digest, ordered)
+            return ordered
     return None
 
 

@@ -84,15 +84,17 @@ def test_layouts_and_accusations_round_trip_and_refuse_garbage():
     assert unpack_layout(pack_layout(layout)) == layout
     assert unpack_layout(msgpack.packb([["fp16", 0]])) is None and unpack_layout(b"\xc1") is None
     s = sign_statement(KEY, ROUND, 1, ME, b"\x02" * 32, pack_inputs(bytes(32), [Input(0, 1, bytes(32))]))
-    assert unpack_accusation(pack_accusation(s, layout, ME)) == (s, layout, ME)
-    assert unpack_accusation(msgpack.packb([s.pack(), b"\xc1", ME])) is None
+    assert unpack_accusation(pack_accusation(s, layout, ME, [1])) == (s, layout, ME, [1])
+    assert unpack_accusation(msgpack.packb([s.pack(), b"\xc1", ME, [0]])) is None
+    assert unpack_accusation(pack_accusation(s, layout, ME, [2])) is None      # a chunk the layout does not have
+    assert unpack_accusation(pack_accusation(s, layout, ME, [])) is None       # no chunk found wrong: no accusation
     assert unpack_accusation(b"\x00" * (1 << 16)) is None
 
 
 def _contribution(values: torch.Tensor, sender: int, codec: str = "fp16", chunk: int = 256):
     c = get_codec(codec)
     encoded = [c.encode(values[i:i + chunk]) for i in range(0, values.numel(), chunk)]
-    return Input(sender, len(encoded), bytes(32)), commit(KEY, ROUND, ME, 1.0 + sender, {0: encoded}), encoded
+    return Input(sender, len(encoded), bytes(32)), commit(KEY, ROUND, ME, 1.0 + sender, {0: encoded}), dict(enumerate(encoded))
 
 
 def test_a_recomputation_matches_an_honest_result_whatever_the_order_and_finds_noise():
@@ -108,12 +110,16 @@ def test_a_recomputation_matches_an_honest_result_whatever_the_order_and_finds_n
         for entry, commitment, chunks in reversed(inputs):
             red.add(codec.decode(chunks[k]), commitment.weight, sender=entry.sender)
         honest.append(codec.encode(red.result()))
-    assert recompute(layout, inputs, honest) < AUDIT_TOLERANCE / 10
-    noisy = [codec.encode(codec.decode(h) + codec.decode(h).norm() / 16 * torch.randn(256, generator=g)) for h in honest]
-    assert recompute(layout, inputs, noisy) > 0.5
+    assert max(recompute(layout, inputs, honest).values()) < AUDIT_TOLERANCE / 10
+    noisy = list(honest)
+    noisy[2] = codec.encode(codec.decode(honest[2]) + codec.decode(honest[2]).norm() / 16 * torch.randn(256, generator=g))
+    distances = recompute(layout, inputs, noisy)
+    assert distances[2] > 0.5 and max(distances[k] for k in (0, 1, 3)) < AUDIT_TOLERANCE / 10
+    assert list(recompute(layout, inputs, noisy, indices=[1, 2])) == [1, 2]       # a sample: those chunks only
     # a sender excluded midway counts only in the chunks the statement says
     partial = [(Input(e.sender, 2 if e.sender == 3 else e.chunks, e.commitment), c, ch) for e, c, ch in inputs]
-    assert recompute(layout, partial, honest) > AUDIT_TOLERANCE   # the reducer used sender 3 in all 4 chunks
+    distances = recompute(layout, partial, honest)    # the reducer used sender 3 in all 4 chunks
+    assert max(distances[k] for k in (0, 1)) < AUDIT_TOLERANCE / 10 and min(distances[k] for k in (2, 3)) > AUDIT_TOLERANCE
 
 
 def test_the_store_keeps_recent_rounds_and_pinned_evidence():
