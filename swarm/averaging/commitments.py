@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import msgpack
-from hivemind.utils.crypto import RSAPrivateKey, RSAPublicKey
+from hivemind.utils.crypto import RSAPrivateKey
 
-from swarm.net.identity import MAX_PUBLIC_KEY_BYTES, peer_id_of
+from swarm.net.identity import MAX_PUBLIC_KEY_BYTES, signed_by
 
 __all__ = ["Commitment", "commit", "MAX_CHUNKS", "MAX_COMMITMENT_BYTES"]
 
@@ -63,12 +63,7 @@ class Commitment:
 
     def valid(self) -> bool:
         """The sender named signed it: the key is the sender's identity and the signature checks."""
-        if peer_id_of(self.public_key) != self.sender:
-            return False
-        try:
-            return RSAPublicKey.from_bytes(self.public_key).verify(self.signed_bytes(), self.signature)
-        except Exception:   # a key the parser refuses: not the sender's
-            return False
+        return signed_by(self.sender, self.public_key, self.signed_bytes(), self.signature)
 
     def pack(self) -> bytes:
         return msgpack.packb(self._fields() + [self.public_key, self.signature])

@@ -24,9 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import msgpack
-from hivemind.utils.crypto import RSAPrivateKey, RSAPublicKey
+from hivemind.utils.crypto import RSAPrivateKey
 
-from swarm.net.identity import MAX_PUBLIC_KEY_BYTES, peer_id_of
+from swarm.net.identity import MAX_PUBLIC_KEY_BYTES, signed_by
 
 __all__ = ["ResultStatement", "Input", "sign_statement", "contradiction", "pack_inputs", "unpack_inputs", "MAX_STATEMENT_BYTES"]
 
@@ -54,12 +54,7 @@ class ResultStatement:
 
     def valid(self) -> bool:
         """The reducer named signed it: the key is the reducer's identity and the signature checks."""
-        if peer_id_of(self.public_key) != self.reducer:
-            return False
-        try:
-            return RSAPublicKey.from_bytes(self.public_key).verify(self.signed_bytes(), self.signature)
-        except Exception:   # a key the parser refuses: not the reducer's
-            return False
+        return signed_by(self.reducer, self.public_key, self.signed_bytes(), self.signature)
 
     def pack(self) -> bytes:
         return msgpack.packb([self.round_id, self.part, self.reducer, self.digest, self.public_key, self.signature]

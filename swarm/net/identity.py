@@ -20,9 +20,9 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from hivemind.proto import crypto_pb2
-from hivemind.utils.crypto import RSAPrivateKey
+from hivemind.utils.crypto import RSAPrivateKey, RSAPublicKey
 
-__all__ = ["identity_bytes", "key_from_identity", "peer_id_of", "identity_file", "read_identity", "same_key"]
+__all__ = ["identity_bytes", "key_from_identity", "peer_id_of", "signed_by", "identity_file", "read_identity", "same_key"]
 
 MAX_PUBLIC_KEY_BYTES = 2048   # an OpenSSH RSA key of 2048 bits is ~380 bytes; 8192 bits stay below this
 MAX_IDENTITY_BYTES = 16384    # an identity file of an RSA key of 8192 bits is ~4.8 KB
@@ -87,6 +87,16 @@ def peer_id_of(public_key: bytes) -> str | None:
     der = key.public_bytes(encoding=serialization.Encoding.DER, format=serialization.PublicFormat.SubjectPublicKeyInfo)
     encoded = crypto_pb2.PublicKey(key_type=crypto_pb2.RSA, data=der).SerializeToString()
     return base58.b58encode(multihash.encode(hashlib.sha256(encoded).digest(), multihash.coerce_code("sha2-256"))).decode()
+
+
+def signed_by(peer_id: str, public_key: bytes, data: bytes, signature: bytes) -> bool:
+    """Whether `signature` over `data` is by the peer `peer_id`: `public_key` is that peer's identity and checks it."""
+    if peer_id_of(public_key) != peer_id:
+        return False
+    try:
+        return RSAPublicKey.from_bytes(public_key).verify(data, signature)
+    except Exception:   # a key the parser refuses: not the peer's
+        return False
 
 
 @contextmanager
