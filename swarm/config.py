@@ -56,10 +56,10 @@ class EngineConfig(BaseModel):
                                                   "and strike out senders clipped hard (swarm.averaging.robust); auto: on in "
                                                   "open runs, off in invite-only ones. Costs each reducer its part's copies "
                                                   "until all arrive and their dot products; off trusts every member")
-    audits_per_part: float = Field(1.0, ge=0, le=64, description="robust mode: how many members audit each reducer's part "
-                                   "per round on average (swarm.averaging.audits: recompute it from its committed inputs; "
-                                   "a reducer found lying is banned). Each audit downloads one part from every other "
-                                   "member; 0 turns audits off")
+    audits_per_part: float = Field(2.0, ge=0, le=64, description="robust mode: how many members audit each reducer's part "
+                                   "per round on average (swarm.averaging.audits: recompute a sample of its chunks from "
+                                   "its committed inputs; a reducer found lying is banned). Each audit downloads up to 4 "
+                                   "chunks from every other member; 0 turns audits off")
 
     @field_validator("compression")
     @classmethod

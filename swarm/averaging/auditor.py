@@ -12,9 +12,11 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Awaitable, Callable
 
-from hivemind.p2p import P2P
+from google.protobuf.wrappers_pb2 import BytesValue
+from hivemind.p2p import P2P, PeerID
 
-from swarm.averaging.audits import AuditService, AuditStore, Finding, PartAudit, audit_part, draw, pack_accusation, unpack_accusation
+from swarm.averaging.audits import (ACCUSE_HANDLER, PUSH_TIMEOUT, AuditService, AuditStore, Finding, PartAudit, audit_part, draw,
+                                    pack_accusation, unpack_accusation)
 from swarm.averaging.bans import BanList
 
 if TYPE_CHECKING:
@@ -28,12 +30,12 @@ MAX_RUNNING = 4   # audits in flight at once; one drawn beyond that is skipped (
 
 
 class Auditor:
-    def __init__(self, p2p: P2P, bans: BanList, audits_per_part: float = 1.0,
+    def __init__(self, p2p: P2P, bans: BanList, audits_per_part: float = 2.0,
                  publish: Callable[[], Awaitable[None]] | None = None):
         self.p2p, self.bans, self.audits_per_part = p2p, bans, audits_per_part
         self.publish = publish
         self.store = AuditStore()
-        self.service = AuditService(p2p, self.store)
+        self.service = AuditService(p2p, self.store, on_accusation=self._pushed)
         self.counts = {"honest": 0, "lied": 0, "inconclusive": 0, "skipped": 0, "verified": 0}
         self._tasks: set[asyncio.Task] = set()
 
@@ -70,6 +72,20 @@ class Auditor:
             layout = [(round_.layout.codecs[c.bucket].name, c.length) for c in round_.parts[j]]
             sources = {i: [group.peer_ids[i]] for i in range(len(group.peer_ids)) if i != me}
             self._spawn(PartAudit(statement, layout, chunks, sources), verifying=False)
+
+    def _pushed(self, accusation: bytes) -> None:
+        if self.bans.offer(accusation):
+            self.verify_pending()
+
+    async def _push(self, accusation: bytes, peers: list[str]) -> None:
+        """Tell the round's other members of my accusation at once: each audits it before the next read of the ban
+        records (every few seconds, several rounds of a small model)."""
+        request = BytesValue(value=accusation)
+
+        async def one(peer: str) -> None:
+            await asyncio.wait_for(self.p2p.call_protobuf_handler(PeerID.from_base58(peer), ACCUSE_HANDLER, request, BytesValue), PUSH_TIMEOUT)
+
+        await asyncio.gather(*(one(p) for p in peers), return_exceptions=True)
 
     def verify_pending(self) -> None:
         """Audit the accusations others published (BanList.to_verify), as many as there is room for."""
@@ -108,8 +124,11 @@ class Auditor:
             self.store.pin(statement.round_id)   # others fetch the evidence from me to verify it
             accusation = pack_accusation(statement, case.layout, str(self.p2p.peer_id), finding.chunks)
             why = f"audit of {name}: {finding.detail}" + (" (verifying another peer's accusation)" if verifying else "")
-            if self.bans.convict(statement.reducer, accusation, why) and self.publish is not None:
-                await self.publish()
+            if self.bans.convict(statement.reducer, accusation, why):
+                if not verifying:
+                    await self._push(accusation, sorted({p for peers in case.sources.values() for p in peers} - {statement.reducer}))
+                if self.publish is not None:
+                    await self.publish()
         elif finding.verdict == "inconclusive":
             logger.info("audit of %s inconclusive: %s", name, finding.detail)
         else:

@@ -44,10 +44,10 @@ import logging
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator, Callable, Sequence
 
 import msgpack
-import torch
+from google.protobuf.wrappers_pb2 import BytesValue
 from hivemind.p2p import P2P, P2PContext, PeerID
 
 from swarm.averaging.commitments import Commitment
@@ -65,6 +65,8 @@ __all__ = ["AUDIT_HANDLER", "AUDIT_TOLERANCE", "AuditStore", "AuditService", "Pa
            "recompute", "pack_layout", "unpack_layout", "pack_accusation", "unpack_accusation", "draw"]
 
 AUDIT_HANDLER = "swarm.averaging.audit"
+ACCUSE_HANDLER = "swarm.averaging.accuse"    # an auditor tells the round's members at once (they audit it themselves)
+PUSH_TIMEOUT = 5.0
 AUDIT_TOLERANCE = 0.01      # relative L2 distance between a chunk as sent and as recomputed (see the module docstring)
 KEEP_ROUNDS = 8             # rounds whose material a peer keeps for auditors
 MAX_PINNED = 16             # rounds kept beyond that as evidence of this peer's accusations
@@ -202,11 +204,18 @@ class AuditService:
     `chunk`); an unknown item or chunk gets an error. Anyone may ask (verifiers of an accusation are not members of
     the round); each item is served at most MAX_SERVES times."""
 
-    def __init__(self, p2p: P2P, store: AuditStore):
-        self.p2p, self.store = p2p, store
+    def __init__(self, p2p: P2P, store: AuditStore, on_accusation: Callable[[bytes], None] = lambda accusation: None):
+        self.p2p, self.store, self.on_accusation = p2p, store, on_accusation
 
     async def start(self) -> None:
         await self.p2p.add_protobuf_handler(AUDIT_HANDLER, self._handle, swarm_pb2.PartChunk, stream_input=True, stream_output=True)
+        await self.p2p.add_protobuf_handler(ACCUSE_HANDLER, self._accused, BytesValue)
+
+    async def _accused(self, request: BytesValue, context: P2PContext) -> BytesValue:
+        """An accusation pushed by an auditor: queued for an audit here (bounded there), never trusted as such."""
+        if len(request.value) <= MAX_ACCUSATION_BYTES:
+            self.on_accusation(request.value)
+        return BytesValue()
 
     async def _handle(self, requests: AsyncIterator[swarm_pb2.PartChunk], context: P2PContext) -> AsyncIterator[swarm_pb2.PartChunk]:
         try:

@@ -121,7 +121,14 @@ class BanList:
         for record in await node.fetch_records(records.bans_key(node.run_id), records.BanRecord):
             for proof in record.proofs:
                 self.consider(proof)
-            for accusation in record.accusations:   # audited by swarm.averaging.auditor, not trusted
-                if accusation not in self._accusations_seen and len(self._accusations_seen) < MAX_ACCUSATIONS_CHECKED:
-                    self._accusations_seen.add(accusation)
-                    self.to_verify[accusation] = None
+            for accusation in record.accusations:
+                self.offer(accusation)
+
+    def offer(self, accusation: bytes) -> bool:
+        """Queue another peer's accusation for an audit here (swarm.averaging.auditor), unless seen before or past
+        MAX_ACCUSATIONS_CHECKED; returns whether it was queued. Nobody is banned on it before that audit."""
+        if accusation in self._accusations_seen or len(self._accusations_seen) >= MAX_ACCUSATIONS_CHECKED:
+            return False
+        self._accusations_seen.add(accusation)
+        self.to_verify[accusation] = None
+        return True

@@ -96,6 +96,11 @@ def test_an_accusation_bans_the_liar_at_a_peer_outside_the_round_that_verifies_i
             await accuser._audit(case_for(rounds, 2, 0), verifying=False)
             liar = str(members[0].peer_id)
             assert accuser.bans.banned == {liar} and len(accuser.bans.accused) == 1
+            # the accuser told the round's other members at once; each audited the part itself and banned the liar
+            await asyncio.wait_for(asyncio.gather(*(t for i in (1, 3) for t in list(auditors[i]._tasks))), 60)
+            for i in (1, 3):
+                assert auditors[i].bans.banned == {liar} and auditors[i].counts["verified"] == 1, auditors[i].counts
+            assert not auditors[0].bans.banned   # nor did the liar (an accusation of oneself is not audited)
             statement, layout, holder, chunks = unpack_accusation(accuser.bans.accused[0])
             assert holder == str(members[2].peer_id) and chunks
             # the senders are gone: only the accuser's pinned copies of the inputs and the result remain
