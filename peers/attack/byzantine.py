@@ -21,6 +21,7 @@ Kinds (`KINDS`):
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import torch
 
@@ -28,6 +29,8 @@ from swarm.averaging.reduction import Reduction
 from swarm.averaging.result_statements import sign_statement
 from swarm.compression.codecs import decode_checked
 from swarm.proto import swarm_pb2
+
+logger = logging.getLogger(__name__)
 
 SENDER_KINDS = ("sign_flip", "gaussian", "huge", "alie", "inflated_weight")
 REDUCER_KINDS = ("lying_reducer", "equivocating_reducer")
@@ -85,6 +88,14 @@ def byzantine_round_class(kind: str, base: type):
             if kind == "lying_reducer":
                 kwargs["reduction"] = lying_reduction(kwargs.get("reduction") or Reduction)
             super().__init__(*args, **kwargs)
+
+        async def run(self):
+            if kind in REDUCER_KINDS:   # what the run's report and tests compare the bans with: the rounds it attacked in
+                mine = self.parts[self.group.my_index]
+                logger.warning("byzantine %s: %s my part of round %s (%d chunks, share %.3f)", kind,
+                               "attacking in" if mine else "no part to attack in", self.group.round_id.hex()[:8], len(mine),
+                               self.group.shares[self.group.my_index])
+            return await super().run()
 
         def _outgoing(self, chunk):
             values = super()._outgoing(chunk)
