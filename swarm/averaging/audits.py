@@ -7,13 +7,14 @@ sender committed to its chunks (swarm.averaging.commitments) and each reducer si
 commitments it reduced and how many chunks of each (swarm.averaging.result_statements, `inputs`). After a round, each
 member audits each other reducer's part with probability `audits_per_part / (members - 1)`, drawn from its own private
 randomness: nobody, the reducer included, knows who will audit what, or can pick its auditors (an auditor chosen by a
-public seed could be ground by the reducer's choice of its own bytes). The auditor:
+public seed could be ground by the reducer's choice of its own bytes). The auditor draws AUDIT_CHUNKS of the part's
+chunks (privately too) and:
 
-1. takes every listed contribution from its sender (its own from memory) and checks it: the commitment is the one the
-   reducer listed (by digest), signed by its sender for this round and part, and every chunk it sends hashes to the
-   digest the commitment names. So a sender cannot show the auditor other bytes than the reducer accepted, and the
-   reducer cannot have made one up;
-2. reduces them again, chunk by chunk, with the reducer's codecs and chunk sizes (whose digest the reducer signed)
+1. takes those chunks of every listed contribution from its sender (its own from memory) and checks them: the
+   commitment is the one the reducer listed (by digest), signed by its sender for this round, and every chunk hashes
+   to the digest the commitment names. So a sender cannot show the auditor other bytes than the reducer accepted,
+   and the reducer cannot have made one up;
+2. reduces them again with the reducer's codecs and chunk sizes (whose digest the reducer signed)
    and robust mode's own reduction (swarm.averaging.robust.CenteredClipReduction), adding each sender's values to the
    chunks the reducer said held them;
 3. compares each chunk with what the reducer sent, both as the codec decodes them: a relative distance above
@@ -25,16 +26,17 @@ public seed could be ground by the reducer's choice of its own bytes). The audit
 An audit that cannot complete (a sender gone, a commitment that does not match, bytes that do not) is inconclusive
 and bans nobody: an honest reducer is banned only on a recomputation from inputs its senders signed and it listed.
 
-A finding travels as an accusation (swarm.averaging.bans): the reducer's signed statement and the part's chunk layout,
-published in the DHT by the auditor, who keeps the part's inputs and result for others to fetch (`AuditStore.pin`).
-Every peer that reads it audits the part itself, asking the accuser for the inputs and the result, and bans the
-reducer only if its own recomputation finds the lie: the evidence is self-certifying (signed commitments, a signed
-statement, bytes checked against their digests), so the accuser's word counts for nothing and every honest peer that
-verifies reaches the same verdict.
+A finding travels as an accusation (swarm.averaging.bans): the reducer's signed statement, the part's chunk layout and
+the chunks found wrong, pushed to the round's members at once and published in the DHT by the auditor, who keeps the
+part's inputs and result for others to fetch (`AuditStore.pin`). Every peer that gets it audits those chunks itself,
+asking the accuser for the inputs and the result, and bans the reducer only if its own recomputation finds the lie:
+the evidence is self-certifying (signed commitments, a signed statement, bytes checked against their digests), so the
+accuser's word counts for nothing and every honest peer that verifies reaches the same verdict.
 
-What it costs: an auditor downloads the part's inputs (members - 1 contributions of one part) and reduces them once;
-at the default of one audit per part per round, the round's bytes grow by about 1 / (members - 1) of a vector per
-member... see benchmarks/README.md for the measured figure.
+What it costs: an audit fetches AUDIT_CHUNKS chunks from each of the part's other senders and reduces them once, off
+the engine loop. At the default of 2 audits per part per round (engine.audits_per_part) a member runs about 2 audits a
+round, so it downloads about 8 x (members - 2) chunks (2**17 values, 256 KB in fp16, each) whatever the model's size;
+a part escapes audit for 3 rounds with probability about e**-6. Measured in benchmarks/README.md, "Audits".
 """
 from __future__ import annotations
 
