@@ -56,10 +56,8 @@ class Auditor:
         check = round_.results
         if check is None or not stepped:
             return
-        for j, statement in check.held.items():
-            chunks = round_.part_bytes(j)
-            if chunks is not None:
-                self.store.put_result(group.round_id, statement.part, statement.digest, chunks)
+        # the parts I received are kept only for the parts I audit, and only as evidence of a lie (an accusation's
+        # verifiers fetch the result from me): a round's whole result per round kept would cost a vector of memory each
         for j, statement in sorted(check.held.items()):
             if j == me or not statement.inputs:
                 continue
@@ -121,6 +119,8 @@ class Auditor:
         if verifying:
             self.counts["verified"] += 1
         if finding.verdict == "lied":
+            if case.result is not None:
+                self.store.put_result(statement.round_id, statement.part, statement.digest, case.result)
             self.store.pin(statement.round_id)   # others fetch the evidence from me to verify it
             accusation = pack_accusation(statement, case.layout, str(self.p2p.peer_id), finding.chunks)
             why = f"audit of {name}: {finding.detail}" + (" (verifying another peer's accusation)" if verifying else "")

@@ -70,7 +70,10 @@ AUDIT_HANDLER = "swarm.averaging.audit"
 ACCUSE_HANDLER = "swarm.averaging.accuse"    # an auditor tells the round's members at once (they audit it themselves)
 PUSH_TIMEOUT = 5.0
 AUDIT_TOLERANCE = 0.01      # relative L2 distance between a chunk as sent and as recomputed (see the module docstring)
-KEEP_ROUNDS = 8             # rounds whose material a peer keeps for auditors
+# Rounds whose material a peer keeps for auditors: its own contributions (an encoded vector a round) and what audits
+# fetched. Audits start as a round ends and accusations are pushed at once, so a few rounds suffice; more would hold
+# that many vectors of a large model in memory.
+KEEP_ROUNDS = 3
 MAX_PINNED = 16             # rounds kept beyond that as evidence of this peer's accusations
 MAX_SERVES = 64             # times one contribution or result is served
 REQUEST_TIMEOUT = 10.0      # seconds a requester has to send its request on an audit stream
