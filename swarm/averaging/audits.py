@@ -230,10 +230,13 @@ class AuditService:
         parsed = _parse_request(request.data)
         item = self.store.get(request.round_id, request.part, parsed[0]) if parsed is not None else None
         wanted = (parsed[1] if parsed[1] is not None else sorted(item.chunks)) if parsed is not None and item is not None else []
-        if item is None or item.served >= MAX_SERVES or not all(k in item.chunks for k in wanted):
-            yield swarm_pb2.PartChunk(error="bad request" if parsed is None else "not held here" if item is None or wanted
-                                      else "served too often")
+        problem = ("bad request" if parsed is None else "not held here" if item is None else
+                   "served too often" if item.served >= MAX_SERVES else
+                   "chunk not held here" if not all(k in item.chunks for k in wanted) else None)
+        if problem is not None:
+            yield swarm_pb2.PartChunk(error=problem)
         else:
+            assert item is not None
             item.served += 1
             yield swarm_pb2.PartChunk(part=request.part, chunk=len(wanted),
                                       commitment=item.commitment.pack() if item.commitment is not None else b"")
