@@ -178,3 +178,34 @@ def test_a_reducer_refuses_a_chunk_that_differs_from_its_senders_commitment():
         finally:
             await shutdown(members)
     asyncio.run(main())
+
+
+def test_the_audit_service_refuses_what_it_does_not_hold_and_malformed_requests_with_a_reason():
+    from swarm.averaging.audits import AUDIT_HANDLER, fetch_material
+    from swarm.averaging.commitments import commit
+    from swarm.proto import swarm_pb2
+
+    async def main():
+        keys, members, services = await start_signing_members(2)
+        try:
+            store = AuditStore()
+            c = commit(keys[0], bytes(16), str(members[0].peer_id), 1.0, {0: [b"a", b"b", b"c"]})
+            store.put_contribution(c, 0, [b"a", b"b", b"c"])
+            service = AuditService(members[0], store)
+            await service.start()
+            holder = str(members[0].peer_id)
+            got = await fetch_material(members[1], holder, bytes(16), 0, c.digest(), 3, [2, 0])
+            assert got.chunks == {2: b"c", 0: b"a"} and got.commitment == c
+            for digest, indices, why in ((bytes(32), None, "not held here"), (c.digest(), [5], "chunk not held here")):
+                with pytest.raises(LookupError, match=why):
+                    await fetch_material(members[1], holder, bytes(16), 0, digest, 3, indices)
+
+            async def malformed():
+                yield swarm_pb2.PartChunk(round_id=bytes(16), part=0, data=b"short")
+
+            stream = await members[1].iterate_protobuf_handler(members[0].peer_id, AUDIT_HANDLER, malformed(), swarm_pb2.PartChunk)
+            reply = await asyncio.wait_for(anext(stream), 10)
+            assert reply.error == "bad request"
+        finally:
+            await shutdown(members)
+    asyncio.run(main())
