@@ -210,3 +210,22 @@ def test_the_reduction_does_not_depend_on_whether_a_huge_copy_arrived_first():
     for value in results:
         assert float((value - mean).norm()) < 0.5 * spread
         assert torch.allclose(value, results[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("attack", ["sign_flip", "huge", "far"])
+def test_the_float_iteration_of_a_small_group_takes_the_same_steps_as_the_tensor_one(attack, monkeypatch):
+    """Groups of up to FLOAT_ITERATION_MAX_ROWS iterate on plain floats (tensor operations on a few numbers cost more
+    than arithmetic on them): the same iterations, coefficients and clipped shares as on tensors."""
+    import swarm.averaging.robust as robust_module
+
+    good = honest(5, seed=7)
+    bad = {"sign_flip": -2 * good.mean(0, keepdim=True), "huge": torch.full((1, D), 1e30),
+           "far": good[:1] + 3 * spread(good) * torch.randn(1, D, generator=torch.Generator().manual_seed(3)) / D**0.5}[attack]
+    rows, weights = torch.cat([good, bad]), torch.tensor([1.0, 1.2, 0.9, 1.1, 1.0, 1.3])
+    assert len(rows) <= robust_module.FLOAT_ITERATION_MAX_ROWS
+    floats = centered_clip(rows, weights)
+    monkeypatch.setattr(robust_module, "FLOAT_ITERATION_MAX_ROWS", 0)
+    tensors = centered_clip(rows, weights)
+    assert floats.iterations == tensors.iterations > 0
+    assert torch.allclose(floats.clipped_share, tensors.clipped_share, atol=1e-6)
+    assert torch.allclose(floats.value, tensors.value, rtol=0, atol=1e-5 * spread(good))
