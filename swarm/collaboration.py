@@ -35,6 +35,7 @@ from swarm.averaging.group import GroupView
 from swarm.averaging.hierarchy import HierarchicalRound
 from swarm.averaging.late import fetch_group_result
 from swarm.averaging.layout import TensorLayout
+from swarm.averaging.claims import capped, claim_ceiling
 from swarm.averaging.matchmaking import ROBUST_MIN_TRAINERS, Matchmaker, robust_group_problem
 from swarm.averaging.phase_stats import PhaseStats
 from swarm.averaging.progress import ProgressTracker
@@ -108,7 +109,8 @@ class GroupPhases:
             round_ = collab.round_class(collab.node.p2p, group, layout, local, chunk_elements=cfg.chunk_elements, sender_timeout=limits.silence,
                                         reduction=reduction, excluded=collab.strikes.excluded() | collab.bans.banned,
                                         signer=collab.node.private_key if collab.robust else None,
-                                        keep_contribution=collab.auditor.store.put_contribution if collab.auditor is not None else None)
+                                        keep_contribution=collab.auditor.store.put_contribution if collab.auditor is not None else None,
+                                        claim_ceiling=claim_ceiling(cfg.target_batch_size) if collab.robust else None)
             collab.aggregate.open(round_)
         else:   # the leader's group is larger than its bound: subgroups, then each part across them (the round opens its own)
             column = column_limits(plan, self.links, layout.wire_bytes(), chunk_bytes=layout.chunk_bytes(cfg.chunk_elements),
@@ -132,7 +134,9 @@ class GroupPhases:
                     collab.auditor.after_round(round_, stepped)   # swarm.averaging.audits
             collab.strikes.record(round_.stats.clipped_share, round_id.hex()[:8], round_.stats.bad_data)
             collab.bans.observe(collab.strikes.banned())
-            if round_.stats.proofs and collab.bans.accuse(round_.stats.proofs):
+            proven = bool(collab.bans.accuse(round_.stats.proofs)) if round_.stats.proofs else False
+            claimed = bool(collab.bans.claim(round_.stats.overclaims)) if round_.stats.overclaims else False
+            if proven or claimed:
                 await collab.bans_io(publish=True)
 
 
@@ -185,7 +189,7 @@ class Collaboration:
         self.rounds: list[RoundReport] = []
         self.round_class: type[AllReduceRound] = AllReduceRound  # tests inject faults by subclassing it
         self.strikes = StrikeBook()   # senders my reducers clipped hard; past a threshold their contributions are ignored
-        self.bans = BanList()         # peers proven to equivocate (swarm.averaging.bans): refused at matchmaking
+        self.bans = BanList(self.config.target_batch_size)         # peers proven to equivocate (swarm.averaging.bans): refused at matchmaking
         self._snapshot: Callable[[], TrainingState | None] = lambda: None
         self._failed_donors: dict[str, float] = {}   # donor -> until when it is not asked again (monotonic)
         self.download_progress: Callable[[int, int], None] | None = None   # (received, total) bytes of a state download
@@ -204,6 +208,7 @@ class Collaboration:
 
                 self.run_config = self.loop.run(read_run_config(self.node, self.organizer_key), timeout=50)  # type: ignore[arg-type]
                 self.config = self.run_config.engine
+                self.bans.target_batch_size = self.config.target_batch_size   # the claim ceiling is the run's
                 prior = self.config.bandwidth_mbps * MBIT   # the run's prior, until measured
                 self.upload = BandwidthEstimator(prior, first_replaces_prior=True)
                 self.download = BandwidthEstimator(prior, first_replaces_prior=True)
@@ -372,6 +377,8 @@ class Collaboration:
                          extend: Callable[[float], None] = lambda seconds: None):
         assert self.matchmaker is not None and self.aggregate is not None and self.node is not None
         cfg = self.config
+        if self.robust:
+            weight = capped(weight, cfg.target_batch_size)   # a claim over the ceiling proves a lie (swarm.averaging.claims)
         request = swarm_pb2.JoinRequest(
             run_id=self.run_id, epoch=epoch, peer_id=self.peer_id, role=self.role, weight=weight,
             upload_bps=self.upload.value, download_bps=self.download.value, schema_hash=codec.schema.schema_hash(),
@@ -388,6 +395,7 @@ class Collaboration:
             extend(late.group.timeout)
             return await self._take_group_result(epoch, late, codec)
         self._check_robust_group(epoch, info)
+        self._check_my_weight(epoch, info, request.weight)
         alone = self.tracker.seconds_alone()  # type: ignore[union-attr]
         if len(info.members) == 1 and alone < SOLO_AFTER_TTLS * cfg.record_ttl:
             # Nobody joined although others trained with us moments ago: we are cut off (or they are). A solo step
@@ -421,6 +429,13 @@ class Collaboration:
             f" ({report.codec}" + (f", {len(phases.stats)} phases)" if len(phases.stats) > 1 else ")") if report.codec else "",
         )
         return result, report
+
+    def _check_my_weight(self, epoch: int, info: swarm_pb2.GroupInfo, asked: float) -> None:
+        """Refuse a group that gives me another weight than I asked for: I would sign it in my commitment, and a leader
+        must not make me claim what I did not (swarm.averaging.claims), nor weigh my values otherwise."""
+        mine = next((m.weight for m in info.members if m.peer_id == self.peer_id), asked)
+        if mine != asked:
+            raise RoundFailed(f"the group of epoch {epoch} gives me weight {mine}, I asked for {asked} (leader {info.leader[-8:]})")
 
     def _check_robust_group(self, epoch: int, info: swarm_pb2.GroupInfo) -> None:
         """Robust mode: refuse a group in which one bad member cannot be outvoted. Our own leader would not have formed

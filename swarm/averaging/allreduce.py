@@ -149,6 +149,7 @@ class AllReduceRound:
         result: list[torch.Tensor] | None = None,
         signer: RSAPrivateKey | None = None,
         keep_contribution: Callable[[Commitment, int, list[bytes]], None] | None = None,
+        claim_ceiling: float | None = None,
     ):
         """`excluded`: peer ids whose contributions my part ignores (senders struck out by a robust reducer).
 
@@ -159,7 +160,9 @@ class AllReduceRound:
         `signer`: this peer's identity key (swarm.net.identity); with it the round checks results: as a reducer it
         signs each member's copy of its part, as a member it requires its reducers' signatures and compares them
         with the other members' after the all-gather (swarm.averaging.result_exchange); and contributions are committed
-        (swarm.averaging.commitments), each handed to `keep_contribution` as it is made."""
+        (swarm.averaging.commitments), each handed to `keep_contribution` as it is made; a sender whose commitment
+        claims more samples than `claim_ceiling` is excluded from my part, its commitment kept as the proof
+        (swarm.averaging.claims)."""
         self.p2p, self.group, self.layout = p2p, group, layout
         self.authorizer = authorizer  # invite-only runs: the first chunk of each stream is signed
         self.local = list(local) if local is not None else None
@@ -219,6 +222,7 @@ class AllReduceRound:
         # with a signer, contributions are committed (swarm.averaging.commitments): the senders' commitments to my part,
         # and mine (part -> my commitment and encoded chunks, kept for auditors: swarm.averaging.audits)
         self._commitments: dict[int, Commitment] = {}
+        self.claim_ceiling = claim_ceiling
         self.contributions: dict[int, tuple[Commitment, list[bytes]]] = {}
         # where my committed contributions go as they are made (an AuditStore: auditors may ask before my round ends)
         self.keep_contribution = keep_contribution
@@ -270,6 +274,9 @@ class AllReduceRound:
                 and c.weight == float(group.weights[sender]) and mine is not None
                 and len(mine) == len(self.parts[group.my_index]) and c.valid()):
             self._commitments[sender] = c
+            if self.claim_ceiling is not None and c.weight > self.claim_ceiling:
+                self.stats.overclaims.append(bytes(message.commitment))
+                self._exclude(sender, f"it signed a claim of {c.weight:.0f} samples, over the run's ceiling of {self.claim_ceiling:.0f}")
 
     def _inputs(self) -> bytes:
         """What my statement lists as reduced (result_statements.pack_inputs): every sender whose values are in my part,

@@ -18,6 +18,10 @@ that reads it runs the audit itself (`to_verify`, swarm.averaging.auditor) and b
 The evidence is self-certifying, so this is a proof in the same sense: no count of accusers matters, and an
 accusation against an honest reducer bans nobody.
 
+A sender's signed commitment to a weight over the run's claim ceiling is a proof too (swarm.averaging.claims): the
+reducer that receives it bans the sender and publishes the commitment (`claims`); every peer checks its signature
+and its weight before it bans.
+
 A peer also bans, on its own observation, a sender whose contributions to its part were absurd in repeated rounds
 (`observe`; swarm.averaging.robust.StrikeBook says why that needs no record). Banned peers are refused at
 matchmaking (swarm.averaging.matchmaking reads `banned`), and their contributions are ignored.
@@ -28,6 +32,7 @@ import logging
 import time
 from typing import Iterable
 
+from swarm.averaging.claims import overclaim
 from swarm.averaging.result_statements import ResultStatement, contradiction
 from swarm.net import records
 
@@ -48,7 +53,9 @@ MAX_ACCUSATIONS_CHECKED = 64  # distinct accusations one peer audits at most (ea
 class BanList:
     """The peers this peer bans, and the proofs it found itself (which it publishes)."""
 
-    def __init__(self) -> None:
+    def __init__(self, target_batch_size: int | None = None) -> None:
+        """`target_batch_size`: the run's, which sets the claim ceiling (None: claims prove nothing here)."""
+        self.target_batch_size = target_batch_size
         self.banned: set[str] = set()
         self.found: list[tuple[bytes, bytes]] = []          # my own proofs, newest last (the record keeps the newest)
         self._checked: dict[tuple[bytes, bytes], str | None] = {}
@@ -56,6 +63,8 @@ class BanList:
         self.accused: list[bytes] = []                      # my audits' accusations, newest last (published)
         self.to_verify: dict[bytes, None] = {}             # others' accusations not audited here yet, in order read
         self._accusations_seen: set[bytes] = set()
+        self.claims: list[bytes] = []                       # commitments over the claim ceiling I received (published)
+        self._claims_checked: dict[bytes, str | None] = {}
 
     def consider(self, proof: tuple[bytes, bytes] | list[bytes]) -> str | None:
         """Ban the reducer of a proof that verifies; returns it, or None when the proof proves nothing."""
@@ -72,6 +81,32 @@ class BanList:
             logger.warning("banning %s: it signed two different results for one part of one round", accused[-8:])
             self.banned.add(accused)
         return accused
+
+    def consider_claim(self, packed: bytes) -> str | None:
+        """Ban the sender of a commitment that claims more than the ceiling (swarm.averaging.claims); returns it, or None
+        when the commitment proves nothing."""
+        if self.target_batch_size is None or not isinstance(packed, bytes):
+            return None
+        if packed not in self._claims_checked:
+            if len(self._claims_checked) >= MAX_CHECKED:
+                return None
+            self._claims_checked[packed] = overclaim(packed, self.target_batch_size)
+        accused = self._claims_checked[packed]
+        if accused is not None and accused not in self.banned:
+            logger.warning("banning %s: it signed a claim of more samples than the run's ceiling", accused[-8:])
+            self.banned.add(accused)
+        return accused
+
+    def claim(self, commitments: Iterable[bytes]) -> list[str]:
+        """My own round's over-ceiling commitments: the senders they ban (each kept for publishing, if small enough)."""
+        banned = []
+        for packed in commitments:
+            accused = self.consider_claim(packed)
+            if accused is not None:
+                banned.append(accused)
+                if packed not in self.claims and len(packed) <= records.MAX_CLAIM_BYTES:
+                    self.claims = (self.claims + [packed])[-records.MAX_CLAIMS:]
+        return banned
 
     def observe(self, peers: Iterable[str]) -> list[str]:
         """Ban peers this peer saw send absurd contributions itself (swarm.averaging.robust.StrikeBook.banned)."""
@@ -106,7 +141,8 @@ class BanList:
         return True
 
     def record(self) -> records.BanRecord:
-        return records.BanRecord(proofs=[list(p) for p in self.found], accusations=list(self.accused), time=time.time())
+        return records.BanRecord(proofs=[list(p) for p in self.found], accusations=list(self.accused), claims=list(self.claims),
+                                 time=time.time())
 
     async def publish(self, node) -> bool:
         """Store my proofs under the run's bans key (my record replaces my earlier one)."""
@@ -123,6 +159,8 @@ class BanList:
                 self.consider(proof)
             for accusation in record.accusations:
                 self.offer(accusation)
+            for packed in record.claims:
+                self.consider_claim(packed)
 
     def offer(self, accusation: bytes) -> bool:
         """Queue another peer's accusation for an audit here (swarm.averaging.auditor), unless seen before or past

@@ -49,6 +49,7 @@ class PhaseStats:
     recovered_parts: list[int] = field(default_factory=list)            # parts a backup finished after their reducer was lost
     bad_data: list[str] = field(default_factory=list)                   # senders whose chunks to my part broke the protocol
     proofs: list[tuple[bytes, bytes]] = field(default_factory=list)    # packed statement pairs proving a reducer equivocated
+    overclaims: list[bytes] = field(default_factory=list)               # packed commitments of senders over the claim ceiling
     resent_chunks: int = 0                                              # its chunks a reducer lacked and got again
     send_log: list[tuple[float, int]] = field(default_factory=list)     # its chunks, taken by the transport*
     output_log: list[tuple[float, int]] = field(default_factory=list)   # averaged chunks of its part, taken*

@@ -117,6 +117,8 @@ MAX_PROOFS = 16
 MAX_PROOF_BYTES = 4096
 MAX_ACCUSATIONS = 4
 MAX_ACCUSATION_BYTES = 1 << 15
+MAX_CLAIMS = 4
+MAX_CLAIM_BYTES = 1 << 15   # = swarm.averaging.claims.MAX_CLAIM_BYTES (a sender's commitment to a ~100M-value vector)
 
 
 class BanRecord(_Record):
@@ -127,6 +129,8 @@ class BanRecord(_Record):
         max_length=MAX_PROOFS)
     # audits' findings (swarm.averaging.audits.pack_accusation): each peer recomputes the part before it bans its reducer
     accusations: list[Annotated[bytes, Field(max_length=MAX_ACCUSATION_BYTES)]] = Field(default_factory=list, max_length=MAX_ACCUSATIONS)
+    # commitments signed with a weight over the run's claim ceiling (swarm.averaging.claims): each peer checks them itself
+    claims: list[Annotated[bytes, Field(max_length=MAX_CLAIM_BYTES)]] = Field(default_factory=list, max_length=MAX_CLAIMS)
     time: Timestamp
 
 

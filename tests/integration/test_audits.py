@@ -209,3 +209,49 @@ def test_the_audit_service_refuses_what_it_does_not_hold_and_malformed_requests_
         finally:
             await shutdown(members)
     asyncio.run(main())
+
+
+def test_a_sender_that_signs_a_claim_over_the_ceiling_is_excluded_and_its_commitment_bans_it_everywhere():
+    """swarm.averaging.claims: its commitment signs 64000 samples in a run whose ceiling is 4 x 256; every reducer
+    excludes it from its part (the result is the others' mean), keeps the commitment as the proof, and a peer outside
+    the round that reads it bans the sender too."""
+    import functools
+
+    from swarm.averaging.claims import claim_ceiling
+    from tests.integration.test_robust_rounds import flat
+
+    async def main():
+        keys, members, services = await start_signing_members(4)
+        try:
+            ceiling = claim_ceiling(256)
+            classes = [functools.partial(signing(AllReduceRound, k), claim_ceiling=ceiling) for k in keys]
+            values = correlated_values(4, seed=23)
+            layout = make_layout("fp16")
+            weights = [200.0, 64_000.0, 100.0, 150.0]
+            rounds, results = await run_round(members, services, ROLES, weights, SHARES, values, layout, round_class=_PerMember(classes))
+            assert not any(isinstance(r, BaseException) for r in results), results
+            claimant = str(members[1].peer_id)
+            for j in (0, 2, 3):
+                assert claimant in rounds[j].stats.excluded and len(rounds[j].stats.overclaims) == 1, rounds[j].stats
+            honest = [flat(layout, values[i]) for i in (0, 2, 3)]
+            mean = sum(h * w for h, w in zip(honest, (200.0, 100.0, 150.0))) / 450.0
+            out = torch.cat([t.reshape(-1) for t in results[0]])
+            # its own part (reduced by itself) is the one part its exclusion cannot reach: the others' parts are their mean
+            others = torch.cat([torch.cat([out[c.start:c.start + c.length] for c in rounds[0].parts[j]]) for j in (0, 2, 3)])
+            expected = torch.cat([torch.cat([mean[c.start:c.start + c.length] for c in rounds[0].parts[j]]) for j in (0, 2, 3)])
+            assert torch.allclose(others, expected, atol=2e-2 * float(expected.abs().max())), float((others - expected).abs().max())
+            bans = BanList(256)
+            assert bans.claim(rounds[0].stats.overclaims) == [claimant]
+            outsider = BanList(256)
+            for packed in bans.record().claims:
+                outsider.consider_claim(packed)
+            assert outsider.banned == {claimant}
+            for j in (0, 2, 3):   # honest claims under the ceiling prove nothing
+                assert all(c.weight <= ceiling for s, c in rounds[j]._commitments.items() if s != 1)
+        finally:
+            await shutdown(members)
+    asyncio.run(main())
+
+
+class _PerMember(list):
+    """run_round indexes round_class per member unless it is a type: partials are callables, not types."""

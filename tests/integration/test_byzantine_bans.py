@@ -8,6 +8,8 @@ that every other honest peer audits itself before it bans. huge (1e30, inf in
 the fp16 codec): an honest reducer that refuses its chunks as bad data twice bans it on its own observation
 (swarm.averaging.robust.StrikeBook.banned; no proof to publish), so only the reducers that saw it twice ban it: once
 a banning peer leads, the attacker is out of the groups (at most 3 steps with it, checked for every honest peer).
+inflated_weight (1000x its samples): its commitment signs a weight over the run's claim ceiling, a proof every reducer
+of its first group holds and publishes (swarm.averaging.claims).
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ def attack_times(log) -> list[float]:
     return [datetime.strptime(s, "%Y-%m-%d %H:%M:%S,%f").timestamp() for s in stamps]
 
 
-@pytest.mark.parametrize("kind", ["equivocating_reducer", "lying_reducer", "huge"])
+@pytest.mark.parametrize("kind", ["equivocating_reducer", "lying_reducer", "huge", "inflated_weight"])
 def test_the_attacker_is_banned_and_kept_out_within_three_rounds(peers, tmp_path, kind):
     args = ["--duration", "90", "--steps", "8", "--target", "256", "--chunk-elements", "1024", "--wait-peers", "4", "--robust", "on"]
     first = peers("p0", "--seed", "0", *args)
@@ -47,7 +49,7 @@ def test_the_attacker_is_banned_and_kept_out_within_three_rounds(peers, tmp_path
         # each round it had a part in), and nobody may ban it
         assert not any(bans.values()), bans
         return
-    if kind in ("equivocating_reducer", "lying_reducer"):   # a published proof or accusation: every honest peer checks it and bans
+    if kind in ("equivocating_reducer", "lying_reducer", "inflated_weight"):   # a published proof or accusation: every honest peer checks it and bans
         assert all(b == {bad_id[-8:]} for b in bans.values()), bans
     else:   # an observation, not a proof: the reducers that saw it twice ban it, and a leader among them keeps it out
         assert any(bans.values()), bans

@@ -111,3 +111,11 @@ def test_a_member_refusing_a_short_group_passes_its_leader_over():
     with pytest.raises(RoundFailed):
         Collaboration._check_robust_group(SimpleNamespace(robust=True, matchmaker=mm), 5, group("trainer", "trainer"))
     assert "Qm-bad-leader" in mm._failed[5] and "Qm-bad-leader" not in mm._candidates(5)
+
+
+def test_a_member_refuses_a_group_whose_leader_changed_its_weight():
+    """It would sign that weight in its commitment (swarm.averaging.claims): a leader must not make it claim more."""
+    me = SimpleNamespace(peer_id="Qm-1")
+    Collaboration._check_my_weight(me, 5, group("trainer", "trainer", "trainer"), 1.0)   # as asked: no error
+    with pytest.raises(RoundFailed, match="gives me weight 1.0, I asked for 64.0.*leader"):
+        Collaboration._check_my_weight(me, 5, group("trainer", "trainer", "trainer"), 64.0)
