@@ -89,6 +89,15 @@ class GroupPhases:
 
     def __init__(self, collab: "Collaboration", group: GroupView, epoch: int, links: Sequence[MemberLink]):
         self.collab, self.group, self.epoch, self.links = collab, group, epoch, list(links)
+        # robust rounds need a group in which one bad member is outvoted: `on` refuses a smaller one (Collaboration.
+        # _check_robust_group); `auto` averages it with the plain mean, so that the first two volunteers of a new open
+        # run train together instead of waiting for a third
+        short = robust_group_problem(list(group.roles))
+        self.robust = collab.robust and not short
+        if collab.robust and short:
+            if not collab.short_groups:
+                logger.info("epoch %d: %s; averaging it with the plain mean (engine.robust: on would refuse it)", epoch, short)
+            collab.short_groups += 1
         self.stats: list[PhaseStats] = []
         self.subgroups = 0   # subgroups the last phase averaged in (0: flat)
 
@@ -101,16 +110,16 @@ class GroupPhases:
         limits = round_limits(layout.wire_bytes(), self.links, self.group.shares, chunk_bytes=layout.chunk_bytes(cfg.chunk_elements),
                               floor_silence=cfg.sender_timeout, floor_averaging=cfg.averaging_timeout)
         group = dataclasses.replace(self.group, round_id=round_id)
-        reduction = CenteredClipReduction if collab.robust else Reduction
+        reduction = CenteredClipReduction if self.robust else Reduction
         plan = plan_hierarchy(group.roles, group.shares, group.max_group_size) if group.max_group_size else None
         round_: AllReduceRound | HierarchicalRound
         self.subgroups = len(plan.subgroups) if plan is not None else 0
         if plan is None:
             round_ = collab.round_class(collab.node.p2p, group, layout, local, chunk_elements=cfg.chunk_elements, sender_timeout=limits.silence,
                                         reduction=reduction, excluded=collab.strikes.excluded() | collab.bans.banned,
-                                        signer=collab.node.private_key if collab.robust else None,
+                                        signer=collab.node.private_key if self.robust else None,
                                         keep_contribution=collab.auditor.store.put_contribution if collab.auditor is not None else None,
-                                        claim_ceiling=claim_ceiling(cfg.target_batch_size) if collab.robust else None)
+                                        claim_ceiling=claim_ceiling(cfg.target_batch_size) if self.robust else None)
             collab.aggregate.open(round_)
         else:   # the leader's group is larger than its bound: subgroups, then each part across them (the round opens its own)
             column = column_limits(plan, self.links, layout.wire_bytes(), chunk_bytes=layout.chunk_bytes(cfg.chunk_elements),
@@ -187,6 +196,7 @@ class Collaboration:
         self.state_server: StateServer | None = None
         self.matchmaker: Matchmaker | None = None
         self.rounds: list[RoundReport] = []
+        self.short_groups = 0   # robust auto: groups too small to outvote a bad member, averaged with the plain mean
         self.round_class: type[AllReduceRound] = AllReduceRound  # tests inject faults by subclassing it
         self.strikes = StrikeBook()   # senders my reducers clipped hard; past a threshold their contributions are ignored
         self.bans = BanList(self.config.target_batch_size)         # peers proven to equivocate (swarm.averaging.bans): refused at matchmaking
@@ -239,7 +249,8 @@ class Collaboration:
         )
         self.matchmaker.banned = self.bans.banned
         if self.robust:
-            self.matchmaker.min_trainers = ROBUST_MIN_TRAINERS
+            if self.config.robust == "on":   # auto averages a short group with the plain mean instead (GroupPhases)
+                self.matchmaker.min_trainers = ROBUST_MIN_TRAINERS
             self.auditor = Auditor(self.node.p2p, self.bans, cfg.audits_per_part, publish=lambda: self.bans_io(publish=True))
             await self.auditor.start()
         await self.matchmaker.start()
@@ -418,7 +429,7 @@ class Collaboration:
         report = RoundReport(
             epoch=epoch, group_size=len(phases.group.peer_ids), round_seconds=seconds,
             bytes_sent=sum(st.bytes_sent for st in phases.stats), bytes_received=sum(st.bytes_received for st in phases.stats),
-            samples=counted_samples(phases.group.weights, self.robust), round_id=phases.group.round_id.hex(),
+            samples=counted_samples(phases.group.weights, phases.robust), round_id=phases.group.round_id.hex(),
             excluded=sorted({p for st in phases.stats for p in st.excluded}),
             codec=result.codec, predicted_seconds=result.predicted_seconds, subgroups=phases.subgroups,
         )
@@ -438,9 +449,9 @@ class Collaboration:
             raise RoundFailed(f"the group of epoch {epoch} gives me weight {mine}, I asked for {asked} (leader {info.leader[-8:]})")
 
     def _check_robust_group(self, epoch: int, info: swarm_pb2.GroupInfo) -> None:
-        """Robust mode: refuse a group in which one bad member cannot be outvoted. Our own leader would not have formed
-        it, but the leader may be the bad member."""
-        problem = robust_group_problem([m.role for m in info.members]) if self.robust else ""
+        """Robust mode `on`: refuse a group in which one bad member cannot be outvoted. Our own leader would not have
+        formed it, but the leader may be the bad member. (`auto` averages such a group with the plain mean: GroupPhases.)"""
+        problem = robust_group_problem([m.role for m in info.members]) if self.robust and self.config.robust == "on" else ""
         if problem:
             assert self.matchmaker is not None
             self.matchmaker.round_failed(epoch)

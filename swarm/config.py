@@ -50,12 +50,15 @@ class EngineConfig(BaseModel):
                                      "read every progress record; the others read the median of their summaries "
                                      "(swarm.averaging.summaries). Off: every peer reads every record")
     state_timeout: float = Field(60.0, gt=0, description="deadline of one state download")
-    # default off for now: its round-time overhead (benchmarks/README.md, "Robust mode's cost") is still above the 15% goal
-    # for large parts
-    robust: Literal["auto", "on", "off"] = Field("off", description="reducers aggregate each chunk with CenteredClip "
-                                                  "and strike out senders clipped hard (swarm.averaging.robust); auto: on in "
-                                                  "open runs, off in invite-only ones. Costs each reducer its part's copies "
-                                                  "until all arrive and their dot products; off trusts every member")
+    # auto by default: an open run takes anyone's gradients. Its cost in an honest run: benchmarks/README.md, "Robust
+    # mode's cost" (CenteredClip, commitments, signed results and their exchange, audits)
+    robust: Literal["auto", "on", "off"] = Field("auto", description="reducers aggregate each chunk with CenteredClip, "
+                                                  "members commit to their values, check each other's results and audit "
+                                                  "reducers, and attackers are banned (swarm.averaging.robust, bans); auto: on "
+                                                  "in open runs, off in invite-only ones, and a group too small to outvote a "
+                                                  "bad member (under 3 trainers) averages with the plain mean; on: such a "
+                                                  "group is refused (a run of two trainers waits for a third); off trusts "
+                                                  "every member")
     audits_per_part: float = Field(2.0, ge=0, le=64, description="robust mode: how many members audit each reducer's part "
                                    "per round on average (swarm.averaging.audits: recompute a sample of its chunks from "
                                    "its committed inputs; a reducer found lying is banned). Each audit downloads up to 4 "

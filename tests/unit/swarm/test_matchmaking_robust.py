@@ -70,11 +70,15 @@ def group(*roles: str) -> swarm_pb2.GroupInfo:
 
 def test_a_robust_member_refuses_a_group_of_two_formed_by_another_leader():
     mm = matchmaker(FakeTracker(epoch=5, peers=[ME, HIGH]))
-    robust = SimpleNamespace(robust=True, matchmaker=mm)
+    robust = SimpleNamespace(robust=True, config=SimpleNamespace(robust="on"), matchmaker=mm)
     with pytest.raises(RoundFailed, match="robust mode needs 3 trainers.*leader d-leader"):
         Collaboration._check_robust_group(robust, 5, group("trainer", "trainer"))
     Collaboration._check_robust_group(robust, 5, group("trainer", "trainer", "trainer"))   # no error
-    Collaboration._check_robust_group(SimpleNamespace(robust=False, matchmaker=mm), 5, group("trainer", "trainer"))
+    Collaboration._check_robust_group(SimpleNamespace(robust=False, config=SimpleNamespace(robust="off"), matchmaker=mm), 5,
+                                      group("trainer", "trainer"))
+    # auto: the group averages with the plain mean instead (a new open run's first two volunteers train together)
+    Collaboration._check_robust_group(SimpleNamespace(robust=True, config=SimpleNamespace(robust="auto"), matchmaker=mm), 5,
+                                      group("trainer", "trainer"))
 
 
 def test_a_follower_refused_by_a_robust_short_leader_follows_the_next_candidate():
@@ -109,7 +113,8 @@ def test_a_follower_refused_by_a_robust_short_leader_follows_the_next_candidate(
 def test_a_member_refusing_a_short_group_passes_its_leader_over():
     mm = matchmaker(FakeTracker(epoch=5, peers=[ME, HIGH]))
     with pytest.raises(RoundFailed):
-        Collaboration._check_robust_group(SimpleNamespace(robust=True, matchmaker=mm), 5, group("trainer", "trainer"))
+        Collaboration._check_robust_group(SimpleNamespace(robust=True, config=SimpleNamespace(robust="on"), matchmaker=mm), 5,
+                                          group("trainer", "trainer"))
     assert "Qm-bad-leader" in mm._failed[5] and "Qm-bad-leader" not in mm._candidates(5)
 
 
@@ -119,3 +124,24 @@ def test_a_member_refuses_a_group_whose_leader_changed_its_weight():
     Collaboration._check_my_weight(me, 5, group("trainer", "trainer", "trainer"), 1.0)   # as asked: no error
     with pytest.raises(RoundFailed, match="gives me weight 1.0, I asked for 64.0.*leader"):
         Collaboration._check_my_weight(me, 5, group("trainer", "trainer", "trainer"), 64.0)
+
+
+@pytest.mark.parametrize("roles, robust", [(("trainer", "trainer"), False), (("trainer", "aux", "trainer"), False),
+                                           (("trainer",) * 3, True), (("trainer", "trainer", "aux", "trainer"), True)])
+def test_robust_auto_averages_a_group_too_small_to_outvote_with_the_plain_mean(roles, robust):
+    from swarm.averaging.group import GroupView
+    from swarm.collaboration import GroupPhases
+
+    collab = SimpleNamespace(robust=True, short_groups=0)
+    view = GroupView(round_id=bytes(16), peer_ids=tuple(f"Qm-{i}" for i in range(len(roles))), roles=roles,
+                     weights=(1.0,) * len(roles), shares=(1.0 / len(roles),) * len(roles), my_index=0, timeout=10.0)
+    assert GroupPhases(collab, view, 5, []).robust is robust
+    assert collab.short_groups == (0 if robust else 1)
+    assert GroupPhases(SimpleNamespace(robust=False, short_groups=0), view, 5, []).robust is False
+
+
+def test_robust_mode_is_auto_by_default_so_open_runs_are_robust():
+    from swarm.config import EngineConfig
+
+    assert EngineConfig().robust == "auto"
+    assert Collaboration("run", start=False).robust is True
