@@ -5,7 +5,7 @@ peers.attack.byzantine) trained until the honest peers reach `--epochs` global e
 target_batch_size samples) or `--phase-timeout` passes. Two honest phases come first: robust mode on (the reference)
 and off (robust mode's round-time overhead). Report per phase: the honest peers' loss at the last common epoch
 (mean of their rows of the last 3 epochs) and its ratio to the honest run's, NaN seen, parameters identical among
-the honest peers at every epoch two of them reached, the median round time.
+the honest peers at every epoch two of them reached, the median round time and wall time per global step.
 """
 from __future__ import annotations
 
@@ -51,6 +51,7 @@ def phase_figures(honest_rows: list[list[dict]], epoch: int) -> dict:
         if r.get("params_hash"):
             hashes.setdefault(r["epoch"], set()).add(r["params_hash"])
     rounds = [r["round_seconds"] for r in rows if r.get("round_seconds")]
+    steps = [s for s in (_step_seconds(peer) for peer in honest_rows) if s is not None]
     finite = [x for x in window if math.isfinite(x)]
     return {
         "loss": statistics.fmean(finite) if finite else None,
@@ -58,8 +59,19 @@ def phase_figures(honest_rows: list[list[dict]], epoch: int) -> dict:
         "identical_params": all(len(h) == 1 for h in hashes.values()),
         "divergent_epochs": sorted(e for e, h in hashes.items() if len(h) > 1),
         "round_seconds_median": statistics.median(rounds) if rounds else None,
+        "step_seconds_median": statistics.median(steps) if steps else None,
         "max_epoch": max((r["epoch"] for r in rows), default=-1),
     }
+
+
+def _step_seconds(rows: list[dict]) -> float | None:
+    """One peer's wall seconds per global step, from its second epoch to its last (the first holds the start-up): what
+    a round's cost does to training, the round being a few percent of a step."""
+    times = {r["epoch"]: r["time"] for r in rows if not r.get("final") and isinstance(r.get("time"), (int, float))}
+    epochs = sorted(times)
+    if len(epochs) < 3:
+        return None
+    return (times[epochs[-1]] - times[epochs[1]]) / (epochs[-1] - epochs[1])
 
 
 def _run_phase(args: argparse.Namespace, config, label: str, kind: str, count: int, robust: str) -> dict:
@@ -144,6 +156,8 @@ def cmd_byzantine(args: argparse.Namespace) -> dict:
               f"round {figures['round_seconds_median']}", flush=True)
     on, off = report["phases"][0]["round_seconds_median"], report["phases"][1]["round_seconds_median"]
     report["robust_round_overhead"] = round(on / off - 1, 4) if on and off else None
+    on, off = report["phases"][0]["step_seconds_median"], report["phases"][1]["step_seconds_median"]
+    report["robust_step_overhead"] = round(on / off - 1, 4) if on and off else None
     return report
 
 

@@ -55,11 +55,13 @@ def test_specs_parse_and_bad_ones_get_one_clear_error():
 
 
 def test_phase_figures_compare_loss_at_one_epoch_and_catch_nan_and_divergence():
-    peer_a = [{"epoch": e, "loss": 10.0 - e, "params_hash": f"h{e}", "round_seconds": 1.0} for e in range(1, 7)]
-    peer_b = [{"epoch": e, "loss": 10.0 - e, "params_hash": f"h{e}", "round_seconds": 3.0} for e in range(1, 7)]
+    peer_a = [{"epoch": e, "loss": 10.0 - e, "params_hash": f"h{e}", "round_seconds": 1.0, "time": 100.0 + 2 * e} for e in range(1, 7)]
+    peer_b = [{"epoch": e, "loss": 10.0 - e, "params_hash": f"h{e}", "round_seconds": 3.0, "time": 90.0 + 4 * e + (e == 1) * 50}
+              for e in range(1, 7)]
     fig = phase_figures([peer_a, peer_b], epoch=5)
     assert fig["loss"] == pytest.approx(6.0)   # epochs 3, 4, 5
     assert fig["identical_params"] and not fig["nan"] and fig["round_seconds_median"] == 2.0
+    assert fig["step_seconds_median"] == pytest.approx(3.0)   # 2 s and 4 s a step, the first epoch (start-up) left out
     peer_b[2] = {**peer_b[2], "params_hash": "other", "loss": math.nan}
     fig = phase_figures([peer_a, peer_b], epoch=5)
     assert fig["nan"] and not fig["identical_params"] and fig["divergent_epochs"] == [3]
