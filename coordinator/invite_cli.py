@@ -54,7 +54,7 @@ def register_invite(sub: argparse._SubParsersAction) -> None:
 
     r = actions.add_parser("revoke", help="revoke an invite: its peers are refused within seconds")
     common(r)
-    r.add_argument("invite_id", metavar="ID")
+    r.add_argument("invite_id", metavar="ID", help="the invite's id (an older id that begins with '-': put -- before it)")
     r.set_defaults(func=cmd_revoke)
 
 

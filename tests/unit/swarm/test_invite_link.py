@@ -73,3 +73,16 @@ def test_launch_invite_holds_every_interface_and_its_link_the_public_one():
     assert peers == [PRIVATE, PUBLIC]
     invite = invite_of(RSAPrivateKey(), peers=peers)
     assert make_link(invite).endswith("@" + PUBLIC)
+
+
+def test_invite_ids_never_begin_with_a_dash_so_the_cli_takes_them_as_arguments(monkeypatch):
+    """`swarm invite revoke ID` read an id that begins with '-' as an option (1 invite in 64 could not be revoked)."""
+    import secrets
+
+    from swarm.net import invite as invite_module
+
+    drawn = iter(["-abcdefg", "--xyzabc", "Qabc-def"])
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda n: next(drawn))
+    assert invite_module.new_invite_id() == "Qabc-def"
+    monkeypatch.undo()
+    assert not any(invite_module.new_invite_id().startswith("-") for _ in range(2000))
