@@ -110,7 +110,9 @@ LAST_WORD_FLUSH = 1.0
 # still cost 12 s of stall in `swarm chaos` (7 s here, 5 s for the backup's question to it); 1 s and
 # failover.OWN_ANSWER_LIMIT take that to about 9.
 HEARTBEAT_SLACK = 1.0
-DELIVERY_POLL = 0.05   # seconds between a reducer's looks at its members' last words before it steps
+# A reducer waiting for its members' last words (_await_deliveries) wakes on each one, on each stream that closes,
+# and when a gone member's grace runs out; and at least this often, in case of news nobody signalled.
+DELIVERY_RECHECK = 0.5
 # Seconds the members' swap of result statements may take (within the round's deadline as well).
 RESULT_EXCHANGE_TIMEOUT = 5.0
 # Peers outside the group that may fetch one reducer's averaged part of one round (late peers, swarm.averaging.late).
@@ -125,6 +127,18 @@ def layout_digest(layout: TensorLayout, chunks: Sequence[Chunk]) -> bytes:
 
 # ---------------------------------------------------------------------------------------------------
 # One round
+
+
+async def _all_or_none(coroutines: list) -> None:
+    """Run the coroutines side by side until all have returned; if one raises (or I am cancelled), the others are
+    cancelled and awaited before the error goes on."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class AllReduceRound:
@@ -211,6 +225,7 @@ class AllReduceRound:
         self._gave_up: set[int] = set()
         self._gone: dict[int, float] = {}
         self._open: dict[int, int] = {}
+        self._delivery_news = asyncio.Event()   # set on each change of the above (see _await_deliveries)
         self._own_final = False     # I step with my part as I averaged it: too late to hand it over
         if not group.brings(me):
             for settled in self._settled:
@@ -355,6 +370,7 @@ class AllReduceRound:
         and serving it (members still receiving it get an error and ask the backup), and take the backup's result for
         it like every other member, whether or not my answer reached the backup."""
         self._handed_over = True
+        self._delivery_news.set()
         for ready in self._output_ready:
             ready.set()
 
@@ -641,6 +657,7 @@ class AllReduceRound:
         for sender in self._expected:
             if sender not in self._open and sender not in self._delivered | self._gave_up:
                 self._gone.setdefault(sender, time.monotonic() - self._gone_grace())   # cannot be receiving my part
+                self._delivery_news.set()
 
     # -- delivery confirmation: a reducer steps with its part once every member that needs it holds it ----------
 
@@ -652,6 +669,7 @@ class AllReduceRound:
     def _opened(self, sender: int) -> None:
         self._open[sender] = self._open.get(sender, 0) + 1
         self._gone.pop(sender, None)
+        self._delivery_news.set()
 
     def _closed(self, sender: int) -> None:
         self._open[sender] -= 1
@@ -662,6 +680,7 @@ class AllReduceRound:
     def _note_gone(self, sender: int) -> None:
         if sender not in self._open and sender not in self._delivered | self._gave_up:
             self._gone.setdefault(sender, time.monotonic())
+            self._delivery_news.set()
 
     async def _hear_last_word(self, sender: int, requests: AsyncIterator[swarm_pb2.PartChunk]) -> None:
         """Read a member's stream to its end, noting its last word on my part."""
@@ -674,8 +693,10 @@ class AllReduceRound:
     def _last_word(self, sender: int, message: swarm_pb2.PartChunk) -> None:
         if message.received:
             self._delivered.add(sender)
+            self._delivery_news.set()
         elif message.gave_up:
             self._gave_up.add(sender)
+            self._delivery_news.set()
             if not self._own_final and not self._handed_over and not self._retired.is_set() and self.failover is not None:
                 # it takes my part through a backup: so do I, so that what I step with is what it steps with
                 logger.info("round %s: %s gave my part up for a backup; handing it over", self.group.round_id.hex()[:8],
@@ -694,8 +715,20 @@ class AllReduceRound:
         me for the grace (dead, or its round ended). A reducer that stepped while a member was still receiving
         could not follow if that member then took it for dead: a backup that cannot hear the reducer averages the
         part again, and the reducer alone would hold other bytes. Within the round's deadline (the caller's scope)."""
-        while not self._handed_over and self._undelivered():
-            await asyncio.sleep(DELIVERY_POLL)   # polled: no task per wait, and last words come at most once a member
+        grace = self._gone_grace()
+        while not self._handed_over:
+            pending = self._undelivered()
+            if not pending:
+                return
+            # woken by the next last word or stream change (not polled: a poll cost each round up to its period,
+            # ~25 ms on average, a quarter of a tiny model's round), or when a gone member's grace runs out
+            self._delivery_news.clear()
+            now = time.monotonic()
+            wait = min([DELIVERY_RECHECK] + [self._gone[i] + grace - now for i in pending if i in self._gone])
+            try:
+                await asyncio.wait_for(self._delivery_news.wait(), max(wait, 0.0) + 1e-3)
+            except TimeoutError:
+                pass
 
     # -- sender side: one stream per other reducer ------------------------------------------------------
 
@@ -913,11 +946,15 @@ class AllReduceRound:
                     logger.warning("round %s: part %d missing: %s", group.round_id.hex()[:8], j, self._lost[j])
                     self.stats.missing_parts.append(j)
                 await own  # my own part is averaged (the streams deliver it to the others)
-                if self.results is not None:
-                    await self._compare_results()
                 await self._drain_outputs()
+                # both wait for the other members to finish their all-gather: side by side, the statement swap of a
+                # round that checks results costs nothing beyond the wait every round has (it ran first, serially)
+                checks = []
+                if self.results is not None:
+                    checks.append(self._compare_results())
                 if self.failover is not None and self.parts[me]:
-                    await self._await_deliveries()
+                    checks.append(self._await_deliveries())
+                await _all_or_none(checks)
                 if self._handed_over and self.failover is not None and group.needs(me):
                     # a backup took me for dead and took my part over: I take its result like every other member (an
                     # auxiliary peer steps with nothing, and backups serve results only to members that need them)
