@@ -59,6 +59,7 @@ from swarm.averaging.streams import drain
 from swarm.compression.codecs import decode_checked, get_codec
 from swarm.errors import describe
 from swarm.net import records
+from swarm.net.identity import MAX_PEER_ID_CHARS
 from swarm.proto import swarm_pb2
 
 logger = logging.getLogger(__name__)
@@ -87,7 +88,6 @@ MAX_CODEC_NAME = 32
 AUDIT_CHUNKS = 4
 MAX_SAMPLE = 64
 MAX_ACCUSATION_BYTES = records.MAX_ACCUSATION_BYTES
-MAX_PEER_ID_CHARS = 128
 
 
 def pack_layout(layout: Sequence[tuple[str, int]]) -> bytes:

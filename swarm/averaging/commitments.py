@@ -29,16 +29,14 @@ from typing import Sequence
 import msgpack
 from hivemind.utils.crypto import RSAPrivateKey
 
-from swarm.net.identity import MAX_PUBLIC_KEY_BYTES, signed_by
+from swarm.averaging.result_statements import MAX_PART
+from swarm.net.identity import MAX_PEER_ID_CHARS, MAX_PUBLIC_KEY_BYTES, MAX_SIGNATURE_BYTES, signed_by
 
 __all__ = ["Commitment", "commit", "MAX_CHUNKS", "MAX_COMMITMENT_BYTES"]
 
 _DOMAIN = b"swarm-contribution-v1\0"
 MAX_CHUNKS = 16384                     # chunks of one vector (2**17 values each: 2**31 values)
 MAX_PARTS = 1024                       # parts of one round (a group's members)
-MAX_PEER_ID_CHARS = 128
-MAX_SIGNATURE_BYTES = 1024             # base64 of an RSA signature: 344 bytes at 2048 bits
-MAX_PART = 1 << 20
 MAX_COMMITMENT_BYTES = 64 + MAX_PEER_ID_CHARS + MAX_PARTS * 8 + MAX_CHUNKS * 34 + MAX_PUBLIC_KEY_BYTES + MAX_SIGNATURE_BYTES
 
 

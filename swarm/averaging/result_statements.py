@@ -26,16 +26,14 @@ from dataclasses import dataclass
 import msgpack
 from hivemind.utils.crypto import RSAPrivateKey
 
-from swarm.net.identity import MAX_PUBLIC_KEY_BYTES, signed_by
+from swarm.net.identity import MAX_PEER_ID_CHARS, MAX_PUBLIC_KEY_BYTES, MAX_SIGNATURE_BYTES, signed_by
 
 __all__ = ["ResultStatement", "Input", "sign_statement", "contradiction", "pack_inputs", "unpack_inputs", "MAX_STATEMENT_BYTES"]
 
 _DOMAIN = b"swarm-result-v1\0"
 MAX_INPUTS = 256              # senders one statement lists (robust groups are far smaller)
 MAX_STATEMENT_BYTES = 4096 + MAX_INPUTS * 48
-MAX_PEER_ID_CHARS = 128
-MAX_SIGNATURE_BYTES = 1024   # base64 of an RSA signature: 344 bytes at 2048 bits
-MAX_PART = 1 << 20
+MAX_PART = 1 << 20            # part numbers on the wire (a group's members, or a backup's dead reducer's)
 
 
 @dataclass(frozen=True)

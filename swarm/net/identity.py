@@ -26,6 +26,8 @@ __all__ = ["identity_bytes", "key_from_identity", "peer_id_of", "signed_by", "id
 
 MAX_PUBLIC_KEY_BYTES = 2048   # an OpenSSH RSA key of 2048 bits is ~380 bytes; 8192 bits stay below this
 MAX_IDENTITY_BYTES = 16384    # an identity file of an RSA key of 8192 bits is ~4.8 KB
+MAX_PEER_ID_CHARS = 128       # base58 of a peer id (an RSA key's: 46 characters)
+MAX_SIGNATURE_BYTES = 1024    # base64 of an RSA signature (hivemind signs so): 344 bytes at 2048 bits
 
 
 def identity_bytes(key: RSAPrivateKey) -> bytes:
