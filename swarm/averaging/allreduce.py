@@ -560,11 +560,16 @@ class AllReduceRound:
             return
         self._latecomer_fetches += 1
         # only the result of a round I stepped with: one that failed here (past its deadline, say) may be one that no
-        # member steps with, and a late peer that took it would hold parameters nobody else has
-        try:
-            await asyncio.wait_for(self._over.wait(), self.group.timeout)
-        except asyncio.TimeoutError:
-            pass
+        # member steps with, and a late peer that took it would hold parameters nobody else has. Until my round is
+        # over, heartbeats: a real model's round outlasts the late peer's silence limit (swarm.averaging.late), and
+        # without them every late peer of the emulated hybrid run at 10M values gave up before the first chunk
+        deadline = time.monotonic() + self.group.timeout
+        every = max(0.5, self.sender_timeout / 3)
+        while not self._over.is_set() and time.monotonic() < deadline:
+            try:
+                await asyncio.wait_for(self._over.wait(), min(every, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                yield heartbeat(self.group.my_index, first.chunk)
         if not self._stepped:
             yield swarm_pb2.PartChunk(error="round failed here")
             await drain(requests, self.sender_timeout)

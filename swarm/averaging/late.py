@@ -8,9 +8,10 @@ The bytes are the ones every member decodes, so the late peer steps to bitwise t
 parameters as the group. From a hierarchical group (swarm.averaging.hierarchy) it takes each part
 from that part's reducer in one subgroup (chosen by its peer id, so late peers spread over them). Its own values are not in the average (it came too late for that).
 
-Bounded time: the whole fetch ends within the group's deadline; a reducer that delivers nothing
-for the group's silence limit, refuses, or sends a wrong chunk fails the fetch (RoundFailed,
-naming the part); the peer then falls back to what a failed round does.
+Bounded time: the whole fetch ends within the group's deadline; a reducer serves a late peer only once its
+own round is over, and heartbeats until then; one that sends nothing, not even a heartbeat, for the group's
+silence limit, refuses, or sends a wrong chunk fails the fetch (RoundFailed, naming the part); the peer then
+falls back to what a failed round does.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from hivemind.p2p import P2P, PeerID
 from swarm.averaging.balancing import MemberLink
 from swarm.averaging.deadlines import reply_timeout, round_limits
 from swarm.averaging.layout import TensorLayout, plan_parts
-from swarm.averaging.streams import AGGREGATE_HANDLER, close_quietly
+from swarm.averaging.streams import AGGREGATE_HANDLER, close_quietly, is_heartbeat
 from swarm.averaging.subgroups import derived_id, plan_hierarchy
 from swarm.compression.codecs import decode_checked
 from swarm.errors import ProtocolError, RoundFailed
@@ -72,6 +73,8 @@ async def fetch_group_result(p2p: P2P, info: swarm_pb2.GroupInfo, layout: Tensor
                 reply_timeout(silence))
             for k, chunk in enumerate(chunks):
                 reply = await asyncio.wait_for(anext(stream), reply_timeout(silence))
+                while is_heartbeat(reply):   # the reducer is alive and its round not over yet (the whole fetch is bounded)
+                    reply = await asyncio.wait_for(anext(stream), reply_timeout(silence))
                 if reply.error:
                     raise RoundFailed(f"part {j}: reducer {reducer[-8:]}: {reply.error}")
                 if reply.chunk != k or reply.part != label:

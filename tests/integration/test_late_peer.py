@@ -129,3 +129,24 @@ def test_a_late_collaboration_steps_with_the_group_result_through_its_codec():
             await late.shutdown()
             await shutdown(members)
     asyncio.run(main())
+
+
+class LingersAfterAveraging(AllReduceRound):
+    """A reducer whose round goes on well after its part is averaged (its other parts still arriving over a slow
+    link, at a real model's size): it serves late peers only once its round is over."""
+
+    async def _drain_outputs(self):
+        await asyncio.sleep(10.0)   # past the late peer's silence limit (reply_timeout of 3 s: 8.2 s)
+        await super()._drain_outputs()
+
+
+def test_a_late_peer_waits_out_a_round_longer_than_its_silence_limit():
+    """The reducer heartbeats the late peer until its round is over: in the emulated hybrid run at 10M values every
+    late peer gave up on "no reply for 32.2s" before the first chunk."""
+    async def main():
+        results, got = await round_with_latecomer([AllReduceRound, LingersAfterAveraging], timeout=40.0)
+        assert not any(isinstance(r, BaseException) for r in results), results
+        assert not isinstance(got, BaseException), got
+        for bucket, mine in zip(results[0], got):
+            assert torch.equal(bucket, mine)
+    asyncio.run(main())
