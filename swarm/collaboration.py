@@ -193,6 +193,7 @@ class Collaboration:
         self.tracker: ProgressTracker | None = None  # type: ignore[assignment]
         self.aggregate: AggregateService | None = None
         self.auditor: Auditor | None = None   # robust mode: serves my contributions to auditors, audits reducers
+        self._ban_read: asyncio.Task | None = None   # the read of the run's ban records under way (_read_bans_aside)
         self.state_server: StateServer | None = None
         self.matchmaker: Matchmaker | None = None
         self.rounds: list[RoundReport] = []
@@ -270,6 +271,9 @@ class Collaboration:
                         self.aggregate.stop()
                     if self.auditor is not None:
                         self.auditor.stop()
+                    if self._ban_read is not None:
+                        self._ban_read.cancel()
+                        await asyncio.gather(self._ban_read, return_exceptions=True)
                     await self.node.shutdown()  # type: ignore[union-attr]
                 try:
                     self.loop.run(_stop(), timeout=6)
@@ -299,6 +303,18 @@ class Collaboration:
         except Exception as e:
             logger.log(logging.WARNING if publish else logging.DEBUG, "ban records: could not %s: %s",
                        "publish" if publish else "read", describe(e))
+
+    def _read_bans_aside(self) -> None:
+        """Read the run's ban records beside the round, not before it: awaited before matchmaking, a read of a loaded DHT
+        held a peer up to BAN_IO_TIMEOUT, and in the emulated hybrid run 3 of 12 peers reached a formed group too late.
+        A ban read now counts from the next round on (the matchmaker and the reducers consult the ban list as they go)."""
+        if self._ban_read is None or self._ban_read.done():
+            self._ban_read = asyncio.create_task(self._read_bans())
+
+    async def _read_bans(self) -> None:
+        await self.bans_io(publish=False)
+        if self.auditor is not None:
+            self.auditor.verify_pending()   # others' accusations, each audited here before it bans anybody
 
     @property
     def robust(self) -> bool:
@@ -396,9 +412,7 @@ class Collaboration:
         )
         started = time.monotonic()
         if self.robust:
-            await self.bans_io(publish=False)
-            if self.auditor is not None:
-                self.auditor.verify_pending()   # others' accusations, each audited here before it bans anybody
+            self._read_bans_aside()
         try:
             info = await self.matchmaker.form_group(request, started + cfg.matchmaking_timeout)
         except LateForGroup as late:
