@@ -40,15 +40,18 @@ from swarm.simulate.scenario import MBIT, Scenario, load_scenario, parse_count
 
 logger = logging.getLogger("benchmarks.allreduce")
 SYSTEMS = ("swarm", "hivemind_uniform", "hivemind_tuned", "gloo")
+# also accepted: swarm_robust_off, swarm with robust mode off (the peers here form an open run, where it is on), to
+# measure robust mode's cost on the same network (issue 16)
 
 
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def bench_swarm(scenario: Scenario, rounds: int, warmup: int, log_dir: Path, say: Callable[[str], None]) -> dict[str, Any]:
+def bench_swarm(scenario: Scenario, rounds: int, warmup: int, log_dir: Path, say: Callable[[str], None],
+                engine: dict[str, Any] | None = None) -> dict[str, Any]:
     total = warmup + rounds
-    report = run_allreduce(scenario.with_workload(rounds=total), log_dir, progress=say)
+    report = run_allreduce(scenario.with_workload(rounds=total), log_dir, progress=say, engine_overrides=engine)
     per_round = [r["seconds"] if r["ok"] == len(r["peers"]) else float("nan") for r in report["rounds"]]
     measured = [s for s in per_round[warmup:] if s == s]
     return {
@@ -163,6 +166,8 @@ def run_benchmark(scenario: Scenario, systems: list[str], rounds: int, warmup: i
         try:
             if system == "swarm":
                 result = bench_swarm(scenario, rounds, warmup, log_dir, say)
+            elif system == "swarm_robust_off":
+                result = bench_swarm(scenario, rounds, warmup, log_dir, say, engine={"robust": "off"})
             elif system.startswith("hivemind"):
                 result = bench_hivemind(scenario, rounds, 1, log_dir, system == "hivemind_tuned", say)
             elif system == "gloo":
