@@ -1,6 +1,6 @@
 """What each peer sends beside the rounds, per protocol per second, at several swarm sizes.
 
-    python -m benchmarks.control_plane --peers 4,8,16 [--duration 60] [--phases idle,training] [--summaries] --json PATH
+    python -m benchmarks.control_plane --peers 4,8,16 [--duration 60] [--phases idle,training] [--summaries] [--per-process K] --json PATH
 
 For each N and phase, N toy peers (benchmarks.workers.control_plane_peer) join one swarm on the loopback of
 a fresh network namespace (needs root), warm up `--warmup` seconds, then are measured for `--duration`:
@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from swarm.errors import NetworkError
 from swarm.simulate.emulate import PeerProcess, gather
 
 IDLE_TARGET = 10**9
@@ -65,26 +66,33 @@ def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 
 
 def measure(n: int, phase: str, *, duration: float, warmup: float, target: int, step_sleep: float, log_dir: Path,
-            summaries: bool = False) -> dict[str, Any]:
-    """One swarm of `n` peers in one phase; the per-peer per-second figures."""
+            summaries: bool = False, per_process: int = 1) -> dict[str, Any]:
+    """One swarm of `n` peers in one phase, `per_process` peers to a process; the per-peer per-second figures."""
     run_id = f"cp{n}{phase[0]}"
     procs: list[PeerProcess] = []
     with Namespace(f"swcp-{os.getpid()}-{n}-{phase}") as ns:
         try:
-            def spawn(i: int, initial: list[str]) -> PeerProcess:
+            def spawn(i: int, count: int, initial: list[str]) -> PeerProcess:
                 argv = ["ip", "netns", "exec", ns.name, sys.executable, "-m", "benchmarks.workers.control_plane_peer",
                         "--run-id", run_id, "--target", str(target if phase == "training" else IDLE_TARGET),
                         "--step-sleep", str(step_sleep), "--seed", str(i), *(["--summaries"] if summaries else []),
-                        "--initial-peers", *initial]
+                        "--count", str(count), "--initial-peers", *initial]
                 proc = PeerProcess(f"peer{i}", argv, log_dir / f"{run_id}-peer{i}.log", env=dict(os.environ))
                 procs.append(proc)
                 return proc
 
-            first = spawn(0, [])
-            maddr = first.expect("ready", 240)["maddr"]
-            for i in range(1, n):
-                spawn(i, [maddr])
-            gather(procs[1:], "ready", 300)
+            counts = [min(per_process, n - start) for start in range(0, n, per_process)]
+            first = spawn(0, counts[0], [])
+            maddrs = [first.expect("ready", 240)["maddr"]]
+            if per_process == 1:
+                for i in range(1, n):
+                    spawn(i, 1, maddrs)
+                gather(procs[1:], "ready", 300)
+            else:
+                # one process at a time, through the last three that joined: 63 peers joining at once through one
+                # bootstrap peer on 2 cores left one unable to reach it ("none of the initial_peers responded")
+                for i, count in enumerate(counts[1:], start=1):
+                    maddrs.append(spawn(i, count, maddrs[-3:]).expect("ready", 60 + 30 * count)["maddr"])
             time.sleep(warmup)
             load_before = _load()
             tx0 = ns.tx_bytes()
@@ -115,7 +123,10 @@ def measure(n: int, phase: str, *, duration: float, warmup: float, target: int, 
         "sent_Bps": dict(sorted(sent.items(), key=lambda kv: -kv[1])),
         "received_Bps": dict(sorted(received.items(), key=lambda kv: -kv[1])),
         "calls_per_s": dict(sorted(calls.items(), key=lambda kv: -kv[1])),
-        "max_peer_sent_Bps": max(sum(_delta(e["bytes"]["sent"], s["bytes"]["sent"]).values()) / dt for s, e, dt in zip(start, end, seconds)),
+        # with several peers to a process, its peers' mean: the busiest process's, not the busiest peer's
+        "max_peer_sent_Bps": max(sum(_delta(e["bytes"]["sent"], s["bytes"]["sent"]).values()) / dt / e.get("peers", 1)
+                                 for s, e, dt in zip(start, end, seconds)),
+        "peers_per_process": per_process,
         "control_sent_Bps": sum(v for k, v in sent.items() if k not in ("allreduce", "state")),
         "counted_sent_Bps": counted, "wire_Bps": wire, "p2pd_own_Bps": wire - counted,
         "rounds": [e["rounds"] - s["rounds"] for s, e in zip(start, end)],
@@ -141,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", type=int, default=256)
     parser.add_argument("--step-sleep", type=float, default=0.05)
     parser.add_argument("--summaries", action="store_true", help="progress summaries on (EngineConfig.progress_summaries)")
+    parser.add_argument("--per-process", type=int, default=1,
+                        help="peers to a process (each with its own p2pd): one peer alone takes ~330 MB, so 64 need several")
     parser.add_argument("--label", default="", help="a name for this code version (e.g. before, after)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--append", action="store_true", help="add the runs to an existing --json")
@@ -151,25 +164,37 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so that every peer is stopped and every namespace deleted
     signal.signal(signal.SIGTERM, _interrupt)
     log_dir = Path(tempfile.mkdtemp(prefix="control-plane-"))
-    runs = []
+    earlier = json.loads(args.json.read_text())["runs"] if args.json and args.append and args.json.exists() else []
+    runs: list[dict[str, Any]] = []
+
+    def write() -> None:   # after every run: a swarm size that fails (64 peers on 2 cores) keeps the others' figures
+        if args.json:
+            report = {"runs": earlier + runs, "host": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                                                       "date": datetime.now(timezone.utc).isoformat()}}
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=1) + "\n")
+
+    failed = 0
     for n in [int(x) for x in args.peers.split(",")]:
         for phase in args.phases.split(","):
-            result = measure(n, phase, duration=args.duration, warmup=args.warmup, target=args.target,
-                             step_sleep=args.step_sleep, log_dir=log_dir, summaries=args.summaries)
+            try:
+                result = measure(n, phase, duration=args.duration, warmup=args.warmup, target=args.target,
+                                 step_sleep=args.step_sleep, log_dir=log_dir, summaries=args.summaries, per_process=args.per_process)
+            except NetworkError as e:
+                failed += 1
+                runs.append({"peers": n, "phase": phase, "label": args.label, "summaries": args.summaries,
+                             "peers_per_process": args.per_process, "error": str(e)[:1000], "load": [round(_load(), 2)]})
+                print(f"{n} peers, {phase}: FAILED: {str(e)[:300]}", flush=True)
+                write()
+                continue
             result["label"] = args.label
             runs.append(result)
             top = ", ".join(f"{k} {v / 1000:.1f}" for k, v in list(result["sent_Bps"].items())[:5])
             print(f"{n} peers, {phase}: control {result['control_sent_Bps'] / 1000:.1f} KB/s per peer, wire {result['wire_Bps'] / 1000:.1f} "
                   f"(p2pd own {result['p2pd_own_Bps'] / 1000:.1f}); {top}; load {result['load']}", flush=True)
-    report: dict[str, Any] = {"runs": runs}
-    if args.json:
-        if args.append and args.json.exists():
-            report["runs"] = json.loads(args.json.read_text())["runs"] + runs
-        report["host"] = {"python": platform.python_version(), "cpus": os.cpu_count(), "date": datetime.now(timezone.utc).isoformat()}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1) + "\n")
+            write()
     print(f"logs: {log_dir}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

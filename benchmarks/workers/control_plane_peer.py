@@ -1,11 +1,15 @@
-"""A toy trainer whose P2P bytes are counted per protocol (benchmarks.control_plane's peer).
+"""Toy trainers whose P2P bytes are counted per protocol (benchmarks.control_plane's peers).
 
-    python -m benchmarks.workers.control_plane_peer --run-id R [--initial-peers MADDR] --target T
+    python -m benchmarks.workers.control_plane_peer --run-id R [--initial-peers MADDR] --target T [--count K]
 
-Trains a small MLP (micro-batches of 8, `--step-sleep` between them) in a swarm whose global batch is
-`--target` samples (10**9: no round ever starts, only the control plane runs). Prints JSON events on
-stdout: `ready` (its multiaddr) once joined, then `counts` (the per-protocol bytes so far, the rounds
-completed) each time the parent writes `{"cmd": "mark"}` on stdin; `{"cmd": "stop"}` leaves.
+Each of the `--count` peers of this process (a full peer each: its own p2p daemon, DHT node, engine loop and
+training thread) trains a small MLP (micro-batches of 8, `--step-sleep` between them) in a swarm whose global
+batch is `--target` samples (10**9: no round ever starts, only the control plane runs). Several peers share one
+process so that 64 fit in this machine's memory: one peer alone is ~330 MB (263 MB of it the interpreter with
+torch and hivemind, 64 MB its p2pd); the bytes counted are the process's, i.e. the sum over its peers. Prints
+JSON events on stdout: `ready` (the first peer's multiaddr) once all joined, then `counts` (the per-protocol
+bytes so far, the rounds completed, summed over its peers) each time the parent writes `{"cmd": "mark"}` on
+stdin; `{"cmd": "stop"}` leaves.
 """
 from __future__ import annotations
 
@@ -34,44 +38,61 @@ def main() -> None:
     parser.add_argument("--step-sleep", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--summaries", action="store_true", help="EngineConfig.progress_summaries on")
+    parser.add_argument("--count", type=int, default=1, help="peers in this process")
     args = parser.parse_args()
     torch.set_num_threads(1)
     counter = ProtocolBytes(args.run_id)
     counter.install()
-    torch.manual_seed(1234)
-    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
     cfg = EngineConfig(target_batch_size=args.target, compression="fp16", averaging_timeout=15, sender_timeout=3.0,
                        matchmaking_timeout=10.0, gather_timeout=1.5, progress_summaries=args.summaries)
-    collab = swarm.join(run_id=args.run_id, initial_peers=args.initial_peers, config=cfg)
-    opt = collab.optimizer(model.parameters(), torch.optim.SGD, lr=0.01)
     stop = threading.Event()
-
-    def commands() -> None:
-        for line in sys.stdin:
-            try:
-                cmd = json.loads(line).get("cmd")
-            except (json.JSONDecodeError, AttributeError):
-                continue
-            if cmd == "mark":
-                _emit("counts", time=time.monotonic(), bytes=counter.snapshot(), rounds=opt.rounds_completed, epoch=opt.epoch,
-                      seen=len(collab.tracker.view.peers), reads=dict(collab.tracker.reads))
-            elif cmd == "stop":
-                break
-        stop.set()
-
-    _emit("ready", maddr=collab.visible_maddrs()[0])
-    threading.Thread(target=commands, name="commands", daemon=True).start()
-    gen = torch.Generator().manual_seed(args.seed)
-    w_true = torch.randn(32, 1, generator=torch.Generator().manual_seed(7))
+    peers = []
     try:
-        while not stop.is_set():
-            x = torch.randn(8, 32, generator=gen)
-            torch.nn.functional.mse_loss(model(x), x @ w_true).backward()
-            opt.step(samples=8)
-            opt.zero_grad()
-            time.sleep(args.step_sleep)
+        for k in range(args.count):
+            torch.manual_seed(1234)
+            model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+            # the first peer of the first process has no one to join; the others of this process join through it
+            initial = args.initial_peers or ([peers[0][0].visible_maddrs()[0]] if peers else [])
+            collab = swarm.join(run_id=args.run_id, initial_peers=initial, config=cfg)
+            peers.append((collab, model, collab.optimizer(model.parameters(), torch.optim.SGD, lr=0.01)))
+
+        def commands() -> None:
+            for line in sys.stdin:
+                try:
+                    cmd = json.loads(line).get("cmd")
+                except (json.JSONDecodeError, AttributeError):
+                    continue
+                if cmd == "mark":
+                    _emit("counts", time=time.monotonic(), bytes=counter.snapshot(), peers=len(peers),
+                          rounds=sum(opt.rounds_completed for _, _, opt in peers), epoch=max(opt.epoch for _, _, opt in peers),
+                          seen=min(len(c.tracker.view.peers) for c, _, _ in peers),
+                          reads={k: sum(c.tracker.reads.get(k, 0) for c, _, _ in peers) for k in ("full", "summary", "aggregated")})
+                elif cmd == "stop":
+                    break
+            stop.set()
+
+        def train(k: int, model: torch.nn.Module, opt) -> None:
+            gen = torch.Generator().manual_seed(args.seed * 1000 + k)
+            w_true = torch.randn(32, 1, generator=torch.Generator().manual_seed(7))
+            while not stop.is_set():
+                x = torch.randn(8, 32, generator=gen)
+                torch.nn.functional.mse_loss(model(x), x @ w_true).backward()
+                opt.step(samples=8)
+                opt.zero_grad()
+                time.sleep(args.step_sleep)
+
+        trainers = [threading.Thread(target=train, args=(k, model, opt), name=f"train{k}", daemon=True)
+                    for k, (_, model, opt) in enumerate(peers)]
+        _emit("ready", maddr=peers[0][0].visible_maddrs()[0], peers=len(peers))
+        threading.Thread(target=commands, name="commands", daemon=True).start()
+        for t in trainers:
+            t.start()
+        stop.wait()
+        for t in trainers:
+            t.join(timeout=30)
     finally:
-        collab.shutdown()
+        for collab, _, _ in peers:
+            collab.shutdown()
 
 
 if __name__ == "__main__":
