@@ -58,13 +58,16 @@ async def round_with_latecomer(classes, timeout):
         await shutdown(members)
 
 
+def assert_late_peer_holds_the_result(results, got) -> None:
+    assert not any(isinstance(r, BaseException) for r in results), results
+    assert not isinstance(got, BaseException), got
+    for bucket, mine in zip(results[0], got):
+        assert torch.equal(bucket, mine)
+
+
 def test_a_late_peer_holds_bitwise_the_members_result():
     async def main():
-        results, got = await round_with_latecomer([AllReduceRound, AllReduceRound], timeout=20.0)
-        assert not any(isinstance(r, BaseException) for r in results), results
-        assert not isinstance(got, BaseException), got
-        for bucket, mine in zip(results[0], got):
-            assert torch.equal(bucket, mine)
+        assert_late_peer_holds_the_result(*await round_with_latecomer([AllReduceRound, AllReduceRound], timeout=20.0))
     asyncio.run(main())
 
 
@@ -144,9 +147,5 @@ def test_a_late_peer_waits_out_a_round_longer_than_its_silence_limit():
     """The reducer heartbeats the late peer until its round is over: in the emulated hybrid run at 10M values every
     late peer gave up on "no reply for 32.2s" before the first chunk."""
     async def main():
-        results, got = await round_with_latecomer([AllReduceRound, LingersAfterAveraging], timeout=40.0)
-        assert not any(isinstance(r, BaseException) for r in results), results
-        assert not isinstance(got, BaseException), got
-        for bucket, mine in zip(results[0], got):
-            assert torch.equal(bucket, mine)
+        assert_late_peer_holds_the_result(*await round_with_latecomer([AllReduceRound, LingersAfterAveraging], timeout=40.0))
     asyncio.run(main())
