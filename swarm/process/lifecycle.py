@@ -23,13 +23,14 @@ by path with ``python -I -S`` so it imports only the standard library, never ``s
   before the processes it guards) and it holds no output: stdout and stderr are /dev/null, so a watchdog that
   outlived everything would still not keep a test runner's or CI's pipe open.
 
-Guarantees. Within about ``0.2 + 1 + 0.2`` s of the owner's death (well under 5 s even on a loaded 2-core CI box),
+Guarantees. Within about ``1 + 0.2`` s of the owner's death (the pipe's EOF wakes the watchdog at once; well under 5 s
+even on a loaded 2-core CI box),
 every process that was a descendant of the owner at the last scan before its death, and every process below those
 at the time of the reaping, has received SIGTERM and, if it ignored it, SIGKILL. The watchdog then exits too.
-Cost: one pass over /proc every 0.2 s (a few hundred small reads: about 1% of a core), a ~10 MiB process.
+Cost: one pass over /proc every second (a few hundred small reads: 0.1-0.4% of a core), a ~10 MiB process.
 
 Limits. A process started *and* orphaned within the last scan interval before the owner's death (the owner spawns
-it, then is killed less than 0.2 s later) was never seen and survives; register such a child with
+it, then is killed less than a second later) was never seen and survives; register such a child with
 :meth:`Reaper.track` right after spawning it, or nudge the watchdog with :meth:`Reaper.scan` (done automatically
 after every ``os.fork()`` of the owner, so multiprocessing children are seen at once). If the watchdog itself is
 SIGKILLed, nothing is reaped: pair it with :func:`set_parent_death_signal` in children you start yourself. An owner
