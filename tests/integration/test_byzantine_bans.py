@@ -50,10 +50,10 @@ def test_the_attacker_is_banned_and_kept_out_within_three_rounds(peers, tmp_path
         assert not any(bans.values()), bans
         return
     rows_of = {i: [r for r in read_jsonl(tmp_path / f"p{i}.jsonl") if "final" not in r] for i in range(HONEST)}
-    if kind == "inflated_weight" and not any(r["group"] > HONEST for rows in rows_of.values() for r in rows):
-        # its claim travels in its commitments, sent only in a round it averages in: one that was never in a group
-        # with the honest peers showed its claim to nobody, and nobody may ban it
-        assert not any(bans.values()), bans
+    if kind == "inflated_weight" and not any(bans.values()) and not any(r["group"] > HONEST for rows in rows_of.values() for r in rows):
+        # its claim travels in its commitments, sent only in a round it averages in: one that never stepped in a group
+        # with the honest peers may have shown its claim to nobody (a round it joined that failed may still have, and
+        # then every honest peer bans it: checked below)
         return
     if kind in ("equivocating_reducer", "lying_reducer", "inflated_weight"):   # a published proof or accusation: every honest peer checks it and bans
         assert all(b == {bad_id[-8:]} for b in bans.values()), bans
