@@ -23,8 +23,13 @@ Our record is published every period (a reader's estimate lags by the age of the
 The records are read at a third of the estimated time to the target too, but within [min_read,
 max_read] unless poked: between reads the estimate is extrapolated from the rates, so reading more
 often only shows a joining or leaving peer sooner (matchmaking reads on its own before it forms a
-group), and far from the target nothing waits on the view. A read costs every record (about 1 KB
-each) from each replica asked, a publish one record per replica: reads are the control plane's bulk.
+group; joining, a step, a state download and a failed round poke a read), and far from the target
+nothing waits on the view. A read costs every record (about 1 KB each) from each replica asked, a
+publish one record per replica: reads are the control plane's bulk. So `max_read` is long (30 s):
+an idle swarm, or DiLoCo's inner phase of minutes, reads twice a minute instead of every 2 s (16
+idle peers sent 76 KB/s each, 97% of it reads), while a round seconds away is read every third of
+its distance as before. An aggregator of the summaries (below) reads every `record_ttl / 4`, so that
+its summary never goes stale for the readers.
 
 With `summaries` on (EngineConfig.progress_summaries, off by default), a swarm of at least
 `summaries.MIN_PEERS` peers reads a few aggregators' compact summaries instead (swarm.averaging.summaries):
@@ -129,7 +134,7 @@ class ProgressTracker:
         min_refresh: float = 0.2,
         max_refresh: float = 2.0,
         min_read: float = 0.2,
-        max_read: float = 2.0,
+        max_read: float = 30.0,
         record_ttl: float = 8.0,
         serves_state: bool = True,
         direct_stores: bool = False,
@@ -213,10 +218,12 @@ class ProgressTracker:
     def global_epoch(self) -> int:
         return max(self.view.epoch, self.local.epoch)
 
-    def estimated_samples(self, epoch: int, now: float | None = None) -> float:
+    def estimated_samples(self, epoch: int, now: float | None = None, *, everyone: bool = False) -> float:
+        """Samples the swarm at `epoch` holds by `now`: ours, the vouched-for peers' and strangers' within their cap, or
+        with `everyone` every record's claim as it is (what the swarm may hold, for the read cadence only)."""
         now = time.monotonic() if now is None else now
         own = self.local.samples if self.local.epoch == epoch else 0
-        trusted = self.trusted()
+        trusted = None if everyone else self.trusted()
         return own + self.view.samples_at(epoch, now, exclude=self.peer_id, trusted=trusted, stranger_cap=self._stranger_cap(trusted, own))
 
     @staticmethod
@@ -227,13 +234,14 @@ class ProgressTracker:
         is never a stranger's claim (a newcomer counts once it has averaged with us)."""
         return own if trusted is not None and not trusted else 0.0
 
-    def eta(self, epoch: int) -> float:
-        """Seconds until the swarm at `epoch` reaches the target batch (0 when it has)."""
-        missing = self.target_batch_size - self.estimated_samples(epoch)
+    def eta(self, epoch: int, *, everyone: bool = False) -> float:
+        """Seconds until the swarm at `epoch` reaches the target batch (0 when it has); with `everyone`, by every
+        record's claim (see estimated_samples)."""
+        missing = self.target_batch_size - self.estimated_samples(epoch, everyone=everyone)
         if missing <= 0:
             return 0.0
         own = self.local.samples_per_second if self.local.epoch == epoch else 0.0
-        trusted = self.trusted()
+        trusted = None if everyone else self.trusted()
         rate = self.view.rate_at(epoch, exclude=self.peer_id, trusted=trusted, stranger_cap=self._stranger_cap(trusted, own)) + own
         return missing / rate if rate > 0 else float("inf")
 
@@ -422,8 +430,19 @@ class ProgressTracker:
         return min(self.max_refresh, max(self.min_refresh, eta / 3))
 
     def _read_period(self) -> float:
-        eta = self.eta(self.global_epoch())
-        return min(self.max_read, max(self.min_read, eta / 3))
+        # By every record's claim, not only the vouched-for peers': a newcomer counts nobody else yet, and would read
+        # twice a minute while the swarm it joined steps every few seconds. A false claim can only make us read sooner.
+        eta = self.eta(self.global_epoch(), everyone=True)
+        longest = min(self.max_read, self.record_ttl / 4) if self._aggregating() else self.max_read
+        return min(longest, max(self.min_read, eta / 3))
+
+    def _aggregating(self) -> bool:
+        """Whether we are one of the summaries' aggregators now: readers take a summary only while it is younger than the
+        records' TTL, so an aggregator must read (and republish) more often than the far-from-the-target period."""
+        if not self.summaries:
+            return False
+        ids = {p.peer_id for p in self._view.peers if not p.leaving} | {self.peer_id}
+        return len(ids) >= self.summary_min_peers and self.peer_id in summary.chosen(self.node.run_id, clock.now(), ids)
 
     async def _run(self) -> None:
         # Pings wait up to their timeout on a peer that is unreachable (its link cut): they run beside the loop, so that

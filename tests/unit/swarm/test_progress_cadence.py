@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from swarm.averaging.progress import ProgressTracker
+from swarm.averaging.progress import ProgressTracker, SwarmView
+from swarm.net.records import ProgressRecord
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -82,3 +83,43 @@ def test_stores_traverse_the_dht_unless_direct_stores_are_asked_for():
             await t.stop()
         assert not any(node.stores)
     asyncio.run(main())
+
+
+def _record(peer: str, samples: int, rate: float) -> ProgressRecord:
+    return ProgressRecord(peer_id=peer, epoch=0, samples=samples, samples_per_second=rate, role="trainer",
+                          upload_bps=1e6, download_bps=1e6, time=time.time(), training=True)
+
+
+def test_far_from_the_target_a_peer_reads_twice_a_minute_by_default():
+    t = ProgressTracker(CountingNode(), 10**6, "trainer", lambda: (1.0, 1.0))
+    t.report(epoch=0, samples=0, samples_per_second=10.0)          # a DiLoCo inner phase: a day from the target
+    assert t._read_period() == 30.0
+    t.target_batch_size = 1000
+    t.report(samples=990)                                         # 1 s away: as often as before the long bound
+    assert t._read_period() == pytest.approx(1 / 3)
+
+
+def test_a_newcomer_reads_at_the_pace_of_the_swarms_claims_though_they_count_for_nothing_yet():
+    t = ProgressTracker(CountingNode(), 1000, "trainer", lambda: (1.0, 1.0))
+    t.report(epoch=0, samples=0, samples_per_second=1.0)
+    t.view = SwarmView(epoch=0, peers=(_record("a", 900, 50.0), _record("b", 900, 50.0)), fetched_at=time.monotonic())
+    assert t.trusted() == set() and t.eta(0) > 100                 # nobody vouched for: the batch is far by our count
+    assert t._read_period() < 1.0                                  # but the swarm may step within a second: read soon
+
+
+def test_an_aggregator_of_the_summaries_reads_within_a_quarter_of_the_records_ttl(monkeypatch):
+    from swarm.averaging import summaries as summary
+    from swarm.net import clock
+    monkeypatch.setattr(clock, "now", lambda: 100 * summary.WINDOW + 30.0)   # mid-window: one set of aggregators
+    ids = [f"peer{i}" for i in range(8)]
+    node = CountingNode()
+    t = ProgressTracker(node, 10**6, "trainer", lambda: (1.0, 1.0), summaries=True, record_ttl=8.0)
+    t.view = SwarmView(epoch=0, peers=tuple(_record(p, 0, 1.0) for p in ids), fetched_at=time.monotonic())
+    chosen = summary.chosen(node.run_id, clock.now(), ids)
+    for me, aggregating in ((next(iter(chosen)), True), (next(p for p in ids if p not in chosen), False)):
+        t.peer_id = me
+        assert t._aggregating() is aggregating
+        assert t._read_period() == (2.0 if aggregating else 30.0), me
+    t.summaries = False                                            # nobody aggregates: everyone reads every record
+    t.peer_id = next(iter(chosen))
+    assert t._read_period() == 30.0
