@@ -323,12 +323,17 @@ class AllReduceRound:
         """How long a reducer may stay silent on a member's stream: it heartbeats while it waits (HEARTBEAT_SLACK)."""
         return min(self._reply_limit(), self.sender_timeout + HEARTBEAT_SLACK + self.reply_slack)
 
-    async def _until_ready(self, k: int) -> AsyncIterator[swarm_pb2.PartChunk]:
+    def _until_ready(self, k: int) -> AsyncIterator[swarm_pb2.PartChunk]:
         """Heartbeats while my averaged chunk k is not ready (set by _try_finalize, or by retire() or hand_over())."""
+        return self._beats_until(self._output_ready[k], k)
+
+    async def _beats_until(self, event: asyncio.Event, k: int, deadline: float = float("inf")) -> AsyncIterator[swarm_pb2.PartChunk]:
+        """Heartbeats for my chunk k, one every third of the silence a reader allows, until `event` is set or the
+        (monotonic) `deadline` passes."""
         every = max(0.5, self.sender_timeout / 3)
-        while not self._output_ready[k].is_set():
+        while not event.is_set() and time.monotonic() < deadline:
             try:
-                await asyncio.wait_for(self._output_ready[k].wait(), every)
+                await asyncio.wait_for(event.wait(), min(every, deadline - time.monotonic()))
             except asyncio.TimeoutError:
                 yield heartbeat(self.label(self.group.my_index), k)
 
@@ -563,13 +568,8 @@ class AllReduceRound:
         # member steps with, and a late peer that took it would hold parameters nobody else has. Until my round is
         # over, heartbeats: a real model's round outlasts the late peer's silence limit (swarm.averaging.late), and
         # without them every late peer of the emulated hybrid run at 10M values gave up before the first chunk
-        deadline = time.monotonic() + self.group.timeout
-        every = max(0.5, self.sender_timeout / 3)
-        while not self._over.is_set() and time.monotonic() < deadline:
-            try:
-                await asyncio.wait_for(self._over.wait(), min(every, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
-                yield heartbeat(self.group.my_index, first.chunk)
+        async for beat in self._beats_until(self._over, first.chunk, deadline=time.monotonic() + self.group.timeout):
+            yield beat
         if not self._stepped:
             yield swarm_pb2.PartChunk(error="round failed here")
             await drain(requests, self.sender_timeout)
