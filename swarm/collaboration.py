@@ -544,7 +544,7 @@ class Collaboration:
         """Publish a metrics record without blocking the training loop (failures are logged)."""
         assert self.node is not None
         future = self.loop.submit(self.node.store_record(records.metrics_key(self.run_id), record, self.config.record_ttl * 4,
-                                                         blind=self.config.progress_summaries))
+                                                         blind=True))
         future.add_done_callback(lambda f: f.cancelled() or f.exception() is None or logger.debug("metrics not published: %s", f.exception()))
 
     # -- auxiliary peers --------------------------------------------------------------------------------------
