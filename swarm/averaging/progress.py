@@ -63,6 +63,10 @@ SUMMARY_READ_TIMEOUT = 1.5   # seconds a read of the progress summaries may take
 # A refresh joins a read of the records begun at most this many seconds before it, else starts one beside it
 # (swarm.net.detached). A store always starts anew: it carries our record as it is now (a step's new epoch, say).
 READ_JOIN_WITHIN = 2.0
+# Seconds between reads while no peer reports a rate (the time to the target is unknown): far reads are for a round
+# that is known to be far, and a swarm waiting for its peers (start_together, swarm attack's --wait-peers) waits on
+# the view (30 s reads held a 4-peer test's start for 30 s)
+UNKNOWN_ETA_READ = 2.0
 QUORUM = 2             # distinct peers that must reach an epoch before it is the swarm's (minus the one-epoch lead)
 
 
@@ -436,6 +440,8 @@ class ProgressTracker:
         # By every record's claim, not only the vouched-for peers': a newcomer counts nobody else yet, and would read
         # twice a minute while the swarm it joined steps every few seconds. A false claim can only make us read sooner.
         eta = self.eta(self.global_epoch(), everyone=True)
+        if not math.isfinite(eta):   # nobody trains yet (a swarm gathering, `--wait-peers`): peers wait on the view itself
+            return min(self.max_read, max(self.min_read, UNKNOWN_ETA_READ))
         longest = min(self.max_read, self.record_ttl / 4) if self._aggregating() else self.max_read
         return min(longest, max(self.min_read, eta / 3))
 

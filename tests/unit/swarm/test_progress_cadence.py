@@ -92,6 +92,7 @@ def _record(peer: str, samples: int, rate: float) -> ProgressRecord:
 
 def test_far_from_the_target_a_peer_reads_twice_a_minute_by_default():
     t = ProgressTracker(CountingNode(), 10**6, "trainer", lambda: (1.0, 1.0))
+    assert t._read_period() == 2.0                                 # nobody trains yet: peers may be waiting for peers
     t.report(epoch=0, samples=0, samples_per_second=10.0)          # a DiLoCo inner phase: a day from the target
     assert t._read_period() == 30.0
     t.target_batch_size = 1000
