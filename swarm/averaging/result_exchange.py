@@ -1,9 +1,18 @@
-"""Members swap their reducers' signed result statements after the all-gather, and act on what disagrees.
+"""Members swap what their reducers signed after the all-gather, and act on what disagrees.
 
 Each member of a round that checks results holds, for every part it received whole on its first stream, the
 reducer's signed statement of that part's digest (swarm.averaging.result_statements). Once its own parts are in,
-it sends its statements to every other member that takes the result, and each answers with its own (one call per
-pair each way; a member that is not ready answers when it is, within the round's deadline). Then `verdict()`:
+it swaps reports with every other member that takes the result (one call per pair each way; a member that is not
+ready answers when it is, within the round's deadline), in two steps:
+
+1. the digests only: part -> the 32-byte digest the member holds. A statement is about 1 KB (the reducer's
+   signature and key, and the commitments of every input), so a report of every part cost each member
+   members x parts x 1 KB per round (16 peers: ~100 KB/s per peer, more than the progress records);
+2. only where two digests of one part were seen (a dispute): the signed statements of the disputed parts, from
+   every member that answered step 1. An honest round never gets here; a false digest claimed by a member only
+   costs this step.
+
+Then `verdict()`, on signed statements alone (a digest claim is no evidence):
 
 - a part for which two valid statements disagree was sent as different bytes to different members: its reducer
   equivocated, and the pair is a proof anyone can check (`Verdict.proofs`, for swarm.averaging.bans);
@@ -22,17 +31,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Collection, Sequence
 
 import msgpack
 from google.protobuf.wrappers_pb2 import BytesValue
 from hivemind.p2p import P2P, PeerID
 
-from swarm.averaging.result_statements import MAX_STATEMENT_BYTES, ResultStatement
+from swarm.averaging.result_statements import MAX_PART, MAX_STATEMENT_BYTES, ResultStatement
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RESULTS_HANDLER", "ResultCheck", "Verdict", "exchange_statements", "unpack_report"]
+__all__ = ["RESULTS_HANDLER", "Report", "ResultCheck", "Verdict", "exchange_statements", "unpack_report"]
 
 RESULTS_HANDLER = "swarm.averaging.results"
 MAX_STATEMENTS = 256                              # per report: one per part, and a group has fewer members
@@ -40,20 +49,39 @@ MAX_REPORT_BYTES = 16 + MAX_STATEMENTS * (MAX_STATEMENT_BYTES + 8)
 MAX_VERIFIED = 4 * MAX_STATEMENTS                 # distinct statements one round verifies at most
 
 
-def unpack_report(data: bytes) -> tuple[bytes, list[bytes]] | None:
-    """(round id, packed statements) of a report from the network; None when it breaks its bounds."""
+@dataclass
+class Report:
+    """A member's report as read from the network (bounded by unpack_report, statements not yet verified)."""
+    round_id: bytes
+    digests: dict[int, bytes] = field(default_factory=dict)   # part -> the digest it holds (step 1)
+    statements: list[bytes] = field(default_factory=list)     # packed signed statements (step 2)
+    wanted: list[int] = field(default_factory=list)           # the parts whose statements it asks for (step 2)
+
+
+def unpack_report(data: bytes) -> Report | None:
+    """A report from the network; None when it breaks its bounds."""
     if not isinstance(data, bytes) or len(data) > MAX_REPORT_BYTES:
         return None
     try:
-        report = msgpack.unpackb(data, raw=False, max_bin_len=MAX_STATEMENT_BYTES, max_str_len=8,
-                                 max_array_len=MAX_STATEMENTS, max_map_len=2)
+        fields = msgpack.unpackb(data, raw=False, max_bin_len=MAX_STATEMENT_BYTES, max_str_len=8,
+                                 max_array_len=MAX_STATEMENTS, max_map_len=4)
     except Exception:
         return None
-    if not isinstance(report, dict) or not isinstance(report.get("r"), bytes) or not isinstance(report.get("s"), list):
+    if not isinstance(fields, dict) or not isinstance(fields.get("r"), bytes) or not set(fields) <= {"r", "d", "s", "w"}:
         return None
-    if not all(isinstance(s, bytes) for s in report["s"]):
+    digests, statements, wanted = fields.get("d", []), fields.get("s", []), fields.get("w", [])
+    if not (isinstance(digests, list) and isinstance(statements, list) and isinstance(wanted, list)):
         return None
-    return report["r"], report["s"]
+    if not all(isinstance(x, bytes) for x in statements) or not all(_part_number(w) for w in wanted):
+        return None
+    if not all(isinstance(e, list) and len(e) == 2 and _part_number(e[0]) and isinstance(e[1], bytes) and len(e[1]) == 32
+               for e in digests):
+        return None
+    return Report(fields["r"], {part: d for part, d in digests}, statements, sorted(set(wanted)))
+
+
+def _part_number(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < MAX_PART
 
 
 @dataclass
@@ -68,7 +96,8 @@ class ResultCheck:
     def __init__(self, round_id: bytes, members: Sequence[str], me: int):
         self.round_id, self.members, self.me = round_id, list(members), me
         self.held: dict[int, ResultStatement] = {}                 # part -> the statement of what I received
-        self.reports: dict[str, dict[int, ResultStatement]] = {}   # member -> part -> its statement
+        self.reports: dict[str, dict[int, ResultStatement]] = {}   # member -> part -> its (verified) statement
+        self.claims: dict[str, dict[int, bytes]] = {}             # member -> part -> the digest it says it holds
         self.ready = asyncio.Event()                               # set once my parts are in (or the round is over)
         self._verified: dict[bytes, bool] = {}
 
@@ -76,8 +105,31 @@ class ResultCheck:
         self.held[part] = statement
         self._verified[statement.pack()] = True   # the member checked it as it arrived
 
-    def report(self) -> bytes:
-        return msgpack.packb({"r": self.round_id, "s": [s.pack() for _, s in sorted(self.held.items())]})
+    def report(self, parts: Collection[int] | None = None) -> bytes:
+        """My digests (step 1), or with `parts` my statements of those parts that I hold (step 2)."""
+        if parts is None:
+            return msgpack.packb({"r": self.round_id, "d": [[j, st.digest] for j, st in sorted(self.held.items())]})
+        return msgpack.packb({"r": self.round_id, "s": [self.held[j].pack() for j in sorted(set(parts)) if j in self.held]})
+
+    def request(self, parts: Collection[int]) -> bytes:
+        """Step 2's call: my statements of the disputed `parts`, asking for the other member's."""
+        statements = [self.held[j].pack() for j in sorted(set(parts)) if j in self.held]
+        return msgpack.packb({"r": self.round_id, "s": statements, "w": sorted(set(parts))})
+
+    def answer(self, report: Report) -> bytes:
+        """What I answer a member's call: my statements of the parts it wants, else my digests."""
+        return self.report(report.wanted) if report.wanted else self.report()
+
+    def disputed(self) -> set[int]:
+        """Parts of which two different digests were seen: mine, the members' claims and their statements."""
+        seen: dict[int, set[bytes]] = {}
+        for held in (self.held, *self.reports.values()):
+            for part, statement in held.items():
+                seen.setdefault(part, set()).add(statement.digest)
+        for claims in self.claims.values():
+            for part, digest in claims.items():
+                seen.setdefault(part, set()).add(digest)
+        return {part for part, digests in seen.items() if len(digests) > 1}
 
     def _usable(self, packed: bytes, member: str) -> ResultStatement | None:
         statement = ResultStatement.unpack(packed)
@@ -91,16 +143,18 @@ class ResultCheck:
             self._verified[packed] = statement.valid()
         return statement if self._verified[packed] else None
 
-    def offer(self, member: str, round_id: bytes, packed: Sequence[bytes]) -> None:
-        """Take a member's report (already bounded by unpack_report); statements that fail any check are ignored."""
-        if member not in self.members or member == self.members[self.me] or round_id != self.round_id:
+    def offer(self, member: str, report: Report) -> None:
+        """Take a member's report (already bounded by unpack_report): its digest claims, and its statements that pass
+        every check (the others are ignored)."""
+        if member not in self.members or member == self.members[self.me] or report.round_id != self.round_id:
             return
-        statements = {}
-        for data in packed[:MAX_STATEMENTS]:
+        claims = self.claims.setdefault(member, {})   # listed once it answered at all: step 2 asks only those
+        claims.update((j, d) for j, d in report.digests.items() if 0 <= j < len(self.members))
+        statements = self.reports.setdefault(member, {})
+        for data in report.statements[:MAX_STATEMENTS]:
             statement = self._usable(data, member)
             if statement is not None:
                 statements[statement.part] = statement
-        self.reports[member] = statements
 
     def verdict(self) -> Verdict:
         """Proofs of every equivocating reducer, and the parts I drop. A reducer's own report of its part is no vote:
@@ -127,16 +181,22 @@ class ResultCheck:
 
 
 async def exchange_statements(p2p: P2P, check: ResultCheck, peers: Sequence[str], timeout: float) -> None:
-    """Send my report to each of `peers` and take theirs in answer, all within `timeout` seconds."""
-    request = BytesValue(value=check.report())
-
-    async def one(peer: str) -> None:
-        reply = await asyncio.wait_for(p2p.call_protobuf_handler(PeerID.from_base58(peer), RESULTS_HANDLER, request, BytesValue), timeout)
+    """Swap digests with each of `peers`; then, if two digests of a part were seen, the statements of the disputed
+    parts with those that answered. Each call within `timeout` seconds."""
+    async def call(peer: str, payload: bytes) -> None:
+        reply = await asyncio.wait_for(p2p.call_protobuf_handler(PeerID.from_base58(peer), RESULTS_HANDLER, BytesValue(value=payload), BytesValue), timeout)
         report = unpack_report(reply.value)
         if report is not None:
-            check.offer(peer, *report)
+            check.offer(peer, report)
 
-    outcomes = await asyncio.gather(*(one(p) for p in peers), return_exceptions=True)
-    for peer, outcome in zip(peers, outcomes):
-        if isinstance(outcome, BaseException):
-            logger.debug("round %s: no result statements from %s: %r", check.round_id.hex()[:8], peer[-8:], outcome)
+    async def each(peers_: Sequence[str], payload: bytes) -> None:
+        outcomes = await asyncio.gather(*(call(p, payload) for p in peers_), return_exceptions=True)
+        for peer, outcome in zip(peers_, outcomes):
+            if isinstance(outcome, BaseException):
+                logger.debug("round %s: no result report from %s: %r", check.round_id.hex()[:8], peer[-8:], outcome)
+
+    await each(peers, check.report())
+    disputed = check.disputed()
+    if disputed:
+        logger.info("round %s: parts %s have two digests: swapping their signed statements", check.round_id.hex()[:8], sorted(disputed))
+        await each([p for p in peers if p in check.claims], check.request(disputed))

@@ -75,12 +75,12 @@ class AggregateService:
         self._finished.clear()
 
     async def _handle_results(self, request: BytesValue, context: P2PContext) -> BytesValue:
-        """A member's result statements for a round (swarm.averaging.result_exchange): kept, and answered with mine once
+        """A member's result report for a round (swarm.averaging.result_exchange): kept, and answered with mine once
         my parts are in (at most wait_for_round seconds); an empty answer for a round I do not know or do not check."""
         report = unpack_report(request.value)
-        if report is None or len(report[0]) != 16:
+        if report is None or len(report.round_id) != 16:
             return BytesValue()
-        round_id, statements = report
+        round_id = report.round_id
         finished = self._finished.get(round_id)
         try:
             round_ = finished[0] if finished is not None else await asyncio.wait_for(asyncio.shield(self._slot(round_id)), self.wait_for_round)
@@ -91,12 +91,12 @@ class AggregateService:
             # only the round's members swap statements: they were admitted by matchmaking (invites checked there), so
             # a stranger (an uninvited peer included) learns nothing and holds no handler open for wait_for_round
             return BytesValue()
-        check.offer(str(context.remote_id), round_id, statements)
+        check.offer(str(context.remote_id), report)
         try:
             await asyncio.wait_for(check.ready.wait(), self.wait_for_round)
         except asyncio.TimeoutError:
             pass
-        return BytesValue(value=check.report())
+        return BytesValue(value=check.answer(report))
 
     async def _handle(self, requests: AsyncIterator[swarm_pb2.PartChunk], context: P2PContext) -> AsyncIterator[swarm_pb2.PartChunk]:
         try:

@@ -15,7 +15,7 @@ from hivemind.p2p import PeerID
 from hivemind.utils.crypto import RSAPrivateKey
 
 from swarm.averaging.bans import BanList
-from swarm.averaging.result_exchange import ResultCheck, unpack_report
+from swarm.averaging.result_exchange import Report, ResultCheck, unpack_report
 from swarm.averaging.result_statements import ResultStatement, contradiction, sign_statement
 from swarm.net import records
 from swarm.net.identity import identity_bytes, key_from_identity, peer_id_of
@@ -88,15 +88,15 @@ def test_members_holding_the_minoritys_bytes_of_an_equivocating_reducers_part_dr
     other = sign_statement(keys[2], ROUND, 2, members[2], digest("part 2"))
     check.hold(0, noisy)
     check.hold(2, other)
-    check.offer(members[2], ROUND, [honest.pack(), other.pack()])
-    check.offer(members[3], ROUND, [honest.pack(), other.pack()])
+    check.offer(members[2], Report(ROUND, statements=[honest.pack(), other.pack()]))
+    check.offer(members[3], Report(ROUND, statements=[honest.pack(), other.pack()]))
     verdict = check.verdict()
     assert [(a.digest, b.digest) for a, b in verdict.proofs] == [(honest.digest, noisy.digest)]
     assert list(verdict.dropped) == [0]                     # member 1 holds the minority's bytes: it does not step
     majority, _ = _check(keys, me=2)
     majority.hold(0, honest)
-    majority.offer(members[1], ROUND, [noisy.pack()])
-    majority.offer(members[3], ROUND, [honest.pack()])
+    majority.offer(members[1], Report(ROUND, statements=[noisy.pack()]))
+    majority.offer(members[3], Report(ROUND, statements=[honest.pack()]))
     assert majority.verdict().dropped == {} and len(majority.verdict().proofs) == 1
 
 
@@ -105,9 +105,9 @@ def test_the_equivocating_reducers_own_report_is_no_vote(keys):
     a, b = sorted((sign_statement(keys[0], ROUND, 0, members[0], digest(x)) for x in "xy"), key=lambda st: st.digest, reverse=True)
     assert b.digest < a.digest   # a tie would go to b
     check.hold(0, a)
-    check.offer(members[3], ROUND, [a.pack()])
-    check.offer(members[2], ROUND, [b.pack()])
-    check.offer(members[0], ROUND, [b.pack()])   # the reducer backs the bytes member 2 got: 2 against 1 still
+    check.offer(members[3], Report(ROUND, statements=[a.pack()]))
+    check.offer(members[2], Report(ROUND, statements=[b.pack()]))
+    check.offer(members[0], Report(ROUND, statements=[b.pack()]))   # the reducer backs the bytes member 2 got: 2 against 1 still
     verdict = check.verdict()
     assert verdict.dropped == {} and len(verdict.proofs) == 1
 
@@ -119,18 +119,39 @@ def test_reports_that_prove_nothing_change_nothing(keys):
     forged = sign_statement(keys[3], ROUND, 0, members[0], digest("b"))         # member 3 signs in reducer 0's name
     misplaced = sign_statement(keys[3], ROUND, 0, members[3], digest("c"))      # part 0 is not member 3's
     stale = sign_statement(keys[0], bytes(16), 0, members[0], digest("d"))      # another round
-    check.offer(members[3], ROUND, [forged.pack(), misplaced.pack(), stale.pack(), b"junk"])
-    check.offer("not-a-member", ROUND, [sign_statement(keys[0], ROUND, 0, members[0], digest("e")).pack()])
+    check.offer(members[3], Report(ROUND, statements=[forged.pack(), misplaced.pack(), stale.pack(), b"junk"]))
+    check.offer("not-a-member", Report(ROUND, statements=[sign_statement(keys[0], ROUND, 0, members[0], digest("e")).pack()]))
     verdict = check.verdict()
     assert verdict.proofs == [] and verdict.dropped == {}
 
 
 def test_a_report_is_bounded_before_it_is_read(keys):
     check, _ = _check(keys, me=0)
-    assert unpack_report(check.report()) == (ROUND, [])
+    assert unpack_report(check.report()) == Report(ROUND)
     assert unpack_report(b"x" * (1 << 21)) is None
-    assert unpack_report(msgpack.packb({"r": ROUND, "s": [1, 2]})) is None
-    assert unpack_report(msgpack.packb({"r": ROUND, "s": [b"x"] * 300})) is None
+    for junk in ({"r": ROUND, "s": [1, 2]}, {"r": ROUND, "s": [b"x"] * 300}, {"r": ROUND, "d": [[0, b"d" * 31]]},
+                 {"r": ROUND, "d": [[-1, b"d" * 32]]}, {"r": ROUND, "d": [[True, b"d" * 32]]}, {"r": ROUND, "d": [[0]]},
+                 {"r": ROUND, "w": [1 << 30]}, {"r": ROUND, "w": ["0"]}, {"r": ROUND, "x": 1}, {"d": []}, [ROUND]):
+        assert unpack_report(msgpack.packb(junk)) is None, junk
+
+
+def test_members_swap_digests_and_only_a_dispute_swaps_signed_statements(keys):
+    check, members = _check(keys, me=1)
+    statements = {j: sign_statement(keys[j], ROUND, j, members[j], digest(f"part {j}")) for j in (0, 2, 3)}
+    for j, st in statements.items():
+        check.hold(j, st)
+    step1 = unpack_report(check.report())
+    assert step1.digests == {j: st.digest for j, st in statements.items()} and step1.statements == []
+    assert len(check.report()) < sum(len(st.pack()) for st in statements.values()) / 4   # what every round sends
+    check.offer(members[2], Report(ROUND, digests={0: statements[0].digest, 3: statements[3].digest}))
+    assert check.disputed() == set()
+    check.offer(members[3], Report(ROUND, digests={0: digest("other bytes")}))          # a claim is enough to ask
+    assert check.disputed() == {0}
+    asked = unpack_report(check.request({0}))
+    assert asked.wanted == [0] and [ResultStatement.unpack(x) for x in asked.statements] == [statements[0]]
+    answer = unpack_report(check.answer(asked))                                           # what a member answers it
+    assert [ResultStatement.unpack(x) for x in answer.statements] == [statements[0]] and answer.digests == {}
+    assert check.verdict().proofs == [] and check.verdict().dropped == {}                  # but no proof without signatures
 
 
 def test_an_equivocating_reducer_is_banned_on_its_proof_and_a_forged_proof_bans_nobody(keys):
