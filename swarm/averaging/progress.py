@@ -461,10 +461,11 @@ class ProgressTracker:
         try:
             while not self._stopping:
                 self._wake.clear()   # before the work: a poke that comes during it gets a turn of its own
-                try:
-                    await asyncio.wait_for(self._stores(), 5)
+                try:   # side by side: a store that hangs (a cut link, dead replicas) must not hold up the read
+                    calls = [self._stores()]
                     if poked or not self.fetched or time.monotonic() - self.view.fetched_at >= self._read_period():
-                        await asyncio.wait_for(self.refresh(), 5)
+                        calls.append(self.refresh())
+                    await asyncio.wait_for(asyncio.gather(*calls), 5)
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:
