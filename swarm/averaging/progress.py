@@ -70,6 +70,11 @@ UNKNOWN_ETA_READ = 2.0
 QUORUM = 2             # distinct peers that must reach an epoch before it is the swarm's (minus the one-epoch lead)
 
 
+def _log_store_failure(done: asyncio.Future) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        logger.warning("progress publish failed: %s", describe(done.exception()))
+
+
 def swarm_epoch(epochs: list[int], quorum: int = QUORUM) -> int:
     """The swarm's epoch from the epochs of distinct voters: the highest one held that is at most one above the
     highest epoch `quorum` voters have reached (fewer voters than `quorum`: all of them must have reached it)."""
@@ -461,11 +466,14 @@ class ProgressTracker:
         try:
             while not self._stopping:
                 self._wake.clear()   # before the work: a poke that comes during it gets a turn of its own
-                try:   # side by side: a store that hangs (a cut link, dead replicas) must not hold up the read
-                    calls = [self._stores()]
+                # Not awaited: a store that hangs (a cut link, dead replicas) ends by its own timeouts, and must hold up
+                # neither the read nor the next poke (a peer back from a network cut stepped solo before it saw the
+                # swarm: tests/chaos/test_network_cut.py). One at a time: the next turn publishes once it ended.
+                if not self._stores.under_way:
+                    asyncio.ensure_future(self._stores()).add_done_callback(_log_store_failure)
+                try:
                     if poked or not self.fetched or time.monotonic() - self.view.fetched_at >= self._read_period():
-                        calls.append(self.refresh())
-                    await asyncio.wait_for(asyncio.gather(*calls), 5)
+                        await asyncio.wait_for(self.refresh(), 5)
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:

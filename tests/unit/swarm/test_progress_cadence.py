@@ -124,3 +124,26 @@ def test_an_aggregator_of_the_summaries_reads_within_a_quarter_of_the_records_tt
     t.summaries = False                                            # nobody aggregates: everyone reads every record
     t.peer_id = next(iter(chosen))
     assert t._read_period() == 30.0
+
+
+def test_a_store_that_hangs_does_not_hold_up_the_reads():
+    """A store on a cut link (or to dead replicas) can hang for its whole timeout; the read beside it must not wait
+    (a peer back from a network cut stepped solo before it saw the swarm: tests/chaos/test_network_cut.py)."""
+    class HangingStores(CountingNode):
+        async def store_record(self, key, record, ttl, *, direct=False, blind=False):
+            self.stores.append(direct)
+            await asyncio.sleep(3600)
+
+    async def main():
+        node = HangingStores()
+        t = ProgressTracker(node, 10**6, "trainer", lambda: (1.0, 1.0), min_read=60.0, max_read=60.0)
+        t.start()
+        try:
+            await _until(lambda: node.reads >= 1, timeout=1.0)
+            t.poke()
+            await _until(lambda: node.reads >= 2, timeout=1.0)   # the first store still hangs
+            await asyncio.sleep(0.5)
+            assert len(node.stores) == 1                           # and no second one piles up beside it
+        finally:
+            await t.stop(withdraw=False)
+    asyncio.run(main())
