@@ -147,7 +147,6 @@ class ProgressTracker:
         record_ttl: float = 8.0,
         serves_state: bool = True,
         direct_stores: bool = False,
-        blind_stores: bool = True,
         summaries: bool = False,
         summary_min_peers: int = summary.MIN_PEERS,
     ):
@@ -158,7 +157,6 @@ class ProgressTracker:
         self.min_refresh, self.max_refresh, self.record_ttl = min_refresh, max_refresh, record_ttl
         self.min_read, self.max_read = min_read, max_read
         self.direct_stores = direct_stores   # off: with them, newcomers of the join-storm test saw one donor (see below)
-        self.blind_stores = blind_stores
         self.serves_state = serves_state
         self.summaries = summaries   # read aggregators' summaries instead of every record (swarm.averaging.summaries)
         self.summary_min_peers = summary_min_peers
@@ -337,7 +335,7 @@ class ProgressTracker:
         # A store's traversal reads no record (swarm.net.direct_store.store_blind): hivemind's store reads every record
         # from each replica on its way, which made a publish cost as much as a read (with reads far from the target
         # every 30 s, 16 idle peers' publishes were still 44 of their 47 KB/s). It reaches the nodes a reader asks.
-        blind = self.blind_stores and not direct and not record.leaving
+        blind = not direct and not record.leaving
         await self.node.store_record(records.progress_key(self.node.run_id), record, self.record_ttl, direct=direct, blind=blind)
 
     async def refresh(self) -> SwarmView:

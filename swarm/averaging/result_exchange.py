@@ -109,12 +109,14 @@ class ResultCheck:
         """My digests (step 1), or with `parts` my statements of those parts that I hold (step 2)."""
         if parts is None:
             return msgpack.packb({"r": self.round_id, "d": [[j, st.digest] for j, st in sorted(self.held.items())]})
-        return msgpack.packb({"r": self.round_id, "s": [self.held[j].pack() for j in sorted(set(parts)) if j in self.held]})
+        return msgpack.packb({"r": self.round_id, "s": self._statements(parts)})
 
     def request(self, parts: Collection[int]) -> bytes:
         """Step 2's call: my statements of the disputed `parts`, asking for the other member's."""
-        statements = [self.held[j].pack() for j in sorted(set(parts)) if j in self.held]
-        return msgpack.packb({"r": self.round_id, "s": statements, "w": sorted(set(parts))})
+        return msgpack.packb({"r": self.round_id, "s": self._statements(parts), "w": sorted(set(parts))})
+
+    def _statements(self, parts: Collection[int]) -> list[bytes]:
+        return [self.held[j].pack() for j in sorted(set(parts)) if j in self.held]
 
     def answer(self, report: Report) -> bytes:
         """What I answer a member's call: my statements of the parts it wants, else my digests."""
