@@ -53,6 +53,37 @@ def test_a_robust_leader_forms_a_group_of_three_and_a_plain_one_a_group_of_two()
     assert led.status == swarm_pb2.GroupInfo.ACCEPTED and len(led.members) == 2, "robust off: two peers average"
 
 
+def test_a_short_robust_gathering_waits_past_gather_timeout_for_an_expected_trainer_still_missing():
+    """Three trainers at the epoch, one of them late by more than the gathering (0.3 s): the leader holds the short
+    group for it instead of refusing its follower (who would lead, step aside and miss the next gathering)."""
+    async def scenario(late_by: float | None):
+        mm = matchmaker(FakeTracker(epoch=5, peers=[ME, HIGH, OTHER]))
+        mm.min_trainers = ROBUST_MIN_TRAINERS
+        first = asyncio.create_task(mm._handle_join(join_request(HIGH, 5), SimpleNamespace(remote_id=HIGH)))
+
+        async def late():
+            await asyncio.sleep(late_by)
+            return await mm._handle_join(join_request(OTHER, 5), SimpleNamespace(remote_id=OTHER))
+
+        second = asyncio.create_task(late()) if late_by is not None else None
+        started = time.monotonic()
+        try:
+            led: object = await mm._lead(join_request(ME, 5), deadline=time.monotonic() + 20)
+        except RoundFailed as e:
+            led = e
+        seconds = time.monotonic() - started
+        replies = [await asyncio.wait_for(j, 5) for j in (first, second) if j is not None]
+        return led, replies, seconds
+
+    led, replies, seconds = asyncio.run(scenario(late_by=1.0))
+    assert led.status == swarm_pb2.GroupInfo.ACCEPTED and len(led.members) == 3, led
+    assert all(r.status == swarm_pb2.GroupInfo.ACCEPTED for r in replies) and 0.9 <= seconds < 2.0, seconds
+    # nobody comes: refused once the follower's request would run out (gather_timeout + request_timeout - 1 s)
+    led, replies, seconds = asyncio.run(scenario(late_by=None))
+    assert isinstance(led, RoundFailed) and replies[0].status == swarm_pb2.GroupInfo.REJECTED
+    assert 4.0 <= seconds < 5.0, seconds
+
+
 def test_which_groups_robust_mode_refuses():
     assert robust_group_problem(["trainer", "trainer"])
     assert robust_group_problem(["trainer", "trainer", "aux"]), "an auxiliary peer brings no gradient to compare"
