@@ -13,7 +13,9 @@ Kinds (`KINDS`):
   coordinate, it hides inside the honest spread and biases every coordinate the same way.
 - inflated_weight: claims INFLATION x its samples and sends -g (so the inflated weight matters).
 - lying_reducer: sends g honestly, but adds noise (REDUCER_NOISE x its norm) to the part it averages, and
-  sends that to every member: consistent, so only validators recomputing its work could catch it.
+  sends that to every member: consistent, so only validators recomputing its work could catch it. It hides from
+  them what only it holds, its own contribution to its part (auditors ask for it in vain: swarm.averaging.audits
+  checks the part without it).
 - equivocating_reducer: averages honestly but sends members of odd index its part plus that noise, and in a round
   that checks results signs what each member got: the members' part hashes differ, and two of its statements
   prove it (swarm.averaging.result_statements).
@@ -87,6 +89,10 @@ def byzantine_round_class(kind: str, base: type):
         def __init__(self, *args, **kwargs):
             if kind == "lying_reducer":
                 kwargs["reduction"] = lying_reduction(kwargs.get("reduction") or Reduction)
+                keep = kwargs.get("keep_contribution")
+                me = (args[1] if len(args) > 1 else kwargs["group"]).my_index
+                if keep is not None:   # auditors never get my own contribution to my part from me
+                    kwargs["keep_contribution"] = lambda commitment, part, chunks: None if part == me else keep(commitment, part, chunks)
             super().__init__(*args, **kwargs)
 
         async def run(self):
@@ -95,7 +101,11 @@ def byzantine_round_class(kind: str, base: type):
                 logger.warning("byzantine %s: %s my part of round %s (%d chunks, share %.3f)", kind,
                                "attacking in" if mine else "no part to attack in", self.group.round_id.hex()[:8], len(mine),
                                self.group.shares[self.group.my_index])
-            return await super().run()
+            try:
+                return await super().run()
+            finally:
+                if kind == "lying_reducer":   # nor from the store its peer fills after the round (Auditor.after_round)
+                    self.contributions.pop(self.group.my_index, None)
 
         def _outgoing(self, chunk):
             values = super()._outgoing(chunk)

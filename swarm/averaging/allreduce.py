@@ -119,6 +119,9 @@ RESULT_EXCHANGE_TIMEOUT = 5.0
 MAX_LATECOMER_FETCHES = 16
 
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
 def layout_digest(layout: TensorLayout, chunks: Sequence[Chunk]) -> bytes:
     """sha256 of a part's chunk layout (each chunk's codec and length): a statement signs it, so an auditor recomputes
     the part with the codecs and chunk sizes its reducer used (swarm.averaging.audits)."""
@@ -201,6 +204,7 @@ class AllReduceRound:
         self._clip_totals: dict[int, list[float]] = {}  # sender -> [sum of clipped share x chunk length, length]
         self._arrived: list[set[int]] = [set() for _ in my_chunks]
         self._reductions = [reduction(c.length) for c in my_chunks]
+        self._radii: list[float | None] = [None] * len(my_chunks)   # each chunk's CenteredClip radius (robust reductions)
         self._outputs: list[bytes | None] = [None] * len(my_chunks)
         self._output_ready = [asyncio.Event() for _ in my_chunks]
         self._progress = asyncio.Event()
@@ -293,6 +297,11 @@ class AllReduceRound:
                 self.stats.overclaims.append(bytes(message.commitment))
                 self._exclude(sender, f"it signed a claim of {c.weight:.0f} samples, over the run's ceiling of {self.claim_ceiling:.0f}")
 
+    @property
+    def commitments(self) -> dict[int, Commitment]:
+        """The senders' commitments to my part, by member index (rounds with a signer)."""
+        return dict(self._commitments)
+
     def _inputs(self) -> bytes:
         """What my statement lists as reduced (result_statements.pack_inputs): every sender whose values are in my part,
         with the prefix of chunks that hold them, and the digest of my part's chunk layout. Empty (not auditable) if a
@@ -307,7 +316,9 @@ class AllReduceRound:
             if commitment is None:
                 return b""
             inputs.append(Input(s, count, commitment.digest()))
-        return pack_inputs(layout_digest(self.layout, chunks), inputs)
+        # a robust reduction's radii let an auditor check my part without every input (swarm.averaging.clip_check)
+        radii = self._radii if self._radii and all(r is not None and 0 <= r < FLOAT32_MAX for r in self._radii) else None
+        return pack_inputs(layout_digest(self.layout, chunks), inputs, radii)  # type: ignore[arg-type]
 
     # -- helpers ---------------------------------------------------------------------------------------
 
@@ -358,6 +369,7 @@ class AllReduceRound:
             if self._outputs[k] is not None or not live <= self._arrived[k]:
                 continue
             averaged = self._reductions[k].result()
+            self._radii[k] = getattr(self._reductions[k], "tau", None)
             if averaged is None:
                 self._outputs[k] = b""  # nobody contributed: an empty message tells receivers the part failed
             else:

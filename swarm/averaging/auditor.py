@@ -58,6 +58,9 @@ class Auditor:
             return
         # the parts I received are kept only for the parts I audit, and only as evidence of a lie (an accusation's
         # verifiers fetch the result from me): a round's whole result per round kept would cost a vector of memory each
+        # the senders' commitments that came with their contributions to my part: an audit that cannot have an input's
+        # chunks (a reducer's own, which it alone holds) still knows its weight (swarm.averaging.audits)
+        known = {c.digest(): c for c in [*round_.commitments.values(), *(c for c, _ in round_.contributions.values())]}
         for j, statement in sorted(check.held.items()):
             if j == me or not statement.inputs:
                 continue
@@ -69,7 +72,7 @@ class Auditor:
                 continue
             layout = [(round_.layout.codecs[c.bucket].name, c.length) for c in round_.parts[j]]
             sources = {i: [group.peer_ids[i]] for i in range(len(group.peer_ids)) if i != me}
-            self._spawn(PartAudit(statement, layout, chunks, sources), verifying=False)
+            self._spawn(PartAudit(statement, layout, chunks, sources, commitments=known), verifying=False)
 
     def _pushed(self, accusation: bytes) -> None:
         if self.bans.offer(accusation):
@@ -93,8 +96,9 @@ class Auditor:
             unpacked = unpack_accusation(accusation)
             if unpacked is None or unpacked[0].reducer in self.bans.banned or unpacked[0].reducer == str(self.p2p.peer_id):
                 continue
-            statement, layout, holder, chunks = unpacked
-            self._spawn(PartAudit(statement, layout, None, {}, fallback=[holder], chunks=chunks), verifying=True)
+            statement, layout, holder, chunks, commitment = unpacked
+            known = {commitment.digest(): commitment} if commitment is not None else {}
+            self._spawn(PartAudit(statement, layout, None, {}, fallback=[holder], chunks=chunks, commitments=known), verifying=True)
 
     def _spawn(self, case: PartAudit, verifying: bool) -> None:
         if len(self._tasks) >= MAX_RUNNING:
@@ -122,7 +126,7 @@ class Auditor:
             if case.result is not None:
                 self.store.put_result(statement.round_id, statement.part, statement.digest, case.result)
             self.store.pin(statement.round_id)   # others fetch the evidence from me to verify it
-            accusation = pack_accusation(statement, case.layout, str(self.p2p.peer_id), finding.chunks)
+            accusation = pack_accusation(statement, case.layout, str(self.p2p.peer_id), finding.chunks, finding.commitment)
             why = f"audit of {name}: {finding.detail}" + (" (verifying another peer's accusation)" if verifying else "")
             if self.bans.convict(statement.reducer, accusation, why):
                 if not verifying:

@@ -23,8 +23,13 @@ chunks (privately too) and:
    nearly equal values by at most one step of it (fp16: ~1e-3 of an element). The harness's lying reducer adds noise of
    its part's norm (distance ~1).
 
-An audit that cannot complete (a sender gone, a commitment that does not match, bytes that do not) is inconclusive
-and bans nobody: an honest reducer is banned only on a recomputation from inputs its senders signed and it listed.
+An input nobody hands over (the reducer's own contribution to its own part, which only it holds: a liar refuses it;
+a sender behind NAT, or gone) does not end the audit when its commitment is known (the auditor got the sender's
+commitment with its contribution to the auditor's own part, or fetches it alone): the result is then checked as a
+CenteredClip fixed point of the known inputs with the missing ones' weight as slack, at the radius the reducer signed
+(swarm.averaging.clip_check says why that leaves a liar no more room than a byzantine sender has). Without the
+commitment, or with the missing inputs holding half the weight, the audit is inconclusive and bans nobody: an honest
+reducer is banned only on a recomputation from inputs its senders signed and it listed.
 
 A finding travels as an accusation (swarm.averaging.bans): the reducer's signed statement, the part's chunk layout and
 the chunks found wrong, pushed to the round's members at once and published in the DHT by the auditor, who keeps the
@@ -52,12 +57,13 @@ import msgpack
 from google.protobuf.wrappers_pb2 import BytesValue
 from hivemind.p2p import P2P, P2PContext, PeerID
 
+from swarm.averaging.clip_check import check_without
 from swarm.averaging.commitments import Commitment
 from swarm.averaging.robust import CenteredClipReduction
-from swarm.averaging.result_statements import Input, ResultStatement, unpack_inputs
+from swarm.averaging.result_statements import Input, ResultStatement, unpack_inputs, unpack_radii
 from swarm.averaging.streams import drain
 from swarm.compression.codecs import decode_checked, get_codec
-from swarm.errors import describe
+from swarm.errors import ProtocolError, describe
 from swarm.net import records
 from swarm.net.identity import MAX_PEER_ID_CHARS
 from swarm.proto import swarm_pb2
@@ -87,6 +93,7 @@ MAX_CODEC_NAME = 32
 # lies in a share f of its chunks is caught by one audit with probability 1 - (1 - f)**4.
 AUDIT_CHUNKS = 4
 MAX_SAMPLE = 64
+COMMITMENT_ONLY = 0xFFFFFFFF   # a request's only "index" when it asks for a contribution's commitment, not its chunks
 MAX_ACCUSATION_BYTES = records.MAX_ACCUSATION_BYTES
 
 
@@ -111,29 +118,36 @@ def unpack_layout(data: bytes) -> list[tuple[str, int]] | None:
     return layout
 
 
-def pack_accusation(statement: ResultStatement, layout: Sequence[tuple[str, int]], holder: str, chunks: Sequence[int]) -> bytes:
+def pack_accusation(statement: ResultStatement, layout: Sequence[tuple[str, int]], holder: str, chunks: Sequence[int],
+                    commitment: Commitment | None = None) -> bytes:
     """An accusation as published (swarm.averaging.bans): the reducer's signed statement, the part's chunk layout, the
-    peer that holds the inputs and the result (the accuser: a hint where to fetch them, nothing more), and the chunks
-    found wrong (a verifier recomputes those)."""
-    return msgpack.packb([statement.pack(), pack_layout(layout), holder, list(chunks)])
+    peer that holds the inputs and the result (the accuser: a hint where to fetch them, nothing more), the chunks
+    found wrong (a verifier recomputes those), and, when the lie is that the reducer left its own contribution out of
+    the inputs it signed, its commitment (which proves that contribution exists)."""
+    return msgpack.packb([statement.pack(), pack_layout(layout), holder, list(chunks)] + ([commitment.pack()] if commitment else []))
 
 
-def unpack_accusation(data: object) -> tuple[ResultStatement, list[tuple[str, int]], str, list[int]] | None:
+def unpack_accusation(data: object) -> tuple[ResultStatement, list[tuple[str, int]], str, list[int], Commitment | None] | None:
     if not isinstance(data, bytes) or len(data) > MAX_ACCUSATION_BYTES:
         return None
     try:
         fields = msgpack.unpackb(data, raw=False, max_bin_len=MAX_ACCUSATION_BYTES, max_str_len=MAX_PEER_ID_CHARS,
-                                 max_array_len=max(4, MAX_SAMPLE), max_map_len=0)
+                                 max_array_len=max(5, MAX_SAMPLE), max_map_len=0)
     except Exception:
         return None
-    if not (isinstance(fields, list) and len(fields) == 4 and isinstance(fields[0], bytes) and isinstance(fields[1], bytes)
+    if not (isinstance(fields, list) and len(fields) in (4, 5) and isinstance(fields[0], bytes) and isinstance(fields[1], bytes)
             and isinstance(fields[2], str) and 0 < len(fields[2]) <= MAX_PEER_ID_CHARS and isinstance(fields[3], list)
             and 0 < len(fields[3]) <= MAX_SAMPLE and all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in fields[3])):
         return None
     statement, layout = ResultStatement.unpack(fields[0]), unpack_layout(fields[1])
     if statement is None or layout is None or any(k >= len(layout) for k in fields[3]):
         return None
-    return statement, layout, fields[2], list(fields[3])
+    commitment = None
+    if len(fields) == 5:
+        commitment = Commitment.unpack(fields[4])
+        if commitment is None:
+            return None
+    return statement, layout, fields[2], list(fields[3]), commitment
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -197,9 +211,12 @@ def _request_data(digest: bytes, indices: Sequence[int] | None) -> bytes:
 
 
 def _parse_request(data: bytes) -> tuple[bytes, list[int] | None] | None:
+    """(digest, the chunks asked for: None all of them, [] only the commitment)."""
     if len(data) < 32 or (len(data) - 32) % 4 or (len(data) - 32) // 4 > MAX_SAMPLE:
         return None
     indices = [int.from_bytes(data[i:i + 4], "big") for i in range(32, len(data), 4)]
+    if indices == [COMMITMENT_ONLY]:
+        return data[:32], []
     return data[:32], indices or None
 
 
@@ -232,6 +249,7 @@ class AuditService:
         wanted = (parsed[1] if parsed[1] is not None else sorted(item.chunks)) if parsed is not None and item is not None else []
         problem = ("bad request" if parsed is None else "not held here" if item is None else
                    "served too often" if item.served >= MAX_SERVES else
+                   "no commitment held" if parsed[1] == [] and item.commitment is None else
                    "chunk not held here" if not all(k in item.chunks for k in wanted) else None)
         if problem is not None:
             yield swarm_pb2.PartChunk(error=problem)
@@ -276,6 +294,21 @@ async def fetch_material(p2p: P2P, peer: str, round_id: bytes, part: int, digest
         return Material(chunks, commitment)
 
 
+async def fetch_commitment(p2p: P2P, peer: str, round_id: bytes, part: int, digest: bytes,
+                           timeout: float = FETCH_TIMEOUT) -> Commitment | None:
+    """The commitment `peer` holds under (round, part, digest), without its chunks; unchecked (the caller checks it)."""
+
+    async def request() -> AsyncIterator[swarm_pb2.PartChunk]:
+        yield swarm_pb2.PartChunk(round_id=round_id, part=part, data=_request_data(digest, [COMMITMENT_ONLY]))
+
+    async with asyncio.timeout(timeout):
+        stream = await p2p.iterate_protobuf_handler(PeerID.from_base58(peer), AUDIT_HANDLER, request(), swarm_pb2.PartChunk)
+        head = await anext(stream)
+        if head.error:
+            raise LookupError(f"{peer[-8:]}: {head.error}")
+        return Commitment.unpack(head.commitment) if head.commitment and head.chunk == 0 else None
+
+
 # ---------------------------------------------------------------------------------------------------
 # One audit
 
@@ -290,6 +323,7 @@ class PartAudit:
     sources: dict[int, list[str]]
     fallback: list[str] = field(default_factory=list)   # peers asked for any input or result the others lack
     chunks: list[int] | None = None    # the chunks to recompute (an accusation's); None: a sample of AUDIT_CHUNKS
+    commitments: dict[bytes, Commitment] = field(default_factory=dict)   # by digest: the ones the auditor already holds
 
 
 @dataclass
@@ -298,6 +332,7 @@ class Finding:
     detail: str
     distance: float = 0.0   # the largest relative distance of a chunk from its recomputation
     chunks: list[int] = field(default_factory=list)   # the chunks found wrong (a lie's evidence)
+    commitment: Commitment | None = None   # evidence of an omitted own contribution (pack_accusation)
 
 
 def _checked_input(entry: Input, material: Material, statement: ResultStatement, count: int, indices: Sequence[int]) -> str | None:
@@ -364,6 +399,10 @@ async def audit_part(p2p: P2P, store: AuditStore, case: PartAudit, reduction: ty
     indices = sorted(set(case.chunks)) if case.chunks is not None else sample(len(case.layout), AUDIT_CHUNKS)
     if not indices or not all(0 <= k < len(case.layout) for k in indices) or len(indices) > MAX_SAMPLE:
         return Finding("inconclusive", "no chunks to check")
+    omitted = _omitted_own(case, inputs)
+    if omitted is not None:
+        return Finding("lied", "it signed inputs that leave out its own committed contribution (listing another, which "
+                               "nobody can fetch, would hide it from audits)", float("inf"), indices, omitted)
     result = case.result
     if result is None:
         result = await _fetch_result(p2p, store, statement, len(case.layout), case.fallback, timeout)
@@ -371,12 +410,13 @@ async def audit_part(p2p: P2P, store: AuditStore, case: PartAudit, reduction: ty
             return Finding("inconclusive", "the result could not be had")
     elif hashlib.sha256(b"".join(result)).digest() != statement.digest or len(result) != len(case.layout):
         return Finding("inconclusive", "the result held is not the one its reducer signed")
-    gathered = []
+    gathered, missing = [], []
     for entry in inputs:
         material = store.get(statement.round_id, statement.part, entry.commitment)
         problem = "not asked" if material is None else _checked_input(entry, material, statement, len(case.layout), indices)
         needed = [k for k in indices if k < entry.chunks]
-        for peer in ([] if problem is None else [*case.sources.get(entry.sender, []), *case.fallback]):
+        peers = [*case.sources.get(entry.sender, []), *case.fallback]
+        for peer in ([] if problem is None else peers):
             try:
                 material = await fetch_material(p2p, peer, statement.round_id, statement.part, entry.commitment, len(case.layout),
                                                 needed, timeout=timeout)
@@ -388,10 +428,18 @@ async def audit_part(p2p: P2P, store: AuditStore, case: PartAudit, reduction: ty
                 assert material.commitment is not None
                 store.put_contribution(material.commitment, statement.part, material.chunks)
                 break
-        if problem is not None or material is None:
-            return Finding("inconclusive", f"input of member {entry.sender}: {problem}")
-        assert material.commitment is not None
-        gathered.append((entry, material.commitment, material.chunks))
+        if problem is None and material is not None:
+            assert material.commitment is not None
+            gathered.append((entry, material.commitment, material.chunks))
+            continue
+        # nobody handed its chunks over: its weight still counts, if its signed commitment is known
+        commitment = await _known_commitment(p2p, store, case, entry, peers, timeout)
+        if commitment is None:
+            return Finding("inconclusive", f"input of member {entry.sender}: {problem}; its commitment unknown")
+        store.put_contribution(commitment, statement.part, {})   # a verifier of my accusation asks me for it
+        missing.append((entry, commitment, problem))
+    if missing:
+        return await _check_without(case, gathered, missing, result, indices)
     # the reducer's own contribution first, as it added it (allreduce._add_own): then the streaming mean sums in the
     # reducer's order for its first term at least (the rest is rounding, far below AUDIT_TOLERANCE)
     gathered.sort(key=lambda g: (g[1].sender != statement.reducer, g[0].sender))
@@ -406,6 +454,87 @@ async def audit_part(p2p: P2P, store: AuditStore, case: PartAudit, reduction: ty
         return Finding("lied", f"its result is {worst:.3g} of its norm away from what its {len(gathered)} inputs reduce to "
                                f"in {len(wrong)} of the {len(indices)} chunks checked", worst, wrong)
     return Finding("honest", f"within {worst:.2g} of its inputs' reduction in the {len(indices)} chunks checked", worst)
+
+
+def _omitted_own(case: PartAudit, inputs: Sequence[Input]) -> Commitment | None:
+    """The reducer's own commitment for this round and part (one the auditor holds: it came with the reducer's
+    contribution to the auditor's part), if the statement's inputs do not list it. An honest reducer commits once a
+    round, to every part its values go to its own included, and lists that commitment among its part's inputs
+    (allreduce._inputs); a liar that listed a commitment made up for itself would leave auditors no way to fetch or
+    weigh its own input."""
+    statement = case.statement
+    listed = {entry.commitment for entry in inputs}
+    for digest, c in case.commitments.items():
+        mine = c.chunks_of(statement.part)
+        if (c.sender == statement.reducer and c.round_id == statement.round_id and mine is not None
+                and len(mine) == len(case.layout) and digest not in listed and c.digest() == digest and c.valid()):
+            return c
+    return None
+
+
+async def _known_commitment(p2p: P2P, store: AuditStore, case: PartAudit, entry: Input, peers: Sequence[str],
+                            timeout: float) -> Commitment | None:
+    """The signed commitment an input's digest names: one the auditor holds (it came with the sender's contribution to
+    the auditor's own part), or one a peer hands over alone (an accuser keeps those of the inputs it lacked)."""
+    statement = case.statement
+    candidates = [case.commitments.get(entry.commitment)]
+    held = store.get(statement.round_id, statement.part, entry.commitment)
+    candidates.append(held.commitment if held is not None else None)
+    for candidate in candidates:
+        if candidate is not None and _checked_input(entry, Material({}, candidate), statement, len(case.layout), []) is None:
+            return candidate
+    for peer in peers:
+        try:
+            commitment = await fetch_commitment(p2p, peer, statement.round_id, statement.part, entry.commitment, timeout)
+        except Exception as e:
+            logger.debug("audit: no commitment from %s: %s", peer[-8:], describe(e))
+            continue
+        if commitment is not None and _checked_input(entry, Material({}, commitment), statement, len(case.layout), []) is None:
+            return commitment
+    return None
+
+
+async def _check_without(case: PartAudit, gathered: list, missing: list, result: Sequence[bytes],
+                         indices: Sequence[int]) -> Finding:
+    """Check the sampled chunks as CenteredClip fixed points of the inputs at hand (swarm.averaging.clip_check)."""
+    statement = case.statement
+    radii = unpack_radii(statement.inputs)
+    absent = ", ".join(f"member {entry.sender} ({problem})" for entry, _, problem in missing)
+    if radii is None or len(radii) != len(case.layout):
+        return Finding("inconclusive", f"inputs missing ({absent}) and no radii signed to check without them")
+
+    def check() -> Finding:
+        worst, wrong, details = 0.0, [], []
+        for k in indices:
+            name, length = case.layout[k]
+            codec = get_codec(name)
+            known = [(decode_checked(codec, chunks[k], length), c.weight) for entry, c, chunks in gathered if k < entry.chunks]
+            unknown = [c.weight for entry, c, _ in missing if k < entry.chunks]
+            if not unknown:   # every input of this chunk is at hand: recompute it exactly
+                exact = recompute(case.layout, [g for g in gathered if k < g[0].chunks], result, indices=[k])[k]
+                verdict = "lied" if exact > AUDIT_TOLERANCE else "honest"
+                ratio, detail = exact / AUDIT_TOLERANCE, f"{exact:.2g} of its norm from its inputs' reduction"
+            elif result[k] == b"":
+                return Finding("inconclusive", f"chunk {k} is empty and inputs are missing ({absent})")
+            else:
+                found = check_without(known, unknown, decode_checked(codec, result[k], length), radii[k], name)
+                verdict, ratio, detail = found.verdict, found.ratio, found.detail
+            if verdict == "inconclusive":
+                return Finding("inconclusive", f"chunk {k} with inputs missing ({absent}): {detail}")
+            worst = max(worst, ratio)
+            if verdict == "lied":
+                wrong.append(k)
+                details.append(f"chunk {k}: {detail}")
+        if wrong:
+            return Finding("lied", f"with inputs missing ({absent}), {len(wrong)} of the {len(indices)} chunks checked are no "
+                                   f"CenteredClip of the others: {details[0]}", worst, wrong)
+        return Finding("honest", f"with inputs missing ({absent}), every chunk checked is a CenteredClip of the others "
+                                 f"(worst pull {worst:.2g} of the room)", worst)
+
+    try:
+        return await asyncio.get_running_loop().run_in_executor(None, check)
+    except (ValueError, ProtocolError) as e:
+        return Finding("inconclusive", f"undecodable bytes: {e}")
 
 
 async def _fetch_result(p2p: P2P, store: AuditStore, statement: ResultStatement, chunks: int, peers: Sequence[str],

@@ -15,12 +15,15 @@ A statement also lists what the reducer reduced (`inputs`): the digest of the pa
 and length) and, per sender, its member index, how many of the part's chunks hold its values (a sender excluded
 midway counts in a prefix of them) and the digest of its signed commitment (swarm.averaging.commitments). With it an
 auditor can recompute the part from contributions that anyone holding them may hand over (swarm.averaging.audits):
-the reducer signed which ones it used, and each sender signed its own.
+the reducer signed which ones it used, and each sender signed its own. A robust reducer also signs each chunk's
+CenteredClip radius (`radii`): with it an auditor checks the part even without some inputs (swarm.averaging.clip_check),
+its own contribution, which the reducer alone holds, included.
 
 Bounds: a packed statement is at most MAX_STATEMENT_BYTES; every field is checked for type and size before use.
 """
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 import msgpack
@@ -28,11 +31,13 @@ from hivemind.utils.crypto import RSAPrivateKey
 
 from swarm.net.identity import MAX_PEER_ID_CHARS, MAX_PUBLIC_KEY_BYTES, MAX_SIGNATURE_BYTES, signed_by
 
-__all__ = ["ResultStatement", "Input", "sign_statement", "contradiction", "pack_inputs", "unpack_inputs", "MAX_STATEMENT_BYTES"]
+__all__ = ["ResultStatement", "Input", "sign_statement", "contradiction", "pack_inputs", "unpack_inputs", "unpack_radii",
+           "MAX_STATEMENT_BYTES"]
 
 _DOMAIN = b"swarm-result-v1\0"
 MAX_INPUTS = 256              # senders one statement lists (robust groups are far smaller)
-MAX_STATEMENT_BYTES = 4096 + MAX_INPUTS * 48
+MAX_RADII = 16384             # chunks of one part (swarm.averaging.commitments.MAX_CHUNKS)
+MAX_STATEMENT_BYTES = 4096 + MAX_INPUTS * 48 + MAX_RADII * 4
 MAX_PART = 1 << 20            # part numbers on the wire (a group's members, or a backup's dead reducer's)
 
 
@@ -91,19 +96,42 @@ class Input:
     commitment: bytes
 
 
-def pack_inputs(layout_digest: bytes, inputs: list[Input]) -> bytes:
-    return msgpack.packb([layout_digest, [[i.sender, i.chunks, i.commitment] for i in inputs]])
+def pack_inputs(layout_digest: bytes, inputs: list[Input], radii: list[float] | None = None) -> bytes:
+    """`radii`: each chunk's CenteredClip radius (a robust reducer's), as float32."""
+    fields: list = [layout_digest, [[i.sender, i.chunks, i.commitment] for i in inputs]]
+    if radii is not None:
+        fields.append(struct.pack(f"<{len(radii)}f", *radii))
+    return msgpack.packb(fields)
+
+
+def _unpack_fields(data: bytes) -> list | None:
+    try:
+        fields = msgpack.unpackb(data, raw=False, max_bin_len=MAX_RADII * 4, max_str_len=0, max_array_len=max(MAX_INPUTS, 3),
+                                 max_map_len=0)
+    except Exception:
+        return None
+    if not (isinstance(fields, list) and len(fields) in (2, 3) and isinstance(fields[0], bytes) and len(fields[0]) == 32
+            and isinstance(fields[1], list) and len(fields[1]) <= MAX_INPUTS):
+        return None
+    if len(fields) == 3 and not (isinstance(fields[2], bytes) and len(fields[2]) % 4 == 0 and 0 < len(fields[2]) <= MAX_RADII * 4):
+        return None
+    return fields
+
+
+def unpack_radii(data: bytes) -> list[float] | None:
+    """Each chunk's CenteredClip radius from a statement's `inputs`; None if it lists none (a plain mean's) or is
+    malformed. Not checked against the layout's length here (the auditor does)."""
+    fields = _unpack_fields(data)
+    if fields is None or len(fields) < 3:
+        return None
+    return list(struct.unpack(f"<{len(fields[2]) // 4}f", fields[2]))
 
 
 def unpack_inputs(data: bytes) -> tuple[bytes, list[Input]] | None:
     """(digest of the part's chunk layout, the inputs) from a statement's `inputs`; None unless well-formed: at most
     MAX_INPUTS, distinct senders in increasing order, positive chunk counts."""
-    try:
-        fields = msgpack.unpackb(data, raw=False, max_bin_len=32, max_str_len=0, max_array_len=max(MAX_INPUTS, 3), max_map_len=0)
-    except Exception:
-        return None
-    if not (isinstance(fields, list) and len(fields) == 2 and isinstance(fields[0], bytes) and len(fields[0]) == 32
-            and isinstance(fields[1], list) and len(fields[1]) <= MAX_INPUTS):
+    fields = _unpack_fields(data)
+    if fields is None:
         return None
     inputs = []
     for entry in fields[1]:

@@ -301,6 +301,7 @@ class CenteredClipReduction:
         self.clipped_share: dict[int, float] = {}
         self.weight = 0.0
         self.iterations = 0
+        self.tau = 0.0      # the radius result() used (a reducer signs it: swarm.averaging.clip_check checks against it)
         self._mean = Reduction(length)
 
     def add(self, values: torch.Tensor, weight: float, sender: int | None = None) -> None:
@@ -358,6 +359,7 @@ class CenteredClipReduction:
         solution = _solve(gram, self.weights, self.tau_scale, self.max_weight_ratio, DEFAULT_ITERATIONS, DEFAULT_TOLERANCE)
         self.clipped_share = {s: float(c) for s, c in zip(self.senders, solution.clipped_share) if s is not None}
         self.iterations = solution.iterations
+        self.tau = solution.tau
         if solution.mean and solution.weights.tolist() == self.weights:
             return self._mean.result()
         if offsets is not None:

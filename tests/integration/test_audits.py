@@ -25,6 +25,15 @@ from tests.integration.test_robust_rounds import correlated_values
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
 
+def signing_mean(base: type, key) -> type:
+    """A signing round whose reducers take the plain weighted mean (robust mode off: no radii to sign)."""
+    class SigningMean(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, signer=key, **kwargs)
+
+    return SigningMean
+
+
 def layout_of(round_: AllReduceRound, j: int) -> list[tuple[str, int]]:
     return [(round_.layout.codecs[c.bucket].name, c.length) for c in round_.parts[j]]
 
@@ -48,9 +57,12 @@ async def with_auditors(members, services, keys, liar: int | None, seed: int, ra
 
 
 def case_for(rounds, auditor: int, j: int) -> PartAudit:
+    """What the auditor's Auditor.after_round would audit of part j: with the commitments it holds."""
     r = rounds[auditor]
     ids = r.group.peer_ids
-    return PartAudit(r.results.held[j], layout_of(r, j), r.part_bytes(j), {i: [ids[i]] for i in range(len(ids)) if i != auditor})
+    known = {c.digest(): c for c in [*r.commitments.values(), *(c for c, _ in r.contributions.values())]}
+    return PartAudit(r.results.held[j], layout_of(r, j), r.part_bytes(j), {i: [ids[i]] for i in range(len(ids)) if i != auditor},
+                     commitments=known)
 
 
 def test_a_lying_reducer_is_caught_by_any_member_that_audits_its_part_and_honest_ones_are_not():
@@ -63,10 +75,85 @@ def test_a_lying_reducer_is_caught_by_any_member_that_audits_its_part_and_honest
                     if j == auditor:
                         continue
                     finding = await audit_part(members[auditor], auditors[auditor].store, case_for(rounds, auditor, j))
-                    if j == 0:
-                        assert finding.verdict == "lied" and finding.distance > 0.3, finding
+                    if j == 0:   # the liar hides its own contribution: its part is checked without it, and fails
+                        assert finding.verdict == "lied" and finding.distance > 1.5 and "member 0" in finding.detail, finding
                     else:
                         assert finding.verdict == "honest" and finding.distance < 0.01, finding
+        finally:
+            await shutdown(members)
+    asyncio.run(main())
+
+
+def test_an_honest_reducer_whose_own_contribution_cannot_be_had_passes_its_audits_without_it():
+    """The reducer's own input is the one only it holds: gone from its store (as if it refused, or could not be
+    dialled), its part is checked as a CenteredClip of the other inputs at the radius it signed, and found honest."""
+    async def main():
+        keys, members, services = await start_signing_members(4)
+        try:
+            auditors, rounds = await with_auditors(members, services, keys, liar=None, seed=25)
+            auditors[0].service.store = AuditStore()    # reducer 0 serves nothing
+            for auditor in (1, 2, 3):
+                finding = await audit_part(members[auditor], auditors[auditor].store, case_for(rounds, auditor, 0))
+                assert finding.verdict == "honest" and "member 0" in finding.detail and finding.distance < 1, finding
+                # without the commitments it holds, the missing input's weight is unknown: nothing can be said
+                case = case_for(rounds, auditor, 0)
+                case.commitments = {}
+                finding = await audit_part(members[auditor], AuditStore(), case)
+                assert finding.verdict == "inconclusive" and "commitment unknown" in finding.detail, finding
+        finally:
+            await shutdown(members)
+    asyncio.run(main())
+
+
+def test_a_reducer_that_lists_a_made_up_commitment_for_itself_is_caught_and_the_proof_bans_it_outside_the_round():
+    """A smarter liar: its statement lists, for its own input, a commitment nobody else has (so nobody could fetch
+    it or know its weight). The commitment it sent the other members proves its own contribution exists: every
+    auditor that holds it finds the omission, and the accusation, carrying that commitment, convinces an outsider."""
+    async def main():
+        keys, members, services = await start_signing_members(4)
+        outsider = await P2P.create(initial_peers=await members[0].get_visible_maddrs())
+        try:
+            auditors, rounds = await with_auditors(members, services, keys, liar=None, seed=27)
+            from swarm.averaging.result_statements import Input, pack_inputs, sign_statement, unpack_inputs, unpack_radii
+            honest = rounds[1].results.held[0]
+            layout_digest, inputs = unpack_inputs(honest.inputs)
+            forged = [Input(i.sender, i.chunks, hashlib.sha256(b"made up").digest() if i.sender == 0 else i.commitment) for i in inputs]
+            statement = sign_statement(keys[0], honest.round_id, honest.part, honest.reducer, honest.digest,
+                                       pack_inputs(layout_digest, forged, unpack_radii(honest.inputs)))
+            case = case_for(rounds, 1, 0)
+            case.statement = statement
+            finding = await audit_part(members[1], auditors[1].store, case)
+            assert finding.verdict == "lied" and "own committed contribution" in finding.detail, finding
+            assert finding.commitment is not None and finding.commitment.sender == str(members[0].peer_id)
+            await auditors[1]._audit(case, verifying=False)
+            assert auditors[1].bans.banned == {str(members[0].peer_id)}
+            *_, evidence = unpack_accusation(auditors[1].bans.accused[0])
+            assert evidence == finding.commitment
+            verifier = Auditor(outsider, BanList())
+            verifier.bans.to_verify[auditors[1].bans.accused[0]] = None
+            verifier.verify_pending()
+            await asyncio.wait_for(asyncio.gather(*list(verifier._tasks)), 60)
+            assert verifier.bans.banned == {str(members[0].peer_id)} and verifier.counts["lied"] == 1, verifier.counts
+            # the honest statement, with the same commitments at hand, finds nothing of the kind
+            assert (await audit_part(members[1], auditors[1].store, case_for(rounds, 1, 0))).verdict == "honest"
+        finally:
+            await shutdown([*members, outsider])
+    asyncio.run(main())
+
+
+def test_a_plain_mean_reducer_signs_no_radii_and_its_part_without_an_input_is_inconclusive():
+    async def main():
+        keys, members, services = await start_signing_members(4)
+        try:
+            for m in members:
+                await Auditor(m, BanList()).start()
+            rounds, results = await run_round(members, services, ROLES, [1.0] * 4, SHARES, correlated_values(4, seed=26),
+                                              make_layout("fp16"), round_class=[signing_mean(AllReduceRound, k) for k in keys])
+            assert not any(isinstance(r, BaseException) for r in results), results
+            from swarm.averaging.result_statements import unpack_radii
+            assert unpack_radii(rounds[1].results.held[0].inputs) is None
+            finding = await audit_part(members[1], AuditStore(), case_for(rounds, 1, 0))
+            assert finding.verdict == "inconclusive" and "no radii" in finding.detail, finding
         finally:
             await shutdown(members)
     asyncio.run(main())
@@ -101,7 +188,7 @@ def test_an_accusation_bans_the_liar_at_a_peer_outside_the_round_that_verifies_i
             for i in (1, 3):
                 assert auditors[i].bans.banned == {liar} and auditors[i].counts["verified"] == 1, auditors[i].counts
             assert not auditors[0].bans.banned   # nor did the liar (an accusation of oneself is not audited)
-            statement, layout, holder, chunks = unpack_accusation(accuser.bans.accused[0])
+            statement, layout, holder, chunks, _ = unpack_accusation(accuser.bans.accused[0])
             assert holder == str(members[2].peer_id) and chunks
             # the senders are gone: only the accuser's pinned copies of the inputs and the result remain
             for i in (1, 3):
@@ -119,9 +206,11 @@ def test_an_accusation_bans_the_liar_at_a_peer_outside_the_round_that_verifies_i
     asyncio.run(main())
 
 
-def test_an_accusation_against_an_honest_reducer_bans_nobody():
-    """A made-up accusation: an honest reducer's real statement with a result that is not its own (the holder serves
-    other bytes under the statement's digest), or inputs that do not match their commitments: inconclusive."""
+@pytest.mark.parametrize("holds_result", [False, True])
+def test_an_accusation_against_an_honest_reducer_bans_nobody(holds_result):
+    """A made-up accusation: an honest reducer's real statement, and a holder whose copy of one input no longer
+    matches its commitment. Without the result at hand the audit is inconclusive; with it, the part is checked without
+    the forged input (its signed commitment gives its weight) and found honest. Nobody is banned either way."""
     async def main():
         keys, members, services = await start_signing_members(4)
         outsider = await P2P.create(initial_peers=await members[0].get_visible_maddrs())
@@ -139,6 +228,8 @@ def test_an_accusation_against_an_honest_reducer_bans_nobody():
                 held = forged.get(statement.round_id, statement.part, inputs[1].commitment)
             k = min(held.chunks)   # an audit keeps its sample of the chunks
             held.chunks[k] = bytes(len(held.chunks[k]))
+            if holds_result:
+                forged.put_result(statement.round_id, statement.part, statement.digest, r.part_bytes(0))
             for i in (0, 1, 3):   # nobody else holds anything
                 auditors[i].service.store = AuditStore()
             from swarm.averaging.audits import pack_accusation
@@ -146,7 +237,8 @@ def test_an_accusation_against_an_honest_reducer_bans_nobody():
             verifier.bans.to_verify[pack_accusation(statement, layout_of(r, 0), str(members[2].peer_id), [k])] = None
             verifier.verify_pending()
             await asyncio.wait_for(asyncio.gather(*list(verifier._tasks)), 60)
-            assert not verifier.bans.banned and verifier.counts["inconclusive"] == 1, verifier.counts
+            assert not verifier.bans.banned and verifier.counts["lied"] == 0, verifier.counts
+            assert verifier.counts["honest" if holds_result else "inconclusive"] == 1, verifier.counts
         finally:
             await shutdown([*members, outsider])
     asyncio.run(main())

@@ -84,11 +84,16 @@ def test_layouts_and_accusations_round_trip_and_refuse_garbage():
     assert unpack_layout(pack_layout(layout)) == layout
     assert unpack_layout(msgpack.packb([["fp16", 0]])) is None and unpack_layout(b"\xc1") is None
     s = sign_statement(KEY, ROUND, 1, ME, b"\x02" * 32, pack_inputs(bytes(32), [Input(0, 1, bytes(32))]))
-    assert unpack_accusation(pack_accusation(s, layout, ME, [1])) == (s, layout, ME, [1])
+    assert unpack_accusation(pack_accusation(s, layout, ME, [1])) == (s, layout, ME, [1], None)
     assert unpack_accusation(msgpack.packb([s.pack(), b"\xc1", ME, [0]])) is None
     assert unpack_accusation(pack_accusation(s, layout, ME, [2])) is None      # a chunk the layout does not have
     assert unpack_accusation(pack_accusation(s, layout, ME, [])) is None       # no chunk found wrong: no accusation
     assert unpack_accusation(b"\x00" * (1 << 16)) is None
+    # the reducer's own commitment rides along when the lie is its omission; anything else in its place is refused
+    c = commit(KEY, ROUND, ME, 1.0, {1: [b"a", b"b"]})
+    assert unpack_accusation(pack_accusation(s, layout, ME, [1], c)) == (s, layout, ME, [1], c)
+    assert unpack_accusation(msgpack.packb([s.pack(), pack_layout(layout), ME, [1], b"not a commitment"])) is None
+    assert unpack_accusation(msgpack.packb([s.pack(), pack_layout(layout), ME, [1], c.pack(), b"sixth"])) is None
 
 
 def _contribution(values: torch.Tensor, sender: int, codec: str = "fp16", chunk: int = 256):
