@@ -74,8 +74,8 @@ class Auditor:
             sources = {i: [group.peer_ids[i]] for i in range(len(group.peer_ids)) if i != me}
             self._spawn(PartAudit(statement, layout, chunks, sources, commitments=known), verifying=False)
 
-    def _pushed(self, accusation: bytes) -> None:
-        if self.bans.offer(accusation):
+    def _pushed(self, accusation: bytes, source: str) -> None:
+        if self.bans.offer(accusation, source=source):
             self.verify_pending()
 
     async def _push(self, accusation: bytes, peers: list[str]) -> None:

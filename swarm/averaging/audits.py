@@ -226,7 +226,7 @@ class AuditService:
     `chunk`); an unknown item or chunk gets an error. Anyone may ask (verifiers of an accusation are not members of
     the round); each item is served at most MAX_SERVES times."""
 
-    def __init__(self, p2p: P2P, store: AuditStore, on_accusation: Callable[[bytes], None] = lambda accusation: None):
+    def __init__(self, p2p: P2P, store: AuditStore, on_accusation: Callable[[bytes, str], None] = lambda accusation, source: None):
         self.p2p, self.store, self.on_accusation = p2p, store, on_accusation
 
     async def start(self) -> None:
@@ -236,7 +236,7 @@ class AuditService:
     async def _accused(self, request: BytesValue, context: P2PContext) -> BytesValue:
         """An accusation pushed by an auditor: queued for an audit here (bounded there), never trusted as such."""
         if len(request.value) <= MAX_ACCUSATION_BYTES:
-            self.on_accusation(request.value)
+            self.on_accusation(request.value, str(context.remote_id))
         return BytesValue()
 
     async def _handle(self, requests: AsyncIterator[swarm_pb2.PartChunk], context: P2PContext) -> AsyncIterator[swarm_pb2.PartChunk]:

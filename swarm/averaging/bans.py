@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from typing import Iterable
 
 from swarm.averaging.claims import overclaim
@@ -47,7 +48,15 @@ BAN_TTL = 6 * 3600.0          # seconds an accuser's record lives in the DHT
 # within 3 rounds. A read is one small DHT get (one record per accuser).
 REFRESH_EVERY = 3.0
 MAX_CHECKED = 4096            # distinct proofs one peer verifies at most (each costs two RSA verifications)
-MAX_ACCUSATIONS_CHECKED = 64  # distinct accusations one peer audits at most (each costs a part's inputs in bytes)
+# Accusations one source (the peer that pushed it, or the owner of the record it was read from) may queue for an audit
+# here per ACCUSATION_WINDOW: each costs a part's inputs in bytes. A budget per source, not one for all (64 once): a
+# single peer publishing forged accusations used up a global one, after which real accusations were never audited.
+# An honest accuser's record holds records.MAX_ACCUSATIONS at a time.
+MAX_ACCUSATIONS_PER_SOURCE = 16
+ACCUSATION_WINDOW = 3600.0
+MAX_ACCUSATIONS_SEEN = 4096   # accusations remembered as seen (the oldest forgotten beyond it)
+MAX_SOURCES = 1024            # sources counted per window (new ones refused beyond it, until the window ends)
+MAX_PENDING = 256             # accusations queued for an audit (the oldest dropped beyond it)
 
 
 class BanList:
@@ -62,7 +71,9 @@ class BanList:
         self._last_refresh = -float("inf")
         self.accused: list[bytes] = []                      # my audits' accusations, newest last (published)
         self.to_verify: dict[bytes, None] = {}             # others' accusations not audited here yet, in order read
-        self._accusations_seen: set[bytes] = set()
+        self._accusations_seen: OrderedDict[bytes, None] = OrderedDict()
+        self._per_source: dict[object, int] = {}
+        self._window_start = time.monotonic()
         self.claims: list[bytes] = []                       # commitments over the claim ceiling I received (published)
         self._claims_checked: dict[bytes, str | None] = {}
 
@@ -133,7 +144,7 @@ class BanList:
         if reducer not in self.banned:
             logger.warning("banning %s: %s", reducer[-8:], why)
             self.banned.add(reducer)
-        self._accusations_seen.add(accusation)
+        self._seen(accusation)
         self.to_verify.pop(accusation, None)
         if accusation in self.accused:
             return False
@@ -154,19 +165,35 @@ class BanList:
         if not force and now - self._last_refresh < REFRESH_EVERY:
             return
         self._last_refresh = now
-        for record in await node.fetch_records(records.bans_key(node.run_id), records.BanRecord):
+        for owner, record in await node.fetch_owned_records(records.bans_key(node.run_id), records.BanRecord):
             for proof in record.proofs:
                 self.consider(proof)
             for accusation in record.accusations:
-                self.offer(accusation)
+                self.offer(accusation, source=owner)
             for packed in record.claims:
                 self.consider_claim(packed)
 
-    def offer(self, accusation: bytes) -> bool:
-        """Queue another peer's accusation for an audit here (swarm.averaging.auditor), unless seen before or past
-        MAX_ACCUSATIONS_CHECKED; returns whether it was queued. Nobody is banned on it before that audit."""
-        if accusation in self._accusations_seen or len(self._accusations_seen) >= MAX_ACCUSATIONS_CHECKED:
+    def offer(self, accusation: bytes, source: object = None) -> bool:
+        """Queue another peer's accusation for an audit here (swarm.averaging.auditor), unless seen before or its
+        `source` spent its budget (MAX_ACCUSATIONS_PER_SOURCE a window); returns whether it was queued. Nobody is banned
+        on it before that audit. A refused one is not marked seen: another source may bring it again."""
+        if accusation in self._accusations_seen:
             return False
-        self._accusations_seen.add(accusation)
+        now = time.monotonic()
+        if now - self._window_start > ACCUSATION_WINDOW:
+            self._per_source.clear()
+            self._window_start = now
+        spent = self._per_source.get(source)
+        if (spent is None and len(self._per_source) >= MAX_SOURCES) or (spent or 0) >= MAX_ACCUSATIONS_PER_SOURCE:
+            return False
+        self._per_source[source] = (spent or 0) + 1
+        self._seen(accusation)
         self.to_verify[accusation] = None
+        while len(self.to_verify) > MAX_PENDING:
+            del self.to_verify[next(iter(self.to_verify))]
         return True
+
+    def _seen(self, accusation: bytes) -> None:
+        self._accusations_seen[accusation] = None
+        while len(self._accusations_seen) > MAX_ACCUSATIONS_SEEN:
+            self._accusations_seen.popitem(last=False)

@@ -258,6 +258,11 @@ class Node:
         `owner`: only the record of this RSA public key (OpenSSH bytes), e.g. the organizer's.
         `latest=False`: the records of the first node that holds the key (asked one at a time), not of every node of
         a bucket: a fraction of the bytes, for a key whose few records every replica should hold."""
+        return [record for _, record in await self.fetch_owned_records(key, model, owner=owner, latest=latest)]
+
+    async def fetch_owned_records(self, key: str, model: type[records._Record], *, owner: bytes | None = None,
+                                  latest: bool = True) -> list[tuple[bytes, records._Record]]:
+        """fetch_records, each record with its owner's subkey (records.owner_subkey: who signed it)."""
         if latest:
             # every node of a bucket, not only the key's nearest: a peer's direct stores (swarm.net.direct_store) reach
             # the replicas its routing table knows, and a node that just joined holds nothing yet
@@ -272,7 +277,7 @@ class Node:
                 continue
             record = records.decode(model, item.value)
             if record is not None:
-                out.append(record)
+                out.append((subkey, record))
         return out
 
     async def shutdown(self) -> None:

@@ -184,8 +184,10 @@ class _FakeNode:
         self.stored.setdefault(key, []).append(msgpack.unpackb(msgpack.packb(records.encode(record)), raw=False))
         return True
 
-    async def fetch_records(self, key, model):
-        return [r for r in (records.decode(model, v) for v in self.stored.get(key, [])) if r is not None]
+    async def fetch_owned_records(self, key, model):
+        """Each stored record with its writer's place in the list as its owner (the DHT's subkey is the signer's)."""
+        decoded = [(i, records.decode(model, v)) for i, v in enumerate(self.stored.get(key, []))]
+        return [(i, r) for i, r in decoded if r is not None]
 
 
 def test_every_peer_bans_from_published_proofs_after_checking_them_itself(keys):
@@ -219,3 +221,25 @@ def test_the_results_handler_answers_garbage_and_unknown_rounds_with_nothing_at_
     replies, slots = asyncio.run(scenario())
     assert all(reply.value == b"" for reply in replies)
     assert slots <= 1   # the unknown round's slot waits for it like a stream's would (bounded at 64)
+
+
+def test_one_source_cannot_spend_the_accusation_budget_of_others():
+    """Each pusher or record owner queues at most MAX_ACCUSATIONS_PER_SOURCE accusations for audits a window: a peer that
+    publishes forged accusations by the thousand stops there, and a real accuser's still gets audited."""
+    from swarm.averaging import bans as bans_module
+
+    bans = BanList()
+    forged = [b"forged %d" % i for i in range(1000)]
+    queued = [bans.offer(a, source="Qm-forger") for a in forged]
+    assert sum(queued) == bans_module.MAX_ACCUSATIONS_PER_SOURCE and all(queued[:bans_module.MAX_ACCUSATIONS_PER_SOURCE])
+    assert bans.offer(b"real", source="Qm-auditor") and b"real" in bans.to_verify
+    assert not bans.offer(b"real", source="Qm-other"), "an accusation already queued is not audited twice"
+    assert bans.offer(forged[-1], source="Qm-auditor"), "refused from one source, it is not marked seen for the others"
+    # memory stays bounded whoever floods: sources per window, accusations pending and seen
+    for i in range(bans_module.MAX_SOURCES + 10):
+        bans.offer(b"sybil %d" % i, source=f"Qm-sybil-{i}")
+    assert len(bans._per_source) <= bans_module.MAX_SOURCES and len(bans.to_verify) <= bans_module.MAX_PENDING
+    assert len(bans._accusations_seen) <= bans_module.MAX_ACCUSATIONS_SEEN
+    # a new window gives every source its budget again
+    bans._window_start -= bans_module.ACCUSATION_WINDOW + 1
+    assert bans.offer(b"forged next hour", source="Qm-forger")
