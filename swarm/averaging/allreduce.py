@@ -167,6 +167,7 @@ class AllReduceRound:
         signer: RSAPrivateKey | None = None,
         keep_contribution: Callable[[Commitment, int, list[bytes]], None] | None = None,
         claim_ceiling: float | None = None,
+        hash_parts: bool = False,
     ):
         """`excluded`: peer ids whose contributions my part ignores (senders struck out by a robust reducer).
 
@@ -179,7 +180,11 @@ class AllReduceRound:
         with the other members' after the all-gather (swarm.averaging.result_exchange); and contributions are committed
         (swarm.averaging.commitments), each handed to `keep_contribution` as it is made; a sender whose commitment
         claims more samples than `claim_ceiling` is excluded from my part, its commitment kept as the proof
-        (swarm.averaging.claims)."""
+        (swarm.averaging.claims).
+
+        `hash_parts`: keep sha256 of every part as received (`stats.part_hashes`, the members' unsigned comparison:
+        swarm.averaging.result_hashes) without a signer; rounds that check results always hash (their statements sign
+        the digests). Off by default: hashing a round's whole result was a tenth of a plain round's CPU on loopback."""
         self.p2p, self.group, self.layout = p2p, group, layout
         self.authorizer = authorizer  # invite-only runs: the first chunk of each stream is signed
         self.local = list(local) if local is not None else None
@@ -236,6 +241,7 @@ class AllReduceRound:
                 settled.set()
         self.failover = PartFailover(self) if parts is None else None   # a backup's round does not fail over again
         self.signer = signer if parts is None else None   # a backup's part is checked by nobody (its reducer is gone)
+        self.hash_parts = hash_parts or self.signer is not None
         self.results = ResultCheck(group.round_id, group.peer_ids, me) if self.signer is not None and group.needs(me) else None
         self._statement: ResultStatement | None = None
         # with a signer, contributions are committed (swarm.averaging.commitments): the senders' commitments to my part,
@@ -866,7 +872,8 @@ class AllReduceRound:
                     if attempt == 0 and received < len(sizes):  # the average of chunk k proves our chunk k arrived
                         self.stats.ack_log.append((now, sizes[received]))
                     self._store_result(chunk, decode_checked(self.layout.codecs[chunk.bucket], data, chunk.length))
-                    self._part_hashers.setdefault(j, hashlib.sha256()).update(data)
+                    if self.hash_parts:
+                        self._part_hashers.setdefault(j, hashlib.sha256()).update(data)
                     held.append(data)
                     received += 1
                 if not resend_from.done():
@@ -924,7 +931,8 @@ class AllReduceRound:
         return AllReduceRound(
             self.p2p, dataclasses.replace(self.group, timeout=timeout), self.layout, self.local,
             chunk_elements=self.chunk_elements, sender_timeout=silence, reduction=self.reduction, authorizer=self.authorizer,
-            excluded={*self._excluded_ids, self.group.peer_ids[j]}, parts=parts, part_labels={backup: j}, result=self.result)
+            excluded={*self._excluded_ids, self.group.peer_ids[j]}, parts=parts, part_labels={backup: j}, result=self.result,
+            hash_parts=self.hash_parts)
 
     def _sign(self, msg: swarm_pb2.PartChunk) -> None:
         if self.authorizer is not None:
@@ -1043,12 +1051,17 @@ class AllReduceRound:
         """What this member received for each part, as sha256 of its averaged bytes (my own part: what I sent): members
         that compare them catch a reducer that sent different results to different members
         (swarm.averaging.result_hashes)."""
+        if not self.hash_parts:
+            return
         hashes = {j: h.hexdigest() for j, h in self._part_hashers.items() if j not in self.stats.missing_parts}  # whole parts only
         if self.parts[self.group.my_index] and all(self._outputs) and not self._handed_over:
-            own = hashlib.sha256()
-            for data in self._outputs:
-                own.update(data)  # type: ignore[arg-type]
-            hashes[self.group.my_index] = own.hexdigest()
+            if self._statement is not None:   # it signed the same digest of the same bytes
+                hashes[self.group.my_index] = self._statement.digest.hex()
+            else:
+                own = hashlib.sha256()
+                for data in self._outputs:
+                    own.update(data)  # type: ignore[arg-type]
+                hashes[self.group.my_index] = own.hexdigest()
         self.stats.part_hashes = {self.group.peer_ids[j]: h for j, h in sorted(hashes.items())}
 
     def part_bytes(self, j: int) -> list[bytes] | None:

@@ -39,7 +39,7 @@ async def run_round(members, services, roles, weights, shares, values, layout, r
     for i, p in enumerate(members):
         group = GroupView(round_id=round_id, peer_ids=ids, roles=tuple(roles), weights=tuple(weights), shares=tuple(shares), my_index=i, timeout=timeout)
         cls = round_class if isinstance(round_class, type) else round_class[i]
-        r = cls(p, group, layout, None if roles[i] == "aux" else layout.flatten(values[i]), chunk_elements=chunk, sender_timeout=3.0)
+        r = cls(p, group, layout, None if roles[i] == "aux" else layout.flatten(values[i]), chunk_elements=chunk, sender_timeout=3.0, hash_parts=True)
         services[i].open(r)
         rounds.append(r)
     results = await asyncio.gather(*(r.run() for r in rounds), return_exceptions=True)
@@ -84,6 +84,29 @@ def test_weighted_mean_is_exact_within_codec_tolerance_and_identical(codec, tol)
             for t in range(len(SHAPES)):
                 assert torch.allclose(outs[0][t], expected[t], atol=tol, rtol=tol)
             assert all(r.stats.bytes_sent > 0 for r in rounds)
+        finally:
+            await shutdown(members)
+    asyncio.run(main())
+
+
+def test_members_hash_the_parts_they_receive_only_when_asked_or_checking_results():
+    """The members' unsigned part hashes (swarm.averaging.result_hashes) cost a sha256 of the whole result a round:
+    a plain round keeps none unless asked (run_round asks); every member that asked holds one hash per part, the same."""
+    async def main():
+        members, services = await start_members(3)
+        try:
+            values = random_values(3)
+            asked, _ = await run_round(members, services, ["trainer"] * 3, [1.0] * 3, [1 / 3] * 3, values, make_layout("fp16"))
+            hashes = {tuple(r.stats.part_hashes.items()) for r in asked}
+            assert len(hashes) == 1 and len(next(iter(hashes))) == 3, hashes
+
+            class Plain(AllReduceRound):
+                def __init__(self, *args, hash_parts=False, **kwargs):
+                    super().__init__(*args, **kwargs)   # what the engine builds without a signer
+
+            plain, results = await run_round(members, services, ["trainer"] * 3, [1.0] * 3, [1 / 3] * 3, values, make_layout("fp16"),
+                                             round_class=Plain)
+            assert not any(isinstance(r, BaseException) for r in results) and all(r.stats.part_hashes == {} for r in plain)
         finally:
             await shutdown(members)
     asyncio.run(main())

@@ -83,7 +83,7 @@ async def failover_round(n: int, dead: int, *, mid_all_gather: bool, whole_to: i
                 continue
             cls = DiesMidAllGather if i == dead else (classes or {}).get(i, AllReduceRound)
             group = GroupView(round_id=round_id, peer_ids=ids, roles=("trainer",) * n, weights=weights, shares=shares, my_index=i, timeout=40.0)
-            r = cls(p, group, layout, layout.flatten(values[i]), chunk_elements=500, sender_timeout=3.0)
+            r = cls(p, group, layout, layout.flatten(values[i]), chunk_elements=500, sender_timeout=3.0, hash_parts=True)
             if i == dead:
                 r.whole_to = whole_to
             services[i].open(r)
@@ -243,7 +243,7 @@ def test_failover_requests_out_of_bounds_are_refused():
             for i, p in enumerate(members):
                 group = GroupView(round_id=round_id, peer_ids=ids, roles=("trainer", "trainer", "client"), weights=(1.0,) * 3,
                                   shares=(0.5, 0.5, 0.0), my_index=i, timeout=20.0)
-                rounds.append(AllReduceRound(p, group, layout, layout.flatten(values[i]), chunk_elements=500, sender_timeout=3.0))
+                rounds.append(AllReduceRound(p, group, layout, layout.flatten(values[i]), chunk_elements=500, sender_timeout=3.0, hash_parts=True))
                 services[i].open(rounds[-1])
             results = await asyncio.gather(*(r.run() for r in rounds))
             count = len(rounds[0].parts[0])
@@ -337,7 +337,7 @@ async def live_reducer_round(n: int, classes: dict[int, type[AllReduceRound]], s
                               shares=(1.0 / n,) * n, my_index=i, timeout=40.0)
             local = layout.flatten(values[i]) if group.brings(i) else None
             rounds[i] = classes.get(i, AllReduceRound)(p, group, layout, local, chunk_elements=500,
-                                                                 sender_timeout=sender_timeout)
+                                                                 sender_timeout=sender_timeout, hash_parts=True)
             services[i].open(rounds[i])
         results = dict(zip(rounds, await asyncio.gather(*(r.run() for r in rounds.values()), return_exceptions=True)))
         return rounds, results, values, layout, weights
