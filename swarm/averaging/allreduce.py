@@ -148,6 +148,9 @@ class AllReduceRound:
     """One member's side of one round. `await run()` returns the averaged buckets (None for aux)."""
 
     reply_slack = 0.0   # seconds a reducer may spend past its senders' last chunk before answering (see _reply_limit)
+    # whether the stall watch (swarm.averaging.stall_watch) counts from the round's construction, not from run(): a
+    # column round of a hierarchy is made at the start and runs after its subgroup's stage (it says False)
+    stall_from_start = True
 
     def __init__(
         self,
@@ -946,7 +949,9 @@ class AllReduceRound:
         meter = self._meter = LinkMeter()
         meter.start()
         stalls = self._stalls = StallWatch()
-        stalls.start()
+        # from the round's start: a process stopped between forming the round and running it (seen in swarm chaos: a
+        # SIGSTOP right there) was taken for dead by backups all the same, and stepped 35 s later with their results
+        stalls.start(since=self._start if self.stall_from_start else None)
         try:
             async with asyncio.timeout(group.timeout):
                 self._try_finalize()  # a part with no other senders is ready at once

@@ -126,6 +126,8 @@ class ColumnRound(AllReduceRound):
     """Stage 2 on one column member: the butterfly over part p's vector; its own partial mean joins (`contribute`)
     only once its subgroup has reduced it, while the others' partials may already arrive."""
 
+    stall_from_start = False   # made with the hierarchy's round, run once my subgroup's stage is done
+
     def __init__(self, *args, **kwargs):
         self._joined = False
         super().__init__(*args, **kwargs)

@@ -26,8 +26,9 @@ class StallWatch:
         self._last = time.monotonic()
         self._task: asyncio.Task | None = None
 
-    def start(self) -> None:
-        self._last = time.monotonic()
+    def start(self, since: float | None = None) -> None:
+        """Tick from now on; `since` (a time.monotonic() reading): count the stretch from then to the first tick too."""
+        self._last = time.monotonic() if since is None else min(since, time.monotonic())
         self._task = asyncio.create_task(self._tick(), name="stall-watch")
 
     async def _tick(self) -> None:

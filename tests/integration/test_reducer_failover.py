@@ -410,6 +410,25 @@ class StandsStill(AllReduceRound):
         await super()._drain_outputs()
 
 
+class StoodStillBeforeRunning(AllReduceRound):
+    """A member whose process stood still (SIGSTOP) between forming its round and running it: seen in swarm chaos, the
+    others took it for dead and handed its part to a backup, and it woke to step with the backup's result 35 s late."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._start -= self._reply_limit() + 1.0   # its round began that long before its loop could run it
+
+
+def test_a_member_that_stood_still_before_running_its_round_does_not_step():
+    async def main():
+        _, results, *_ = await live_reducer_round(3, {2: StoodStillBeforeRunning}, seed=72, sender_timeout=1.0)
+        return results
+
+    results = asyncio.run(main())
+    assert isinstance(results[2], RoundFailed) and "stood still" in str(results[2]), results[2]
+    assert all(not isinstance(results[i], BaseException) for i in (0, 1)), results
+
+
 def test_a_member_that_stood_still_mid_round_does_not_step():
     async def main():
         _, results, *_ = await live_reducer_round(3, {2: StandsStill}, seed=70, sender_timeout=1.0)

@@ -37,3 +37,22 @@ def test_a_blocked_loop_is_measured_after_the_next_tick_and_before_it():
 
     before_tick, after_tick = asyncio.run(main())
     assert before_tick >= 0.5 and after_tick >= 0.5
+
+
+def test_a_stretch_before_the_watch_started_counts_when_asked_to():
+    """A round's watch counts from the round's start: a process stopped between forming its round and running it."""
+    async def main():
+        watch = StallWatch(period=0.05)
+        watch.start(since=time.monotonic() - 1.0)
+        await asyncio.sleep(0.2)
+        counted = watch.longest()
+        await watch.stop()
+        plain = StallWatch(period=0.05)
+        plain.start()
+        await asyncio.sleep(0.2)
+        fresh = plain.longest()
+        await plain.stop()
+        return counted, fresh
+
+    counted, fresh = asyncio.run(main())
+    assert counted >= 0.9 and fresh < 0.2
