@@ -61,7 +61,7 @@ from swarm.averaging.clip_check import check_without
 from swarm.averaging.commitments import Commitment
 from swarm.averaging.robust import CenteredClipReduction
 from swarm.averaging.result_statements import Input, ResultStatement, unpack_inputs, unpack_radii
-from swarm.averaging.streams import drain
+from swarm.averaging.streams import close_quietly, drain
 from swarm.compression.codecs import decode_checked, get_codec
 from swarm.errors import ProtocolError, describe
 from swarm.net import records
@@ -303,7 +303,10 @@ async def fetch_commitment(p2p: P2P, peer: str, round_id: bytes, part: int, dige
 
     async with asyncio.timeout(timeout):
         stream = await p2p.iterate_protobuf_handler(PeerID.from_base58(peer), AUDIT_HANDLER, request(), swarm_pb2.PartChunk)
-        head = await anext(stream)
+        try:
+            head = await anext(stream)
+        finally:
+            await close_quietly(stream)
         if head.error:
             raise LookupError(f"{peer[-8:]}: {head.error}")
         return Commitment.unpack(head.commitment) if head.commitment and head.chunk == 0 else None
