@@ -66,12 +66,19 @@ async def _store_on(dht: DHTNode, key_id: DHTID, subkey: bytes, record: DHTRecor
     if any(node_id == dht.node_id for node_id, _ in nodes):
         if protocol.record_validator is None or protocol.record_validator.validate(record):
             stored += bool(protocol.storage.store(key_id, record.value, expiration_time, subkey=subkey))
-    calls = [protocol.call_store(peer_id, keys=[key_id], values=[record.value], expiration_time=[expiration_time], subkeys=[subkey])
+    calls = [asyncio.ensure_future(protocol.call_store(peer_id, keys=[key_id], values=[record.value], expiration_time=[expiration_time],
+                                                       subkeys=[subkey]))
              for node_id, peer_id in nodes if node_id != dht.node_id]
     if calls:
+        # not wait_for(gather(...)): cancelled (a peer shutting down mid-store), wait_for cancels the gather and never
+        # reads its CancelledError, which asyncio then logs with a traceback ("_GatheringFuture exception was never
+        # retrieved": test_sigterm failed on it). Each call is cancelled and awaited here, whatever ends the wait.
         try:
-            answers = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout)
-        except asyncio.TimeoutError:
-            return stored
-        stored += sum(1 for a in answers if a is not None and not isinstance(a, BaseException) and all(a))   # store_ok: a protobuf repeated field, not a list
+            await asyncio.wait(calls, timeout=timeout)
+        finally:
+            for call in calls:
+                call.cancel()
+            await asyncio.gather(*calls, return_exceptions=True)
+        answers = [c.result() for c in calls if not c.cancelled() and c.exception() is None]
+        stored += sum(1 for a in answers if a is not None and all(a))   # store_ok: a protobuf repeated field, not a list
     return stored

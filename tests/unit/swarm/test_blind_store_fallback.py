@@ -45,3 +45,50 @@ def test_a_timed_out_blind_traversal_falls_back_to_the_nearest_known_nodes(monke
     monkeypatch.setattr(node_module, "store_near", store_near)
     assert asyncio.run(_node().store_record("progress", _record(), 8.0, blind=True)) is True
     assert near == (["progress"] if outcome == "timeout" else [])
+
+
+def test_a_store_cancelled_in_flight_leaves_nothing_for_asyncio_to_log():
+    """A peer shutting down cancels its store mid-call: the calls end with it, and no future is left with an
+    unretrieved exception (asyncio logged one with a traceback, and test_sigterm fails on any traceback)."""
+    import gc
+
+    from swarm.net.direct_store import _store_on
+
+    async def main():
+        logged = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: logged.append(context.get("message")))
+        started = asyncio.Event()
+
+        async def call_store(*args, **kwargs):
+            started.set()
+            await asyncio.sleep(60)
+
+        dht = SimpleNamespace(node_id="me", protocol=SimpleNamespace(call_store=call_store, record_validator=None))
+        record = SimpleNamespace(value=b"v", expiration_time=1.0)
+        store = asyncio.create_task(_store_on(dht, b"key", b"subkey", record, [("a", "peer-a"), ("b", "peer-b")], timeout=30.0))
+        await asyncio.wait_for(started.wait(), 5)
+        store.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await store
+        for _ in range(3):
+            gc.collect()
+            await asyncio.sleep(0.01)
+        return logged
+
+    assert asyncio.run(main()) == []
+
+
+def test_a_store_that_times_out_counts_only_the_calls_that_answered():
+    from swarm.net.direct_store import _store_on
+
+    async def main():
+        async def call_store(peer_id, **kwargs):
+            if peer_id == "slow":
+                await asyncio.sleep(60)
+            return [True]
+
+        dht = SimpleNamespace(node_id="me", protocol=SimpleNamespace(call_store=call_store, record_validator=None))
+        record = SimpleNamespace(value=b"v", expiration_time=1.0)
+        return await _store_on(dht, b"key", b"subkey", record, [("a", "fast"), ("b", "slow")], timeout=0.2)
+
+    assert asyncio.run(main()) == 1
