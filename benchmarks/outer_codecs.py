@@ -37,8 +37,9 @@ SMALL = 2**10
 
 
 async def wire_round(codecs: list[RoundCodec], inputs: list[list[torch.Tensor] | None], weights: list[float], epoch: int = 0):
-    """One round of len(codecs) members through the real encoders: returns (results, bytes each member sent,
-    bytes of the reducer's reply per bucket)."""
+    """One round of len(codecs) members through the real encoders and one reducer, which sends back the mean or,
+    for the sparse codec, the inputs themselves when smaller (as swarm.averaging.allreduce): returns (results, bytes
+    each member sent, bytes of the reducer's reply per bucket)."""
     n = len(codecs)
     arrived: dict[int, list[bytes]] = {}
     done = asyncio.Event()
@@ -58,7 +59,11 @@ async def wire_round(codecs: list[RoundCodec], inputs: list[list[torch.Tensor] |
                 means = []
                 for b, (codec, size) in enumerate(zip(layout.codecs, layout.bucket_sizes)):
                     values = [decode_checked(codec, arrived[j][b], size) for j in range(n)]
-                    means.append(codec.encode(sum(w * v for w, v in zip(weights, values)) / sum(weights)))
+                    mean = codec.encode(sum(w * v for w, v in zip(weights, values)) / sum(weights))
+                    if hasattr(codec, "bundle"):   # as swarm.averaging.allreduce: the inputs back when smaller than the mean
+                        relayed = codec.bundle([(w, arrived[j][b]) for j, w in enumerate(weights)], size)
+                        mean = relayed if len(relayed) < len(mean) else mean
+                    means.append(mean)
                 reply["data"], reply["codecs"] = means, layout.codecs
                 done.set()
             await done.wait()

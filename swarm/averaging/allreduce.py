@@ -151,6 +151,9 @@ class AllReduceRound:
     # whether the stall watch (swarm.averaging.stall_watch) counts from the round's construction, not from run(): a
     # column round of a hierarchy is made at the start and runs after its subgroup's stage (it says False)
     stall_from_start = True
+    # whether a reducer may send its chunk's inputs back instead of their mean (`_bundled`; a subgroup round of a
+    # hierarchy hands its mean to the column instead, and says False)
+    relays_results = True
 
     def __init__(
         self,
@@ -212,6 +215,12 @@ class AllReduceRound:
         self._clip_totals: dict[int, list[float]] = {}  # sender -> [sum of clipped share x chunk length, length]
         self._arrived: list[set[int]] = [set() for _ in my_chunks]
         self._reductions = [reduction(c.length) for c in my_chunks]
+        # chunk -> sender -> (weight, encoded bytes) for chunks whose codec can send the inputs back instead of their
+        # mean (a bundle: swarm.compression.sparse), in plain rounds only: a checked round's statements and audits
+        # are of the reducer's mean
+        relays = self.relays_results and reduction is Reduction and signer is None
+        self._bundled: list[dict[int, tuple[float, bytes]] | None] = [
+            {} if relays and hasattr(layout.codecs[c.bucket], "bundle") else None for c in my_chunks]
         self._radii: list[float | None] = [None] * len(my_chunks)   # each chunk's CenteredClip radius (robust reductions)
         self._outputs: list[bytes | None] = [None] * len(my_chunks)
         self._output_ready = [asyncio.Event() for _ in my_chunks]
@@ -272,6 +281,7 @@ class AllReduceRound:
         elif self.local is not None:
             for k, chunk in enumerate(self.parts[me]):
                 self._reductions[k].add(self._slice(chunk), self.group.weights[me], sender=me)
+                self._keep_input(k, me, self.group.weights[me], None)
 
     def _contribution(self, j: int) -> tuple[Commitment, list[bytes]]:
         """My encoded chunks of part j and my signed commitment (rounds with a signer). Every part is encoded and
@@ -365,6 +375,16 @@ class AllReduceRound:
         """The values this member sends for a chunk of another member's part (tests subclass this)."""
         return self._slice(chunk)
 
+    def _keep_input(self, k: int, sender: int, weight: float, data: bytes | None) -> None:
+        """Keep a contribution to chunk k of my part for a bundle (`_bundled`); `data` None: my own, encoded here."""
+        inputs = self._bundled[k]
+        if inputs is None or weight <= 0:
+            return
+        if data is None:
+            chunk = self.parts[self.group.my_index][k]
+            data = self.layout.codecs[chunk.bucket].encode(self._slice(chunk))
+        inputs[sender] = (weight, data)
+
     def _store_result(self, chunk: Chunk, values: torch.Tensor) -> None:
         if self.result is not None:
             self.result[chunk.bucket][chunk.start : chunk.start + chunk.length] = values
@@ -384,6 +404,11 @@ class AllReduceRound:
             else:
                 codec = self.layout.codecs[chunk.bucket]
                 data = codec.encode(averaged)
+                if self._bundled[k]:   # the inputs themselves when smaller than their mean (every member decodes them)
+                    inputs = self._bundled[k]
+                    relayed = codec.bundle([inputs[i] for i in sorted(inputs)], chunk.length)
+                    data = relayed if len(relayed) < len(data) else data
+                self._bundled[k] = None
                 self._outputs[k] = data
                 # what the others decode from these bytes; the lossless codec gives back `averaged` bit for bit
                 self._store_result(chunk, averaged if codec.name == "none" else codec.decode(data))
@@ -654,6 +679,7 @@ class AllReduceRound:
                 values = decode_checked(self.layout.codecs[chunk.bucket], data, chunk.length)
                 if sender not in self._failed and sender not in self._arrived[expected_k] and self._reductions[expected_k] is not None:
                     self._reductions[expected_k].add(values, weight, sender=sender)
+                    self._keep_input(expected_k, sender, weight, data)
                     self._arrived[expected_k].add(sender)
                     self._try_finalize()
                 expected_k += 1
@@ -1086,6 +1112,7 @@ class AllReduceRound:
             self.failover.retire()
         self.local, self.result = None, None
         self._reductions = [None] * len(self._reductions)  # type: ignore[list-item]
+        self._bundled = [None] * len(self._bundled)
 
     async def _drain_outputs(self) -> None:
         # Give the streams a moment to flush the last averaged chunks before the round object goes away.

@@ -78,6 +78,8 @@ class SubgroupRound(AllReduceRound):
     """Stages 1 and 3 on one subgroup member: a reducer's part is not averaged here but handed to its column
     (`partial`, `partial_ready`); its outputs come from the column (`publish`) or fail (`fail_part`)."""
 
+    relays_results = False
+
     def __init__(self, *args, partial: list[torch.Tensor] | None = None, starts: Sequence[int] = (), **kwargs):
         super().__init__(*args, **kwargs)
         self.partial, self.starts = partial, list(starts)

@@ -182,6 +182,10 @@ class SparseCodec(Codec):
     def decode(self, data: bytes, numel: int | None = None) -> torch.Tensor:
         return sparse.decode(data, self.name, numel)
 
+    def bundle(self, parts, numel: int) -> bytes:
+        """(weight, encoded bytes) of each input -> one message that decodes to their weighted mean (sparse.bundle)."""
+        return sparse.bundle(parts, numel)
+
     def payload_bytes(self, numel: int) -> int:
         return 2 * numel   # the dense bound; a top-k sender's message is far smaller (swarm.compression.topk predicts it)
 

@@ -141,9 +141,12 @@ class TopKRoundCodec(RoundCodec):
         return self._layouts[key]
 
     def predicted_bytes(self) -> int:
-        """A member's message: per sent value a uint16 position and its value (2 bits + codebook, or fp16)."""
-        per_value = 2 + (0.25 if self.value_bits == 2 else 2)
-        sparse = sum(int(per_value * k) + 4 * -(-_numel(self.shapes[i]) // 2**16) + 28 for i, k in self.k.items())
+        """A member's message: per sent value a Rice-coded position (about log2(1 / fraction) + 2 bits, an upper
+        estimate) and its value (fp16, or 2 bits + codebook: 4 bits where a part spans several tensors, whose codebooks
+        differ), plus each tensor's header, Rice parameter and codebook."""
+        two_bit = 0.25 if len(self.k) == 1 else 0.5
+        per_value = (math.log2(1 / self.fraction) + 2) / 8 + (two_bit if self.value_bits == 2 else 2)
+        sparse = sum(int(per_value * k) + 34 for k in self.k.values())
         rest = sum(encoded_bytes(c, _numel(s)) for i, (c, s) in enumerate(zip(self._codecs, self.shapes)) if i not in self.k)
         return sparse + rest
 
