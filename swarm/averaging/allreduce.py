@@ -215,12 +215,12 @@ class AllReduceRound:
         self._clip_totals: dict[int, list[float]] = {}  # sender -> [sum of clipped share x chunk length, length]
         self._arrived: list[set[int]] = [set() for _ in my_chunks]
         self._reductions = [reduction(c.length) for c in my_chunks]
-        # chunk -> sender -> (weight, encoded bytes) for chunks whose codec can send the inputs back instead of their
-        # mean (a bundle: swarm.compression.sparse), in plain rounds only: a checked round's statements and audits
-        # are of the reducer's mean
-        relays = self.relays_results and reduction is Reduction and signer is None
-        self._bundled: list[dict[int, tuple[float, bytes]] | None] = [
-            {} if relays and hasattr(layout.codecs[c.bucket], "bundle") else None for c in my_chunks]
+        # chunk -> sender -> encoded bytes, for chunks whose codec can send the inputs back with their coefficients in
+        # the reduction's result instead of the result (a bundle: swarm.compression.sparse). A robust reduction's
+        # result is a convex combination of the inputs too (CenteredClip's fixed point), and audits check the values a
+        # bundle decodes to like any result.
+        self._bundled: list[dict[int, bytes] | None] = [
+            {} if self.relays_results and hasattr(layout.codecs[c.bucket], "bundle") else None for c in my_chunks]
         self._radii: list[float | None] = [None] * len(my_chunks)   # each chunk's CenteredClip radius (robust reductions)
         self._outputs: list[bytes | None] = [None] * len(my_chunks)
         self._output_ready = [asyncio.Event() for _ in my_chunks]
@@ -278,6 +278,7 @@ class AllReduceRound:
             for k, chunk in enumerate(self.parts[me]):
                 self._reductions[k].add(decode_checked(self.layout.codecs[chunk.bucket], encoded[k], chunk.length),
                                         self.group.weights[me], sender=me)
+                self._keep_input(k, me, self.group.weights[me], encoded[k])
         elif self.local is not None:
             for k, chunk in enumerate(self.parts[me]):
                 self._reductions[k].add(self._slice(chunk), self.group.weights[me], sender=me)
@@ -383,7 +384,19 @@ class AllReduceRound:
         if data is None:
             chunk = self.parts[self.group.my_index][k]
             data = self.layout.codecs[chunk.bucket].encode(self._slice(chunk))
-        inputs[sender] = (weight, data)
+        inputs[sender] = data
+
+    def _smaller_as_bundle(self, k: int, data: bytes) -> bytes:
+        """My chunk k's result bytes: `data` (the result encoded), or the inputs with their coefficients in the result
+        when that bundle is smaller (every member decodes it to the same values; the reducer too, see _try_finalize)."""
+        inputs, self._bundled[k] = self._bundled[k], None
+        mixture = self._reductions[k].mixture() if inputs else None
+        if not mixture or not all(sender in inputs for sender, c in mixture.items() if c > 0):
+            return data
+        chunk = self.parts[self.group.my_index][k]
+        relayed = self.layout.codecs[chunk.bucket].bundle([(c, inputs[sender]) for sender, c in sorted(mixture.items()) if c > 0],
+                                                          chunk.length)
+        return relayed if len(relayed) < len(data) else data
 
     def _store_result(self, chunk: Chunk, values: torch.Tensor) -> None:
         if self.result is not None:
@@ -404,11 +417,7 @@ class AllReduceRound:
             else:
                 codec = self.layout.codecs[chunk.bucket]
                 data = codec.encode(averaged)
-                if self._bundled[k]:   # the inputs themselves when smaller than their mean (every member decodes them)
-                    inputs = self._bundled[k]
-                    relayed = codec.bundle([inputs[i] for i in sorted(inputs)], chunk.length)
-                    data = relayed if len(relayed) < len(data) else data
-                self._bundled[k] = None
+                data = self._smaller_as_bundle(k, data)
                 self._outputs[k] = data
                 # what the others decode from these bytes; the lossless codec gives back `averaged` bit for bit
                 self._store_result(chunk, averaged if codec.name == "none" else codec.decode(data))

@@ -13,6 +13,7 @@ class Reduction:
         self.length = length
         self.total: torch.Tensor | None = None  # allocated by the first contribution: no zero-filled pass per chunk
         self.weight = 0.0
+        self.senders: list[tuple[int | None, float]] = []   # (sender, weight) of each contribution, in order
 
     def add(self, values: torch.Tensor, weight: float, sender: int | None = None) -> None:
         """`sender`: the member index the values came from (the mean does not need it; a robust reduction does)."""
@@ -22,6 +23,15 @@ class Reduction:
             else:
                 self.total.add_(values, alpha=weight)
             self.weight += weight
+            self.senders.append((sender, weight))
+
+    def mixture(self) -> dict[int, float] | None:
+        """sender -> its coefficient in `result()` (a convex combination of the contributions), once it was computed;
+        None when a contribution came without its sender. A reducer may send the contributions with these
+        coefficients instead of the result (a bundle: swarm.compression.sparse)."""
+        if self.weight <= 0 or any(s is None for s, _ in self.senders):
+            return None
+        return {s: w / self.weight for s, w in self.senders}
 
     def result(self) -> torch.Tensor | None:
         if self.weight <= 0 or self.total is None:

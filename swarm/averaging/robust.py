@@ -303,6 +303,7 @@ class CenteredClipReduction:
         self.iterations = 0
         self.tau = 0.0      # the radius result() used (a reducer signs it: swarm.averaging.clip_check checks against it)
         self._mean = Reduction(length)
+        self._mixture: dict[int, float] | None = None
 
     def add(self, values: torch.Tensor, weight: float, sender: int | None = None) -> None:
         if weight > 0:
@@ -314,7 +315,12 @@ class CenteredClipReduction:
             self.weights.append(float(weight))
             self.senders.append(sender)
             self.weight += weight
-            self._mean.add(row, weight)
+            self._mean.add(row, weight, sender)
+
+    def mixture(self) -> dict[int, float] | None:
+        """sender -> its coefficient in `result()` (a convex combination of the copies, CenteredClip's fixed point as
+        weights), as Reduction.mixture; None before result() or when a copy came without its sender."""
+        return self._mixture
 
     def _centre(self) -> int:
         """The copy the Gram matrix is centred on: the one of smallest norm. Not the first to arrive: centred on a copy of
@@ -361,7 +367,10 @@ class CenteredClipReduction:
         self.iterations = solution.iterations
         self.tau = solution.tau
         if solution.mean and solution.weights.tolist() == self.weights:
+            self._mixture = self._mean.mixture()
             return self._mean.result()
+        if all(s is not None for s in self.senders):
+            self._mixture = {s: float(c) for s, c in zip(self.senders, solution.coefficients.tolist())}
         if offsets is not None:
             return (self.rows[c].to(offsets.dtype) + solution.coefficients.to(offsets.dtype) @ offsets).to(torch.float32)
         value = torch.zeros(self.length, dtype=torch.float32)

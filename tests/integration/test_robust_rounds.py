@@ -199,3 +199,48 @@ def test_members_part_hashes_name_a_reducer_that_sends_different_results(equivoc
         finally:
             await shutdown(members)
     asyncio.run(main())
+
+
+def test_a_robust_reducer_sends_top_k_parts_back_with_their_centered_clip_coefficients():
+    """Sparse (top-k) contributions under CenteredClip: a reducer's result is a convex combination of the copies, so it
+    may send the copies back with those coefficients (a bundle) when that is smaller than the result's fp16 values.
+    Every member decodes the same values, the attacker's coefficient is cut, and the result stays near the honest mean."""
+    import struct
+
+    from swarm.averaging.layout import TensorLayout
+    from swarm.compression.codecs import get_codec
+    from swarm.compression.topk import select_topk
+
+    async def main():
+        members, services = await start_members(4)
+        try:
+            sparse, exact = get_codec("sparse"), get_codec("none")
+            layout = TensorLayout.build(SHAPES, lambda i, n: sparse if n >= 1000 else exact)
+            # pseudo-gradients whose top-k positions overlap in part (where they all coincide the mean is smaller)
+            g = torch.Generator().manual_seed(5)
+            base = [torch.randn(s, generator=g) for s in SHAPES]
+            values = [[select_topk(t, t.numel() // 50) if t.numel() >= 1000 else t
+                       for t in (0.5 * b + torch.randn(b.shape, generator=g) for b in base)] for _ in range(4)]
+            attacker = type("Amplifier", (Robust,), {"_outgoing": lambda self, chunk: 20 * Robust._outgoing(self, chunk)})
+            classes = [Robust, attacker, Robust, Robust]
+            rounds, results = await run_round(members, services, ROLES, [1.0] * 4, SHARES, values, layout, round_class=classes,
+                                              chunk=6000)
+            assert not any(isinstance(r, BaseException) for r in results), results
+            for other in results[1:]:
+                assert all(torch.equal(a, b) for a, b in zip(results[0], other)), "members must hold identical bytes"
+            bucket = layout.codecs.index(sparse)
+            bundles = [data for j in (0, 2, 3) for k, data in enumerate(rounds[j]._outputs)
+                       if rounds[j].parts[j][k].bucket == bucket and data[3] == 5]
+            assert bundles
+            for data in bundles:
+                m = struct.unpack_from("<Q", data, 12)[0]
+                coefficients = struct.unpack_from(f"<{m}f", data, 20)
+                assert m == 4 and min(coefficients) < 0.5 * max(coefficients)   # somebody (the attacker) was cut
+            honest = [flat(layout, values[i]) for i in (0, 2, 3)]
+            honest_mean = torch.stack(honest).mean(0)
+            spread = float(torch.stack([(h - honest_mean).norm() for h in honest]).median())
+            out = torch.cat([t.reshape(-1) for t in results[0]])
+            assert float((out - honest_mean).norm()) < 0.5 * spread
+        finally:
+            await shutdown(members)
+    asyncio.run(main())
