@@ -10,7 +10,8 @@ download overlap, and a peer with no share receives results while it is still se
 Guarantees:
 - Consistency: a reducer encodes each averaged chunk once and sends the same bytes to every
   member; it also decodes those bytes for its own result. Every member that receives all
-  parts therefore holds a bitwise-identical averaged vector.
+  parts therefore holds a bitwise-identical averaged vector. (With the sparse codec those bytes may be the chunk's
+  inputs with their coefficients in the average, when smaller: a bundle, decoded the same way everywhere.)
 - Bounded time: the round ends by its deadline. Both limits follow the work
   (swarm.averaging.deadlines): a sender whose stream delivers no chunk for `sender_timeout` (the
   silence limit, from the chunk size and the group's measured links) is excluded from the chunks

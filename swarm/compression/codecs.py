@@ -16,9 +16,10 @@ bins over mean +- 3 std, each decoded as its bin's mean (error <= 6 std / 256 in
 larger for outliers); "quantile8bit" 256 bins at approximate quantiles, each decoded as its bin's
 mean. "uniform4bit" / "uniform2bit" (swarm.compression.blockquant, a wire format of ours): per block of 64 values a
 minimum and a step in fp32 and 4- or 2-bit indices, error <= step / 2 (0.625 and 0.375 bytes per value;
-relative L2 error about 0.094 and 0.47 on gaussian data). "sparse" (swarm.compression.sparse): positions and fp16 values
-of the non-zeros, exact for fp16 values; it carries top-k messages (swarm.compression.topk) and is not meant for dense
-tensors. "blockwise8bit" is left out: hivemind's BLOCKWISE_8BIT needs bitsandbytes (not a dependency).
+relative L2 error about 0.094 and 0.47 on gaussian data). "sparse" (swarm.compression.sparse): Rice-coded positions and
+fp16 (or codebook) values of the non-zeros, exact for fp16 values, or a bundle of such messages with weights (a reducer
+sends its inputs back when smaller than their average: `bundle`); it carries top-k messages (swarm.compression.topk)
+and is not meant for dense tensors. "blockwise8bit" is left out: hivemind's BLOCKWISE_8BIT needs bitsandbytes (not a dependency).
 
 hivemind 1.1.12's `extract` for the 8-bit codecs fails under the installed NumPy 2.x (`int()` of a
 1-element array) and cannot encode an empty tensor, so this module parses that (unchanged) wire format itself.

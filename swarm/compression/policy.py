@@ -203,7 +203,7 @@ def make_round_codec(
     if compression == "topk":
         from swarm.compression.topk import TopKRoundCodec
 
-        return TopKRoundCodec(shapes, topk_fraction, topk_value_bits, policy or CompressionPolicy(default="fp16"))
+        return TopKRoundCodec(shapes, topk_fraction, topk_value_bits, policy)
 
     if compression == "powersgd":
         return PowerSGDRoundCodec(shapes, rank=rank, policy=policy or CompressionPolicy(default="fp16"))

@@ -11,25 +11,25 @@ For each tensor of at least `min_numel` values, with k = ceil(fraction x numel):
     e_i    = m_i - sent_i                 # on commit only
 
 What goes on the wire. The all-reduce splits the vector into parts, one per reducer. A member sends
-each reducer the non-zeros of its sent_i in that part (positions as uint16 per 65536-value block, plus
-a 4-entry fp16 codebook and 2-bit indices: 2.25 bytes per sent value; 2.5 when a part spans several
-tensors, whose codebooks differ). The reducer averages the n members' sparse parts into a dense part
-with at most n x k non-zeros and sends that back with the same codec: positions and fp16 values
-(4 bytes per non-zero), or dense fp16 if that is smaller. We send the union exactly rather than
-re-sparsify or re-quantize it: a reducer has no residual to keep what a second top-k or a coarse
-quantizer would drop (it would be lost, and no member's error feedback could know its share of it).
-The cost is the way back. Measured, bytes per value of the vector (fp32 all-reduce: 4 up + 4 back),
-2-bit values, one 2**17-value tensor, unequal weights:
+each reducer the non-zeros of its sent_i in that part (Rice-coded positions, about log2(1/k) + 2 bits each,
+plus a 4-entry fp16 codebook and 2-bit indices: 1.15 bytes per sent value at k = 2%; 1.4 when a part spans several
+tensors, whose codebooks differ). The reducer sends back the smaller of two exact answers: the members' messages
+themselves with their weights (a bundle, which every member averages itself in float64, so bitwise identically),
+or their average, a dense part with at most n x k non-zeros whose values need fp16. We send the members' values
+exactly rather than re-sparsify or re-quantize their average: a reducer has no residual to keep what a second top-k
+or a coarse quantizer would drop (it would be lost, and no member's error feedback could know its share of it).
+Measured, bytes per value of the vector (fp32 all-reduce: 4 up + 4 back), 2-bit values, one 2**17-value tensor,
+independent gaussian inputs, unequal weights (`wire_round` in benchmarks/outer_codecs.py):
 
-    k     member sends   reducer sends back (n = 2 / 3 / 4 / 8)   an all-gather of the members' messages
-    1%    0.023 (176x)   0.050 / 0.119 / 0.158 / 0.310             0.023 / 0.046 / 0.068 / 0.159
-    2%    0.045 (88x)    0.159 / 0.236 / 0.311 / 0.599             0.045 / 0.091 / 0.136 / 0.317
-    3%    0.068 (59x)    0.237 / 0.349 / 0.459 / 0.868             0.068 / 0.136 / 0.203 / 0.475
+    k     member sends   reducer sends back (n = 2 / 3 / 4 / 8)
+    1%    0.013 (310x)   0.026 / 0.039 / 0.052 / 0.104
+    2%    0.023 (174x)   0.046 / 0.069 / 0.093 / 0.185
+    3%    0.033 (123x)   0.065 / 0.098 / 0.130 / 0.261
 
-So a round moves about 0.28 bytes per value per member at k = 2%, n = 3 (29x below fp32), where
-SparseLoCo's all-gather would move 0.14 (the union's fp16 values cost 2 bytes where a member's cost
-0.25). An all-gather phase (each member decodes every member's message and averages them itself)
-needs a change to swarm.averaging.allreduce and is not done here.
+So a round moves about 0.092 bytes per value per member at k = 2%, n = 3 (87x below fp32; 0.28 with uint16
+positions and the average sent back, before the bundles), what SparseLoCo's all-gather of the members' messages
+moves: the bundle is that all-gather, relayed by the reducers. Where the members' top-k positions coincide (strongly
+correlated inputs) their average has few more non-zeros than one message and the reducer sends it instead.
 
 Error feedback at work (tests/unit/swarm/test_topk.py, and measured on independent inputs, 2-bit
 values): the part of the inputs' sum not yet sent, ||sum x - sum sent|| / ||sum x||, is 0.72 after
@@ -43,7 +43,8 @@ over rounds (up to float rounding): nothing a member computed is lost, only dela
 changes only in `Averaged.commit()`: a round that fails leaves it as it was, and the retry
 (same inputs) sends the same values. Every member that steps decodes the same reducer bytes, so the
 update is bitwise identical on all of them. Tensors below `min_numel` (biases, norms) and tensors
-where k would be >= numel/4 travel with their CompressionPolicy codec, without error feedback.
+where k would be >= numel/4 travel with their CompressionPolicy codec (fp16 by default: SMALL_TENSORS), without
+error feedback.
 Residuals are local: `reset()` (after a state download) forgets them.
 """
 from __future__ import annotations
@@ -67,6 +68,11 @@ from swarm.compression.round_codec import (
 __all__ = ["TopKRoundCodec", "select_topk", "VALUE_BITS"]
 
 VALUE_BITS = (2, 16)
+# The tensors too small for top-k (biases, norms) travel in fp16 by default, not exactly: on a small model they are
+# most of a top-k message otherwise (ALBERT tiny: 6,370 such values, 25 KB in fp32, against 13 KB for the top-k of
+# its 452,608 others), and fp16 rounding of an outer pseudo-gradient measured +0.0% of fp32 (benchmarks/README.md,
+# outer-gradient codecs)
+SMALL_TENSORS = CompressionPolicy(default="fp16", small_tensor_codec="fp16")
 _FP16_MAX = float(torch.finfo(torch.float16).max)
 
 
@@ -114,7 +120,7 @@ class TopKRoundCodec(RoundCodec):
             raise ValueError(f"top-k values are sent with {VALUE_BITS} bits, got {value_bits}")
         self.fraction = float(fraction)
         self.value_bits = value_bits
-        self.policy = policy or CompressionPolicy(default="fp16")
+        self.policy = policy or SMALL_TENSORS
         self.k: dict[int, int] = {}
         for i, shape in enumerate(self.shapes):
             numel = _numel(shape)

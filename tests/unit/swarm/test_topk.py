@@ -12,6 +12,7 @@ from benchmarks.outer_codecs import wire_round  # every member's buckets encoded
 from swarm.averaging.rounds import RoundRequest
 from swarm.compression.codecs import get_codec
 from swarm.compression.policy import make_round_codec
+from swarm.compression.codecs import CompressionPolicy
 from swarm.compression.topk import TopKRoundCodec, select_topk
 from swarm.config import EngineConfig
 from swarm.errors import RoundFailed
@@ -97,7 +98,7 @@ def test_a_failed_round_leaves_the_residual_and_the_retry_sends_the_same_values(
 def test_members_apply_identical_bytes_and_send_about_1_4_bytes_per_kept_value():
     shapes = [(512, 256), (256,), (64, 64)]
     codecs = [TopKRoundCodec(shapes, fraction=0.02) for _ in range(3)]
-    assert codecs[0].k == {0: 2622, 2: 82}          # the bias travels exactly; 64 x 64 = 4096 values is large enough
+    assert codecs[0].k == {0: 2622, 2: 82}          # the bias travels in fp16; 64 x 64 = 4096 values is large enough
     inputs = [[_randn(*s, seed=10 * i + j) for j, s in enumerate(shapes)] for i in range(3)]
     results, sent, reply = asyncio.run(wire_round(codecs, inputs, [1.0, 2.0, 3.0]))
     for a, b in zip(results[0].tensors, results[2].tensors):
@@ -107,7 +108,7 @@ def test_members_apply_identical_bytes_and_send_about_1_4_bytes_per_kept_value()
     mean = (sent_values[0] + 2 * sent_values[1] + 3 * sent_values[2]) / 6
     torch.testing.assert_close(results[0].tensors[0], mean, rtol=2**-10, atol=1e-6)
     kept = 2622 + 82
-    sparse_bytes = sent[0] - len(get_codec("none").encode(torch.zeros(256)))    # the bias's message
+    sparse_bytes = sent[0] - len(get_codec("fp16").encode(torch.zeros(256)))    # the bias's message
     # two tensors in one message: 8 distinct values, 4-bit indices (1.4 bytes per value with Rice positions; one
     # tensor: 1.15)
     assert sparse_bytes / kept == pytest.approx(1.4, abs=0.05)
@@ -148,7 +149,10 @@ def test_small_tensors_keep_their_codec_and_the_schema_is_the_same_everywhere():
     a, b = TopKRoundCodec(shapes), TopKRoundCodec(shapes, fraction=0.03, value_bits=16)
     assert list(a.k) == [0]
     assert a.schema.schema_hash() == b.schema.schema_hash()       # fraction and bits: hyperparameters of the run
-    assert [c.name for c in a.schema.codecs] == ["none", "sparse"] and a.schema.buckets == ((1, 2), (0,))
+    # the small tensors in fp16 (SMALL_TENSORS), unless the run's policy says otherwise
+    assert [c.name for c in a.schema.codecs] == ["fp16", "sparse"] and a.schema.buckets == ((1, 2), (0,))
+    exact = TopKRoundCodec(shapes, policy=CompressionPolicy(default="fp16"))
+    assert [c.name for c in exact.schema.codecs] == ["none", "sparse"]
     assert isinstance(make_round_codec(shapes, "topk", topk_fraction=0.01), TopKRoundCodec)
     for bad in (dict(fraction=0.0), dict(fraction=1.5), dict(value_bits=8)):
         with pytest.raises(ValueError):
