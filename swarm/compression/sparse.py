@@ -7,11 +7,13 @@ itself. Layouts; `encode` picks the smallest (deterministic):
 
     header   magic "SWS", mode (uint8), numel (uint64), nnz (uint64; mode 5: the number of parts)
     mode 0   block positions, then the values as fp16                          2 + 2 bytes per non-zero
-    mode 1   block positions, then a codebook of c <= 16 fp16 values (c as uint8) and one index per
-             non-zero, packed 2 bits (c <= 4) or 4 bits                        2 + 0.25 or 0.5 bytes per non-zero
+    mode 1   block positions, then a codebook of c <= 4096 distinct fp16 values (c as uint16, ascending) and
+             one index per non-zero in ceil(log2 c) bits, packed most significant bit first
+                                                                               2 + 0.25 bytes per non-zero (c = 4)
     mode 2   every value as fp16 (dense: when the non-zeros are too many)       2 bytes per value
     mode 3   Rice positions, then fp16 values                                  ~1 + 2 bytes per non-zero at 2%
     mode 4   Rice positions, then the codebook and indices of mode 1           ~1 + 0.25 bytes per non-zero at 2%
+             (a top-k part spanning 11 tensors, each with its own 4 levels: 44 values, 6-bit indices)
     mode 5   a bundle: m float32 weights, m uint32 lengths, then m messages of modes 0-4 of the same numel;
              it decodes to sum_j w_j x decode(message_j), computed in float64 in the bundle's order
 
@@ -21,6 +23,8 @@ itself. Layouts; `encode` picks the smallest (deterministic):
              the unary stream's length in bytes U (uint32), U bytes of unary quotients (g >> r zeros then a one per
              position, most significant bit first, zero padding), then the r low bits of every gap packed the same
              way. About log2(1/density) + 2 bits per position, against 16 for block positions.
+    packed bits (Rice remainders, codebook indices): each value's bits, most significant first, in one stream, zero
+             padding to the byte
 
 Values are rounded to fp16 (clamped to +-65504) and the zeros after rounding are dropped, so
 `decode(encode(x)) == x` exactly whenever x's values are fp16 numbers: a top-k sender pre-rounds
@@ -48,7 +52,6 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from swarm.compression.blockquant import pack_indices, unpack_indices
 from swarm.errors import ProtocolError
 
 __all__ = ["encode", "decode", "bundle", "MAX_NUMEL", "MAX_BUNDLE", "BLOCK"]
@@ -66,8 +69,32 @@ _CODEBOOK_MODES = (1, 4)
 _BUNDLE = 5
 
 
+MAX_CODEBOOK = 4096       # distinct values a codebook holds (12-bit indices); more, and the values go as fp16
+
+
 def _index_bits(codebook_size: int) -> int:
-    return 2 if codebook_size <= 4 else 4
+    return max(0, (codebook_size - 1).bit_length())
+
+
+def _pack_bits(values: np.ndarray, bits: int) -> bytes:
+    """Each of `values` (non-negative, < 2**bits) in `bits` bits, most significant first, in one zero-padded stream."""
+    if not bits or not values.size:
+        return b""
+    matrix = (values.astype(np.int64)[:, None] >> np.arange(bits - 1, -1, -1, dtype=np.int64)) & 1
+    return np.packbits(matrix.astype(np.uint8).reshape(-1)).tobytes()
+
+
+def _unpack_bits(body: memoryview, offset: int, count: int, bits: int, name: str) -> np.ndarray:
+    """`count` values of `bits` bits from `_pack_bits`' stream at `offset` (the caller checked its length); the
+    padding bits must be zero (one encoding per vector)."""
+    if not bits or not count:
+        return np.zeros(count, dtype=np.int64)
+    stream = np.unpackbits(np.frombuffer(body, dtype=np.uint8, count=_packed_len(count, bits), offset=offset))
+    if stream[count * bits:].any():
+        raise ProtocolError(f"{name}: padding bits after the last value are not zero")
+    wide = np.zeros((count, 32), dtype=np.uint8)    # right-aligned in a big-endian uint32
+    wide[:, 32 - bits:] = stream[: count * bits].reshape(count, bits)
+    return np.packbits(wide, axis=1).view(">u4").reshape(-1).astype(np.int64)
 
 
 def _packed_len(count: int, bits: int) -> int:
@@ -97,11 +124,7 @@ def _rice_positions(positions: np.ndarray) -> bytes:
     unary = np.zeros(int(q.sum()) + n, dtype=np.uint8)
     unary[np.cumsum(q + 1) - 1] = 1
     head = np.packbits(unary).tobytes()
-    tail = b""
-    if r and n:
-        bits = (gaps[:, None] >> np.arange(r - 1, -1, -1, dtype=np.int64)) & 1
-        tail = np.packbits(bits.astype(np.uint8).reshape(-1)).tobytes()
-    return _RICE.pack(r, len(head)) + head + tail
+    return _RICE.pack(r, len(head)) + head + _pack_bits(gaps & ((1 << r) - 1), r)
 
 
 def _parse_block_positions(body: memoryview, offset: int, count: int, nnz: int, name: str) -> tuple[np.ndarray, int]:
@@ -133,13 +156,7 @@ def _parse_rice_positions(body: memoryview, offset: int, count: int, nnz: int, n
         raise ProtocolError(f"{name}: the unary stream holds {ones.size} positions in {head} bytes, header says {nnz}")
     gaps = (np.diff(ones, prepend=-1) - 1).astype(np.int64) << r
     offset += head
-    if r and nnz:
-        bits = np.unpackbits(np.frombuffer(body, dtype=np.uint8, count=tail, offset=offset))
-        if bits[nnz * r:].any():
-            raise ProtocolError(f"{name}: padding bits after the last position are not zero")
-        low = np.zeros((nnz, 32), dtype=np.uint8)    # r bits, right-aligned in a big-endian uint32
-        low[:, 32 - r:] = bits[: nnz * r].reshape(nnz, r)
-        gaps |= np.packbits(low, axis=1).view(">u4").reshape(-1).astype(np.int64)
+    gaps |= _unpack_bits(body, offset, nnz, r, name)
     positions = np.cumsum(gaps + 1) - 1
     if nnz and int(positions[-1]) >= count:
         raise ProtocolError(f"{name}: positions are not strictly increasing inside the vector")
@@ -150,10 +167,10 @@ def _parse_rice_positions(body: memoryview, offset: int, count: int, nnz: int, n
 
 def _codebook(values: torch.Tensor) -> bytes | None:
     codebook, inverse = torch.unique(values, sorted=True, return_inverse=True)
-    if not 0 < codebook.numel() <= 16:
+    if not 0 < codebook.numel() <= MAX_CODEBOOK:
         return None
-    bits = _index_bits(codebook.numel())
-    return bytes([codebook.numel()]) + codebook.numpy().tobytes() + pack_indices(inverse.numpy().astype(np.uint8), bits)
+    size = codebook.numel()
+    return struct.pack("<H", size) + codebook.numpy().tobytes() + _pack_bits(inverse.numpy(), _index_bits(size))
 
 
 def _parse_values(body: memoryview, offset: int, nnz: int, codebook: bool, name: str) -> np.ndarray:
@@ -161,12 +178,12 @@ def _parse_values(body: memoryview, offset: int, nnz: int, codebook: bool, name:
         if len(body) != offset + 2 * nnz:
             raise ProtocolError(f"{name}: {len(body)} bytes, expected {offset + 2 * nnz} for {nnz} fp16 non-zeros")
         return np.frombuffer(body, dtype="<f2", count=nnz, offset=offset).astype(np.float32)
-    size = body[offset] if len(body) > offset else 0
+    size = struct.unpack_from("<H", body, offset)[0] if len(body) >= offset + 2 else 0
     bits = _index_bits(size)
-    if not 1 <= size <= 16 or len(body) != offset + 1 + 2 * size + _packed_len(nnz, bits):
+    if not 1 <= size <= MAX_CODEBOOK or len(body) != offset + 2 + 2 * size + _packed_len(nnz, bits):
         raise ProtocolError(f"{name}: codebook of {size} entries and {len(body)} bytes do not fit {nnz} non-zeros")
-    codebook_values = np.frombuffer(body, dtype="<f2", count=size, offset=offset + 1).astype(np.float32)
-    idx = unpack_indices(body[offset + 1 + 2 * size:], bits, nnz, name)
+    codebook_values = np.frombuffer(body, dtype="<f2", count=size, offset=offset + 2).astype(np.float32)
+    idx = _unpack_bits(body, offset + 2 + 2 * size, nnz, bits, name)
     if nnz and int(idx.max()) >= size:
         raise ProtocolError(f"{name}: codebook index {int(idx.max())} out of range {size}")
     return codebook_values[idx]

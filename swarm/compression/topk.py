@@ -12,10 +12,10 @@ For each tensor of at least `min_numel` values, with k = ceil(fraction x numel):
 
 What goes on the wire. The all-reduce splits the vector into parts, one per reducer. A member sends
 each reducer the non-zeros of its sent_i in that part (Rice-coded positions, about log2(1/k) + 2 bits each,
-plus a 4-entry fp16 codebook and 2-bit indices: 1.15 bytes per sent value at k = 2%; 1.4 when a part spans several
-tensors, whose codebooks differ). The reducer sends back the smaller of two exact answers: the members' messages
-themselves with their weights (a bundle, which every member averages itself in float64, so bitwise identically),
-or their average, a dense part with at most n x k non-zeros whose values need fp16. We send the members' values
+plus a codebook of the fp16 levels and 2-bit indices: 1.15 bytes per sent value at k = 2%; a part that spans
+several tensors, whose levels differ, needs log2(4 x tensors)-bit indices: 1.28 bytes at 2 tensors, ~1.65 at 11).
+The reducer sends back the smaller of two exact answers: the members' messages themselves with their weights (a
+bundle, which every member averages itself in float64, so bitwise identically), or their average, a dense part with at most n x k non-zeros whose values need fp16. We send the members' values
 exactly rather than re-sparsify or re-quantize their average: a reducer has no residual to keep what a second top-k
 or a coarse quantizer would drop (it would be lost, and no member's error feedback could know its share of it).
 Measured, bytes per value of the vector (fp32 all-reduce: 4 up + 4 back), 2-bit values, one 2**17-value tensor,
@@ -73,6 +73,10 @@ VALUE_BITS = (2, 16)
 # its 452,608 others), and fp16 rounding of an outer pseudo-gradient measured +0.0% of fp32 (benchmarks/README.md,
 # outer-gradient codecs)
 SMALL_TENSORS = CompressionPolicy(default="fp16", small_tensor_codec="fp16")
+# Tensors of fewer values keep SMALL_TENSORS' codec: at k = 2% a tensor of 1024 values sends 21 of them a round, and
+# its residual carries the rest; norms and biases of the hidden size (128-768 in ALBERT) stay dense. It was 4096,
+# which left ALBERT tiny's 4000-value output bias dense: 8 KB of a 28 KB message
+MIN_NUMEL = 2**10
 _FP16_MAX = float(torch.finfo(torch.float16).max)
 
 
@@ -112,7 +116,7 @@ class TopKRoundCodec(RoundCodec):
     name = "topk"
 
     def __init__(self, shapes: Sequence[Sequence[int]], fraction: float = 0.02, value_bits: int = 2,
-                 policy: CompressionPolicy | None = None, *, min_numel: int = 2**12):
+                 policy: CompressionPolicy | None = None, *, min_numel: int = MIN_NUMEL):
         super().__init__(shapes)
         if not 0 < fraction <= 1:
             raise ValueError(f"top-k fraction must be in (0, 1], got {fraction}")
@@ -148,10 +152,10 @@ class TopKRoundCodec(RoundCodec):
 
     def predicted_bytes(self) -> int:
         """A member's message: per sent value a Rice-coded position (about log2(1 / fraction) + 2 bits, an upper
-        estimate) and its value (fp16, or 2 bits + codebook: 4 bits where a part spans several tensors, whose codebooks
-        differ), plus each tensor's header, Rice parameter and codebook."""
-        two_bit = 0.25 if len(self.k) == 1 else 0.5
-        per_value = (math.log2(1 / self.fraction) + 2) / 8 + (two_bit if self.value_bits == 2 else 2)
+        estimate) and its value (fp16, or a codebook index: 2 bits for one tensor's 4 levels, log2(4 x tensors) where
+        a part spans several tensors, whose levels differ), plus each tensor's header, Rice parameter and codebook."""
+        index = min(12, max(2, math.ceil(math.log2(4 * max(1, len(self.k)))))) / 8
+        per_value = (math.log2(1 / self.fraction) + 2) / 8 + (index if self.value_bits == 2 else 2)
         sparse = sum(int(per_value * k) + 34 for k in self.k.values())
         rest = sum(encoded_bytes(c, _numel(s)) for i, (c, s) in enumerate(zip(self._codecs, self.shapes)) if i not in self.k)
         return sparse + rest

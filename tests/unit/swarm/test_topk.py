@@ -109,9 +109,9 @@ def test_members_apply_identical_bytes_and_send_about_1_4_bytes_per_kept_value()
     torch.testing.assert_close(results[0].tensors[0], mean, rtol=2**-10, atol=1e-6)
     kept = 2622 + 82
     sparse_bytes = sent[0] - len(get_codec("fp16").encode(torch.zeros(256)))    # the bias's message
-    # two tensors in one message: 8 distinct values, 4-bit indices (1.4 bytes per value with Rice positions; one
+    # two tensors in one message: 8 distinct values, 3-bit indices (1.28 bytes per value with Rice positions; one
     # tensor: 1.15)
-    assert sparse_bytes / kept == pytest.approx(1.4, abs=0.05)
+    assert sparse_bytes / kept == pytest.approx(1.28, abs=0.05)
     fp32 = 4 * sum(torch.Size(s).numel() for s in shapes)
     assert fp32 / sent[0] > 60 and codecs[0].compression_ratio() == pytest.approx(fp32 / sent[0], rel=0.1)
     # the reducer sends back the 3 members' messages (a bundle), smaller than their mean (up to 3 x kept fp16 values)
