@@ -204,7 +204,9 @@ def test_members_part_hashes_name_a_reducer_that_sends_different_results(equivoc
 def test_a_robust_reducer_sends_top_k_parts_back_with_their_centered_clip_coefficients():
     """Sparse (top-k) contributions under CenteredClip: a reducer's result is a convex combination of the copies, so it
     may send the copies back with those coefficients (a bundle) when that is smaller than the result's fp16 values.
-    Every member decodes the same values, the attacker's coefficient is cut, and the result stays near the honest mean."""
+    Every member decodes the same values, the attacker's coefficient is cut, and the result stays near the honest mean.
+    (The two are about the same size with codebooks of the average's values, so the rounds here always bundle:
+    `bundle_preference`.)"""
     import struct
 
     from swarm.averaging.layout import TensorLayout
@@ -215,16 +217,18 @@ def test_a_robust_reducer_sends_top_k_parts_back_with_their_centered_clip_coeffi
         members, services = await start_members(4)
         try:
             sparse, exact = get_codec("sparse"), get_codec("none")
-            layout = TensorLayout.build(SHAPES, lambda i, n: sparse if n >= 1000 else exact)
+            shapes = [(4000,)] * 12
+            layout = TensorLayout.build(shapes, lambda i, n: sparse if n >= 1000 else exact)
             # pseudo-gradients whose top-k positions overlap in part (where they all coincide the mean is smaller)
             g = torch.Generator().manual_seed(5)
-            base = [torch.randn(s, generator=g) for s in SHAPES]
+            base = [torch.randn(s, generator=g) for s in shapes]
             values = [[select_topk(t, t.numel() // 50) if t.numel() >= 1000 else t
                        for t in (0.5 * b + torch.randn(b.shape, generator=g) for b in base)] for _ in range(4)]
-            attacker = type("Amplifier", (Robust,), {"_outgoing": lambda self, chunk: 20 * Robust._outgoing(self, chunk)})
-            classes = [Robust, attacker, Robust, Robust]
+            bundling = type("Bundling", (Robust,), {"bundle_preference": 100.0})
+            attacker = type("Amplifier", (bundling,), {"_outgoing": lambda self, chunk: 20 * Robust._outgoing(self, chunk)})
+            classes = [bundling, attacker, bundling, bundling]
             rounds, results = await run_round(members, services, ROLES, [1.0] * 4, SHARES, values, layout, round_class=classes,
-                                              chunk=6000)
+                                              chunk=50000)
             assert not any(isinstance(r, BaseException) for r in results), results
             for other in results[1:]:
                 assert all(torch.equal(a, b) for a, b in zip(results[0], other)), "members must hold identical bytes"

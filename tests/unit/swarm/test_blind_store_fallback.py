@@ -92,3 +92,41 @@ def test_a_store_that_times_out_counts_only_the_calls_that_answered():
         return await _store_on(dht, b"key", b"subkey", record, [("a", "fast"), ("b", "slow")], timeout=0.2)
 
     assert asyncio.run(main()) == 1
+
+
+def test_a_timed_out_blind_traversal_is_left_to_finish_not_cancelled():
+    """hivemind's traversal leaves helper tasks pending when cancelled (each then logs "Task was destroyed but it is
+    pending!"): a blind store that stops waiting for it raises TimeoutError at once but lets it end by itself; a
+    cancelled caller (a shutdown) still cancels it."""
+    from swarm.net import direct_store
+
+    async def main():
+        outcomes: list[str] = []
+
+        async def slow_traversal(queries, k_nearest):
+            try:
+                await asyncio.sleep(0.3)
+                outcomes.append("finished")
+                return {queries[0]: {}}
+            except asyncio.CancelledError:
+                outcomes.append("cancelled")
+                raise
+
+        dht = SimpleNamespace(find_nearest_nodes=slow_traversal, num_replicas=5, protocol=SimpleNamespace(
+            record_validator=None, serializer=SimpleNamespace(dumps=lambda x: b"x")))
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(asyncio.TimeoutError):
+            await direct_store.store_blind(dht, "progress", b"key", b"value", 0.0, timeout=0.05)
+        assert asyncio.get_running_loop().time() - started < 0.25 and outcomes == []
+        await asyncio.sleep(0.4)
+        assert outcomes == ["finished"] and not direct_store._ABANDONED
+        # a cancelled caller takes its traversal with it
+        store = asyncio.ensure_future(direct_store.store_blind(dht, "progress", b"key", b"value", 0.0, timeout=5.0))
+        await asyncio.sleep(0.05)
+        store.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await store
+        await asyncio.sleep(0)
+        assert outcomes == ["finished", "cancelled"]
+
+    asyncio.run(main())

@@ -229,3 +229,26 @@ def test_the_float_iteration_of_a_small_group_takes_the_same_steps_as_the_tensor
     assert floats.iterations == tensors.iterations > 0
     assert torch.allclose(floats.clipped_share, tensors.clipped_share, atol=1e-6)
     assert torch.allclose(floats.value, tensors.value, rtol=0, atol=1e-5 * spread(good))
+
+
+def test_mixture_gives_the_result_as_a_convex_combination_of_the_copies():
+    """A reducer may send the copies with these coefficients instead of its result (a bundle): they must combine to
+    the result, with an attacker clipped and in an honest group (the plain weighted mean, Reduction.mixture too)."""
+    g = torch.Generator().manual_seed(0)
+    honest = [torch.randn(1000, generator=g) * 0.1 + 1.0 for _ in range(4)]
+    for rows in (honest, honest[:3] + [honest[3] * 50]):
+        for reduction in (CenteredClipReduction(1000), Reduction(1000)):
+            assert reduction.mixture() is None   # nothing reduced yet
+            for sender, (row, weight) in enumerate(zip(rows, [1.0, 2.0, 1.0, 1.5])):
+                reduction.add(row, weight, sender=sender)
+            result = reduction.result()
+            mixture = reduction.mixture()
+            assert sorted(mixture) == [0, 1, 2, 3] and abs(sum(mixture.values()) - 1) < 1e-9
+            combined = sum(c * rows[s].double() for s, c in mixture.items()).float()
+            torch.testing.assert_close(combined, result, rtol=1e-5, atol=1e-6)
+        if rows[3] is not honest[3]:   # CenteredClip cut the 50x copy's coefficient far below its weight share
+            clip = CenteredClipReduction(1000)
+            for sender, row in enumerate(rows):
+                clip.add(row, 1.0, sender=sender)
+            clip.result()
+            assert clip.mixture()[3] < 0.05
