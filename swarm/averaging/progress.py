@@ -19,7 +19,9 @@ bandwidth) and reads everyone's. No single record decides anything:
 
 The global batch is ready when that estimate reaches `target_batch_size`. The refresh period
 adapts: it is a fraction of the estimated time to the target, within [min_refresh, max_refresh].
-Our record is published every period (a reader's estimate lags by the age of the record it read).
+Our record is published every period (a reader's estimate lags by the age of the record it read), but
+far from the target only every third of the time to it, up to MAX_PUBLISH, with a lifetime to match (below); a
+change readers act on at once (a new epoch, training begun, leaving) is published at once.
 The records are read at a third of the estimated time to the target too, but within [min_read,
 max_read] unless poked: between reads the estimate is extrapolated from the rates, so reading more
 often only shows a joining or leaving peer sooner (matchmaking reads on its own before it forms a
@@ -68,6 +70,13 @@ READ_JOIN_WITHIN = 2.0
 # the view (30 s reads held a 4-peer test's start for 30 s)
 UNKNOWN_ETA_READ = 2.0
 QUORUM = 2             # distinct peers that must reach an epoch before it is the swarm's (minus the one-epoch lead)
+# Far from the target our record is published every third of the time to it, up to this many seconds (an idle swarm,
+# DiLoCo's inner phase of minutes), and lives PUBLISHED_TTLS periods (at least `record_ttl`): a record written at a
+# time to target `eta` expires after about 0.83 eta, before the round it could be counted in, so a peer that dies
+# far from the target is forgotten before that round as it is near it. Every 2 s for nobody was most of an idle
+# peer's control traffic and the p2p daemons' CPU (benchmarks/README.md, session 20).
+MAX_PUBLISH = 15.0
+PUBLISHED_TTLS = 2.5
 
 
 def _log_store_failure(done: asyncio.Future) -> None:
@@ -182,6 +191,10 @@ class ProgressTracker:
         self._vouched: dict[str, float] = {}       # peer id -> until when its samples count (it averaged with us)
         self._last_vouch: float | None = None      # when a group last formed with us (monotonic)
         self._distrusted: dict[str, float] = {}    # peer id -> until when its epoch claim is ignored
+        # when our last published record expires (clock.now()): a replica keeps a subkey's record with the latest
+        # expiration, so each publish must expire after the one before it, or it would be refused
+        self._expires = -math.inf
+        self._published: tuple | None = None       # the fields of our last published record that readers act on
 
     # -- called from the training thread (thread-safe) ------------------------------------------------
 
@@ -336,7 +349,18 @@ class ProgressTracker:
         # from each replica on its way, which made a publish cost as much as a read (with reads far from the target
         # every 30 s, 16 idle peers' publishes were still 44 of their 47 KB/s). It reaches the nodes a reader asks.
         blind = not direct and not record.leaving
-        await self.node.store_record(records.progress_key(self.node.run_id), record, self.record_ttl, direct=direct, blind=blind)
+        now = clock.now()
+        ttl = max(self.record_ttl, PUBLISHED_TTLS * self._publish_period(), self._expires - now + 0.05)
+        self._expires = now + ttl
+        self._published = self._material(record)
+        await self.node.store_record(records.progress_key(self.node.run_id), record, ttl, direct=direct, blind=blind,
+                                     timeout=self.record_ttl / 2)
+
+    @staticmethod
+    def _material(record: ProgressRecord) -> tuple:
+        """What a reader acts on at once (a round's members, a donor, who left), as opposed to the samples it
+        extrapolates between our publishes."""
+        return record.epoch, record.training, record.leaving, record.role, record.serves_state, record.params_hash
 
     async def refresh(self) -> SwarmView:
         """Read the swarm's records into `view` (and return it). A caller that stops waiting leaves the read under way
@@ -436,8 +460,22 @@ class ProgressTracker:
             logger.debug("keep_in_touch: %s", e)
 
     def _period(self) -> float:
-        eta = self.eta(self.global_epoch())
-        return min(self.max_refresh, max(self.min_refresh, eta / 3))
+        """Seconds until the loop's next turn: the next publish or the next read, whichever is due first."""
+        return min(self._publish_period(), self._read_period())
+
+    def _publish_period(self) -> float:
+        # by every record's claim, as reads (below): a newcomer vouched for by nobody would publish as if the round
+        # were its own samples away; a false claim can only make us publish sooner
+        eta = self.eta(self.global_epoch(), everyone=True)
+        if not math.isfinite(eta):   # nobody trains yet: peers gathering wait on the view (see UNKNOWN_ETA_READ)
+            return self.max_refresh
+        return min(max(self.max_refresh, MAX_PUBLISH), max(self.min_refresh, eta / 3))
+
+    def _store_ended(self, done: asyncio.Future) -> None:
+        _log_store_failure(done)
+        # a step's new epoch (say) that came while the store before it was under way: publish it now, not a period later
+        if not self._stopping and self._published != self._material(self.own_record()):
+            self._wake.set()
 
     def _read_period(self) -> float:
         # By every record's claim, not only the vouched-for peers': a newcomer counts nobody else yet, and would read
@@ -468,7 +506,7 @@ class ProgressTracker:
                 # neither the read nor the next poke (a peer back from a network cut stepped solo before it saw the
                 # swarm: tests/chaos/test_network_cut.py). One at a time: the next turn publishes once it ended.
                 if not self._stores.under_way:
-                    asyncio.ensure_future(self._stores()).add_done_callback(_log_store_failure)
+                    asyncio.ensure_future(self._stores()).add_done_callback(self._store_ended)
                 try:
                     if poked or not self.fetched or time.monotonic() - self.view.fetched_at >= self._read_period():
                         await asyncio.wait_for(self.refresh(), 5)

@@ -223,28 +223,30 @@ class Node:
     # --- signed records -------------------------------------------------------------------------------
 
     async def store_record(self, key: str, record: records._Record, ttl: float, *, direct: bool = False,
-                           blind: bool = False) -> bool:
+                           blind: bool = False, timeout: float | None = None) -> bool:
         """Store our record under `key` for `ttl` seconds. `direct`: the caller has just read `key`, so the nodes
         nearest to it are in the routing table: store on them without a traversal (swarm.net.direct_store), except
         once per half `ttl`, when the store traverses as usual so that a replica the table lacks still gets it.
-        `blind`: traverse as usual, but without reading the key's records on the way (swarm.net.direct_store)."""
+        `blind`: traverse as usual, but without reading the key's records on the way (swarm.net.direct_store).
+        `timeout`: for a blind or direct store's traversal and calls (default half `ttl`)."""
         expiration = clock.now() + ttl
+        timeout = ttl / 2 if timeout is None else timeout
         now = time.monotonic()
         if blind:
             try:
-                if await store_blind(self.dht, key, self.signer.local_public_key, records.encode(record), expiration, timeout=ttl / 2):
+                if await store_blind(self.dht, key, self.signer.local_public_key, records.encode(record), expiration, timeout=timeout):
                     return True
             except asyncio.TimeoutError:
                 # a node on the way did not answer within the RPC timeout (a cut link, a peer dead but still in the
                 # tables): store on the nearest nodes our routing table knows, at once. Failing the publish instead let
                 # every survivor's record expire while one peer was cut off (tests/chaos/test_network_cut.py)
                 logger.debug("a blind store's traversal of %s timed out: storing on the nearest known nodes", key)
-                return await store_near(self.dht, key, self.signer.local_public_key, records.encode(record), expiration, timeout=ttl / 2) > 0
+                return await store_near(self.dht, key, self.signer.local_public_key, records.encode(record), expiration, timeout=timeout) > 0
             # no replica took it (1 blind store in about 20 in tests/integration/test_blind_store.py, cause not found):
             # hivemind's store, which tries further nodes until one takes it
             logger.debug("a blind store of %s reached no replica: storing through the DHT's own traversal", key)
         if direct and now - self._traversed.get(key, -math.inf) < ttl / 2:
-            return await store_near(self.dht, key, self.signer.local_public_key, records.encode(record), expiration, timeout=ttl / 2) > 0
+            return await store_near(self.dht, key, self.signer.local_public_key, records.encode(record), expiration, timeout=timeout) > 0
         # hivemind's default beam: a beam of the replicas alone (every FIND answers with all records) left a restarted
         # coordinator unable to see the peers in CI (tests/integration/test_coordinator.py's kill -9 test)
         stored = await self.dht.store(key, records.encode(record), expiration, subkey=self.signer.local_public_key)

@@ -1,6 +1,8 @@
 """How often the progress tracker publishes and reads: reads (every record from each replica) are the control
-plane's bulk, so they follow the time to the target within [min_read, max_read], while our own record is still
-published every (shorter) refresh period; a poke reads at once; stores go straight to the replicas once read."""
+plane's bulk, so they follow the time to the target within [min_read, max_read]; our own record is published
+every third of it within [min_refresh, MAX_PUBLISH], lives long enough to last until the next, each expiring
+after the one before; a change readers act on is published at once; a poke reads at once; stores go straight to
+the replicas once read."""
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +10,8 @@ import time
 
 import pytest
 
-from swarm.averaging.progress import ProgressTracker, SwarmView
+from swarm.averaging.progress import MAX_PUBLISH, PUBLISHED_TTLS, ProgressTracker, SwarmView
+from swarm.net import clock
 from swarm.net.records import ProgressRecord
 
 pytestmark = pytest.mark.timeout(30)
@@ -22,10 +25,12 @@ class CountingNode:
 
     def __init__(self):
         self.stores: list[bool] = []   # the `direct` flag of each store
+        self.stored: list[tuple[ProgressRecord, float]] = []   # each store's record and expiration
         self.reads = 0
 
-    async def store_record(self, key, record, ttl, *, direct=False, blind=False):
+    async def store_record(self, key, record, ttl, *, direct=False, blind=False, timeout=None):
         self.stores.append(direct)
+        self.stored.append((record, clock.now() + ttl))
         return True
 
     async def fetch_records(self, key, model):
@@ -40,16 +45,74 @@ async def _until(predicate, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def test_reads_follow_the_time_to_the_target_within_their_bounds_and_publishes_keep_the_refresh_period():
+def test_reads_and_publishes_follow_the_time_to_the_target_within_their_bounds():
     t = ProgressTracker(CountingNode(), 10**6, "trainer", lambda: (1.0, 1.0), min_refresh=0.2, max_refresh=2.0,
                         min_read=0.5, max_read=4.0)
+    assert t._publish_period() == 2.0                            # nobody trains yet: peers gathering watch the view
     t.report(epoch=0, samples=0, samples_per_second=10.0)       # 10**5 s from the target
-    assert t._read_period() == 4.0 and t._period() == 2.0
+    assert t._read_period() == 4.0 and t._publish_period() == MAX_PUBLISH
+    assert t._period() == 4.0                                    # the loop turns for whichever is due first
     t.target_batch_size = 1000
     t.report(samples=999)                                        # 0.1 s from it
     assert t._read_period() == 0.5 and t._period() == 0.2
     t.report(samples=970)                                        # 3 s from it: a third of that for both
     assert t._read_period() == pytest.approx(1.0) and t._period() == pytest.approx(1.0)
+    t.report(samples=700)                                        # 30 s from it
+    assert t._publish_period() == pytest.approx(10.0)
+
+
+def test_a_record_far_from_the_target_lives_until_the_next_publish_and_each_expires_after_the_one_before():
+    async def main():
+        node = CountingNode()
+        t = ProgressTracker(node, 10**6, "trainer", lambda: (1.0, 1.0), record_ttl=8.0)
+        t.report(epoch=0, samples=0, samples_per_second=10.0)   # far: published every MAX_PUBLISH seconds
+        await t.publish()
+        far_record, far_expires = node.stored[-1]
+        assert far_expires - clock.now() == pytest.approx(PUBLISHED_TTLS * MAX_PUBLISH, abs=0.5)
+        # expiring before the round it could be counted in: a third of the time to the target, 2.5 times
+        assert PUBLISHED_TTLS * MAX_PUBLISH < 3 * MAX_PUBLISH
+        t.target_batch_size = 10                                 # the round is now a second away: short-lived records...
+        t.report(samples=0)
+        await t.publish()
+        near_expires = node.stored[-1][1]
+        # ...but a replica keeps a subkey's record with the latest expiration: an earlier one would be refused
+        assert near_expires > far_expires
+        await t.publish()
+        assert node.stored[-1][1] > near_expires
+        t.local.leaving = True                                   # the withdrawal too
+        await t.publish()
+        assert node.stored[-1][1] > near_expires and node.stored[-1][0].leaving
+    asyncio.run(main())
+
+
+def test_a_new_epoch_is_published_as_soon_as_the_store_under_way_ends_not_a_period_later():
+    class SlowStores(CountingNode):
+        def __init__(self):
+            super().__init__()
+            self.release = asyncio.Event()
+
+        async def store_record(self, key, record, ttl, *, direct=False, blind=False, timeout=None):
+            await self.release.wait()
+            return await super().store_record(key, record, ttl, direct=direct, blind=blind, timeout=timeout)
+
+    async def main():
+        node = SlowStores()
+        t = ProgressTracker(node, 10**6, "trainer", lambda: (1.0, 1.0), min_read=60.0, max_read=60.0)
+        t.report(epoch=0, samples=0, samples_per_second=10.0)   # far from the target: the next publish in 15 s
+        t.start()
+        try:
+            await _until(lambda: node.reads >= 1, timeout=2.0)  # the first store is under way, held
+            t.report(epoch=1)                                    # a step while it is
+            t.poke()                                             # the step's poke: a store is under way, none starts
+            await asyncio.sleep(0.2)
+            node.release.set()
+            await _until(lambda: len(node.stored) >= 2, timeout=2.0)   # within a second, not MAX_PUBLISH
+            assert [r.epoch for r, _ in node.stored[:2]] == [0, 1]
+            await asyncio.sleep(0.5)
+            assert len(node.stored) == 2                         # and then nothing until the period: nothing changed
+        finally:
+            await t.stop(withdraw=False)
+    asyncio.run(main())
 
 
 def test_the_loop_publishes_every_period_reads_at_its_own_pace_and_reads_at_once_when_poked():
@@ -130,7 +193,7 @@ def test_a_store_that_hangs_does_not_hold_up_the_reads():
     """A store on a cut link (or to dead replicas) can hang for its whole timeout; the read beside it must not wait
     (a peer back from a network cut stepped solo before it saw the swarm: tests/chaos/test_network_cut.py)."""
     class HangingStores(CountingNode):
-        async def store_record(self, key, record, ttl, *, direct=False, blind=False):
+        async def store_record(self, key, record, ttl, *, direct=False, blind=False, timeout=None):
             self.stores.append(direct)
             await asyncio.sleep(3600)
 

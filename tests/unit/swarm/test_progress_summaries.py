@@ -133,7 +133,7 @@ class SummaryNode:
         self.full_reads = 0
         self.stored: list[tuple[str, object]] = []
 
-    async def store_record(self, key, record, ttl, *, direct=False, blind=False):
+    async def store_record(self, key, record, ttl, *, direct=False, blind=False, timeout=None):
         self.stored.append((key, record))
         return True
 
