@@ -10,7 +10,7 @@
     collab.shutdown()
 
 It owns, explicitly and in this order: the Reaper (every child process dies with this
-one, SIGKILL included), the engine loop thread, the node (p2pd + DHT), the progress
+one, SIGKILL included; one watchdog shared by the peers of a process), the engine loop thread, the node (p2pd + DHT), the progress
 tracker, and the protocol services (matchmaking, all-reduce, state). `shutdown()` (or
 leaving the `with` block) withdraws the progress record and stops all of them.
 """
@@ -50,7 +50,7 @@ from swarm.compression.round_codec import RoundCodec, RoundContext
 from swarm.net import records
 from swarm.net.auth import SwarmAuthorizer
 from swarm.net.node import Node, NodeOptions
-from swarm.process.lifecycle import Reaper
+from swarm.process.lifecycle import SharedReaper
 from swarm.process.runtime import EngineLoop
 
 from .config import EngineConfig, RunConfig
@@ -187,7 +187,7 @@ class Collaboration:
         prior = self.config.bandwidth_mbps * MBIT
         self.upload = BandwidthEstimator(prior, first_replaces_prior=True)
         self.download = BandwidthEstimator(prior, first_replaces_prior=True)
-        self.reaper = Reaper()
+        self.reaper = SharedReaper()   # this process's watchdog, shared with any other peer it runs
         self.loop = EngineLoop()
         self.node: Node | None = None
         self.tracker: ProgressTracker | None = None  # type: ignore[assignment]

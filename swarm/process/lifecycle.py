@@ -270,3 +270,59 @@ class Reaper:
 
 if __name__ == "__main__":  # `python -m swarm.process.lifecycle PID` works too, but imports the swarm package first
     sys.exit(_watchdog.main())
+
+
+_shared_lock = threading.Lock()
+_shared: Reaper | None = None   # this process's watchdog, shared by every SharedReaper started in it
+_shared_users = 0
+
+
+class SharedReaper:
+    """A handle on this process's one shared :class:`Reaper`, with the same ``start``/``track``/``scan``/``close``.
+
+    The watchdog starts with the first handle started and reaps when the last one started closes. Each peer
+    (``swarm.Collaboration``) owns one: a process that runs several peers (the control-plane benchmark runs 8 to a
+    process) keeps one watchdog instead of one each, whose periodic scans of /proc cost O(processes on the
+    machine) apiece, and closing one of its peers does not reap the other peers' p2p daemons.
+    """
+
+    def __init__(self) -> None:
+        self._owner: int | None = None   # the pid that started this handle (a forked copy does nothing)
+
+    def start(self) -> "SharedReaper":
+        global _shared, _shared_users
+        with _shared_lock:
+            if self._owner == os.getpid():
+                return self
+            if _shared is None or _shared.owner not in (None, os.getpid()):   # none yet, or the parent's (we forked)
+                _shared, _shared_users = Reaper(), 0
+            _shared.start()
+            _shared_users += 1
+            self._owner = os.getpid()
+        return self
+
+    def _reaper(self) -> Reaper | None:
+        return _shared if self._owner == os.getpid() else None
+
+    def track(self, pid: int) -> None:
+        reaper = self._reaper()
+        if reaper is not None:
+            reaper.track(pid)
+
+    def scan(self) -> None:
+        reaper = self._reaper()
+        if reaper is not None:
+            reaper.scan()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Release this handle; the last one released reaps every remaining descendant (Reaper.close). Idempotent."""
+        global _shared, _shared_users
+        with _shared_lock:
+            if self._owner != os.getpid() or _shared is None:
+                return
+            self._owner = None
+            _shared_users -= 1
+            if _shared_users > 0:
+                return
+            reaper, _shared = _shared, None
+        reaper.close(timeout)

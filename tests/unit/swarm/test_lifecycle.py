@@ -257,6 +257,43 @@ def test_close_reaps_while_owner_lives(cleanup: Cleanup, tmp_path: Path) -> None
     assert "reaped (asked)" in owner.reaper_said(), owner.tail()
 
 
+def test_peers_of_one_process_share_one_watchdog_and_the_last_to_close_reaps(cleanup: Cleanup, tmp_path: Path) -> None:
+    """Several peers in one process (the control-plane benchmark's 8): one watchdog scanning /proc, not one each, and
+    a peer that leaves does not reap the others' daemons."""
+    script = """
+        import json, subprocess, sys, time
+        from swarm.process.lifecycle import SharedReaper
+
+        first, second = SharedReaper().start(), SharedReaper().start()
+        from swarm.process import lifecycle
+        watchdog = lifecycle._shared.watchdog_pid
+        child = subprocess.Popen(["sleep", "300"])
+        first.scan()
+        print(json.dumps({"watchdog": watchdog, "child": child.pid}), flush=True)
+        sys.stdin.readline()
+        first.close()
+        first.close()                         # idempotent: releasing twice must not release the second's hold
+        time.sleep(1.0)
+        print(json.dumps({"child_alive": child.poll() is None, "same": lifecycle._shared is not None
+                          and lifecycle._shared.watchdog_pid == watchdog and lifecycle._shared.running}), flush=True)
+        second.close()
+        print(json.dumps({"code": child.wait(timeout=5), "shared": lifecycle._shared is None}), flush=True)
+        time.sleep(300)
+    """
+    owner = cleanup.owner(script, tmp_path, stdin=subprocess.PIPE)
+    pids = owner.read()
+    cleanup.remember(list(pids.values()))
+    watchdogs = [pid for pid in descendants(owner.pid) if WATCHDOG_SCRIPT.name in _cmdline(pid)]
+    assert watchdogs == [pids["watchdog"]], "one watchdog for the process's two peers"
+    assert owner.proc.stdin is not None
+    owner.proc.stdin.write(b"close first\n")
+    owner.proc.stdin.flush()
+    assert owner.read(timeout=15) == {"child_alive": True, "same": True}, owner.tail()
+    final = owner.read(timeout=15)
+    assert final == {"code": -signal.SIGTERM, "shared": True}, owner.tail()
+    wait_for(lambda: not pids_alive([pids["watchdog"]]), timeout=10)
+
+
 def test_owner_death_noticed_even_if_someone_else_holds_the_pipe(cleanup: Cleanup, tmp_path: Path) -> None:
     # A child that inherited the pipe's write end (here on purpose, via pass_fds) keeps EOF from coming: the
     # watchdog must still notice the owner is gone by polling it.
