@@ -14,7 +14,9 @@ matchmaking, allreduce, state, clock, access) the mean over peers of the bytes e
 received) per second, counted at the protobuf level inside each process; and `wire`: the namespace
 loopback's transmitted bytes (every TCP byte any process sent, libp2p framing, encryption and the p2p
 daemons' own protocols included) per peer per second, with `p2pd_own` = wire minus the counted sum.
-The load average is recorded beside every figure (a shared machine's CPUs slow the peers down).
+The load average is recorded beside every figure (a shared machine's CPUs slow the peers down), and where each
+peer's CPU goes (`cpu_pct_per_peer`, % of one core: the peer processes' threads by name, `train` being the toy
+training itself, and their children by command, `child:p2pd` the p2p daemons).
 """
 from __future__ import annotations
 
@@ -118,6 +120,10 @@ def measure(n: int, phase: str, *, duration: float, warmup: float, target: int, 
                 into[cat] = into.get(cat, 0.0) + b / dt / n
     counted = sum(sent.values())
     wire = (tx1 - tx0) / duration / n
+    cpu: dict[str, float] = {}   # % of one core per peer, by part (the processes' threads by name, their children by command)
+    for s, e, dt in zip(start, end, seconds):
+        for part, used in e.get("cpu", {}).items():
+            cpu[part] = cpu.get(part, 0.0) + 100 * (used - s.get("cpu", {}).get(part, 0.0)) / dt / n
     return {
         "peers": n, "phase": phase, "duration_s": duration, "target": target if phase == "training" else IDLE_TARGET,
         "sent_Bps": dict(sorted(sent.items(), key=lambda kv: -kv[1])),
@@ -135,6 +141,7 @@ def measure(n: int, phase: str, *, duration: float, warmup: float, target: int, 
         # how the peers' refreshes read the swarm in the window: every record, summaries, or as an aggregator
         "reads": {k: sum(e.get("reads", {}).get(k, 0) - s.get("reads", {}).get(k, 0) for s, e in zip(start, end))
                   for k in ("full", "summary", "aggregated")},
+        "cpu_pct_per_peer": dict(sorted(((k, round(v, 3)) for k, v in cpu.items() if v > 0), key=lambda kv: -kv[1])),
         "load": [round(load_before, 2), round(load_after, 2)],
     }
 
@@ -191,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(result)
             top = ", ".join(f"{k} {v / 1000:.1f}" for k, v in list(result["sent_Bps"].items())[:5])
             print(f"{n} peers, {phase}: control {result['control_sent_Bps'] / 1000:.1f} KB/s per peer, wire {result['wire_Bps'] / 1000:.1f} "
-                  f"(p2pd own {result['p2pd_own_Bps'] / 1000:.1f}); {top}; load {result['load']}", flush=True)
+                  f"(p2pd own {result['p2pd_own_Bps'] / 1000:.1f}); {top}; CPU % of a core per peer "
+                  f"{sum(result['cpu_pct_per_peer'].values()):.2f} ({result['cpu_pct_per_peer']}); load {result['load']}", flush=True)
             write()
     print(f"logs: {log_dir}")
     return 1 if failed else 0

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
+from collections import defaultdict
 
 import torch
 
@@ -28,6 +30,32 @@ from swarm.config import EngineConfig
 
 def _emit(event: str, **fields) -> None:
     print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def _ticks(stat_path: str) -> int:
+    fields = open(stat_path).read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])   # utime + stime
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by this process's threads, grouped by name (train, swarm-engine, ...), and by its child
+    processes by command (p2pd, the reapers' python): where an idle peer's CPU goes, per part."""
+    hz = os.sysconf("SC_CLK_TCK")
+    names = {t.native_id: t.name.rstrip("0123456789") for t in threading.enumerate()}
+    used: dict[str, float] = defaultdict(float)
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            used[names.get(int(tid), "native")] += _ticks(f"/proc/self/task/{tid}/stat") / hz
+            children = open(f"/proc/self/task/{tid}/children").read().split()
+        except OSError:   # a thread that just ended
+            continue
+        for pid in children:
+            try:
+                comm = open(f"/proc/{pid}/comm").read().strip()
+                used[f"child:{comm}"] += _ticks(f"/proc/{pid}/stat") / hz
+            except OSError:
+                continue
+    return dict(used)
 
 
 def main() -> None:
@@ -63,7 +91,7 @@ def main() -> None:
                 except (json.JSONDecodeError, AttributeError):
                     continue
                 if cmd == "mark":
-                    _emit("counts", time=time.monotonic(), bytes=counter.snapshot(), peers=len(peers),
+                    _emit("counts", time=time.monotonic(), bytes=counter.snapshot(), peers=len(peers), cpu=cpu_seconds(),
                           rounds=sum(opt.rounds_completed for _, _, opt in peers), epoch=max(opt.epoch for _, _, opt in peers),
                           seen=min(len(c.tracker.view.peers) for c, _, _ in peers),
                           reads={k: sum(c.tracker.reads.get(k, 0) for c, _, _ in peers) for k in ("full", "summary", "aggregated")})
