@@ -22,8 +22,9 @@ adapts: it is a fraction of the estimated time to the target, within [min_refres
 Our record is published every period (a reader's estimate lags by the age of the record it read), but
 far from the target only every third of the time to it, up to MAX_PUBLISH, with a lifetime to match (below); a
 change readers act on at once (a new epoch, training begun, leaving) is published at once.
-The records are read at a third of the estimated time to the target too, but within [min_read,
-max_read] unless poked: between reads the estimate is extrapolated from the rates, so reading more
+The records are read at a third of the estimated time to the target too, but within [min_read (or
+READ_SECONDS_PER_PEER per peer seen, if longer: a read's bytes grow with N, their rate must not), max_read]
+unless poked: between reads the estimate is extrapolated from the rates, so reading more
 often only shows a joining or leaving peer sooner (matchmaking reads on its own before it forms a
 group; joining, a step, a state download and a failed round poke a read), and far from the target
 nothing waits on the view. A read costs every record (about 1 KB each) from each replica asked, a
@@ -69,6 +70,7 @@ READ_JOIN_WITHIN = 2.0
 # that is known to be far, and a swarm waiting for its peers (start_together, swarm attack's --wait-peers) waits on
 # the view (30 s reads held a 4-peer test's start for 30 s)
 UNKNOWN_ETA_READ = 2.0
+READ_SECONDS_PER_PEER = 0.05   # the shortest period of reads, per peer in the view (16 peers: 0.8 s, 64: 3.2 s)
 QUORUM = 2             # distinct peers that must reach an epoch before it is the swarm's (minus the one-epoch lead)
 # Far from the target our record is published every third of the time to it, up to this many seconds (an idle swarm,
 # DiLoCo's inner phase of minutes), and lives PUBLISHED_TTLS periods (at least `record_ttl`): a record written at a
@@ -484,7 +486,12 @@ class ProgressTracker:
         if not math.isfinite(eta):   # nobody trains yet (a swarm gathering, `--wait-peers`): peers wait on the view itself
             return min(self.max_read, max(self.min_read, UNKNOWN_ETA_READ))
         longest = min(self.max_read, self.record_ttl / 4) if self._aggregating() else self.max_read
-        return min(longest, max(self.min_read, eta / 3))
+        # A read costs every record (~1 KB each) from each replica asked: near the target, no more often than every
+        # READ_SECONDS_PER_PEER per peer in the view, so that a peer's read bytes per second do not grow with N (a
+        # third of the distance, again and again, was ~9 reads a round at 16 peers). Between reads the estimate is
+        # extrapolated from the rates; matchmaking reads on its own before it forms a group.
+        shortest = max(self.min_read, READ_SECONDS_PER_PEER * len(self._view.peers))
+        return min(longest, max(shortest, eta / 3))
 
     def _aggregating(self) -> bool:
         """Whether we are one of the summaries' aggregators now: readers take a summary only while it is younger than the

@@ -210,3 +210,16 @@ def test_a_store_that_hangs_does_not_hold_up_the_reads():
         finally:
             await t.stop(withdraw=False)
     asyncio.run(main())
+
+
+def test_near_the_target_reads_come_no_more_often_than_the_swarm_size_allows():
+    """A read returns every record: its bytes grow with N, so its shortest period does too (a peer's read bytes per
+    second then stay flat as the swarm grows); the distance's third still rules when it is longer."""
+    from swarm.averaging.progress import READ_SECONDS_PER_PEER
+    t = ProgressTracker(CountingNode(), 1000, "trainer", lambda: (1.0, 1.0), min_read=0.2, max_read=60.0)
+    t.report(epoch=0, samples=999, samples_per_second=10.0)       # 0.1 s from the target
+    for n in (2, 16, 64):
+        t.view = SwarmView(epoch=0, peers=tuple(_record(f"p{i}", 0, 0.0) for i in range(n)), fetched_at=time.monotonic())
+        assert t._read_period() == pytest.approx(max(0.2, READ_SECONDS_PER_PEER * n)), n
+    t.report(samples=0)                                            # 100 s away: a third of that, as before
+    assert t._read_period() == pytest.approx(100 / 3, rel=0.01)
