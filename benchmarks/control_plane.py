@@ -1,6 +1,7 @@
 """What each peer sends beside the rounds, per protocol per second, at several swarm sizes.
 
-    python -m benchmarks.control_plane --peers 4,8,16 [--duration 60] [--phases idle,training] [--summaries] [--per-process K] --json PATH
+    python -m benchmarks.control_plane --peers 4,8,16 [--duration 60] [--phases idle,training] [--summaries] [--per-process K]
+        [--step-sleep S] [--target-per-peer K] [--churn K [--churn-pool P]] --json PATH
 
 For each N and phase, N toy peers (benchmarks.workers.control_plane_peer) join one swarm on the loopback of
 a fresh network namespace (needs root), warm up `--warmup` seconds, then are measured for `--duration`:
@@ -22,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,10 +71,14 @@ def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 
 
 def measure(n: int, phase: str, *, duration: float, warmup: float, target: int, step_sleep: float, log_dir: Path,
-            summaries: bool = False, per_process: int = 1) -> dict[str, Any]:
-    """One swarm of `n` peers in one phase, `per_process` peers to a process; the per-peer per-second figures."""
+            summaries: bool = False, per_process: int = 1, churn: float = 0.0, churn_pool: int = 8) -> dict[str, Any]:
+    """One swarm of `n` peers in one phase, `per_process` peers to a process; the per-peer per-second figures.
+    `churn`: kills per minute in the measured window, each a SIGKILL of one of `churn_pool` single-peer processes and
+    its restart at once (a new peer joining); the figures per peer are then the other (stable) peers'."""
     run_id = f"cp{n}{phase[0]}"
     procs: list[PeerProcess] = []
+    pool_size = min(churn_pool, n - 2) if churn else 0
+    kills = 0
     with Namespace(f"swcp-{os.getpid()}-{n}-{phase}") as ns:
         try:
             def spawn(i: int, count: int, initial: list[str]) -> PeerProcess:
@@ -83,7 +90,8 @@ def measure(n: int, phase: str, *, duration: float, warmup: float, target: int, 
                 procs.append(proc)
                 return proc
 
-            counts = [min(per_process, n - start) for start in range(0, n, per_process)]
+            stable_n = n - pool_size
+            counts = [min(per_process, stable_n - start) for start in range(0, stable_n, per_process)] + [1] * pool_size
             first = spawn(0, counts[0], [])
             maddrs = [first.expect("ready", 240)["maddr"]]
             if per_process == 1:
@@ -95,21 +103,37 @@ def measure(n: int, phase: str, *, duration: float, warmup: float, target: int, 
                 # bootstrap peer on 2 cores left one unable to reach it ("none of the initial_peers responded")
                 for i, count in enumerate(counts[1:], start=1):
                     maddrs.append(spawn(i, count, maddrs[-3:]).expect("ready", 60 + 30 * count)["maddr"])
+            stable, pool = procs[:len(counts) - pool_size], procs[len(counts) - pool_size:]
             time.sleep(warmup)
             load_before = _load()
             tx0 = ns.tx_bytes()
-            for p in procs:
+            for p in stable:
                 p.send(cmd="mark")
-            start = gather(procs, "counts", 60)
-            time.sleep(duration)
+            start = gather(stable, "counts", 60)
+            began = time.monotonic()
+            every = 60.0 / churn if churn else math.inf
+            next_kill = began + every / 2
+            while time.monotonic() < began + duration:
+                time.sleep(max(0.0, min(next_kill, began + duration) - time.monotonic()))
+                if time.monotonic() >= next_kill and pool:
+                    j = kills % len(pool)
+                    victim = pool[j]
+                    victim.proc.kill()   # its reaper's watchdog ends its p2pd
+                    victim.proc.wait(10)
+                    victim.stop()
+                    pool[j] = spawn(len(counts) + kills, 1, maddrs[:len(stable)][-3:])   # a new peer in its place
+                    kills += 1
+                    next_kill += every
             tx1 = ns.tx_bytes()
-            for p in procs:
+            for p in stable:
                 p.send(cmd="mark")
-            end = gather(procs, "counts", 60)
+            end = gather(stable, "counts", 60)
             load_after = _load()
+            rejoined = sum(1 for p in pool if any(e.get("event") == "ready" for e in p.history))
         finally:
             for p in procs:
                 p.stop()
+    n_stable = sum(e.get("peers", 1) for e in end)
     seconds = [e["time"] - s["time"] for s, e in zip(start, end)]
     sent: dict[str, float] = {}
     received: dict[str, float] = {}
@@ -117,13 +141,16 @@ def measure(n: int, phase: str, *, duration: float, warmup: float, target: int, 
     for s, e, dt in zip(start, end, seconds):
         for into, key in ((sent, "sent"), (received, "received"), (calls, "calls")):
             for cat, b in _delta(e["bytes"].get(key, {}), s["bytes"].get(key, {})).items():
-                into[cat] = into.get(cat, 0.0) + b / dt / n
+                into[cat] = into.get(cat, 0.0) + b / dt / n_stable
     counted = sum(sent.values())
     wire = (tx1 - tx0) / duration / n
+    rounds = _rounds([r for e in end for r in e.get("reports", [])],
+                     failed=sum(e.get("failed", 0) - s.get("failed", 0) for s, e in zip(start, end)),
+                     streams=calls.get("allreduce", 0.0) * n_stable * duration)
     cpu: dict[str, float] = {}   # % of one core per peer, by part (the processes' threads by name, their children by command)
     for s, e, dt in zip(start, end, seconds):
         for part, used in e.get("cpu", {}).items():
-            cpu[part] = cpu.get(part, 0.0) + 100 * (used - s.get("cpu", {}).get(part, 0.0)) / dt / n
+            cpu[part] = cpu.get(part, 0.0) + 100 * (used - s.get("cpu", {}).get(part, 0.0)) / dt / n_stable
     return {
         "peers": n, "phase": phase, "duration_s": duration, "target": target if phase == "training" else IDLE_TARGET,
         "sent_Bps": dict(sorted(sent.items(), key=lambda kv: -kv[1])),
@@ -136,6 +163,9 @@ def measure(n: int, phase: str, *, duration: float, warmup: float, target: int, 
         "control_sent_Bps": sum(v for k, v in sent.items() if k not in ("allreduce", "state")),
         "counted_sent_Bps": counted, "wire_Bps": wire, "p2pd_own_Bps": wire - counted,
         "rounds": [e["rounds"] - s["rounds"] for s, e in zip(start, end)],
+        "round_stats": rounds,
+        "churn_per_min": churn, "kills": kills, "measured_peers": n_stable,
+        "rejoined": rejoined if pool_size else None,   # replacements that were ready by the end of the window
         "seen": [e["seen"] for e in end],
         "summaries": summaries,
         # how the peers' refreshes read the swarm in the window: every record, summaries, or as an aggregator
@@ -143,6 +173,33 @@ def measure(n: int, phase: str, *, duration: float, warmup: float, target: int, 
                   for k in ("full", "summary", "aggregated")},
         "cpu_pct_per_peer": dict(sorted(((k, round(v, 3)) for k, v in cpu.items() if v > 0), key=lambda kv: -kv[1])),
         "load": [round(load_before, 2), round(load_after, 2)],
+    }
+
+
+def _rounds(reports: list[dict[str, Any]], *, failed: int, streams: float) -> dict[str, Any]:
+    """The measured window's rounds from the peers' reports: rounds and peer-rounds committed, the failed attempts,
+    whether every round's committers hold identical parameters, round times against their LP bounds (the structure
+    used, hierarchical above the group size), and all-reduce streams opened per peer per round."""
+    by_round: dict[str, list[dict[str, Any]]] = {}
+    for r in reports:
+        by_round.setdefault(r["round_id"], []).append(r)
+    if not by_round:
+        return {"rounds": 0, "peer_rounds": 0, "peer_rounds_failed": failed}
+    # one figure per round: its slowest committer's time, its bound as the committers computed it
+    seconds = sorted(max(r["seconds"] for r in rs) for rs in by_round.values())
+    bounds = sorted(max(r["predicted"] for r in rs) for rs in by_round.values() if all(r["predicted"] == r["predicted"] for r in rs))
+    return {
+        "rounds": len(by_round),
+        "peer_rounds": len(reports),
+        "peer_rounds_failed": failed,
+        "committed_share": round(len(reports) / (len(reports) + failed), 4),
+        "identical_rounds": sum(1 for rs in by_round.values() if len({r["hash"] for r in rs}) == 1),
+        "committers_median": statistics.median(len(rs) for rs in by_round.values()),
+        "group_median": statistics.median(r["group"] for r in reports),
+        "subgroups_max": max(r["subgroups"] for r in reports),
+        "round_s_median": round(statistics.median(seconds), 3),
+        "lp_bound_s_median": round(statistics.median(bounds), 3) if bounds else None,
+        "streams_per_peer_round": round(streams / len(reports), 2),
     }
 
 
@@ -157,10 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=60)
     parser.add_argument("--warmup", type=float, default=20)
     parser.add_argument("--target", type=int, default=256)
+    parser.add_argument("--target-per-peer", type=int, default=0,
+                        help="the training phase's global batch is this many samples per peer (overrides --target), "
+                             "so that rounds come about as often at every N")
     parser.add_argument("--step-sleep", type=float, default=0.05)
     parser.add_argument("--summaries", action="store_true", help="progress summaries on (EngineConfig.progress_summaries)")
     parser.add_argument("--per-process", type=int, default=1,
                         help="peers to a process (each with its own p2pd): one peer alone takes ~330 MB, so 64 need several")
+    parser.add_argument("--churn", type=float, default=0.0, help="kills per minute in the measured window (each restarted)")
+    parser.add_argument("--churn-pool", type=int, default=8, help="single-peer processes that the churn kills in turn")
     parser.add_argument("--label", default="", help="a name for this code version (e.g. before, after)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--append", action="store_true", help="add the runs to an existing --json")
@@ -185,8 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     for n in [int(x) for x in args.peers.split(",")]:
         for phase in args.phases.split(","):
             try:
-                result = measure(n, phase, duration=args.duration, warmup=args.warmup, target=args.target,
-                                 step_sleep=args.step_sleep, log_dir=log_dir, summaries=args.summaries, per_process=args.per_process)
+                target = args.target_per_peer * n if args.target_per_peer else args.target
+                result = measure(n, phase, duration=args.duration, warmup=args.warmup, target=target,
+                                 step_sleep=args.step_sleep, log_dir=log_dir, summaries=args.summaries, per_process=args.per_process,
+                                 churn=args.churn, churn_pool=args.churn_pool)
             except NetworkError as e:
                 failed += 1
                 runs.append({"peers": n, "phase": phase, "label": args.label, "summaries": args.summaries,

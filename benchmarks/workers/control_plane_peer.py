@@ -84,6 +84,8 @@ def main() -> None:
             collab = swarm.join(run_id=args.run_id, initial_peers=initial, config=cfg)
             peers.append((collab, model, collab.optimizer(model.parameters(), torch.optim.SGD, lr=0.01)))
 
+        reported = [0] * len(peers)
+
         def commands() -> None:
             for line in sys.stdin:
                 try:
@@ -91,7 +93,15 @@ def main() -> None:
                 except (json.JSONDecodeError, AttributeError):
                     continue
                 if cmd == "mark":
+                    reports = []   # the rounds each peer applied since the last mark: who committed what
+                    for k, (_, _, opt) in enumerate(peers):
+                        for r in list(opt.history)[reported[k]:]:
+                            reports.append({"peer": f"{args.seed}.{k}", "round_id": r.round_id, "epoch": r.epoch,
+                                            "hash": r.params_hash, "group": r.group_size, "seconds": r.round_seconds,
+                                            "predicted": r.predicted_seconds, "subgroups": r.subgroups})
+                        reported[k] = len(opt.history)
                     _emit("counts", time=time.monotonic(), bytes=counter.snapshot(), peers=len(peers), cpu=cpu_seconds(),
+                          reports=reports, failed=sum(opt.rounds_failed for _, _, opt in peers),
                           rounds=sum(opt.rounds_completed for _, _, opt in peers), epoch=max(opt.epoch for _, _, opt in peers),
                           seen=min(len(c.tracker.view.peers) for c, _, _ in peers),
                           reads={k: sum(c.tracker.reads.get(k, 0) for c, _, _ in peers) for k in ("full", "summary", "aggregated")})
