@@ -18,7 +18,6 @@ from typing import Sequence
 
 from hivemind.dht.crypto import RSASignatureValidator
 from hivemind.dht.node import DHTNode
-from hivemind.dht.validation import CompositeValidator
 from hivemind.p2p import P2P, PeerID
 from hivemind.utils.crypto import RSAPrivateKey
 from hivemind.utils.multiaddr import Multiaddr
@@ -28,6 +27,7 @@ from swarm.net import clock, records, wire
 from swarm.net.auth import ISSUE_HANDLER, SwarmAuthorizer, coordinator_ids, keep_access
 from swarm.net.direct_store import store_blind, store_near
 from swarm.net.identity import identity_bytes, identity_file, read_identity, same_key
+from swarm.net.validation import CachedValidator
 from swarm.proto import swarm_pb2
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class Node:
         private_key = private_key or stored   # a stable peer id keeps its record key too
         private_key = private_key or RSAPrivateKey()
         signer = RSASignatureValidator(private_key)
-        validator = CompositeValidator([signer, records.SchemaValidator(run_id)])
+        validator = CachedValidator([signer, records.SchemaValidator(run_id)])   # each record checked once, not per copy
         initial = [Multiaddr(m) for m in options.initial_peers]
         wire.cap_message_sizes()   # before any stream opens: no message is read in full before its size is checked
         p2p = await cls._start_p2p(options, initial, private_key if bind else None)
