@@ -102,7 +102,7 @@ def measure(n: int, phase: str, *, duration: float, warmup: float, target: int, 
                 # one process at a time, through the last three that joined: 63 peers joining at once through one
                 # bootstrap peer on 2 cores left one unable to reach it ("none of the initial_peers responded")
                 for i, count in enumerate(counts[1:], start=1):
-                    maddrs.append(spawn(i, count, maddrs[-3:]).expect("ready", 60 + 30 * count)["maddr"])
+                    maddrs.append(spawn(i, count, maddrs[-3:]).expect("ready", 180 + 30 * count)["maddr"])
             stable, pool = procs[:len(counts) - pool_size], procs[len(counts) - pool_size:]
             time.sleep(warmup)
             load_before = _load()

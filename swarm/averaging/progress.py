@@ -78,6 +78,10 @@ QUORUM = 2             # distinct peers that must reach an epoch before it is th
 # far from the target is forgotten before that round as it is near it. Every 2 s for nobody was most of an idle
 # peer's control traffic and the p2p daemons' CPU (benchmarks/README.md, session 20).
 MAX_PUBLISH = 15.0
+# ...and near it no more often than every second: readers extrapolate our samples with our rate between publishes,
+# and each publish is a DHT traversal and a store on every replica (~10 calls through two p2p daemons each): at a
+# third of the distance down to 0.2 s, publishes were 25 of a training peer's 43 calls a second at 16 peers
+PUBLISH_FLOOR = 1.0
 PUBLISHED_TTLS = 2.5
 
 
@@ -151,7 +155,7 @@ class ProgressTracker:
         role: str,
         bandwidth: Callable[[], tuple[float, float]],
         *,
-        min_refresh: float = 0.2,
+        min_refresh: float = PUBLISH_FLOOR,
         max_refresh: float = 2.0,
         min_read: float = 0.2,
         max_read: float = 30.0,

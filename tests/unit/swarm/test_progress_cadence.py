@@ -223,3 +223,12 @@ def test_near_the_target_reads_come_no_more_often_than_the_swarm_size_allows():
         assert t._read_period() == pytest.approx(max(0.2, READ_SECONDS_PER_PEER * n)), n
     t.report(samples=0)                                            # 100 s away: a third of that, as before
     assert t._read_period() == pytest.approx(100 / 3, rel=0.01)
+
+
+def test_near_the_target_our_record_is_published_at_most_every_second_by_default():
+    from swarm.averaging.progress import PUBLISH_FLOOR
+    t = ProgressTracker(CountingNode(), 1000, "trainer", lambda: (1.0, 1.0))
+    t.report(epoch=0, samples=999, samples_per_second=10.0)       # 0.1 s from the target
+    assert t._publish_period() == PUBLISH_FLOOR == 1.0
+    t.report(samples=700)                                        # 30 s away: a third of it
+    assert t._publish_period() == pytest.approx(10.0)
