@@ -83,6 +83,7 @@ MAX_PUBLISH = 15.0
 # third of the distance down to 0.2 s, publishes were 25 of a training peer's 43 calls a second at 16 peers
 PUBLISH_FLOOR = 1.0
 PUBLISHED_TTLS = 2.5
+TIMER_SLACK = 0.02     # seconds: a turn that wakes this early for a publish or read still counts it as due
 
 
 def _log_store_failure(done: asyncio.Future) -> None:
@@ -201,6 +202,7 @@ class ProgressTracker:
         # expiration, so each publish must expire after the one before it, or it would be refused
         self._expires = -math.inf
         self._published: tuple | None = None       # the fields of our last published record that readers act on
+        self._published_at = -math.inf             # when that publish began (monotonic)
 
     # -- called from the training thread (thread-safe) ------------------------------------------------
 
@@ -358,7 +360,7 @@ class ProgressTracker:
         now = clock.now()
         ttl = max(self.record_ttl, PUBLISHED_TTLS * self._publish_period(), self._expires - now + 0.05)
         self._expires = now + ttl
-        self._published = self._material(record)
+        self._published, self._published_at = self._material(record), time.monotonic()
         await self.node.store_record(records.progress_key(self.node.run_id), record, ttl, direct=direct, blind=blind,
                                      timeout=self.record_ttl / 2)
 
@@ -466,8 +468,23 @@ class ProgressTracker:
             logger.debug("keep_in_touch: %s", e)
 
     def _period(self) -> float:
-        """Seconds until the loop's next turn: the next publish or the next read, whichever is due first."""
+        """The loop's period: that of publishes or of reads, whichever is shorter."""
         return min(self._publish_period(), self._read_period())
+
+    def _publish_due(self) -> bool:
+        return (self._published != self._material(self.own_record())
+                or time.monotonic() - self._published_at >= self._publish_period() - TIMER_SLACK)
+
+    def _next_turn(self) -> float:
+        """Seconds until the loop's next turn: the next publish or read due, whichever comes first (a turn publishes
+        only when a publish is due: reads may come more often than publishes, or the reverse)."""
+        now = time.monotonic()
+        # before the first view, a read that failed is retried every min_read
+        read_in = self._read_period() - (now - self.view.fetched_at) if self.fetched else self.min_read
+        publish_in = self._publish_period() - (now - self._published_at)
+        if self._stores.under_way:   # due while the last store is still under way: look again shortly
+            publish_in = max(publish_in, self.min_read)
+        return max(TIMER_SLACK, min(read_in, publish_in))
 
     def _publish_period(self) -> float:
         # by every record's claim, as reads (below): a newcomer vouched for by nobody would publish as if the round
@@ -516,7 +533,7 @@ class ProgressTracker:
                 # Not awaited: a store that hangs (a cut link, dead replicas) ends by its own timeouts, and must hold up
                 # neither the read nor the next poke (a peer back from a network cut stepped solo before it saw the
                 # swarm: tests/chaos/test_network_cut.py). One at a time: the next turn publishes once it ended.
-                if not self._stores.under_way:
+                if not self._stores.under_way and (poked or self._publish_due()):
                     asyncio.ensure_future(self._stores()).add_done_callback(self._store_ended)
                 try:
                     if poked or not self.fetched or time.monotonic() - self.view.fetched_at >= self._read_period():
@@ -528,7 +545,7 @@ class ProgressTracker:
                 if touching is None or touching.done():
                     touching = asyncio.create_task(self._keep_in_touch(), name="progress-keep-in-touch")
                 try:
-                    await asyncio.wait_for(self._wake.wait(), self._period())
+                    await asyncio.wait_for(self._wake.wait(), self._next_turn())
                 except asyncio.TimeoutError:
                     pass
                 poked = self._wake.is_set()   # not the wait's outcome: a poke can land as the wait times out

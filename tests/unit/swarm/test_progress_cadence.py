@@ -232,3 +232,20 @@ def test_near_the_target_our_record_is_published_at_most_every_second_by_default
     assert t._publish_period() == PUBLISH_FLOOR == 1.0
     t.report(samples=700)                                        # 30 s away: a third of it
     assert t._publish_period() == pytest.approx(10.0)
+
+
+def test_reads_more_frequent_than_publishes_do_not_drag_the_publishes_along():
+    """The loop turns for a read or a publish, whichever is due; a turn for a read publishes nothing (an aggregator
+    reads every 2 s, a swarm near the target of 16 peers every 0.8 s, while far-from-the-target records go every 15 s)."""
+    async def main():
+        node = CountingNode()
+        t = ProgressTracker(node, 10**6, "trainer", lambda: (1.0, 1.0), min_read=0.1, max_read=0.1)
+        t.report(epoch=0, samples=0, samples_per_second=10.0)   # far from the target: publishes every MAX_PUBLISH
+        t.start()
+        try:
+            await asyncio.sleep(1.5)
+        finally:
+            await t.stop(withdraw=False)
+        assert node.reads >= 8, node.reads                      # reads every 0.1 s...
+        assert len(node.stored) == 1, len(node.stored)          # ...one publish, the first
+    asyncio.run(main())
