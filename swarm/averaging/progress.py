@@ -471,8 +471,11 @@ class ProgressTracker:
         """The loop's period: that of publishes or of reads, whichever is shorter."""
         return min(self._publish_period(), self._read_period())
 
+    def _changed_since_published(self) -> bool:
+        return self._published != self._material(self.own_record())
+
     def _publish_due(self) -> bool:
-        return (self._published != self._material(self.own_record())
+        return (self._changed_since_published()
                 or time.monotonic() - self._published_at >= self._publish_period() - TIMER_SLACK)
 
     def _next_turn(self) -> float:
@@ -497,7 +500,7 @@ class ProgressTracker:
     def _store_ended(self, done: asyncio.Future) -> None:
         _log_store_failure(done)
         # a step's new epoch (say) that came while the store before it was under way: publish it now, not a period later
-        if not self._stopping and self._published != self._material(self.own_record()):
+        if not self._stopping and self._changed_since_published():
             self._wake.set()
 
     def _read_period(self) -> float:
