@@ -138,15 +138,17 @@ def measure(n: int, phase: str, *, duration: float, warmup: float, target: int, 
     sent: dict[str, float] = {}
     received: dict[str, float] = {}
     calls: dict[str, float] = {}
+    streams: dict[str, float] = {}
     for s, e, dt in zip(start, end, seconds):
-        for into, key in ((sent, "sent"), (received, "received"), (calls, "calls")):
+        for into, key in ((sent, "sent"), (received, "received"), (calls, "calls"), (streams, "streams")):
             for cat, b in _delta(e["bytes"].get(key, {}), s["bytes"].get(key, {})).items():
                 into[cat] = into.get(cat, 0.0) + b / dt / n_stable
     counted = sum(sent.values())
     wire = (tx1 - tx0) / duration / n
     rounds = _rounds([r for e in end for r in e.get("reports", [])],
                      failed=sum(e.get("failed", 0) - s.get("failed", 0) for s, e in zip(start, end)),
-                     streams=calls.get("allreduce", 0.0) * n_stable * duration)
+                     streams=sum(_delta(e["bytes"].get("streams", {}), s["bytes"].get("streams", {})).get("allreduce", 0)
+                                for s, e in zip(start, end)))
     cpu: dict[str, float] = {}   # % of one core per peer, by part (the processes' threads by name, their children by command)
     for s, e, dt in zip(start, end, seconds):
         for part, used in e.get("cpu", {}).items():

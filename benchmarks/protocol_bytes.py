@@ -41,6 +41,10 @@ class ProtocolBytes:
         self.sent: dict[str, int] = defaultdict(int)
         self.received: dict[str, int] = defaultdict(int)
         self.calls: dict[str, int] = defaultdict(int)        # requests sent (unary calls and streams opened)
+        # streams this process opened, counted where every stream opens (P2P.call_binary_stream_handler): the
+        # all-reduce's members open theirs there directly (ReplyStream), not through the protobuf iterator that
+        # `calls` wraps, so `calls` saw a fraction of them (benchmarks/README.md, session 20)
+        self.streams: dict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
         self._keys = {
             DHTID.generate(source=records.progress_key(run_id)).to_bytes(): "progress",
@@ -86,7 +90,8 @@ class ProtocolBytes:
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         with self._lock:
-            return {"sent": dict(self.sent), "received": dict(self.received), "calls": dict(self.calls)}
+            return {"sent": dict(self.sent), "received": dict(self.received), "calls": dict(self.calls),
+                    "streams": dict(self.streams)}
 
     # -- the wrappers ---------------------------------------------------------------------------------
 
@@ -97,6 +102,7 @@ class ProtocolBytes:
         add_unary = P2P._add_protobuf_unary_handler
         iterate = P2P._iterate_protobuf_stream_handler
         add_stream = P2P._add_protobuf_stream_handler
+        open_stream = P2P.call_binary_stream_handler
 
         async def _call_unary(p2p, peer_id, handle_name, input, output_type):
             response = await call_unary(p2p, peer_id, handle_name, input, output_type)
@@ -144,7 +150,14 @@ class ProtocolBytes:
 
             return await add_stream(p2p, name, counted, input_type, max_prefetch=max_prefetch, balanced=balanced)
 
+        async def _open_stream(p2p, peer_id, handler_name):
+            opened = await open_stream(p2p, peer_id, handler_name)
+            with counter._lock:
+                counter.streams[counter.category(handler_name)] += 1
+            return opened
+
         P2P._call_unary_protobuf_handler = _call_unary
         P2P._add_protobuf_unary_handler = _add_unary
         P2P._iterate_protobuf_stream_handler = _iterate
         P2P._add_protobuf_stream_handler = _add_stream
+        P2P.call_binary_stream_handler = _open_stream
