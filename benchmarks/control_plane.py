@@ -71,7 +71,7 @@ def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 
 
 def measure(n: int, phase: str, *, duration: float, warmup: float, target: int, step_sleep: float, log_dir: Path,
-            summaries: bool = False, per_process: int = 1, churn: float = 0.0, churn_pool: int = 8) -> dict[str, Any]:
+            summaries: bool = False, full_reads: bool = False, per_process: int = 1, churn: float = 0.0, churn_pool: int = 8) -> dict[str, Any]:
     """One swarm of `n` peers in one phase, `per_process` peers to a process; the per-peer per-second figures.
     `churn`: kills per minute in the measured window, each a SIGKILL of one of `churn_pool` single-peer processes and
     its restart at once (a new peer joining); the figures per peer are then the other (stable) peers'."""
@@ -85,6 +85,7 @@ def measure(n: int, phase: str, *, duration: float, warmup: float, target: int, 
                 argv = ["ip", "netns", "exec", ns.name, sys.executable, "-m", "benchmarks.workers.control_plane_peer",
                         "--run-id", run_id, "--target", str(target if phase == "training" else IDLE_TARGET),
                         "--step-sleep", str(step_sleep), "--seed", str(i), *(["--summaries"] if summaries else []),
+                        *(["--full-reads"] if full_reads else []),
                         "--count", str(count), "--initial-peers", *initial]
                 proc = PeerProcess(f"peer{i}", argv, log_dir / f"{run_id}-peer{i}.log", env=dict(os.environ))
                 procs.append(proc)
@@ -170,6 +171,7 @@ def measure(n: int, phase: str, *, duration: float, warmup: float, target: int, 
         "rejoined": rejoined if pool_size else None,   # replacements that were ready by the end of the window
         "seen": [e["seen"] for e in end],
         "summaries": summaries,
+        "full_reads": full_reads,
         # how the peers' refreshes read the swarm in the window: every record, summaries, or as an aggregator
         "reads": {k: sum(e.get("reads", {}).get(k, 0) - s.get("reads", {}).get(k, 0) for s, e in zip(start, end))
                   for k in ("full", "summary", "aggregated")},
@@ -221,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                              "so that rounds come about as often at every N")
     parser.add_argument("--step-sleep", type=float, default=0.05)
     parser.add_argument("--summaries", action="store_true", help="progress summaries on (EngineConfig.progress_summaries)")
+    parser.add_argument("--full-reads", action="store_true", help="EngineConfig.progress_replicas off: every progress "
+                        "read and publish traverses the DHT (the code before session 21)")
     parser.add_argument("--per-process", type=int, default=1,
                         help="peers to a process (each with its own p2pd): one peer alone takes ~330 MB, so 64 need several")
     parser.add_argument("--churn", type=float, default=0.0, help="kills per minute in the measured window (each restarted)")
@@ -251,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 target = args.target_per_peer * n if args.target_per_peer else args.target
                 result = measure(n, phase, duration=args.duration, warmup=args.warmup, target=target,
-                                 step_sleep=args.step_sleep, log_dir=log_dir, summaries=args.summaries, per_process=args.per_process,
+                                 step_sleep=args.step_sleep, log_dir=log_dir, summaries=args.summaries, full_reads=args.full_reads,
+                                 per_process=args.per_process,
                                  churn=args.churn, churn_pool=args.churn_pool)
             except NetworkError as e:
                 failed += 1

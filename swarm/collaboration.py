@@ -236,6 +236,7 @@ class Collaboration:
         self.tracker = ProgressTracker(
             self.node, cfg.target_batch_size, self.role, lambda: (self.upload.value, self.download.value),
             record_ttl=cfg.record_ttl, serves_state=self.role != "client", summaries=cfg.progress_summaries,
+            replicas=cfg.progress_replicas,
         )
         self.aggregate = AggregateService(self.node.p2p, authorizer=self.authorizer)
         await self.aggregate.start()

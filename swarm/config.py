@@ -49,6 +49,9 @@ class EngineConfig(BaseModel):
     progress_summaries: bool = Field(False, description="in a swarm of 6 peers or more, only a few aggregators per minute "
                                      "read every progress record; the others read the median of their summaries "
                                      "(swarm.averaging.summaries). Off: every peer reads every record")
+    progress_replicas: bool = Field(True, description="read and store the progress records on the key's replicas as "
+                                    "last found (a few calls each) instead of traversing the DHT at every read and "
+                                    "publish (swarm.net.replicas)")
     state_timeout: float = Field(60.0, gt=0, description="deadline of one state download")
     # auto by default: an open run takes anyone's gradients. Its cost in an honest run: benchmarks/README.md, "Robust
     # mode's cost" (CenteredClip, commitments, signed results and their exchange, audits)

@@ -66,13 +66,16 @@ def main() -> None:
     parser.add_argument("--step-sleep", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--summaries", action="store_true", help="EngineConfig.progress_summaries on")
+    parser.add_argument("--full-reads", action="store_true", help="EngineConfig.progress_replicas off (every read and "
+                        "publish traverses the DHT)")
     parser.add_argument("--count", type=int, default=1, help="peers in this process")
     args = parser.parse_args()
     torch.set_num_threads(1)
     counter = ProtocolBytes(args.run_id)
     counter.install()
     cfg = EngineConfig(target_batch_size=args.target, compression="fp16", averaging_timeout=15, sender_timeout=3.0,
-                       matchmaking_timeout=10.0, gather_timeout=1.5, progress_summaries=args.summaries)
+                       matchmaking_timeout=10.0, gather_timeout=1.5, progress_summaries=args.summaries,
+                       progress_replicas=not args.full_reads)
     stop = threading.Event()
     peers = []
     try:

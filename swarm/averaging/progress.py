@@ -163,6 +163,7 @@ class ProgressTracker:
         record_ttl: float = 8.0,
         serves_state: bool = True,
         direct_stores: bool = False,
+        replicas: bool = True,
         summaries: bool = False,
         summary_min_peers: int = summary.MIN_PEERS,
     ):
@@ -174,6 +175,8 @@ class ProgressTracker:
         self.min_read, self.max_read = min_read, max_read
         self.direct_stores = direct_stores   # off: with them, newcomers of the join-storm test saw one donor (see below)
         self.serves_state = serves_state
+        # reads and stores on the key's replicas as last found, without a traversal each (swarm.net.replicas)
+        self.replicas = replicas
         self.summaries = summaries   # read aggregators' summaries instead of every record (swarm.averaging.summaries)
         self.summary_min_peers = summary_min_peers
         self.reads = {"full": 0, "summary": 0, "aggregated": 0}   # how each refresh read the swarm
@@ -357,12 +360,15 @@ class ProgressTracker:
         # from each replica on its way, which made a publish cost as much as a read (with reads far from the target
         # every 30 s, 16 idle peers' publishes were still 44 of their 47 KB/s). It reaches the nodes a reader asks.
         blind = not direct and not record.leaving
+        # Better still: one STORE on each replica as last found, the traversal once per replicas.REFRESH seconds (a
+        # withdrawal too: it must reach the nodes that readers ask)
+        replicas = self.replicas and not direct
         now = clock.now()
         ttl = max(self.record_ttl, PUBLISHED_TTLS * self._publish_period(), self._expires - now + 0.05)
         self._expires = now + ttl
         self._published, self._published_at = self._material(record), time.monotonic()
         await self.node.store_record(records.progress_key(self.node.run_id), record, ttl, direct=direct, blind=blind,
-                                     timeout=self.record_ttl / 2)
+                                     replicas=replicas, timeout=self.record_ttl / 2)
 
     @staticmethod
     def _material(record: ProgressRecord) -> tuple:
@@ -423,7 +429,8 @@ class ProgressTracker:
         return await self._read_all(), 0.0
 
     async def _read_all(self) -> list[ProgressRecord]:
-        return await self.node.fetch_records(records.progress_key(self.node.run_id), ProgressRecord)  # type: ignore[return-value]
+        return await self.node.fetch_records(records.progress_key(self.node.run_id), ProgressRecord,  # type: ignore[return-value]
+                                             replicas=self.replicas)
 
     async def _read_summaries(self, allowed: dict[str, int], latest: bool) -> list[ProgressSummary]:
         found = await self.node.fetch_records(records.progress_summary_key(self.node.run_id), ProgressSummary, latest=latest)

@@ -27,10 +27,13 @@ from swarm.net import clock, records, wire
 from swarm.net.auth import ISSUE_HANDLER, SwarmAuthorizer, coordinator_ids, keep_access
 from swarm.net.direct_store import store_blind, store_near
 from swarm.net.identity import identity_bytes, identity_file, read_identity, same_key
+from swarm.net.replicas import KeyReplicas
 from swarm.net.validation import CachedValidator
 from swarm.proto import swarm_pb2
 
 logger = logging.getLogger(__name__)
+
+READ_TIMEOUT = 5.0   # seconds a read of the replicas as last found may take (traversal included) before a full read
 
 
 @dataclass
@@ -65,6 +68,7 @@ class Node:
         self.authorizer = authorizer
         self._access: asyncio.Task | None = None
         self._traversed: dict[str, float] = {}   # key -> when a store of ours last traversed the DHT to its replicas
+        self._replicas: dict[str, KeyReplicas] = {}   # key -> its replicas as last found (reads and stores with `replicas`)
         # peer id -> the multiaddrs we joined through: kept in touch for the node's lifetime, so that a bootstrap peer
         # restarted at the same address (a coordinator after a crash) is dialled again; nobody else would dial it
         self.initial_contacts: dict[str, list[str]] = {}
@@ -222,16 +226,33 @@ class Node:
 
     # --- signed records -------------------------------------------------------------------------------
 
+    def replicas(self, key: str) -> KeyReplicas:
+        """The replicas of `key` as this node last found them (swarm.net.replicas)."""
+        if key not in self._replicas:
+            self._replicas[key] = KeyReplicas(self.dht, key)
+        return self._replicas[key]
+
     async def store_record(self, key: str, record: records._Record, ttl: float, *, direct: bool = False,
-                           blind: bool = False, timeout: float | None = None) -> bool:
+                           blind: bool = False, replicas: bool = False, timeout: float | None = None) -> bool:
         """Store our record under `key` for `ttl` seconds. `direct`: the caller has just read `key`, so the nodes
         nearest to it are in the routing table: store on them without a traversal (swarm.net.direct_store), except
         once per half `ttl`, when the store traverses as usual so that a replica the table lacks still gets it.
         `blind`: traverse as usual, but without reading the key's records on the way (swarm.net.direct_store).
-        `timeout`: for a blind or direct store's traversal and calls (default half `ttl`)."""
+        `replicas`: one STORE on each of the key's replicas as last found (swarm.net.replicas), found anew by a blind
+        traversal now and then; a store no replica took falls back to a blind store.
+        `timeout`: for a blind, direct or replicas store's traversal and calls (default half `ttl`)."""
         expiration = clock.now() + ttl
         timeout = ttl / 2 if timeout is None else timeout
         now = time.monotonic()
+        if replicas:
+            try:
+                if await self.replicas(key).store(self.signer.local_public_key, records.encode(record), expiration, timeout=timeout):
+                    return True
+            except asyncio.TimeoutError:   # the traversal that looks for them: the blind store below tries its own
+                pass
+            self.replicas(key).forget()
+            logger.debug("no replica of %s took our record: a blind store", key)
+            blind = True
         if blind:
             try:
                 if await store_blind(self.dht, key, self.signer.local_public_key, records.encode(record), expiration, timeout=timeout):
@@ -255,21 +276,24 @@ class Node:
         return stored
 
     async def fetch_records(self, key: str, model: type[records._Record], *, owner: bytes | None = None,
-                            latest: bool = True) -> list[records._Record]:
+                            latest: bool = True, replicas: bool = False) -> list[records._Record]:
         """All valid, unexpired records under a key (one per owner); malformed ones are dropped.
         `owner`: only the record of this RSA public key (OpenSSH bytes), e.g. the organizer's.
         `latest=False`: the records of the first node that holds the key (asked one at a time), not of every node of
-        a bucket: a fraction of the bytes, for a key whose few records every replica should hold."""
-        return [record for _, record in await self.fetch_owned_records(key, model, owner=owner, latest=latest)]
+        a bucket: a fraction of the bytes, for a key whose few records every replica should hold.
+        `replicas`: the merge of the nearest replicas' records as last found (swarm.net.replicas), a few FINDs instead of a
+        traversal's; when none of them holds the key (a swarm forming), a full read."""
+        return [record for _, record in await self.fetch_owned_records(key, model, owner=owner, latest=latest, replicas=replicas)]
 
     async def fetch_owned_records(self, key: str, model: type[records._Record], *, owner: bytes | None = None,
-                                  latest: bool = True) -> list[tuple[bytes, records._Record]]:
+                                  latest: bool = True, replicas: bool = False) -> list[tuple[bytes, records._Record]]:
         """fetch_records, each record with its owner's subkey (records.owner_subkey: who signed it)."""
-        if latest:
+        found = await self._read_replicas(key) if replicas else None
+        if found is None and latest:
             # every node of a bucket, not only the key's nearest: a peer's direct stores (swarm.net.direct_store) reach
             # the replicas its routing table knows, and a node that just joined holds nothing yet
             found = await self.dht.get(key, latest=True)
-        else:
+        elif found is None:
             found = await self.dht.get(key, latest=False, num_workers=1)
         if found is None or not isinstance(found.value, dict):
             return []
@@ -281,6 +305,17 @@ class Node:
             if record is not None:
                 out.append((subkey, record))
         return out
+
+    async def _read_replicas(self, key: str):
+        """The key's value from its replicas as last found, or None (none holds it, or they could not be found in
+        READ_TIMEOUT): then they are looked for again at the next call, and the caller reads the full way."""
+        try:
+            found = await self.replicas(key).read(timeout=READ_TIMEOUT)
+        except asyncio.TimeoutError:
+            found = None
+        if found is None:
+            self.replicas(key).forget()
+        return found
 
     async def shutdown(self) -> None:
         if self._access is not None:

@@ -70,7 +70,7 @@ class SlowNode:
     def __init__(self):
         self.pending: list[tuple[asyncio.Event, list]] = []
 
-    async def store_record(self, key, record, ttl, *, direct=False, blind=False, timeout=None):
+    async def store_record(self, key, record, ttl, *, direct=False, blind=False, replicas=False, timeout=None):
         return True
 
     async def fetch_records(self, key, model, **kwargs):

@@ -85,7 +85,7 @@ class FakeNode:
     def __init__(self, found):
         self.found = found
 
-    async def fetch_records(self, key, model):
+    async def fetch_records(self, key, model, *, replicas=False):
         return list(self.found)
 
 

@@ -28,12 +28,12 @@ class CountingNode:
         self.stored: list[tuple[ProgressRecord, float]] = []   # each store's record and expiration
         self.reads = 0
 
-    async def store_record(self, key, record, ttl, *, direct=False, blind=False, timeout=None):
+    async def store_record(self, key, record, ttl, *, direct=False, blind=False, replicas=False, timeout=None):
         self.stores.append(direct)
         self.stored.append((record, clock.now() + ttl))
         return True
 
-    async def fetch_records(self, key, model):
+    async def fetch_records(self, key, model, *, replicas=False):
         self.reads += 1
         return []
 
@@ -91,7 +91,7 @@ def test_a_new_epoch_is_published_as_soon_as_the_store_under_way_ends_not_a_peri
             super().__init__()
             self.release = asyncio.Event()
 
-        async def store_record(self, key, record, ttl, *, direct=False, blind=False, timeout=None):
+        async def store_record(self, key, record, ttl, *, direct=False, blind=False, replicas=False, timeout=None):
             await self.release.wait()
             return await super().store_record(key, record, ttl, direct=direct, blind=blind, timeout=timeout)
 
@@ -193,7 +193,7 @@ def test_a_store_that_hangs_does_not_hold_up_the_reads():
     """A store on a cut link (or to dead replicas) can hang for its whole timeout; the read beside it must not wait
     (a peer back from a network cut stepped solo before it saw the swarm: tests/chaos/test_network_cut.py)."""
     class HangingStores(CountingNode):
-        async def store_record(self, key, record, ttl, *, direct=False, blind=False, timeout=None):
+        async def store_record(self, key, record, ttl, *, direct=False, blind=False, replicas=False, timeout=None):
             self.stores.append(direct)
             await asyncio.sleep(3600)
 
