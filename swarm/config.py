@@ -51,7 +51,7 @@ class EngineConfig(BaseModel):
                                      "(swarm.averaging.summaries). Off: every peer reads every record")
     progress_replicas: bool = Field(True, description="read and store the progress records on the key's replicas as "
                                     "last found (a few calls each) instead of traversing the DHT at every read and "
-                                    "publish (swarm.net.replicas)")
+                                    "publish, in a swarm of 8 peers or more (swarm.net.replicas)")
     state_timeout: float = Field(60.0, gt=0, description="deadline of one state download")
     # auto by default: an open run takes anyone's gradients. Its cost in an honest run: benchmarks/README.md, "Robust
     # mode's cost" (CenteredClip, commitments, signed results and their exchange, audits)

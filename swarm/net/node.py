@@ -33,7 +33,9 @@ from swarm.proto import swarm_pb2
 
 logger = logging.getLogger(__name__)
 
-READ_TIMEOUT = 5.0   # seconds a read of the replicas as last found may take (traversal included) before a full read
+# seconds a read of the replicas as last found may take (the search for them included) before a full read: below the
+# progress refresh's own 5 s, so that the full read still has time
+READ_TIMEOUT = 3.0
 
 
 @dataclass
@@ -318,6 +320,8 @@ class Node:
         return found
 
     async def shutdown(self) -> None:
+        for kept in self._replicas.values():
+            kept.close()
         if self._access is not None:
             self._access.cancel()
             await asyncio.gather(self._access, return_exceptions=True)

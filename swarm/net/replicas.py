@@ -31,98 +31,133 @@ from hivemind.dht.routing import DHTID
 from hivemind.p2p import PeerID
 from hivemind.utils.timed_storage import ValueWithExpiration
 
-from swarm.net.direct_store import _signed, _store_on, _without_cancelling
+from swarm.net.direct_store import _signed, _store_on
 
-REFRESH = 20.0     # seconds a found replica set is kept before the next call traverses again
-READ_FROM = 2      # replicas a read asks, nearest first
-MIN_ALIVE = 3      # fewer replicas left than this (the others failed a call): traverse again
+REFRESH = 20.0     # seconds a found replica set is kept before it is looked for again (in the background)
+READ_FROM = 2      # replicas a read merges, nearest first
+MIN_ALIVE = 3      # fewer replicas left than this (the others failed a call): look for them again
+PATIENCE = 1.5     # seconds a read waits for its replicas before it asks one more beside them (a cut link, a dead node)
 
 
 class KeyReplicas:
     """The replicas of one DHT key, as this node last found them, and reads and stores on them alone."""
 
     def __init__(self, dht: DHTNode, key: str, *, refresh: float = REFRESH, read_from: int = READ_FROM,
-                 min_alive: int = MIN_ALIVE):
+                 min_alive: int = MIN_ALIVE, patience: float = PATIENCE):
         if read_from < 1:
             raise ValueError(f"read_from must be at least 1, got {read_from}")
         self.dht, self.key = dht, key
         self.key_id = DHTID.generate(source=key)
-        self.refresh, self.read_from, self.min_alive = refresh, read_from, min(min_alive, dht.num_replicas)
+        self.refresh, self.read_from, self.min_alive, self.patience = refresh, read_from, min_alive, patience
         self._nodes: list[tuple[DHTID, PeerID]] = []   # nearest first; this node's own id when it is one of them
+        self._found = 0                                # how many the last traversal found
         self._found_at = -float("inf")                 # monotonic
+        self._finding: asyncio.Task | None = None      # a traversal under way
         self.traversals = 0                            # how many times the replicas were looked for (tests, benchmarks)
 
     def forget(self) -> None:
-        """Look for the replicas again at the next call."""
-        self._nodes, self._found_at = [], -float("inf")
+        """Look for the replicas again at the next call (keeping the ones we know until the search ends)."""
+        self._found_at = -float("inf")
+
+    def close(self) -> None:
+        if self._finding is not None:
+            self._finding.cancel()
+            self._finding = None
+
+    def _fresh(self) -> bool:
+        return (len(self._nodes) >= min(self.min_alive, self._found)
+                and time.monotonic() - self._found_at < self.refresh)
 
     async def nodes(self, timeout: float) -> list[tuple[DHTID, PeerID]]:
-        """The key's replicas, nearest first: the kept ones, or found anew by a traversal that reads no record."""
-        if len(self._nodes) >= self.min_alive and time.monotonic() - self._found_at < self.refresh:
+        """The key's replicas, nearest first. Kept ones are returned at once, a search for them begun beside the caller
+        when they are stale or too few are left; with none kept, the caller waits for the search (at most `timeout`)."""
+        if not self._fresh() and (self._finding is None or self._finding.done()):
+            self._finding = asyncio.ensure_future(self._find())
+            self._finding.add_done_callback(_retrieved)
+        if self._nodes:
             return self._nodes
-        probe = DHTID(self.key_id ^ 1)   # nobody holds a value under it: the FINDs answer with neighbours only
-        self.traversals += 1
-        found = await _without_cancelling(self.dht.find_nearest_nodes([probe], k_nearest=self.dht.num_replicas), timeout)
-        nodes = sorted(found[probe].items(), key=lambda item: self.key_id.xor_distance(item[0]))
-        # this node is a replica too when it is nearer than the farthest one found (find_nearest_nodes excludes it)
-        own = (self.dht.node_id, self.dht.peer_id)
-        if len(nodes) < self.dht.num_replicas or self.key_id.xor_distance(self.dht.node_id) < self.key_id.xor_distance(nodes[-1][0]):
-            nodes = sorted(nodes[: self.dht.num_replicas - 1] + [own], key=lambda item: self.key_id.xor_distance(item[0]))
-        self._nodes, self._found_at = nodes[: self.dht.num_replicas], time.monotonic()
+        assert self._finding is not None
+        await asyncio.wait_for(asyncio.shield(self._finding), timeout)
         return self._nodes
 
-    def _drop(self, failed: set[DHTID]) -> None:
-        self._nodes = [n for n in self._nodes if n[0] not in failed]
+    async def _find(self) -> None:
+        """Look for the replicas: a traversal towards the key's id with its last bit flipped, which nobody holds a value
+        under, so the FINDs answer with neighbours only (swarm.net.direct_store); the DHT's blacklist skips dead nodes."""
+        probe = DHTID(self.key_id ^ 1)
+        self.traversals += 1
+        found = await self.dht.find_nearest_nodes([probe], k_nearest=self.dht.num_replicas)
+        nodes = sorted(found[probe].items(), key=lambda item: self.key_id.xor_distance(item[0]))
+        # this node is a replica too when it is nearer than the farthest one found (find_nearest_nodes excludes it)
+        if len(nodes) < self.dht.num_replicas or self.key_id.xor_distance(self.dht.node_id) < self.key_id.xor_distance(nodes[-1][0]):
+            nodes = sorted(nodes[: self.dht.num_replicas - 1] + [(self.dht.node_id, self.dht.peer_id)],
+                           key=lambda item: self.key_id.xor_distance(item[0]))
+        self._nodes = nodes[: self.dht.num_replicas]
+        self._found, self._found_at = len(self._nodes), time.monotonic()
+
+    def _failed(self, node: tuple[DHTID, PeerID]) -> None:
+        """A replica that failed a call: dropped, and blacklisted like the DHT's own calls do (its traversals skip it)."""
+        self._nodes = [n for n in self._nodes if n[0] != node[0]]
+        self.dht.blacklist.register_failure(node[1])
 
     async def read(self, timeout: float) -> ValueWithExpiration | None:
         """The key's value (for a dictionary key: subkey -> ValueWithExpiration, deserialized and stripped of its
         signatures, as `DHTNode.get` returns it) merged from the `read_from` nearest replicas that answer; None when
-        none of them holds the key (the caller falls back to a full read)."""
+        none of them holds the key (the caller falls back to a full read). A replica silent for `patience` seconds
+        has one more asked beside it; one whose call fails is dropped."""
         deadline = time.monotonic() + timeout
-        nodes = await self.nodes(timeout)
         protocol = self.dht.protocol
+        queue = [n for n in await self.nodes(timeout) if n[0] == self.dht.node_id or n[1] not in self.dht.blacklist]
         state = _SearchState(self.key_id, float("inf"), serializer=protocol.serializer, record_validator=protocol.record_validator)
-        asked = 0
-        remote: list[tuple[DHTID, PeerID]] = []
-        for node_id, peer_id in nodes:
-            if asked >= self.read_from:
-                break
-            asked += 1
-            if node_id == self.dht.node_id:
-                state.add_candidate(protocol.storage.get(self.key_id), source_node_id=node_id)
-            else:
-                remote.append((node_id, peer_id))
-        answers = await self._finds(remote, max(0.0, deadline - time.monotonic()))
-        failed = {node_id for (node_id, _), answer in zip(remote, answers) if answer is None}
-        for (node_id, _), answer in zip(remote, answers):
-            if answer is not None and self.key_id in answer:
-                state.add_candidate(answer[self.key_id][0], source_node_id=node_id)
-        self._drop(failed)
+        answered, extra = 0, 0
+        pending: dict[asyncio.Future, tuple[DHTID, PeerID]] = {}
+        try:
+            while True:
+                while queue and answered + len(pending) < self.read_from + extra:
+                    node = queue.pop(0)
+                    if node[0] == self.dht.node_id:   # our own storage: no call
+                        state.add_candidate(protocol.storage.get(self.key_id), source_node_id=node[0])
+                        answered += 1
+                    else:
+                        pending[asyncio.ensure_future(protocol.call_find(node[1], [self.key_id]))] = node
+                remaining = deadline - time.monotonic()
+                if not pending or answered >= self.read_from or remaining <= 0:
+                    break
+                done, _ = await asyncio.wait(pending, timeout=min(remaining, self.patience), return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    extra += 1
+                for call in done:
+                    node = pending.pop(call)
+                    answer = call.result() if not call.cancelled() and call.exception() is None else None
+                    if answer is None:   # call_find answers None when the call failed
+                        self._failed(node)
+                        continue
+                    self.dht.blacklist.register_success(node[1])
+                    answered += 1
+                    if self.key_id in answer:
+                        state.add_candidate(answer[self.key_id][0], source_node_id=node[0])
+        finally:   # not wait_for(gather(...)): see direct_store._store_on
+            for call in pending:
+                call.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         if not state.found_something:
             return None
         state.finish_search()
         return state.future.result()
 
-    async def _finds(self, nodes: list[tuple[DHTID, PeerID]], timeout: float) -> list[dict | None]:
-        """Each node's FIND answer for the key (None: it failed or did not answer in time), asked all at once."""
-        calls = [asyncio.ensure_future(self.dht.protocol.call_find(peer_id, [self.key_id])) for _, peer_id in nodes]
-        if not calls:
-            return []
-        try:   # not wait_for(gather(...)): see direct_store._store_on
-            await asyncio.wait(calls, timeout=timeout)
-        finally:
-            for call in calls:
-                call.cancel()
-            await asyncio.gather(*calls, return_exceptions=True)
-        return [c.result() if not c.cancelled() and c.exception() is None else None for c in calls]
-
     async def store(self, subkey: bytes, value: object, expiration_time: float, timeout: float) -> int:
-        """Store `value` under (key, `subkey`) on each replica, signed like `DHTNode.store` signs it. Returns how many
-        took it; fewer than `min_alive` did: the next call looks for the replicas again."""
+        """Store `value` under (key, `subkey`) on each replica that is not blacklisted, signed like `DHTNode.store`
+        signs it. Returns how many took it; fewer than `min_alive` did: the replicas are looked for again."""
         deadline = time.monotonic() + timeout
-        nodes = await self.nodes(timeout)
+        nodes = [n for n in await self.nodes(timeout) if n[0] == self.dht.node_id or n[1] not in self.dht.blacklist]
         record = _signed(self.dht, self.key_id, subkey, value, expiration_time)
         stored = await _store_on(self.dht, self.key_id, subkey, record, nodes, max(0.0, deadline - time.monotonic()))
-        if stored < self.min_alive:
+        if stored < min(self.min_alive, self._found):
             self.forget()
         return stored
+
+
+def _retrieved(task: asyncio.Future) -> None:
+    """A search nobody waits for any more: its failure is read here, not logged by the loop (the next call searches
+    again)."""
+    if not task.cancelled():
+        task.exception()

@@ -249,3 +249,42 @@ def test_reads_more_frequent_than_publishes_do_not_drag_the_publishes_along():
         assert node.reads >= 8, node.reads                      # reads every 0.1 s...
         assert len(node.stored) == 1, len(node.stored)          # ...one publish, the first
     asyncio.run(main())
+
+
+def test_reads_and_publishes_go_to_the_replicas_as_last_found_from_replicas_min_peers_on():
+    from swarm.averaging.progress import REPLICAS_MIN_PEERS
+
+    class RecordingNode(CountingNode):
+        def __init__(self):
+            super().__init__()
+            self.modes: list[tuple[str, bool]] = []
+
+        async def store_record(self, key, record, ttl, *, direct=False, blind=False, replicas=False, timeout=None):
+            self.modes.append(("store", replicas))
+            return True
+
+        async def fetch_records(self, key, model, *, replicas=False):
+            self.modes.append(("read", replicas))
+            return []
+
+    def record(pid: str, leaving: bool = False) -> ProgressRecord:
+        return ProgressRecord(peer_id=pid, epoch=0, samples=0, samples_per_second=1.0, role="trainer", upload_bps=1.0,
+                              download_bps=1.0, time=clock.now(), leaving=leaving)
+
+    async def main():
+        node = RecordingNode()
+        t = ProgressTracker(node, 10**6, "trainer", lambda: (1.0, 1.0))
+        small = tuple(record(f"p{i}") for i in range(REPLICAS_MIN_PEERS - 1)) + (record("gone", leaving=True),)
+        t.view = SwarmView(epoch=0, peers=small, fetched_at=time.monotonic())
+        await t.publish()
+        await t._read()
+        t.view = SwarmView(epoch=0, peers=tuple(record(f"p{i}") for i in range(REPLICAS_MIN_PEERS)), fetched_at=time.monotonic())
+        await t.publish()
+        await t._read()
+        off = ProgressTracker(node, 10**6, "trainer", lambda: (1.0, 1.0), replicas=False)
+        off.view = t.view
+        await off.publish()
+        return node.modes
+
+    assert asyncio.run(main()) == [("store", False), ("read", False), ("store", True), ("read", True),
+                                   ("store", False)]
