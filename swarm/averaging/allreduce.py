@@ -251,6 +251,7 @@ class AllReduceRound:
         self._open: dict[int, int] = {}
         self._delivery_news = asyncio.Event()   # set on each change of the above (see _await_deliveries)
         self._own_final = False     # I step with my part as I averaged it: too late to hand it over
+        self._stage = "starting"    # what run() awaits now: named when the round's deadline passes
         if not group.brings(me):
             for settled in self._settled:
                 settled.set()
@@ -979,6 +980,19 @@ class AllReduceRound:
         if self.authorizer is not None:
             self.authorizer.sign_message(msg, self.p2p.peer_id)
 
+    def _waiting_for(self, tasks: dict[int, asyncio.Task]) -> str:
+        """What the round still waited for when its deadline passed: the stage of run(), the parts that did not arrive
+        (a part a backup finished is not one), and for my own part, the senders whose chunks are missing."""
+        group = self.group
+        # the exchanges have been cancelled by now: a part is missing unless it arrived or a backup finished it
+        pending = [j for j, task in tasks.items() if (not task.done() or task.cancelled() or task.exception() is not None)
+                   and j not in self.stats.recovered_parts]
+        detail = [f"part {j} from {group.peer_ids[j][-8:]}" + (f" ({self._lost[j]})" if j in self._lost else "") for j in pending]
+        senders = [i for i in sorted(self._expected) if self._lacks(i) is not None]
+        if senders and self._stage == "my own part's contributions":
+            detail.append("my part's chunks from " + ", ".join(group.peer_ids[i][-8:] for i in senders))
+        return f"waiting for {self._stage}" + (f": still missing {'; '.join(detail)}" if detail else "")
+
     async def run(self) -> list[torch.Tensor] | None:
         group, me = self.group, self.group.my_index
         tasks: dict[int, asyncio.Task] = {}
@@ -996,6 +1010,7 @@ class AllReduceRound:
                 if group.brings(me):
                     tasks = {j: asyncio.create_task(self._exchange_settled(j)) for j in range(len(group.peer_ids)) if j != me}
                     self._exchanges = dict(tasks)
+                self._stage = "the other parts"
                 results = await asyncio.gather(*tasks.values(), return_exceptions=True)
                 lost = []
                 for j, outcome in zip(tasks, results):
@@ -1005,6 +1020,7 @@ class AllReduceRound:
                 if lost and self.failover is not None:
                     # a lost part costs its delay, not the round: a backup finishes it, within the round's own deadline
                     # (the deadline is a promise to every member: tests/chaos/test_process_faults.py holds rounds to it)
+                    self._stage = f"backups of parts {lost}"
                     failed = await self.failover.recover(lost)
                     self.stats.recovered_parts.extend(j for j in lost if j not in failed)
                     for j, why in failed.items():
@@ -1013,7 +1029,9 @@ class AllReduceRound:
                 for j in lost:
                     logger.warning("round %s: part %d missing: %s", group.round_id.hex()[:8], j, self._lost[j])
                     self.stats.missing_parts.append(j)
+                self._stage = "my own part's contributions"
                 await own  # my own part is averaged (the streams deliver it to the others)
+                self._stage = "the averaged parts' last chunks"
                 await self._drain_outputs()
                 # both wait for the other members to finish their all-gather: side by side, the statement swap of a
                 # round that checks results costs nothing beyond the wait every round has (it ran first, serially)
@@ -1022,10 +1040,12 @@ class AllReduceRound:
                     checks.append(self._compare_results())
                 if self.failover is not None and self.parts[me]:
                     checks.append(self._await_deliveries())
+                self._stage = "the members to hold my part" + (" and their result statements" if self.results is not None else "")
                 await _all_or_none(checks)
                 if self._handed_over and self.failover is not None and group.needs(me):
                     # a backup took me for dead and took my part over: I take its result like every other member (an
                     # auxiliary peer steps with nothing, and backups serve results only to members that need them)
+                    self._stage = "the backup that took my part over"
                     failed = await self.failover.recover([me])
                     if failed:
                         self._lost[me] = f"my part was handed to a backup; failover: {failed[me]}"
@@ -1043,10 +1063,7 @@ class AllReduceRound:
             for task in tasks.values():
                 task.cancel()
             await asyncio.gather(*tasks.values(), return_exceptions=True)
-            # gather has cancelled the unfinished exchanges by now: list every part that did not arrive
-            pending = [j for j, task in tasks.items() if not task.done() or task.cancelled() or task.exception() is not None]
-            detail = "; ".join(f"part {j} from {group.peer_ids[j][-8:]}" + (f" ({self._lost[j]})" if j in self._lost else "") for j in pending)
-            raise RoundFailed(f"round did not finish within {time.monotonic() - self._start:.1f}s" + (f": still waiting for {detail}" if detail else "")) from None
+            raise RoundFailed(f"round did not finish within {time.monotonic() - self._start:.1f}s: {self._waiting_for(tasks)}") from None
         finally:
             # every task this round started ends with it (a pending task nobody awaits is destroyed by the GC)
             if self.results is not None:
