@@ -250,8 +250,8 @@ class Node:
             try:
                 if await self.replicas(key).store(self.signer.local_public_key, records.encode(record), expiration, timeout=timeout):
                     return True
-            except asyncio.TimeoutError:   # the traversal that looks for them: the blind store below tries its own
-                pass
+            except Exception as e:   # the search for them timed out or failed: the blind store below traverses on its own
+                logger.debug("a store on the replicas of %s failed: %s", key, describe(e))
             self.replicas(key).forget()
             logger.debug("no replica of %s took our record: a blind store", key)
             blind = True
@@ -310,10 +310,12 @@ class Node:
 
     async def _read_replicas(self, key: str):
         """The key's value from its replicas as last found, or None (none holds it, or they could not be found in
-        READ_TIMEOUT): then they are looked for again at the next call, and the caller reads the full way."""
+        READ_TIMEOUT, or the search failed): then they are looked for again at the next call, and the caller reads
+        the full way."""
         try:
             found = await self.replicas(key).read(timeout=READ_TIMEOUT)
-        except asyncio.TimeoutError:
+        except Exception as e:   # the search for them timed out or failed
+            logger.debug("a read of the replicas of %s failed: %s", key, describe(e))
             found = None
         if found is None:
             self.replicas(key).forget()

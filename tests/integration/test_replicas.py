@@ -37,16 +37,22 @@ async def swarm(n: int) -> list[Node]:
     return nodes
 
 
+async def published(n: int) -> list[Node]:
+    """A swarm of n nodes, node i's record (peer p<i>, epoch 1) stored on the replicas by node i."""
+    nodes = await swarm(n)
+    for i, node in enumerate(nodes):
+        assert await node.store_record(KEY, progress(f"p{i}", 1), 60.0, replicas=True)
+    return nodes
+
+
 async def epochs(node: Node) -> dict[str, int]:
     return {r.peer_id: r.epoch for r in await node.fetch_records(KEY, records.ProgressRecord, replicas=True)}
 
 
 def test_replica_reads_and_stores_see_every_record_with_a_few_calls_each():
     async def main():
-        nodes = await swarm(8)
+        nodes = await published(8)
         try:
-            for i, node in enumerate(nodes):
-                assert await node.store_record(KEY, progress(f"p{i}", 1), 60.0, replicas=True)
             for node in nodes:
                 assert await epochs(node) == {f"p{i}": 1 for i in range(len(nodes))}
             reader = nodes[3]
@@ -69,10 +75,8 @@ def test_replica_reads_and_stores_see_every_record_with_a_few_calls_each():
 
 def test_reads_and_stores_go_on_when_the_nearest_replica_dies():
     async def main():
-        nodes = await swarm(8)
+        nodes = await published(8)
         try:
-            for i, node in enumerate(nodes):
-                assert await node.store_record(KEY, progress(f"p{i}", 1), 60.0, replicas=True)
             for node in nodes:
                 await epochs(node)   # every node's replicas found and kept
             key_id = DHTID.generate(source=KEY)
@@ -87,6 +91,41 @@ def test_reads_and_stores_go_on_when_the_nearest_replica_dies():
             assert await writer.store_record(KEY, progress("late", 3), 60.0, replicas=True)
             for node in alive:
                 assert (await epochs(node)).get("late") == 3
+        finally:
+            for node in reversed(nodes):
+                await node.shutdown()
+    asyncio.run(main())
+
+
+def test_a_failed_search_for_the_replicas_falls_back_to_the_full_paths():
+    """A search for the replicas that fails (not only one that times out) costs a full read or a blind store, not
+    the caller's read or publish."""
+    class Failing:
+        forgotten = 0
+
+        def forget(self):
+            Failing.forgotten += 1
+
+        def close(self):
+            pass
+
+        async def read(self, timeout):
+            raise RuntimeError("no nodes answered")
+
+        async def store(self, *args, **kwargs):
+            raise RuntimeError("no nodes answered")
+
+    async def main():
+        nodes = await swarm(3)
+        try:
+            for i, node in enumerate(nodes):
+                assert await node.store_record(KEY, progress(f"p{i}", 1), 60.0)
+            reader = nodes[1]
+            reader._replicas[KEY] = Failing()
+            assert len(await reader.fetch_records(KEY, records.ProgressRecord, replicas=True)) == 3   # the full read
+            assert await reader.store_record(KEY, progress("p1", 2), 60.0, replicas=True)             # a blind store
+            assert {r.peer_id: r.epoch for r in await nodes[0].fetch_records(KEY, records.ProgressRecord)}["p1"] == 2
+            assert Failing.forgotten == 2
         finally:
             for node in reversed(nodes):
                 await node.shutdown()
