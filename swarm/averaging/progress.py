@@ -441,7 +441,7 @@ class ProgressTracker:
 
     async def _read_all(self) -> list[ProgressRecord]:
         return await self.node.fetch_records(records.progress_key(self.node.run_id), ProgressRecord,  # type: ignore[return-value]
-                                             replicas=self._on_replicas())
+                                             replicas=self._on_replicas(), expected=len(self._view.peers))
 
     async def _read_summaries(self, allowed: dict[str, int], latest: bool) -> list[ProgressSummary]:
         found = await self.node.fetch_records(records.progress_summary_key(self.node.run_id), ProgressSummary, latest=latest)

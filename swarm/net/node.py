@@ -278,19 +278,21 @@ class Node:
         return stored
 
     async def fetch_records(self, key: str, model: type[records._Record], *, owner: bytes | None = None,
-                            latest: bool = True, replicas: bool = False) -> list[records._Record]:
+                            latest: bool = True, replicas: bool = False, expected: int = 0) -> list[records._Record]:
         """All valid, unexpired records under a key (one per owner); malformed ones are dropped.
         `owner`: only the record of this RSA public key (OpenSSH bytes), e.g. the organizer's.
         `latest=False`: the records of the first node that holds the key (asked one at a time), not of every node of
         a bucket: a fraction of the bytes, for a key whose few records every replica should hold.
         `replicas`: the merge of the nearest replicas' records as last found (swarm.net.replicas), a few FINDs instead of a
-        traversal's; when none of them holds the key (a swarm forming), a full read."""
-        return [record for _, record in await self.fetch_owned_records(key, model, owner=owner, latest=latest, replicas=replicas)]
+        traversal's; when none of them holds the key (a swarm forming), or they hold fewer than half the `expected`
+        records (the caller's last count), a full read, and the replicas are looked for again."""
+        return [record for _, record in await self.fetch_owned_records(key, model, owner=owner, latest=latest, replicas=replicas,
+                                                                       expected=expected)]
 
     async def fetch_owned_records(self, key: str, model: type[records._Record], *, owner: bytes | None = None,
-                                  latest: bool = True, replicas: bool = False) -> list[tuple[bytes, records._Record]]:
+                                  latest: bool = True, replicas: bool = False, expected: int = 0) -> list[tuple[bytes, records._Record]]:
         """fetch_records, each record with its owner's subkey (records.owner_subkey: who signed it)."""
-        found = await self._read_replicas(key) if replicas else None
+        found = await self._read_replicas(key, expected) if replicas else None
         if found is None and latest:
             # every node of a bucket, not only the key's nearest: a peer's direct stores (swarm.net.direct_store) reach
             # the replicas its routing table knows, and a node that just joined holds nothing yet
@@ -308,14 +310,19 @@ class Node:
                 out.append((subkey, record))
         return out
 
-    async def _read_replicas(self, key: str):
+    async def _read_replicas(self, key: str, expected: int = 0):
         """The key's value from its replicas as last found, or None (none holds it, or they could not be found in
-        READ_TIMEOUT, or the search failed): then they are looked for again at the next call, and the caller reads
-        the full way."""
+        READ_TIMEOUT, or the search failed, or they hold fewer than half the `expected` records): then they are looked
+        for again at the next call, and the caller reads the full way."""
         try:
             found = await self.replicas(key).read(timeout=READ_TIMEOUT)
         except Exception as e:   # the search for them timed out or failed
             logger.debug("a read of the replicas of %s failed: %s", key, describe(e))
+            found = None
+        if found is not None and isinstance(found.value, dict) and len(found.value) < expected / 2:
+            # Nodes that are not the key's replicas (a search cut short at load, say) that we also stored to would
+            # answer with little more than our own record, again and again: at 64 peers on 2 cores, views of 1 peer
+            logger.debug("the replicas of %s hold %d records where %d were seen: a full read", key, len(found.value), expected)
             found = None
         if found is None:
             self.replicas(key).forget()

@@ -130,3 +130,27 @@ def test_a_failed_search_for_the_replicas_falls_back_to_the_full_paths():
             for node in reversed(nodes):
                 await node.shutdown()
     asyncio.run(main())
+
+
+def test_replicas_that_hold_fewer_than_half_the_records_seen_cost_a_full_read():
+    """Nodes taken for the replicas that are not (a search cut short under load), which we also stored to, answer with
+    little more than our own record: a read that shows fewer than half the peers seen before reads the full way."""
+    async def main():
+        nodes = await published(8)
+        try:
+            reader = nodes[2]
+            kept = reader.replicas(KEY)
+            whole = await kept.read(timeout=10)
+            assert whole is not None and len(whole.value) == len(nodes)
+
+            async def partial(timeout):   # the replicas' merge as a wrong replica set would give it: one record
+                subkey = next(iter(whole.value))
+                return type(whole)({subkey: whole.value[subkey]}, whole.expiration_time)
+
+            kept.read = partial
+            assert len(await reader.fetch_records(KEY, records.ProgressRecord, replicas=True)) == 1   # nothing expected
+            assert len(await reader.fetch_records(KEY, records.ProgressRecord, replicas=True, expected=8)) == len(nodes)
+        finally:
+            for node in reversed(nodes):
+                await node.shutdown()
+    asyncio.run(main())

@@ -85,7 +85,7 @@ class FakeNode:
     def __init__(self, found):
         self.found = found
 
-    async def fetch_records(self, key, model, *, replicas=False):
+    async def fetch_records(self, key, model, *, replicas=False, expected=0):
         return list(self.found)
 
 

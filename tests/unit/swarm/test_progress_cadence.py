@@ -33,7 +33,7 @@ class CountingNode:
         self.stored.append((record, clock.now() + ttl))
         return True
 
-    async def fetch_records(self, key, model, *, replicas=False):
+    async def fetch_records(self, key, model, *, replicas=False, expected=0):
         self.reads += 1
         return []
 
@@ -263,7 +263,7 @@ def test_reads_and_publishes_go_to_the_replicas_as_last_found_from_replicas_min_
             self.modes.append(("store", replicas))
             return True
 
-        async def fetch_records(self, key, model, *, replicas=False):
+        async def fetch_records(self, key, model, *, replicas=False, expected=0):
             self.modes.append(("read", replicas))
             return []
 

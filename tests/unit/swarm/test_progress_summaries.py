@@ -137,7 +137,7 @@ class SummaryNode:
         self.stored.append((key, record))
         return True
 
-    async def fetch_records(self, key, model, *, latest=True, replicas=False):
+    async def fetch_records(self, key, model, *, latest=True, replicas=False, expected=0):
         if key == records.progress_summary_key(RUN):
             return list(self.summaries)
         self.full_reads += 1
@@ -207,7 +207,7 @@ def test_a_reader_whose_summary_read_hangs_reads_every_record_in_time():
     t, node = _tracker(me, everyone, [])
     read_all = node.fetch_records
 
-    async def hanging(key, model, *, latest=True, replicas=False):
+    async def hanging(key, model, *, latest=True, replicas=False, expected=0):
         if key == records.progress_summary_key(RUN):
             await asyncio.sleep(60)
         return await read_all(key, model, latest=latest)
