@@ -34,10 +34,20 @@ async def store_near(dht: DHTNode, key: str, subkey: bytes, value: object, expir
     protocol = dht.protocol
     key_id = DHTID.generate(source=key)
     record = _signed(dht, key_id, subkey, value, expiration_time)
-    nearest = protocol.routing_table.get_nearest_neighbors(key_id, dht.num_replicas, exclude=dht.node_id)
-    if len(nearest) < dht.num_replicas or key_id.xor_distance(dht.node_id) < key_id.xor_distance(nearest[-1][0]):
-        nearest = nearest[: dht.num_replicas - 1] + [(dht.node_id, dht.peer_id)]
+    nearest = with_own_node(dht, key_id, protocol.routing_table.get_nearest_neighbors(key_id, dht.num_replicas, exclude=dht.node_id))
     return await _store_on(dht, key_id, subkey, record, nearest, timeout)
+
+
+def with_own_node(dht: DHTNode, key_id: DHTID, nearest: list) -> list:
+    """The `dht.num_replicas` nodes nearest to the key, nearest first, among `nearest` ((node id, peer id) pairs of other
+    nodes: a routing table's or a traversal's, which never list this node) and this node itself."""
+    def distance(item: tuple) -> int:
+        return key_id.xor_distance(item[0])
+
+    nodes = sorted(nearest, key=distance)[: dht.num_replicas]
+    if len(nodes) < dht.num_replicas or distance((dht.node_id,)) < distance(nodes[-1]):
+        nodes = sorted(nodes[: dht.num_replicas - 1] + [(dht.node_id, dht.peer_id)], key=distance)
+    return nodes
 
 
 async def store_blind(dht: DHTNode, key: str, subkey: bytes, value: object, expiration_time: float, timeout: float) -> int:

@@ -33,7 +33,7 @@ from hivemind.dht.routing import DHTID
 from hivemind.p2p import PeerID
 from hivemind.utils.timed_storage import ValueWithExpiration
 
-from swarm.net.direct_store import _signed, _store_on
+from swarm.net.direct_store import _signed, _store_on, with_own_node
 
 REFRESH = 20.0     # seconds a found replica set is kept before it is looked for again (in the background)
 READ_FROM = 2      # replicas a read merges
@@ -88,12 +88,8 @@ class KeyReplicas:
         probe = DHTID(self.key_id ^ 1)
         self.traversals += 1
         found = await self.dht.find_nearest_nodes([probe], k_nearest=self.dht.num_replicas)
-        nodes = sorted(found[probe].items(), key=lambda item: self.key_id.xor_distance(item[0]))
         # this node is a replica too when it is nearer than the farthest one found (find_nearest_nodes excludes it)
-        if len(nodes) < self.dht.num_replicas or self.key_id.xor_distance(self.dht.node_id) < self.key_id.xor_distance(nodes[-1][0]):
-            nodes = sorted(nodes[: self.dht.num_replicas - 1] + [(self.dht.node_id, self.dht.peer_id)],
-                           key=lambda item: self.key_id.xor_distance(item[0]))
-        self._nodes = nodes[: self.dht.num_replicas]
+        self._nodes = with_own_node(self.dht, self.key_id, list(found[probe].items()))
         self._found, self._found_at = len(self._nodes), time.monotonic()
 
     def _failed(self, node: tuple[DHTID, PeerID]) -> None:
