@@ -30,6 +30,7 @@ from typing import Callable
 
 from hivemind.p2p import P2P, P2PContext, PeerID
 
+from swarm.averaging import calls
 from swarm.averaging.balancing import MemberLink, optimal_shares, uniform_shares
 from swarm.averaging.deadlines import round_limits
 from swarm.averaging.progress import ProgressTracker
@@ -114,6 +115,11 @@ class _Gathering:
     requests: dict[str, swarm_pb2.JoinRequest] = field(default_factory=dict)
     formed: asyncio.Future | None = None
     timeout: float = 0.0   # the formed group's all-reduce deadline
+    coming: dict[str, float] = field(default_factory=dict)   # called peers on their way -> when they should have asked
+    declined: set[str] = field(default_factory=set)          # called peers that will not come (not waited for)
+
+    def end(self, gather_timeout: float, hold: float) -> float:
+        return calls.held_until(self.started, gather_timeout, self.coming, set(self.requests), hold)
 
 
 class Matchmaker:
@@ -155,10 +161,11 @@ class Matchmaker:
 
     async def start(self) -> None:
         await self.p2p.add_protobuf_handler(JOIN_HANDLER, self._handle_join, swarm_pb2.JoinRequest)
+        await self.p2p.add_protobuf_handler(calls.CALL_HANDLER, self._handle_call, swarm_pb2.RoundCall)
 
     async def stop(self) -> None:
         """End the tasks that close gatherings on time (cancelled and awaited)."""
-        closers, self._closers = list(self._closers), set()
+        closers, self._closers = list(self._closers), set()   # and the calls of gatherings
         for task in closers:
             task.cancel()
         await asyncio.gather(*closers, return_exceptions=True)
@@ -205,6 +212,65 @@ class Matchmaker:
         view = self.tracker.view
         ids = {p.peer_id for p in view.training_at(epoch) + view.training_at(epoch - 1)} - self._failed.get(epoch, set()) - self.banned
         return ids | {self.peer_id}
+
+    def _hold(self) -> float:
+        """Seconds a gathering may be held past gather_timeout for called peers on their way: a follower's request
+        waits gather_timeout + request_timeout for our answer (form_group), so one second less than that."""
+        return max(0.0, self.request_timeout - 1.0)
+
+    def _missing(self, g: _Gathering) -> set[str]:
+        """The expected peers that have not asked to join the gathering, less those that said they will not come."""
+        return self._expected(g.epoch) - g.declined - set(g.requests)
+
+    def _begin(self, g: _Gathering) -> None:
+        """We lead this gathering from now on; the expected peers that have not asked by CALL_AFTER are called."""
+        g.leading, g.started = True, time.monotonic()
+        if self.peer_id not in g.requests:
+            # a follower's request made us lead before our own trainer asked: it is called like the others (the slowest
+            # peer of emulated dedloc-albert led the first round and downloaded the state after it)
+            reply = calls.answer(self.tracker, g.epoch, self.peer_id, self.peer_id)
+            if reply.coming:
+                g.coming[self.peer_id] = calls.promise(reply, g.started)
+        self._own(self._call_missing(g), f"matchmaking-call-{g.epoch}")
+
+    def _own(self, coroutine, name: str) -> None:
+        task = asyncio.create_task(coroutine, name=name)
+        self._closers.add(task)
+        task.add_done_callback(self._closers.discard)
+
+    async def _call_missing(self, g: _Gathering) -> None:
+        await asyncio.sleep(calls.CALL_AFTER)
+        peers = sorted(self._missing(g) - {self.peer_id})
+        if g.formed.done() or not peers:
+            return
+
+        def request() -> swarm_pb2.RoundCall:
+            message = swarm_pb2.RoundCall(run_id=self.run_id, epoch=g.epoch)
+            if self.authorizer is not None:
+                self.authorizer.sign_message(message, self.p2p.peer_id)
+            return message
+
+        replies = await calls.call_peers(self.p2p, peers, request)
+        now = time.monotonic()
+        for peer, reply in replies.items():
+            if reply.coming:
+                g.coming[peer] = calls.promise(reply, now)
+            elif not reply.later:
+                g.declined.add(peer)
+        calls.log_replies(g.epoch, replies, len(peers))
+
+    async def _handle_call(self, request: swarm_pb2.RoundCall, context: P2PContext) -> swarm_pb2.RoundCallReply:
+        if self.authorizer is not None:
+            problem = self.authorizer.check_message(request, context.remote_id)
+            if problem is not None:
+                return swarm_pb2.RoundCallReply(reason=f"unauthorized: {problem}")
+        caller = str(context.remote_id)
+        if request.run_id != self.run_id or caller in self.banned or self.schema_hash is None:
+            return swarm_pb2.RoundCallReply(reason="not this run, banned, or not training yet")
+        candidates = self._candidates(request.epoch)
+        reply = calls.answer(self.tracker, request.epoch, caller, candidates[0] if candidates else None)
+        logger.debug("epoch %d: called by %s: %s", request.epoch, caller[-8:], "coming" if reply.coming else reply.reason)
+        return reply
 
     def _gathering(self, epoch: int) -> _Gathering:
         g = self._gatherings.get(epoch)
@@ -345,18 +411,19 @@ class Matchmaker:
                 raise LateForGroup(f"the group of epoch {request.epoch} formed without this peer", late)
             raise RoundFailed("this epoch's group was already formed without this peer")
         if not g.leading:
-            g.leading, g.started = True, time.monotonic()
+            self._begin(g)
         self.tracker.poke()
         g.requests[self.peer_id] = request
         logger.debug("epoch %d: leading matchmaking", request.epoch)
-        gather_end = min(deadline, g.started + self.gather_timeout)
+        gather_end = min(deadline, g.end(self.gather_timeout, self._hold()))
         # A short robust group whose expected trainers have not all asked waits for them longer, while its followers'
         # requests hold (they wait gather_timeout + request_timeout): refused at gather_end, its follower led a
         # gathering of its own, stepped aside for us, and reached our next gathering after it had closed short again,
         # round after round (test_byzantine_bans[lying_reducer] under CI's load)
         short_end = min(deadline, gather_end + max(0.0, self.request_timeout - 1.0))
         while True:
-            now, missing = time.monotonic(), not self._expected(request.epoch) <= set(g.requests)
+            now, missing = time.monotonic(), bool(self._missing(g))
+            gather_end = min(deadline, g.end(self.gather_timeout, self._hold()))   # called peers on their way hold it
             if not ((now < gather_end and (missing or self._short(g))) or (now < short_end and missing and self._short(g))):
                 break
             await asyncio.sleep(0.05)   # a short group waits the whole gathering: trainers still finishing may join
@@ -488,10 +555,8 @@ class Matchmaker:
                 if candidates:
                     refusal.leader = candidates[0]  # whom we follow: the asker may not see that peer yet
                 return refusal
-            g.leading, g.started = True, time.monotonic()
-            closer = asyncio.create_task(self._close_after_timeout(g), name=f"matchmaking-close-{g.epoch}")
-            self._closers.add(closer)
-            closer.add_done_callback(self._closers.discard)
+            self._begin(g)
+            self._own(self._close_after_timeout(g), f"matchmaking-close-{g.epoch}")
         g.requests[request.peer_id] = request
         return await asyncio.shield(g.formed)
 
@@ -512,9 +577,8 @@ class Matchmaker:
 
     async def _close_after_timeout(self, g: _Gathering) -> None:
         """A leader that leads before its own trainer is ready still forms the group on time."""
-        end = g.started + self.gather_timeout
-        while time.monotonic() < end and not g.formed.done():
-            if self._expected(g.epoch) - {self.peer_id} <= set(g.requests) and self.peer_id in g.requests:
+        while time.monotonic() < g.end(self.gather_timeout, self._hold()) and not g.formed.done():
+            if not self._missing(g) and self.peer_id in g.requests:
                 return  # _lead will form it
             await asyncio.sleep(0.05)
         if not g.formed.done() and self.peer_id not in g.requests:

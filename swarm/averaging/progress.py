@@ -213,6 +213,9 @@ class ProgressTracker:
         self._expires = -math.inf
         self._published: tuple | None = None       # the fields of our last published record that readers act on
         self._published_at = -math.inf             # when that publish began (monotonic)
+        # a leader's call to its gathering (swarm.averaging.calls): (epoch, until when it counts as ready, monotonic)
+        self._called: tuple[int, float] = (-1, -math.inf)
+        self.micro_batch_seconds = 0.0   # the trainer's last interval between micro-batches (set by the optimizer)
 
     # -- called from the training thread (thread-safe) ------------------------------------------------
 
@@ -297,8 +300,17 @@ class ProgressTracker:
     def ready(self, epoch: int) -> bool:
         """Whether the swarm has the epoch's batch. Never before the first fetch of the swarm's records: a peer
         (re)joining a running swarm would otherwise see nobody, take its own samples for the batch and step alone
-        from epoch 0 before it learns where the swarm is."""
-        return self.fetched and self.estimated_samples(epoch) >= self.target_batch_size
+        from epoch 0 before it learns where the swarm is. Also ready: an epoch whose gathering called us (`call`)."""
+        if not self.fetched:
+            return False
+        called, until = self._called
+        return (called == epoch and time.monotonic() < until) or self.estimated_samples(epoch) >= self.target_batch_size
+
+    def call(self, epoch: int, seconds: float) -> None:
+        """A leader is gathering the epoch's group and asked us to come (swarm.averaging.calls decided we do): the
+        epoch counts as ready for `seconds`, and the view is read now."""
+        self._called = (epoch, time.monotonic() + seconds)
+        self.poke()
 
     # -- engine loop --------------------------------------------------------------------------------------
 

@@ -281,6 +281,8 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
         if self._last_step_time is not None:
             inst = samples / max(now - self._last_step_time, 1e-6)
             self._rate = inst if self._rate == 0 else 0.8 * self._rate + 0.2 * inst
+            # how soon a leader's call can be answered by a submit (swarm.averaging.calls)
+            self.collab.tracker.micro_batch_seconds = now - self._last_step_time
         self._last_step_time = now
         grads = [p.grad for p in self.params if p.grad is not None]
         if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):

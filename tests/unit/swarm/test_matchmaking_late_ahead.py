@@ -28,7 +28,7 @@ LOW, ME, HIGH = "Qm-a-low", "Qm-m-me", "Qm-z-high"
 
 class TrustingTracker(FakeTracker):
     def __init__(self, epoch: int, records, trusted):
-        self.local = SimpleNamespace(epoch=epoch)
+        self.local = SimpleNamespace(epoch=epoch, training=False)   # never answers a call (swarm.averaging.calls)
         self.view = SwarmView(epoch=max(r.epoch for r in records), peers=tuple(records), fetched_at=time.monotonic())
         self._trusted = set(trusted)
 

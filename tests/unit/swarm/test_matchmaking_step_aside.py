@@ -31,7 +31,7 @@ class FakeTracker:
     role = "trainer"
 
     def __init__(self, epoch: int, peers: list[str]):
-        self.local = SimpleNamespace(epoch=epoch)
+        self.local = SimpleNamespace(epoch=epoch, training=False)   # never answers a call (swarm.averaging.calls)
         self.set_view(epoch, peers)
 
     def set_view(self, epoch: int, peers: list[str]) -> None:
