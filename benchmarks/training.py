@@ -21,7 +21,9 @@ Per configuration, from the peers' events (swarm.simulate.emulate.training_figur
   only figure hivemind has), each with its ratio to sync-fp32;
 - loss vs wall time: the mean micro-batch loss of all trainers per 15 s bin (DiLoCo: its inner models'), and
   the loss at equal wall time and at equal samples computed (benchmarks.modes.summarize);
-- samples/s in completed global batches, the trainers' solo sum, and their ratio (the older utilization figure).
+- samples/s in completed global batches, the trainers' solo sum, and their ratio (the older utilization figure);
+- with `--protocols`, what swarm's peers sent per protocol per sample (`protocols`: benchmarks.protocol_bytes's
+  categories; the wire's remainder is the p2p daemons' own traffic and framing).
 """
 from __future__ import annotations
 
@@ -58,8 +60,23 @@ CONFIGS: dict[str, tuple[str, Any]] = {
 }
 
 
-def bench_swarm(scenario: Scenario, log_dir: Path) -> dict[str, Any]:
-    report = run_training(scenario, log_dir, progress=lambda s: print(s, flush=True))
+COUNTED_WORKER = "benchmarks.workers.counted_training_peer"
+
+
+def protocol_breakdown(peers: list[dict[str, Any]], samples: float) -> dict[str, dict[str, float]]:
+    """Bytes every peer sent per protocol (benchmarks.protocol_bytes, counted by COUNTED_WORKER), per sample computed."""
+    sent: dict[str, float] = {}
+    for peer in peers:
+        for category, n in (peer.get("protocol_bytes") or {}).get("sent", {}).items():
+            sent[category] = sent.get(category, 0) + n
+    return {"sent_per_sample": {k: round(v / samples, 1) for k, v in sorted(sent.items(), key=lambda kv: -kv[1])}} if samples else {}
+
+
+def bench_swarm(scenario: Scenario, log_dir: Path, protocols: bool = False) -> dict[str, Any]:
+    report = run_training(scenario, log_dir, progress=lambda s: print(s, flush=True),
+                          worker=COUNTED_WORKER if protocols else "swarm.simulate.worker")
+    if protocols:
+        report["protocols"] = protocol_breakdown(report["peers_detail"], report.get("samples") or 0)
     return {"samples_per_second": report.pop("swarm_samples_per_second"), "started": report.pop("started"),
             **{k: v for k, v in report.items() if k not in ("scenario", "peers", "duration")}}
 
@@ -92,13 +109,13 @@ def bench_hivemind(scenario: Scenario, log_dir: Path, flags: list[str]) -> dict[
             "peers_detail": summaries}
 
 
-def run_config(name: str, scenario: Scenario, log_dir: Path) -> dict[str, Any]:
+def run_config(name: str, scenario: Scenario, log_dir: Path, protocols: bool = False) -> dict[str, Any]:
     system, spec = CONFIGS[name]
     started = time.monotonic()
     load_before = os.getloadavg()[0]
     try:
         if system == "swarm":
-            result = bench_swarm(scenario.with_workload(**spec), log_dir)
+            result = bench_swarm(scenario.with_workload(**spec), log_dir, protocols)
         else:
             result = bench_hivemind(scenario, log_dir, spec)
     except KeyboardInterrupt:
@@ -128,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--append", action="store_true", help="add to the results already in --json (same scenario)")
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--log-dir", type=Path)
+    parser.add_argument("--protocols", action="store_true", help="count what swarm's peers send per protocol "
+                        "(benchmarks.protocol_bytes; result key `protocols`)")
     args = parser.parse_args(argv)
     names = [n for n in args.configs.split(",") if n]
     unknown = [n for n in names if n not in CONFIGS]
@@ -153,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     report.setdefault("configs", {})
     log_root = args.log_dir or Path(tempfile.mkdtemp(prefix="bench-training-"))
     for name in names:
-        result = run_config(name, scenario, log_root / name)
+        result = run_config(name, scenario, log_root / name, args.protocols)
         result["duration_s"] = scenario.workload.duration
         report["results"][name] = result
         report["configs"][name] = CONFIGS[name][1]

@@ -293,9 +293,11 @@ def run_training(
     ready_timeout: float = 300.0,
     progress: Callable[[str], None] | None = None,
     engine_overrides: dict[str, Any] | None = None,
+    worker: str = "swarm.simulate.worker",
 ) -> dict[str, Any]:
     """Run the scenario's training workload (in its mode); returns swarm samples/s, each peer's solo rate, and the
-    figures of `training_figures` (compute utilization, bytes per sample, loss curve)."""
+    figures of `training_figures` (compute utilization, bytes per sample, loss curve). `worker`: the peers' module
+    (a benchmark's wrapper of swarm.simulate.worker that counts more)."""
     workload = scenario.workload
     assert isinstance(workload, TrainingWorkload)
     say = progress or (lambda s: None)
@@ -314,7 +316,7 @@ def run_training(
             args = ["--mode", "training", "--run-id", run_id, "--role", p.role, "--host", emu.network.address(p.index),
                     "--initial-peers", *initial, "--index", str(p.index), "--compute", str(p.compute), "--trainers", str(trainers),
                     "--workload", payload, "--engine", json.dumps(overrides)]
-            procs.append(emu.python(p.index, "swarm.simulate.worker", args, f"peer{p.index}-{p.name}"))
+            procs.append(emu.python(p.index, worker, args, f"peer{p.index}-{p.name}"))
         ready = gather(procs, "ready", ready_timeout)
         say(f"{len(procs)} peers joined ({workload.mode}{', overlap' if workload.overlap else ''}, {workload.compression}, "
             f"target batch {ready[0].get('target_batch_size')}); training for {workload.duration:.0f}s")
