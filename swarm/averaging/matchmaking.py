@@ -260,13 +260,14 @@ class Matchmaker:
         calls.log_replies(g.epoch, replies, len(peers))
 
     async def _handle_call(self, request: swarm_pb2.RoundCall, context: P2PContext) -> swarm_pb2.RoundCallReply:
+        # refusals of the call itself say `later`: the caller then waits for us as it would have without calling
         if self.authorizer is not None:
             problem = self.authorizer.check_message(request, context.remote_id)
             if problem is not None:
-                return swarm_pb2.RoundCallReply(reason=f"unauthorized: {problem}")
+                return swarm_pb2.RoundCallReply(reason=f"unauthorized: {problem}", later=True)
         caller = str(context.remote_id)
         if request.run_id != self.run_id or caller in self.banned or self.schema_hash is None:
-            return swarm_pb2.RoundCallReply(reason="not this run, banned, or not training yet")
+            return swarm_pb2.RoundCallReply(reason="not this run, banned, or not training yet", later=True)
         candidates = self._candidates(request.epoch)
         reply = calls.answer(self.tracker, request.epoch, caller, candidates[0] if candidates else None)
         logger.debug("epoch %d: called by %s: %s", request.epoch, caller[-8:], "coming" if reply.coming else reply.reason)

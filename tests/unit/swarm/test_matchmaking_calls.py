@@ -197,3 +197,12 @@ def test_a_leader_whose_own_trainer_has_not_asked_calls_itself():
 
     group, reply = asyncio.run(scenario())
     assert members(group) == {"Qm-me", "Qm-z-fast"} and members(reply) == members(group)
+
+
+def test_a_refused_call_says_later_so_the_caller_waits_as_before():
+    # a call from another run, a banned caller, or one whose signature fails must not make its leader drop the peer
+    mm = matchmaker(CallingP2P({}), [ME, FAST])
+    mm.banned = {FAST}
+    for request, caller in ((swarm_pb2.RoundCall(run_id="other", epoch=3), SLOW), (swarm_pb2.RoundCall(run_id="run", epoch=3), FAST)):
+        reply = asyncio.run(mm._handle_call(request, SimpleNamespace(remote_id=caller)))
+        assert not reply.coming and reply.later and reply.reason
