@@ -616,12 +616,15 @@ class AllReduceRound:
             await self._end_stream(sender, stream, consumer)
 
     async def _serve_latecomer(self, first: swarm_pb2.PartChunk, requests: AsyncIterator[swarm_pb2.PartChunk]) -> AsyncIterator[swarm_pb2.PartChunk]:
-        """Stream my averaged part to a peer outside the group (it brings nothing, it only takes the result). At most
-        MAX_LATECOMER_FETCHES such streams per round: each costs this reducer its part's bytes once more."""
-        count = len(self.parts[self.group.my_index])
-        if first.part != self.group.my_index or not 0 <= first.chunk < count:
+        """Stream an averaged part to a peer outside the group (it brings nothing, it only takes the result): my own,
+        or another member's part as I received it whole (its reducer died, failed its round or is at its limit: a
+        backup's bytes or the reducer's, whichever every member stepped with). At most MAX_LATECOMER_FETCHES such
+        streams per round: each costs this member the part's bytes once more."""
+        j = first.part
+        if not 0 <= j < len(self.parts) or not 0 <= first.chunk < len(self.parts[j]):
             yield swarm_pb2.PartChunk(error="bad fetch")
             return
+        count = len(self.parts[j])
         if self._latecomer_fetches >= MAX_LATECOMER_FETCHES:
             # said apart from a bad fetch: at 64 toy peers on 2 cores most "bad fetch" refusals of late peers were this
             yield swarm_pb2.PartChunk(error=f"late peers' fetches of this part are at their limit ({MAX_LATECOMER_FETCHES})")
@@ -637,10 +640,18 @@ class AllReduceRound:
             yield swarm_pb2.PartChunk(error="round failed here")
             await drain(requests, self.sender_timeout)
             return
-        async for reply in self._replay(first.chunk, count, heartbeats=False):
-            yield reply
-            if reply.error:
-                break
+        if j == self.group.my_index:
+            async for reply in self._replay(first.chunk, count, heartbeats=False):
+                yield reply
+                if reply.error:
+                    break
+        else:
+            held = self.part_bytes(j)
+            if held is None:
+                yield swarm_pb2.PartChunk(error="part not held here")
+            for k in range(first.chunk, len(held or ())):
+                self.stats.bytes_sent += len(held[k])
+                yield swarm_pb2.PartChunk(part=j, chunk=k, data=held[k])
         await drain(requests, self.sender_timeout)  # its end-of-stream (see serve), after an error too (see drain)
 
     async def _replay(self, start: int, count: int, heartbeats: bool = True) -> AsyncIterator[swarm_pb2.PartChunk]:

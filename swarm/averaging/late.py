@@ -8,10 +8,15 @@ The bytes are the ones every member decodes, so the late peer steps to bitwise t
 parameters as the group. From a hierarchical group (swarm.averaging.hierarchy) it takes each part
 from that part's reducer in one subgroup (chosen by its peer id, so late peers spread over them). Its own values are not in the average (it came too late for that).
 
-Bounded time: the whole fetch ends within the group's deadline; a reducer serves a late peer only once its
+A part whose reducer cannot serve it (dead, its round failed there, or at its limit of late peers) is asked of other
+members of a flat group in turn, at most MAX_SOURCES in all: a member that stepped holds every part as it took it (the
+reducer's bytes, or a backup's when the reducer died mid-round) and serves it whole. A late peer that was itself in
+the group (a member whose round failed) never asks itself.
+
+Bounded time: the whole fetch ends within the group's deadline; a member serves a late peer only once its
 own round is over, and heartbeats until then; one that sends nothing, not even a heartbeat, for the group's
-silence limit, refuses, or sends a wrong chunk fails the fetch (RoundFailed, naming the part); the peer then
-falls back to what a failed round does.
+silence limit, refuses, or sends a wrong chunk fails that source; a part no source gave fails the fetch
+(RoundFailed, naming the part and each source's failure); the peer then falls back to what a failed round does.
 """
 from __future__ import annotations
 
@@ -32,7 +37,17 @@ from swarm.errors import ProtocolError, RoundFailed
 from swarm.net.auth import SwarmAuthorizer
 from swarm.proto import swarm_pb2
 
-__all__ = ["fetch_group_result"]
+__all__ = ["fetch_group_result", "MAX_SOURCES"]
+
+MAX_SOURCES = 3   # members asked for one part: its reducer, then others (a silent one costs a reply limit each)
+
+
+def part_sources(members: Sequence[str], j: int, me: str, limit: int = MAX_SOURCES) -> list[str]:
+    """Who to ask for part j of a flat group: its reducer, then the other members in an order of our own (late peers
+    spread over them), never ourselves."""
+    others = sorted((m for i, m in enumerate(members) if i != j and m != me),
+                    key=lambda m: hashlib.sha256(f"{me}/{j}/{m}".encode()).digest())
+    return ([members[j]] if members[j] != me else [])[:limit] + others[: limit - (members[j] != me)]
 
 
 async def fetch_group_result(p2p: P2P, info: swarm_pb2.GroupInfo, layout: TensorLayout, links: Sequence[MemberLink], *,
@@ -43,22 +58,36 @@ async def fetch_group_result(p2p: P2P, info: swarm_pb2.GroupInfo, layout: Tensor
     `round_id`: the phase's id (default the group's); `links`: the members' links, for the silence limit."""
     round_id = round_id or info.round_id
     parts = plan_parts(layout, list(info.shares), chunk_elements)
-    # part j: (its reducer, the part number it goes by on the wire, the round id it is served under)
-    sources = [(m.peer_id, j, round_id) for j, m in enumerate(info.members)]
+    # part j: (who may serve it, the part number it goes by on the wire, the round id it is served under)
+    me = str(p2p.peer_id)
+    ids = [m.peer_id for m in info.members]
+    sources = [(part_sources(ids, j, me), j, round_id) for j in range(len(ids))]
     plan = plan_hierarchy([m.role for m in info.members], list(info.shares), info.max_group_size) if info.max_group_size else None
     if plan is not None:   # a hierarchical group: any subgroup's reducer of a part serves it; spread late peers over them
         parts = plan_parts(layout, list(plan.part_shares), chunk_elements)
         s = int.from_bytes(hashlib.sha256(str(p2p.peer_id).encode()).digest()[:4], "big") % len(plan.subgroups)
         subgroup = plan.subgroups[s]
-        sources = [(info.members[column[s]].peer_id, subgroup.index(column[s]), derived_id(round_id, b"subgroup", s)) for column in plan.columns]
+        sources = [([info.members[column[s]].peer_id], subgroup.index(column[s]), derived_id(round_id, b"subgroup", s)) for column in plan.columns]
     silence = round_limits(layout.wire_bytes(), links, list(info.shares), chunk_bytes=layout.chunk_bytes(chunk_elements),
                            floor_silence=floor_silence, floor_averaging=info.timeout).silence
     result = [torch.empty(size, dtype=torch.float32) for size in layout.bucket_sizes]
     waiting = {j for j, chunks in enumerate(parts) if chunks}   # parts not fetched yet
 
     async def fetch_part(j: int) -> None:
+        servers, label, source_round = sources[j]
+        failures = []
+        for server in servers:
+            try:
+                await fetch_from(j, server, label, source_round)
+                waiting.discard(j)
+                return
+            except RoundFailed as e:
+                failures.append(str(e))
+        raise RoundFailed(f"part {j}: " + ("; ".join(failures) or "nobody to ask but ourselves"))
+
+    async def fetch_from(j: int, reducer: str, label: int, source_round: bytes) -> None:
+        """Part j from one member (its reducer or a holder); RoundFailed naming that member when it does not serve it."""
         chunks = parts[j]
-        reducer, label, source_round = sources[j]
 
         async def request():
             msg = swarm_pb2.PartChunk(round_id=source_round, part=label, chunk=0, sender=str(p2p.peer_id), fetch=True)
@@ -76,21 +105,20 @@ async def fetch_group_result(p2p: P2P, info: swarm_pb2.GroupInfo, layout: Tensor
                 while is_heartbeat(reply):   # the reducer is alive and its round not over yet (the whole fetch is bounded)
                     reply = await asyncio.wait_for(anext(stream), reply_timeout(silence))
                 if reply.error:
-                    raise RoundFailed(f"part {j}: reducer {reducer[-8:]}: {reply.error}")
+                    raise RoundFailed(f"{reducer[-8:]}: {reply.error}")
                 if reply.chunk != k or reply.part != label:
-                    raise ProtocolError(f"part {j}: reducer {reducer[-8:]} sent chunk {reply.part}/{reply.chunk}, expected {label}/{k}")
+                    raise ProtocolError(f"{reducer[-8:]} sent chunk {reply.part}/{reply.chunk}, expected {label}/{k}")
                 values = decode_checked(layout.codecs[chunk.bucket], reply.data, chunk.length)
                 result[chunk.bucket][chunk.start : chunk.start + chunk.length] = values
-            waiting.discard(j)
         except (StopAsyncIteration, asyncio.TimeoutError) as e:
             why = "stream ended early" if isinstance(e, StopAsyncIteration) else f"no reply for {reply_timeout(silence):.1f}s"
-            raise RoundFailed(f"part {j}: reducer {reducer[-8:]}: {why}") from None
+            raise RoundFailed(f"{reducer[-8:]}: {why}") from None
         except ProtocolError as e:
             raise RoundFailed(str(e)) from e
         except (RoundFailed, asyncio.CancelledError):
             raise
         except Exception as e:  # a reset or refused stream
-            raise RoundFailed(f"part {j}: reducer {reducer[-8:]}: {type(e).__name__}: {e}") from e
+            raise RoundFailed(f"{reducer[-8:]}: {type(e).__name__}: {e}") from e
         finally:
             if stream is not None:
                 await close_quietly(stream)
@@ -106,6 +134,6 @@ async def fetch_group_result(p2p: P2P, info: swarm_pb2.GroupInfo, layout: Tensor
                 raise RoundFailed("late for the group, and its result could not be fetched: "
                                   + "; ".join(str(e) for e in failed.exceptions)) from None
     except TimeoutError:
-        detail = ", ".join(f"part {j} from {sources[j][0][-8:]}" for j in sorted(waiting))
+        detail = ", ".join(f"part {j} from {'/'.join(s[-8:] for s in sources[j][0])}" for j in sorted(waiting))
         raise RoundFailed(f"late for the group, and its result was not fetched within {info.timeout:.1f}s: still waiting for {detail}") from None
     return result

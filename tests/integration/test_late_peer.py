@@ -88,12 +88,36 @@ class FailsAfterAveraging(AllReduceRound):
 def test_a_late_peer_does_not_take_a_part_from_a_reducer_whose_round_failed():
     """A reducer serves late peers only the result of a round it stepped with: one that failed there may be a round
     that nobody steps with (chaos: a frozen reducer resumed past the deadline and served a late peer a result that
-    no member held)."""
+    no member held). The member that stepped holds both parts: the late peer takes them from it, and holds what it
+    stepped with."""
     async def main():
         results, got = await round_with_latecomer([AllReduceRound, FailsAfterAveraging], timeout=20.0)
         assert isinstance(results[1], RoundFailed), results[1]
-        assert isinstance(got, RoundFailed) and "part 1" in str(got) and "round failed here" in str(got), got
+        assert_late_peer_holds_the_result([results[0]], got)
     asyncio.run(main())
+
+
+class RefusesLatecomers(AllReduceRound):
+    """A reducer that answers every late peer as if its round had failed (dead by then, or at its limit)."""
+
+    async def _serve_latecomer(self, first, requests):
+        yield swarm_pb2.PartChunk(error="round failed here")
+
+
+def test_a_late_peer_takes_a_part_its_reducer_will_not_serve_from_another_member():
+    """Issue 14: the late path asked the part's reducer only; a member that stepped holds every part as it took it."""
+    async def main():
+        results, got = await round_with_latecomer([AllReduceRound, RefusesLatecomers, AllReduceRound], timeout=20.0)
+        assert_late_peer_holds_the_result(results, got)
+    asyncio.run(main())
+
+
+def test_no_late_peer_asks_itself():
+    from swarm.averaging.late import MAX_SOURCES, part_sources
+    members = ["a", "b", "c", "d", "e"]
+    assert part_sources(members, 1, "x")[0] == "b" and len(part_sources(members, 1, "x")) == MAX_SOURCES
+    assert "b" not in part_sources(members, 1, "b") and part_sources(members, 1, "b")
+    assert part_sources(["a", "b"], 1, "b") == ["a"] and part_sources(["b"], 0, "b") == []
 
 
 def test_a_late_collaboration_steps_with_the_group_result_through_its_codec():
