@@ -239,6 +239,8 @@ class AllReduceRound:
         self._stream_of: dict[int, int] = {}  # sender -> number of its newest stream: only that one may exclude it
         # the averaged bytes received of each other part, in order (a prefix): a backup relays them if the reducer dies
         self._held: dict[int, list[bytes]] = {}
+        # the bytes of each part a backup finished, as I took them (swarm.averaging.failover): late peers ask me for them
+        self.backup_bytes: dict[int, list[bytes]] = {}
         # part -> set once my exchange of it is over, won or lost (at once for a member that sends nothing)
         self._settled = [asyncio.Event() for _ in group.peer_ids]
         self._exchanges: dict[int, asyncio.Task] = {}   # part -> my exchange of it (a backup may make me give it up)
@@ -646,7 +648,7 @@ class AllReduceRound:
                 if reply.error:
                     break
         else:
-            held = self.part_bytes(j)
+            held = self.part_bytes(j) or self.backup_bytes.get(j)
             if held is None:
                 yield swarm_pb2.PartChunk(error="part not held here")
             for k in range(first.chunk, len(held or ())):

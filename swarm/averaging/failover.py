@@ -79,6 +79,9 @@ class RoundSide(Protocol):
     _own_final: bool                        # I step with my own part as I averaged it
     _lost: dict[int, str]                   # part -> why I did not get it from its reducer
     _part_hashers: dict[int, Any]           # part -> sha256 of its averaged bytes as received
+    _held: dict[int, list[bytes]]           # part -> its averaged chunks as received (a prefix)
+    backup_bytes: dict[int, list[bytes]]    # part -> the chunks a backup finished it with, as taken (late peers')
+    parts: list[list[Chunk]]
 
     def _store_result(self, chunk: Chunk, values: torch.Tensor) -> None: ...
     def hand_over(self) -> None: ...
@@ -177,6 +180,9 @@ class PartFailover:
             r.stats.bytes_sent += sub.stats.bytes_sent
             r.stats.bytes_received += sub.stats.bytes_received
         r._part_hashers[j] = sub._part_hashers.get(backup, hashlib.sha256())
+        taken = sub._held.get(backup, [])
+        if len(taken) == len(r.parts[j]):   # kept apart from _held (the reducer's bytes, which audits check)
+            r.backup_bytes[j] = list(taken)
 
     async def _finish_as_backup(self, j: int) -> None:
         r = self.round
@@ -192,6 +198,7 @@ class PartFailover:
         for data in sub._outputs:
             hasher.update(data)  # type: ignore[arg-type]
         r._part_hashers[j] = hasher
+        r.backup_bytes[j] = list(sub._outputs)  # type: ignore[arg-type]
 
     def _store_held(self, j: int) -> None:
         r = self.round
