@@ -14,8 +14,8 @@ would pick itself, and every record's claim (strangers counted in full) puts the
 or more; its tracker then reports the epoch ready for a while (ProgressTracker.call), and it answers with the
 seconds until its trainer asks (one micro-batch, plus the read matchmaking does first). The leader holds the
 gathering for those that come, at most MAX_CALL_WAIT past gather_timeout (and less than its followers' requests wait
-for an answer), and stops waiting for those that say no
-(a peer one epoch behind says "later": it may still ask, and is waited for as before). A call that fails changes
+for an answer), and stops waiting for those that say no (a peer one epoch behind, or one that follows another
+leader, says "later": it may still ask, and is waited for as before). A call that fails changes
 nothing: a peer behind NAT cannot be called but can still ask.
 
 What a liar gains: the lowest-id peer with an inflated record can pull honest peers into a round before the target
@@ -60,7 +60,9 @@ def answer(tracker: ProgressTracker, epoch: int, caller: str, leader: str | None
     if local.epoch > epoch:
         return no(f"already at epoch {local.epoch}")
     if caller != leader:
-        return no("follows another leader")
+        # "later": the caller may be a fallback leader whose followers could not reach ours; were it to stop waiting for
+        # us it would form a group of one at once and fail it ("alone": emulated hybrid at 10M, 2 peer-rounds of 72)
+        return no("follows another leader", later=True)
     if tracker.estimated_samples(epoch, everyone=True) < CALL_SHARE * tracker.target_batch_size:
         return no("the records are far from the target batch")
     within = min(max(tracker.micro_batch_seconds, 0.0), MAX_CALL_WAIT) + JOIN_SLACK

@@ -160,7 +160,8 @@ def test_a_called_peer_comes_only_to_its_own_leader_at_its_epoch_near_the_target
     # strangers' claims (never averaged with us) count in full for the call: 10 own + 80 = 90 of 100
     tracker = real_tracker({"Qm-me": 10, "Qm-a": 40, "Qm-b": 40})
     assert not tracker.ready(3), "by its own estimate the slow peer is far from the target"
-    assert not calls.answer(tracker, 3, "Qm-a", leader="Qm-b").coming, "only the leader it would follow itself"
+    other = calls.answer(tracker, 3, "Qm-a", leader="Qm-b")
+    assert not other.coming and other.later, "only the leader it would follow itself, but the caller waits for it"
     behind = calls.answer(tracker, 4, "Qm-a", leader="Qm-a")
     assert not behind.coming and behind.later, "one epoch behind the call: it may still ask"
     assert not calls.answer(tracker, 2, "Qm-a", leader="Qm-a").coming
