@@ -14,8 +14,9 @@ would pick itself, and every record's claim (strangers counted in full) puts the
 or more; its tracker then reports the epoch ready for a while (ProgressTracker.call), and it answers with the
 seconds until its trainer asks (one micro-batch, plus the read matchmaking does first). The leader holds the
 gathering for those that come, at most MAX_CALL_WAIT past gather_timeout (and less than its followers' requests wait
-for an answer), and stops waiting for those that say no (a peer one epoch behind, or one that follows another
-leader, says "later": it may still ask, and is waited for as before). A call that fails changes
+for an answer), and stops waiting for those that say a certain no (not training, or past the epoch); any other
+refusal says "later" (behind the epoch, following another leader, records far from the target: such a peer may
+still ask) and is waited for as before. A call that fails changes
 nothing: a peer behind NAT cannot be called but can still ask.
 
 What a liar gains: the lowest-id peer with an inflated record can pull honest peers into a round before the target
@@ -52,19 +53,23 @@ def answer(tracker: ProgressTracker, epoch: int, caller: str, leader: str | None
     def no(reason: str, later: bool = False) -> swarm_pb2.RoundCallReply:
         return swarm_pb2.RoundCallReply(coming=False, reason=reason, later=later)
 
+    # Only what is certain is a "no" the caller stops waiting for (no training, or past the epoch); anything else says
+    # "later" and is waited for as before the call: a peer that submits its rounds by other triggers (a late peer's
+    # retry, a benchmark's worker, a loop of its own) may ask although its records are far from the target, and a
+    # leader that took "far" for "no" formed its group without the peers a moment slower (emulated hybrid at 10M)
     local = tracker.local
     if tracker.role == "client" or not local.training:
         return no("not training")
-    if local.epoch < epoch:
-        return no(f"at epoch {local.epoch}", later=local.epoch == epoch - 1)
     if local.epoch > epoch:
         return no(f"already at epoch {local.epoch}")
+    if local.epoch < epoch:
+        return no(f"at epoch {local.epoch}", later=True)
     if caller != leader:
-        # "later": the caller may be a fallback leader whose followers could not reach ours; were it to stop waiting for
-        # us it would form a group of one at once and fail it ("alone": emulated hybrid at 10M, 2 peer-rounds of 72)
+        # the caller may be a fallback leader whose followers could not reach ours; were it to stop waiting for us it
+        # would form a group of one at once and fail it ("alone": emulated hybrid at 10M, 2 peer-rounds of 72)
         return no("follows another leader", later=True)
     if tracker.estimated_samples(epoch, everyone=True) < CALL_SHARE * tracker.target_batch_size:
-        return no("the records are far from the target batch")
+        return no("the records are far from the target batch", later=True)
     within = min(max(tracker.micro_batch_seconds, 0.0), MAX_CALL_WAIT) + JOIN_SLACK
     tracker.call(epoch, within + CALL_TIMEOUT)
     return swarm_pb2.RoundCallReply(coming=True, within=within)
