@@ -97,6 +97,10 @@ ROBUST_MIN_TRAINERS = 3
 ROBUST_SHORT = "robust mode needs"   # how robust_group_problem's reason begins (a follower recognises the refusal)
 
 
+# Seconds a leader keeps, of its first follower's wait, for the group's answer to reach it (a slow link, a loaded host)
+ANSWER_MARGIN = 0.5
+
+
 def robust_group_problem(roles: list[str], min_trainers: int = ROBUST_MIN_TRAINERS) -> str:
     """Why robust mode must not average in a group of members with these roles ('' when it may): more than one
     member, but too few that bring gradients for one bad member to be outvoted. A group of one steps solo (nobody
@@ -431,9 +435,14 @@ class Matchmaker:
         if self.tracker.view.epoch > request.epoch:
             g.formed.set_result(swarm_pb2.GroupInfo(status=swarm_pb2.GroupInfo.TOO_LATE, epoch=g.epoch, reason="the swarm moved on", leader=self.peer_id))
             raise RoundFailed(f"the swarm moved past epoch {request.epoch} while the group gathered")
-        if time.monotonic() - self.tracker.view.fetched_at > 0.5:
+        # the first follower waits gather_timeout + request_timeout from its request (at or after g.started) for our
+        # answer, and the gathering held up to a second before that: a refresh of a full second here answered it after
+        # it had given up and led a gathering of its own, while our group counted it ("never connected" everywhere:
+        # emulated hybrid 10M, session 23). The refresh takes what is left before that, less the answer's way back.
+        refresh_for = min(1.0, g.started + self.gather_timeout + self.request_timeout - ANSWER_MARGIN - time.monotonic())
+        if time.monotonic() - self.tracker.view.fetched_at > 0.5 and refresh_for > 0.05:
             try:  # records of peers that joined while we gathered (see _step_aside)
-                await asyncio.wait_for(self.tracker.refresh(), 1.0)
+                await asyncio.wait_for(self.tracker.refresh(), refresh_for)
             except Exception as e:
                 logger.debug("refresh before forming the group failed: %s", e)
         if self._step_aside(g):

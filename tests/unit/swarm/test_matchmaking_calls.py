@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from swarm.averaging import calls
+from swarm.averaging import calls, matchmaking
 from swarm.averaging.matchmaking import Matchmaker
 from swarm.averaging.progress import ProgressTracker, SwarmView
 from swarm.net.records import ProgressRecord
@@ -210,3 +210,38 @@ def test_a_refused_call_says_later_so_the_caller_waits_as_before():
     for request, caller in ((swarm_pb2.RoundCall(run_id="other", epoch=3), SLOW), (swarm_pb2.RoundCall(run_id="run", epoch=3), FAST)):
         reply = asyncio.run(mm._handle_call(request, SimpleNamespace(remote_id=caller)))
         assert not reply.coming and reply.later and reply.reason
+
+
+class SlowReadTracker(FakeTracker):
+    """A tracker whose reads hang (a loaded host, a replica gone) and whose view is old, so that a leader about to
+    form its group reads first."""
+
+    def __init__(self, epoch: int, peers: list[str]):
+        super().__init__(epoch, peers)
+        self.view = SwarmView(epoch=epoch, peers=self.view.peers, fetched_at=time.monotonic() - 10)
+
+    async def refresh(self) -> SwarmView:
+        await asyncio.sleep(10)
+        return self.view
+
+
+def test_a_gathering_held_to_its_limit_answers_its_first_follower_within_its_wait():
+    # a called peer promises to come and never does: the gathering is held to request_timeout - 1 s past
+    # gather_timeout; the read before forming must not take the follower's last second (it gave up, led alone, and the
+    # group counted it: every member excluded it as "never connected", emulated hybrid 10M)
+    async def scenario():
+        p2p = CallingP2P({SLOW: swarm_pb2.RoundCallReply(coming=True, within=30.0)})
+        mm = Matchmaker(p2p, "run", SlowReadTracker(epoch=3, peers=[ME, FAST, SLOW]), schema_hash=b"s",
+                        gather_timeout=GATHER, request_timeout=1.5)
+        mm.peer_id = ME
+        asked = time.monotonic()
+        follower = asyncio.create_task(mm._handle_join(join_request(FAST), SimpleNamespace(remote_id=FAST)))
+        group = await mm._lead(join_request(ME), deadline=time.monotonic() + 30)
+        reply = await asyncio.wait_for(follower, 5)
+        answered = time.monotonic() - asked
+        await mm.stop()
+        return group, reply, answered
+
+    group, reply, answered = asyncio.run(scenario())
+    assert members(group) == {ME, FAST} and reply.status == swarm_pb2.GroupInfo.ACCEPTED
+    assert answered < GATHER + 1.5 - matchmaking.ANSWER_MARGIN + 0.2, "answered after the follower gave up"
