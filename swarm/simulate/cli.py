@@ -155,6 +155,10 @@ def cmd_model(args: argparse.Namespace) -> int:
         seconds = [r["seconds"] for r in report["rounds"]]
         print("  rounds: " + ", ".join(f"{x:.2f}s" for x in seconds) + f" (median {report['median_seconds']:.2f}s, "
               f"{report['median_seconds'] / bound:.2f}x the bound); modelled in {report['elapsed_s']:.2f}s")
+        last_round = report["rounds"][-1] if report["rounds"] else {}
+        if last_round.get("subgroups"):
+            stages = ", ".join(f"{x:.2f}s" for x in last_round["stage_seconds"])
+            print(f"  hierarchical: {last_round['subgroups']} subgroups (stages {stages}), {last_round['streams']:.1f} streams per member")
     else:
         assert isinstance(scenario.workload, TrainingWorkload)
         report = model_training(scenario, params=params, vector_params=args.model_params, last=last)

@@ -2,7 +2,7 @@
 
 What it models, and how (the engine's modules in brackets):
 
-- Transfers (allreduce): one group per epoch; each member reduces its LP share of the vector
+- Transfers (allreduce): one group per epoch (but see Structure); each member reduces its LP share of the vector
   (balancing.optimal_shares over the members' *estimated* rates). Every member that brings values
   streams its slice of part j to reducer j; reducer j streams the averaged part back to every member
   that needs it, chunk by chunk, as soon as every sender's copy of a chunk has arrived (so an output
@@ -11,6 +11,13 @@ What it models, and how (the engine's modules in brackets):
   flows sharing bottlenecks get about equal shares), with each link's capacity its rate times
   `efficiency` (TCP/IP goodput of a shaped link). The model advances from event to event (a flow
   ends, an output stream catches up with its reducer, a step of at most 1/50 of the round).
+- Structure (averaging.subgroups, averaging.hierarchy): a group above the engine's `max_group_size` averages
+  hierarchically, with the engine's own partition (`plan_hierarchy`): reduce-scatter inside every subgroup, then
+  each part's column all-reduces it, then all-gather inside every subgroup, one stage after the other (the engine
+  stores and forwards); concurrent subgroups (columns) with the same links and shares are modelled once.
+  `ModelParams.flat` keeps one flat group (the engine before issue 15). Streams a member opens are counted.
+- A shared host (`ModelParams.host_Bps`): peers on one machine share its CPU and loopback; every flow of a
+  round then also shares that rate (benchmarks.model_vs_real checks the model against such real swarms).
 - Estimates (balancing.BandwidthEstimator, allreduce.PhaseStats.finish): the first round uses the prior
   (config `bandwidth_mbps`); after each round every peer folds in what the engine would measure: the
   best rate its download sustained over a quarter of its bytes, and for the upload the same, or, when
@@ -27,8 +34,10 @@ What it models, and how (the engine's modules in brackets):
 Peers with identical specs form a class; flows between classes are counted with multiplicity, so a
 swarm of thousands of peers drawn from a few specs costs no more than a few peers.
 
-Not modelled: CPU limits, latency (the emulator has none either), TCP's own dynamics (slow start,
-losses), DHT traffic.
+The control plane's bytes (progress reads and publishes, matchmaking, DHT upkeep): swarm.simulate.control.
+
+Not modelled: CPU limits (but for a shared host's byte rate), latency (the emulator has none either; a fixed
+`round_overhead` per stage stands for it), TCP's own dynamics (slow start, losses).
 """
 from __future__ import annotations
 
@@ -51,6 +60,7 @@ from swarm.averaging.balancing import (
 )
 from swarm.averaging.layout import DEFAULT_CHUNK_ELEMENTS, MIN_CHUNK_ELEMENTS, PIPELINE_DEPTH
 from swarm.averaging.phase_stats import TRANSPORT_BUFFER_BYTES
+from swarm.averaging.subgroups import plan_hierarchy
 
 from .model_report import role_rows
 from .scenario import MBIT, AllreduceWorkload, PeerInstance, Scenario, TrainingWorkload
@@ -67,6 +77,8 @@ class ModelParams:
     state_bytes: int = 0              # what a joiner downloads (training; 0: 3x the vector)
     sender_timeout: float = 5.0
     max_events: int = 200_000
+    flat: bool = False                # one flat group whatever its size (the engine before issue 15; comparisons)
+    host_Bps: float = math.inf        # all peers on one machine: the bytes/s its CPU and loopback carry for all rounds
 
 
 @dataclass
@@ -79,6 +91,9 @@ class SimulatedRound:
     upload_rate: list[float | None]        # what each member's estimator sees (sustained rate), per member
     download_rate: list[float | None]
     events: int = 0
+    subgroups: int = 0                     # 0: one flat group; else the hierarchy's subgroups (swarm.averaging.subgroups)
+    streams: float = 0.0                   # all-reduce streams a member opens, mean over the members
+    stage_seconds: tuple[float, ...] = ()  # hierarchical: reduce-scatter in subgroups, the columns, all-gather
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -106,12 +121,17 @@ def _classes(peers: Sequence[PeerInstance], parts: Sequence[float], efficiency: 
 
 
 def _max_min(src: np.ndarray, dst: np.ndarray, m_out: np.ndarray, m_in: np.ndarray, active: np.ndarray,
-             caps: np.ndarray, up: np.ndarray, down: np.ndarray) -> np.ndarray:
-    """Max-min fair rates per flow type (progressive filling), flows counted with multiplicity on each link."""
+             caps: np.ndarray, up: np.ndarray, down: np.ndarray, host: float = math.inf,
+             count: np.ndarray | None = None) -> np.ndarray:
+    """Max-min fair rates per flow type (progressive filling), flows counted with multiplicity on each link.
+    `host`: bytes/s that every flow of the round shares besides its links (peers on one machine: its CPU and
+    loopback), each flow type weighing its number of flows (`count` of its source class times `m_out`)."""
     rate = np.zeros(len(src))
     frozen = ~active
     used_up = np.zeros(len(up))
     used_down = np.zeros(len(down))
+    used_host = 0.0
+    weight = m_out * (count[src] if count is not None else 1.0)
     while not frozen.all():
         free = ~frozen
         w_up = np.bincount(src[free], weights=m_out[free], minlength=len(up))
@@ -119,22 +139,28 @@ def _max_min(src: np.ndarray, dst: np.ndarray, m_out: np.ndarray, m_in: np.ndarr
         with np.errstate(divide="ignore", invalid="ignore"):
             lvl_up = np.where(w_up > 0, (up - used_up) / w_up, np.inf)
             lvl_down = np.where(w_down > 0, (down - used_down) / w_down, np.inf)
-        level = min(lvl_up.min(), lvl_down.min(), caps[free].min() if free.any() else np.inf)
+        lvl_host = (host - used_host) / weight[free].sum() if math.isfinite(host) else np.inf
+        level = min(lvl_up.min(), lvl_down.min(), lvl_host, caps[free].min() if free.any() else np.inf)
         level = max(level, 0.0)
         tol = 1e-9 * max(level, 1.0)
         hit = free & ((lvl_up[src] <= level + tol) | (lvl_down[dst] <= level + tol) | (caps <= level + tol))
-        if not hit.any():  # numerical corner: freeze everything at this level
+        if lvl_host <= level + tol or not hit.any():  # the host is the bottleneck (or a numerical corner): all at this level
             hit = free
         rate[hit] = np.minimum(level, caps[hit])
         frozen |= hit
         np.add.at(used_up, src[hit], m_out[hit] * rate[hit])
         np.add.at(used_down, dst[hit], m_in[hit] * rate[hit])
+        used_host += float((weight[hit] * rate[hit]).sum())
     return rate
 
 
 def simulate_round(peers: Sequence[PeerInstance], shares: Sequence[float], vector_bytes: int, *,
-                   chunk_bytes: int = 2**19, params: ModelParams | None = None) -> SimulatedRound:
-    """One all-reduce of `vector_bytes` with these shares over the peers' links (bytes/s)."""
+                   chunk_bytes: int = 2**19, params: ModelParams | None = None, kinds: tuple[int, ...] = (0, 1),
+                   host: float = math.inf) -> SimulatedRound:
+    """One all-reduce of `vector_bytes` with these shares over the peers' links (bytes/s).
+    `kinds`: (0, 1) the whole round, its reduce-scatter pipelined with its all-gather; (0,) the reduce-scatter
+    alone, (1,) the all-gather alone (a hierarchical round's first and last stages, store and forward).
+    `host`: bytes/s the whole round shares (see _max_min)."""
     params = params or ModelParams()
     n = len(peers)
     parts = [float(s) for s in split_sizes(vector_bytes, shares)] if vector_bytes > 0 else [0.0] * n
@@ -152,10 +178,10 @@ def simulate_round(peers: Sequence[PeerInstance], shares: Sequence[float], vecto
             pairs_in = count[a] - (a == b)    # flows per member of b from members of a
             if pairs_out <= 0:
                 continue
-            if ka.brings and kb.part > 0:     # a's slice of b's part
+            if 0 in kinds and ka.brings and kb.part > 0:     # a's slice of b's part
                 src.append(a); dst.append(b); kind.append(0); red.append(b); size.append(kb.part)
                 m_out.append(pairs_out); m_in.append(pairs_in)
-            if ka.part > 0 and kb.needs and kb.brings:  # a's averaged part back to b (on the stream b opened)
+            if 1 in kinds and ka.part > 0 and kb.needs and kb.brings:  # a's averaged part back to b (on the stream b opened)
                 src.append(a); dst.append(b); kind.append(1); red.append(a); size.append(ka.part)
                 m_out.append(pairs_out); m_in.append(pairs_in)
     src_a, dst_a, kind_a, red_a = (np.array(x, dtype=int) for x in (src, dst, kind, red))
@@ -206,7 +232,7 @@ def simulate_round(peers: Sequence[PeerInstance], shares: Sequence[float], vecto
         caps = np.full(f, np.inf)
         caps[caught] = 0.0
         for _ in range(4):  # caught-up outputs go as fast as their reducer's slowest input lets them
-            rate = _max_min(src_a, dst_a, m_out_a, m_in_a, active, caps, up, down)
+            rate = _max_min(src_a, dst_a, m_out_a, m_in_a, active, caps, up, down, host, count)
             growth = np.zeros(c)
             for j in range(c):
                 s = slowest[j]
@@ -261,7 +287,9 @@ def simulate_round(peers: Sequence[PeerInstance], shares: Sequence[float], vecto
     got_total = np.bincount(dst_a, weights=m_in_a * size_a, minlength=c)
     by_member: dict[int, int] = {i: k for k, cls in enumerate(classes) for i in cls.members}
     order = [p.index for p in peers]
+    reducers = sum(1 for part in parts if part > 0)
     return SimulatedRound(
+        streams=sum(reducers - (part > 0) for p, part in zip(peers, parts) if p.brings) / n if n else 0.0,
         seconds=float(per_class.max()) if c else 0.0,
         per_class_seconds=[float(per_class[by_member[i]]) for i in order],
         shares=[float(s) for s in shares],
@@ -293,6 +321,69 @@ def _rate_from_cumulative(log: list[tuple[float, float]], chunk: float) -> float
 
 
 # ---------------------------------------------------------------------------------------------------------
+# One group's round in the engine's structure: flat, or hierarchical above max_group_size
+
+
+def _stage(instances: Sequence[tuple[Sequence[PeerInstance], Sequence[float], int]], kinds: tuple[int, ...],
+           chunk_bytes: int, params: ModelParams, host: float) -> dict[int, tuple[float, float, float, float | None, float | None]]:
+    """Concurrent rounds (subgroups, or columns) of one stage: per peer index, (its instance's seconds, sent,
+    received, upload rate, download rate). Instances with the same links, roles and shares are modelled once (a
+    swarm of thousands has few distinct subgroups); a shared `host` is divided among the instances by their bytes."""
+    weights = [len(members) * vector for members, _, vector in instances]
+    total = sum(weights) or 1.0
+    done: dict[tuple, SimulatedRound] = {}
+    out: dict[int, tuple[float, float, float, float | None, float | None]] = {}
+    for (members, shares, vector), weight in zip(instances, weights):
+        order = sorted(range(len(members)), key=lambda k: (members[k].upload_bps, members[k].download_bps, members[k].role, shares[k]))
+        key = (tuple((members[k].upload_bps, members[k].download_bps, members[k].role, shares[k]) for k in order), vector)
+        if key not in done:
+            canon = [PeerInstance(j, members[k].name, members[k].role, members[k].upload_bps, members[k].download_bps, members[k].compute)
+                     for j, k in enumerate(order)]
+            done[key] = simulate_round(canon, [shares[k] for k in order], vector, chunk_bytes=chunk_bytes, params=params, kinds=kinds,
+                                       host=host * weight / total if math.isfinite(host) else host)
+        r = done[key]
+        for j, k in enumerate(order):
+            out[members[k].index] = (r.seconds, r.sent[j], r.received[j], r.upload_rate[j], r.download_rate[j])
+    return out
+
+
+def simulate_group(peers: Sequence[PeerInstance], shares: Sequence[float], vector_bytes: int, *, chunk_bytes: int = 2**19,
+                   params: ModelParams | None = None, max_group_size: int | None = None, host: float = math.inf) -> SimulatedRound:
+    """One group's all-reduce in the structure the engine gives it: one flat round up to `max_group_size` members
+    (None: always flat), else the partition of swarm.averaging.subgroups.plan_hierarchy (the same function) in its
+    three stages one after the other, as swarm.averaging.hierarchy runs them (store and forward): reduce-scatter
+    inside every subgroup at once, then every column's all-reduce of its part at once, then all-gather inside every
+    subgroup. What a member's estimator sees: its upload in the first stage, its download in the last."""
+    params = params or ModelParams()
+    plan = plan_hierarchy([p.role for p in peers], shares, max_group_size) if max_group_size else None
+    if plan is None:
+        return _cached_round(peers, shares, vector_bytes, chunk_bytes, params, host)
+    part_of = {member: p for p, column in enumerate(plan.columns) for member in column}
+    subgroups = [([peers[i] for i in members], [plan.part_shares[part_of[i]] if i in part_of else 0.0 for i in members], vector_bytes)
+                 for members in plan.subgroups]
+    columns = [([peers[i] for i in column], [1.0 / len(column)] * len(column), max(1, math.ceil(vector_bytes * plan.part_shares[p])))
+               for p, column in enumerate(plan.columns)]
+    reduce = _stage(subgroups, (0,), chunk_bytes, params, host)
+    column = _stage(columns, (0, 1), chunk_bytes, params, host)
+    gather = _stage(subgroups, (1,), chunk_bytes, params, host)
+    t1 = max(v[0] for v in reduce.values())
+    t2 = max(v[0] for v in column.values())
+    t3 = max(v[0] for v in gather.values())
+    order = [p.index for p in peers]
+    per_member = [t1 + t2 + gather[i][0] for i in order]
+    sent = [reduce[i][1] + gather[i][1] + (column[i][1] if i in column else 0.0) for i in order]
+    received = [reduce[i][2] + gather[i][2] + (column[i][2] if i in column else 0.0) for i in order]
+    reducers = {s: sum(1 for i in members if i in part_of) for s, members in enumerate(plan.subgroups)}
+    streams = [reducers[s] - (i in part_of) + (len(plan.subgroups) - 1 if i in part_of else 0)
+               for s, members in enumerate(plan.subgroups) for i in members if peers[i].brings]
+    return SimulatedRound(
+        seconds=max(per_member), per_class_seconds=per_member, shares=[float(x) for x in shares], sent=sent, received=received,
+        upload_rate=[reduce[i][3] for i in order], download_rate=[gather[i][4] for i in order],
+        subgroups=len(plan.subgroups), streams=sum(streams) / len(peers), stage_seconds=(t1, t2, t3),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Workloads
 
 
@@ -317,13 +408,14 @@ def _symmetric(peers: Sequence[PeerInstance], shares: Sequence[float]) -> list[f
 _ROUND_CACHE: dict[tuple, SimulatedRound] = {}
 
 
-def _cached_round(peers: Sequence[PeerInstance], shares: Sequence[float], vector_bytes: int, chunk_bytes: int, params: ModelParams) -> SimulatedRound:
+def _cached_round(peers: Sequence[PeerInstance], shares: Sequence[float], vector_bytes: int, chunk_bytes: int, params: ModelParams,
+                  host: float = math.inf) -> SimulatedRound:
     key = (tuple((p.upload_bps, p.download_bps, p.role) for p in peers), tuple(shares), vector_bytes, chunk_bytes,
-           params.efficiency, params.round_overhead)
+           params.efficiency, params.round_overhead, host)
     if key not in _ROUND_CACHE:
         if len(_ROUND_CACHE) > 4096:
             _ROUND_CACHE.clear()
-        _ROUND_CACHE[key] = simulate_round(peers, shares, vector_bytes, chunk_bytes=chunk_bytes, params=params)
+        _ROUND_CACHE[key] = simulate_round(peers, shares, vector_bytes, chunk_bytes=chunk_bytes, params=params, host=host)
     return _ROUND_CACHE[key]
 
 
@@ -350,13 +442,16 @@ def model_allreduce(scenario: Scenario, *, params: ModelParams | None = None, ba
     for _ in range(workload.rounds):
         links = _links(peers, up, down)
         shares = _symmetric(peers, optimal_shares(vector_bytes, links)[0] if balance else uniform_shares(links))
-        result = _cached_round(peers, shares, vector_bytes, chunk_bytes, params)
+        result = simulate_group(peers, shares, vector_bytes, chunk_bytes=chunk_bytes, params=params, host=params.host_Bps,
+                                max_group_size=None if params.flat else engine.max_group_size)
         for i in range(len(peers)):
             if result.upload_rate[i]:
                 up[i].observe(int(result.sent[i]), result.sent[i] / result.upload_rate[i])
             if result.download_rate[i]:
                 down[i].observe(int(result.received[i]), result.received[i] / result.download_rate[i])
-        rounds.append({"seconds": result.seconds, "shares": _compact(result.shares), "events": result.events})
+        rounds.append({"seconds": result.seconds, "shares": _compact(result.shares), "events": result.events,
+                       "subgroups": result.subgroups, "streams": round(result.streams, 2),
+                       "stage_seconds": [round(x, 3) for x in result.stage_seconds]})
     if last is not None and rounds:
         last.append((peers, result))
     return {
@@ -427,7 +522,8 @@ def model_training(scenario: Scenario, *, params: ModelParams | None = None, dur
         renumbered = [PeerInstance(k, p.name, p.role, p.upload_bps, p.download_bps, p.compute) for k, p in enumerate(members)]
         links = [MemberLink(up[p.index].value, down[p.index].value, p.brings, p.needs, p.can_reduce) for p in members]
         shares = _symmetric(renumbered, optimal_shares(vector_bytes, links)[0] if engine.load_balancing else uniform_shares(links))
-        result = _cached_round(renumbered, shares, vector_bytes, chunk_bytes, params)
+        result = simulate_group(renumbered, shares, vector_bytes, chunk_bytes=chunk_bytes, params=params, host=params.host_Bps,
+                                max_group_size=None if params.flat else engine.max_group_size)
         # a reducer leaving mid-round fails the round for everyone
         reducer_left = any(
             shares[k] > 0 and p.brings and rng.random() < 1 - math.exp(-leave_rate * result.seconds)

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from swarm.averaging.balancing import optimal_shares, round_seconds, uniform_shares
-from swarm.simulate.model import ModelParams, model_allreduce, model_training, simulate_round
+from swarm.simulate.model import ModelParams, model_allreduce, model_training, simulate_group, simulate_round
 from swarm.simulate.scenario import MBIT, PeerInstance, load_scenario
 
 pytestmark = pytest.mark.timeout(120)
@@ -84,3 +84,52 @@ def test_training_model_reports_throughput_and_churn():
     stormy = scenario.model_copy(update={"churn": scenario.churn.model_copy(update={"leave_per_hour": 60.0, "join_per_hour": 60.0})})
     churned = model_training(stormy, duration=600, vector_params=500_000, seed=1)
     assert churned["samples_per_second"] <= calm["samples_per_second"]
+
+
+# --- the engine's structure: hierarchical above max_group_size (swarm.averaging.subgroups) -------------------
+
+
+def test_a_group_within_the_bound_is_one_flat_round():
+    peers = [peer(i, 100) for i in range(8)]
+    shares = [1 / 8] * 8
+    flat = simulate_round(peers, shares, 4_000_000, params=EXACT)
+    group = simulate_group(peers, shares, 4_000_000, params=EXACT, max_group_size=16)
+    assert group.subgroups == 0 and group.seconds == flat.seconds and group.sent == flat.sent
+    assert group.streams == 7   # every member sends to the 7 other reducers
+
+
+def test_sixty_four_members_average_in_eight_subgroups_of_eight():
+    peers = [peer(i, 100) for i in range(64)]
+    n = 8_000_000
+    group = simulate_group(peers, [1 / 64] * 64, n, params=EXACT, max_group_size=16)
+    assert group.subgroups == 8
+    # every member reduces one part in its subgroup and is in that part's column: 7 + 7 streams (the engine's 14 at 64,
+    # benchmarks.scale), within the 2 sqrt(N) = 16
+    assert group.streams == 14
+    assert sum(group.sent) == pytest.approx(sum(group.received), rel=1e-9)
+    # each member: 7/8 of the vector out to its subgroup's reducers, its part (1/8) to the 7 others, and in the
+    # column 7/8 of its part out twice (its slice to each other column member, and its averaged sub-part back)
+    per_member = n * 7 / 8 + n / 8 * 7 + 2 * (n / 8) * 7 / 8
+    assert group.sent == pytest.approx([per_member] * 64, rel=1e-6)
+    # store and forward: the three stages one after the other
+    assert group.seconds == pytest.approx(sum(group.stage_seconds), rel=1e-9)
+    flat = simulate_round(peers, [1 / 64] * 64, n, params=EXACT)
+    assert flat.streams == 63 and group.seconds > flat.seconds   # fewer streams, but a stage more on these links
+
+
+def test_a_shared_host_bounds_the_round_by_its_bytes():
+    # links far faster than the host: the round moves its bytes at the host's rate
+    peers = [peer(i, 100_000) for i in range(4)]
+    n = 4_000_000
+    host = 50e6
+    result = simulate_round(peers, [0.25] * 4, n, params=EXACT, host=host)
+    assert result.seconds == pytest.approx(sum(result.sent) / host, rel=0.05)
+
+
+def test_ten_thousand_peers_run_in_the_engine_structure_within_a_minute():
+    scenario = load_scenario("dedloc-albert").scaled(10_000).with_workload(rounds=1)
+    started = time.monotonic()
+    report = model_allreduce(scenario)
+    assert time.monotonic() - started < 60
+    last = report["rounds"][-1]
+    assert last["subgroups"] == 625 and len(last["stage_seconds"]) == 3   # ceil(10000 / 16) subgroups of 16
