@@ -77,6 +77,9 @@ UNKNOWN_ETA_READ = 2.0
 # had not connected within sender_timeout ("never connected") when the link went down, so no member held the cut
 # reducer's part whole, and its re-averaging by a backup ended after one member's deadline (not fixed: issue 14).
 REPLICAS_MIN_PEERS = 8
+# Seconds the last group we averaged in says how many records a read should find at least (a minute of churn, or an
+# epoch of a real model, can thin the swarm below it legitimately: then the view's own count takes over)
+GROUP_COUNTS_FOR = 60.0
 READ_SECONDS_PER_PEER = 0.05   # the shortest period of reads, per peer in the view (16 peers: 0.8 s, 64: 3.2 s)
 QUORUM = 2             # distinct peers that must reach an epoch before it is the swarm's (minus the one-epoch lead)
 # Far from the target our record is published every third of the time to it, up to this many seconds (an idle swarm,
@@ -206,6 +209,7 @@ class ProgressTracker:
         self._last_touch = 0.0
         self._company_at: float | None = None      # when a view last showed another training peer (monotonic)
         self._vouched: dict[str, float] = {}       # peer id -> until when its samples count (it averaged with us)
+        self._last_group: tuple[int, float] = (0, -math.inf)   # the last group's size and when it formed (see _expected_peers)
         self._last_vouch: float | None = None      # when a group last formed with us (monotonic)
         self._distrusted: dict[str, float] = {}    # peer id -> until when its epoch claim is ignored
         # when our last published record expires (clock.now()): a replica keeps a subkey's record with the latest
@@ -241,6 +245,7 @@ class ProgressTracker:
         now = time.monotonic()
         gap = now - self._last_vouch if self._last_vouch is not None else 0.0
         self._last_vouch = now
+        self._last_group = (len(set(peer_ids) | {self.peer_id}), now)
         until = now + max(VOUCH_FOR, 3 * gap)
         for pid in peer_ids:
             self._vouched[pid] = max(until, self._vouched.get(pid, until))   # a quick retry shortens no vouch
@@ -453,7 +458,17 @@ class ProgressTracker:
 
     async def _read_all(self) -> list[ProgressRecord]:
         return await self.node.fetch_records(records.progress_key(self.node.run_id), ProgressRecord,  # type: ignore[return-value]
-                                             replicas=self._on_replicas(), expected=len(self._view.peers))
+                                             replicas=self._on_replicas(), expected=self._expected_peers())
+
+    def _expected_peers(self) -> int:
+        """How many records a read should find: our view's, or the last group we averaged in if that was larger and
+        recent. A replica read with fewer than half of them is taken for partial and the full way is read instead
+        (swarm.net.node.fetch_owned_records); with the view's count alone, each partial read that passed lowered the
+        next one's bar, and a peer whose cached replicas held few records kept a view of 1 peer while it averaged in
+        groups of 46 (64 real peers, one process of 7 in sessions 20-23)."""
+        size, at = self._last_group
+        recent = size if time.monotonic() - at < GROUP_COUNTS_FOR else 0
+        return max(len(self._view.peers), recent)
 
     async def _read_summaries(self, allowed: dict[str, int], latest: bool) -> list[ProgressSummary]:
         found = await self.node.fetch_records(records.progress_summary_key(self.node.run_id), ProgressSummary, latest=latest)

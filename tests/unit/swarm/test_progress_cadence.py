@@ -288,3 +288,33 @@ def test_reads_and_publishes_go_to_the_replicas_as_last_found_from_replicas_min_
 
     assert asyncio.run(main()) == [("store", False), ("read", False), ("store", True), ("read", True),
                                    ("store", False)]
+
+
+def test_a_read_expects_at_least_the_last_groups_records_for_a_while():
+    # a peer whose cached replicas hold few records must not take their answer for the swarm because its own view has
+    # already shrunk: the last group it averaged in says how many a read should find (below half of that: a full read)
+    from swarm.averaging import progress
+
+    class ExpectingNode(CountingNode):
+        def __init__(self):
+            super().__init__()
+            self.expected: list[int] = []
+
+        async def fetch_records(self, key, model, *, replicas=False, expected=0):
+            self.expected.append(expected)
+            return []
+
+    async def main():
+        node = ExpectingNode()
+        t = ProgressTracker(node, 10**6, "trainer", lambda: (1.0, 1.0))
+        one = ProgressRecord(peer_id="me", epoch=0, samples=0, samples_per_second=1.0, role="trainer", upload_bps=1.0,
+                             download_bps=1.0, time=clock.now())
+        t.view = SwarmView(epoch=0, peers=(one,), fetched_at=time.monotonic())
+        await t._read_all()
+        t.vouch([f"p{i}" for i in range(45)])   # a group of 46 with us
+        await t._read_all()
+        t._last_group = (t._last_group[0], time.monotonic() - progress.GROUP_COUNTS_FOR - 1)   # long ago
+        await t._read_all()
+        return node.expected
+
+    assert asyncio.run(main()) == [1, 46, 1]
