@@ -1,7 +1,7 @@
 """What each peer sends beside the rounds, per protocol per second, at several swarm sizes.
 
     python -m benchmarks.control_plane --peers 4,8,16 [--duration 60] [--phases idle,training] [--summaries] [--per-process K]
-        [--step-sleep S] [--target-per-peer K] [--churn K [--churn-pool P]] --json PATH
+        [--step-sleep S] [--target-per-peer K] [--churn K [--churn-pool P]] [--params V] --json PATH
 
 For each N and phase, N toy peers (benchmarks.workers.control_plane_peer) join one swarm on the loopback of
 a fresh network namespace (needs root), warm up `--warmup` seconds, then are measured for `--duration`:
@@ -10,11 +10,17 @@ a fresh network namespace (needs root), warm up `--warmup` seconds, then are mea
   (progress records written and read, DHT maintenance, metrics records);
 - `training`: a global batch of `--target` samples (rounds every second or two), everything runs.
 
+`--params V` adds V values to every peer's model, so that the rounds move a real vector (fp16 on the wire) and their
+time is the host's bytes and not only its latency (benchmarks.model_vs_real checks the model against both).
+
 Per category (benchmarks.protocol_bytes: progress.read, progress.write, metrics.write, dht.maintenance,
 matchmaking, allreduce, state, clock, access) the mean over peers of the bytes each peer sent (and
 received) per second, counted at the protobuf level inside each process; and `wire`: the namespace
 loopback's transmitted bytes (every TCP byte any process sent, libp2p framing, encryption and the p2p
-daemons' own protocols included) per peer per second, with `p2pd_own` = wire minus the counted sum.
+daemons' own protocols included) per peer per second, with `p2pd_own` = wire minus the counted sum. With several peers to a process and a churn pool the
+measured peers are not all the peers (the pool's are not counted), and which of them serve the progress key's
+replicas is chance: a protocol's `sent` alone then says whether they do (16 peers: 50 KB/s of reads in one run, 6 in
+the next); the mean of `sent` and `received` is the fair figure per peer (benchmarks.model_vs_real uses it).
 The load average is recorded beside every figure (a shared machine's CPUs slow the peers down), and where each
 peer's CPU goes (`cpu_pct_per_peer`, % of one core: the peer processes' threads by name, `train` being the toy
 training itself, and their children by command, `child:p2pd` the p2p daemons).
@@ -71,7 +77,8 @@ def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 
 
 def measure(n: int, phase: str, *, duration: float, warmup: float, target: int, step_sleep: float, log_dir: Path,
-            summaries: bool = False, full_reads: bool = False, per_process: int = 1, churn: float = 0.0, churn_pool: int = 8) -> dict[str, Any]:
+            summaries: bool = False, full_reads: bool = False, per_process: int = 1, churn: float = 0.0, churn_pool: int = 8,
+            params: int = 0) -> dict[str, Any]:
     """One swarm of `n` peers in one phase, `per_process` peers to a process; the per-peer per-second figures.
     `churn`: kills per minute in the measured window, each a SIGKILL of one of `churn_pool` single-peer processes and
     its restart at once (a new peer joining); the figures per peer are then the other (stable) peers'."""
@@ -86,7 +93,7 @@ def measure(n: int, phase: str, *, duration: float, warmup: float, target: int, 
                         "--run-id", run_id, "--target", str(target if phase == "training" else IDLE_TARGET),
                         "--step-sleep", str(step_sleep), "--seed", str(i), *(["--summaries"] if summaries else []),
                         *(["--full-reads"] if full_reads else []),
-                        "--count", str(count), "--initial-peers", *initial]
+                        "--count", str(count), "--params", str(params), "--initial-peers", *initial]
                 proc = PeerProcess(f"peer{i}", argv, log_dir / f"{run_id}-peer{i}.log", env=dict(os.environ))
                 procs.append(proc)
                 return proc
@@ -155,7 +162,7 @@ def measure(n: int, phase: str, *, duration: float, warmup: float, target: int, 
         for part, used in e.get("cpu", {}).items():
             cpu[part] = cpu.get(part, 0.0) + 100 * (used - s.get("cpu", {}).get(part, 0.0)) / dt / n_stable
     return {
-        "peers": n, "phase": phase, "duration_s": duration, "target": target if phase == "training" else IDLE_TARGET,
+        "peers": n, "phase": phase, "duration_s": duration, "params": params, "target": target if phase == "training" else IDLE_TARGET,
         "sent_Bps": dict(sorted(sent.items(), key=lambda kv: -kv[1])),
         "received_Bps": dict(sorted(received.items(), key=lambda kv: -kv[1])),
         "calls_per_s": dict(sorted(calls.items(), key=lambda kv: -kv[1])),
@@ -229,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="peers to a process (each with its own p2pd): one peer alone takes ~330 MB, so 64 need several")
     parser.add_argument("--churn", type=float, default=0.0, help="kills per minute in the measured window (each restarted)")
     parser.add_argument("--churn-pool", type=int, default=8, help="single-peer processes that the churn kills in turn")
+    parser.add_argument("--params", type=int, default=0, help="values added to each peer's model, so that the rounds move "
+                        "a real vector (4 bytes each before fp16) and their time can be checked against a model")
     parser.add_argument("--label", default="", help="a name for this code version (e.g. before, after)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--append", action="store_true", help="add the runs to an existing --json")
@@ -257,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = measure(n, phase, duration=args.duration, warmup=args.warmup, target=target,
                                  step_sleep=args.step_sleep, log_dir=log_dir, summaries=args.summaries, full_reads=args.full_reads,
                                  per_process=args.per_process,
-                                 churn=args.churn, churn_pool=args.churn_pool)
+                                 churn=args.churn, churn_pool=args.churn_pool, params=args.params)
             except NetworkError as e:
                 failed += 1
                 runs.append({"peers": n, "phase": phase, "label": args.label, "summaries": args.summaries,

@@ -69,6 +69,8 @@ def main() -> None:
     parser.add_argument("--full-reads", action="store_true", help="EngineConfig.progress_replicas off (every read and "
                         "publish traverses the DHT)")
     parser.add_argument("--count", type=int, default=1, help="peers in this process")
+    parser.add_argument("--params", type=int, default=0, help="values added to each peer's model (a vector of real "
+                        "size: the rounds then move its bytes, not a toy's 2 KB)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     counter = ProtocolBytes(args.run_id)
@@ -82,6 +84,8 @@ def main() -> None:
         for k in range(args.count):
             torch.manual_seed(1234)
             model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+            if args.params > 0:   # its gradient is a fixed random direction: cheap to compute, incompressible to fp16
+                model.register_parameter("bulk", torch.nn.Parameter(torch.zeros(args.params)))
             # the first peer of the first process has no one to join; the others of this process join through it
             initial = args.initial_peers or ([peers[0][0].visible_maddrs()[0]] if peers else [])
             collab = swarm.join(run_id=args.run_id, initial_peers=initial, config=cfg)
@@ -115,9 +119,13 @@ def main() -> None:
         def train(k: int, model: torch.nn.Module, opt) -> None:
             gen = torch.Generator().manual_seed(args.seed * 1000 + k)
             w_true = torch.randn(32, 1, generator=torch.Generator().manual_seed(7))
+            bulk = torch.randn(args.params, generator=gen) if args.params > 0 else None
             while not stop.is_set():
                 x = torch.randn(8, 32, generator=gen)
-                torch.nn.functional.mse_loss(model(x), x @ w_true).backward()
+                loss = torch.nn.functional.mse_loss(model(x), x @ w_true)
+                if bulk is not None:
+                    loss = loss + (model.bulk * bulk).sum() * 1e-6
+                loss.backward()
                 opt.step(samples=8)
                 opt.zero_grad()
                 time.sleep(args.step_sleep)
