@@ -10,7 +10,8 @@ a fresh network namespace (needs root), warm up `--warmup` seconds, then are mea
   (progress records written and read, DHT maintenance, metrics records);
 - `training`: a global batch of `--target` samples (rounds every second or two), everything runs.
 
-`--params V` adds V values to every peer's model, so that the rounds move a real vector (fp16 on the wire) and their
+`--shape-mbit R` shapes the namespace's loopback to R Mbit/s (tc tbf): every byte of every peer crosses it once, so the
+swarm shares one link of that rate. `--params V` adds V values to every peer's model, so that the rounds move a real vector (fp16 on the wire) and their
 time is the host's bytes and not only its latency (benchmarks.model_vs_real checks the model against both).
 
 Per category (benchmarks.protocol_bytes: progress.read, progress.write, metrics.write, dht.maintenance,
@@ -51,12 +52,17 @@ IDLE_TARGET = 10**9
 class Namespace:
     """A network namespace with only its loopback up; deleted on exit."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, shape_mbit: float = 0.0):
         self.name = name
+        self.shape_mbit = shape_mbit
 
     def __enter__(self) -> "Namespace":
         subprocess.run(["ip", "netns", "add", self.name], check=True, capture_output=True)
         subprocess.run(["ip", "netns", "exec", self.name, "ip", "link", "set", "lo", "up"], check=True, capture_output=True)
+        if self.shape_mbit > 0:   # every peer's every byte crosses this loopback once: one shared link of this rate
+            # a burst above loopback's 64 KB packets (tbf drops a packet larger than its burst)
+            subprocess.run(["ip", "netns", "exec", self.name, "tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate",
+                            f"{self.shape_mbit}mbit", "burst", "256kb", "latency", "100ms"], check=True, capture_output=True)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -78,7 +84,7 @@ def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 
 def measure(n: int, phase: str, *, duration: float, warmup: float, target: int, step_sleep: float, log_dir: Path,
             summaries: bool = False, full_reads: bool = False, per_process: int = 1, churn: float = 0.0, churn_pool: int = 8,
-            params: int = 0) -> dict[str, Any]:
+            params: int = 0, shape_mbit: float = 0.0) -> dict[str, Any]:
     """One swarm of `n` peers in one phase, `per_process` peers to a process; the per-peer per-second figures.
     `churn`: kills per minute in the measured window, each a SIGKILL of one of `churn_pool` single-peer processes and
     its restart at once (a new peer joining); the figures per peer are then the other (stable) peers'."""
@@ -86,7 +92,7 @@ def measure(n: int, phase: str, *, duration: float, warmup: float, target: int, 
     procs: list[PeerProcess] = []
     pool_size = min(churn_pool, n - 2) if churn else 0
     kills = 0
-    with Namespace(f"swcp-{os.getpid()}-{n}-{phase}") as ns:
+    with Namespace(f"swcp-{os.getpid()}-{n}-{phase}", shape_mbit) as ns:
         try:
             def spawn(i: int, count: int, initial: list[str]) -> PeerProcess:
                 argv = ["ip", "netns", "exec", ns.name, sys.executable, "-m", "benchmarks.workers.control_plane_peer",
@@ -162,7 +168,7 @@ def measure(n: int, phase: str, *, duration: float, warmup: float, target: int, 
         for part, used in e.get("cpu", {}).items():
             cpu[part] = cpu.get(part, 0.0) + 100 * (used - s.get("cpu", {}).get(part, 0.0)) / dt / n_stable
     return {
-        "peers": n, "phase": phase, "duration_s": duration, "params": params, "target": target if phase == "training" else IDLE_TARGET,
+        "peers": n, "phase": phase, "duration_s": duration, "params": params, "shape_mbit": shape_mbit, "target": target if phase == "training" else IDLE_TARGET,
         "sent_Bps": dict(sorted(sent.items(), key=lambda kv: -kv[1])),
         "received_Bps": dict(sorted(received.items(), key=lambda kv: -kv[1])),
         "calls_per_s": dict(sorted(calls.items(), key=lambda kv: -kv[1])),
@@ -238,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--churn-pool", type=int, default=8, help="single-peer processes that the churn kills in turn")
     parser.add_argument("--params", type=int, default=0, help="values added to each peer's model, so that the rounds move "
                         "a real vector (4 bytes each before fp16) and their time can be checked against a model")
+    parser.add_argument("--shape-mbit", type=float, default=0.0, help="the namespace's loopback, which every byte of every "
+                        "peer crosses once, shaped to this rate (tc tbf): one link that all the swarm shares, so that rounds "
+                        "take the time of their bytes rather than of the host's latency")
     parser.add_argument("--label", default="", help="a name for this code version (e.g. before, after)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--append", action="store_true", help="add the runs to an existing --json")
@@ -266,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
                 result = measure(n, phase, duration=args.duration, warmup=args.warmup, target=target,
                                  step_sleep=args.step_sleep, log_dir=log_dir, summaries=args.summaries, full_reads=args.full_reads,
                                  per_process=args.per_process,
-                                 churn=args.churn, churn_pool=args.churn_pool, params=args.params)
+                                 churn=args.churn, churn_pool=args.churn_pool, params=args.params,
+                                 shape_mbit=args.shape_mbit)
             except NetworkError as e:
                 failed += 1
                 runs.append({"peers": n, "phase": phase, "label": args.label, "summaries": args.summaries,

@@ -20,6 +20,7 @@ runs the same structure at 1,000 and 10,000 peers (allreduce of the same vector)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import platform
@@ -114,17 +115,26 @@ def calibrate(runs: list[dict[str, Any]]) -> tuple[ControlParams, ModelParams, d
     structure = _structure(int(pace["group"]), ModelParams(round_overhead=0.0), 1)
     stages = len(structure.stage_seconds) or 1
     overhead = pace["round_s"] / stages
-    host = math.inf
-    real = [r for r in runs if r.get("params")]
-    if real:
-        r = real[0]
+    # the shared link (a shaped loopback, or the host itself): its rate for rounds and control together, from each real
+    # vector's run: the bytes its round moved over the time beyond that cost, plus what its peers' control plane sent
+    # meanwhile (the round shares the link with it)
+    rates: dict[float, float] = {}
+    for r in runs:
+        if not r.get("params") or r["round_stats"].get("committed_share", 0.0) < MIN_COMMITTED:
+            continue
         rp = _pace(r)
         moved = _structure(int(rp["group"]), ModelParams(round_overhead=0.0), r["params"] * BYTES_PER_VALUE)
         spare = rp["round_s"] - overhead * (len(moved.stage_seconds) or 1)
-        host = sum(moved.sent) / spare if spare > 0 else math.inf
-    mp = ModelParams(round_overhead=overhead, host_Bps=host)
-    return cp, mp, {"calibration_peers": n, "round_overhead_s": overhead, "host_Bps": host,
+        if spare > 0:
+            rates[float(r.get("shape_mbit") or 0.0)] = sum(moved.sent) / spare + r["peers"] * _wire_control(r)
+    mp = ModelParams(round_overhead=overhead)
+    return cp, mp, {"calibration_peers": n, "round_overhead_s": overhead, "link_Bps": rates,
                     "control": {k: round(v, 4) for k, v in vars(cp).items()}}
+
+
+def _wire_control(run: dict[str, Any]) -> float:
+    """A run's control plane per peer per second on the wire: the interface counters less the rounds' bytes."""
+    return run["wire_Bps"] - _mean(run, "allreduce", "state")
 
 
 def _control(run: dict[str, Any], cp: ControlParams, round_seconds: float | None = None) -> dict[str, float]:
@@ -143,7 +153,7 @@ def _control(run: dict[str, Any], cp: ControlParams, round_seconds: float | None
 MIN_COMMITTED = 0.9
 
 
-def predict(run: dict[str, Any], cp: ControlParams, mp: ModelParams) -> dict[str, Any]:
+def predict(run: dict[str, Any], cp: ControlParams, mp: ModelParams, rates: dict[float, float] | None = None) -> dict[str, Any]:
     if run["round_stats"].get("committed_share", 0.0) < MIN_COMMITTED:
         return {"peers": run["peers"], "params": run.get("params", 0), "label": run.get("label"), "compared": False,
                 "why": f"{run['round_stats'].get('committed_share', 0.0):.0%} of peer-rounds committed (the swarm did not hold)",
@@ -152,14 +162,20 @@ def predict(run: dict[str, Any], cp: ControlParams, mp: ModelParams) -> dict[str
     n = run["peers"]
     size = int(pace["group"])
     vector = max(1, run.get("params", 0) * BYTES_PER_VALUE)
-    structure = _structure(size, mp, vector)
+    link = (rates or {}).get(float(run.get("shape_mbit") or 0.0)) if run.get("params") else None
+    host = math.inf
+    if link is not None:   # what the link leaves the round: its rate less the control plane the model predicts
+        before = _control(run, cp)
+        host = max(1.0, link - n * (sum(v for k, v in before.items())))
+    structure = _structure(size, dataclasses.replace(mp, host_Bps=host), vector)
     model = _control(run, cp, structure.seconds)
     counted = sum(v for k, v in model.items() if k != "p2pd_own")
     measured_control = sum(_mean(run, k) for k in set(run["sent_Bps"]) | set(run["received_Bps"]) if k not in ("allreduce", "state"))
-    measured_wire_control = run["wire_Bps"] - _mean(run, "allreduce", "state")
+    measured_wire_control = _wire_control(run)
     return {
         "peers": n, "params": run.get("params", 0), "label": run.get("label"), "group": size, "compared": True,
         "round_s": {"real": pace["round_s"], "model": structure.seconds, "error": structure.seconds / pace["round_s"] - 1,
+                    "link_for_rounds_Bps": host,
                     "subgroups": structure.subgroups, "stage_seconds": list(structure.stage_seconds)},
         "streams_per_peer_round": {"real": run["round_stats"]["streams_per_peer_round"], "model": structure.streams},
         "control_Bps": {"real": measured_control, "model": counted, "error": counted / measured_control - 1},
@@ -246,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"need training runs at {args.calibrate_peers} peers and at more")
     cp, mp, fitted = calibrate(cal)
     print(f"calibrated on {args.calibrate_peers} peers: {json.dumps(fitted)}")
-    results = [predict(r, cp, mp) for r in checks]
+    results = [predict(r, cp, mp, fitted["link_Bps"]) for r in checks]
     for r in results:
         if not r["compared"]:
             print(f"{r['peers']} peers, {r['params']} values: not compared: {r['why']}")
