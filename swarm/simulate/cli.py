@@ -169,6 +169,10 @@ def cmd_model(args: argparse.Namespace) -> int:
               f"in {report['duration']:.0f}s, {report['samples_per_second']:.1f} samples/s ({report['utilization']:.0%} of the "
               f"peers' solo sum {report['solo_samples_per_second']:.1f}), round {report['median_round_seconds']:.2f}s, "
               f"{report['failed_rounds']} failed; modelled in {report['elapsed_s']:.2f}s")
+        control = report.get("control_Bps") or {}
+        if control:
+            top = ", ".join(f"{k} {v / 1e3:.1f}" for k, v in sorted(control.items(), key=lambda kv: -kv[1])[:3])
+            print(f"control plane: {sum(control.values()) / 1e3:.1f} KB/s per peer ({top})")
         hint = batch_hint(report)
         if hint:
             print(hint)

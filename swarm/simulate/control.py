@@ -33,16 +33,17 @@ __all__ = ["ControlParams", "control_bytes"]
 
 @dataclass
 class ControlParams:
-    """Message sizes and the engine's cadence settings. Sizes: benchmarks/README.md, "The model follows"."""
+    """Message sizes and the engine's cadence settings. The defaults are benchmarks.model_vs_real's calibration on 16
+    real peers (results/model-vs-real-s23.json; benchmarks/README.md, "The model follows")."""
 
-    record_bytes: float = 880.0            # one signed record in a read's answer from one replica (700 of it RSA key and signature)
-    store_bytes: float = 1094.0            # one STORE of our record on one replica, request and answer
+    record_bytes: float = 1076.0           # one record in a read's answer from one replica (~700 of it RSA key and signature)
+    store_bytes: float = 1055.0            # one STORE of our record on one replica, as it leaves the publisher
     store_replicas: int = 5                # hivemind's DHT num_replicas
-    matchmaking_bytes: float = 1150.0      # per member-round: the join request and answer, without the member list
-    member_entry_bytes: float = 130.0      # per member-round and per member listed in the group's info
-    robust_bytes_per_member: float = 4700.0  # per member-round and other member: signed results, audits (flat groups)
-    dht_maintenance_Bps: float = 2730.0    # per peer
-    p2pd_own_share: float = 0.127          # the daemons' own bytes per byte counted above
+    matchmaking_bytes: float = 211.0       # per member-round: the join request and the group's info without its members
+    member_entry_bytes: float = 94.0       # per member-round and per member listed in the group's info
+    robust_bytes_per_member: float = 5033.0  # per member-round and other member: signed results, audits (flat groups)
+    dht_maintenance_Bps: float = 2415.0    # per peer
+    p2pd_own_share: float = 0.33           # the daemons' own bytes per byte counted above
     min_read: float = 0.2                  # swarm.averaging.progress.ProgressTracker's defaults
     max_read: float = 30.0
     record_ttl: float = 8.0

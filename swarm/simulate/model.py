@@ -62,6 +62,7 @@ from swarm.averaging.layout import DEFAULT_CHUNK_ELEMENTS, MIN_CHUNK_ELEMENTS, P
 from swarm.averaging.phase_stats import TRANSPORT_BUFFER_BYTES
 from swarm.averaging.subgroups import plan_hierarchy
 
+from .control import control_bytes
 from .model_report import role_rows
 from .scenario import MBIT, AllreduceWorkload, PeerInstance, Scenario, TrainingWorkload
 
@@ -550,6 +551,12 @@ def model_training(scenario: Scenario, *, params: ModelParams | None = None, dur
         pending_joins = [j for j in pending_joins if j[0] > t]
     solo = sum(base * p.compute for p in peers if p.brings)
     throughput = samples / horizon if horizon > 0 else 0.0
+    control: dict[str, float] = {}
+    if epochs and round_times:   # the control plane at this pace (swarm.simulate.control): every peer in each round
+        n = len(alive)
+        control = control_bytes(n, horizon / epochs, min(horizon / epochs, statistics.median(round_times) + params.matchmaking_seconds),
+                                members=n, group=n, flat=params.flat or n <= engine.max_group_size,
+                                robust=engine.robust != "off")
     if last is not None and last_round is not None:
         last.append(last_round)
     return {
@@ -558,6 +565,7 @@ def model_training(scenario: Scenario, *, params: ModelParams | None = None, dur
         "utilization": throughput / solo if solo else 0.0,
         "median_round_seconds": statistics.median(round_times) if round_times else float("nan"),
         "vector_bytes": vector_bytes, "target_batch_size": workload.target_batch_size, "round_seconds": round_times,
+        "control_Bps": {k: round(v, 1) for k, v in control.items()},
         "roles": role_rows(*last_round) if last_round else [],
     }
 

@@ -81,6 +81,9 @@ def test_training_model_reports_throughput_and_churn():
     scenario = load_scenario("dedloc-albert")
     calm = model_training(scenario, duration=600, vector_params=500_000)
     assert calm["epochs"] > 5 and 0 < calm["utilization"] <= 1.0
+    # the control plane at the modelled pace (swarm.simulate.control): reads are its bulk
+    control = calm["control_Bps"]
+    assert control["progress.read"] > control["progress.write"] > 0 and control["dht.maintenance"] > 0
     stormy = scenario.model_copy(update={"churn": scenario.churn.model_copy(update={"leave_per_hour": 60.0, "join_per_hour": 60.0})})
     churned = model_training(stormy, duration=600, vector_params=500_000, seed=1)
     assert churned["samples_per_second"] <= calm["samples_per_second"]
