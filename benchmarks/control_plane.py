@@ -187,7 +187,7 @@ def measure(n: int, phase: str, *, duration: float, warmup: float, target: int, 
         "full_reads": full_reads,
         # how the peers' refreshes read the swarm in the window: every record, summaries, or as an aggregator
         "reads": {k: sum(e.get("reads", {}).get(k, 0) - s.get("reads", {}).get(k, 0) for s, e in zip(start, end))
-                  for k in ("full", "summary", "aggregated")},
+                  for k in ("full", "summary", "aggregated", "partial")},
         "cpu_pct_per_peer": dict(sorted(((k, round(v, 3)) for k, v in cpu.items() if v > 0), key=lambda kv: -kv[1])),
         "load": [round(load_before, 2), round(load_after, 2)],
     }

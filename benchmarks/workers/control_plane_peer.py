@@ -111,7 +111,7 @@ def main() -> None:
                           reports=reports, failed=sum(opt.rounds_failed for _, _, opt in peers),
                           rounds=sum(opt.rounds_completed for _, _, opt in peers), epoch=max(opt.epoch for _, _, opt in peers),
                           seen=min(len(c.tracker.view.peers) for c, _, _ in peers),
-                          reads={k: sum(c.tracker.reads.get(k, 0) for c, _, _ in peers) for k in ("full", "summary", "aggregated")})
+                          reads={k: sum(c.tracker.reads.get(k, 0) for c, _, _ in peers) for k in ("full", "summary", "aggregated", "partial")})
                 elif cmd == "stop":
                     break
             stop.set()

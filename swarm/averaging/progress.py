@@ -189,7 +189,7 @@ class ProgressTracker:
         self.replicas = replicas
         self.summaries = summaries   # read aggregators' summaries instead of every record (swarm.averaging.summaries)
         self.summary_min_peers = summary_min_peers
-        self.reads = {"full": 0, "summary": 0, "aggregated": 0}   # how each refresh read the swarm
+        self.reads = {"full": 0, "summary": 0, "aggregated": 0, "partial": 0}   # how each refresh read the swarm (partial: not applied)
         self.local = LocalProgress()
         self.states_asked: Callable[[], int] = lambda: 0   # the state server's count (set by the Collaboration)
         self.peer_id = str(node.peer_id)
@@ -209,7 +209,8 @@ class ProgressTracker:
         self._last_touch = 0.0
         self._company_at: float | None = None      # when a view last showed another training peer (monotonic)
         self._vouched: dict[str, float] = {}       # peer id -> until when its samples count (it averaged with us)
-        self._last_group: tuple[int, float] = (0, -math.inf)   # the last group's size and when it formed (see _expected_peers)
+        self._last_group: tuple[int, float] = (0, -math.inf)
+        self._partial_at = -math.inf   # when a read last found too few records to be applied (see _refresh)   # the last group's size and when it formed (see _expected_peers)
         self._last_vouch: float | None = None      # when a group last formed with us (monotonic)
         self._distrusted: dict[str, float] = {}    # peer id -> until when its epoch claim is ignored
         # when our last published record expires (clock.now()): a replica keeps a subkey's record with the latest
@@ -415,6 +416,13 @@ class ProgressTracker:
         now = time.monotonic()
         if began < self._applied_from:
             return self.view
+        if len(found) < self._expected_peers() / 2 and now - self.view.fetched_at < self.record_ttl:
+            # A read that found fewer than half the records expected (a traversal cut short at load, replicas that
+            # hold few) is not the swarm: kept, views fell to 1 peer at 64 real peers. The last view stands until its
+            # records would have expired anyway, so a swarm that did shrink shows within record_ttl.
+            self.reads["partial"] += 1
+            self._partial_at = now   # the loop's next read is a period away, as after one applied
+            return self.view
         self._applied_from = began
         peers = tuple(p for p in found if not p.leaving)
         self._distrusted = {pid: until for pid, until in self._distrusted.items() if until > now}
@@ -512,6 +520,10 @@ class ProgressTracker:
         except Exception as e:
             logger.debug("keep_in_touch: %s", e)
 
+    def _read_at(self) -> float:
+        """When the loop last read: the view's time, or a later read's that was not applied (see _refresh)."""
+        return max(self.view.fetched_at, self._partial_at)
+
     def _period(self) -> float:
         """The loop's period: that of publishes or of reads, whichever is shorter."""
         return min(self._publish_period(), self._read_period())
@@ -528,7 +540,7 @@ class ProgressTracker:
         only when a publish is due: reads may come more often than publishes, or the reverse)."""
         now = time.monotonic()
         # before the first view, a read that failed is retried every min_read
-        read_in = self._read_period() - (now - self.view.fetched_at) if self.fetched else self.min_read
+        read_in = self._read_period() - (now - self._read_at()) if self.fetched else self.min_read
         publish_in = self._publish_period() - (now - self._published_at)
         if self._stores.under_way:   # due while the last store is still under way: look again shortly
             publish_in = max(publish_in, self.min_read)
@@ -584,7 +596,7 @@ class ProgressTracker:
                 if not self._stores.under_way and (poked or self._publish_due()):
                     asyncio.ensure_future(self._stores()).add_done_callback(self._store_ended)
                 try:
-                    if poked or not self.fetched or time.monotonic() - self.view.fetched_at >= self._read_period():
+                    if poked or not self.fetched or time.monotonic() - self._read_at() >= self._read_period():
                         await asyncio.wait_for(self.refresh(), 5)
                 except asyncio.CancelledError:
                     raise

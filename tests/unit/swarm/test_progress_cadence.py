@@ -318,3 +318,26 @@ def test_a_read_expects_at_least_the_last_groups_records_for_a_while():
         return node.expected
 
     assert asyncio.run(main()) == [1, 46, 1]
+
+
+def test_a_read_with_fewer_than_half_the_expected_records_is_not_the_swarm():
+    # a traversal cut short at load, or replicas that hold few records, answered with one record: the view stays as it
+    # was (counted as partial) until its records would have expired anyway; then the small answer stands
+    def record(pid: str) -> ProgressRecord:
+        return ProgressRecord(peer_id=pid, epoch=0, samples=0, samples_per_second=1.0, role="trainer", upload_bps=1.0,
+                              download_bps=1.0, time=clock.now())
+
+    class FewNode(CountingNode):
+        async def fetch_records(self, key, model, *, replicas=False, expected=0):
+            return [record("me")]
+
+    async def main():
+        t = ProgressTracker(FewNode(), 10**6, "trainer", lambda: (1.0, 1.0), record_ttl=8.0)
+        t.view = SwarmView(epoch=0, peers=tuple(record(f"p{i}") for i in range(40)), fetched_at=time.monotonic())
+        kept = len((await t.refresh()).peers)
+        partial = t.reads["partial"]
+        t.view = SwarmView(epoch=0, peers=t.view.peers, fetched_at=time.monotonic() - 9.0)   # older than record_ttl
+        applied = len((await t.refresh()).peers)
+        return kept, partial, applied
+
+    assert asyncio.run(main()) == (40, 1, 1)
