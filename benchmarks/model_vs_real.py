@@ -120,7 +120,7 @@ def calibrate(runs: list[dict[str, Any]]) -> tuple[ControlParams, ModelParams, d
     # meanwhile (the round shares the link with it)
     rates: dict[float, float] = {}
     for r in runs:
-        if not r.get("params") or r["round_stats"].get("committed_share", 0.0) < MIN_COMMITTED:
+        if not r.get("params") or _held(r):
             continue
         rp = _pace(r)
         moved = _structure(int(rp["group"]), ModelParams(round_overhead=0.0), r["params"] * BYTES_PER_VALUE)
@@ -151,13 +151,26 @@ def _control(run: dict[str, Any], cp: ControlParams, round_seconds: float | None
 # A run whose peers committed fewer of their rounds than this did not run the structure the model describes (groups
 # of one, state downloads): it is reported, not compared.
 MIN_COMMITTED = 0.9
+MIN_COMMITTERS = 0.5   # and at least this share of the measured peers committed each round (the median round)
+
+
+def _held(run: dict[str, Any]) -> str:
+    """Why a run's swarm did not run the structure the model describes ('' if it did): its peers failed their rounds,
+    or most of them committed none of a round (groups whose parts went missing, late peers)."""
+    stats = run["round_stats"]
+    if stats.get("committed_share", 0.0) < MIN_COMMITTED:
+        return f"{stats.get('committed_share', 0.0):.0%} of peer-rounds committed (the swarm did not hold)"
+    if stats.get("committers_median", 0) < MIN_COMMITTERS * run["measured_peers"]:
+        return (f"{stats.get('committers_median', 0)} of {run['measured_peers']} measured peers committed a round at the "
+                f"median (groups of {stats.get('group_median')})")
+    return ""
 
 
 def predict(run: dict[str, Any], cp: ControlParams, mp: ModelParams, rates: dict[float, float] | None = None) -> dict[str, Any]:
-    if run["round_stats"].get("committed_share", 0.0) < MIN_COMMITTED:
+    why = _held(run)
+    if why:
         return {"peers": run["peers"], "params": run.get("params", 0), "label": run.get("label"), "compared": False,
-                "why": f"{run['round_stats'].get('committed_share', 0.0):.0%} of peer-rounds committed (the swarm did not hold)",
-                "round_stats": run["round_stats"], "seen": run.get("seen"), "load": run.get("load")}
+                "why": why, "round_stats": run["round_stats"], "seen": run.get("seen"), "load": run.get("load")}
     pace = _pace(run)
     n = run["peers"]
     size = int(pace["group"])
@@ -274,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({r['wire_control_Bps']['error']:+.0%}); " + ", ".join(f"{k} {v['real'] / 1e3:.1f}/{v['model'] / 1e3:.1f}"
                                                                         for k, v in r["by_protocol"].items()))
     vector = max((r.get("params", 0) for r in checks), default=0) * BYTES_PER_VALUE or 2_000_000
-    pace = _pace(next(r for r in checks if r["round_stats"].get("committed_share", 0) >= MIN_COMMITTED))
+    pace = _pace(next((r for r in checks if not _held(r)), checks[0]))
     big = scale(vector, (16, 64, 256, 1000, 10000), cp=cp, epoch_s=pace["epoch_s"], round_s=pace["round_s"])
     for b in big:
         control = b.get("control_Bps", {})
