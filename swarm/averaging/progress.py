@@ -209,8 +209,8 @@ class ProgressTracker:
         self._last_touch = 0.0
         self._company_at: float | None = None      # when a view last showed another training peer (monotonic)
         self._vouched: dict[str, float] = {}       # peer id -> until when its samples count (it averaged with us)
-        self._last_group: tuple[int, float] = (0, -math.inf)
-        self._partial_at = -math.inf   # when a read last found too few records to be applied (see _refresh)   # the last group's size and when it formed (see _expected_peers)
+        self._last_group: tuple[int, float] = (0, -math.inf)   # the last group's size and when it formed (see _expected_peers)
+        self._partial_at = -math.inf   # when a read last found too few records to be applied (see _refresh)
         self._last_vouch: float | None = None      # when a group last formed with us (monotonic)
         self._distrusted: dict[str, float] = {}    # peer id -> until when its epoch claim is ignored
         # when our last published record expires (clock.now()): a replica keeps a subkey's record with the latest
@@ -418,8 +418,8 @@ class ProgressTracker:
             return self.view
         if len(found) < self._expected_peers() / 2 and now - self.view.fetched_at < self.record_ttl:
             # A read that found fewer than half the records expected (a traversal cut short at load, replicas that
-            # hold few) is not the swarm: kept, views fell to 1 peer at 64 real peers. The last view stands until its
-            # records would have expired anyway, so a swarm that did shrink shows within record_ttl.
+            # hold few) is not the swarm. The last view stands until its records would have expired anyway, so a
+            # swarm that did shrink shows within record_ttl.
             self.reads["partial"] += 1
             self._partial_at = now   # the loop's next read is a period away, as after one applied
             return self.view
@@ -471,9 +471,9 @@ class ProgressTracker:
     def _expected_peers(self) -> int:
         """How many records a read should find: our view's, or the last group we averaged in if that was larger and
         recent. A replica read with fewer than half of them is taken for partial and the full way is read instead
-        (swarm.net.node.fetch_owned_records); with the view's count alone, each partial read that passed lowered the
-        next one's bar, and a peer whose cached replicas held few records kept a view of 1 peer while it averaged in
-        groups of 46 (64 real peers, one process of 7 in sessions 20-23)."""
+        (swarm.net.node.fetch_owned_records); with the view's count alone, each partial read that passed would lower
+        the next one's bar. (Views of 1 peer at 64 real peers, sessions 20-23, were not cured by this: benchmarks/README.md,
+        "The model follows".)"""
         size, at = self._last_group
         recent = size if time.monotonic() - at < GROUP_COUNTS_FOR else 0
         return max(len(self._view.peers), recent)

@@ -6,7 +6,8 @@ so that the model's figures at 64 peers and beyond can be checked against real p
 
 - progress.read (swarm.averaging.progress): a peer reads the swarm's records every third of the estimated time to
   the target, but no more often than every READ_SECONDS_PER_PEER per peer in its view (nor than `min_read`, nor less
-  often than `max_read`), and once more when it steps (a step pokes a read). A read takes every record of the key
+  often than `max_read`); a peer that averages also reads when its matchmaking begins and when its step pokes a
+  read (each joining a read still under way; their moments vary between peers). A read takes every record of the key
   (the live peers', and for about a record's lifetime those of peers that left) from READ_FROM replicas. Every read
   is a request sent and an answer some replica serves, so per peer the mean is what one peer's reads cost.
 - progress.write: our record is published every third of the time to the target, within [PUBLISH_FLOOR,
