@@ -465,8 +465,13 @@ class ProgressTracker:
         return await self._read_all(), 0.0
 
     async def _read_all(self) -> list[ProgressRecord]:
+        # A replica read is taken for the swarm only with at least half the records expected; the DHT's routing table
+        # bounds that from below too: a peer whose view never grew (it expected little, so small answers from replicas
+        # that hold few passed) kept a view of 1 peer in a swarm of 64 whose nodes its routing table held. Only here:
+        # nodes of the DHT that are not this run's peers would otherwise keep a small run's reads from applying at all.
+        known = getattr(self.node, "dht_peers", lambda: 0)()
         return await self.node.fetch_records(records.progress_key(self.node.run_id), ProgressRecord,  # type: ignore[return-value]
-                                             replicas=self._on_replicas(), expected=self._expected_peers())
+                                             replicas=self._on_replicas(), expected=max(self._expected_peers(), known // 2))
 
     def _expected_peers(self) -> int:
         """How many records a read should find: our view's, or the last group we averaged in if that was larger and

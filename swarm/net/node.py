@@ -226,6 +226,13 @@ class Node:
     async def visible_maddrs(self) -> list[str]:
         return [str(m) for m in await self.p2p.get_visible_maddrs()]
 
+    def dht_peers(self) -> int:
+        """How many other DHT nodes our routing table holds (0 before the DHT runs)."""
+        try:
+            return len(self.dht.protocol.routing_table.uid_to_peer_id)
+        except AttributeError:
+            return 0
+
     # --- signed records -------------------------------------------------------------------------------
 
     def replicas(self, key: str) -> KeyReplicas:

@@ -341,3 +341,27 @@ def test_a_read_with_fewer_than_half_the_expected_records_is_not_the_swarm():
         return kept, partial, applied
 
     assert asyncio.run(main()) == (40, 1, 1)
+
+
+def test_a_read_expects_half_the_routing_tables_nodes_at_least():
+    # a peer whose view never grew (1 record) in a swarm whose 40 nodes its DHT routing table holds: a replica read that
+    # finds fewer than 10 records must go the full way (swarm.net.node.fetch_owned_records), not stand for the swarm
+    class KnowingNode(CountingNode):
+        def __init__(self):
+            super().__init__()
+            self.expected: list[int] = []
+
+        def dht_peers(self) -> int:
+            return 40
+
+        async def fetch_records(self, key, model, *, replicas=False, expected=0):
+            self.expected.append(expected)
+            return []
+
+    async def main():
+        node = KnowingNode()
+        t = ProgressTracker(node, 10**6, "trainer", lambda: (1.0, 1.0))
+        await t._read_all()
+        return node.expected, t._expected_peers()
+
+    assert asyncio.run(main()) == ([20], 0)   # the fetch's bar, not the view's own expectation (see _refresh)
