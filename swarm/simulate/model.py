@@ -337,11 +337,11 @@ def _stage(instances: Sequence[tuple[Sequence[PeerInstance], Sequence[float], in
     for (members, shares, vector), weight in zip(instances, weights):
         order = sorted(range(len(members)), key=lambda k: (members[k].upload_bps, members[k].download_bps, members[k].role, shares[k]))
         key = (tuple((members[k].upload_bps, members[k].download_bps, members[k].role, shares[k]) for k in order), vector)
-        if key not in done:
+        if key not in done:   # through the rounds' cache: a training model's epochs repeat the same subgroups
             canon = [PeerInstance(j, members[k].name, members[k].role, members[k].upload_bps, members[k].download_bps, members[k].compute)
                      for j, k in enumerate(order)]
-            done[key] = simulate_round(canon, [shares[k] for k in order], vector, chunk_bytes=chunk_bytes, params=params, kinds=kinds,
-                                       host=host * weight / total if math.isfinite(host) else host)
+            done[key] = _cached_round(canon, [shares[k] for k in order], vector, chunk_bytes, params,
+                                      host * weight / total if math.isfinite(host) else host, kinds)
         r = done[key]
         for j, k in enumerate(order):
             out[members[k].index] = (r.seconds, r.sent[j], r.received[j], r.upload_rate[j], r.download_rate[j])
@@ -410,13 +410,13 @@ _ROUND_CACHE: dict[tuple, SimulatedRound] = {}
 
 
 def _cached_round(peers: Sequence[PeerInstance], shares: Sequence[float], vector_bytes: int, chunk_bytes: int, params: ModelParams,
-                  host: float = math.inf) -> SimulatedRound:
+                  host: float = math.inf, kinds: tuple[int, ...] = (0, 1)) -> SimulatedRound:
     key = (tuple((p.upload_bps, p.download_bps, p.role) for p in peers), tuple(shares), vector_bytes, chunk_bytes,
-           params.efficiency, params.round_overhead, host)
+           params.efficiency, params.round_overhead, host, kinds)
     if key not in _ROUND_CACHE:
         if len(_ROUND_CACHE) > 4096:
             _ROUND_CACHE.clear()
-        _ROUND_CACHE[key] = simulate_round(peers, shares, vector_bytes, chunk_bytes=chunk_bytes, params=params, host=host)
+        _ROUND_CACHE[key] = simulate_round(peers, shares, vector_bytes, chunk_bytes=chunk_bytes, params=params, host=host, kinds=kinds)
     return _ROUND_CACHE[key]
 
 
