@@ -981,6 +981,11 @@ class AllReduceRound:
                         await stream.close()
         raise RoundFailed(self._lost[j])
 
+    async def _take_elsewhere(self, lost: list[int]) -> list[int]:
+        """Of the parts lost here (after failover), those still lost once other rounds that hold them were asked
+        (a hierarchical subgroup's, swarm.averaging.hierarchy.SubgroupRound); a flat round has none to ask."""
+        return lost
+
     def backup_round(self, j: int, backup: int, silence: float, timeout: float) -> "AllReduceRound":
         """This member's side of the round in which `backup` averages part j again (its reducer was lost): the same
         group and weights, part j's chunks as the backup's only part (named j on the wire), reducer j's contribution
@@ -1043,6 +1048,8 @@ class AllReduceRound:
                     for j, why in failed.items():
                         self._lost[j] = f"{self._lost[j]}; failover: {why}"
                     lost = sorted(failed)
+                if lost:
+                    lost = await self._take_elsewhere(lost)
                 for j in lost:
                     logger.warning("round %s: part %d missing: %s", group.round_id.hex()[:8], j, self._lost[j])
                     self.stats.missing_parts.append(j)

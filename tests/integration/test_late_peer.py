@@ -120,6 +120,23 @@ def test_no_late_peer_asks_itself():
     assert part_sources(["a", "b"], 1, "b") == ["a"] and part_sources(["b"], 0, "b") == []
 
 
+def test_a_hierarchical_part_is_asked_of_its_column_from_a_given_subgroup_on_never_mine_nor_myself():
+    from swarm.averaging.late import MAX_SOURCES, column_sources
+    from swarm.averaging.subgroups import derived_id, plan_hierarchy
+    ids = [f"p{i}" for i in range(16)]
+    plan = plan_hierarchy(["trainer"] * 16, [1 / 16] * 16, 4)
+    assert plan is not None and len(plan.subgroups) == 4
+    rid = b"r" * 16
+    got = column_sources(plan, ids, 1, rid, "late", start=2)
+    assert len(got) == MAX_SOURCES
+    for (server, label, round_id), t in zip(got, [2, 3, 0]):   # subgroup 2 first, then the next ones, wrapping
+        member = plan.columns[1][t]
+        assert server == ids[member] and label == plan.subgroups[t].index(member) and round_id == derived_id(rid, b"subgroup", t)
+    me = ids[plan.columns[1][3]]
+    mine = column_sources(plan, ids, 1, rid, me, start=3, skip=0, limit=10)
+    assert [s for s, _, _ in mine] == [ids[plan.columns[1][t]] for t in (1, 2)]   # neither myself (3) nor the skipped (0)
+
+
 def test_a_late_collaboration_steps_with_the_group_result_through_its_codec():
     """Collaboration's path for LateForGroup: the one-phase codec averages through the fetched parts."""
     from types import SimpleNamespace
