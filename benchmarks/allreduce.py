@@ -62,6 +62,10 @@ def bench_swarm(scenario: Scenario, rounds: int, warmup: int, log_dir: Path, say
         "failures": [{"round": i, "ok": r["ok"], "of": len(r["peers"]),
                       "errors": {p["name"]: p.get("error", "") for p in r["peers"] if not p.get("ok")}}
                      for i, r in enumerate(report["rounds"]) if r["ok"] < len(r["peers"])],
+        # whether every committer holds the same result, and each peer's hash, error and exclusions when not
+        "inconsistent": [{"round": i, "peers": [{k: p.get(k) for k in ("name", "ok", "hash", "part_hashes", "max_error", "group", "excluded", "recovered", "refetches", "error")}
+                                                for p in r["peers"]]}
+                         for i, r in enumerate(report["rounds"]) if not r["consistent"]],
         "matchmaking_s": _median([max(p["wall"] - p["seconds"] for p in r["peers"] if p.get("ok")) for r in report["rounds"] if r["ok"]]),
     }
 

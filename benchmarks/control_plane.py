@@ -183,6 +183,8 @@ def measure(n: int, phase: str, *, duration: float, warmup: float, target: int, 
         "churn_per_min": churn, "kills": kills, "measured_peers": n_stable,
         "rejoined": rejoined if pool_size else None,   # replacements that were ready by the end of the window
         "seen": [e["seen"] for e in end],
+        # the measured peers whose view held 2 peers or fewer at some second of the window: its sizes and its reads
+        "small_views": [v for e in end for v in e.get("views", []) if v["samples"] and v["min"] <= 2],
         "summaries": summaries,
         "full_reads": full_reads,
         # how the peers' refreshes read the swarm in the window: every record, summaries, or as an aggregator

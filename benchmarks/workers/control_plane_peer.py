@@ -92,6 +92,25 @@ def main() -> None:
             peers.append((collab, model, collab.optimizer(model.parameters(), torch.optim.SGD, lr=0.01)))
 
         reported = [0] * len(peers)
+        # each peer's view size, sampled every second between marks: is a small view one that never grew, or one that
+        # shrank, and how did that peer read the swarm meanwhile (issue 15's views of 1 peer at 64)
+        view_samples: list[list[int]] = [[] for _ in peers]
+        views_lock = threading.Lock()
+
+        def watch_views() -> None:
+            while not stop.wait(1.0):
+                with views_lock:
+                    for k, (c, _, _) in enumerate(peers):
+                        view_samples[k].append(len(c.tracker.view.peers))
+
+        def views_since_mark() -> list[dict]:
+            with views_lock:
+                out = [{"peer": f"{args.seed}.{k}", "min": min(v, default=0), "median": sorted(v)[len(v) // 2] if v else 0,
+                        "last": v[-1] if v else 0, "samples": len(v), "small": sum(1 for x in v if x <= 2),
+                        "reads": dict(c.tracker.reads)} for k, ((c, _, _), v) in enumerate(zip(peers, view_samples))]
+                for v in view_samples:
+                    v.clear()
+            return out
 
         def commands() -> None:
             for line in sys.stdin:
@@ -110,7 +129,7 @@ def main() -> None:
                     _emit("counts", time=time.monotonic(), bytes=counter.snapshot(), peers=len(peers), cpu=cpu_seconds(),
                           reports=reports, failed=sum(opt.rounds_failed for _, _, opt in peers),
                           rounds=sum(opt.rounds_completed for _, _, opt in peers), epoch=max(opt.epoch for _, _, opt in peers),
-                          seen=min(len(c.tracker.view.peers) for c, _, _ in peers),
+                          seen=min(len(c.tracker.view.peers) for c, _, _ in peers), views=views_since_mark(),
                           reads={k: sum(c.tracker.reads.get(k, 0) for c, _, _ in peers) for k in ("full", "summary", "aggregated", "partial")})
                 elif cmd == "stop":
                     break
@@ -134,6 +153,7 @@ def main() -> None:
                     for k, (_, model, opt) in enumerate(peers)]
         _emit("ready", maddr=peers[0][0].visible_maddrs()[0], peers=len(peers))
         threading.Thread(target=commands, name="commands", daemon=True).start()
+        threading.Thread(target=watch_views, name="views", daemon=True).start()
         for t in trainers:
             t.start()
         stop.wait()

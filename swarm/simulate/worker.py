@@ -26,6 +26,7 @@ import hashlib
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -120,6 +121,7 @@ def _wait_for_view(collab, epoch: int, expected: int, timeout: float) -> int:
 
 
 def run_allreduce(args: argparse.Namespace) -> None:
+    from swarm.averaging.balancing import split_sizes
     from swarm.averaging.layout import TensorLayout
     from swarm.averaging.rounds import RoundRequest
     from swarm.compression.codecs import get_codec
@@ -184,7 +186,8 @@ def run_allreduce(args: argparse.Namespace) -> None:
             )
             stats = _RecordingRound.last.stats if _RecordingRound.last is not None else None
             if stats is not None:
-                fields.update(send_seconds=stats.send_seconds, receive_seconds=stats.receive_seconds)
+                fields.update(send_seconds=stats.send_seconds, receive_seconds=stats.receive_seconds,
+                              recovered=sorted(set(stats.recovered_parts)), refetches=stats.refetches)
                 if args.trace:
                     fields.update(send_log=stats.send_log, receive_log=stats.receive_log, ack_log=stats.ack_log,
                                       output_log=stats.output_log, streams=stats.streams)
@@ -197,6 +200,9 @@ def run_allreduce(args: argparse.Namespace) -> None:
                     hash=hashlib.sha256(flat.numpy().tobytes()).hexdigest()[:16],
                     max_error=float((flat - expected).abs().max()),
                 )
+                if info is not None:  # each reducer's part hashed apart: which part differs when committers disagree
+                    parts = torch.split(flat, split_sizes(flat.numel(), list(info.shares)))
+                    fields.update(part_hashes=[hashlib.sha256(p.numpy().tobytes()).hexdigest()[:8] for p in parts])
             emit("round", **fields)
         if profiler is not None:
             profiler.dump()
@@ -346,7 +352,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", help="allreduce: write a cProfile of the engine thread during rounds here")
     parser.add_argument("--prepare", action="store_true", help="training: build the task's caches and exit")
     parser.add_argument("--trace", action="store_true", help="report each round's per-message send and receive times")
-    parser.add_argument("--log-level", default="INFO")
+    # the emulator starts workers with the environment it runs in: SWARM_WORKER_LOG=DEBUG traces a benchmark's rounds
+    parser.add_argument("--log-level", default=os.environ.get("SWARM_WORKER_LOG", "INFO"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname).1s [{args.mode}:{args.index}] %(name)s: %(message)s")

@@ -43,6 +43,9 @@ def test_mini_hetero_end_to_end(tmp_path):
         assert r["ok"] == 4, f"a peer failed: {[p.get('error') for p in r['peers']]}"
         assert r["consistent"], "every member must hold the same averaged bytes"
         assert r["max_error"] < 1e-5  # the exact mean of x_i = g + i
+        # each member hashes each reducer's part apart: when committers disagree, the report names the part
+        hashed = [p["part_hashes"] for p in r["peers"] if p.get("ok")]
+        assert len(hashed) == 4 and all(len(h) == len(r["shares"]) for h in hashed) and len({tuple(h) for h in hashed}) == 1
     bound = report["lp_bound_s"]
     assert all(r["seconds"] > 0.9 * bound for r in rounds), "links must be shaped: nothing beats the LP bound"
     # the model, given the shares the swarm used, predicts each balanced round's time. A loose band: a small
