@@ -37,8 +37,8 @@ class EngineConfig(BaseModel):
     compression_budget: float = Field(0.25, gt=0, description="compression auto: the most precise codec whose predicted round "
                                       "time is at most this fraction of the swarm's compute time per epoch")
     # The hierarchy costs a stage: each part's column waits for its whole part (store and forward), a lossy codec
-    # quantizes each part once more, and a dead reducer costs its subgroup the round where a flat round fails its part
-    # over. 16 keeps every group of the existing runs, tests and scenarios (at most 8-12 peers) on the flat round, whose
+    # quantizes each part once more, and a dead reducer's subgroup takes its part from another subgroup (no backup
+    # recomputes it: the part lacks that subgroup's contributions). 16 keeps every group of the existing runs, tests and scenarios (at most 8-12 peers) on the flat round, whose
     # 15 streams per member p2pd has carried (18 peers). Not yet measured against other values.
     max_group_size: int = Field(16, ge=2, le=1024, description="groups larger than this average hierarchically "
                                 "(subgroups of at most this size, then each part across subgroups: swarm.averaging.hierarchy)")
