@@ -62,6 +62,10 @@ def bench_swarm(scenario: Scenario, rounds: int, warmup: int, log_dir: Path, say
         "failures": [{"round": i, "ok": r["ok"], "of": len(r["peers"]),
                       "errors": {p["name"]: p.get("error", "") for p in r["peers"] if not p.get("ok")}}
                      for i, r in enumerate(report["rounds"]) if r["ok"] < len(r["peers"])],
+        # the last round per peer: what it sent and how fast it took its links to be (the LP's inputs for the next)
+        "last_round_peers": [{k: p.get(k) for k in ("name", "ok", "seconds", "bytes_sent", "bytes_received", "upload_est",
+                                                     "download_est", "send_seconds", "receive_seconds")}
+                             for p in report["rounds"][-1]["peers"]],
         # whether every committer holds the same result, and each peer's hash, error and exclusions when not
         "inconsistent": [{"round": i, "peers": [{k: p.get(k) for k in ("name", "ok", "hash", "part_hashes", "max_error", "group", "excluded", "recovered", "refetches", "error")}
                                                 for p in r["peers"]]}

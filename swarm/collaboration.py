@@ -126,7 +126,9 @@ class GroupPhases:
                                    floor_silence=cfg.sender_timeout, floor_averaging=cfg.averaging_timeout)
             round_ = HierarchicalRound(collab.node.p2p, group, layout, local, plan, service=collab.aggregate, chunk_elements=cfg.chunk_elements,
                                        sender_timeout=limits.silence, column_silence=column.silence, column_seconds=column.averaging,
-                                       reduction=reduction, excluded=collab.strikes.excluded() | collab.bans.banned)
+                                       reduction=reduction, excluded=collab.strikes.excluded() | collab.bans.banned,
+                                       signer=collab.node.private_key if self.robust else None,
+                                       keep_contribution=collab.auditor.store.put_contribution if collab.auditor is not None else None)
         self.stats.append(round_.stats)
         stepped = False
         try:
@@ -141,6 +143,8 @@ class GroupPhases:
                 collab.aggregate.close(round_id)
                 if collab.auditor is not None and isinstance(round_, AllReduceRound):
                     collab.auditor.after_round(round_, stepped)   # swarm.averaging.audits
+            elif collab.auditor is not None and isinstance(round_, HierarchicalRound) and round_.column is not None:
+                collab.auditor.after_round(round_.column, stepped)   # its column's reducers, from the committed partials
             collab.strikes.record(round_.stats.clipped_share, round_id.hex()[:8], round_.stats.bad_data)
             collab.bans.observe(collab.strikes.banned())
             proven = bool(collab.bans.accuse(round_.stats.proofs)) if round_.stats.proofs else False

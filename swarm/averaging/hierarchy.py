@@ -32,6 +32,15 @@ Guarantees:
   the other column members (their subgroups' stage 1 may end later than mine) before it drops a silent one.
 - Subgroup, column and member weights are the leader's; a part's column waits for the whole part reduced in
   its subgroup before it starts (store and forward: pipelining it chunk by chunk is not done).
+- Robust mode (a signer given): every stage reduces with CenteredClip, and the column runs a flat robust round's
+  checks, because each part of the global average is decided there: column members commit to their subgroups'
+  partial means, sign their sub-parts, swap the statements (an equivocating column reducer is proven and banned)
+  and audit one another from the committed partials (swarm.averaging.audits; the caller hands the column round to
+  its Auditor), so a column reducer that lies is caught as a flat round's reducer is. Not checked: a subgroup
+  reducer that sends its subgroup other bytes than its column's result (that subgroup alone would diverge; members
+  could compare a part's digest with another subgroup's reducer of it), a subgroup reducer's partial mean (it
+  enters its column as one committed input, clipped there like any sender), and columns of fewer than
+  ROBUST_MIN_TRAINERS members.
 - Failures: a member that is not a reducer and dies is excluded from its subgroup's parts, as in a flat
   round. A subgroup reducer that dies costs only itself: in the column the part's other members fail its
   sub-part over to a backup column member (swarm.averaging.failover), so the column's result lacks that
@@ -50,15 +59,18 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
-from typing import Collection, Sequence
+from typing import Callable, Collection, Sequence
 
 import torch
 from hivemind.p2p import P2P
+from hivemind.utils.crypto import RSAPrivateKey
 
 from swarm.averaging.allreduce import AllReduceRound
+from swarm.averaging.commitments import Commitment
 from swarm.averaging.group import GroupView
 from swarm.averaging.late import column_sources, fetch_part
 from swarm.averaging.layout import Chunk, TensorLayout, plan_parts
+from swarm.averaging.matchmaking import robust_group_problem
 from swarm.averaging.reduction import Reduction
 from swarm.averaging.service import AggregateService
 from swarm.averaging.subgroups import Hierarchy, derived_id
@@ -205,7 +217,8 @@ class HierarchicalRound:
     def __init__(self, p2p: P2P, group: GroupView, layout: TensorLayout, local: Sequence[torch.Tensor] | None, plan: Hierarchy, *,
                  service: AggregateService, chunk_elements: int, sender_timeout: float, column_silence: float,
                  column_seconds: float, reduction: type[Reduction] = Reduction, authorizer: SwarmAuthorizer | None = None,
-                 excluded: Collection[str] = (), round_classes: tuple[type[SubgroupRound], type[ColumnRound]] = (SubgroupRound, ColumnRound)):
+                 excluded: Collection[str] = (), round_classes: tuple[type[SubgroupRound], type[ColumnRound]] = (SubgroupRound, ColumnRound),
+                 signer: RSAPrivateKey | None = None, keep_contribution: Callable[[Commitment, int, list[bytes]], None] | None = None):
         self.group, self.plan, self.service = group, plan, service
         me = group.my_index
         s = plan.subgroup_of(me)
@@ -242,8 +255,14 @@ class HierarchicalRound:
             column_group = GroupView(round_id=derived_id(group.round_id, b"column", self.part), peer_ids=tuple(group.peer_ids[i] for i in column),
                                      roles=("trainer",) * len(column), weights=weights, shares=(1.0 / len(column),) * len(column),
                                      my_index=column.index(me), timeout=column_seconds)
+            # robust mode's checks run in the column, where each part of the global average is decided: its members
+            # commit to their subgroups' partial means, sign their sub-parts and swap the statements, and may audit
+            # one another from the committed partials (Auditor.after_round on `column`): a column reducer that lies
+            # is caught as a flat round's reducer is. Not in a column too short to outvote one member.
+            checked = signer is not None and not robust_group_problem(list(column_group.roles))
             self.column = column_class(p2p, column_group, compact, partial, chunk_elements=chunk_elements, sender_timeout=column_silence,
-                                       reduction=reduction, authorizer=authorizer, excluded=excluded)
+                                       reduction=reduction, authorizer=authorizer, excluded=excluded,
+                                       signer=signer if checked else None, keep_contribution=keep_contribution if checked else None)
             self.column.reply_slack = column_seconds   # stage 1 of the slowest subgroup
         self.stats = self.sub.stats
 
@@ -272,6 +291,8 @@ class HierarchicalRound:
             for name in ("bytes_sent", "bytes_received", "streams", "refetches", "resent_chunks"):
                 setattr(sub.stats, name, getattr(sub.stats, name) + getattr(column.stats, name))
             sub.stats.excluded.extend(column.stats.excluded)
+            sub.stats.proofs.extend(column.stats.proofs)   # a column reducer's two signed statements: it equivocated
+            sub.stats.bad_data.extend(p for p in column.stats.bad_data if p not in sub.stats.bad_data)
 
     async def run(self) -> list[torch.Tensor] | None:
         self._deadline = asyncio.get_running_loop().time() + self.group.timeout

@@ -203,3 +203,71 @@ def test_a_subgroup_that_brings_no_weight_still_receives_the_others_average():
         finally:
             await shutdown(members)
     asyncio.run(main())
+
+
+def test_robust_mode_checks_the_columns_a_lying_column_reducer_is_caught_by_its_audit_and_honest_ones_are_not():
+    """With a signer, each column commits to its subgroups' partial means and signs its sub-parts: a column member
+    that adds noise to its sub-part (consistently, so every subgroup steps with it) is found by another column
+    member's audit from the committed partials; the honest column reducers' audits find nothing."""
+    from peers.attack.byzantine import byzantine_round_class
+    from swarm.averaging.auditor import Auditor
+    from swarm.averaging.audits import PartAudit, audit_part
+    from swarm.averaging.bans import BanList
+    from swarm.averaging.robust import CenteredClipReduction
+    from tests.integration.test_result_checks import start_signing_members
+    from tests.integration.test_robust_rounds import correlated_values
+
+    async def main():
+        n = 7
+        roles = ["trainer"] * n
+        keys, members, services = await start_signing_members(n)
+        try:
+            layout = make_layout("fp16")
+            values = correlated_values(n, seed=13)
+            weights = [1.0 + i for i in range(n)]
+            shares = [1.0 / n] * n
+            plan = plan_hierarchy(roles, shares, 3)
+            assert plan is not None and all(len(column) == 3 for column in plan.columns)
+            liar = plan.columns[0][1]   # reduces part 0 in subgroup 1, and sub-part 1 of part 0's column
+            auditors = []
+            for m in members:
+                a = Auditor(m, BanList(), audits_per_part=0.0)   # no audits drawn: the test asks for the ones it checks
+                await a.start()
+                auditors.append(a)
+            ids = tuple(str(p.peer_id) for p in members)
+            round_id = secrets.token_bytes(16)
+            rounds = []
+            for i, p in enumerate(members):
+                group = GroupView(round_id=round_id, peer_ids=ids, roles=tuple(roles), weights=tuple(weights), shares=tuple(shares),
+                                  my_index=i, timeout=60.0, max_group_size=3)
+                column_class = byzantine_round_class("lying_reducer", ColumnRound) if i == liar else ColumnRound
+                rounds.append(HierarchicalRound(p, group, layout, layout.flatten(values[i]), plan, service=services[i], chunk_elements=500,
+                                                sender_timeout=3.0, column_silence=3.0, column_seconds=15.0, reduction=CenteredClipReduction,
+                                                round_classes=(SubgroupRound, column_class), signer=keys[i],
+                                                keep_contribution=auditors[i].store.put_contribution))
+            results = await asyncio.gather(*(r.run() for r in rounds), return_exceptions=True)
+            assert not any(isinstance(r, BaseException) for r in results), results
+            for a, r in zip(auditors, rounds):
+                if r.column is not None:   # a member that reduces no part has no column
+                    a.after_round(r.column, stepped=True)
+            column = [rounds[i].column for i in plan.columns[0]]
+            assert all(c is not None and c.results is not None and c.signer is not None for c in column)
+            for auditor in (0, 2):   # the liar's column peers audit every other sub-part of part 0
+                c = column[auditor]
+                known = {x.digest(): x for x in [*c.commitments.values(), *(x for x, _ in c.contributions.values())]}
+                for j in range(3):
+                    if j == auditor:
+                        continue
+                    layout_j = [(c.layout.codecs[k.bucket].name, k.length) for k in c.parts[j]]
+                    case = PartAudit(c.results.held[j], layout_j, c.part_bytes(j),
+                                     {i: [c.group.peer_ids[i]] for i in range(3) if i != auditor}, commitments=known)
+                    finding = await audit_part(members[plan.columns[0][auditor]], auditors[plan.columns[0][auditor]].store, case)
+                    if j == 1:
+                        assert finding.verdict == "lied", finding
+                    else:
+                        assert finding.verdict == "honest" and finding.distance < 0.01, finding
+        finally:
+            for s in services:
+                s.stop()
+            await shutdown(members)
+    asyncio.run(main())
