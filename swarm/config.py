@@ -38,8 +38,10 @@ class EngineConfig(BaseModel):
                                       "time is at most this fraction of the swarm's compute time per epoch")
     # The hierarchy costs a stage: each part's column waits for its whole part (store and forward), a lossy codec
     # quantizes each part once more, and a dead reducer's subgroup takes its part from another subgroup (no backup
-    # recomputes it: the part lacks that subgroup's contributions). 16 keeps every group of the existing runs, tests and scenarios (at most 8-12 peers) on the flat round, whose
-    # 15 streams per member p2pd has carried (18 peers). Not yet measured against other values.
+    # recomputes it: the part lacks that subgroup's contributions). 16 keeps the tests' groups and the hybrid scenario
+    # (12 peers) on the flat round, whose 15 streams per member p2pd has carried; the emulated dedloc-albert (18 peers)
+    # averages in 5 subgroups (session 24: 10M values fp16 at 3.3x the LP bound before the hierarchy followed the LP's
+    # shares; benchmarks/README.md). Not yet measured against other values.
     max_group_size: int = Field(16, ge=2, le=1024, description="groups larger than this average hierarchically "
                                 "(subgroups of at most this size, then each part across subgroups: swarm.averaging.hierarchy)")
     chunk_elements: int = Field(2**17, ge=1024, le=2**20)   # le: a chunk fits swarm.net.wire.MAX_MESSAGE_BYTES

@@ -116,8 +116,14 @@ HEARTBEAT_SLACK = 1.0
 DELIVERY_RECHECK = 0.5
 # Seconds the members' swap of result statements may take (within the round's deadline as well).
 RESULT_EXCHANGE_TIMEOUT = 5.0
-# Peers outside the group that may fetch one reducer's averaged part of one round (late peers, swarm.averaging.late).
+# Peers outside the group that may fetch one reducer's averaged part of one round (late peers, swarm.averaging.late):
+# this many fetches of my own part, or the whole vector's bytes, or LATECOMER_FLOOR_BYTES, whichever is more (each
+# fetch is charged the bytes of the part it asks). A count alone (16) starved the swarm when a small group formed and
+# most peers came late: at 64 toy peers, rounds of 2 KB, late peers' fetches of 3 members' parts were refused by the
+# hundred (session 24) and each of those peers lost its round, while serving all of them cost kilobytes. A late peer
+# refused falls back to a state download, which costs a donor more than the part.
 MAX_LATECOMER_FETCHES = 16
+LATECOMER_FLOOR_BYTES = 8 * 2**20
 
 
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
@@ -231,7 +237,7 @@ class AllReduceRound:
         self._retired = asyncio.Event()  # set once the round is over: fetches of chunks never averaged give up
         self._lost: dict[int, str] = {}  # part -> why this member did not get it
         self._last_heard: dict[int, float] = {}
-        self._latecomer_fetches = 0
+        self._latecomer_bytes = 0   # the bytes of the parts late peers fetched from me this round (charged at the ask)
         self._meter: LinkMeter | None = None    # run()'s link meter and stall watch (tests check they end with it)
         self._stalls: StallWatch | None = None
         self._over = asyncio.Event()   # run() ended; `_stepped`: with my result (late peers take only such a round's)
@@ -627,11 +633,12 @@ class AllReduceRound:
             yield swarm_pb2.PartChunk(error="bad fetch")
             return
         count = len(self.parts[j])
-        if self._latecomer_fetches >= MAX_LATECOMER_FETCHES:
+        cost = self._part_wire_bytes(j)
+        if self._latecomer_bytes + cost > self._latecomer_budget():
             # said apart from a bad fetch: at 64 toy peers on 2 cores most "bad fetch" refusals of late peers were this
-            yield swarm_pb2.PartChunk(error=f"late peers' fetches of this part are at their limit ({MAX_LATECOMER_FETCHES})")
+            yield swarm_pb2.PartChunk(error=f"late peers' fetches of this part are at their limit ({self._latecomer_budget() / 1e6:.1f} MB)")
             return
-        self._latecomer_fetches += 1
+        self._latecomer_bytes += cost
         # only the result of a round I stepped with: one that failed here (past its deadline, say) may be one that no
         # member steps with, and a late peer that took it would hold parameters nobody else has. Until my round is
         # over, heartbeats: a real model's round outlasts the late peer's silence limit (swarm.averaging.late), and
@@ -655,6 +662,14 @@ class AllReduceRound:
                 self.stats.bytes_sent += len(held[k])
                 yield swarm_pb2.PartChunk(part=j, chunk=k, data=held[k])
         await drain(requests, self.sender_timeout)  # its end-of-stream (see serve), after an error too (see drain)
+
+    def _part_wire_bytes(self, j: int) -> int:
+        return sum(self.layout.codecs[c.bucket].payload_bytes(c.length) for c in self.parts[j])
+
+    def _latecomer_budget(self) -> int:
+        """Bytes of parts this member serves late peers in one round (see MAX_LATECOMER_FETCHES)."""
+        own = self._part_wire_bytes(self.group.my_index)
+        return max(MAX_LATECOMER_FETCHES * own, self.layout.wire_bytes(), LATECOMER_FLOOR_BYTES)
 
     async def _replay(self, start: int, count: int, heartbeats: bool = True) -> AsyncIterator[swarm_pb2.PartChunk]:
         """My averaged chunks from `start` on, each once ready; heartbeats while one is not (a member's fetch; a

@@ -3,7 +3,7 @@
 A peer that reaches matchmaking after the epoch's group formed gets TOO_LATE naming that group
 (`LateForGroup`). Instead of failing its round and downloading the whole state, it asks each
 reducer of the group for its averaged part (a fetch stream, as members use after a broken reply
-stream; the reducer serves peers outside the group at most MAX_LATECOMER_FETCHES times a round).
+stream; the reducer serves peers outside the group up to a budget of bytes a round, allreduce.MAX_LATECOMER_FETCHES).
 The bytes are the ones every member decodes, so the late peer steps to bitwise the same
 parameters as the group. From a hierarchical group (swarm.averaging.hierarchy) it takes each part
 from that part's reducer in one subgroup (chosen by its peer id, so late peers spread over them), and if that one

@@ -3,15 +3,20 @@ partition into subgroups and columns, and the deadline of the round that follows
 
 The partition is a pure function of the group's roles, LP shares and `max_group_size`, all of which every member
 takes from the leader's GroupInfo, so every member computes the same one (invariant 3) without another message.
-Reducing members (trainers, then auxiliaries) and then client-mode members are dealt round-robin over
-S = max(ceil(N / max_group_size), ceil(sqrt(N))) subgroups: sizes differ by at most one and client-mode members
-are spread evenly (when fewer than S members can reduce, S shrinks to their number and subgroups may exceed the
-bound). A member opens at most (subgroup size - 1) + (S - 1) streams; S = ceil(sqrt(N)) makes that at most
+Reducing members, fastest first (by the LP's shares: trainers and auxiliaries the LP gave a share; all of them when it
+gave nobody one), and then the others (client-mode members, and members the LP gave nothing) are dealt round-robin
+over S = max(ceil(N / max_group_size), ceil(sqrt(N))) subgroups: sizes differ by at most one, the fast members and
+the client-mode members are spread evenly (when fewer than S members can reduce, S shrinks to their number and
+subgroups may exceed the bound). A member opens at most (subgroup size - 1) + (S - 1) streams; S = ceil(sqrt(N)) makes that at most
 2 ceil(sqrt(N)) - 2 < 2 sqrt(N), whatever N, where ceil(N / max_group_size) subgroups alone would give a member
 max_group_size - 1 + N / max_group_size (18 at N = 64 with the default 16, against 14). Beyond N = max_group_size**2
 the bound wins and a member opens about max_group_size + N / max_group_size streams (a third level would be needed). Each
-subgroup's first P members that can reduce (P: the fewest any subgroup has) reduce parts 0..P-1, with the same
-boundaries everywhere (part p's share: the column's LP shares summed); the reducers of part p form its column.
+subgroup's P fastest reducing members (P: the fewest any subgroup has) reduce parts 0..P-1 in that order, with the
+same boundaries everywhere (part p's share: the column's LP shares summed); the reducers of part p form its column,
+so column 0 holds each subgroup's fastest member and gets the largest part. Before the LP's shares ordered them
+(session 24), members reduced in index order: on the emulated dedloc-albert (18 peers, 5 subgroups at the default
+bound of 16) 5 Mbit/s peers reduced parts as large as 20 Mbit/s ones', and a 10M-value fp16 round took 3.3x the
+LP bound.
 """
 from __future__ import annotations
 
@@ -54,8 +59,15 @@ def plan_hierarchy(roles: Sequence[str], shares: Sequence[float], max_group_size
     if max_group_size < 2:
         raise ValueError(f"max_group_size must be >= 2, got {max_group_size}")
     n = len(roles)
-    reducing = [i for i, role in enumerate(roles) if role == "trainer"] + [i for i, role in enumerate(roles) if role == "aux"]
-    others = [i for i in range(n) if i not in set(reducing)]   # client-mode members: they reduce nothing
+    share = [max(0.0, float(x)) if math.isfinite(x) else 0.0 for x in shares]
+    able = [i for i, role in enumerate(roles) if role != "client"]
+    # the LP's shares say who should reduce: members it gave nothing (a slow link) reduce nothing here either, unless
+    # it gave nobody anything (no estimates yet); the others fastest first (ties: trainers, then index), so that
+    # dealing spreads the fast ones over the subgroups and each column holds members of about the same speed
+    if any(share[i] > 0 for i in able):
+        able = [i for i in able if share[i] > 0]
+    reducing = sorted(able, key=lambda i: (-share[i], roles[i] != "trainer", i))
+    others = [i for i in range(n) if i not in set(reducing)]   # client-mode members, and those: they reduce nothing
     count = min(max(math.ceil(n / max_group_size), math.isqrt(n - 1) + 1), len(reducing))   # isqrt(n-1)+1 = ceil(sqrt(n))
     if n <= max_group_size or count < 2:
         return None
@@ -63,10 +75,10 @@ def plan_hierarchy(roles: Sequence[str], shares: Sequence[float], max_group_size
     for k, i in enumerate(reducing + others):
         dealt[k % count].append(i)
     subgroups = tuple(tuple(sorted(members)) for members in dealt)
-    reducers = [[i for i in members if roles[i] != "client"] for members in subgroups]
+    reducers = [[i for i in members if i in set(reducing)] for members in dealt]   # fastest first in each subgroup
     parts = min(len(r) for r in reducers)
     columns = tuple(tuple(reducers[s][p] for s in range(count)) for p in range(parts))
-    totals = [sum(max(0.0, float(shares[i])) if math.isfinite(shares[i]) else 0.0 for i in column) for column in columns]
+    totals = [sum(share[i] for i in column) for column in columns]
     part_shares = tuple(t / sum(totals) for t in totals) if sum(totals) > 0 else tuple(1.0 / parts for _ in range(parts))
     return Hierarchy(subgroups=subgroups, columns=columns, part_shares=part_shares)
 

@@ -112,6 +112,47 @@ def test_a_late_peer_takes_a_part_its_reducer_will_not_serve_from_another_member
     asyncio.run(main())
 
 
+def test_a_reducer_serves_late_peers_by_bytes_not_by_count_and_refuses_past_its_budget(monkeypatch):
+    """At 64 toy peers a small group with many late peers refused them by the hundred at 16 fetches a member, while
+    serving all of them cost kilobytes: 40 fetches of a small part are served; with a budget of 2 parts, the third
+    is refused, naming the limit."""
+    import swarm.averaging.allreduce as allreduce_module
+    from swarm.averaging.late import fetch_part
+    from swarm.averaging.layout import plan_parts
+
+    async def main():
+        members, services = await start_members(2)
+        late = await P2P.create(initial_peers=[m for p in members for m in await p.get_visible_maddrs()])
+        try:
+            layout = make_layout("fp16")
+            info = group_info(members, [0.5, 0.5], 20.0)
+            values = random_values(2, seed=9)
+            rounds = []
+            for i, p in enumerate(members):
+                rounds.append(AllReduceRound(p, GroupView.from_info(info, str(p.peer_id)), layout, layout.flatten(values[i]),
+                                             chunk_elements=500, sender_timeout=3.0))
+                services[i].open(rounds[-1])
+            results = await asyncio.gather(*(r.run() for r in rounds))
+            chunks = plan_parts(layout, [0.5, 0.5], 500)[0]
+            server = str(members[0].peer_id)
+            for _ in range(40):
+                got = await fetch_part(late, layout, chunks, server, 0, info.round_id, 3.0)
+                assert torch.equal(torch.cat([v for _, v in got]), torch.cat([results[0][c.bucket][c.start:c.start + c.length] for c in chunks]))
+            assert rounds[0]._latecomer_budget() == allreduce_module.LATECOMER_FLOOR_BYTES   # a small vector: the floor
+            rounds[0]._latecomer_bytes = 0
+            monkeypatch.setattr(rounds[0], "_latecomer_budget", lambda: 2 * rounds[0]._part_wire_bytes(0))
+            for _ in range(2):
+                await fetch_part(late, layout, chunks, server, 0, info.round_id, 3.0)
+            with pytest.raises(RoundFailed, match="at their limit"):
+                await fetch_part(late, layout, chunks, server, 0, info.round_id, 3.0)
+        finally:
+            for s in services:
+                s.close(info.round_id)
+            await late.shutdown()
+            await shutdown(members)
+    asyncio.run(main())
+
+
 def test_no_late_peer_asks_itself():
     from swarm.averaging.late import MAX_SOURCES, part_sources
     members = ["a", "b", "c", "d", "e"]

@@ -92,6 +92,28 @@ def test_part_shares_follow_the_columns_lp_shares_and_zero_shares_fall_back_to_e
     assert plan_hierarchy(roles, [0.0] * 6, 3).part_shares == (0.5, 0.5)
 
 
+def test_the_lp_shares_choose_the_reducers_fast_ones_spread_and_each_column_of_about_one_speed():
+    """dedloc-albert's 18: 4 fast, 8 medium, 4 slow trainers (the LP gave the slow ones nothing) and 2 auxiliaries.
+    The slow reduce nothing, every subgroup gets a fast member, column 0 holds the fastest and the largest part."""
+    roles = ["trainer"] * 16 + ["aux"] * 2
+    shares = [0.09] * 4 + [0.05] * 8 + [0.0] * 4 + [0.09] * 2
+    total = sum(shares)
+    shares = [x / total for x in shares]
+    plan = plan_hierarchy(roles, shares, 16)
+    assert plan is not None and len(plan.subgroups) == 5
+    reducers = {i for column in plan.columns for i in column}
+    assert not reducers & set(range(12, 16)), "members the LP gave nothing reduce nothing"
+    fast = set(range(4)) | {16, 17}
+    assert all(any(i in fast for i in members) for members in plan.subgroups), "every subgroup gets a fast member"
+    assert set(plan.columns[0]) <= fast, "column 0: each subgroup's fastest"
+    assert list(plan.part_shares) == sorted(plan.part_shares, reverse=True) and plan.part_shares[0] > plan.part_shares[-1]
+    sizes = [len(members) for members in plan.subgroups]
+    assert max(sizes) - min(sizes) <= 1 and sorted(i for members in plan.subgroups for i in members) == list(range(18))
+    # no estimates yet (every share 0): every trainer and auxiliary may reduce, in index order
+    even = plan_hierarchy(roles, [0.0] * 18, 16)
+    assert even is not None and {i for column in even.columns for i in column} & set(range(12, 16))
+
+
 def test_the_deadline_of_a_hierarchical_group_adds_its_column_stage():
     n = 20
     links = [MemberLink(upload_bps=1e6, download_bps=1e6) for _ in range(n)]
