@@ -107,7 +107,8 @@ def main() -> None:
             with views_lock:
                 out = [{"peer": f"{args.seed}.{k}", "min": min(v, default=0), "median": sorted(v)[len(v) // 2] if v else 0,
                         "last": v[-1] if v else 0, "samples": len(v), "small": sum(1 for x in v if x <= 2),
-                        "reads": dict(c.tracker.reads)} for k, ((c, _, _), v) in enumerate(zip(peers, view_samples))]
+                        "reads": dict(c.tracker.reads), "dht_peers": c.node.dht_peers() if c.node is not None else None}
+                       for k, ((c, _, _), v) in enumerate(zip(peers, view_samples))]
                 for v in view_samples:
                     v.clear()
             return out
