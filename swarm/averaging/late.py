@@ -73,14 +73,11 @@ async def fetch_part(p2p: P2P, layout: TensorLayout, chunks: Sequence[Chunk], se
     member of another subgroup), under round `source_round` where it goes by part `label`: each chunk's bytes and
     what they decode to. RoundFailed naming the member when it does not serve it; each wait has the reply limit of
     `silence`, and heartbeats (its round not over yet) keep the stream open, so the caller bounds the whole fetch."""
-    def request():
+    async def requests():
         msg = swarm_pb2.PartChunk(round_id=source_round, part=label, chunk=0, sender=str(p2p.peer_id), fetch=True)
         if authorizer is not None:
             authorizer.sign_message(msg, p2p.peer_id)
-        return msg
-
-    async def requests():
-        yield request()
+        yield msg
 
     got: list[tuple[bytes, torch.Tensor]] = []
     stream = None
