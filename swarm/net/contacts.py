@@ -13,19 +13,29 @@ So after every read of the records, `keep_in_touch()` pings (concurrently, bound
 that is connected at the libp2p level, or that the tracker saw recently, and that is missing from
 the routing table; a peer that answers is added back and taken off the blacklist. Peers the
 coordinator never reached cost one ping per period until they drop out of the recent list.
+
+A node whose routing table is empty is cut off from the DHT (it reads and stores only its own records; seen at 64
+peers: two peers a run with a view of 0-1 for a whole minute, their tables empty). It says so, once a minute, with
+why its pings failed, and once a ping answers it looks up the nodes nearest to its own id, as the DHT's bootstrap
+does, so the table fills with more than the one peer that answered.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import Counter
 from typing import Iterable
 
+from hivemind.dht.routing import DHTID
 from hivemind.p2p import PeerID
+from hivemind.proto import dht_pb2
 from hivemind.utils.multiaddr import Multiaddr
 
 logger = logging.getLogger(__name__)
 
 PING_TIMEOUT = 5.0
+ISOLATED_LOG_EVERY = 60.0   # seconds between two warnings of one node that its routing table is empty
 
 
 async def keep_in_touch(node, recent: Iterable[str], maddrs: dict[str, list[str]] | None = None) -> int:
@@ -45,7 +55,8 @@ async def keep_in_touch(node, recent: Iterable[str], maddrs: dict[str, list[str]
         except Exception:
             continue
     missing = [p for p in wanted if p != me and table.get(peer_id=p) is None]
-    if not missing:
+    isolated = not table.uid_to_peer_id
+    if not missing and not isolated:
         return 0
 
     async def ping(peer: PeerID) -> bool:
@@ -55,9 +66,9 @@ async def keep_in_touch(node, recent: Iterable[str], maddrs: dict[str, list[str]
                 await asyncio.wait_for(node.p2p._client.connect(peer, addrs), PING_TIMEOUT)
             except Exception as e:
                 logger.debug("dial %s: %s", peer, e)
-        node_id = await asyncio.wait_for(dht.protocol.call_ping(peer), PING_TIMEOUT)
+        node_id = await _ping(dht.protocol, peer)
         if node_id is None:
-            return False
+            raise ConnectionError("answered without a DHT node id (a client-mode node)")
         if peer in dht.blacklist:
             dht.blacklist.register_success(peer)
         else:
@@ -68,4 +79,48 @@ async def keep_in_touch(node, recent: Iterable[str], maddrs: dict[str, list[str]
     answered = sum(1 for r in results if r is True)
     if answered:
         logger.info("DHT: %d of %d known peers were missing from the routing table and answered a ping", answered, len(missing))
+    if isolated:
+        await _rejoin(node, answered, missing, results)
     return answered
+
+
+async def _ping(protocol, peer: PeerID) -> DHTID | None:
+    """DHTProtocol.call_ping without its catch-all: a failure raises, so an isolated node can say why."""
+    request = dht_pb2.PingRequest(peer=protocol.node_info, validate=False)
+    try:
+        response = await protocol.get_stub(peer).rpc_ping(request, timeout=PING_TIMEOUT)
+    except Exception:
+        await protocol.update_routing_table(None, peer, responded=False)
+        raise
+    node_id = DHTID.from_bytes(response.peer.node_id) if response.peer and response.peer.node_id else None
+    await protocol.update_routing_table(node_id, peer, responded=node_id is not None)
+    return node_id
+
+
+async def _rejoin(node, answered: int, missing: list[PeerID], results: list) -> None:
+    """My routing table was empty: after a ping that answered, bootstrap again (the nodes nearest my own id); else
+    say why nobody did, at most once a minute."""
+    dht = node.dht
+    if answered:
+        try:
+            await asyncio.wait_for(dht.find_nearest_nodes([dht.node_id]), 2 * PING_TIMEOUT)
+        except Exception as e:
+            logger.warning("DHT: my routing table was empty; %d peer(s) answered, but the lookup of my neighbours failed: %r", answered, e)
+            return
+        logger.warning("DHT: my routing table was empty; %d of %d known peers answered, it holds %d nodes again",
+                       answered, len(missing), len(dht.protocol.routing_table.uid_to_peer_id))
+        return
+    now = time.monotonic()
+    if now - getattr(node, "_isolated_warned_at", -ISOLATED_LOG_EVERY) < ISOLATED_LOG_EVERY:
+        return
+    node._isolated_warned_at = now
+    reasons = Counter(_why(r) for r in results if isinstance(r, BaseException))
+    logger.warning("DHT: my routing table is empty and none of %d known peers answered a ping (%s): I read and store "
+                   "only my own records until one does", len(missing),
+                   "; ".join(f"{n}x {why}" for why, n in reasons.most_common(3)) or "no peer known")
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, asyncio.TimeoutError) and not str(e):
+        return f"no answer in {PING_TIMEOUT:g} s"
+    return f"{type(e).__name__}: {str(e)[:120]}"

@@ -1,10 +1,13 @@
 """Reproduces a DHT partition between two nodes and heals it with swarm.net.contacts.keep_in_touch.
 
 Run as `python -m tests.helpers.coordinator_partition` (its own process: each Observer owns a Reaper).
-Prints `before [..]`, `partitioned [..]`, `pinged N`, `after [..]`: the epochs node A reads from the DHT.
+Prints `before [..]`, `partitioned [..]`, `pinged N`, `after [..]`: the epochs node A reads from the DHT; then
+`rejoined N` (A's routing table after its ping found it empty), `alone N` (pings answered once B is gone and A
+forgot it) and `warned` with the warning A logged about its empty table.
 """
 from __future__ import annotations
 
+import logging
 import time
 
 from swarm.net import records
@@ -32,6 +35,10 @@ def main() -> None:
     a = Observer("partition")
     b = Observer("partition", initial_peers=a.visible_maddrs()[:1])
     key = records.progress_key("partition")
+    warnings: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda r: warnings.append(r.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("swarm.net.contacts").addHandler(handler)
     try:
         def publish(epoch: int) -> None:
             b.loop.run(b.node.store_record(key, record(b.peer_id, epoch), 60), timeout=10)
@@ -49,6 +56,12 @@ def main() -> None:
         print("pinged", a.loop.run(keep_in_touch(a.node, [b.peer_id]), timeout=20), flush=True)
         publish(3)
         print("after", seen(), flush=True)
+        print("rejoined", len(a.node.dht.protocol.routing_table.uid_to_peer_id), flush=True)
+        b_id = b.peer_id
+        a.loop.run(forget(a, b), timeout=5)
+        b.shutdown()
+        print("alone", a.loop.run(keep_in_touch(a.node, [b_id]), timeout=30), flush=True)
+        print("warned", " | ".join(w for w in warnings if "routing table is empty" in w), flush=True)
     finally:
         b.shutdown()
         a.shutdown()
