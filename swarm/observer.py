@@ -13,7 +13,7 @@ from hivemind.utils.crypto import RSAPrivateKey
 from swarm.net import records
 from swarm.net.auth import InviteAccess, SwarmAuthorizer
 from swarm.net.node import Node, NodeOptions
-from swarm.process.lifecycle import Reaper
+from swarm.process.lifecycle import SharedReaper
 from swarm.process.runtime import EngineLoop
 
 from .config import RunConfig
@@ -30,7 +30,7 @@ class Observer:
         node's records (a stable owner, e.g. the organizer's key); both are fresh per process when None.
         `authorizer`: an invite-only run's (swarm.net.auth), None for an open run."""
         self.run_id = run_id
-        self.reaper = Reaper().start()
+        self.reaper = SharedReaper().start()   # shared with any other node of this process: closing mine must not reap theirs
         self.loop = EngineLoop(name="swarm-observer").start()
         options = NodeOptions(initial_peers=tuple(initial_peers), host_maddrs=tuple(host_maddrs),
                               announce_maddrs=announce_maddrs, identity_path=identity_path)
@@ -107,8 +107,9 @@ async def read_run_config(node: Node, organizer_key: bytes, wait: float = 20.0) 
 
 def fetch_run_config(access: InviteAccess, initial_peers: Sequence[str] | None = None, wait: float = 20.0) -> RunConfig:
     """The run's RunConfig (see read_run_config), read by a short-lived node; its access token stays in `access`
-    for the node that trains next. Call it before this process starts other child processes: the probe's Reaper
-    ends every descendant of the process when it closes (`swarm join` calls it first thing)."""
+    for the node that trains next. Call it before this process starts other child processes: when no other node of
+    this process holds the shared Reaper, the probe's close ends every descendant of the process (`swarm join` calls it
+    first thing)."""
     with Observer(access.run_id, initial_peers=initial_peers or access.invite.initial_peers,
                   private_key=access.private_key, authorizer=access.authorizer()) as probe:
         return probe.loop.run(read_run_config(probe._node(), access.invite.organizer_key, wait), timeout=wait + 30)

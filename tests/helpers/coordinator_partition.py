@@ -3,7 +3,8 @@
 Run as `python -m tests.helpers.coordinator_partition` (its own process: each Observer owns a Reaper).
 Prints `before [..]`, `partitioned [..]`, `pinged N`, `after [..]`: the epochs node A reads from the DHT; then
 `rejoined N` (A's routing table after its ping found it empty), `alone N` (pings answered once B is gone and A
-forgot it) and `warned` with the warning A logged about its empty table.
+forgot it), `channel` (the state of A's p2pd connection for unary calls: B's shutdown must not end it) and `warned`
+with the warning A logged about its empty table.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import logging
 import time
 
 from swarm.net import records
-from swarm.net.contacts import keep_in_touch
+from swarm.net.contacts import _unary_channel, keep_in_touch
 from swarm.net.records import ProgressRecord
 from swarm.observer import Observer
 
@@ -61,6 +62,7 @@ def main() -> None:
         a.loop.run(forget(a, b), timeout=5)
         b.shutdown()
         print("alone", a.loop.run(keep_in_touch(a.node, [b_id]), timeout=30), flush=True)
+        print("channel", _unary_channel(a.node), flush=True)
         print("warned", " | ".join(w for w in warnings if "routing table is empty" in w), flush=True)
     finally:
         b.shutdown()
