@@ -32,6 +32,8 @@ from hivemind.p2p import PeerID
 from hivemind.proto import dht_pb2
 from hivemind.utils.multiaddr import Multiaddr
 
+from swarm.net import unary_channel
+
 logger = logging.getLogger(__name__)
 
 PING_TIMEOUT = 5.0
@@ -117,23 +119,7 @@ async def _rejoin(node, answered: int, missing: list[PeerID], results: list) -> 
     reasons = Counter(_why(r) for r in results if isinstance(r, BaseException))
     logger.warning("DHT: my routing table is empty and none of %d known peers answered a ping (%s; %s): I read and "
                    "store only my own records until one does", len(missing),
-                   "; ".join(f"{n}x {why}" for why, n in reasons.most_common(3)) or "no peer known", _unary_channel(node))
-
-
-def _unary_channel(node) -> str:
-    """The state of the p2pd connection that carries every unary call (the DHT's RPCs) both ways: when its reader or
-    writer task ended, calls out wait forever and calls in go unanswered."""
-    control = getattr(getattr(node.p2p, "_client", None), "control", None)
-    if control is None:
-        return "no p2pd client"
-    states = []
-    for name in ("_read_task", "_write_task"):
-        task = getattr(control, name, None)
-        if task is None or not task.done():
-            continue
-        states.append(f"{name.strip('_')} ended: " + ("cancelled" if task.cancelled() else repr(task.exception())))
-    pending = len(getattr(control, "_pending_calls", ()))
-    return f"unary channel: {', '.join(states) or 'reader and writer running'}, {pending} calls pending"
+                   "; ".join(f"{n}x {why}" for why, n in reasons.most_common(3)) or "no peer known", unary_channel.describe(node.p2p))
 
 
 def _why(e: BaseException) -> str:

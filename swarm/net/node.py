@@ -23,7 +23,7 @@ from hivemind.utils.crypto import RSAPrivateKey
 from hivemind.utils.multiaddr import Multiaddr
 
 from swarm.errors import AuthError, ConfigError, NetworkError, describe
-from swarm.net import clock, records, wire
+from swarm.net import clock, records, unary_channel, wire
 from swarm.net.auth import ISSUE_HANDLER, SwarmAuthorizer, coordinator_ids, keep_access
 from swarm.net.direct_store import store_blind, store_near
 from swarm.net.identity import identity_bytes, identity_file, read_identity, same_key
@@ -99,6 +99,7 @@ class Node:
         validator = CachedValidator([signer, records.SchemaValidator(run_id)])   # each record checked once, not per copy
         initial = [Multiaddr(m) for m in options.initial_peers]
         wire.cap_message_sizes()   # before any stream opens: no message is read in full before its size is checked
+        unary_channel.install()    # a call cancelled as its response arrives must not end the DHT's channel
         p2p = await cls._start_p2p(options, initial, private_key if bind else None)
         await clock.serve(p2p)
         if initial:  # before the DHT: hivemind's bootstrap refuses a peer more than 3 s off (see swarm.net.clock)

@@ -12,7 +12,8 @@ import logging
 import time
 
 from swarm.net import records
-from swarm.net.contacts import _unary_channel, keep_in_touch
+from swarm.net import unary_channel
+from swarm.net.contacts import keep_in_touch
 from swarm.net.records import ProgressRecord
 from swarm.observer import Observer
 
@@ -62,7 +63,7 @@ def main() -> None:
         a.loop.run(forget(a, b), timeout=5)
         b.shutdown()
         print("alone", a.loop.run(keep_in_touch(a.node, [b_id]), timeout=30), flush=True)
-        print("channel", _unary_channel(a.node), flush=True)
+        print("channel", unary_channel.describe(a.node.p2p), flush=True)
         print("warned", " | ".join(w for w in warnings if "routing table is empty" in w), flush=True)
     finally:
         b.shutdown()
