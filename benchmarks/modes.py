@@ -64,6 +64,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "sparseloco": {"mode": "diloco", "overlap": True, "diloco": {"inner_steps": 50, "inner_lr": 0.001, "outer_codec": "topk",
                                                                   "outer_momentum": 0.0, "outer_lr": 1.0},
                    "engine": {"compression": "fp16", "topk_fraction": 0.02, "topk_value_bits": 2}},
+    # the same, the reducers sending every member's message back (SparseLoCo's all-gather; before session 25 the only
+    # way): sparseloco's reducers send the top of the average (swarm.compression.topk)
+    "sparseloco-exact": {"mode": "diloco", "overlap": True, "diloco": {"inner_steps": 50, "inner_lr": 0.001, "outer_codec": "topk",
+                                                                        "outer_momentum": 0.0, "outer_lr": 1.0},
+                         "engine": {"compression": "fp16", "topk_fraction": 0.02, "topk_value_bits": 2, "topk_result": "exact"}},
 }
 LOCAL_STEP_MODES = ("diloco", "streaming-diloco")   # modes whose rounds average pseudo-gradients of H local steps
 

@@ -8,7 +8,7 @@ member decodes those bytes, as the butterfly all-reduce does part by part. No ne
 what a codec does to the update and to the bytes, not time.
 
     python -m benchmarks.outer_codecs [--outer-steps 30] [--inner-steps 20] [--configs none,topk-2%]
-        [--outer-lr 0.7 --outer-momentum 0.9] [--json PATH]
+        [--outer-lr 0.7 --outer-momentum 0.9] [--peers 3] [--json PATH]
 
 Small tensors (under 1024 values) travel exactly, as the CompressionPolicy does for biases.
 """
@@ -32,13 +32,13 @@ from swarm.compression.round_codec import RoundCodec, RoundContext
 from swarm.compression.topk import TopKRoundCodec
 from swarm.optim.strategies import StreamingDiLoCo, layers_of
 
-CONFIGS = ("none", "fp16", "uniform8bit", "uniform4bit", "uniform2bit", "topk-1%", "topk-2%", "topk-3%")
+CONFIGS = ("none", "fp16", "uniform8bit", "uniform4bit", "uniform2bit", "topk-1%", "topk-2%", "topk-3%", "topk-2%-exact")
 SMALL = 2**10
 
 
 async def wire_round(codecs: list[RoundCodec], inputs: list[list[torch.Tensor] | None], weights: list[float], epoch: int = 0):
-    """One round of len(codecs) members through the real encoders and one reducer, which sends back the mean or,
-    for the sparse codec, the inputs themselves when smaller (as swarm.averaging.allreduce): returns (results, bytes
+    """One round of len(codecs) members through the real encoders and one reducer, which sends back the mean (a sparse
+    result's top) or, for the sparse codecs, the inputs themselves when smaller (as swarm.averaging.allreduce): returns (results, bytes
     each member sent, bytes of the reducer's reply per bucket)."""
     n = len(codecs)
     arrived: dict[int, list[bytes]] = {}
@@ -59,10 +59,13 @@ async def wire_round(codecs: list[RoundCodec], inputs: list[list[torch.Tensor] |
                 means = []
                 for b, (codec, size) in enumerate(zip(layout.codecs, layout.bucket_sizes)):
                     values = [decode_checked(codec, arrived[j][b], size) for j in range(n)]
-                    mean = codec.encode(sum(w * v for w, v in zip(weights, values)) / sum(weights))
+                    averaged = sum(w * v for w, v in zip(weights, values)) / sum(weights)
+                    if getattr(codec, "sparse_result", False):   # the top of the average (swarm.compression.topk)
+                        averaged = codec.reduce_result(averaged, [arrived[j][b] for j in range(n)])
+                    mean = codec.encode(averaged)
                     if hasattr(codec, "bundle"):   # as swarm.averaging.allreduce: the inputs back when smaller than the mean
                         relayed = codec.bundle([(w, arrived[j][b]) for j, w in enumerate(weights)], size)
-                        mean = relayed if len(relayed) < len(mean) else mean
+                        mean = relayed if len(relayed) < len(mean) * codec.bundle_preference else mean
                     means.append(mean)
                 reply["data"], reply["codecs"] = means, layout.codecs
                 done.set()
@@ -76,8 +79,11 @@ async def wire_round(codecs: list[RoundCodec], inputs: list[list[torch.Tensor] |
 
 
 def round_codec(config: str, shapes) -> RoundCodec:
+    """A config's round codec: a tensor codec's name, or topk-F% (the reducers send the top of the average) and
+    topk-F%-exact (they send every member's message back)."""
     if config.startswith("topk-"):
-        return TopKRoundCodec(shapes, fraction=float(config[5:-1]) / 100, min_numel=SMALL)
+        fraction, _, reply = config[5:].partition("%")
+        return TopKRoundCodec(shapes, fraction=float(fraction) / 100, min_numel=SMALL, sparse_result=reply != "-exact")
     return FixedRoundCodec(shapes, CompressionPolicy(default=config, small_tensor_threshold=SMALL))
 
 
@@ -180,13 +186,14 @@ def main() -> None:
     parser.add_argument("--fragments", default="1", help="streaming DiLoCo: F per run, comma-separated (1: plain DiLoCo)")
     parser.add_argument("--delayed", action="store_true", help="streaming: apply each round after the next round's inner steps")
     parser.add_argument("--hidden-layers", type=int, default=2, help="hidden layers of the MLP (fragments <= hidden layers + 1)")
+    parser.add_argument("--peers", type=int, default=3)
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     rows = []
     for config in args.configs.split(","):
         for fragments in (int(f) for f in args.fragments.split(",")):
             t = time.monotonic()
-            row = train(config, outer_steps=args.outer_steps, inner_steps=args.inner_steps, outer_lr=args.outer_lr,
+            row = train(config, peers=args.peers, outer_steps=args.outer_steps, inner_steps=args.inner_steps, outer_lr=args.outer_lr,
                         outer_momentum=args.outer_momentum, fragments=fragments, delayed=args.delayed and fragments > 1,
                         hidden_layers=args.hidden_layers)
             rows.append(row)

@@ -34,6 +34,9 @@ class EngineConfig(BaseModel):
                                  "values a peer sends per round (the rest stays in its error feedback)")
     topk_value_bits: Literal[2, 16] = Field(2, description="compression topk: bits per sent value (2: sign x 2 levels, as "
                                             "SparseLoCo; 16: fp16)")
+    topk_result: Literal["topk", "exact"] = Field("topk", description="compression topk: what a reducer sends back: the top "
+                                                  "of the average, as many values as one message (topk), or every "
+                                                  "member's message (exact: each member receives ~n messages)")
     compression_budget: float = Field(0.25, gt=0, description="compression auto: the most precise codec whose predicted round "
                                       "time is at most this fraction of the swarm's compute time per epoch")
     # The hierarchy costs a stage: each part's column waits for its whole part (store and forward), a lossy codec
@@ -77,10 +80,9 @@ class EngineConfig(BaseModel):
 
 def check_codec_name(name: str) -> str:
     """`name` if it is a compression a run can choose (a tensor codec, or a round codec), else ValueError."""
-    from swarm.compression.codecs import CODECS
+    from swarm.compression.codecs import CODECS, TOPK_ONLY
 
-    # "sparse" only carries top-k messages (it would send a dense tensor as fp16 plus positions)
-    valid = sorted(set(CODECS) - {"sparse"}) + ["powersgd", "topk", "auto"]
+    valid = sorted(set(CODECS) - TOPK_ONLY) + ["powersgd", "topk", "auto"]
     if name not in valid:
         raise ValueError(f"unknown codec {name!r}; valid: {', '.join(valid)}")
     return name
@@ -166,6 +168,8 @@ class RunConfig(BaseModel):
         if codec == "topk":
             out["topk_fraction"] = self.engine.topk_fraction
             out["topk_value_bits"] = self.engine.topk_value_bits
+            if self.engine.topk_result != "topk":
+                out["topk_result"] = self.engine.topk_result
         if self.uses_diloco:
             d = self.diloco
             out.update({"diloco_outer_lr": d.outer_lr, "diloco_outer_momentum": d.outer_momentum, "diloco_nesterov": d.nesterov,

@@ -406,9 +406,9 @@ class AllReduceRound:
         if not mixture or not all(sender in inputs for sender, c in mixture.items() if c > 0):
             return data
         chunk = self.parts[self.group.my_index][k]
-        relayed = self.layout.codecs[chunk.bucket].bundle([(c, inputs[sender]) for sender, c in sorted(mixture.items()) if c > 0],
-                                                          chunk.length)
-        return relayed if len(relayed) < len(data) * self.bundle_preference else data
+        codec = self.layout.codecs[chunk.bucket]
+        relayed = codec.bundle([(c, inputs[sender]) for sender, c in sorted(mixture.items()) if c > 0], chunk.length)
+        return relayed if len(relayed) < len(data) * max(self.bundle_preference, codec.bundle_preference) else data
 
     def _store_result(self, chunk: Chunk, values: torch.Tensor) -> None:
         if self.result is not None:
@@ -428,6 +428,9 @@ class AllReduceRound:
                 self._outputs[k] = b""  # nobody contributed: an empty message tells receivers the part failed
             else:
                 codec = self.layout.codecs[chunk.bucket]
+                if getattr(codec, "sparse_result", False) and self._bundled[k]:
+                    # the top of the average, no more non-zeros than my largest input (swarm.compression.topk)
+                    averaged = codec.reduce_result(averaged, list(self._bundled[k].values()))
                 data = codec.encode(averaged)
                 data = self._smaller_as_bundle(k, data)
                 self._outputs[k] = data

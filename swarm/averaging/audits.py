@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Sequence
 
 import msgpack
+import torch
 from google.protobuf.wrappers_pb2 import BytesValue
 from hivemind.p2p import P2P, P2PContext, PeerID
 
@@ -63,6 +64,7 @@ from swarm.averaging.robust import CenteredClipReduction
 from swarm.averaging.result_statements import Input, ResultStatement, unpack_inputs, unpack_radii
 from swarm.averaging.streams import close_quietly, drain
 from swarm.compression.codecs import decode_checked, get_codec
+from swarm.compression.sparse import is_bundle, nonzeros
 from swarm.errors import ProtocolError, describe
 from swarm.net import records
 from swarm.net.identity import MAX_PEER_ID_CHARS
@@ -385,11 +387,35 @@ def recompute(layout: Sequence[tuple[str, int]], inputs: Sequence[tuple[Input, C
             distances[k] = 0.0 if value is None and result[k] == b"" else float("inf")
             continue
         sent = decode_checked(codec, result[k], length)
+        if getattr(codec, "sparse_result", False) and not is_bundle(result[k]):   # a bundle is the whole average
+            distances[k] = _top_distance(codec, sent, value, [chunks[k] for entry, commitment, chunks in inputs
+                                                               if k < entry.chunks and commitment.weight > 0])
+            continue
         mine = value if codec.name == "none" else codec.decode(codec.encode(value))
-        scale = max(float(mine.norm()), float(sent.norm()))
-        distance = float((sent - mine).norm())
-        distances[k] = distance / scale if scale > 0 else (0.0 if distance == 0 else float("inf"))
+        distances[k] = _relative(sent, mine)
     return distances
+
+
+def _relative(sent: torch.Tensor, mine: torch.Tensor) -> float:
+    scale = max(float(mine.norm()), float(sent.norm()))
+    distance = float((sent - mine).norm())
+    return distance / scale if scale > 0 else (0.0 if distance == 0 else float("inf"))
+
+
+def _top_distance(codec, sent: torch.Tensor, value: torch.Tensor, inputs: list[bytes]) -> float:
+    """A sparse result (the top of the average, swarm.compression.topk) against the recomputed average: its values
+    where it kept any, and how much of the average's top its choice of positions missed. Which of two near-equal values
+    the top keeps may differ with the order of summation; that costs nothing (each member puts back what the update
+    left out), so the choice is judged by its weight, not position by position. More non-zeros than the largest
+    input has is a lie (inf)."""
+    kept = sent != 0
+    keep = max((nonzeros(data, codec.name) for data in inputs), default=0)
+    if int(kept.sum()) > keep:
+        return float("inf")
+    chosen = value * kept
+    best = float(codec.reduce_result(value, inputs).norm())
+    missed = max(0.0, 1.0 - float(chosen.norm()) / best) if best > 0 else 0.0
+    return max(_relative(sent, codec.decode(codec.encode(chosen))), missed)
 
 
 async def audit_part(p2p: P2P, store: AuditStore, case: PartAudit, reduction: type = CenteredClipReduction,

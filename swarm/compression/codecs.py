@@ -175,7 +175,22 @@ class BlockQuantCodec(Codec):
 
 @dataclass(frozen=True)
 class SparseCodec(Codec):
-    """Non-zeros as positions and fp16 values (swarm.compression.sparse); its size depends on the values, not only their count."""
+    """Non-zeros as positions and fp16 values (swarm.compression.sparse); its size depends on the values, not only their count.
+
+    `sparse_result`: a reducer sends back the top of the average, no more non-zeros than its largest input
+    (`reduce_result`), not the whole average (swarm.compression.topk explains where the rest goes), unless the exact
+    answer (a bundle of its inputs) is less than `bundle_preference` times as large: what the top leaves out comes a
+    round late, which costs more than it saves where it saves less than half."""
+
+    sparse_result: bool = False
+    bundle_preference: float = 1.0
+
+    def reduce_result(self, averaged: torch.Tensor, inputs: list[bytes]) -> torch.Tensor:
+        """What a reducer's result for a chunk stands for, given the inputs it averaged (their encoded bytes): the
+        average itself, or with `sparse_result` its largest values, as many as the input with the most non-zeros has."""
+        if not self.sparse_result or not inputs:
+            return averaged
+        return sparse.top_values(averaged, max(sparse.nonzeros(data, self.name) for data in inputs))
 
     def encode(self, flat: torch.Tensor) -> bytes:
         return sparse.encode(_flat_float32(self.name, flat))
@@ -207,7 +222,10 @@ CODECS: dict[str, Codec] = {
     "uniform4bit": BlockQuantCodec("uniform4bit", -4, bits=4),     # not hivemind formats: no compression type
     "uniform2bit": BlockQuantCodec("uniform2bit", -2, bits=2),
     "sparse": SparseCodec("sparse", -16),
+    "sparse-topk": SparseCodec("sparse-topk", -17, sparse_result=True, bundle_preference=2.0),
 }
+# codecs of top-k rounds only (swarm.compression.topk): they would send a dense tensor as fp16 plus positions
+TOPK_ONLY = frozenset({"sparse", "sparse-topk"})
 
 
 def get_codec(name: str) -> Codec:

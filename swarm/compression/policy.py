@@ -197,13 +197,13 @@ class AgreedCommit:
 def make_round_codec(
     shapes: Sequence[Sequence[int]], compression: str, *, rank: int = 4, budget: float = 0.25,
     compute_seconds: Callable[[], float] = lambda: float("nan"), policy: CompressionPolicy | None = None,
-    topk_fraction: float = 0.02, topk_value_bits: int = 2,
+    topk_fraction: float = 0.02, topk_value_bits: int = 2, topk_result: str = "topk",
 ) -> RoundCodec:
     """The round codec for an EngineConfig.compression name (a codec, "powersgd", "topk" or "auto")."""
     if compression == "topk":
         from swarm.compression.topk import TopKRoundCodec
 
-        return TopKRoundCodec(shapes, topk_fraction, topk_value_bits, policy)
+        return TopKRoundCodec(shapes, topk_fraction, topk_value_bits, policy, sparse_result=topk_result == "topk")
 
     if compression == "powersgd":
         return PowerSGDRoundCodec(shapes, rank=rank, policy=policy or CompressionPolicy(default="fp16"))

@@ -54,7 +54,7 @@ import torch
 
 from swarm.errors import ProtocolError
 
-__all__ = ["encode", "decode", "bundle", "MAX_NUMEL", "MAX_BUNDLE", "BLOCK"]
+__all__ = ["encode", "decode", "bundle", "nonzeros", "is_bundle", "top_values", "MAX_NUMEL", "MAX_BUNDLE", "BLOCK"]
 
 BLOCK = 1 << 16
 MAX_NUMEL = 1 << 26       # far above any chunk (engine.chunk_elements); a larger claimed count is hostile
@@ -226,6 +226,35 @@ def bundle(parts: Sequence[tuple[float, bytes]], numel: int) -> bytes:
     lengths = np.array([len(data) for _, data in parts], dtype="<u4")
     return b"".join([_HEADER.pack(_MAGIC, _BUNDLE, numel, len(parts)), weights.tobytes(), lengths.tobytes()]
                     + [bytes(data) for _, data in parts])
+
+
+def nonzeros(data: bytes, name: str = "sparse") -> int:
+    """How many non-zeros a message decodes to (its header's count; a dense or bundled message is decoded)."""
+    mode, _, nnz = _header(data, name, None)
+    if mode in (2, _BUNDLE):
+        return int(torch.count_nonzero(decode(data, name)))
+    return nnz
+
+
+def is_bundle(data: bytes) -> bool:
+    return len(data) >= _HEADER.size and data[:3] == _MAGIC and data[3] == _BUNDLE
+
+
+def top_values(flat: torch.Tensor, keep: int) -> torch.Tensor:
+    """`flat` with only its `keep` largest-magnitude values (the others zero; `flat` itself when it has no more).
+    Among equal magnitudes at the threshold the lowest positions win, so equal inputs give equal outputs anywhere."""
+    keep = max(0, int(keep))
+    magnitudes = flat.abs()
+    if int(torch.count_nonzero(magnitudes)) <= keep:
+        return flat
+    out = torch.zeros_like(flat)
+    if keep:
+        threshold = torch.kthvalue(magnitudes, magnitudes.numel() - keep + 1).values
+        chosen = magnitudes > threshold
+        ties = torch.nonzero(magnitudes == threshold, as_tuple=True)[0][: keep - int(chosen.sum())]
+        chosen[ties] = True
+        out[chosen] = flat[chosen]
+    return out
 
 
 def _header(data, name: str, numel: int | None) -> tuple[int, int, int]:

@@ -7,29 +7,43 @@ For each tensor of at least `min_numel` values, with k = ceil(fraction x numel):
     sent_i = topk(m_i, k), values quantized: value_bits=2 -> sign x {lo, hi}, the mean magnitudes of the
              smaller and the larger half of the k values (4 levels, SparseLoCo's 2-bit values);
              value_bits=16 -> the values rounded to fp16
-    update = weighted mean of sent_i      # the all-reduce, codec "sparse" (swarm.compression.sparse)
-    e_i    = m_i - sent_i                 # on commit only
+    update = weighted mean of sent_i      # the all-reduce (swarm.compression.sparse); by default only its top
+    e_i    = m_i - sent_i x [update != 0] # on commit only: what the update left out stays
 
 What goes on the wire. The all-reduce splits the vector into parts, one per reducer. A member sends
 each reducer the non-zeros of its sent_i in that part (Rice-coded positions, about log2(1/k) + 2 bits each,
 plus a codebook of the fp16 levels and 2-bit indices: 1.15 bytes per sent value at k = 2%; a part that spans
 several tensors, whose levels differ, needs log2(4 x tensors)-bit indices: 1.28 bytes at 2 tensors, ~1.65 at 11).
-The reducer sends back the smaller of two exact answers: the members' messages themselves with their weights (a
-bundle, which every member averages itself in float64, so bitwise identically), or their average, a dense part with at most n x k non-zeros whose values need fp16. We send the members' values
-exactly rather than re-sparsify or re-quantize their average: a reducer has no residual to keep what a second top-k
-or a coarse quantizer would drop (it would be lost, and no member's error feedback could know its share of it).
-Measured, bytes per value of the vector (fp32 all-reduce: 4 up + 4 back), 2-bit values, one 2**17-value tensor,
-independent gaussian inputs, unequal weights (`wire_round` in benchmarks/outer_codecs.py):
+What the reducer sends back (`sparse_result`, engine.topk_result):
+
+- "topk" (the default; gTop-k, Shi et al. 2019): the top of the average, as many non-zeros as its largest input has
+  (codec "sparse-topk"), its values in fp16 or, where few distinct ones (sums of the members' levels times their
+  weights), a codebook. The average of n top-k messages has up to n x k non-zeros, so without this each member
+  receives about n messages a round, with it one to three. What the reducer leaves out is not lost: every member puts
+  its own sent values back into its residual where the round's update is zero (e_i = m_i - sent_i x [update != 0]),
+  so the members' residuals, weighted as the average weighs them, hold exactly what the update left out of the
+  average (up to the fp16 rounding of the values kept), and it is sent again next round. Where the exact answer (a
+  bundle, below) costs less than twice the top, the reducer sends it (SparseCodec.bundle_preference: what the top
+  leaves out arrives a round late). Measured as the table below (2%, one 2**17-value tensor, 2-bit values), bytes
+  per value the reducer sends back: n = 3: 0.031 (exact: 0.069), 8: 0.041 (0.185), 18: 0.053 (0.416), 32: 0.058
+  (0.739); a member's send and receive together at 18 members: 0.076 against 0.439, 5.8x less. What it costs in
+  quality (benchmarks/outer_codecs.py, DiLoCo on an MLP teacher, 30 outer steps, outer lr 1 without momentum): at
+  equal k, +12% loss at 3 members and +19% at 8 (updates a round late); at equal bytes, even at 3 members (exact
+  with k = 1%: 0.088 bytes per value, loss within 2%) and 6-8% lower at 8 (exact with k = 0.5% or 1%).
+- "exact": the smaller of two exact answers: the members' messages themselves with their weights (a bundle, which
+  every member averages itself in float64, so bitwise identically), or their average, a dense part with at most
+  n x k non-zeros whose values need fp16. This is SparseLoCo's all-gather of the members' messages, relayed by the
+  reducers. Measured, bytes per value of the vector (fp32 all-reduce: 4 up + 4 back), 2-bit values, one
+  2**17-value tensor, independent gaussian inputs, unequal weights (`wire_round` in benchmarks/outer_codecs.py):
 
     k     member sends   reducer sends back (n = 2 / 3 / 4 / 8)
     1%    0.013 (310x)   0.026 / 0.039 / 0.052 / 0.104
     2%    0.023 (174x)   0.046 / 0.069 / 0.093 / 0.185
     3%    0.033 (123x)   0.065 / 0.098 / 0.130 / 0.261
 
-So a round moves about 0.092 bytes per value per member at k = 2%, n = 3 (87x below fp32; 0.28 with uint16
-positions and the average sent back, before the bundles), what SparseLoCo's all-gather of the members' messages
-moves: the bundle is that all-gather, relayed by the reducers. Where the members' top-k positions coincide (strongly
-correlated inputs) their average has few more non-zeros than one message and the reducer sends it instead.
+  Where the members' top-k positions coincide (strongly correlated inputs) their average has few more non-zeros
+  than one message and the reducer sends it instead. With "topk" too the bundle goes when it is smaller (small
+  groups of correlated members): it is the whole average, nothing is left out.
 
 Error feedback at work (tests/unit/swarm/test_topk.py, and measured on independent inputs, 2-bit
 values): the part of the inputs' sum not yet sent, ||sum x - sum sent|| / ||sum x||, is 0.72 after
@@ -38,7 +52,7 @@ for pseudo-gradients of a small MLP alike; a single round's own relative error i
 add almost nothing to it: 0.925 against 0.925 with fp16 values).
 
 Guarantees. The sparse codec is exact on what a member sends (its values are fp16 numbers), so
-e_i holds exactly what this member's message left out, and sum of sent + residual == sum of inputs
+e_i holds exactly what this member's message left out (and what of it a sparse result left out), and sum of applied + residual == sum of inputs
 over rounds (up to float rounding): nothing a member computed is lost, only delayed. The residual
 changes only in `Averaged.commit()`: a round that fails leaves it as it was, and the retry
 (same inputs) sends the same values. Every member that steps decodes the same reducer bytes, so the
@@ -116,7 +130,7 @@ class TopKRoundCodec(RoundCodec):
     name = "topk"
 
     def __init__(self, shapes: Sequence[Sequence[int]], fraction: float = 0.02, value_bits: int = 2,
-                 policy: CompressionPolicy | None = None, *, min_numel: int = MIN_NUMEL):
+                 policy: CompressionPolicy | None = None, *, min_numel: int = MIN_NUMEL, sparse_result: bool = True):
         super().__init__(shapes)
         if not 0 < fraction <= 1:
             raise ValueError(f"top-k fraction must be in (0, 1], got {fraction}")
@@ -131,7 +145,8 @@ class TopKRoundCodec(RoundCodec):
             k = math.ceil(self.fraction * numel)
             if numel >= min_numel and 4 * k < numel:
                 self.k[i] = k
-        sparse, exact = get_codec("sparse"), get_codec("none")
+        self.sparse_result = bool(sparse_result)
+        sparse, exact = get_codec("sparse-topk" if self.sparse_result else "sparse"), get_codec("none")
         self._codecs = [sparse if i in self.k else self.policy.codec_for(str(i), _numel(s)) for i, s in enumerate(self.shapes)]
         self._schema = TensorLayout.build(self.shapes, lambda i, n: self._codecs[i])
         self._exact = exact
@@ -181,6 +196,8 @@ class TopKRoundCodec(RoundCodec):
         averaged = await ctx.phase(layout, layout.flatten(local))
         assert averaged is not None
         out = layout.unflatten(averaged)
+        if self.sparse_result:   # my values the update left out go back to my residual
+            sent = {i: v * (out[i] != 0) for i, v in sent.items()}
         return Averaged(out[:n], self.name, predicted, extra=out[n:], commit=ResidualCommit(self.ef, compensated, sent))
 
     def reset(self) -> None:
@@ -188,7 +205,8 @@ class TopKRoundCodec(RoundCodec):
 
 
 class ResidualCommit:
-    """What a committed round keeps of its inputs: each tensor's new residual (compensated - sent)."""
+    """What a committed round keeps of its inputs: each tensor's new residual (compensated - what of it the update
+    holds: sent, or with a sparse result the sent values where the update is not zero)."""
 
     def __init__(self, ef: ErrorFeedback, compensated: dict[int, torch.Tensor], sent: dict[int, torch.Tensor]):
         self.ef, self.compensated, self.sent = ef, compensated, sent

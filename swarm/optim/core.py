@@ -166,7 +166,7 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
         if name in ("powersgd", "auto", "topk"):   # codecs with state, or that choose per round (swarm.compression.policy)
             return make_round_codec(shapes, name, rank=config.powersgd_rank, budget=config.compression_budget,
                                     compute_seconds=self.epoch_compute_seconds, topk_fraction=config.topk_fraction,
-                                    topk_value_bits=config.topk_value_bits)
+                                    topk_value_bits=config.topk_value_bits, topk_result=config.topk_result)
         policy = compression or CompressionPolicy(default=name)
         return FixedRoundCodec.from_layout(TensorLayout.build(shapes, lambda i, n: policy.codec_for(str(i), n)))
 

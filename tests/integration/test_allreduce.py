@@ -155,6 +155,50 @@ def test_top_k_messages_travel_exactly_and_the_reducers_send_back_the_parts_when
     asyncio.run(main())
 
 
+def test_a_sparse_result_is_the_top_of_the_mean_with_no_more_values_than_the_largest_message():
+    """Codec sparse-topk through the real butterfly (5 members, a part per member): every reducer sends back the
+    largest values of its chunk's weighted mean, as many as its largest input has, and every member holds the same."""
+    from swarm.compression.codecs import get_codec
+    from swarm.compression.topk import select_topk
+
+    async def main():
+        members, services = await start_members(5)
+        try:
+            sparse = get_codec("sparse-topk")
+            layout = TensorLayout.build(SHAPES, lambda i, n: sparse if n >= 1000 else get_codec("none"))
+            bucket = layout.codecs.index(sparse)
+            weights, roles = [10.0, 20.0, 30.0, 15.0, 25.0], ["trainer"] * 5
+            # fp16 values: five messages would cost five times the top's bytes (with 2-bit values, about twice, and
+            # the reducers would send the exact bundle instead: SparseCodec.bundle_preference)
+            values = [[select_topk(t, max(1, t.numel() // 50), 16) if t.numel() >= 1000 else t for t in member]
+                      for member in random_values(5, seed=7)]
+            rounds, results = await run_round(members, services, roles, weights, [0.2] * 5, values, layout, chunk=4000)
+            assert not any(isinstance(r, BaseException) for r in results), results
+            outs = [layout.unflatten(r) for r in results]
+            for t in range(len(SHAPES)):
+                assert all(torch.equal(outs[0][t], other[t]) for other in outs[1:]), "members must hold identical results"
+            flats = [layout.flatten(v)[bucket] for v in values]
+            mean = sum(w * f for w, f in zip(weights, flats)) / sum(weights)
+            result = layout.flatten(outs[0])[bucket]
+            checked = 0
+            for r in rounds:
+                for chunk in r.parts[r.group.my_index]:
+                    if chunk.bucket != bucket:
+                        continue
+                    window = slice(chunk.start, chunk.start + chunk.length)
+                    got, exact = result[window], mean[window]
+                    kept = got != 0
+                    largest = max(int((f[window] != 0).sum()) for f in flats)
+                    assert 0 < int(kept.sum()) <= largest < int((exact != 0).sum())     # it dropped most of the union
+                    torch.testing.assert_close(got[kept], exact[kept], rtol=2**-10, atol=0)
+                    assert float(exact[~kept].abs().max()) <= float(exact[kept].abs().min()) * (1 + 2**-10)
+                    checked += 1
+            assert checked >= 3
+        finally:
+            await shutdown(members)
+    asyncio.run(main())
+
+
 def test_client_mode_reduces_nothing_and_aux_brings_nothing():
     async def main():
         members, services = await start_members(4)

@@ -127,6 +127,41 @@ def test_a_recomputation_matches_an_honest_result_whatever_the_order_and_finds_n
     assert max(distances[k] for k in (0, 1)) < AUDIT_TOLERANCE / 10 and min(distances[k] for k in (2, 3)) > AUDIT_TOLERANCE
 
 
+def test_a_sparse_result_is_checked_for_its_values_and_the_weight_of_its_choice():
+    """sparse-topk (swarm.compression.topk): the reducer sends the top of the average. An honest one passes whatever its
+    order of summation; changed values, positions picked below the top, or more values than one input has do not."""
+    from swarm.averaging.reduction import Reduction
+    from swarm.averaging.robust import CenteredClipReduction
+    from swarm.compression.sparse import top_values
+    from swarm.compression.topk import select_topk
+    g = torch.Generator().manual_seed(4)
+    codec = get_codec("sparse-topk")
+    inputs = [_contribution(select_topk(torch.randn(1024, generator=g), 20), i, "sparse-topk") for i in range(5)]
+    layout = [("sparse-topk", 256)] * 4
+    honest = []
+    for k in range(4):
+        red = CenteredClipReduction(256)
+        for entry, commitment, chunks in reversed(inputs):    # another order than the auditor's
+            red.add(codec.decode(chunks[k]), commitment.weight, sender=entry.sender)
+        honest.append(codec.encode(codec.reduce_result(red.result(), [chunks[k] for _, _, chunks in inputs])))
+    assert all(0 < int((codec.decode(h) != 0).sum()) <= max(int((codec.decode(c[k]) != 0).sum()) for _, _, c in inputs)
+               for k, h in enumerate(honest))
+    assert max(recompute(layout, inputs, honest).values()) < AUDIT_TOLERANCE / 10
+    lied = list(honest)
+    value = codec.decode(honest[0])
+    lied[0] = codec.encode(value * (1 + 0.2 * (value != 0).float() * torch.rand(256, generator=g)))     # values changed
+    mean = codec.decode(codec.encode(sum(c.weight * codec.decode(ch[1]) for _, c, ch in inputs) / sum(c.weight for _, c, _ in inputs)))
+    keep = int((codec.decode(honest[1]) != 0).sum())
+    smallest = mean * (mean != 0) * (mean.abs() <= mean[mean != 0].abs().kthvalue(keep).values)
+    lied[1] = codec.encode(smallest)                                  # the average's values, but its smallest ones
+    lied[2] = codec.encode(codec.decode(honest[2]) + top_values(mean.roll(7), 60) * (codec.decode(honest[2]) == 0))  # more values
+    distances = recompute(layout, inputs, lied)
+    assert min(distances[k] for k in (0, 1)) > AUDIT_TOLERANCE and distances[2] == float("inf") and distances[3] < AUDIT_TOLERANCE / 10
+    # a bundle (sent when smaller) is the whole average, checked as one: here the plain mean's
+    bundled = codec.bundle([(c.weight, ch[3]) for _, c, ch in inputs], 256)
+    assert recompute(layout, inputs, {3: bundled}, reduction=Reduction, indices=[3])[3] < AUDIT_TOLERANCE / 10
+
+
 def test_the_store_keeps_recent_rounds_and_pinned_evidence():
     store = AuditStore(keep_rounds=2)
     c = commit(KEY, bytes(16), ME, 1.0, {0: [b"x"]})

@@ -23,8 +23,9 @@ def gaussian(n=100_000, seed=0):
 
 
 def test_registered_codecs():
-    # blockwise8bit needs bitsandbytes; uniform4bit, uniform2bit and sparse are wire formats of ours
-    assert set(CODECS) == {"none", "fp16", "uniform8bit", "quantile8bit", "uniform4bit", "uniform2bit", "sparse"}
+    # blockwise8bit needs bitsandbytes; uniform4bit, uniform2bit and sparse are wire formats of ours (sparse-topk: the
+    # same format, whose reducers keep the top of the average)
+    assert set(CODECS) == {"none", "fp16", "uniform8bit", "quantile8bit", "uniform4bit", "uniform2bit", "sparse", "sparse-topk"}
     for name, codec in CODECS.items():
         assert codec.name == name and get_codec(name) is codec
 
@@ -37,7 +38,7 @@ def test_round_trip_shape_dtype_and_size(name):
     y = codec.decode(data)
     assert y.dtype == torch.float32 and y.shape == x.shape
     bytes_per_value = {"none": 4, "fp16": 2, "uniform8bit": 1, "quantile8bit": 1, "uniform4bit": 0.625, "uniform2bit": 0.375,
-                       "sparse": 2}[name]
+                       "sparse": 2, "sparse-topk": 2}[name]
     assert len(data) == pytest.approx(bytes_per_value * x.numel(), rel=0.02)
     y += 1  # decoded tensors are writable and do not alias the bytes
     assert torch.equal(codec.decode(data) + 1, y)
@@ -127,7 +128,7 @@ def test_decode_checked_rejects_wrong_size(name):
 @pytest.mark.parametrize(
     "name, bad",
     [(name, bad) for name in ALL for bad in (float("nan"), float("inf"), float("-inf"))
-     if not (name in ("fp16", "sparse") and abs(bad) == float("inf"))],
+     if not (name in ("fp16", "sparse", "sparse-topk") and abs(bad) == float("inf"))],
 )  # fp16 and sparse clamp +-inf to +-65504 on encode (see test_fp16_error_bound_and_exact_for_representable_values)
 def test_decode_checked_rejects_non_finite(name, bad):
     codec = get_codec(name)

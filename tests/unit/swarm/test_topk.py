@@ -97,7 +97,7 @@ def test_a_failed_round_leaves_the_residual_and_the_retry_sends_the_same_values(
 
 def test_members_apply_identical_bytes_and_send_about_1_4_bytes_per_kept_value():
     shapes = [(512, 256), (256,), (64, 64)]
-    codecs = [TopKRoundCodec(shapes, fraction=0.02) for _ in range(3)]
+    codecs = [TopKRoundCodec(shapes, fraction=0.02, sparse_result=False) for _ in range(3)]
     assert codecs[0].k == {0: 2622, 2: 82}          # the bias travels in fp16; 64 x 64 = 4096 values is large enough
     inputs = [[_randn(*s, seed=10 * i + j) for j, s in enumerate(shapes)] for i in range(3)]
     results, sent, reply = asyncio.run(wire_round(codecs, inputs, [1.0, 2.0, 3.0]))
@@ -150,9 +150,12 @@ def test_small_tensors_keep_their_codec_and_the_schema_is_the_same_everywhere():
     assert list(a.k) == [0]
     assert a.schema.schema_hash() == b.schema.schema_hash()       # fraction and bits: hyperparameters of the run
     # the small tensors in fp16 (SMALL_TENSORS), unless the run's policy says otherwise
-    assert [c.name for c in a.schema.codecs] == ["fp16", "sparse"] and a.schema.buckets == ((1, 2), (0,))
-    exact = TopKRoundCodec(shapes, policy=CompressionPolicy(default="fp16"))
+    assert [c.name for c in a.schema.codecs] == ["fp16", "sparse-topk"] and a.schema.buckets == ((1, 2), (0,))
+    exact = TopKRoundCodec(shapes, policy=CompressionPolicy(default="fp16"), sparse_result=False)
     assert [c.name for c in exact.schema.codecs] == ["none", "sparse"]
+    # what the reducers send back decides what members put back in their residuals: runs that differ do not match
+    assert TopKRoundCodec(shapes, sparse_result=False).schema.schema_hash() != a.schema.schema_hash()
+    assert make_round_codec(shapes, "topk", topk_result="exact").sparse_result is False
     assert isinstance(make_round_codec(shapes, "topk", topk_fraction=0.01), TopKRoundCodec)
     for bad in (dict(fraction=0.0), dict(fraction=1.5), dict(value_bits=8)):
         with pytest.raises(ValueError):
@@ -187,3 +190,53 @@ def test_diloco_with_topk_outer_codec_keeps_peers_identical_through_a_failed_rou
     assert o0.rounds_failed == o1.rounds_failed == 1 and o0.epoch == o1.epoch == 3
     assert o0.params_hash() == o1.params_hash()
     assert o0.codec.ef.residual("0") is not None and float(o0.codec.ef.norm()) > 0
+
+
+def test_a_sparse_result_sends_about_one_message_back_and_the_residuals_keep_what_it_left_out():
+    """gTop-k: the reducer sends the top of the average, no more non-zeros than the largest message; every member puts
+    its own sent values back where the update is zero, so the members' residuals, weighted as the average weighs them,
+    hold exactly what the updates left out of the inputs (up to fp16 rounding of the kept values)."""
+    shapes, n = [(512, 256)], 8
+    weights = [float(i + 1) for i in range(n)]
+    total = sum(weights)
+    topk = [TopKRoundCodec(shapes, fraction=0.02) for _ in range(n)]
+    exact = [TopKRoundCodec(shapes, fraction=0.02, sparse_result=False) for _ in range(n)]
+    k = topk[0].k[0]
+    applied = torch.zeros(512, 256, dtype=torch.float64)
+    inputs_sum = torch.zeros(512, 256, dtype=torch.float64)
+    for epoch in range(3):
+        inputs = [[_randn(512, 256, seed=100 * epoch + i)] for i in range(n)]
+        sent = [select_topk(topk[i].ef.compensate("0", inputs[i][0]), k) for i in range(n)]
+        results, _, reply = asyncio.run(wire_round(topk, inputs, weights, epoch))
+        update = results[0].tensors[0]
+        assert all(torch.equal(update, r.tensors[0]) for r in results[1:])
+        kept = update != 0
+        assert 0.9 * k <= int(kept.sum()) <= k                         # about one message's values, never more
+        mean = sum(w * s for w, s in zip(weights, sent)) / total
+        torch.testing.assert_close(update[kept], mean[kept], rtol=2**-10, atol=0)   # the average where it kept any
+        assert float(mean[~kept].abs().max()) <= float(mean[kept].abs().min())      # and its largest values
+        if epoch == 0:   # the exact reply (a bundle of the 8 messages) is about n times larger
+            _, _, exact_reply = asyncio.run(wire_round(exact, inputs, weights, epoch))
+            assert max(reply) < 0.4 * max(exact_reply)
+        for r in results:
+            r.commit()
+        applied += update.double()
+        inputs_sum += sum(w * x[0].double() for w, x in zip(weights, inputs)) / total
+        residuals = sum(w * c.ef.residual("0").double() for w, c in zip(weights, topk)) / total
+        torch.testing.assert_close(applied + residuals, inputs_sum, rtol=0, atol=2e-3)   # nothing lost, only delayed
+
+
+def test_a_small_group_gets_the_exact_average_where_the_top_would_save_less_than_half():
+    """2 members' messages bundled cost less than twice the top of their average: the reducer sends the bundle, and
+    nothing waits a round (SparseCodec.bundle_preference)."""
+    shapes = [(512, 256)]
+    codecs = [TopKRoundCodec(shapes, fraction=0.02) for _ in range(2)]
+    inputs = [[_randn(512, 256, seed=40 + i)] for i in range(2)]
+    sent = [select_topk(codecs[i].ef.compensate("0", inputs[i][0]), codecs[0].k[0]) for i in range(2)]
+    results, messages, reply = asyncio.run(wire_round(codecs, inputs, [1.0, 3.0]))
+    assert sum(messages) < reply[0] < sum(messages) + 100          # the two messages, bundled
+    torch.testing.assert_close(results[0].tensors[0], (sent[0] + 3 * sent[1]) / 4, rtol=0, atol=1e-6)
+    for r in results:
+        r.commit()
+    for i in range(2):   # each residual is what its own message left out, as without a sparse result
+        torch.testing.assert_close(codecs[i].ef.residual("0"), inputs[i][0] - sent[i], rtol=0, atol=0)
