@@ -57,9 +57,9 @@ async def keep_in_touch(node, recent: Iterable[str], maddrs: dict[str, list[str]
         except Exception:
             continue
     missing = [p for p in wanted if p != me and table.get(peer_id=p) is None]
-    isolated = not table.uid_to_peer_id
-    if not missing and not isolated:
+    if not missing:   # (knowing nobody, a first node is alone, not cut off)
         return 0
+    isolated = not table.uid_to_peer_id
 
     async def ping(peer: PeerID) -> bool:
         if peer not in connected and maddrs and maddrs.get(peer.to_base58()):
@@ -119,7 +119,7 @@ async def _rejoin(node, answered: int, missing: list[PeerID], results: list) -> 
     reasons = Counter(_why(r) for r in results if isinstance(r, BaseException))
     logger.warning("DHT: my routing table is empty and none of %d known peers answered a ping (%s; %s): I read and "
                    "store only my own records until one does", len(missing),
-                   "; ".join(f"{n}x {why}" for why, n in reasons.most_common(3)) or "no peer known", unary_channel.describe(node.p2p))
+                   "; ".join(f"{n}x {why}" for why, n in reasons.most_common(3)), unary_channel.describe(node.p2p))
 
 
 def _why(e: BaseException) -> str:
