@@ -52,8 +52,9 @@ for pseudo-gradients of a small MLP alike; a single round's own relative error i
 add almost nothing to it: 0.925 against 0.925 with fp16 values).
 
 Guarantees. The sparse codec is exact on what a member sends (its values are fp16 numbers), so
-e_i holds exactly what this member's message left out (and what of it a sparse result left out), and sum of applied + residual == sum of inputs
-over rounds (up to float rounding): nothing a member computed is lost, only delayed. The residual
+e_i holds exactly what this member's message left out (and what of it a sparse result left out), and over rounds
+the updates plus the members' residuals, weighted as the average weighs them, equal the weighted inputs (up to float
+rounding): nothing a member computed is lost, only delayed. The residual
 changes only in `Averaged.commit()`: a round that fails leaves it as it was, and the retry
 (same inputs) sends the same values. Every member that steps decodes the same reducer bytes, so the
 update is bitwise identical on all of them. Tensors below `min_numel` (biases, norms) and tensors
