@@ -219,6 +219,10 @@ def _rounds(reports: list[dict[str, Any]], *, failed: int, streams: float) -> di
         "round_s_median": round(statistics.median(seconds), 3),
         "lp_bound_s_median": round(statistics.median(bounds), 3) if bounds else None,
         "streams_per_peer_round": round(streams / len(reports), 2),
+        # rounds whose committers do not agree: each parameter hash with its peers and the epochs they reached
+        "split_rounds": [{"round_id": rid, "hashes": {h: sorted((r["peer"], r["epoch"]) for r in rs if r["hash"] == h)
+                                                      for h in {r["hash"] for r in rs}}}
+                         for rid, rs in by_round.items() if len({r["hash"] for r in rs}) > 1],
     }
 
 
