@@ -64,7 +64,7 @@ from swarm.averaging.robust import CenteredClipReduction
 from swarm.averaging.result_statements import Input, ResultStatement, unpack_inputs, unpack_radii
 from swarm.averaging.streams import close_quietly, drain
 from swarm.compression.codecs import decode_checked, get_codec
-from swarm.compression.sparse import is_bundle, nonzeros
+from swarm.compression.sparse import is_bundle, nonzeros, top_values
 from swarm.errors import ProtocolError, describe
 from swarm.net import records
 from swarm.net.identity import MAX_PEER_ID_CHARS
@@ -413,7 +413,7 @@ def _top_distance(codec, sent: torch.Tensor, value: torch.Tensor, inputs: list[b
     if int(kept.sum()) > keep:
         return float("inf")
     chosen = value * kept
-    best = float(codec.reduce_result(value, inputs).norm())
+    best = float(top_values(value, keep).norm())   # codec.reduce_result's top, without counting the inputs again
     missed = max(0.0, 1.0 - float(chosen.norm()) / best) if best > 0 else 0.0
     return max(_relative(sent, codec.decode(codec.encode(chosen))), missed)
 

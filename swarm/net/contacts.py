@@ -90,7 +90,8 @@ async def _ping(protocol, peer: PeerID) -> DHTID | None:
     """DHTProtocol.call_ping without its catch-all: a failure raises, so an isolated node can say why."""
     request = dht_pb2.PingRequest(peer=protocol.node_info, validate=False)
     try:
-        response = await protocol.get_stub(peer).rpc_ping(request, timeout=PING_TIMEOUT)
+        async with protocol.rpc_semaphore:   # the protocol's bound on concurrent calls, as its own call_ping holds it
+            response = await protocol.get_stub(peer).rpc_ping(request, timeout=PING_TIMEOUT)
     except Exception:
         await protocol.update_routing_table(None, peer, responded=False)
         raise
