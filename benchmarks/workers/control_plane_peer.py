@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import threading
@@ -72,6 +73,9 @@ def main() -> None:
     parser.add_argument("--params", type=int, default=0, help="values added to each peer's model (a vector of real "
                         "size: the rounds then move its bytes, not a toy's 2 KB)")
     args = parser.parse_args()
+    # timestamps, so that one round's lines can be lined up across the processes' logs; more with SWARM_BENCH_LOG=INFO
+    logging.basicConfig(level=os.environ.get("SWARM_BENCH_LOG", "WARNING"), stream=sys.stderr,
+                        format="%(asctime)s.%(msecs)03d %(levelname).1s %(name)s: %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(1)
     counter = ProtocolBytes(args.run_id)
     counter.install()

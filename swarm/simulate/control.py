@@ -13,8 +13,10 @@ so that the model's figures at 64 peers and beyond can be checked against real p
 - progress.write: our record is published every third of the time to the target, within [PUBLISH_FLOOR,
   MAX_PUBLISH], and at once when the epoch changes; a publish is one STORE on each of the DHT's `store_replicas`.
 - matchmaking: per member and round, a join request and its answer, the group's info, which lists every member.
-- robust mode's result exchange and audits (swarm.averaging.result_exchange, audits): flat groups only (a
-  hierarchical round runs neither); per member and round, bytes per other member.
+- robust mode's result exchange and audits (swarm.averaging.result_exchange, audits): flat groups only; per member
+  and round, bytes per other member. A hierarchical round runs them in its columns (swarm.averaging.hierarchy), which
+  this does not count: 64 real peers spent 1.1-1.8 KB/s a peer on them with toy vectors and 21.8 KB/s with 2 MB ones
+  (benchmarks/README.md, session 26), so audits' bytes follow the vector, which one calibrated size cannot.
 - dht.maintenance: pings and routing-table refreshes, the same per peer whatever the swarm's size.
 - the p2p daemons' own traffic (identify, libp2p's kad-dht, noise and yamux framing): a share of the bytes above.
 
