@@ -75,20 +75,26 @@ def answer(tracker: ProgressTracker, epoch: int, caller: str, leader: str | None
     return swarm_pb2.RoundCallReply(coming=True, within=within)
 
 
-async def call_peers(p2p: P2P, peers: list[str], request: Callable[[], swarm_pb2.RoundCall]) -> dict[str, swarm_pb2.RoundCallReply]:
-    """Call each peer (at most MAX_CALLS at once, CALL_TIMEOUT each); the replies of those that answered."""
+async def call_peers(p2p: P2P, peers: list[str], request: Callable[[], swarm_pb2.RoundCall],
+                     on_reply: Callable[[str, swarm_pb2.RoundCallReply], None] | None = None) -> dict[str, swarm_pb2.RoundCallReply]:
+    """Call each peer (at most MAX_CALLS at once, CALL_TIMEOUT each); the replies of those that answered, each also
+    handed to `on_reply` as it arrives."""
     limit = asyncio.Semaphore(MAX_CALLS)
     replies: dict[str, swarm_pb2.RoundCallReply] = {}
 
     async def one(peer: str) -> None:
         async with limit:
             try:
-                replies[peer] = await asyncio.wait_for(
+                reply = await asyncio.wait_for(
                     p2p.call_protobuf_handler(PeerID.from_base58(peer), CALL_HANDLER, request(), swarm_pb2.RoundCallReply), CALL_TIMEOUT)
             except asyncio.CancelledError:
                 raise
             except Exception as e:   # unreachable (NAT), gone, or too slow: it may still ask on its own
                 logger.debug("call to %s failed: %s", peer[-8:], e)
+                return
+            replies[peer] = reply
+            if on_reply is not None:
+                on_reply(peer, reply)
 
     await asyncio.gather(*(one(p) for p in peers))
     return replies
@@ -100,13 +106,16 @@ def promise(reply: swarm_pb2.RoundCallReply, now: float) -> float:
     return now + min(max(within, 0.0), MAX_CALL_WAIT + JOIN_SLACK)
 
 
-def held_until(started: float, gather_timeout: float, coming: dict[str, float], asked: set[str], hold: float = MAX_CALL_WAIT) -> float:
+def held_until(started: float, gather_timeout: float, coming: dict[str, float], asked: set[str], hold: float = MAX_CALL_WAIT,
+               *, calling: bool = False) -> float:
     """The end of a gathering: gather_timeout after it started, later for called peers on their way that have not
-    asked yet, at most `hold` later (within MAX_CALL_WAIT: the followers' requests wait gather_timeout +
-    request_timeout, and a leader that held them longer would be taken for dead)."""
+    asked yet, and while the calls' answers are still coming in (`calling`: who comes is not known yet), at most `hold`
+    later (within MAX_CALL_WAIT: the followers' requests wait gather_timeout + request_timeout, and a leader that held
+    them longer would be taken for dead). The caller forms the group once every expected peer asked, whatever this says."""
     waiting = [t for peer, t in coming.items() if peer not in asked]
     end = started + gather_timeout
-    return min(max([end, *waiting]), end + min(max(hold, 0.0), MAX_CALL_WAIT))
+    limit = end + min(max(hold, 0.0), MAX_CALL_WAIT)
+    return limit if calling else min(max([end, *waiting]), limit)
 
 
 def log_replies(epoch: int, replies: dict[str, swarm_pb2.RoundCallReply], called: int) -> None:

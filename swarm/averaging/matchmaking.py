@@ -121,9 +121,10 @@ class _Gathering:
     timeout: float = 0.0   # the formed group's all-reduce deadline
     coming: dict[str, float] = field(default_factory=dict)   # called peers on their way -> when they should have asked
     declined: set[str] = field(default_factory=set)          # called peers that will not come (not waited for)
+    calling: bool = False   # our calls to the missing peers are under way (their answers not all in)
 
     def end(self, gather_timeout: float, hold: float) -> float:
-        return calls.held_until(self.started, gather_timeout, self.coming, set(self.requests), hold)
+        return calls.held_until(self.started, gather_timeout, self.coming, set(self.requests), hold, calling=self.calling)
 
 
 class Matchmaker:
@@ -229,6 +230,7 @@ class Matchmaker:
     def _begin(self, g: _Gathering) -> None:
         """We lead this gathering from now on; the expected peers that have not asked by CALL_AFTER are called."""
         g.leading, g.started = True, time.monotonic()
+        g.calling = True   # until _call_missing has its answers (or finds nobody to call)
         if self.peer_id not in g.requests:
             # a follower's request made us lead before our own trainer asked: it is called like the others (the slowest
             # peer of emulated dedloc-albert led the first round and downloaded the state after it)
@@ -243,25 +245,31 @@ class Matchmaker:
         task.add_done_callback(self._closers.discard)
 
     async def _call_missing(self, g: _Gathering) -> None:
-        await asyncio.sleep(calls.CALL_AFTER)
-        peers = sorted(self._missing(g) - {self.peer_id})
-        if g.formed.done() or not peers:
-            return
+        try:
+            await asyncio.sleep(calls.CALL_AFTER)
+            peers = sorted(self._missing(g) - {self.peer_id})
+            if g.formed.done() or not peers:
+                return
 
-        def request() -> swarm_pb2.RoundCall:
-            message = swarm_pb2.RoundCall(run_id=self.run_id, epoch=g.epoch)
-            if self.authorizer is not None:
-                self.authorizer.sign_message(message, self.p2p.peer_id)
-            return message
+            def request() -> swarm_pb2.RoundCall:
+                message = swarm_pb2.RoundCall(run_id=self.run_id, epoch=g.epoch)
+                if self.authorizer is not None:
+                    self.authorizer.sign_message(message, self.p2p.peer_id)
+                return message
 
-        replies = await calls.call_peers(self.p2p, peers, request)
-        now = time.monotonic()
-        for peer, reply in replies.items():
-            if reply.coming:
-                g.coming[peer] = calls.promise(reply, now)
-            elif not reply.later:
-                g.declined.add(peer)
-        calls.log_replies(g.epoch, replies, len(peers))
+            def answered(peer: str, reply: swarm_pb2.RoundCallReply) -> None:
+                # each answer counts as it comes: calling 59 peers 16 at a time took longer than gather_timeout at 64
+                # peers on 2 cores, and a gathering that learned who comes only from the last answer had formed without
+                # them (groups of 8-24 of 64, the rest late: benchmarks/README.md, session 26)
+                if reply.coming:
+                    g.coming[peer] = calls.promise(reply, time.monotonic())
+                elif not reply.later:
+                    g.declined.add(peer)
+
+            replies = await calls.call_peers(self.p2p, peers, request, on_reply=answered)
+            calls.log_replies(g.epoch, replies, len(peers))
+        finally:
+            g.calling = False
 
     async def _handle_call(self, request: swarm_pb2.RoundCall, context: P2PContext) -> swarm_pb2.RoundCallReply:
         # refusals of the call itself say `later`: the caller then waits for us as it would have without calling
@@ -425,7 +433,8 @@ class Matchmaker:
         # requests hold (they wait gather_timeout + request_timeout): refused at gather_end, its follower led a
         # gathering of its own, stepped aside for us, and reached our next gathering after it had closed short again,
         # round after round (test_byzantine_bans[lying_reducer] under CI's load)
-        short_end = min(deadline, gather_end + max(0.0, self.request_timeout - 1.0))
+        # (from the gathering's own end, not the held one: the first follower's request waits from g.started)
+        short_end = min(deadline, g.started + self.gather_timeout + max(0.0, self.request_timeout - 1.0))
         while True:
             now, missing = time.monotonic(), bool(self._missing(g))
             gather_end = min(deadline, g.end(self.gather_timeout, self._hold()))   # called peers on their way hold it

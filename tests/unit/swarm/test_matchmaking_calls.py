@@ -54,14 +54,16 @@ class FakeTracker:
 class CallingP2P:
     """Answers each call with the reply `answers` gives for the peer (an exception: the call fails)."""
 
-    def __init__(self, answers: dict[str, swarm_pb2.RoundCallReply | Exception]):
+    def __init__(self, answers: dict[str, swarm_pb2.RoundCallReply | Exception], delays: dict[str, float] | None = None):
         self.peer_id = ME
         self.answers = answers
+        self.delays = delays or {}   # seconds a peer takes to answer (a loaded host)
         self.called: list[tuple[str, int]] = []
 
     async def call_protobuf_handler(self, peer, handler, request, output_type):
         assert handler == calls.CALL_HANDLER
         self.called.append((peer.to_base58() if hasattr(peer, "to_base58") else str(peer), request.epoch))
+        await asyncio.sleep(self.delays.get(self.called[-1][0], 0.0))
         answer = self.answers[self.called[-1][0]]
         if isinstance(answer, Exception):
             raise answer
@@ -136,6 +138,30 @@ def test_a_failed_call_changes_nothing():
     mm = matchmaker(CallingP2P({SLOW: ConnectionError("dial backoff")}), [ME, FAST, SLOW])
     group, took = asyncio.run(lead_with(mm, {FAST: 0.05}))
     assert members(group) == {ME, FAST} and GATHER <= took < GATHER + 0.5, "a failed call does not hold the gathering"
+
+
+def test_answers_that_come_after_gather_timeout_still_hold_the_gathering():
+    # 64 peers on 2 cores: the calls' answers came in after gather_timeout, and a gathering that learned who comes only
+    # once every call had ended formed with 8-24 peers while 40 were on their way (session 26)
+    answer_in = GATHER + 0.3
+    p2p = CallingP2P({SLOW: swarm_pb2.RoundCallReply(coming=True, within=0.4)}, delays={SLOW: answer_in})
+    mm = matchmaker(p2p, [ME, FAST, SLOW])
+    asks_at = calls.CALL_AFTER + answer_in + 0.2   # it asks soon after it answered, well after gather_timeout
+    group, took = asyncio.run(lead_with(mm, {FAST: 0.05, SLOW: asks_at}))
+    assert members(group) == {ME, FAST, SLOW}, "the gathering waited for the call's answer, then for the peer"
+    assert took < asks_at + 0.5, "and formed once it asked"
+    # the same answer, but the peer never asks: held to its promise, not to the limit
+    mm = matchmaker(CallingP2P({SLOW: swarm_pb2.RoundCallReply(coming=True, within=0.4)}, delays={SLOW: answer_in}),
+                    [ME, FAST, SLOW])
+    group, took = asyncio.run(lead_with(mm, {FAST: 0.05}))
+    assert members(group) == {ME, FAST}
+    assert calls.CALL_AFTER + answer_in + 0.4 <= took < calls.CALL_AFTER + answer_in + 0.4 + 0.5
+
+
+def test_calls_under_way_hold_a_gathering_to_its_limit_only():
+    assert calls.held_until(0.0, 2.0, {}, set(), 3.0, calling=True) == 5.0
+    assert calls.held_until(0.0, 2.0, {}, set(), 1e9, calling=True) == 2.0 + calls.MAX_CALL_WAIT
+    assert calls.held_until(0.0, 2.0, {}, set(), 3.0) == 2.0, "answered calls with nobody coming hold nothing"
 
 
 def test_a_hostile_promise_holds_one_gathering_at_most_max_call_wait():
