@@ -14,9 +14,9 @@ would pick itself, and every record's claim (strangers counted in full) puts the
 or more; its tracker then reports the epoch ready for a while (ProgressTracker.call), and it answers with the
 seconds until its trainer asks (one micro-batch, plus the read matchmaking does first). The leader holds the
 gathering for those that come, and while its calls' answers are still coming in (each counted as it arrives), at most
-MAX_CALL_WAIT past gather_timeout (and less than its followers' requests wait for an answer), and stops waiting for those that say a certain no (not training, or past the epoch); any other
-refusal says "later" (behind the epoch, following another leader, records far from the target: such a peer may
-still ask) and is waited for as before. A call that fails changes
+MAX_CALL_WAIT past gather_timeout (and less than its followers' requests wait for an answer), and stops waiting for
+those that say a certain no (not training, or past the epoch); any other refusal says "later" (behind the epoch,
+following another leader, records far from the target: such a peer may still ask) and is waited for as before. A call that fails changes
 nothing: a peer behind NAT cannot be called but can still ask.
 
 What a liar gains: the lowest-id peer with an inflated record can pull honest peers into a round before the target

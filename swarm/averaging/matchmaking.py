@@ -260,7 +260,7 @@ class Matchmaker:
             def answered(peer: str, reply: swarm_pb2.RoundCallReply) -> None:
                 # each answer counts as it comes: calling 59 peers 16 at a time took longer than gather_timeout at 64
                 # peers on 2 cores, and a gathering that learned who comes only from the last answer had formed without
-                # them (groups of 8-24 of 64, the rest late: benchmarks/README.md, session 26)
+                # them (24 of 64 at the median, the rest late: benchmarks/README.md, session 26)
                 if reply.coming:
                     g.coming[peer] = calls.promise(reply, time.monotonic())
                 elif not reply.later:
