@@ -78,7 +78,7 @@ from swarm.averaging.reduction import Reduction
 from swarm.averaging.result_exchange import ResultCheck, exchange_statements
 from swarm.averaging.result_statements import Input, ResultStatement, pack_inputs, sign_statement
 from swarm.averaging.stall_watch import StallWatch
-from swarm.averaging.streams import AGGREGATE_HANDLER, ReplyStream, drain, heartbeat, is_heartbeat
+from swarm.averaging.streams import AGGREGATE_HANDLER, ReplyStream, dial_failed, drain, heartbeat, is_heartbeat
 from swarm.compression.codecs import decode_checked
 from swarm.errors import ProtocolError, RoundFailed
 from swarm.net.auth import SwarmAuthorizer
@@ -759,6 +759,21 @@ class AllReduceRound:
                 self._gone.setdefault(sender, time.monotonic() - self._gone_grace())   # cannot be receiving my part
                 self._delivery_news.set()
 
+    def _unreachable(self, i: int) -> None:
+        """A dial to member i failed (swarm.averaging.streams.dial_failed): unless a stream of its own to me is open,
+        it is gone. Its values for my part will not come and it will not take my part: average my part without it, and
+        count it gone for delivery confirmation, now rather than after the silence limit (_watch_absent_senders). At 64
+        peers on a starved host that limit was 68 s, waited out by a subgroup whose dead reducer every member had
+        failed to dial at once. A live member cut off from me only loses its values in my part (every member still
+        gets the same bytes of it)."""
+        if i in self._open:
+            return   # it reached me: alive, and its stream's own limits apply
+        if self._lacks(i) is not None:
+            self._exclude(i, "a dial to it failed")
+        if self.group.needs(i) and i not in self._delivered | self._gave_up:
+            self._gone.setdefault(i, time.monotonic() - self._gone_grace())
+            self._delivery_news.set()
+
     # -- delivery confirmation: a reducer steps with its part once every member that needs it holds it ----------
 
     def _gone_grace(self) -> float:
@@ -972,11 +987,15 @@ class AllReduceRound:
                 raise
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # a broken, reset or silent stream
+            except Exception as e:  # a broken, reset or silent stream, or a dial that failed
                 why = "stream ended early" if isinstance(e, StopAsyncIteration) else (
                     f"no reply for {limit:.1f}s" if isinstance(e, asyncio.TimeoutError) else f"{type(e).__name__}: {e}")
                 self._lost[j] = f"reducer {group.peer_ids[j][-8:]}: {why} after {received}/{len(chunks)} chunks" + (
                     f" ({attempt} fetches)" if attempt else "")
+                if stream is None and dial_failed(e):
+                    # gone, or cut off from me: a fetch would only dial again (into the dial backoff); failover now
+                    self._unreachable(j)
+                    break
                 if isinstance(e, asyncio.TimeoutError) and (heard or fresh) or not (heard or fresh or fetch_first):
                     # it stopped its heartbeats, never answered my first stream, or did not acknowledge a fetch: dead or
                     # frozen (a SIGSTOPped process's p2pd lives on, so nothing resets): no more fetches, failover now

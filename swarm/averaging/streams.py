@@ -1,12 +1,13 @@
 """What both ends of an aggregate stream share: the handler's name, the reducer's heartbeat, reading a peer's stream
-to its end within a timeout, a member's own stream to a reducer with a time limit per reply (ReplyStream), and
-closing a stream whose peer is gone without raising."""
+to its end within a timeout, a member's own stream to a reducer with a time limit per reply (ReplyStream), telling a
+dial that failed from other errors, and closing a stream whose peer is gone without raising."""
 from __future__ import annotations
 
 import asyncio
 from typing import AsyncIterator
 
 from hivemind.p2p import P2P, P2PHandlerError, PeerID
+from hivemind.p2p.p2p_daemon_bindings.utils import P2PDaemonError
 
 from swarm.proto import swarm_pb2
 
@@ -19,6 +20,13 @@ def heartbeat(part: int, chunk: int) -> swarm_pb2.PartChunk:
     sender, a later stage) from one that is dead or frozen within the silence limit, not the reply limit
     (swarm.averaging.allreduce.HEARTBEAT_SLACK)."""
     return swarm_pb2.PartChunk(part=part, chunk=chunk, fetch=True)
+
+
+def dial_failed(e: BaseException) -> bool:
+    """Whether opening a stream failed because our p2pd could not dial the peer (connection refused, dial backoff after
+    such a failure, a dial timeout): the peer is gone or unreachable from here, now. Not a peer our p2pd knows no
+    address of (`routing: not found`, swarm.averaging.matchmaking.unroutable), nor a stream that broke once open."""
+    return isinstance(e, P2PDaemonError) and "failed to dial" in str(e)
 
 
 def is_heartbeat(reply: swarm_pb2.PartChunk) -> bool:

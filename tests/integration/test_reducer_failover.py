@@ -62,7 +62,8 @@ class DiesMidAllGather(AllReduceRound):
 
 
 async def failover_round(n: int, dead: int, *, mid_all_gather: bool, whole_to: int | None = None, seed: int = 0,
-                         classes: dict[int, type[AllReduceRound]] | None = None, frozen: bool = False):
+                         classes: dict[int, type[AllReduceRound]] | None = None, frozen: bool = False,
+                         sender_timeout: float = 3.0):
     """Run a round of n trainers in which member `dead` dies; returns (survivors' rounds, their results, values, layout,
     weights). `classes`: other members' round classes (default AllReduceRound). `frozen`: mid-all-gather, it is not
     killed but stays silent on its members' streams, which stay open (a SIGSTOPped process whose p2pd lives on); the
@@ -83,7 +84,8 @@ async def failover_round(n: int, dead: int, *, mid_all_gather: bool, whole_to: i
                 continue
             cls = DiesMidAllGather if i == dead else (classes or {}).get(i, AllReduceRound)
             group = GroupView(round_id=round_id, peer_ids=ids, roles=("trainer",) * n, weights=weights, shares=shares, my_index=i, timeout=40.0)
-            r = cls(p, group, layout, layout.flatten(values[i]), chunk_elements=500, sender_timeout=3.0, hash_parts=True)
+            r = cls(p, group, layout, layout.flatten(values[i]), chunk_elements=500, sender_timeout=sender_timeout,
+                    hash_parts=True)
             if i == dead:
                 r.whole_to = whole_to
             services[i].open(r)
@@ -202,6 +204,23 @@ def test_a_reducer_dead_before_its_reduce_is_replaced_by_a_backup_and_the_others
         check_survivors_agree(rounds, results, values, layout, weights, dead, in_own_part=False, in_others=False)
         for r in rounds.values():
             assert r.stats.recovered_parts == [dead]
+    asyncio.run(main())
+
+
+def test_a_reducer_whose_dial_fails_is_left_out_of_the_other_parts_at_once_not_after_the_silence_limit():
+    """Every survivor dials the dead reducer for its part and the dial fails at once: that is the evidence that it
+    is gone, so each survivor averages its own part without the dead member's values then, instead of waiting the
+    silence limit for a stream that will never open (at 64 peers on a starved host that limit was 68 s)."""
+    async def main():
+        n, dead, silence = 4, 2, 30.0
+        start = time.monotonic()
+        rounds, results, values, layout, weights = await failover_round(n, dead, mid_all_gather=False, seed=7,
+                                                                        sender_timeout=silence)
+        elapsed = time.monotonic() - start
+        check_survivors_agree(rounds, results, values, layout, weights, dead, in_own_part=False, in_others=False)
+        assert elapsed < silence / 2, f"the round waited {elapsed:.1f}s, as if for the silence limit ({silence}s)"
+        for r in rounds.values():
+            assert r.group.peer_ids[dead] in r.stats.excluded
     asyncio.run(main())
 
 

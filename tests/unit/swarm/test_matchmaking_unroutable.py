@@ -9,9 +9,10 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from hivemind.p2p.p2p_daemon_bindings.utils import P2PDaemonError
+from hivemind.p2p.p2p_daemon_bindings.utils import ControlFailure, P2PDaemonError, P2PHandlerError
 
 from swarm.averaging.matchmaking import ROUTE_PATIENCE, Matchmaker, unroutable
+from swarm.averaging.streams import dial_failed
 from swarm.proto import swarm_pb2
 from tests.unit.swarm.test_matchmaking_step_aside import FakeTracker, join_request
 
@@ -100,3 +101,15 @@ def test_which_errors_are_unroutable():
     assert unroutable(P2PDaemonError("routing: not found"))
     assert not unroutable(P2PDaemonError("failed to dial: connection refused"))
     assert not unroutable(asyncio.TimeoutError())
+
+
+def test_which_errors_are_failed_dials():
+    """p2pd's words for a peer that cannot be dialed (a dead peer's port refuses; the retry meets the dial backoff), as
+    seen on loopback: the all-reduce takes such a reducer for gone at once (swarm.averaging.allreduce._unreachable)."""
+    refused = ("Connect failed. msg=failed to dial: failed to dial 12D3KooWLX6G: all dials failed\n"
+               "  * [/ip4/127.0.0.1/tcp/34713] dial tcp4 127.0.0.1:34713: connect: connection refused")
+    backoff = "Connect failed. msg=failed to dial: failed to dial 12D3KooWLX6G: all dials failed\n  * [/ip4/127.0.0.1/tcp/34713] dial backoff"
+    assert dial_failed(ControlFailure(refused)) and dial_failed(ControlFailure(backoff))
+    assert not dial_failed(P2PDaemonError("routing: not found"))
+    assert not dial_failed(P2PHandlerError("the reducer's handler failed: failed to dial"))   # the remote's words, not ours
+    assert not dial_failed(asyncio.TimeoutError()) and not dial_failed(ConnectionResetError())
