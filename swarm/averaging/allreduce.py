@@ -114,6 +114,10 @@ HEARTBEAT_SLACK = 1.0
 # A reducer waiting for its members' last words (_await_deliveries) wakes on each one, on each stream that closes,
 # and when a gone member's grace runs out; and at least this often, in case of news nobody signalled.
 DELIVERY_RECHECK = 0.5
+# A member that a dial failed to reach (connection refused: a dead peer's port) and that has no stream open to me is
+# taken for gone once this many seconds pass without one: a live member that cannot be dialed (behind NAT, yet given
+# a part) opens its own streams at the round's start (see AllReduceRound._watch_absent_senders).
+UNDIALABLE_GRACE = 3.0
 # Seconds the members' swap of result statements may take (within the round's deadline as well).
 RESULT_EXCHANGE_TIMEOUT = 5.0
 # Peers outside the group that may fetch one reducer's averaged part of one round (late peers, swarm.averaging.late):
@@ -258,6 +262,8 @@ class AllReduceRound:
         self._gone: dict[int, float] = {}
         self._open: dict[int, int] = {}
         self._delivery_news = asyncio.Event()   # set on each change of the above (see _await_deliveries)
+        self._undialable: dict[int, float] = {}  # members a dial to failed, since when (see _watch_absent_senders)
+        self._watch_news = asyncio.Event()
         self._own_final = False     # I step with my part as I averaged it: too late to hand it over
         self._stage = "starting"    # what run() awaits now: named when the round's deadline passes
         if not group.brings(me):
@@ -749,8 +755,23 @@ class AllReduceRound:
             await self._hear_last_word(sender, requests)
 
     async def _watch_absent_senders(self) -> None:
-        """Exclude senders that never opened their stream to me within sender_timeout."""
-        await asyncio.sleep(self.sender_timeout)
+        """Exclude senders that never opened their stream to me within sender_timeout, and members I failed to dial
+        (_unreachable) that did not open one within UNDIALABLE_GRACE of that: a dead member's port refuses at once, so
+        its absence costs the grace, not the silence limit (which follows the vector and the measured rates: at 64
+        peers with 2 MB vectors on a starved host it was 68 s, waited out by a subgroup whose dead reducer every member
+        had failed to dial at once). A live member cut off from me only loses its values in my part."""
+        until = time.monotonic() + self.sender_timeout
+        while True:
+            now = time.monotonic()
+            for i in [i for i, t in self._undialable.items() if now >= t + UNDIALABLE_GRACE]:
+                del self._undialable[i]
+                self._absent(i, "a dial to it failed, and it did not connect")
+            if now >= until:
+                break
+            self._watch_news.clear()
+            wake = min([until] + [t + UNDIALABLE_GRACE for t in self._undialable.values()])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._watch_news.wait(), wake - now)
         for sender in self._expected - self._failed:
             if not any(sender in arrived for arrived in self._arrived) and self.parts[self.group.my_index]:
                 self._exclude(sender, "never connected")
@@ -760,16 +781,19 @@ class AllReduceRound:
                 self._delivery_news.set()
 
     def _unreachable(self, i: int) -> None:
-        """A dial to member i failed (swarm.averaging.streams.dial_failed): unless a stream of its own to me is open,
-        it is gone. Its values for my part will not come and it will not take my part: average my part without it, and
-        count it gone for delivery confirmation, now rather than after the silence limit (_watch_absent_senders). At 64
-        peers on a starved host that limit was 68 s, waited out by a subgroup whose dead reducer every member had
-        failed to dial at once. A live member cut off from me only loses its values in my part (every member still
-        gets the same bytes of it)."""
+        """A dial to member i failed (swarm.averaging.streams.dial_failed): unless it opens a stream to me within
+        UNDIALABLE_GRACE, it is gone (see _watch_absent_senders)."""
+        if i not in self._open:
+            self._undialable.setdefault(i, time.monotonic())
+            self._watch_news.set()
+
+    def _absent(self, i: int, why: str) -> None:
+        """Member i has no stream open to me and will not open one: my part is averaged without its missing values, and
+        it counts as gone for delivery confirmation (it cannot be receiving my part)."""
         if i in self._open:
-            return   # it reached me: alive, and its stream's own limits apply
+            return
         if self._lacks(i) is not None:
-            self._exclude(i, "a dial to it failed")
+            self._exclude(i, why)
         if self.group.needs(i) and i not in self._delivered | self._gave_up:
             self._gone.setdefault(i, time.monotonic() - self._gone_grace())
             self._delivery_news.set()

@@ -17,6 +17,7 @@ import time
 
 import pytest
 import torch
+from hivemind.p2p.p2p_daemon_bindings.utils import ControlFailure
 
 from swarm.averaging.allreduce import AllReduceRound
 from swarm.averaging.failover import HOLDINGS, backups
@@ -364,6 +365,49 @@ async def live_reducer_round(n: int, classes: dict[int, type[AllReduceRound]], s
         for s in services:
             s.stop()
         await shutdown(members)
+
+
+class _NoDialTo:
+    """A member's P2P whose stream dials to one peer fail as p2pd says when that peer is behind NAT; all else as is."""
+
+    def __init__(self, p2p, peer: str):
+        self._p2p, self._peer = p2p, peer
+
+    def __getattr__(self, name):
+        return getattr(self._p2p, name)
+
+    async def call_binary_stream_handler(self, peer, handler):
+        if str(peer) == self._peer:
+            raise ControlFailure(f"Connect failed. msg=failed to dial: failed to dial {self._peer}: all dials failed\n"
+                                 "  * [/ip4/10.0.0.2/tcp/4001] dial tcp4 10.0.0.2:4001: i/o timeout")
+        return await self._p2p.call_binary_stream_handler(peer, handler)
+
+
+class CannotDialMember1(AllReduceRound):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.p2p = _NoDialTo(self.p2p, self.group.peer_ids[1])
+
+
+class SendsAfterASecond(AllReduceRound):
+    async def _exchange_settled(self, j):
+        await asyncio.sleep(1.0)
+        await super()._exchange_settled(j)
+
+
+def test_a_member_that_cannot_be_dialed_but_sends_keeps_its_values_in_the_parts():
+    """Member 0 cannot dial member 1 (alive, behind NAT yet given a part), which opens its own streams a second into
+    the round: member 0's part still averages member 1's values (a failed dial leaves a member UNDIALABLE_GRACE to
+    connect, not nothing), and part 1 comes from its backup; every member holds the same result."""
+    async def main():
+        n = 4
+        rounds, results, values, layout, weights = await live_reducer_round(
+            n, {0: CannotDialMember1, 1: SendsAfterASecond}, seed=62)
+        assert rounds[0].group.peer_ids[1] not in rounds[0].stats.excluded
+        check_survivors_agree(rounds, results, values, layout, weights, 1, in_own_part=False, in_others=True,
+                              left_out=(1,))
+        assert rounds[0].stats.recovered_parts == [1]
+    asyncio.run(main())
 
 
 def test_a_live_reducer_taken_for_dead_with_its_part_averaged_is_relayed_and_every_member_holds_the_same_result():
