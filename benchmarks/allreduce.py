@@ -200,7 +200,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sections = [("fp32", report)] + ([("fp16", report["fp16"])] if "fp16" in report else [])
+    # the first section is the first codec run: fp32 ("none") unless only fp16 was asked for
+    first = "fp16" if report.get("compression") == "fp16" else "fp32"
+    sections = [(first, report)] + ([("fp16", report["fp16"])] if "fp16" in report else [])
     fig, axes = plt.subplots(1, len(sections), figsize=(5.5 * len(sections), 4), squeeze=False)
     for ax, (label, section) in zip(axes[0], sections):
         names = list(section["results"])
