@@ -255,6 +255,7 @@ class AllReduceRound:
         self._settled = [asyncio.Event() for _ in group.peer_ids]
         self._exchanges: dict[int, asyncio.Task] = {}   # part -> my exchange of it (a backup may make me give it up)
         self._handed_over = False   # a backup took my part over before I stepped (swarm.averaging.failover)
+        self._handed_news = asyncio.Event()   # set with _handed_over (see _take_own_back)
         # delivery confirmation (see _await_deliveries): members that said they hold my whole part, or that take it
         # through a backup; members with no stream open to me, since when; streams open per member
         self._delivered: set[int] = set()
@@ -452,8 +453,17 @@ class AllReduceRound:
         it like every other member, whether or not my answer reached the backup."""
         self._handed_over = True
         self._delivery_news.set()
+        self._handed_news.set()
         for ready in self._output_ready:
             ready.set()
+
+    async def _take_own_back(self) -> dict[int, str]:
+        """Once my part is handed over, take the backup's result for it (failover.recover), at once and beside my other
+        parts: a slow member that asked only after its other parts had come found every backup's round over and gone
+        (emulated dedloc-albert flat, a 5 Mbit/s reducer: "unknown or finished round" from all 17 backups)."""
+        await self._handed_news.wait()
+        assert self.failover is not None
+        return await self.failover.recover([self.group.my_index])
 
     def _count_clipping(self, shares: dict[int, float], length: int) -> None:
         for sender, share in shares.items():
@@ -1081,6 +1091,7 @@ class AllReduceRound:
         tasks: dict[int, asyncio.Task] = {}
         watcher = asyncio.create_task(self._watch_absent_senders())
         own = asyncio.gather(*(e.wait() for e in self._output_ready))
+        taking_back = [asyncio.create_task(self._take_own_back())] if self.failover is not None and group.needs(me) else []
         meter = self._meter = LinkMeter()
         meter.start()
         stalls = self._stalls = StallWatch()
@@ -1127,11 +1138,11 @@ class AllReduceRound:
                     checks.append(self._await_deliveries())
                 self._stage = "the members to hold my part" + (" and their result statements" if self.results is not None else "")
                 await _all_or_none(checks)
-                if self._handed_over and self.failover is not None and group.needs(me):
+                if self._handed_over and taking_back:
                     # a backup took me for dead and took my part over: I take its result like every other member (an
                     # auxiliary peer steps with nothing, and backups serve results only to members that need them)
                     self._stage = "the backup that took my part over"
-                    failed = await self.failover.recover([me])
+                    failed = await taking_back[0]
                     if failed:
                         self._lost[me] = f"my part was handed to a backup; failover: {failed[me]}"
                         self.stats.missing_parts.append(me)
@@ -1153,7 +1164,7 @@ class AllReduceRound:
             # every task this round started ends with it (a pending task nobody awaits is destroyed by the GC)
             if self.results is not None:
                 self.results.ready.set()   # members asking for my statements get what I hold
-            started = [watcher, own, *tasks.values()]
+            started = [watcher, own, *taking_back, *tasks.values()]
             if self.failover is not None:
                 started += self.failover.tasks_of_mine()
             for task in started:

@@ -19,6 +19,7 @@ import pytest
 import torch
 from hivemind.p2p.p2p_daemon_bindings.utils import ControlFailure
 
+from swarm.averaging import service as service_module
 from swarm.averaging.allreduce import AllReduceRound
 from swarm.averaging.failover import HOLDINGS, backups
 from swarm.averaging.group import GroupView
@@ -342,8 +343,9 @@ class LosesItsReducer(AllReduceRound):
 
 
 async def live_reducer_round(n: int, classes: dict[int, type[AllReduceRound]], seed: int, sender_timeout: float = 3.0,
-                             roles: tuple[str, ...] | None = None):
-    """A round of n members (trainers unless `roles`) in which nobody dies; returns (rounds, results, values, layout, weights)."""
+                             roles: tuple[str, ...] | None = None, close_each: bool = False):
+    """A round of n members (trainers unless `roles`) in which nobody dies; returns (rounds, results, values, layout, weights).
+    `close_each`: each member's service closes the round as soon as its run() returns (as the collaboration does)."""
     members, services = await start_members(n)
     try:
         layout = make_layout("fp16")
@@ -359,7 +361,14 @@ async def live_reducer_round(n: int, classes: dict[int, type[AllReduceRound]], s
             rounds[i] = classes.get(i, AllReduceRound)(p, group, layout, local, chunk_elements=500,
                                                                  sender_timeout=sender_timeout, hash_parts=True)
             services[i].open(rounds[i])
-        results = dict(zip(rounds, await asyncio.gather(*(r.run() for r in rounds.values()), return_exceptions=True)))
+        async def run(i: int, r: AllReduceRound):
+            try:
+                return await r.run()
+            finally:
+                if close_each:
+                    services[i].close(round_id)
+
+        results = dict(zip(rounds, await asyncio.gather(*(run(i, r) for i, r in rounds.items()), return_exceptions=True)))
         return rounds, results, values, layout, weights
     finally:
         for s in services:
@@ -513,4 +522,34 @@ def test_every_survivor_can_serve_late_peers_the_part_a_backup_finished():
         served = [r.part_bytes(1) or r.backup_bytes.get(1) for r in rounds.values()]
         assert all(s is not None and len(s) == len(rounds[0].parts[1]) for s in served), "a survivor could not serve part 1"
         assert len({tuple(s) for s in served}) == 1, "survivors would serve late peers different bytes"
+    asyncio.run(main())
+
+
+class HandsOverThenIsSlow(AveragesNothing):
+    """A reducer that averages nothing (so a backup takes its part over) and whose last other part ends 3 s after it
+    handed its own over (a slow link: the others finish long before it)."""
+
+    async def _exchange_settled(self, j):
+        await super()._exchange_settled(j)
+        if j == len(self.group.peer_ids) - 1:
+            while not self._handed_over:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(3.0)
+
+
+def test_a_reducer_that_handed_its_part_over_takes_it_back_before_the_backups_rounds_are_gone(monkeypatch):
+    """A slow reducer taken for dead hands its part over and takes the backup's result for it at once, beside its other
+    parts: when it asked only after those had come, the others had finished and their rounds were gone (emulated
+    dedloc-albert flat: a 5 Mbit/s reducer heard "unknown or finished round" from all 17 backups and missed its part)."""
+    monkeypatch.setattr(service_module, "FINISHED_GRACE", 0.5)   # the others' finished rounds are forgotten soon
+
+    async def main():
+        n, reducer = 4, 1
+        rounds, results, values, layout, weights = await live_reducer_round(
+            n, {reducer: HandsOverThenIsSlow, 3: LosesItsReducer}, seed=63, close_each=True)
+        assert rounds[reducer]._handed_over
+        check_survivors_agree(rounds, results, values, layout, weights, reducer, in_own_part=False, in_others=True,
+                              left_out=(reducer,))
+        assert rounds[reducer].stats.recovered_parts == [reducer]
+        assert len({tuple(r.stats.part_hashes.items()) for r in rounds.values()}) == 1
     asyncio.run(main())
