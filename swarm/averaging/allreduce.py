@@ -971,6 +971,7 @@ class AllReduceRound:
             try:
                 requests = _requests() if fresh else _fetch(received, resend_from)
                 stream = await asyncio.wait_for(ReplyStream.open(self.p2p, peer, requests), first_limit)
+                self._undialable.pop(j, None)   # reachable after all
                 while received < len(chunks):
                     reply = await stream.next(limit)
                     heard, limit = True, self._alive_limit()
@@ -1027,9 +1028,9 @@ class AllReduceRound:
                 self._lost[j] = f"reducer {group.peer_ids[j][-8:]}: {why} after {received}/{len(chunks)} chunks" + (
                     f" ({attempt} fetches)" if attempt else "")
                 if stream is None and dial_failed(e):
-                    # gone, or cut off from me: a fetch would only dial again (into the dial backoff); failover now
+                    # gone unless it connects to me soon (_watch_absent_senders); one fetch still dials it again below: a
+                    # peer back from a network cut is in p2pd's dial backoff until its own stream to me connects us
                     self._unreachable(j)
-                    break
                 if isinstance(e, asyncio.TimeoutError) and (heard or fresh) or not (heard or fresh or fetch_first):
                     # it stopped its heartbeats, never answered my first stream, or did not acknowledge a fetch: dead or
                     # frozen (a SIGSTOPped process's p2pd lives on, so nothing resets): no more fetches, failover now
