@@ -54,7 +54,7 @@ from swarm.process.lifecycle import SharedReaper
 from swarm.process.runtime import EngineLoop
 
 from .config import EngineConfig, RunConfig
-from .errors import ConfigError, LateForGroup, NetworkError, RoundFailed, describe
+from .errors import Alone, ConfigError, LateForGroup, NetworkError, RoundFailed, describe
 from .proto import swarm_pb2
 
 logger = logging.getLogger(__name__)
@@ -431,7 +431,7 @@ class Collaboration:
             # Nobody joined although others trained with us moments ago: we are cut off (or they are). A solo step
             # would run ahead of the swarm, and on reconnection the swarm would take our epoch's state over its own.
             self.matchmaker.alone(epoch)
-            raise RoundFailed(f"alone in the group of epoch {epoch}, {alone:.0f}s after others were seen: not stepping solo")
+            raise Alone(f"alone in the group of epoch {epoch}, {alone:.0f}s after others were seen: not stepping solo")
         links = member_links(info)
         phases = GroupPhases(self, GroupView.from_info(info, self.peer_id), epoch, links)
         extend(info.timeout)

@@ -41,6 +41,11 @@ class RoundFailed(SwarmError):
     """An averaging round could not complete; the caller retries or re-syncs."""
 
 
+class Alone(RoundFailed):
+    """A group of one formed although other trainers were seen moments ago: the peer waits for the swarm instead of
+    stepping solo (it is cut off, or the others are restarting). Its retries at the same epoch are that one wait."""
+
+
 class LateForGroup(RoundFailed):
     """The epoch's group formed without this peer; `group` is the leader's description of it (a GroupInfo), so the
     peer can fetch the group's averaged result from its reducers instead of failing the round."""

@@ -109,7 +109,7 @@ LAST_WORD_FLUSH = 1.0
 # reducer taken for dead hands its part over (hand_over) instead of stepping with bytes a backup may not decide, so a
 # loop that stalls past the limit costs a failover of its part, not consistency. With 2 s of slack a frozen reducer
 # still cost 12 s of stall in `swarm chaos` (7 s here, 5 s for the backup's question to it); 1 s and
-# failover.OWN_ANSWER_LIMIT take that to about 9.
+# failover.OWN_ANSWER_LIMIT (3 s: 11.2 s measured, session 27; 1 s now) take that to about 9.
 HEARTBEAT_SLACK = 1.0
 # A reducer waiting for its members' last words (_await_deliveries) wakes on each one, on each stream that closes,
 # and when a gone member's grace runs out; and at least this often, in case of news nobody signalled.

@@ -47,7 +47,7 @@ from swarm.compression.fragments import FragmentedRoundCodec
 from swarm.compression.policy import FixedRoundCodec, make_round_codec
 from swarm.compression.round_codec import Averaged, RoundCodec
 
-from ..errors import ConfigError, NetworkError, RoundFailed, SwarmError
+from ..errors import Alone, ConfigError, NetworkError, RoundFailed, SwarmError
 from .grads import closure_loss
 from .strategies import RunMode, make_run_mode
 
@@ -135,6 +135,7 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
         self._last_step_time: float | None = None
         self._retry_after = 0.0
         self._late_tried = -1   # the epoch whose formed group we last asked for its result (one try per epoch)
+        self._alone_at = -1     # the epoch at which we last found ourselves alone in a group (swarm.errors.Alone)
         self._synced_at = -1    # the epoch at which our parameters are the swarm's (a committed round or a download)
         self._oldest: int | None = None   # parameter version of the oldest local work not yet averaged
         self._schema_fixed = True
@@ -357,7 +358,13 @@ class CollaborativeOptimizer(torch.optim.Optimizer):
             # asking a formed group for its result is no round of ours: the state download comes next
             logger.info("epoch %d: the group's result was not available (%s); keeping %d samples of local work",
                         request.epoch, error, self.local_samples)
+        elif isinstance(error, Alone) and request.epoch == self._alone_at:
+            # A peer whose swarm restarts around it retries once a second: one wait for the swarm, counted and logged as
+            # one failed round (`swarm chaos` counted 24 retries at two epochs as 24 failed rounds)
+            logger.debug("epoch %d: still alone in the group (%s)", request.epoch, error)
         else:
+            if isinstance(error, Alone):
+                self._alone_at = request.epoch
             self.rounds_failed += 1
             logger.warning("epoch %d: round failed (%s); keeping %d samples of local work", request.epoch, error, self.local_samples)
         self.collab.tracker.poke()

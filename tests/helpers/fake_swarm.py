@@ -23,7 +23,7 @@ from swarm.averaging.progress import LocalProgress, SwarmView
 from swarm.averaging.rounds import RoundReport, RoundRequest
 from swarm.compression.round_codec import RoundCodec, RoundContext
 from swarm.config import EngineConfig
-from swarm.errors import NetworkError, RoundFailed
+from swarm.errors import Alone, NetworkError, RoundFailed
 
 
 class FakeTracker:
@@ -78,6 +78,8 @@ class FakeCollab:
         links = [MemberLink(upload_bps=self.swarm.bandwidth_bps, download_bps=self.swarm.bandwidth_bps) for _ in range(n)]
         phases: list[float] = []
         attempt = self._attempts[epoch] = self._attempts.get(epoch, -1) + 1
+        if attempt < self.swarm.alone_tries.get(epoch, 0):
+            raise Alone(f"alone in the group of epoch {epoch} (fake)")
 
         async def phase(layout: TensorLayout, local):
             k = len(phases)
@@ -112,6 +114,7 @@ class FakeSwarm:
         self._slots: dict[tuple[int, int, int], dict[int, tuple[Any, float]]] = {}
         self._results: dict[tuple[int, int, int], Any] = {}
         self.fail_epochs: set[int] = set()
+        self.alone_tries: dict[int, int] = {}   # epoch -> how many first attempts find the peer alone (swarm.errors.Alone)
 
     def ready(self, tracker: FakeTracker, epoch: int) -> bool:
         return tracker.local.epoch == epoch and tracker.local.samples >= self.per_peer_target
@@ -119,7 +122,8 @@ class FakeSwarm:
     def exchange(self, index: int, epoch: int, phase: int, local, weight: float, attempt: int = 0):
         """Wait for every member's buckets of this phase; return the weighted mean (None for a member without values).
 
-        The first attempt at an epoch in `fail_epochs` fails for every member (after the exchange)."""
+        The first attempt at an epoch in `fail_epochs` fails for every member (after the exchange); the first
+        `alone_tries[epoch]` attempts of a peer find it alone in its group (before any exchange)."""
         key = (epoch, attempt, phase)
         with self._cond:
             self._slots.setdefault(key, {})[index] = (local, weight)

@@ -95,3 +95,22 @@ def test_finish_applies_the_round_in_flight():
         assert opt.pending is None and opt.epoch == 1 and opt.history[-1].staleness == 0
     finally:
         swarm.close()
+
+
+def test_a_peer_alone_at_an_epoch_counts_one_failed_round_however_often_it_retries(caplog):
+    """A peer whose swarm restarts around it forms a group of one once a second (swarm.errors.Alone): that is one wait
+    for the swarm, so one failed round and one warning for the epoch, not one per retry; the epoch then commits."""
+    swarm = FakeSwarm(1, per_peer_target=8)
+    swarm.alone_tries = {1: 3}
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 1)
+        opt = CollaborativeOptimizer(swarm.collabs[0], model.parameters(), torch.optim.SGD, lr=0.05)
+        with caplog.at_level("WARNING", logger="swarm.optim.core"):
+            reports, _, _ = _train(opt, model, torch.Generator().manual_seed(1), steps=120, sleep=0.03)
+    finally:
+        swarm.close()
+    assert swarm.collabs[0]._attempts[1] == 3, "the peer retried the epoch until it was no longer alone"
+    assert 2 in {r.epoch for r in reports}, "epoch 1's round committed once the peer was not alone"
+    assert opt.rounds_failed == 1
+    assert sum("alone in the group of epoch 1" in r.getMessage() for r in caplog.records) == 1
