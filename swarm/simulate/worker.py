@@ -148,21 +148,29 @@ def run_allreduce(args: argparse.Namespace) -> None:
         emit("ready", maddrs=collab.visible_maddrs(), peer_id=collab.peer_id, role=args.role)
         trainers = [int(i) for i in args.trainer_indices.split(",") if i]
         profiler = _EngineProfiler(collab, args.profile) if args.profile else None
+
+        def vectors(r: int) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+            shared = torch.randn(args.params, generator=torch.Generator().manual_seed(1000 + r))
+            return shared, None if args.role == "aux" else [shared + float(args.index)]
+
+        # A round's vectors are built while it is prepared, not after "go": at 50M values that took each peer seconds on
+        # a loaded host, and the first to finish formed its group without those still building (session 28: 6/12)
+        built: dict[int, tuple[torch.Tensor, list[torch.Tensor] | None]] = {}
         for command in commands():
             cmd = command.get("cmd")
             if cmd == "stop":
                 break
             r = int(command.get("round", 0))
             if cmd == "prepare":
+                built.clear()
+                built[r] = vectors(r)
                 seen = _wait_for_view(collab, r, args.peers, float(command.get("timeout", 30)))
                 emit("prepared", round=r, seen=seen)
                 continue
             if cmd != "go":
                 emit("error", message=f"unknown command {cmd!r}")
                 continue
-            generator = torch.Generator().manual_seed(1000 + r)
-            shared = torch.randn(args.params, generator=generator)
-            local = None if args.role == "aux" else [shared + float(args.index)]
+            shared, local = built.pop(r) if r in built else vectors(r)
             captured.clear()
             started = time.monotonic()
             if profiler is not None:
