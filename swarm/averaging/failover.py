@@ -16,17 +16,20 @@ same backup while it answers. The backup is the one place where the part is deci
 2. (a) If it or some member (or the reducer) holds the whole part, the reducer's bytes are relayed: the backup
    fetches the chunks it lacks from a holder and serves those bytes. An honest reducer sent the same bytes to
    everyone, so members that got the part from the reducer and members served by the backup hold identical values.
-   (b) Otherwise nobody holds the whole part, so every member that needs it is asking the backup: it averages the
+   (b) Otherwise, if every member other than the reducer answered (an answer that breaks the protocol, or a relay
+   of bad bytes, counts as a liar's, whose step is no honest one), nobody holds the whole part, so every member
+   that needs it is asking the backup: it averages the
    part again from the members' contributions (a round of one part, `AllReduceRound.backup_round`; reducer j's
    contribution left out), and every asking member, holders of some of the old chunks included, takes the
    backup's bytes. A member whose contribution does not reach the backup within the silence limit is left out of
    the part like any failed sender, and still receives it.
 
 A member that cannot obtain the part (every backup failed it) misses it and does not step (RoundFailed names the
-part), as before. Guarantee: members that step hold identical parameters as long as every member that the backup
-asks can answer it, and the reducer either had not stepped when asked or can answer too; one that it cannot reach
-keeps the reducer's bytes while the others may take recomputed ones (the part hashes,
-swarm.averaging.result_hashes, then differ). A member (or reducer) that stood still for a reply limit mid-round
+part), as before; so does one whose backup could not hear a member other than the reducer (no answer, its round
+there over, a relay that broke off): that member may hold the part whole and have stepped with it, and a part
+averaged again would split the round (emulated hybrid at 50M, session 28: a backup 6 min into an overloaded round,
+its holders' finished rounds forgotten or out of reach, did so). The reducer's own silence is safe: it steps with its
+part only once every member that needs it said it holds it (delivery confirmation), and those answer. A member (or reducer) that stood still for a reply limit mid-round
 fails its round instead of stepping (swarm.averaging.stall_watch): a frozen process cannot answer, so it does not
 count on what it held. A backup that was asked for a part takes its own decision for it, not an earlier backup's;
 two backups that each decided (each unreachable to the other's askers) may still differ.
@@ -224,12 +227,20 @@ class PartFailover:
         """How this backup finishes part j: None to serve the reducer's bytes (held or relayed), else its round."""
         r = self.round
         await self._settle(j)
+        unsure: list[int] = []
         if not self._held_whole(j):
-            await self._relay_from_holders(j)
+            unsure = await self._relay_from_holders(j)
         if self._held_whole(j):
             return None
         if r._retired.is_set() and r.group.brings(r.group.my_index):
             raise RoundFailed("the backup's round is over")
+        if unsure:
+            # A member that did not say what it holds may have stepped with the reducer's bytes (a member steps once it
+            # holds every part, whatever the others hold): averaging the part again would give the askers other bytes.
+            # On emulated hybrid at 50M, a backup that re-averaged 6 min into an overloaded round split it this way.
+            names = ", ".join(r.group.peer_ids[i][-8:] for i in unsure)
+            raise RoundFailed(f"part {j}: {names} did not say what they hold of it; averaging it again could differ "
+                              f"from what they stepped with")
         me = r.group.my_index
         sub = r.backup_round(j, me, silence=r.sender_timeout, timeout=failover_limit(r.sender_timeout))
         self._subs[j] = sub
@@ -279,15 +290,21 @@ class PartFailover:
         except asyncio.TimeoutError:
             raise RoundFailed("the part's exchange did not end") from None
 
-    async def _relay_from_holders(self, j: int) -> None:
+    async def _relay_from_holders(self, j: int) -> list[int]:
         """Ask the other members (the reducer too: it may be alive, and hold the part whole) what they hold of part j;
         fetch the rest of it from one that holds it whole. Asking makes every member that is still receiving the part
-        give that up (final answers only), and the reducer stop averaging a part it has not finished."""
+        give that up (final answers only), and the reducer stop averaging a part it has not finished. Returns the
+        members other than the reducer that may hold the part whole for all I know (no answer, or a relay that failed);
+        the reducer's own silence is safe (delivery confirmation: it steps with its part only once every member that
+        needs it said it holds it, and those answer)."""
         r = self.round
         group, me = r.group, r.group.my_index
         others = [i for i in range(len(group.peer_ids)) if i not in (me, j) and group.needs(i)] + [j]
         counts = await asyncio.gather(*(self._ask(i, j, HOLDINGS) for i in others), return_exceptions=True)
         total = len(r.parts[j])
+        # a transport failure or a member's own error answer ("unknown or finished round": its round there is over, it
+        # may have stepped) leaves it unsure; a malformed answer or bad bytes is a lie, and a liar's step is no honest one
+        unsure = [i for i, count in zip(others, counts) if i != j and isinstance(count, BaseException) and not isinstance(count, ProtocolError)]
         for i, count in zip(others, counts):
             if count != [total]:
                 continue
@@ -296,12 +313,17 @@ class PartFailover:
                 await self._ask(i, j, mine)
                 if self._held_whole(j):
                     logger.info("round %s: part %d: relayed from %s, who holds it whole", group.round_id.hex()[:8], j, group.peer_ids[i][-8:])
-                    return
-                why = "it sent less than it claimed"
-            except (RoundFailed, ProtocolError) as e:
-                why = str(e)
+                    return []
+                why, lied = "it sent less than it claimed", True
+            except ProtocolError as e:
+                why, lied = str(e), True
+            except RoundFailed as e:
+                why, lied = str(e), False
             del r._held[j][mine:]   # a holder that failed its relay is not trusted with any of it
             logger.info("round %s: part %d: relay from %s failed: %s", group.round_id.hex()[:8], j, group.peer_ids[i][-8:], why)
+            if i != j and not lied:
+                unsure.append(i)
+        return unsure
 
     async def _ask(self, i: int, j: int, start: int) -> list[int] | None:
         """A relay request to member i for part j: HOLDINGS gives [its count]; a chunk index appends its held chunks
@@ -325,8 +347,10 @@ class PartFailover:
                 stream = await r.p2p.iterate_protobuf_handler(PeerID.from_base58(group.peer_ids[i]), AGGREGATE_HANDLER, request(), swarm_pb2.PartChunk)
                 if start == HOLDINGS:
                     reply = await anext(stream)
-                    if reply.error or reply.part != j or not 0 <= reply.chunk <= len(chunks):
-                        raise ProtocolError(f"bad holdings answer for part {j}: {reply.error or reply.chunk}")
+                    if reply.error:   # it cannot say (its round there is over, say): not a lie, but no answer either
+                        raise RoundFailed(f"member {group.peer_ids[i][-8:]}: {reply.error}")
+                    if reply.part != j or not 0 <= reply.chunk <= len(chunks):
+                        raise ProtocolError(f"bad holdings answer for part {j}: {reply.chunk}")
                     return [reply.chunk]
             held = r._held[j]
             while True:

@@ -251,6 +251,34 @@ def test_a_holder_that_relays_a_wrong_chunk_is_not_trusted_and_the_backup_averag
     asyncio.run(main())
 
 
+class HoldsButWillNotSay(AllReduceRound):
+    """A member that holds the dead reducer's part whole (and steps with it) whose answers to a backup's questions
+    never arrive: its relay streams end unanswered, as over a link that went down."""
+
+    async def serve(self, first, requests, remote):
+        if first.fetch and first.part != self.group.my_index:
+            return
+        async for reply in super().serve(first, requests, remote):
+            yield reply
+
+
+def test_a_backup_that_cannot_hear_a_member_holding_the_part_fails_it_rather_than_average_it_again():
+    """Member 3 got the dead reducer's part whole and steps with it, but the backup cannot hear what it holds. Averaging
+    the part again would give the others other bytes (the split seen on emulated hybrid at 50M); the backup fails the
+    part instead: those members do not step, and every member that steps holds the same bytes."""
+    async def main():
+        n, dead, holder = 4, 1, 3
+        rounds, results, values, layout, weights = await failover_round(n, dead, mid_all_gather=True, whole_to=holder, seed=41,
+                                                                        classes={holder: HoldsButWillNotSay})
+        assert not isinstance(results[holder], BaseException), results[holder]
+        assert rounds[holder].stats.recovered_parts == []   # it stepped with the reducer's own bytes
+        for i in rounds:
+            if i != holder:
+                assert isinstance(results[i], RoundFailed), f"member {i} stepped with a part averaged again: {results[i]}"
+                assert "did not say what they hold" in str(results[i]), results[i]
+    asyncio.run(main())
+
+
 def test_failover_requests_out_of_bounds_are_refused():
     """Part and chunk indices a member names are checked against the round's plan before anything is served."""
     async def main():
