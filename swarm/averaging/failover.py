@@ -29,10 +29,11 @@ part), as before; so does one whose backup could not hear a member other than th
 there over, a relay that broke off): that member may hold the part whole and have stepped with it, and a part
 averaged again would split the round (emulated hybrid at 50M, session 28: a backup 6 min into an overloaded round,
 its holders' finished rounds forgotten or out of reach, did so). The reducer's own silence is safe: it steps with its
-part only once every member that needs it said it holds it (delivery confirmation), and those answer. A member (or reducer) that stood still for a reply limit mid-round
-fails its round instead of stepping (swarm.averaging.stall_watch): a frozen process cannot answer, so it does not
-count on what it held. A backup that was asked for a part takes its own decision for it, not an earlier backup's;
-two backups that each decided (each unreachable to the other's askers) may still differ.
+part only once every member that needs it said it holds it (delivery confirmation), and those answer. A member (or
+reducer) that stood still for a reply limit mid-round fails its round instead of stepping
+(swarm.averaging.stall_watch): a frozen process cannot answer, so it does not count on what it held. A backup
+that was asked for a part takes its own decision for it, not an earlier backup's; two backups that each decided
+(each unreachable to the other's askers) may still differ.
 
 Wire: the aggregate stream's PartChunk, with `fetch` set and `part` naming a part: `resend` set asks a member what
 it holds of the part (`chunk` HOLDINGS: answered with the count as `chunk`) or for its held chunks from `chunk` on
